@@ -1,0 +1,173 @@
+"""Settings, the Airflow way: connections ``sage_default`` and ``sage_warehouse``.
+
+Both can be given as ``AIRFLOW_CONN_<ID>`` environment variables (Airflow's JSON form, or its
+URI form), which is how the CLI, the tests and the demo set them. Inside Airflow, a connection
+stored in the metadata DB is found through Airflow's own lookup, imported lazily so that the
+client and loader never depend on Airflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+SAGE_CONN_ID = "sage_default"
+WAREHOUSE_CONN_ID = "sage_warehouse"
+
+DEFAULT_API_URL = "https://api.accounting.sage.com/v3.1"
+DEFAULT_AUTHORIZE_URL = "https://www.sageone.com/oauth2/auth/central?filter=apiv3.1"
+DEFAULT_TOKEN_URL = "https://oauth.accounting.sage.com/token"
+DEFAULT_REVOKE_URL = "https://oauth.accounting.sage.com/revoke"
+
+
+class ConfigError(RuntimeError):
+    """A required setting is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """The parts of an Airflow connection this project reads."""
+
+    conn_id: str
+    conn_type: str | None = None
+    host: str | None = None
+    login: str | None = None
+    password: str | None = field(default=None, repr=False)
+    schema: str | None = None
+    port: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _from_json(conn_id: str, raw: str) -> ConnectionInfo:
+    data = json.loads(raw)
+    extra = data.get("extra") or {}
+    if isinstance(extra, str):
+        extra = json.loads(extra) if extra.strip() else {}
+    return ConnectionInfo(
+        conn_id=conn_id,
+        conn_type=data.get("conn_type"),
+        host=data.get("host"),
+        login=data.get("login"),
+        password=data.get("password"),
+        schema=data.get("schema"),
+        port=int(data["port"]) if data.get("port") else None,
+        extra=dict(extra),
+    )
+
+
+def _from_uri(conn_id: str, raw: str) -> ConnectionInfo:
+    parts = urlsplit(raw)
+    extra = dict(parse_qsl(parts.query))
+    return ConnectionInfo(
+        conn_id=conn_id,
+        conn_type=parts.scheme.replace("-", "_") or None,
+        host=unquote(parts.hostname) if parts.hostname else None,
+        login=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        schema=unquote(parts.path.lstrip("/")) or None,
+        port=parts.port,
+        extra=extra,
+    )
+
+
+def _from_airflow(conn_id: str) -> ConnectionInfo | None:
+    try:  # Only when running inside an Airflow deployment with a metadata DB.
+        from airflow.sdk import BaseHook  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - Airflow is always installed here
+        return None
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except Exception:  # noqa: BLE001 - any lookup failure means "not configured there"
+        return None
+    return ConnectionInfo(
+        conn_id=conn_id,
+        conn_type=conn.conn_type,
+        host=conn.host,
+        login=conn.login,
+        password=conn.password,
+        schema=conn.schema,
+        port=conn.port,
+        extra=conn.extra_dejson,
+    )
+
+
+def get_connection(conn_id: str) -> ConnectionInfo:
+    """Return connection ``conn_id`` from ``AIRFLOW_CONN_*`` or Airflow's own lookup."""
+    raw = os.environ.get(f"AIRFLOW_CONN_{conn_id.upper()}")
+    if raw:
+        raw = raw.strip()
+        return _from_json(conn_id, raw) if raw.startswith("{") else _from_uri(conn_id, raw)
+    found = _from_airflow(conn_id)
+    if found is None:
+        raise ConfigError(
+            f"connection {conn_id!r} is not configured: set AIRFLOW_CONN_{conn_id.upper()} "
+            "or add it in Airflow (Admin > Connections)"
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class SageSettings:
+    """Where Sage lives and who we are to it (client credentials stay out of repr)."""
+
+    api_url: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    authorize_url: str
+    token_url: str
+    revoke_url: str
+    redirect_uri: str
+    scope: str = "readonly"
+
+
+def sage_settings(conn_id: str = SAGE_CONN_ID) -> SageSettings:
+    """Read connection ``sage_default``: host = API base URL, login/password = client id/secret."""
+    conn = get_connection(conn_id)
+    if not conn.login or not conn.password:
+        raise ConfigError(f"connection {conn_id!r} needs login (client id) and password (client secret)")
+    host = conn.host or DEFAULT_API_URL
+    if "://" not in host:
+        host = f"https://{host}"
+    extra = conn.extra
+    return SageSettings(
+        api_url=host.rstrip("/"),
+        client_id=conn.login,
+        client_secret=conn.password,
+        authorize_url=extra.get("authorize_url", DEFAULT_AUTHORIZE_URL),
+        token_url=extra.get("token_url", DEFAULT_TOKEN_URL),
+        revoke_url=extra.get("revoke_url", DEFAULT_REVOKE_URL),
+        redirect_uri=extra.get("redirect_uri", "http://localhost:8080/sage/callback"),
+        scope=extra.get("scope", "readonly"),
+    )
+
+
+def warehouse_dsn(conn_id: str = WAREHOUSE_CONN_ID) -> str:
+    """A libpq connection string for the warehouse (connection ``sage_warehouse``)."""
+    conn = get_connection(conn_id)
+    parts = {
+        "host": conn.host or "127.0.0.1",
+        "port": str(conn.port or 5432),
+        "dbname": conn.schema or "postgres",
+        "user": conn.login or "postgres",
+    }
+    if conn.password:
+        parts["password"] = conn.password
+    for key in ("sslmode", "options", "application_name"):
+        if key in conn.extra:
+            parts[key] = str(conn.extra[key])
+    return " ".join(f"{k}='{_libpq_quote(v)}'" for k, v in parts.items())
+
+
+def _libpq_quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def fernet_key() -> str:
+    """Airflow's Fernet key (comma-separated for rotation); tokens are unreadable without it."""
+    key = os.environ.get("AIRFLOW__CORE__FERNET_KEY", "").strip()
+    if not key:
+        raise ConfigError("AIRFLOW__CORE__FERNET_KEY is not set: tokens cannot be encrypted")
+    return key

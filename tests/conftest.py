@@ -1,0 +1,58 @@
+"""Shared fixtures: a real, throwaway PostgreSQL database per test session.
+
+The server comes from ``SAGE_TEST_PG_URL`` (set by ``make test`` to whatever server
+``scripts/localpg.py`` found or started); a fresh database is created for the session and
+dropped afterwards, so tests never touch a real warehouse.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from sage_sync.migrate import migrate
+
+ADMIN_URL = os.environ.get("SAGE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> Iterator[str]:
+    """DSN of a freshly created, migrated database, dropped at the end of the session."""
+    name = f"sage_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    dsn = psycopg.conninfo.make_conninfo(ADMIN_URL, dbname=name)
+    with psycopg.connect(dsn) as conn:
+        migrate(conn)
+    yield dsn
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def warehouse(pg_dsn: str) -> Iterator[psycopg.Connection]:
+    """A connection to the test warehouse, emptied before each test."""
+    with psycopg.connect(pg_dsn) as conn:
+        rows = conn.execute(
+            "select quote_ident(schemaname) || '.' || quote_ident(tablename) from pg_tables "
+            "where schemaname in ('sage_control', 'sage_raw')"
+        ).fetchall()
+        if rows:
+            conn.execute("truncate " + ", ".join(r[0] for r in rows) + " restart identity cascade")
+        conn.commit()
+        yield conn
+
+
+@pytest.fixture
+def fernet_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh Fernet key in AIRFLOW__CORE__FERNET_KEY for the test."""
+    from cryptography.fernet import Fernet  # noqa: PLC0415
+
+    key = Fernet.generate_key().decode()
+    monkeypatch.setenv("AIRFLOW__CORE__FERNET_KEY", key)
+    return key
