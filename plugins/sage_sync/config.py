@@ -19,7 +19,7 @@ WAREHOUSE_CONN_ID = "sage_warehouse"
 
 DEFAULT_API_URL = "https://api.accounting.sage.com/v3.1"
 DEFAULT_AUTHORIZE_URL = "https://www.sageone.com/oauth2/auth/central?filter=apiv3.1"
-DEFAULT_TOKEN_URL = "https://oauth.accounting.sage.com/token"
+DEFAULT_TOKEN_URL = "https://oauth.accounting.sage.com/token"  # noqa: S105 - a URL, not a secret
 DEFAULT_REVOKE_URL = "https://oauth.accounting.sage.com/revoke"
 
 
