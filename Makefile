@@ -1,0 +1,53 @@
+# Everyday steps. Every target sets itself up: the venv from the pinned requirements, then
+# .local/env.sh (PostgreSQL found or started, databases, Fernet key, Airflow settings).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+ENV := . .local/env.sh &&
+
+.PHONY: help venv env airflow-db dbt-parse demo test test-fast lint airflow bench clean
+
+help:
+	@echo "make demo      run the whole pipeline on the embedded demo (fake Sage, 3 companies)"
+	@echo "make test      set up and run the whole test suite"
+	@echo "make airflow   airflow standalone with these DAGs (UI on :8080)"
+	@echo "make lint      ruff"
+	@echo "make bench     benchmarks (figures in bench/RESULTS.md)"
+
+$(BIN)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.txt
+	touch $@
+
+venv: $(BIN)/.installed
+
+env: venv
+	$(BIN)/python scripts/devenv.py >/dev/null
+
+airflow-db: env
+	$(ENV) $(BIN)/airflow db migrate >/dev/null
+	$(ENV) $(BIN)/airflow pools set sage_api 8 "Concurrent Sage API calls, all companies" >/dev/null
+
+dbt-parse: env
+	$(ENV) $(BIN)/dbt parse --project-dir dbt --quiet
+
+demo: airflow-db dbt-parse
+	$(ENV) $(BIN)/python scripts/demo.py
+
+test: airflow-db dbt-parse
+	$(ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+
+airflow: airflow-db dbt-parse
+	$(ENV) $(BIN)/python scripts/standalone.py
+
+bench: env
+	$(ENV) $(BIN)/python -m bench
+
+clean:
+	rm -rf .local dbt/target dbt/logs

@@ -1,0 +1,123 @@
+"""
+### Sage sync, one DAG per connected company
+
+Generated from the company registry (`sage_control.companies`): a company connected through
+the CLI or the Connect page gets its DAG `sage_sync__<company_id>` at the next parse, with no
+restart. Each daily run checks the connection, refreshes the OAuth grant, extracts every stream
+since its watermark into the append-only `sage_raw` tables, records deletions, and then emits
+the `sage_raw` Asset that schedules `sage_transform` (dbt).
+
+Nothing is ever written back to Sage. Re-running a run, or one of its tasks, adds no duplicate:
+unchanged records add no version and watermarks only move with the rows they cover.
+All Sage calls from every company share the `sage_api` pool.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, Asset, task
+from airflow.sdk.exceptions import AirflowSkipException
+
+from sage_sync.dag_companies import DagCompany, companies_for_dags
+
+SAGE_RAW_ASSET = Asset(name="sage_raw", uri="x-sage://warehouse/sage_raw")
+POOL = "sage_api"
+REFERENCE_STREAMS = ["businesses", "financial_settings", "ledger_accounts", "tax_rates", "contacts"]
+DOCUMENT_STREAMS = ["purchase_invoices", "purchase_credit_notes", "purchase_quick_entries", "other_payments"]
+
+default_args = {
+    "owner": "data-engineering",
+    "retries": 2,
+    "retry_delay": timedelta(minutes=5),
+    "retry_exponential_backoff": True,
+}
+
+
+@task
+def check_connection(company_id: str, **context) -> str:
+    """Open this run's audit row; skip (with the reason) when the company is disconnected."""
+    from sage_sync import sync  # noqa: PLC0415 - keep DAG parsing free of the sync stack
+
+    try:
+        return sync.begin_run(company_id, airflow_run_id=context["run_id"], kind="daily")
+    except sync.CompanySkipped as skipped:
+        raise AirflowSkipException(str(skipped)) from skipped
+
+
+@task(pool=POOL)
+def refresh_auth(company_id: str, **context) -> None:
+    """Make sure the grant is alive (and rotated tokens stored) before any extraction."""
+    from sage_sync import sync  # noqa: PLC0415
+
+    sync.check_auth(company_id, sync.run_key(company_id, context["run_id"]))
+
+
+@task(pool=POOL)
+def extract_load(company_id: str, stream: str, **context) -> dict:
+    """Extract one stream since its watermark and append new versions to sage_raw."""
+    from sage_sync import sync  # noqa: PLC0415
+
+    return sync.sync_stream(company_id, stream, sync.run_key(company_id, context["run_id"]))
+
+
+@task(pool=POOL)
+def record_deletions(company_id: str, **context) -> dict:
+    """Read Sage's deleted_since feed for every stream that has one."""
+    from sage_sync import sync  # noqa: PLC0415
+
+    return sync.sync_deletions(company_id, sync.run_key(company_id, context["run_id"]))
+
+
+@task(outlets=[SAGE_RAW_ASSET])
+def finish(company_id: str, **context) -> None:
+    """Close the audit row as a success; the outlet tells sage_transform there is new data."""
+    from sage_sync import sync  # noqa: PLC0415
+
+    sync.finish_run(company_id, sync.run_key(company_id, context["run_id"]), status="success")
+
+
+@task(trigger_rule="one_failed", retries=0)
+def record_failure(company_id: str, **context) -> None:
+    """Close the audit row as failed so `status` and the health model show it."""
+    from sage_sync import sync  # noqa: PLC0415
+
+    sync.finish_run(
+        company_id, sync.run_key(company_id, context["run_id"]), status="failed",
+        error="a task of this run failed; see its log in Airflow",
+    )
+
+
+def build_company_dag(company: DagCompany) -> DAG:
+    """The daily DAG of one company."""
+    with DAG(
+        dag_id=f"sage_sync__{company.company_id}",
+        dag_display_name=f"Sage sync: {company.company_name}",
+        description=f"Daily one-way sync of {company.company_name}'s Sage spend into the warehouse",
+        doc_md=__doc__,
+        schedule="@daily",
+        start_date=datetime(2024, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        default_args=default_args,
+        tags=["sage", "sync", f"company:{company.company_id}"],
+        params={"company_id": company.company_id},
+    ) as dag:
+        company_id = company.company_id
+        checked = check_connection(company_id)
+        auth = refresh_auth(company_id)
+        loads = [
+            extract_load.override(task_id=f"load_{stream}")(company_id, stream)
+            for stream in REFERENCE_STREAMS + DOCUMENT_STREAMS
+        ]
+        deletions = record_deletions(company_id)
+        done = finish(company_id)
+        failed = record_failure(company_id)
+        checked >> auth >> loads  # type: ignore[operator]
+        loads >> deletions >> done  # type: ignore[operator]
+        [checked, auth, *loads, deletions] >> failed  # type: ignore[operator]
+    return dag
+
+
+for _company in companies_for_dags():
+    globals()[f"sage_sync__{_company.company_id}"] = build_company_dag(_company)

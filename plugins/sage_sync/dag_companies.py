@@ -1,0 +1,76 @@
+"""The list of companies the scheduler builds DAGs for, read cheaply at parse time.
+
+Airflow re-parses DAG files every few seconds, so this does one bounded query (short connect
+and statement timeouts) and keeps a JSON snapshot of the answer. When the warehouse cannot be
+reached, the last snapshot is used: an outage must not make every company's DAG vanish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psycopg
+
+from sage_sync.config import ConfigError, warehouse_dsn
+
+log = logging.getLogger(__name__)
+
+_QUERY = """
+    select company_id, company_name, status, synced_from_quarter
+    from sage_control.companies
+    order by company_id
+    limit 5000
+"""
+
+
+@dataclass(frozen=True)
+class DagCompany:
+    """What a company DAG needs to know at parse time."""
+
+    company_id: str
+    company_name: str
+    status: str
+    synced_from_quarter: str
+
+
+def snapshot_path() -> Path:
+    """Where the last good registry read is kept (``SAGE_REGISTRY_SNAPSHOT`` overrides)."""
+    default = Path(os.environ.get("AIRFLOW_HOME", tempfile.gettempdir())) / "sage_companies.json"
+    return Path(os.environ.get("SAGE_REGISTRY_SNAPSHOT", str(default)))
+
+
+def _write_snapshot(path: Path, companies: list[DagCompany]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps([asdict(c) for c in companies], indent=1))
+    tmp.replace(path)  # atomic: a parser never reads a half-written snapshot
+
+
+def _read_snapshot(path: Path) -> list[DagCompany]:
+    try:
+        return [DagCompany(**row) for row in json.loads(path.read_text())]
+    except (OSError, ValueError, TypeError):
+        return []
+
+
+def companies_for_dags(dsn: str | None = None) -> list[DagCompany]:
+    """Companies from the registry, else from the last snapshot, else none."""
+    path = snapshot_path()
+    try:
+        dsn = dsn or warehouse_dsn()
+        with psycopg.connect(dsn, connect_timeout=3, options="-c statement_timeout=2000") as conn:
+            rows = conn.execute(_QUERY).fetchall()
+    except (psycopg.Error, ConfigError) as exc:
+        log.warning("registry unreadable (%s); using snapshot %s", type(exc).__name__, path)
+        return _read_snapshot(path)
+    companies = [DagCompany(*row) for row in rows]
+    try:
+        _write_snapshot(path, companies)
+    except OSError as exc:  # a read-only filesystem must not break parsing either
+        log.warning("could not write registry snapshot %s: %s", path, exc)
+    return companies

@@ -1,0 +1,103 @@
+"""Write ``.local/env.sh``: the environment every make target runs in.
+
+It finds (or starts) PostgreSQL, makes sure the warehouse and Airflow metadata databases
+exist, keeps one Fernet key for this checkout, and points Airflow at this repo's dags/ and
+plugins/. Variables already set by the user win, so a configured deployment is respected.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import psycopg
+from cryptography.fernet import Fernet
+from psycopg import sql
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from localpg import LOCAL, ROOT, find_server  # noqa: E402
+
+WAREHOUSE_DB = "sage_warehouse"
+AIRFLOW_DB = "sage_airflow"
+
+
+def ensure_database(server_url: str, name: str) -> str:
+    """Create database ``name`` if missing; return its URL."""
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        exists = conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    return psycopg.conninfo.make_conninfo(server_url, dbname=name)
+
+
+def fernet_key() -> str:
+    path = LOCAL / "fernet.key"
+    if not path.exists():
+        LOCAL.mkdir(exist_ok=True)
+        path.write_text(Fernet.generate_key().decode())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def build_env() -> dict[str, str]:
+    server = find_server()
+    params = psycopg.conninfo.conninfo_to_dict(server)
+    warehouse = ensure_database(server, WAREHOUSE_DB)
+    metadata = ensure_database(server, AIRFLOW_DB)
+    host = str(params.get("host") or "127.0.0.1")
+    port = str(params.get("port") or 5432)
+    user = str(params.get("user") or "postgres")
+    password = str(params.get("password") or "")
+    airflow_home = LOCAL / "airflow"
+    airflow_home.mkdir(parents=True, exist_ok=True)
+    meta = psycopg.conninfo.conninfo_to_dict(metadata)
+    auth = f"{user}:{password}" if password else user
+    if host.startswith("/"):
+        sqlalchemy_url = f"postgresql+psycopg://{auth}@/{AIRFLOW_DB}?host={host}&port={port}"
+    else:
+        sqlalchemy_url = f"postgresql+psycopg://{auth}@{host}:{port}/{meta['dbname']}"
+    import json  # noqa: PLC0415
+
+    warehouse_conn = json.dumps({
+        "conn_type": "postgres", "host": host, "port": int(port), "login": user,
+        "password": password or None, "schema": WAREHOUSE_DB,
+    })
+    env = {
+        "SAGE_PG_URL": server,
+        "SAGE_TEST_PG_URL": server,
+        "SAGE_WAREHOUSE_URL": warehouse,
+        "SAGE_PG_HOST": host, "SAGE_PG_PORT": port, "SAGE_PG_USER": user,
+        "SAGE_PG_PASSWORD": password, "SAGE_PG_DBNAME": WAREHOUSE_DB,
+        "AIRFLOW_CONN_SAGE_WAREHOUSE": warehouse_conn,
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__FERNET_KEY": fernet_key(),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sqlalchemy_url,
+        "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
+        "AIRFLOW__COSMOS__CACHE_DIR": str(LOCAL / "cosmos"),
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
+        "DBT_PROFILES_DIR": str(ROOT / "dbt"),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT)]),
+        "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+    }
+    for key in list(env):
+        if key in os.environ and key not in {"PYTHONPATH"}:
+            env[key] = os.environ[key]
+    return env
+
+
+def main() -> None:
+    env = build_env()
+    out = LOCAL / "env.sh"
+    out.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()))
+    out.chmod(0o600)
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
