@@ -1,0 +1,403 @@
+"""A small, defensive HTTP client for Sage Accounting v3.1 (read-only: GET only).
+
+It knows Sage's contract and nothing about the warehouse: ``X-Business`` on every call, the
+list envelope and its ``$next`` links, the JSON error array, which failures are worth a retry,
+and the one token refresh a 401 deserves. The retry loop is written out rather than delegated
+to a retry library because its branches differ in kind (a 401 is not a retry, a 429 may name
+its own delay) and that reads more plainly as code than as a policy object.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+import requests
+
+from sage_sync.errors import (
+    BusinessMismatch,
+    InvalidResponse,
+    RateLimited,
+    ReauthorizationRequired,
+    SageAPIError,
+    SubscriptionInactive,
+    TransientError,
+)
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_TRANSPORT_ERRORS = (
+    requests.ConnectionError,  # refused, reset, dropped mid-response
+    requests.Timeout,  # connect and read timeouts
+    requests.exceptions.ChunkedEncodingError,  # body shorter than announced
+    requests.exceptions.ContentDecodingError,
+)
+_BODY_ERRORS = (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)
+_SUBSCRIPTION_MESSAGE = "no active subscription"
+
+
+class TokenSource(Protocol):
+    """What the client needs from ``auth.TokenManager``."""
+
+    def access_token(self) -> str: ...
+
+    def refresh(self, rejected_token: str | None = None) -> str: ...
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a Sage list: its items plus the envelope fields that drive paging."""
+
+    items: list[dict[str, Any]]
+    page: int
+    total: int | None
+    next: str | None
+    items_per_page: int | None
+    request_id: str | None
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date), or None.
+
+    Sage does not document the header on 429, so it is optional; a value in the past means
+    "now" (0), an unparseable one is ignored.
+    """
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if math.isnan(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def join_url(api_url: str, path_or_url: str) -> str:
+    """The absolute URL of ``path_or_url`` under ``api_url``.
+
+    Sage's ``$next``/``$back`` and ``$path`` are paths relative to the API base *including*
+    its version (``/purchase_invoices?page=2`` means ``.../v3.1/purchase_invoices?page=2``), so
+    they are appended to ``api_url``, not resolved against the host. A path that already
+    starts with the base's own path is taken as host-relative. An absolute URL is accepted
+    only under ``api_url``: a bearer token must never follow a link to another host.
+    """
+    base = api_url.rstrip("/")
+    if path_or_url.startswith(("http://", "https://")):
+        if path_or_url == base or path_or_url.startswith((base + "/", base + "?")):
+            return path_or_url
+        host = urlsplit(path_or_url).netloc
+        raise ValueError(f"refusing to follow a URL outside the Sage API base: {host}")
+    path = path_or_url if path_or_url.startswith("/") else "/" + path_or_url
+    parts = urlsplit(base)
+    base_path = parts.path.rstrip("/")
+    if base_path and (path == base_path or path.startswith((base_path + "/", base_path + "?"))):
+        return urlunsplit((parts.scheme, parts.netloc, "", "", "")) + path
+    return base + path
+
+
+def _canonical(url: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """A URL's path and sorted query pairs, so equal requests compare equal."""
+    parts = urlsplit(url)
+    return parts.path.rstrip("/"), tuple(sorted(parse_qsl(parts.query, keep_blank_values=True)))
+
+
+def _request_id(response: requests.Response) -> str | None:
+    # Sage documents the header as ``x_request_id`` (underscore); proxies may rewrite it.
+    return response.headers.get("x_request_id") or response.headers.get("x-request-id")
+
+
+def _error_list(response: requests.Response) -> list[dict[str, Any]]:
+    """Sage's ``[{"$severity","$dataCode","$message","$source"}]`` error array, best effort."""
+    try:
+        body = response.json()
+    except ValueError:
+        return []
+    if isinstance(body, dict):
+        body = body.get("$errors", [body]) if "$errors" in body else [body]
+    if not isinstance(body, list):
+        return []
+    return [e for e in body if isinstance(e, dict)]
+
+
+def _int_or_none(value: object) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+
+
+class _Retryable(Exception):
+    """Internal: one attempt failed in a way worth another try."""
+
+    def __init__(
+        self,
+        reason: str,
+        final: type[TransientError],
+        status: int | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.final = final
+        self.status = status
+        self.request_id = request_id
+        self.retry_after = retry_after
+
+
+class SageClient:
+    """GETs against one Sage business, with retries, one refresh on 401, and paging.
+
+    ``backoff`` is the first retry delay in seconds (doubled per retry, with jitter, up to
+    ``max_backoff``); a ``Retry-After`` header overrides it, capped at ``retry_after_cap``.
+    ``sleep`` is injectable so tests do not wait. A ``requests.Session`` is not meant to be
+    shared between threads, so use one client per thread (they may share a TokenManager).
+    """
+
+    def __init__(
+        self,
+        api_url: str,
+        business_id: str,
+        tokens: TokenSource,
+        *,
+        session: requests.Session | None = None,
+        timeout: float | tuple[float, float] = (10, 60),
+        max_attempts: int = 6,
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        retry_after_cap: float = 120.0,
+        sleep: Callable[[float], None] = time.sleep,
+        check_business: bool = True,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.api_url = api_url.rstrip("/")
+        self.business_id = business_id
+        self.tokens = tokens
+        self._own_session = session is None
+        self.session = session or requests.Session()
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.retry_after_cap = retry_after_cap
+        self._sleep = sleep
+        self.check_business = check_business
+        self.request_count = 0
+        self.retry_count = 0
+
+    def __enter__(self) -> SageClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP session if this client created it."""
+        if self._own_session:
+            self.session.close()
+
+    # -- public API ----------------------------------------------------------------------
+
+    def get(self, path_or_next: str, params: Mapping[str, Any] | None = None) -> dict[str, Any] | list[Any]:
+        """GET a path (``/financial_settings``) or a ``$next`` link and return the parsed JSON."""
+        body, _ = self._get(path_or_next, params)
+        return body
+
+    def iter_pages(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[Page]:
+        """Yield every page of a list, following ``$next`` until Sage says there is no more.
+
+        ``$next`` already carries the whole query string, so ``params`` are sent with the first
+        request only. Sage answers a page past the end with the last page again instead of an
+        empty one, so paging also stops when ``$next`` points at the page just fetched, when
+        the page number fails to advance (that page is not yielded twice), when
+        ``page * items_per_page`` reaches ``$total``, or on an empty page.
+        """
+        target: str = path
+        query: Mapping[str, Any] | None = params
+        previous: int | None = None
+        while True:
+            body, response = self._get(target, query)
+            page = self._page(body, response, default_page=(previous or 0) + 1)
+            if previous is not None and page.page <= previous:
+                log.warning(
+                    "Sage returned page %s after page %s for %s; treating it as the end",
+                    page.page,
+                    previous,
+                    urlsplit(path).path,
+                )
+                return
+            yield page
+            if page.next is None or not page.items:
+                return
+            try:
+                next_url = join_url(self.api_url, page.next)
+            except ValueError as exc:
+                raise InvalidResponse(str(exc), path=urlsplit(path).path) from None
+            if _canonical(next_url) == _canonical(response.url):
+                log.warning("Sage's $next repeats the page just fetched (%s); stopping", page.page)
+                return
+            if page.total is not None and page.items_per_page:
+                if page.page * page.items_per_page >= page.total:
+                    return
+            previous = page.page
+            target, query = next_url, None
+
+    def iter_items(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Every item of every page of a list."""
+        for page in self.iter_pages(path, params):
+            yield from page.items
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _page(self, body: object, response: requests.Response, default_page: int) -> Page:
+        request_id = _request_id(response)
+        path = urlsplit(response.url).path
+        if not isinstance(body, dict) or not isinstance(body.get("$items"), list):
+            raise InvalidResponse("list response has no $items array", path=path, request_id=request_id)
+        items = [item for item in body["$items"] if isinstance(item, dict)]
+        if len(items) != len(body["$items"]):
+            raise InvalidResponse("list response has non-object items", path=path, request_id=request_id)
+        next_link = body.get("$next")
+        if next_link is not None and not isinstance(next_link, str):
+            raise InvalidResponse("list response has a non-string $next", path=path, request_id=request_id)
+        # Accounting endpoints say $itemsPerPage; /businesses says $items_per_page.
+        per_page = body.get("$itemsPerPage", body.get("$items_per_page"))
+        return Page(
+            items=items,
+            page=_int_or_none(body.get("$page")) or default_page,
+            total=_int_or_none(body.get("$total")),
+            next=next_link or None,
+            items_per_page=_int_or_none(per_page),
+            request_id=request_id,
+        )
+
+    def _get(self, target: str, params: Mapping[str, Any] | None) -> tuple[Any, requests.Response]:
+        """One logical GET: retries transient failures, refreshes once on 401."""
+        url = join_url(self.api_url, target)
+        path = urlsplit(url).path
+        token = self.tokens.access_token()
+        refreshed = False
+        failures = 0
+        while True:
+            try:
+                response = self._send(url, params, token)
+                if response.status_code == 401:
+                    errors = _error_list(response)
+                    if any(_SUBSCRIPTION_MESSAGE in str(e.get("$message", "")).lower() for e in errors):
+                        raise SubscriptionInactive(
+                            str(SageAPIError(401, errors, _request_id(response), path))
+                        )
+                    if refreshed:
+                        raise ReauthorizationRequired(
+                            "Sage still refuses the access token after a refresh: "
+                            + str(SageAPIError(401, errors, _request_id(response), path))
+                        )
+                    log.info("Sage answered 401 on %s; refreshing the access token once", path)
+                    token = self.tokens.refresh(rejected_token=token)
+                    refreshed = True
+                    continue
+                return self._parse(response, path), response
+            except _Retryable as failure:
+                failures += 1
+                if failures >= self.max_attempts:
+                    raise failure.final(
+                        failure.reason,
+                        status=failure.status,
+                        path=path,
+                        request_id=failure.request_id,
+                        attempts=failures,
+                    ) from None
+                delay = self._delay(failures, failure.retry_after)
+                self.retry_count += 1
+                log.warning(
+                    "Sage GET %s failed (%s, x_request_id=%s); retry %d/%d in %.1fs",
+                    path,
+                    failure.reason,
+                    failure.request_id,
+                    failures,
+                    self.max_attempts - 1,
+                    delay,
+                )
+                self._sleep(delay)
+
+    def _send(self, url: str, params: Mapping[str, Any] | None, token: str) -> requests.Response:
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "X-Business": self.business_id,
+            "Accept": "application/json",
+        }
+        self.request_count += 1
+        started = time.monotonic()
+        try:
+            response = self.session.get(url, params=params, headers=headers, timeout=self.timeout)
+        except _TRANSPORT_ERRORS as exc:
+            elapsed = (time.monotonic() - started) * 1000
+            log.debug("GET %s -> %s after %.0f ms", urlsplit(url).path, type(exc).__name__, elapsed)
+            # A body shorter than its Content-Length (or a broken chunk) is a truncated response.
+            truncated = isinstance(exc, _BODY_ERRORS)
+            raise _Retryable(
+                f"truncated response body ({type(exc).__name__})" if truncated else type(exc).__name__,
+                InvalidResponse if truncated else TransientError,
+            ) from None
+        elapsed = (time.monotonic() - started) * 1000
+        shown = urlsplit(response.url)
+        log.debug(
+            "GET %s%s -> %s in %.0f ms (x_request_id=%s)",
+            shown.path,
+            f"?{shown.query}" if shown.query else "",
+            response.status_code,
+            elapsed,
+            _request_id(response),
+        )
+        return response
+
+    def _parse(self, response: requests.Response, path: str) -> Any:
+        status = response.status_code
+        request_id = _request_id(response)
+        if status in RETRY_STATUSES:
+            raise _Retryable(
+                f"HTTP {status}",
+                RateLimited if status == 429 else TransientError,
+                status=status,
+                request_id=request_id,
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            )
+        if status >= 400:
+            raise SageAPIError(status, _error_list(response), request_id, path)
+        if self.check_business:
+            answered_for = response.headers.get("X-Business")
+            if answered_for and answered_for.strip().lower() != self.business_id.lower():
+                raise BusinessMismatch(self.business_id, answered_for.strip(), path)
+        try:
+            return response.json()
+        except ValueError:
+            # A body cut short by a proxy or a dropped connection parses as broken JSON.
+            raise _Retryable(
+                "malformed or truncated JSON body", InvalidResponse, status, request_id
+            ) from None
+
+    def _delay(self, failures: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.retry_after_cap)
+        ceiling = min(self.max_backoff, self.backoff * 2 ** (failures - 1))
+        return ceiling * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography

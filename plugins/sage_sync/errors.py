@@ -1,0 +1,139 @@
+"""Typed failures of the Sage client layer, so callers can tell "retry later" from "ask a human".
+
+Messages are built only from Sage's ``$dataCode`` / ``$message``, OAuth error codes, paths and
+request ids: never from tokens, codes or client secrets, because exception text ends up in task
+logs and in ``sage_control.connection_events``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SageError(Exception):
+    """Base class of every error raised by ``sage_sync``'s Sage client layer."""
+
+
+class ReauthorizationRequired(SageError):
+    """The grant is gone (revoked, expired, rotated away, or rejected after a refresh).
+
+    No retry can fix this: a user of the business must authorise the app again.
+    """
+
+
+class SubscriptionInactive(SageError):
+    """Sage answered 401 "No active subscription (MSE)": the business's plan has lapsed.
+
+    Refreshing the token does not help, and neither does re-authorising; the company must
+    renew its subscription.
+    """
+
+
+class OAuthError(SageError):
+    """The token or revoke endpoint refused the request for a reason other than the grant.
+
+    Typically ``invalid_client`` (wrong client id/secret) or ``invalid_request``: a
+    configuration problem, not a user one.
+    """
+
+    def __init__(self, error: str, status: int | None, description: str | None = None) -> None:
+        self.error = error
+        self.status = status
+        self.description = description
+        text = f"Sage OAuth error {error!r} (HTTP {status})"
+        if description:
+            text += f": {description}"
+        super().__init__(text)
+
+
+def describe_errors(errors: list[dict[str, Any]]) -> str:
+    """``"$dataCode: $message"`` pairs of Sage's error array, joined for a message."""
+    parts = []
+    for err in errors:
+        code = str(err.get("$dataCode") or "").strip()
+        message = str(err.get("$message") or "").strip()
+        source = str(err.get("$source") or "").strip()
+        text = ": ".join(p for p in (code, message) if p)
+        if source:
+            text += f" (source {source})"
+        if text:
+            parts.append(text)
+    return "; ".join(parts)
+
+
+class SageAPIError(SageError):
+    """Sage answered an API call with an error that retrying will not fix (403, 404, 422, ...)."""
+
+    def __init__(
+        self,
+        status: int,
+        errors: list[dict[str, Any]] | None = None,
+        request_id: str | None = None,
+        path: str | None = None,
+    ) -> None:
+        self.status = status
+        self.errors = list(errors or [])
+        self.request_id = request_id
+        self.path = path
+        text = f"Sage API HTTP {status}"
+        if path:
+            text += f" on {path}"
+        detail = describe_errors(self.errors)
+        if detail:
+            text += f": {detail}"
+        if request_id:
+            text += f" [x_request_id={request_id}]"
+        super().__init__(text)
+
+
+class TransientError(SageError):
+    """Sage kept failing in a way that is normally temporary (5xx, timeouts, dropped connections).
+
+    Raised only after the client's retries are exhausted; running the task again later is the
+    right response.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        status: int | None = None,
+        path: str | None = None,
+        request_id: str | None = None,
+        attempts: int | None = None,
+    ) -> None:
+        self.reason = reason
+        self.status = status
+        self.path = path
+        self.request_id = request_id
+        self.attempts = attempts
+        text = reason
+        if path:
+            text += f" on {path}"
+        if attempts:
+            text += f" after {attempts} attempts"
+        if request_id:
+            text += f" [x_request_id={request_id}]"
+        super().__init__(text)
+
+
+class RateLimited(TransientError):
+    """Sage kept answering 429 after every retry (the app-wide rate limit is exhausted)."""
+
+
+class InvalidResponse(TransientError):
+    """Sage's body was malformed or truncated JSON (or not the expected shape) after retries."""
+
+
+class BusinessMismatch(SageError):
+    """Sage answered for a different business than the ``X-Business`` we sent.
+
+    Sage echoes the business it used in an ``X-Business`` response header; storing that data
+    under our company would mix two businesses' books, so this is fatal for the request.
+    """
+
+    def __init__(self, expected: str, actual: str, path: str | None = None) -> None:
+        self.expected = expected
+        self.actual = actual
+        self.path = path
+        super().__init__(f"Sage answered for business {actual!r}, expected {expected!r} on {path}")

@@ -1,0 +1,76 @@
+"""The dags folder loads cleanly and every DAG meets the house rules.
+
+Companies come from the registry of a real (test) warehouse; when it is unreachable the DAGs
+come from the last snapshot instead of disappearing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psycopg
+import pytest
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+
+
+def _conn_json(dsn: str) -> str:
+    p = psycopg.conninfo.conninfo_to_dict(dsn)
+    return json.dumps({"conn_type": "postgres", "host": p.get("host", "127.0.0.1"),
+                       "port": int(p.get("port", 5432)), "login": p.get("user", "postgres"),
+                       "password": p.get("password"), "schema": p["dbname"]})
+
+
+@pytest.fixture
+def two_companies(warehouse: psycopg.Connection, pg_dsn: str, tmp_path: Path,
+                  monkeypatch: pytest.MonkeyPatch) -> Path:
+    warehouse.execute(
+        "insert into sage_control.companies (company_id, company_name, synced_from_quarter) values "
+        "('b1aa', 'Greenleaf Bakery Ltd', '2024-Q1'), ('b2bb', 'Northwind Joinery Ltd', '2024-Q3')")
+    warehouse.commit()
+    snapshot = tmp_path / "companies.json"
+    monkeypatch.setenv("AIRFLOW_CONN_SAGE_WAREHOUSE", _conn_json(pg_dsn))
+    monkeypatch.setenv("SAGE_REGISTRY_SNAPSHOT", str(snapshot))
+    return snapshot
+
+
+def _dagbag():
+    from airflow.dag_processing.dagbag import DagBag  # noqa: PLC0415
+
+    return DagBag(dag_folder=str(DAGS), safe_mode=False)
+
+
+def test_dags_load_without_errors_and_follow_the_rules(two_companies: Path) -> None:
+    bag = _dagbag()
+    assert bag.import_errors == {}
+    assert set(bag.dags) == {"sage_sync__b1aa", "sage_sync__b2bb", "sage_transform"}
+    for dag_id, dag in bag.dags.items():
+        assert dag.doc_md and dag.tags, dag_id
+        assert dag.catchup is False, dag_id
+        assert dag.max_active_runs == 1, dag_id
+        for task in dag.tasks:
+            if task.task_id != "record_failure":
+                assert task.retries >= 1, f"{dag_id}.{task.task_id}"
+    dag = bag.dags["sage_sync__b1aa"]
+    assert dag.dag_display_name == "Sage sync: Greenleaf Bakery Ltd"
+    assert "company:b1aa" in dag.tags
+    loads = [t for t in dag.tasks if t.task_id.startswith("load_")]
+    assert {t.task_id for t in loads} >= {"load_purchase_invoices", "load_purchase_credit_notes",
+                                          "load_purchase_quick_entries", "load_other_payments",
+                                          "load_ledger_accounts", "load_contacts", "load_tax_rates"}
+    assert all(t.pool == "sage_api" for t in loads)
+    finish = dag.get_task("finish")
+    assert [o.name for o in finish.outlets] == ["sage_raw"]
+    assert dag.get_task("check_connection").downstream_task_ids == {"refresh_auth", "record_failure"}
+
+
+def test_unreachable_warehouse_keeps_the_last_known_dags(two_companies: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    _dagbag()  # a good parse writes the snapshot
+    assert json.loads(two_companies.read_text())[0]["company_id"] == "b1aa"
+    monkeypatch.setenv("AIRFLOW_CONN_SAGE_WAREHOUSE", json.dumps(
+        {"conn_type": "postgres", "host": "127.0.0.1", "port": 1, "login": "postgres", "schema": "x"}))
+    bag = _dagbag()
+    assert bag.import_errors == {}
+    assert {"sage_sync__b1aa", "sage_sync__b2bb"} <= set(bag.dags)
