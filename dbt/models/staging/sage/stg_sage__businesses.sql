@@ -1,0 +1,28 @@
+with
+
+source as (
+    select * from {{ source('sage_raw', 'businesses') }}
+),
+
+latest as (
+    {{ latest_versions('source') }}
+),
+
+renamed as (
+    select
+        company_id,
+        record_id as business_id,
+        {{ sage_text('payload', 'name') }} as business_name,
+        {{ sage_link_id('payload', 'country') }} as country_code,
+        {{ sage_timestamp('payload', 'created_at') }} as created_at,
+        source_updated_at as updated_at,
+        first_synced_at,
+        _extracted_at as last_changed_at
+    from latest
+),
+
+final as (
+    select * from renamed
+)
+
+select * from final

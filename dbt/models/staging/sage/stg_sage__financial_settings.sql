@@ -1,0 +1,29 @@
+-- A singleton per company (record_id = company_id), so the latest version is the settings.
+with
+
+source as (
+    select * from {{ source('sage_raw', 'financial_settings') }}
+),
+
+latest as (
+    {{ latest_versions('source') }}
+),
+
+renamed as (
+    select
+        company_id,
+        {{ sage_link_id('payload', 'base_currency') }} as base_currency,
+        cast(payload ->> 'multi_currency_enabled' as boolean) as is_multi_currency_enabled,
+        {{ sage_text('payload', 'accounting_type') }} as accounting_type,
+        {{ sage_date('payload', 'year_end_date') }} as year_end_date,
+        source_updated_at as updated_at,
+        first_synced_at,
+        _extracted_at as last_changed_at
+    from latest
+),
+
+final as (
+    select * from renamed
+)
+
+select * from final

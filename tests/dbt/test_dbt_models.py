@@ -1,0 +1,428 @@
+"""The dbt project against real PostgreSQL: crafted raw rows in, `dbt build` green, marts exact.
+
+One scenario is loaded into sage_raw / sage_control, `dbt build` runs once (models, seeds, schema
+tests, unit tests and the raw-reconciliation test), then every test reads the marts.
+
+Company ``gbp_co`` (base GBP) holds the interesting cases; ``eur_co`` (base EUR) shows that a
+non-GBP company's spend goes to currency_exceptions, never into the fact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.json import Jsonb
+
+pytestmark = pytest.mark.dbt
+
+REPO = Path(__file__).resolve().parents[2]
+DBT_PROJECT = REPO / "dbt"
+DBT = str(Path(sys.executable).with_name("dbt"))
+
+GBP_CO = "gbp_co"
+EUR_CO = "eur_co"
+
+
+# --------------------------------------------------------------------------- payload builders
+
+
+def _link(id_: str | None, path: str) -> dict[str, Any] | None:
+    if id_ is None:
+        return None
+    return {"id": id_, "displayed_as": id_, "$path": f"/{path}/{id_}"}
+
+
+def _invoice_line(line_id: str, net: Any, tax: Any, tax_rate: str | None, ledger: str,
+                  description: str | None = None) -> dict[str, Any]:
+    total = Decimal(str(net)) + Decimal(str(tax))
+    return {
+        "id": line_id, "displayed_as": description, "description": description,
+        "ledger_account": _link(ledger, "ledger_accounts"), "quantity": "1.0", "unit_price": str(net),
+        "net_amount": net, "tax_rate": _link(tax_rate, "tax_rates"), "tax_amount": tax,
+        "total_amount": str(total), "base_currency_net_amount": str(net),
+    }
+
+
+def _document(record_id: str, kind: str, lines: list[dict[str, Any]], *, status: str = "UNPAID",
+              currency: str = "GBP", contact: str | None = "c_acme", contact_name: str | None = "Acme (old)",
+              reference: str | None = None, date: str = "2024-05-01",
+              updated_at: str = "2024-05-01T10:00:00Z") -> dict[str, Any]:
+    lines_key, ttype = {
+        "invoice": ("invoice_lines", "PURCHASE_INVOICE"),
+        "credit_note": ("credit_note_lines", "PURCHASE_CREDIT_NOTE"),
+    }[kind]
+    net = sum(Decimal(str(line["net_amount"])) for line in lines)
+    tax = sum(Decimal(str(line["tax_amount"])) for line in lines)
+    return {
+        "id": record_id, "displayed_as": record_id.upper(), "$path": f"/x/{record_id}",
+        "created_at": "2024-05-01T09:00:00Z", "updated_at": updated_at, "deleted_at": None,
+        "transaction_type": _link(ttype, "transaction_types"),
+        "contact": _link(contact, "contacts"), "contact_name": contact_name, "date": date,
+        "due_date": "2024-05-31", "reference": reference or record_id.upper(),
+        "net_amount": str(net), "tax_amount": str(tax), "total_amount": str(net + tax),
+        "currency": _link(currency, "currencies"), "exchange_rate": "1.0",
+        "status": _link(status, "artefact_statuses"), lines_key: lines,
+    }
+
+
+def _quick_entry(record_id: str, qe_type: str, net: str, tax: str, tax_rate: str, ledger: str,
+                 details: str, status: str = "UNPAID") -> dict[str, Any]:
+    return {
+        "id": record_id, "displayed_as": record_id.upper(), "updated_at": "2024-05-03T10:00:00Z",
+        "quick_entry_type": _link(qe_type, "quick_entry_types"),
+        "transaction_type": _link(f"PURCHASE_QUICK_ENTRY_{qe_type}", "transaction_types"),
+        "contact": _link("c_acme", "contacts"), "contact_name": "Acme (old)", "reference": record_id.upper(),
+        "date": "2024-05-03", "ledger_account": _link(ledger, "ledger_accounts"), "details": details,
+        "tax_rate": _link(tax_rate, "tax_rates"), "net_amount": net, "tax_amount": tax,
+        "total_amount": str(Decimal(net) + Decimal(tax)), "currency": _link("GBP", "currencies"),
+        "status": _link(status, "artefact_statuses"),
+    }
+
+
+def _other_payment(record_id: str, ttype: str, lines: list[tuple[str, str, str, str | None, str, str]],
+                   contact: str | None = None) -> dict[str, Any]:
+    payment_lines = [
+        {"id": lid, "ledger_account": _link(ledger, "ledger_accounts"), "details": details,
+         "tax_rate": _link(rate, "tax_rates"), "net_amount": net, "tax_amount": tax,
+         "total_amount": str(Decimal(net) + Decimal(tax))}
+        for lid, net, tax, rate, ledger, details in lines
+    ]
+    return {
+        "id": record_id, "displayed_as": record_id.upper(), "updated_at": "2024-05-04T10:00:00Z",
+        "transaction_type": _link(ttype, "transaction_types"), "payment_method": _link("CASH", "pm"),
+        "contact": _link(contact, "contacts"), "bank_account": _link("bank1", "bank_accounts"),
+        "date": "2024-05-04", "reference": record_id.upper(), "payment_lines": payment_lines,
+    }
+
+
+# --------------------------------------------------------------------------- the scenario
+
+
+@dataclass
+class Row:
+    stream: str
+    company_id: str
+    record_id: str
+    payload: dict[str, Any]
+    extracted_at: str = "2024-06-01T06:00:00Z"
+
+
+def _scenario() -> list[Row]:
+    rows = [
+        Row("businesses", GBP_CO, GBP_CO, {"id": GBP_CO, "name": "GBP Co Ltd", "country": _link("GB", "c")}),
+        Row("businesses", EUR_CO, EUR_CO, {"id": EUR_CO, "name": "EUR Co", "country": _link("IE", "c")}),
+        Row("financial_settings", GBP_CO, GBP_CO, {"base_currency": _link("GBP", "currencies")}),
+        Row("financial_settings", EUR_CO, EUR_CO, {"base_currency": _link("EUR", "currencies")}),
+    ]
+    for id_, name, code, type_ in [
+        ("la_office", "Office Costs", 7500, "OVERHEADS"),
+        ("la_materials", "Materials", 5000, "DIRECT_EXPENSES"),
+        ("la_equipment", "Office Equipment", 30, "FIXED_ASSETS"),
+    ]:
+        rows.append(Row("ledger_accounts", GBP_CO, id_, {
+            "id": id_, "name": name, "displayed_as": f"{name} ({code})", "nominal_code": code,
+            "ledger_account_type": _link(type_, "ledger_account_types"), "included_in_chart": True}))
+    for id_, pct in [("GB_STANDARD", "20.0"), ("GB_LOWER", "5.0"), ("GB_ZERO", "0.0"), ("GB_EXEMPT", "0.0")]:
+        rows.append(Row("tax_rates", GBP_CO, id_, {"id": id_, "name": id_, "percentage": pct}))
+    rows += [
+        # The supplier was renamed after the invoices were raised: the fact shows the current name.
+        Row("contacts", GBP_CO, "c_acme", {"id": "c_acme", "name": "Acme Ltd", "reference": "ACME001",
+            "contact_types": [{"id": "VENDOR"}], "currency": _link("GBP", "currencies"),
+            "updated_at": "2024-05-10T00:00:00Z"}),
+        Row("contacts", GBP_CO, "c_customer", {"id": "c_customer", "name": "A Customer",
+            "contact_types": [{"id": "CUSTOMER"}]}),
+        Row("purchase_invoices", GBP_CO, "pi_1", _document("pi_1", "invoice", [
+            _invoice_line("pi_1_l1", "100.00", "20.00", "GB_STANDARD", "la_office", "Paper"),
+            # a JSON number rather than a decimal string; no description -> the document reference
+            _invoice_line("pi_1_l2", 50.5, 0, "GB_ZERO", "la_materials"),
+        ], reference="REF-1")),
+        # Two versions; the later one changed the amount. A stale re-fetch of version 1 landed last.
+        Row("purchase_invoices", GBP_CO, "pi_2", _document("pi_2", "invoice", [
+            _invoice_line("pi_2_l1", "200.00", "40.00", "GB_STANDARD", "la_office", "Rent v1")],
+            updated_at="2024-05-01T10:00:00Z"), "2024-05-01T12:00:00Z"),
+        Row("purchase_invoices", GBP_CO, "pi_2", _document("pi_2", "invoice", [
+            _invoice_line("pi_2_l1", "250.00", "50.00", "GB_STANDARD", "la_office", "Rent v2")],
+            status="PAID", updated_at="2024-05-02T10:00:00Z"), "2024-05-02T12:00:00Z"),
+        Row("purchase_invoices", GBP_CO, "pi_2", _document("pi_2", "invoice", [
+            _invoice_line("pi_2_l1", "200.00", "40.00", "GB_STANDARD", "la_office", "Rent v1")],
+            updated_at="2024-05-01T10:00:00Z"), "2024-05-03T12:00:00Z"),
+        Row("purchase_invoices", GBP_CO, "pi_deleted", _document("pi_deleted", "invoice", [
+            _invoice_line("pi_deleted_l1", "999.00", "0", "GB_ZERO", "la_office", "Gone")])),
+        Row("purchase_invoices", GBP_CO, "pi_void", _document("pi_void", "invoice", [
+            _invoice_line("pi_void_l1", "300.00", "60.00", "GB_STANDARD", "la_office", "Void")],
+            status="VOID")),
+        Row("purchase_invoices", GBP_CO, "pi_draft", _document("pi_draft", "invoice", [
+            _invoice_line("pi_draft_l1", "40.00", "8.00", "GB_STANDARD", "la_office", "Draft")],
+            status="DRAFT")),
+        Row("purchase_invoices", GBP_CO, "pi_eur", _document("pi_eur", "invoice", [
+            _invoice_line("pi_eur_l1", "500.00", "0", "GB_ZERO", "la_office", "Euro bill")], currency="EUR")),
+        # No contact link, only the name snapshot; an unknown ledger account; no tax rate.
+        Row("purchase_invoices", GBP_CO, "pi_nocontact", _document("pi_nocontact", "invoice", [
+            _invoice_line("pi_nocontact_l1", "70.00", "0", None, "la_unknown", "Mystery")],
+            contact=None, contact_name="Snapshot Supplies")),
+        Row("purchase_credit_notes", GBP_CO, "pcn_1", _document("pcn_1", "credit_note", [
+            _invoice_line("pcn_1_l1", "30.00", "6.00", "GB_STANDARD", "la_office", "Returned paper")])),
+        Row("purchase_quick_entries", GBP_CO, "qe_inv",
+            _quick_entry("qe_inv", "INVOICE", "80.00", "4.00", "GB_LOWER", "la_materials", "Sand")),
+        Row("purchase_quick_entries", GBP_CO, "qe_cn",
+            _quick_entry("qe_cn", "CREDIT_NOTE", "15.00", "0.00", "GB_EXEMPT", "la_materials", "Sand back")),
+        Row("other_payments", GBP_CO, "op_pay", _other_payment("op_pay", "OTHER_PAYMENT", [
+            ("op_pay_l1", "60.00", "12.00", "GB_STANDARD", "la_equipment", "Laptop"),
+            ("op_pay_l2", "10.00", "0.00", "GB_NO_TAX", "la_office", "Stamps")], contact="c_acme")),
+        Row("other_payments", GBP_CO, "op_refund", _other_payment("op_refund", "OTHER_PAYMENT_REFUND", [
+            ("op_refund_l1", "5.00", "1.00", "GB_SPECIAL", "la_office", "Refund")])),
+        Row("other_payments", GBP_CO, "op_receipt", _other_payment("op_receipt", "OTHER_RECEIPT", [
+            ("op_receipt_l1", "1000.00", "0.00", "GB_ZERO", "la_office", "Income")])),
+        Row("purchase_invoices", EUR_CO, "pi_b1", _document("pi_b1", "invoice", [
+            _invoice_line("pi_b1_l1", "700.00", "0", None, "la_x", "EUR company bill")],
+            currency="EUR", contact=None)),
+        Row("other_payments", EUR_CO, "op_b1", _other_payment("op_b1", "OTHER_PAYMENT", [
+            ("op_b1_l1", "90.00", "0.00", None, "la_x", "EUR company payment")])),
+    ]
+    return rows
+
+
+def _load_scenario(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:
+        tables = conn.execute(
+            "select quote_ident(schemaname) || '.' || quote_ident(tablename) from pg_tables "
+            "where schemaname in ('sage_control', 'sage_raw')"
+        ).fetchall()
+        conn.execute("truncate " + ", ".join(t[0] for t in tables) + " restart identity cascade")
+        conn.execute(
+            "insert into sage_control.companies "
+            "(company_id, company_name, status, synced_from_quarter, connected_at) values "
+            "(%s, 'GBP Co', 'active', '2024-Q2', '2024-05-20T09:00:00Z'), "
+            "(%s, 'EUR Co', 'active', '2024-Q2', '2024-05-21T09:00:00Z')",
+            (GBP_CO, EUR_CO),
+        )
+        conn.execute(
+            "insert into sage_control.sync_runs "
+            "(sync_run_id, company_id, kind, status, started_at, ended_at) "
+            "values ('run1', %s, 'daily', 'success', '2024-06-01T06:00:00Z', '2024-06-01T06:05:00Z'), "
+            "('run2', %s, 'daily', 'failed', '2024-06-02T06:00:00Z', '2024-06-02T06:01:00Z')",
+            (GBP_CO, GBP_CO),
+        )
+        for row in _scenario():
+            canonical = json.dumps(row.payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            conn.execute(
+                sql.SQL(
+                    "insert into sage_raw.{} (company_id, record_id, source_updated_at, payload, "
+                    "content_hash, _extracted_at, _sync_run_id) values (%s, %s, %s, %s, %s, %s, 'run1')"
+                ).format(sql.Identifier(row.stream)),
+                (row.company_id, row.record_id, row.payload.get("updated_at"), Jsonb(row.payload),
+                 hashlib.sha256(canonical.encode()).hexdigest(), row.extracted_at),
+            )
+        conn.execute(
+            "insert into sage_raw.deletions (company_id, stream, record_id, source_deleted_at, "
+            "detection_method, _extracted_at, _sync_run_id) values "
+            "(%s, 'purchase_invoices', 'pi_deleted', '2024-05-20T00:00:00Z', 'deleted_since', "
+            "'2024-06-01T06:00:00Z', 'run1')",
+            (GBP_CO,),
+        )
+
+
+# --------------------------------------------------------------------------- running dbt
+
+
+def _dbt_env(dsn: str) -> dict[str, str]:
+    params = conninfo_to_dict(dsn)
+    env = dict(os.environ)
+    env.update({
+        "SAGE_PG_HOST": str(params.get("host") or "127.0.0.1"),
+        "SAGE_PG_PORT": str(params.get("port") or "5432"),
+        "SAGE_PG_USER": str(params.get("user") or "postgres"),
+        "SAGE_PG_PASSWORD": str(params.get("password") or ""),
+        "SAGE_PG_DBNAME": str(params["dbname"]),
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
+    })
+    return env
+
+
+def _dbt_paths(tmp: Path) -> list[str]:
+    # Own target and log paths, so parallel runs (and a developer's dbt/target) never collide.
+    return ["--project-dir", str(DBT_PROJECT), "--profiles-dir", str(DBT_PROJECT),
+            "--target-path", str(tmp / "target"), "--log-path", str(tmp / "logs")]
+
+
+def _dbt(args: list[str], env: dict[str, str], tmp: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [DBT, *args, *_dbt_paths(tmp)],
+        env=env, cwd=DBT_PROJECT, capture_output=True, text=True, timeout=600, check=False,
+    )
+
+
+@dataclass
+class ParseJob:
+    process: subprocess.Popen[str]
+    target: Path
+
+
+@pytest.fixture(scope="module")
+def parse_job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParseJob]:
+    """`dbt parse` pointed at an unreachable database, started early so it overlaps the build."""
+    tmp = tmp_path_factory.mktemp("dbt_parse")
+    # Cosmos builds its DAG from a manifest made by `dbt parse`, possibly where no database is reachable.
+    env = {**os.environ, "SAGE_PG_HOST": "192.0.2.1", "SAGE_PG_PORT": "1",
+           "DBT_SEND_ANONYMOUS_USAGE_STATS": "False"}
+    process = subprocess.Popen(
+        [DBT, "parse", *_dbt_paths(tmp)], env=env, cwd=DBT_PROJECT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    yield ParseJob(process, tmp / "target")
+    if process.poll() is None:
+        process.kill()
+    process.communicate()
+
+
+@pytest.fixture(scope="module")
+def built(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory, parse_job: ParseJob,
+          ) -> Iterator[psycopg.Connection]:
+    """The scenario loaded and `dbt build` run; yields a connection to read the marts."""
+    _load_scenario(pg_dsn)
+    result = _dbt(["build"], _dbt_env(pg_dsn), tmp_path_factory.mktemp("dbt"))
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    with psycopg.connect(pg_dsn) as conn:
+        yield conn
+
+
+def _rows(conn: psycopg.Connection, query: str) -> list[tuple]:
+    return conn.execute(query).fetchall()
+
+
+# --------------------------------------------------------------------------- the tests
+
+
+def test_dbt_parse_needs_no_database(parse_job: ParseJob, built: psycopg.Connection) -> None:
+    # `built` only so the parse runs while dbt build does (the parse job starts first).
+    output, _ = parse_job.process.communicate(timeout=600)
+    assert parse_job.process.returncode == 0, output[-3000:]
+    manifest = json.loads((parse_job.target / "manifest.json").read_text())
+    models = {n["name"] for n in manifest["nodes"].values() if n["resource_type"] == "model"}
+    assert {"fct_spend_transactions", "dim_companies", "dim_suppliers", "currency_exceptions",
+            "spend_exceptions", "int_spend_lines_unioned"} <= models
+    unit_tests = {n["name"] for n in manifest.get("unit_tests", {}).values()}
+    assert len(unit_tests) >= 3
+
+
+def test_fact_rows_are_exact(built: psycopg.Connection) -> None:
+    rows = _rows(built, """
+        select record_id, line_id, transaction_type, amount, vat_amount, gross_amount, currency,
+               nominal_code, nominal_code_name, category, supplier_name, description, tax_status,
+               tax_rate_percentage, document_status, is_fully_paid
+        from analytics.fct_spend_transactions where company_id = 'gbp_co' order by record_id, line_id
+    """)
+    d = Decimal
+    assert rows == [
+        ("op_pay", "op_pay_l1", "OTHER_PAYMENT", d("60.00"), d("12.00"), d("72.00"), "GBP",
+         30, "Office Equipment", "capital_expenditure", "Acme Ltd", "Laptop", "standard", d("20.0"),
+         None, True),
+        ("op_pay", "op_pay_l2", "OTHER_PAYMENT", d("10.00"), d("0.00"), d("10.00"), "GBP",
+         7500, "Office Costs", "overheads", "Acme Ltd", "Stamps", "no_vat", None, None, True),
+        ("op_refund", "op_refund_l1", "OTHER_PAYMENT_REFUND", d("-5.00"), d("-1.00"), d("-6.00"), "GBP",
+         7500, "Office Costs", "overheads", None, "Refund", "other", None, None, True),
+        ("pcn_1", "pcn_1_l1", "PURCHASE_CREDIT_NOTE", d("-30.00"), d("-6.00"), d("-36.00"), "GBP",
+         7500, "Office Costs", "overheads", "Acme Ltd", "Returned paper", "standard", d("20.0"),
+         "UNPAID", False),
+        ("pi_1", "pi_1_l1", "PURCHASE_INVOICE", d("100.00"), d("20.00"), d("120.00"), "GBP",
+         7500, "Office Costs", "overheads", "Acme Ltd", "Paper", "standard", d("20.0"), "UNPAID", False),
+        ("pi_1", "pi_1_l2", "PURCHASE_INVOICE", d("50.5"), d("0"), d("50.5"), "GBP",
+         5000, "Materials", "direct_expenses", "Acme Ltd", "REF-1", "zero_rated", d("0.0"), "UNPAID", False),
+        ("pi_2", "pi_2_l1", "PURCHASE_INVOICE", d("250.00"), d("50.00"), d("300.00"), "GBP",
+         7500, "Office Costs", "overheads", "Acme Ltd", "Rent v2", "standard", d("20.0"), "PAID", True),
+        ("pi_nocontact", "pi_nocontact_l1", "PURCHASE_INVOICE", d("70.00"), d("0"), d("70.00"), "GBP",
+         None, None, "uncategorised", "Snapshot Supplies", "Mystery", "no_vat", None, "UNPAID", False),
+        ("qe_cn", "qe_cn", "PURCHASE_QUICK_ENTRY_CREDIT_NOTE", d("-15.00"), d("0.00"), d("-15.00"), "GBP",
+         5000, "Materials", "direct_expenses", "Acme Ltd", "Sand back", "exempt", d("0.0"), "UNPAID", False),
+        ("qe_inv", "qe_inv", "PURCHASE_QUICK_ENTRY_INVOICE", d("80.00"), d("4.00"), d("84.00"), "GBP",
+         5000, "Materials", "direct_expenses", "Acme Ltd", "Sand", "reduced", d("5.0"), "UNPAID", False),
+    ]
+
+
+def test_fact_total_and_exclusions(built: psycopg.Connection) -> None:
+    totals = _rows(built, "select company_id, sum(amount) from analytics.fct_spend_transactions group by 1")
+    assert totals == [("gbp_co", Decimal("570.50"))]
+    excluded = {r[0] for r in _rows(built, "select record_id from analytics.fct_spend_transactions")}
+    assert not excluded & {"pi_deleted", "pi_void", "pi_draft", "pi_eur", "op_receipt", "pi_b1", "op_b1"}
+
+
+def test_fact_keys_and_lineage_columns(built: psycopg.Connection) -> None:
+    rows = _rows(built, """
+        select spend_line_id, company_name, accounts_provider, transaction_date,
+               first_synced_at, last_changed_at
+        from analytics.fct_spend_transactions where record_id = 'pi_2'
+    """)
+    assert len(rows) == 1
+    spend_line_id, company_name, provider, txn_date, first_synced, last_changed = rows[0]
+    assert spend_line_id == hashlib.md5(b"gbp_co-PURCHASE_INVOICE-pi_2-pi_2_l1").hexdigest()  # noqa: S324
+    assert (company_name, provider, str(txn_date)) == ("GBP Co", "sage_accounting", "2024-05-01")
+    # first seen with version 1; the current version (2) landed on 2 May, the stale re-fetch changes nothing
+    assert first_synced.isoformat().startswith("2024-05-01T12:00:00")
+    assert last_changed.isoformat().startswith("2024-05-02T12:00:00")
+
+
+def test_currency_exceptions(built: psycopg.Connection) -> None:
+    assert _rows(built, """
+        select company_id, stream, record_id, transaction_date::text, currency, base_currency, amount, reason
+        from analytics.currency_exceptions order by company_id, record_id
+    """) == [
+        ("eur_co", "other_payments", "op_b1", "2024-05-04", "EUR", "EUR", Decimal("90.00"),
+         "company_base_currency_not_gbp"),
+        ("eur_co", "purchase_invoices", "pi_b1", "2024-05-01", "EUR", "EUR", Decimal("700.00"),
+         "company_base_currency_not_gbp"),
+        ("gbp_co", "purchase_invoices", "pi_eur", "2024-05-01", "EUR", "GBP", Decimal("500.00"),
+         "document_currency_not_gbp"),
+    ]
+
+
+def test_spend_exceptions(built: psycopg.Connection) -> None:
+    assert _rows(built, """
+        select company_id, record_id, document_status, amount, reason
+        from analytics.spend_exceptions order by record_id
+    """) == [
+        ("gbp_co", "pi_draft", "DRAFT", Decimal("40.00"), "draft"),
+        ("gbp_co", "pi_void", "VOID", Decimal("300.00"), "void"),
+    ]
+
+
+def test_dim_companies(built: psycopg.Connection) -> None:
+    rows = _rows(built, """
+        select company_id, company_name, accounts_provider, status, synced_from_quarter, base_currency,
+               is_gbp, connected_at is not null, last_successful_sync_at
+        from analytics.dim_companies order by company_id
+    """)
+    assert [r[:8] for r in rows] == [
+        ("eur_co", "EUR Co", "sage_accounting", "active", "2024-Q2", "EUR", False, True),
+        ("gbp_co", "GBP Co", "sage_accounting", "active", "2024-Q2", "GBP", True, True),
+    ]
+    assert rows[0][8] is None
+    # the later failed run does not count
+    assert rows[1][8].isoformat().startswith("2024-06-01T06:05:00")
+
+
+def test_dim_suppliers(built: psycopg.Connection) -> None:
+    assert _rows(built, """
+        select company_id, supplier_id, supplier_name, reference, currency, is_deleted
+        from analytics.dim_suppliers order by 1, 2
+    """) == [("gbp_co", "c_acme", "Acme Ltd", "ACME001", "GBP", False)]
+
+
+def test_staging_marks_deletions(built: psycopg.Connection) -> None:
+    assert _rows(built, """
+        select record_id, is_deleted, deleted_at is not null, deletion_detection_method, version_count
+        from sage_staging.stg_sage__purchase_invoices
+        where company_id = 'gbp_co' and record_id in ('pi_deleted', 'pi_2') order by 1
+    """) == [("pi_2", False, False, None, 3), ("pi_deleted", True, True, "deleted_since", 1)]
