@@ -125,7 +125,8 @@ def main() -> None:
         companies = connect_all(sage)
         for company_id, name in companies:
             say(f"airflow dags test sage_sync__{company_id} ({name})")
-            took = run([str(BIN / "airflow"), "dags", "test", f"sage_sync__{company_id}"], f"dag-{company_id}")
+            dag_id = f"sage_sync__{company_id}"
+            took = run([str(BIN / "airflow"), "dags", "test", dag_id], f"dag-{company_id}")
             print(f"done in {took:.1f} s")
         say("airflow dags test sage_transform (dbt build via cosmos)")
         took = run([str(BIN / "airflow"), "dags", "test", "sage_transform"], "dag-sage_transform")

@@ -17,7 +17,7 @@ from cryptography.fernet import Fernet
 from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from localpg import LOCAL, ROOT, find_server  # noqa: E402
+from localpg import LOCAL, ROOT, find_server
 
 WAREHOUSE_DB = "sage_warehouse"
 AIRFLOW_DB = "sage_airflow"

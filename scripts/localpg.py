@@ -41,7 +41,8 @@ def _configured() -> str | None:
         conn = get_connection("sage_warehouse")
         user = conn.login or "postgres"
         auth = f"{user}:{conn.password}" if conn.password else user
-        return f"postgresql://{auth}@{conn.host or '127.0.0.1'}:{conn.port or 5432}/{conn.schema or 'postgres'}"
+        host, port, db = conn.host or "127.0.0.1", conn.port or 5432, conn.schema or "postgres"
+        return f"postgresql://{auth}@{host}:{port}/{db}"
     return None
 
 

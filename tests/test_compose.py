@@ -33,7 +33,8 @@ def test_airflow_services_share_celery_settings_and_mount_the_project() -> None:
         mounts = {v.split(":")[1] for v in services[name]["volumes"]}
         assert {"/opt/airflow/dags", "/opt/airflow/plugins", "/opt/airflow/dbt"} <= mounts, name
         if name != "airflow-init":
-            assert services[name]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+            init = services[name]["depends_on"]["airflow-init"]
+            assert init["condition"] == "service_completed_successfully"
 
 
 def test_fake_sage_only_in_demo_profile_and_no_secret_in_file() -> None:

@@ -1,0 +1,164 @@
+"""The registry of connected companies (``sage_control.companies``) and their event log.
+
+Every function works inside the caller's transaction and never commits: registering a company,
+storing its first tokens and logging the event belong together, and the caller decides when they
+become visible. The event log (``connection_events``) is append-only so the history of a connection
+(connected, re-authorised, disconnected, errors) survives status changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
+
+from sage_sync.quarters import Quarter
+
+STATUSES = frozenset({"initial_sync", "active", "disconnected", "needs_reauth", "error"})
+
+_COLUMNS = (
+    "company_id, company_name, accounts_provider, status, synced_from_quarter, last_error, "
+    "created_at, updated_at, connected_at, disconnected_at"
+)
+
+
+class UnknownCompanyError(LookupError):
+    """No company with this id is registered."""
+
+
+@dataclass(frozen=True)
+class Company:
+    """One connected Sage business; ``company_id`` is Sage's business id."""
+
+    company_id: str
+    company_name: str
+    accounts_provider: str
+    status: str
+    synced_from_quarter: str
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    connected_at: datetime | None
+    disconnected_at: datetime | None
+
+    @property
+    def synced_from(self) -> Quarter:
+        """``synced_from_quarter`` as a :class:`Quarter`."""
+        return Quarter.parse(self.synced_from_quarter)
+
+
+def register_company(
+    conn: psycopg.Connection, company_id: str, company_name: str, synced_from_quarter: str | Quarter
+) -> Company:
+    """Insert the company, or re-register it after a disconnect or re-authorisation.
+
+    A re-registration keeps ``synced_from_quarter`` (moving it is a backfill's job, not a login's)
+    and goes back to ``initial_sync`` unless a sync has already succeeded, in which case it is
+    ``active`` straight away. Logs a ``connected`` event.
+    """
+    if not company_id:
+        raise ValueError("company_id must be a non-empty string")
+    quarter = str(Quarter.parse(synced_from_quarter) if isinstance(synced_from_quarter, str)
+                  else synced_from_quarter)
+    existing = get_company(conn, company_id)
+    with conn.cursor(row_factory=class_row(Company)) as cur:
+        cur.execute(
+            "insert into sage_control.companies as c "
+            "(company_id, company_name, synced_from_quarter, status, connected_at) "
+            "values (%(id)s, %(name)s, %(quarter)s, 'initial_sync', now()) "
+            "on conflict (company_id) do update set "
+            "company_name = excluded.company_name, "
+            "status = case when exists (select 1 from sage_control.sync_runs r "
+            "                           where r.company_id = c.company_id and r.status = 'success') "
+            "              then 'active' else 'initial_sync' end, "
+            "last_error = null, connected_at = now(), disconnected_at = null, updated_at = now() "
+            f"returning {_COLUMNS}",
+            {"id": company_id, "name": company_name, "quarter": quarter},
+        )
+        company = cur.fetchone()
+    assert company is not None  # an upsert with RETURNING always yields the row
+    log_event(conn, company_id, "connected", {
+        "company_name": company_name,
+        "reconnected": existing is not None,
+        "status": company.status,
+        "synced_from_quarter": company.synced_from_quarter,
+    })
+    return company
+
+
+def get_company(conn: psycopg.Connection, company_id: str) -> Company | None:
+    """The company, or None if it was never registered."""
+    with conn.cursor(row_factory=class_row(Company)) as cur:
+        cur.execute(f"select {_COLUMNS} from sage_control.companies where company_id = %s", (company_id,))
+        return cur.fetchone()
+
+
+def list_companies(conn: psycopg.Connection, statuses: Iterable[str] | None = None) -> list[Company]:
+    """All companies, or those in one of ``statuses``, ordered by id (a stable DAG order)."""
+    with conn.cursor(row_factory=class_row(Company)) as cur:
+        if statuses is None:
+            cur.execute(f"select {_COLUMNS} from sage_control.companies order by company_id")
+        else:
+            wanted = _check_statuses(statuses)
+            cur.execute(
+                f"select {_COLUMNS} from sage_control.companies where status = any(%s) order by company_id",
+                (wanted,),
+            )
+        return cur.fetchall()
+
+
+def set_status(
+    conn: psycopg.Connection,
+    company_id: str,
+    status: str,
+    *,
+    last_error: str | None = None,
+    event_type: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> Company:
+    """Set the company's status and ``last_error`` (None clears it); log ``event_type`` if given.
+
+    Moving to ``disconnected`` stamps ``disconnected_at``. Raises :class:`UnknownCompanyError`.
+    """
+    _check_statuses([status])
+    with conn.cursor(row_factory=class_row(Company)) as cur:
+        cur.execute(
+            "update sage_control.companies set status = %(status)s, last_error = %(error)s, "
+            "disconnected_at = case when %(status)s = 'disconnected' then now() else disconnected_at end, "
+            f"updated_at = now() where company_id = %(id)s returning {_COLUMNS}",
+            {"status": status, "error": last_error, "id": company_id},
+        )
+        company = cur.fetchone()
+    if company is None:
+        raise UnknownCompanyError(f"company {company_id!r} is not registered")
+    if event_type is not None:
+        event_details = {"status": status, **(details or {})}
+        if last_error is not None:
+            event_details.setdefault("error", last_error)
+        log_event(conn, company_id, event_type, event_details)
+    return company
+
+
+def log_event(
+    conn: psycopg.Connection, company_id: str, event_type: str, details: dict[str, Any] | None = None
+) -> None:
+    """Append an event to ``connection_events`` (details must be JSON-serialisable, no secrets)."""
+    if not event_type:
+        raise ValueError("event_type must be a non-empty string")
+    conn.execute(
+        "insert into sage_control.connection_events (company_id, event_type, details) values (%s, %s, %s)",
+        (company_id, event_type, Jsonb(details or {})),
+    )
+
+
+def _check_statuses(statuses: Iterable[str]) -> list[str]:
+    wanted = list(statuses)
+    unknown = sorted(set(wanted) - STATUSES)
+    if unknown:
+        raise ValueError(f"unknown company status {unknown}; expected one of {sorted(STATUSES)}")
+    return wanted

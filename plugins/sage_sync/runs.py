@@ -1,0 +1,113 @@
+"""The audit trail of sync runs (``sage_control.sync_runs``) and their per-stream counters.
+
+Counters are added by the page loader inside each page's transaction, so they always agree with the
+rows that page committed (a rolled-back page also rolls back its counts). The addition is one
+``UPDATE`` computing the new jsonb from the current row: under READ COMMITTED, concurrent updaters of
+the same run queue on the row lock and each re-reads the row it waited for, so no increment is lost.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+KINDS = frozenset({"daily", "backfill", "reset", "manual"})
+FINAL_STATUSES = frozenset({"success", "failed", "skipped"})
+
+_COLUMNS = "sync_run_id, company_id, kind, status, started_at, ended_at, stats, error"
+
+
+class UnknownRunError(LookupError):
+    """No sync run with this id exists."""
+
+
+def start_run(conn: psycopg.Connection, company_id: str, kind: str, *, sync_run_id: str | None = None) -> str:
+    """Record a ``running`` run and return its id; the caller commits.
+
+    The id is a new uuid4 unless ``sync_run_id`` is given (e.g. derived from an Airflow run id so that
+    every retry of that run shares one audit row): starting an existing run again sets it back to
+    ``running`` and keeps its counters, which then also count the retry's work.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown sync run kind {kind!r}; expected one of {sorted(KINDS)}")
+    row = conn.execute(
+        "insert into sage_control.sync_runs as r (sync_run_id, company_id, kind) values (%s, %s, %s) "
+        "on conflict (sync_run_id) do update set status = 'running', ended_at = null, error = null "
+        "where r.company_id = excluded.company_id "
+        "returning r.sync_run_id",
+        (sync_run_id or str(uuid.uuid4()), company_id, kind),
+    ).fetchone()
+    if row is None:
+        raise ValueError(f"sync run {sync_run_id!r} already exists for another company")
+    return row[0]
+
+
+def add_stream_stats(
+    conn: psycopg.Connection, sync_run_id: str, stream: str, *, total_reported: int | None = None,
+    **counters: int,
+) -> dict[str, int]:
+    """Add ``counters`` (e.g. ``pages=1, rows_seen=200``) to ``stats[stream]``; set ``total_reported``.
+
+    One statement, in the caller's transaction; returns the stream's counters after the update.
+    """
+    checked = dict(counters) if total_reported is None else {**counters, "total_reported": total_reported}
+    for name, value in checked.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"counter {name!r} must be an int, got {type(value).__name__}")
+    assigned = {} if total_reported is None else {"total_reported": total_reported}
+    row = conn.execute(
+        "update sage_control.sync_runs as r set stats = r.stats || jsonb_build_object("
+        "  %(stream)s::text,"
+        "  coalesce(r.stats -> %(stream)s, '{}'::jsonb)"
+        "  || coalesce((select jsonb_object_agg("
+        "                 c.key, coalesce((r.stats -> %(stream)s ->> c.key)::bigint, 0) + c.value::bigint)"
+        "               from jsonb_each_text(%(added)s) as c (key, value)), '{}'::jsonb)"
+        "  || %(assigned)s) "
+        "where r.sync_run_id = %(id)s "
+        "returning r.stats -> %(stream)s",
+        {"stream": stream, "added": Jsonb(counters), "assigned": Jsonb(assigned), "id": sync_run_id},
+    ).fetchone()
+    if row is None:
+        raise UnknownRunError(f"sync run {sync_run_id!r} does not exist")
+    return dict(row[0])
+
+
+def finish_run(conn: psycopg.Connection, sync_run_id: str, status: str, error: str | None = None) -> None:
+    """Close the run with a final status (and the error text of a failure); in the caller's transaction."""
+    if status not in FINAL_STATUSES:
+        raise ValueError(f"unknown final run status {status!r}; expected one of {sorted(FINAL_STATUSES)}")
+    cur = conn.execute(
+        "update sage_control.sync_runs set status = %s, error = %s, ended_at = now() where sync_run_id = %s",
+        (status, error, sync_run_id),
+    )
+    if cur.rowcount == 0:
+        raise UnknownRunError(f"sync run {sync_run_id!r} does not exist")
+
+
+def get_run(conn: psycopg.Connection, sync_run_id: str) -> dict[str, Any]:
+    """The run's row as a dict (``stats`` decoded); raises :class:`UnknownRunError`."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"select {_COLUMNS} from sage_control.sync_runs where sync_run_id = %s", (sync_run_id,))
+        row = cur.fetchone()
+    if row is None:
+        raise UnknownRunError(f"sync run {sync_run_id!r} does not exist")
+    return row
+
+
+def last_successful_run(
+    conn: psycopg.Connection, company_id: str, kinds: Iterable[str] | None = None
+) -> dict[str, Any] | None:
+    """The company's most recently started successful run (optionally of ``kinds``), or None."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            f"select {_COLUMNS} from sage_control.sync_runs "
+            "where company_id = %s and status = 'success' and (%s::text[] is null or kind = any(%s::text[])) "
+            "order by started_at desc, ended_at desc nulls last limit 1",
+            (company_id, None if kinds is None else list(kinds), None if kinds is None else list(kinds)),
+        )
+        return cur.fetchone()

@@ -1,0 +1,53 @@
+"""Tokens are encrypted with Airflow's Fernet key; key rotation works; errors leak no secret."""
+
+import pytest
+from cryptography.fernet import Fernet
+
+from sage_sync import crypto
+from sage_sync.config import ConfigError
+
+
+def test_round_trip(fernet_key: str) -> None:
+    secret = "refresh-token-ÄÖ-☃"
+    token = crypto.encrypt(secret)
+    assert secret not in token
+    assert token != crypto.encrypt(secret)  # Fernet is randomised
+    assert crypto.decrypt(token) == secret
+
+
+def test_rotation_first_key_encrypts_all_keys_decrypt(
+    monkeypatch: pytest.MonkeyPatch, fernet_key: str
+) -> None:
+    old_token = crypto.encrypt("old")
+    new_key = Fernet.generate_key().decode()
+    monkeypatch.setenv("AIRFLOW__CORE__FERNET_KEY", f"{new_key}, {fernet_key}")
+    assert crypto.decrypt(old_token) == "old"
+    new_token = crypto.encrypt("new")
+    assert Fernet(new_key.encode()).decrypt(new_token.encode()) == b"new"
+
+
+def test_missing_key_is_a_clear_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIRFLOW__CORE__FERNET_KEY", raising=False)
+    with pytest.raises(ConfigError, match="AIRFLOW__CORE__FERNET_KEY"):
+        crypto.encrypt("x")
+
+
+def test_malformed_key_error_does_not_echo_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW__CORE__FERNET_KEY", "not-a-real-key-s3cr3t")
+    with pytest.raises(crypto.CryptoError) as info:
+        crypto.encrypt("x")
+    assert "s3cr3t" not in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_wrong_key_cannot_decrypt(monkeypatch: pytest.MonkeyPatch, fernet_key: str) -> None:
+    token = crypto.encrypt("secret")
+    monkeypatch.setenv("AIRFLOW__CORE__FERNET_KEY", Fernet.generate_key().decode())
+    with pytest.raises(crypto.CryptoError, match="cannot decrypt") as info:
+        crypto.decrypt(token)
+    assert token not in str(info.value)
+
+
+def test_garbage_ciphertext(fernet_key: str) -> None:
+    with pytest.raises(crypto.CryptoError):
+        crypto.decrypt("garbage-☃")
