@@ -40,12 +40,13 @@ DAG_ARGS = {
 
 def _cosmos_dag() -> DAG:
     from cosmos import DbtDag, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig  # noqa: PLC0415
-    from cosmos.constants import LoadMode  # noqa: PLC0415
+    from cosmos.constants import InvocationMode, LoadMode, TestBehavior  # noqa: PLC0415
     from cosmos.profiles import PostgresUserPasswordProfileMapping  # noqa: PLC0415
 
     return DbtDag(
         project_config=ProjectConfig(
-            dbt_project_path=DBT_PROJECT, manifest_path=MANIFEST, project_name="sage_carbon"
+            dbt_project_path=DBT_PROJECT, manifest_path=MANIFEST, project_name="sage_carbon",
+            install_dbt_deps=False,
         ),
         profile_config=ProfileConfig(
             profile_name="sage_carbon",
@@ -54,9 +55,13 @@ def _cosmos_dag() -> DAG:
                 conn_id="sage_warehouse", profile_args={"schema": "analytics"}
             ),
         ),
-        execution_config=ExecutionConfig(dbt_executable_path=DBT_EXECUTABLE),
-        render_config=RenderConfig(load_method=LoadMode.DBT_MANIFEST),
-        operator_args={"install_deps": False},
+        execution_config=ExecutionConfig(
+            dbt_executable_path=DBT_EXECUTABLE, invocation_mode=InvocationMode.DBT_RUNNER
+        ),
+        # One task per model, then every test in one task at the end: a test spanning several
+        # models (the reconciliation) can only run once all of them are built, and a task per
+        # test would double the run's fixed per-task cost.
+        render_config=RenderConfig(load_method=LoadMode.DBT_MANIFEST, test_behavior=TestBehavior.AFTER_ALL),
         **DAG_ARGS,
     )
 

@@ -62,6 +62,27 @@ def run(cmd: list[str], log_name: str) -> float:
     return elapsed
 
 
+def run_parallel(commands: dict[str, list[str]]) -> float:
+    """Run independent commands at once (each company's DAG is its own process)."""
+    LOGS.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    procs = {}
+    for name, cmd in commands.items():
+        log = (LOGS / f"{name}.log").open("w")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        procs[name] = (proc, log)
+    failed = []
+    for name, (proc, log) in procs.items():
+        if proc.wait() != 0:
+            failed.append(name)
+        log.close()
+    if failed:
+        tails = "\n".join(f"--- {n}\n" + "\n".join((LOGS / f"{n}.log").read_text().splitlines()[-25:])
+                          for n in failed)
+        raise SystemExit(f"failed: {', '.join(failed)}\n{tails}")
+    return time.monotonic() - started
+
+
 def connect_all(sage: FakeSageServer) -> list[tuple[str, str]]:
     oauth = OAuthClient(sage_settings())
     companies = []
@@ -123,11 +144,12 @@ def main() -> None:
             migrate(conn)
         say("connecting the businesses (OAuth authorisation code + PKCE, then `sage_sync connect`)")
         companies = connect_all(sage)
-        for company_id, name in companies:
-            say(f"airflow dags test sage_sync__{company_id} ({name})")
-            dag_id = f"sage_sync__{company_id}"
-            took = run([str(BIN / "airflow"), "dags", "test", dag_id], f"dag-{company_id}")
-            print(f"done in {took:.1f} s")
+        say("airflow dags test sage_sync__<company> for the three companies, side by side")
+        took = run_parallel({
+            f"dag-{company_id}": [str(BIN / "airflow"), "dags", "test", f"sage_sync__{company_id}"]
+            for company_id, _ in companies
+        })
+        print(f"done in {took:.1f} s")
         say("airflow dags test sage_transform (dbt build via cosmos)")
         took = run([str(BIN / "airflow"), "dags", "test", "sage_transform"], "dag-sage_transform")
         print(f"done in {took:.1f} s")

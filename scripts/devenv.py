@@ -62,7 +62,8 @@ def build_env() -> dict[str, str]:
 
     warehouse_conn = json.dumps({
         "conn_type": "postgres", "host": host, "port": int(port), "login": user,
-        "password": password or None, "schema": WAREHOUSE_DB,
+        # cosmos' profile mapping insists on a password; a local trust-auth server ignores it.
+        "password": password or "unused-with-trust-auth", "schema": WAREHOUSE_DB,
     })
     env = {
         "SAGE_PG_URL": server,
