@@ -1,0 +1,166 @@
+"""End to end: the fake Sage, the CLI, a company DAG run by Airflow, and `dbt build`.
+
+After each step the modelled spend must equal what the fake Sage holds, computed here
+independently from its records: GBP documents in the Synced From window, not void, draft or
+deleted, credit notes and refunds negative, receipts left out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from sage_sync.auth import OAuthClient, new_pkce_pair
+from sage_sync.config import sage_settings
+from sandbox.fake_sage.server import FakeSageServer
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SYNCED_FROM = "2025-Q1"
+pytestmark = [pytest.mark.airflow, pytest.mark.dbt]
+
+
+@pytest.fixture(scope="module")
+def sage() -> Iterator[FakeSageServer]:
+    with FakeSageServer(seed=11) as server:
+        yield server
+
+
+@pytest.fixture
+def env(sage: FakeSageServer, pg_dsn: str, warehouse: psycopg.Connection, fernet_key: str,
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+    """The process environment of the CLI, Airflow and dbt, pointed at the test warehouse."""
+    if not os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
+        pytest.skip("needs Airflow's metadata DB: run through `make test`")
+    sage.admin.reset()
+    # Reads in the test must not hold locks across steps: dbt swaps the tables they touched.
+    warehouse.autocommit = True
+    p = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+    values = {
+        "AIRFLOW_CONN_SAGE_WAREHOUSE": json.dumps({
+            "conn_type": "postgres", "host": p.get("host", "127.0.0.1"), "port": int(p.get("port", 5432)),
+            "login": p.get("user", "postgres"), "password": p.get("password") or "unused", "schema": p["dbname"]}),
+        "AIRFLOW_CONN_SAGE_DEFAULT": sage.airflow_conn_json(),
+        "SAGE_PG_DBNAME": p["dbname"],
+        "SAGE_REGISTRY_SNAPSHOT": str(tmp_path / "companies.json"),
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return {**os.environ, **values}
+
+
+def _run(cmd: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    assert done.returncode == 0, f"{' '.join(cmd[:4])} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def _connect_via_cli(sage: FakeSageServer, env: dict[str, str], business_id: str) -> None:
+    verifier, challenge = new_pkce_pair()
+    oauth = OAuthClient(sage_settings())
+    assert "code_challenge=" in oauth.authorization_url("s", code_challenge=challenge)
+    code = sage.authorize(code_challenge=challenge)
+    _run([str(BIN / "python"), "-m", "sage_sync", "connect", "--code", code, "--business-id", business_id,
+          "--synced-from", SYNCED_FROM, "--code-verifier", verifier], env)
+
+
+def _dag_test(env: dict[str, str], dag_id: str) -> str:
+    return _run([str(BIN / "airflow"), "dags", "test", dag_id], env, timeout=600).stdout
+
+
+def _dbt_build(env: dict[str, str], tmp_path: Path) -> None:
+    _run([str(BIN / "dbt"), "build", "--project-dir", str(ROOT / "dbt"), "--profiles-dir", str(ROOT / "dbt"),
+          "--target-path", str(tmp_path / "target"), "--log-path", str(tmp_path / "logs")], env, timeout=600)
+
+
+def _expected_spend(sage: FakeSageServer, company: str) -> Decimal:
+    """Spend per the scenario's rules, from what the fake Sage holds right now."""
+    start = date.fromisoformat("2025-01-01")
+    total = Decimal(0)
+    sign_of = {"purchase_invoices": 1, "purchase_credit_notes": -1}
+    for stream, lines in (("purchase_invoices", "invoice_lines"), ("purchase_credit_notes", "credit_note_lines")):
+        for doc in sage.admin.records(company, stream):
+            if (date.fromisoformat(doc["date"]) < start or doc["status"]["id"] in ("VOID", "DRAFT")
+                    or doc["currency"]["id"] != "GBP"):
+                continue
+            total += sign_of[stream] * sum(Decimal(line["net_amount"]) for line in doc[lines])
+    for doc in sage.admin.records(company, "purchase_quick_entries"):
+        if (date.fromisoformat(doc["date"]) < start or doc["status"]["id"] in ("VOID", "DRAFT")
+                or doc["currency"]["id"] != "GBP"):
+            continue
+        total += (-1 if doc["quick_entry_type"]["id"] == "CREDIT_NOTE" else 1) * Decimal(doc["net_amount"])
+    for doc in sage.admin.records(company, "other_payments"):
+        kind = doc["transaction_type"]["id"]
+        if date.fromisoformat(doc["date"]) < start or kind not in ("OTHER_PAYMENT", "OTHER_PAYMENT_REFUND"):
+            continue
+        sign = -1 if kind == "OTHER_PAYMENT_REFUND" else 1
+        total += sign * sum(Decimal(line["net_amount"]) for line in doc["payment_lines"])
+    return total
+
+
+def _modelled_spend(conn: psycopg.Connection, company: str) -> Decimal:
+    row = conn.execute("select coalesce(sum(amount), 0) from analytics.fct_spend_transactions "
+                       "where company_id = %s", (company,)).fetchone()
+    return Decimal(row[0])
+
+
+def test_company_dag_then_dbt_equals_what_sage_holds(sage: FakeSageServer, env: dict[str, str],
+                                                     warehouse: psycopg.Connection, tmp_path: Path) -> None:
+    company = next(b["id"] for b in sage.admin.businesses() if b["key"] == "greenleaf")
+    _connect_via_cli(sage, env, company)
+    dag_id = f"sage_sync__{company}"
+
+    _dag_test(env, dag_id)
+    _dbt_build(env, tmp_path)
+    assert _modelled_spend(warehouse, company) == _expected_spend(sage, company)
+    runs = warehouse.execute("select kind, status from sage_control.sync_runs").fetchall()
+    assert runs == [("daily", "success")]
+    assert warehouse.execute("select status from sage_control.companies").fetchone() == ("active",)
+
+    # Between runs in Sage: an edit, a deletion, a void and a new bill.
+    invoices = [r for r in sage.admin.records(company, "purchase_invoices")
+                if r["date"] >= "2025-01-01" and r["status"]["id"] not in ("VOID", "DRAFT")
+                and r["currency"]["id"] == "GBP"]
+    sage.admin.advance_clock(86400)
+    edited = invoices[0]
+    new_lines = [{**edited["invoice_lines"][0], "net_amount": "999.99", "tax_amount": "200.00",
+                  "total_amount": "1199.99"}]
+    sage.admin.update(company, "purchase_invoices", edited["id"], {"invoice_lines": new_lines})
+    sage.admin.delete(company, "purchase_invoices", invoices[1]["id"])
+    sage.admin.void(company, "purchase_invoices", invoices[2]["id"], "entered twice")
+    versions_before = warehouse.execute("select count(*) from sage_raw.purchase_invoices").fetchone()[0]
+
+    _dag_test(env, dag_id)
+    _dbt_build(env, tmp_path)
+    versions_after = warehouse.execute("select count(*) from sage_raw.purchase_invoices").fetchone()[0]
+    assert versions_after == versions_before + 2  # the edit and the void; the deletion is a tombstone
+    deleted = warehouse.execute("select record_id from sage_raw.deletions where stream = 'purchase_invoices' "
+                                "and record_id = %s", (invoices[1]["id"],)).fetchall()
+    assert deleted == [(invoices[1]["id"],)]
+    assert _modelled_spend(warehouse, company) == _expected_spend(sage, company)
+    in_fact = {r[0] for r in warehouse.execute(
+        "select distinct record_id from analytics.fct_spend_transactions where company_id = %s", (company,))}
+    assert invoices[1]["id"] not in in_fact and invoices[2]["id"] not in in_fact and edited["id"] in in_fact
+    duplicates = warehouse.execute("select count(*) - count(distinct spend_line_id) "
+                                   "from analytics.fct_spend_transactions").fetchone()[0]
+    assert duplicates == 0
+
+
+def test_disconnected_company_run_is_skipped_with_reason(sage: FakeSageServer, env: dict[str, str],
+                                                         warehouse: psycopg.Connection) -> None:
+    company = next(b["id"] for b in sage.admin.businesses() if b["key"] == "northwind")
+    _connect_via_cli(sage, env, company)
+    warehouse.execute("update sage_control.companies set status = 'disconnected', disconnected_at = now()")
+    out = _dag_test(env, f"sage_sync__{company}")
+    assert "is disconnected" in out
+    assert warehouse.execute("select count(*) from sage_control.sync_runs").fetchone() == (0,)
+    assert warehouse.execute("select count(*) from sage_raw.purchase_invoices").fetchone() == (0,)
