@@ -1,7 +1,7 @@
 {#
     The raw tables are append-only: every changed fetch of a record is a new row (a version).
     Returns the latest version of each (company_id, record_id), plus when the record was first
-    landed and when its current version was landed.
+    landed, how many versions it has and when its newest version (of any age) landed.
 
     Latest version wins: the highest Sage `updated_at` (source_updated_at), so an older version
     re-fetched late (the sync re-reads a 10 minute overlap) never overrides a newer one; ties and
@@ -17,7 +17,8 @@
         ranked._extracted_at,
         ranked._sync_run_id,
         ranked.first_synced_at,
-        ranked.version_count
+        ranked.version_count,
+        ranked.last_version_landed_at
     from (
         select
             versions.*,
@@ -28,7 +29,10 @@
             min(versions._extracted_at) over (
                 partition by versions.company_id, versions.record_id
             ) as first_synced_at,
-            count(*) over (partition by versions.company_id, versions.record_id) as version_count
+            count(*) over (partition by versions.company_id, versions.record_id) as version_count,
+            max(versions._extracted_at) over (
+                partition by versions.company_id, versions.record_id
+            ) as last_version_landed_at
         from {{ relation }} as versions
     ) as ranked
     where ranked.version_rank = 1

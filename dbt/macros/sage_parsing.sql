@@ -35,3 +35,14 @@
     {%- endfor %}
     )
 {%- endmacro %}
+
+{#
+    Sage nominal codes are integers; UK users read them as 4 digits ('0030'). Codes above 9999
+    (possible in renumbered charts) are kept whole rather than truncated by lpad.
+#}
+{% macro nominal_code_text(column) -%}
+    case
+        when {{ column }} between 0 and 9999 then lpad(cast({{ column }} as text), 4, '0')
+        else cast({{ column }} as text)
+    end
+{%- endmacro %}

@@ -1,7 +1,9 @@
 """The dbt project against real PostgreSQL: crafted raw rows in, `dbt build` green, marts exact.
 
-One scenario is loaded into sage_raw / sage_control, `dbt build` runs once (models, seeds, schema
-tests, unit tests and the raw-reconciliation test), then every test reads the marts.
+The scenario lands in two phases with a dbt run between them, as days do: phase 1, `dbt run` of
+the incremental layers; phase 2 (an edit, a stale re-fetch, a void, a deletion detected late, a
+payment re-typed as a receipt), then one `dbt build` (incremental models, seeds, schema tests, unit
+tests, the raw-reconciliation test). The marts must then be exactly what a full build gives.
 
 Company ``gbp_co`` (base GBP) holds the interesting cases; ``eur_co`` (base EUR) shows that a
 non-GBP company's spend goes to currency_exceptions, never into the fact.
@@ -153,17 +155,11 @@ def _scenario() -> list[Row]:
         Row("purchase_invoices", GBP_CO, "pi_2", _document("pi_2", "invoice", [
             _invoice_line("pi_2_l1", "200.00", "40.00", "GB_STANDARD", "la_office", "Rent v1")],
             updated_at="2024-05-01T10:00:00Z"), "2024-05-01T12:00:00Z"),
-        Row("purchase_invoices", GBP_CO, "pi_2", _document("pi_2", "invoice", [
-            _invoice_line("pi_2_l1", "250.00", "50.00", "GB_STANDARD", "la_office", "Rent v2")],
-            status="PAID", updated_at="2024-05-02T10:00:00Z"), "2024-05-02T12:00:00Z"),
-        Row("purchase_invoices", GBP_CO, "pi_2", _document("pi_2", "invoice", [
-            _invoice_line("pi_2_l1", "200.00", "40.00", "GB_STANDARD", "la_office", "Rent v1")],
-            updated_at="2024-05-01T10:00:00Z"), "2024-05-03T12:00:00Z"),
         Row("purchase_invoices", GBP_CO, "pi_deleted", _document("pi_deleted", "invoice", [
             _invoice_line("pi_deleted_l1", "999.00", "0", "GB_ZERO", "la_office", "Gone")])),
+        # voided only in phase 2
         Row("purchase_invoices", GBP_CO, "pi_void", _document("pi_void", "invoice", [
-            _invoice_line("pi_void_l1", "300.00", "60.00", "GB_STANDARD", "la_office", "Void")],
-            status="VOID")),
+            _invoice_line("pi_void_l1", "300.00", "60.00", "GB_STANDARD", "la_office", "Void")])),
         Row("purchase_invoices", GBP_CO, "pi_draft", _document("pi_draft", "invoice", [
             _invoice_line("pi_draft_l1", "40.00", "8.00", "GB_STANDARD", "la_office", "Draft")],
             status="DRAFT")),
@@ -184,7 +180,8 @@ def _scenario() -> list[Row]:
             ("op_pay_l2", "10.00", "0.00", "GB_NO_TAX", "la_office", "Stamps")], contact="c_acme")),
         Row("other_payments", GBP_CO, "op_refund", _other_payment("op_refund", "OTHER_PAYMENT_REFUND", [
             ("op_refund_l1", "5.00", "1.00", "GB_SPECIAL", "la_office", "Refund")])),
-        Row("other_payments", GBP_CO, "op_receipt", _other_payment("op_receipt", "OTHER_RECEIPT", [
+        # first landed as a payment; phase 2 corrects it to a receipt (income, not spend)
+        Row("other_payments", GBP_CO, "op_receipt", _other_payment("op_receipt", "OTHER_PAYMENT", [
             ("op_receipt_l1", "1000.00", "0.00", "GB_ZERO", "la_office", "Income")])),
         Row("purchase_invoices", EUR_CO, "pi_b1", _document("pi_b1", "invoice", [
             _invoice_line("pi_b1_l1", "700.00", "0", None, "la_x", "EUR company bill")],
@@ -193,6 +190,63 @@ def _scenario() -> list[Row]:
             ("op_b1_l1", "90.00", "0.00", None, "la_x", "EUR company payment")])),
     ]
     return rows
+
+
+LATER = "2024-06-02T06:00:00Z"
+# The first (full) run's counters: Sage's $total per stream.
+RUN1_STATS = {
+    "ledger_accounts": {"pages": 1, "rows_seen": 3, "versions_added": 3, "total_reported": 3, "passes": 1},
+    # pi_1, pi_2, pi_void, pi_draft, pi_eur, pi_nocontact (pi_deleted is gone): 6 current
+    "purchase_invoices": {"pages": 1, "rows_seen": 7, "versions_added": 7, "total_reported": 6,
+                          "deletions": 1, "passes": 1},
+    # one more than the warehouse holds: not reconciled
+    "purchase_credit_notes": {"pages": 1, "rows_seen": 1, "versions_added": 1, "total_reported": 2, "passes": 1},
+}
+
+
+def _later_rows() -> list[Row]:
+    """Phase 2: what the next day's sync lands after the first dbt run."""
+    receipt = _other_payment("op_receipt", "OTHER_RECEIPT", [
+        ("op_receipt_l1", "1000.00", "0.00", "GB_ZERO", "la_office", "Income")])
+    receipt["updated_at"] = "2024-05-06T10:00:00Z"
+    return [
+        # pi_2 edited: version 2 changed the amount. A stale re-fetch of version 1 lands last.
+        Row("purchase_invoices", GBP_CO, "pi_2", _document("pi_2", "invoice", [
+            _invoice_line("pi_2_l1", "250.00", "50.00", "GB_STANDARD", "la_office", "Rent v2")],
+            status="PAID", updated_at="2024-05-02T10:00:00Z"), LATER),
+        Row("purchase_invoices", GBP_CO, "pi_2", _document("pi_2", "invoice", [
+            _invoice_line("pi_2_l1", "200.00", "40.00", "GB_STANDARD", "la_office", "Rent v1")],
+            updated_at="2024-05-01T10:00:00Z"), "2024-06-03T06:00:00Z"),
+        Row("purchase_invoices", GBP_CO, "pi_void", _document("pi_void", "invoice", [
+            _invoice_line("pi_void_l1", "300.00", "60.00", "GB_STANDARD", "la_office", "Void")],
+            status="VOID", updated_at="2024-05-05T10:00:00Z"), LATER),
+        Row("other_payments", GBP_CO, "op_receipt", receipt, LATER),
+    ]
+
+
+def _insert_rows(conn: psycopg.Connection, rows: list[Row]) -> None:
+    for row in rows:
+        canonical = json.dumps(row.payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        conn.execute(
+            sql.SQL(
+                "insert into sage_raw.{} (company_id, record_id, source_updated_at, payload, "
+                "content_hash, _extracted_at, _sync_run_id) values (%s, %s, %s, %s, %s, %s, 'run1')"
+            ).format(sql.Identifier(row.stream)),
+            (row.company_id, row.record_id, row.payload.get("updated_at"), Jsonb(row.payload),
+             hashlib.sha256(canonical.encode()).hexdigest(), row.extracted_at),
+        )
+
+
+def _load_later(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:
+        _insert_rows(conn, _later_rows())
+        # a deletion detected a day after the document was first modelled
+        conn.execute(
+            "insert into sage_raw.deletions (company_id, stream, record_id, source_deleted_at, "
+            "detection_method, _extracted_at, _sync_run_id) values "
+            "(%s, 'purchase_invoices', 'pi_deleted', '2024-05-20T00:00:00Z', 'deleted_since', %s, 'run1')",
+            (GBP_CO, LATER),
+        )
 
 
 def _load_scenario(dsn: str) -> None:
@@ -211,28 +265,12 @@ def _load_scenario(dsn: str) -> None:
         )
         conn.execute(
             "insert into sage_control.sync_runs "
-            "(sync_run_id, company_id, kind, status, started_at, ended_at) "
-            "values ('run1', %s, 'daily', 'success', '2024-06-01T06:00:00Z', '2024-06-01T06:05:00Z'), "
-            "('run2', %s, 'daily', 'failed', '2024-06-02T06:00:00Z', '2024-06-02T06:01:00Z')",
-            (GBP_CO, GBP_CO),
+            "(sync_run_id, company_id, kind, status, started_at, ended_at, stats) "
+            "values ('run1', %s, 'daily', 'success', '2024-06-01T06:00:00Z', '2024-06-01T06:05:00Z', %s), "
+            "('run2', %s, 'daily', 'failed', '2024-06-02T06:00:00Z', '2024-06-02T06:01:00Z', '{}')",
+            (GBP_CO, Jsonb(RUN1_STATS), GBP_CO),
         )
-        for row in _scenario():
-            canonical = json.dumps(row.payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-            conn.execute(
-                sql.SQL(
-                    "insert into sage_raw.{} (company_id, record_id, source_updated_at, payload, "
-                    "content_hash, _extracted_at, _sync_run_id) values (%s, %s, %s, %s, %s, %s, 'run1')"
-                ).format(sql.Identifier(row.stream)),
-                (row.company_id, row.record_id, row.payload.get("updated_at"), Jsonb(row.payload),
-                 hashlib.sha256(canonical.encode()).hexdigest(), row.extracted_at),
-            )
-        conn.execute(
-            "insert into sage_raw.deletions (company_id, stream, record_id, source_deleted_at, "
-            "detection_method, _extracted_at, _sync_run_id) values "
-            "(%s, 'purchase_invoices', 'pi_deleted', '2024-05-20T00:00:00Z', 'deleted_since', "
-            "'2024-06-01T06:00:00Z', 'run1')",
-            (GBP_CO,),
-        )
+        _insert_rows(conn, _scenario())
 
 
 # --------------------------------------------------------------------------- running dbt
@@ -292,8 +330,14 @@ def parse_job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParseJob]:
 def built(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory, parse_job: ParseJob,
           ) -> Iterator[psycopg.Connection]:
     """The scenario loaded and `dbt build` run; yields a connection to read the marts."""
+    env, tmp = _dbt_env(pg_dsn), tmp_path_factory.mktemp("dbt")
     _load_scenario(pg_dsn)
-    result = _dbt(["build"], _dbt_env(pg_dsn), tmp_path_factory.mktemp("dbt"))
+    # Day 1: only the incremental layers (the jsonb-heavy part), as a first daily run builds them.
+    result = _dbt(["run", "--select", "+int_spend_lines_signed"], env, tmp)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    # Day 2: later versions and a late deletion land; the build is incremental from here.
+    _load_later(pg_dsn)
+    result = _dbt(["build"], env, tmp)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     with psycopg.connect(pg_dsn) as conn:
         yield conn
@@ -321,34 +365,34 @@ def test_dbt_parse_needs_no_database(parse_job: ParseJob, built: psycopg.Connect
 def test_fact_rows_are_exact(built: psycopg.Connection) -> None:
     rows = _rows(built, """
         select record_id, line_id, transaction_type, amount, vat_amount, gross_amount, currency,
-               nominal_code, nominal_code_name, category, supplier_name, description, tax_status,
+               nominal_code, nominal_code_name, category, supplier_name, transaction_description, tax_status,
                tax_rate_percentage, document_status, is_fully_paid
         from analytics.fct_spend_transactions where company_id = 'gbp_co' order by record_id, line_id
     """)
     d = Decimal
     assert rows == [
         ("op_pay", "op_pay_l1", "OTHER_PAYMENT", d("60.00"), d("12.00"), d("72.00"), "GBP",
-         30, "Office Equipment", "capital_expenditure", "Acme Ltd", "Laptop", "standard", d("20.0"),
+         "0030", "Office Equipment", "capital_expenditure", "Acme Ltd", "Laptop", "standard", d("20.0"),
          None, True),
         ("op_pay", "op_pay_l2", "OTHER_PAYMENT", d("10.00"), d("0.00"), d("10.00"), "GBP",
-         7500, "Office Costs", "overheads", "Acme Ltd", "Stamps", "no_vat", None, None, True),
+         "7500", "Office Costs", "office_costs", "Acme Ltd", "Stamps", "outside_scope", None, None, True),
         ("op_refund", "op_refund_l1", "OTHER_PAYMENT_REFUND", d("-5.00"), d("-1.00"), d("-6.00"), "GBP",
-         7500, "Office Costs", "overheads", None, "Refund", "other", None, None, True),
+         "7500", "Office Costs", "office_costs", None, "Refund", "other", None, None, True),
         ("pcn_1", "pcn_1_l1", "PURCHASE_CREDIT_NOTE", d("-30.00"), d("-6.00"), d("-36.00"), "GBP",
-         7500, "Office Costs", "overheads", "Acme Ltd", "Returned paper", "standard", d("20.0"),
+         "7500", "Office Costs", "office_costs", "Acme Ltd", "Returned paper", "standard", d("20.0"),
          "UNPAID", False),
         ("pi_1", "pi_1_l1", "PURCHASE_INVOICE", d("100.00"), d("20.00"), d("120.00"), "GBP",
-         7500, "Office Costs", "overheads", "Acme Ltd", "Paper", "standard", d("20.0"), "UNPAID", False),
+         "7500", "Office Costs", "office_costs", "Acme Ltd", "Paper", "standard", d("20.0"), "UNPAID", False),
         ("pi_1", "pi_1_l2", "PURCHASE_INVOICE", d("50.5"), d("0"), d("50.5"), "GBP",
-         5000, "Materials", "direct_expenses", "Acme Ltd", "REF-1", "zero_rated", d("0.0"), "UNPAID", False),
+         "5000", "Materials", "direct_expenses", "Acme Ltd", "REF-1", "zero_rated", d("0.0"), "UNPAID", False),
         ("pi_2", "pi_2_l1", "PURCHASE_INVOICE", d("250.00"), d("50.00"), d("300.00"), "GBP",
-         7500, "Office Costs", "overheads", "Acme Ltd", "Rent v2", "standard", d("20.0"), "PAID", True),
+         "7500", "Office Costs", "office_costs", "Acme Ltd", "Rent v2", "standard", d("20.0"), "PAID", True),
         ("pi_nocontact", "pi_nocontact_l1", "PURCHASE_INVOICE", d("70.00"), d("0"), d("70.00"), "GBP",
          None, None, "uncategorised", "Snapshot Supplies", "Mystery", "no_vat", None, "UNPAID", False),
         ("qe_cn", "qe_cn", "PURCHASE_QUICK_ENTRY_CREDIT_NOTE", d("-15.00"), d("0.00"), d("-15.00"), "GBP",
-         5000, "Materials", "direct_expenses", "Acme Ltd", "Sand back", "exempt", d("0.0"), "UNPAID", False),
+         "5000", "Materials", "direct_expenses", "Acme Ltd", "Sand back", "exempt", d("0.0"), "UNPAID", False),
         ("qe_inv", "qe_inv", "PURCHASE_QUICK_ENTRY_INVOICE", d("80.00"), d("4.00"), d("84.00"), "GBP",
-         5000, "Materials", "direct_expenses", "Acme Ltd", "Sand", "reduced", d("5.0"), "UNPAID", False),
+         "5000", "Materials", "direct_expenses", "Acme Ltd", "Sand", "reduced", d("5.0"), "UNPAID", False),
     ]
 
 
@@ -369,9 +413,9 @@ def test_fact_keys_and_lineage_columns(built: psycopg.Connection) -> None:
     spend_line_id, company_name, provider, txn_date, first_synced, last_changed = rows[0]
     assert spend_line_id == hashlib.md5(b"gbp_co-PURCHASE_INVOICE-pi_2-pi_2_l1").hexdigest()  # noqa: S324
     assert (company_name, provider, str(txn_date)) == ("GBP Co", "sage_accounting", "2024-05-01")
-    # first seen with version 1; the current version (2) landed on 2 May, the stale re-fetch changes nothing
+    # first seen with version 1; the current version (2) landed on 2 June, the stale re-fetch changes nothing
     assert first_synced.isoformat().startswith("2024-05-01T12:00:00")
-    assert last_changed.isoformat().startswith("2024-05-02T12:00:00")
+    assert last_changed.isoformat().startswith("2024-06-02T06:00:00")
 
 
 def test_currency_exceptions(built: psycopg.Connection) -> None:
@@ -426,3 +470,84 @@ def test_staging_marks_deletions(built: psycopg.Connection) -> None:
         from sage_staging.stg_sage__purchase_invoices
         where company_id = 'gbp_co' and record_id in ('pi_deleted', 'pi_2') order by 1
     """) == [("pi_2", False, False, None, 3), ("pi_deleted", True, True, "deleted_since", 1)]
+
+
+def test_incremental_layers_follow_later_changes(built: psycopg.Connection) -> None:
+    # pi_deleted (deletion detected after day 1), pi_void (voided on day 2) and op_receipt (re-typed
+    # as a receipt on day 2) had lines after day 1; the incremental build removed them.
+    assert _rows(built, """
+        select record_id, count(*) from sage_intermediate.int_spend_lines_signed
+        where record_id in ('pi_deleted', 'pi_void', 'op_receipt', 'pi_2') group by 1 order by 1
+    """) == [("pi_2", 1), ("pi_void", 1)]
+    # deleted records stay in history (the latest-version layer and staging), marked deleted
+    assert _rows(built, """
+        select record_id, version_count, last_landed_at::text from sage_staging.base_sage__purchase_invoices_latest
+        where record_id in ('pi_deleted', 'pi_2') order by 1
+    """) == [("pi_2", 3, "2024-06-03 06:00:00+00"), ("pi_deleted", 1, "2024-06-02 06:00:00+00")]
+
+
+def test_dim_nominal_accounts(built: psycopg.Connection) -> None:
+    assert _rows(built, """
+        select ledger_account_id, nominal_code, nominal_code_name, category, category_source, is_known_account
+        from analytics.dim_nominal_accounts where company_id = 'gbp_co' order by 1
+    """) == [
+        ("la_equipment", "0030", "Office Equipment", "capital_expenditure", "uk_default_chart", True),
+        # renamed from the default chart's "Cost of sales - goods": the type decides
+        ("la_materials", "5000", "Materials", "direct_expenses", "ledger_account_type", True),
+        ("la_office", "7500", "Office Costs", "office_costs", "uk_default_chart", True),
+        ("la_unknown", None, None, "uncategorised", "none", False),
+    ]
+
+
+def test_spend_by_quarter_marts(built: psycopg.Connection) -> None:
+    assert _rows(built, """
+        select quarter, category, line_count, amount from analytics.spend_by_category_quarter
+        where company_id = 'gbp_co' order by category
+    """) == [
+        ("2024-Q2", "capital_expenditure", 1, Decimal("60.00")),
+        ("2024-Q2", "direct_expenses", 3, Decimal("115.50")),
+        ("2024-Q2", "office_costs", 5, Decimal("325.00")),
+        ("2024-Q2", "uncategorised", 1, Decimal("70.00")),
+    ]
+    assert _rows(built, """
+        select supplier_key, supplier_name, document_count, amount from analytics.spend_by_supplier_quarter
+        where company_id = 'gbp_co' order by 1
+    """) == [
+        ("contact:c_acme", "Acme Ltd", 6, Decimal("505.50")),
+        ("name:snapshot supplies", "Snapshot Supplies", 1, Decimal("70.00")),
+        ("unknown", "unknown supplier", 1, Decimal("-5.00")),
+    ]
+
+
+def test_sync_health(built: psycopg.Connection) -> None:
+    rows = _rows(built, """
+        select company_id, stream, freshness_status, last_run_status, total_reported, current_record_count,
+               reconciliation_scope, is_reconciled
+        from analytics.sync_health
+        where stream in ('ledger_accounts', 'purchase_invoices', 'purchase_credit_notes', 'tax_rates')
+        order by 1, 2
+    """)
+    assert rows == [
+        ("eur_co", "ledger_accounts", "never_synced", None, None, 0, "not_reported", None),
+        ("eur_co", "purchase_credit_notes", "never_synced", None, None, 0, "not_reported", None),
+        ("eur_co", "purchase_invoices", "never_synced", None, None, 1, "not_reported", None),
+        ("eur_co", "tax_rates", "never_synced", None, None, 0, "not_reported", None),
+        # the scenario's runs are from 2024: long stale; the last run failed
+        ("gbp_co", "ledger_accounts", "stale", "failed", 3, 3, "full_read", True),
+        ("gbp_co", "purchase_credit_notes", "stale", "failed", 2, 1, "full_read", False),
+        ("gbp_co", "purchase_invoices", "stale", "failed", 6, 6, "full_read", True),
+        ("gbp_co", "tax_rates", "stale", "failed", None, 4, "not_reported", None),
+    ]
+
+
+def test_analyst_role_reads_marts_only(built: psycopg.Connection) -> None:
+    with psycopg.connect(built.info.dsn) as conn:
+        conn.execute("set role analyst")
+        assert conn.execute("select count(*) from analytics.fct_spend_transactions").fetchone()[0] == 10
+        conn.rollback()
+        for forbidden in ("sage_control.oauth_tokens", "sage_raw.purchase_invoices",
+                          "sage_staging.stg_sage__purchase_invoices"):
+            conn.execute("set role analyst")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"select 1 from {forbidden} limit 1")
+            conn.rollback()

@@ -1,5 +1,7 @@
 -- GBP spend, one row per spend line. Amounts are in GBP, net of VAT and signed (credits and refunds
 -- negative). What is kept out is listed in spend_exceptions (void, draft) and currency_exceptions.
+-- A table rebuilt from narrow, already-parsed lines (int_spend_lines_signed is the incremental,
+-- jsonb-heavy step), so renamed suppliers, accounts and categories show on the next build.
 with
 
 spend_lines as (
@@ -11,8 +13,8 @@ companies as (
     select * from {{ ref('int_companies_joined') }}
 ),
 
-ledger_accounts as (
-    select * from {{ ref('stg_sage__ledger_accounts') }}
+nominal_accounts as (
+    select * from {{ ref('dim_nominal_accounts') }}
 ),
 
 tax_rates as (
@@ -21,10 +23,6 @@ tax_rates as (
 
 contacts as (
     select * from {{ ref('stg_sage__contacts') }}
-),
-
-categories as (
-    select * from {{ ref('ledger_account_type_categories') }}
 ),
 
 final as (
@@ -38,6 +36,7 @@ final as (
         companies.accounts_provider,
         spend_lines.record_id,
         spend_lines.line_id,
+        spend_lines.stream,
         spend_lines.transaction_type,
         spend_lines.transaction_date,
         spend_lines.net_amount as amount,
@@ -45,21 +44,25 @@ final as (
         spend_lines.total_amount as gross_amount,
         spend_lines.currency,
         spend_lines.ledger_account_id,
-        ledger_accounts.nominal_code,
-        ledger_accounts.ledger_account_name as nominal_code_name,
-        ledger_accounts.ledger_account_type,
-        coalesce(categories.category, 'uncategorised') as category,
+        nominal_accounts.nominal_code,
+        nominal_accounts.nominal_code_name,
+        nominal_accounts.ledger_account_type,
+        coalesce(nominal_accounts.category, 'uncategorised') as category,
+        coalesce(nominal_accounts.category_source, 'none') as category_source,
         spend_lines.contact_id as supplier_id,
         coalesce(contacts.contact_name, spend_lines.contact_name) as supplier_name,
-        spend_lines.description,
+        spend_lines.description as transaction_description,
         spend_lines.tax_rate_id,
+        -- Sage UK rate ids. GB_NO_TAX is Sage's "No VAT" rate, used for what is outside the
+        -- scope of VAT (wages, rates, fines); a line with no rate at all is 'no_vat'. Any other
+        -- id (a custom or retired rate) is 'other' rather than a guess.
         case
             when spend_lines.tax_rate_id is null then 'no_vat'
             when spend_lines.tax_rate_id = 'GB_STANDARD' then 'standard'
             when spend_lines.tax_rate_id = 'GB_LOWER' then 'reduced'
             when spend_lines.tax_rate_id = 'GB_ZERO' then 'zero_rated'
             when spend_lines.tax_rate_id = 'GB_EXEMPT' then 'exempt'
-            when spend_lines.tax_rate_id = 'GB_NO_TAX' then 'no_vat'
+            when spend_lines.tax_rate_id = 'GB_NO_TAX' then 'outside_scope'
             else 'other'
         end as tax_status,
         tax_rates.tax_rate_percentage,
@@ -71,11 +74,9 @@ final as (
     from spend_lines
     left join companies
         on spend_lines.company_id = companies.company_id
-    left join ledger_accounts
-        on spend_lines.company_id = ledger_accounts.company_id
-        and spend_lines.ledger_account_id = ledger_accounts.ledger_account_id
-    left join categories
-        on ledger_accounts.ledger_account_type = categories.ledger_account_type
+    left join nominal_accounts
+        on spend_lines.company_id = nominal_accounts.company_id
+        and spend_lines.ledger_account_id = nominal_accounts.ledger_account_id
     left join tax_rates
         on spend_lines.company_id = tax_rates.company_id
         and spend_lines.tax_rate_id = tax_rates.tax_rate_id

@@ -1,11 +1,7 @@
 with
 
-source as (
-    select * from {{ source('sage_raw', 'contacts') }}
-),
-
 latest as (
-    {{ latest_versions('source') }}
+    select * from {{ ref('base_sage__contacts_latest') }}
 ),
 
 deletions as (
@@ -27,7 +23,8 @@ renamed as (
         latest.source_updated_at as updated_at,
         {{ sage_deletion_columns() }},
         latest.first_synced_at,
-        latest._extracted_at as last_changed_at
+        latest._extracted_at as last_changed_at,
+        latest.dbt_loaded_at
     from latest
     left join deletions
         on latest.company_id = deletions.company_id

@@ -1,18 +1,15 @@
 -- Lines of the latest version of each other payment (a new version replaces all lines).
 with
 
-source as (
-    select * from {{ source('sage_raw', 'other_payments') }}
-),
-
 latest as (
-    {{ latest_versions('source') }}
+    select * from {{ ref('base_sage__other_payments_latest') }}
 ),
 
 lines as (
     select
         latest.company_id,
         latest.record_id,
+        latest.dbt_loaded_at,
         line.value as line,
         line.ordinality as line_number
     from latest
@@ -33,7 +30,8 @@ renamed as (
         {{ sage_link_id('line', 'tax_rate') }} as tax_rate_id,
         {{ sage_amount('line', 'net_amount') }} as net_amount,
         {{ sage_amount('line', 'tax_amount') }} as tax_amount,
-        {{ sage_amount('line', 'total_amount') }} as total_amount
+        {{ sage_amount('line', 'total_amount') }} as total_amount,
+        dbt_loaded_at
     from lines
 ),
 

@@ -1,12 +1,8 @@
 -- Other payments carry no currency fields: Sage posts them in the business's base currency.
 with
 
-source as (
-    select * from {{ source('sage_raw', 'other_payments') }}
-),
-
 latest as (
-    {{ latest_versions('source') }}
+    select * from {{ ref('base_sage__other_payments_latest') }}
 ),
 
 deletions as (
@@ -35,7 +31,8 @@ renamed as (
         {{ sage_deletion_columns() }},
         latest.version_count,
         latest.first_synced_at,
-        latest._extracted_at as last_changed_at
+        latest._extracted_at as last_changed_at,
+        latest.dbt_loaded_at
     from latest
     left join deletions
         on latest.company_id = deletions.company_id

@@ -2,18 +2,15 @@
 -- feed, so a new document version replaces all of its lines.
 with
 
-source as (
-    select * from {{ source('sage_raw', 'purchase_invoices') }}
-),
-
 latest as (
-    {{ latest_versions('source') }}
+    select * from {{ ref('base_sage__purchase_invoices_latest') }}
 ),
 
 lines as (
     select
         latest.company_id,
         latest.record_id,
+        latest.dbt_loaded_at,
         line.value as line,
         line.ordinality as line_number
     from latest
@@ -39,7 +36,8 @@ renamed as (
         {{ sage_amount('line', 'total_amount') }} as total_amount,
         {{ sage_amount('line', 'base_currency_net_amount') }} as base_currency_net_amount,
         {{ sage_amount('line', 'base_currency_tax_amount') }} as base_currency_tax_amount,
-        {{ sage_amount('line', 'base_currency_total_amount') }} as base_currency_total_amount
+        {{ sage_amount('line', 'base_currency_total_amount') }} as base_currency_total_amount,
+        dbt_loaded_at
     from lines
 ),
 

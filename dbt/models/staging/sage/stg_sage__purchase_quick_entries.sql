@@ -1,11 +1,7 @@
 with
 
-source as (
-    select * from {{ source('sage_raw', 'purchase_quick_entries') }}
-),
-
 latest as (
-    {{ latest_versions('source') }}
+    select * from {{ ref('base_sage__purchase_quick_entries_latest') }}
 ),
 
 deletions as (
@@ -47,7 +43,8 @@ renamed as (
         {{ sage_deletion_columns() }},
         latest.version_count,
         latest.first_synced_at,
-        latest._extracted_at as last_changed_at
+        latest._extracted_at as last_changed_at,
+        latest.dbt_loaded_at
     from latest
     left join deletions
         on latest.company_id = deletions.company_id

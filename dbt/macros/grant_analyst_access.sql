@@ -1,0 +1,46 @@
+{#
+    The read-only `analyst` role (var analyst_role): it can select the marts in `analytics` and
+    nothing else. Run as an on-run-end hook, so every build leaves the grants in place; every
+    statement is idempotent.
+
+    - The role is NOLOGIN: people get it through membership (`grant analyst to alice`).
+    - Tables are re-created by every build, so select is granted on all current tables and, through
+      default privileges, on tables the build user creates later.
+    - sage_raw and sage_control (oauth_tokens!) are never granted; they are revoked explicitly so a
+      hand-made grant does not survive the next build. Staging and intermediate are not analyst
+      facing either.
+    - Roles are cluster-wide, and two builds may race to create it: a duplicate is ignored.
+#}
+{% macro grant_analyst_access() -%}
+    {%- set role = var("analyst_role", "analyst") -%}
+    {%- if target.type != "postgres" or not execute -%}
+        {{ return("select 1") }}
+    {%- endif -%}
+    {%- set marts_schema = generate_schema_name("analytics", none) -%}
+do $grants$
+begin
+    if not exists (select from pg_roles where rolname = '{{ role }}') then
+        begin
+            create role {{ adapter.quote(role) }} nologin noinherit;
+        exception when duplicate_object or unique_violation then
+            null;
+        end;
+    end if;
+end
+$grants$;
+create schema if not exists {{ adapter.quote(marts_schema) }};
+grant usage on schema {{ adapter.quote(marts_schema) }} to {{ adapter.quote(role) }};
+grant select on all tables in schema {{ adapter.quote(marts_schema) }} to {{ adapter.quote(role) }};
+alter default privileges in schema {{ adapter.quote(marts_schema) }}
+    grant select on tables to {{ adapter.quote(role) }};
+{%- for private_schema in ["sage_raw", "sage_control", "sage_staging", "sage_intermediate"] %}
+do $revoke$
+begin
+    if exists (select from pg_namespace where nspname = '{{ private_schema }}') then
+        execute format('revoke all on all tables in schema %I from %I', '{{ private_schema }}', '{{ role }}');
+        execute format('revoke all on schema %I from %I', '{{ private_schema }}', '{{ role }}');
+    end if;
+end
+$revoke$;
+{%- endfor %}
+{%- endmacro %}

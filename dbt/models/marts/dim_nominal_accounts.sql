@@ -1,0 +1,111 @@
+-- One row per ledger account (nominal code) per company, with the spend category its lines get.
+-- Accounts that spend lines point at but that were never synced are listed too (is_known_account
+-- false, category 'uncategorised'), so every fact line has a dimension row.
+with
+
+ledger_accounts as (
+    select * from {{ ref('stg_sage__ledger_accounts') }}
+),
+
+spend_lines as (
+    select * from {{ ref('int_spend_lines_signed') }}
+),
+
+overrides as (
+    select * from {{ ref('company_category_overrides') }}
+),
+
+default_chart as (
+    select * from {{ ref('uk_default_chart_categories') }}
+),
+
+type_categories as (
+    select * from {{ ref('ledger_account_type_categories') }}
+),
+
+unknown_accounts as (
+    select distinct
+        spend_lines.company_id,
+        spend_lines.ledger_account_id
+    from spend_lines
+    where spend_lines.ledger_account_id is not null
+        and not exists (
+            select 1
+            from ledger_accounts
+            where ledger_accounts.company_id = spend_lines.company_id
+                and ledger_accounts.ledger_account_id = spend_lines.ledger_account_id
+        )
+),
+
+accounts as (
+    select
+        company_id,
+        ledger_account_id,
+        {{ nominal_code_text('nominal_code') }} as nominal_code,
+        ledger_account_name as nominal_code_name,
+        ledger_account_displayed_as,
+        ledger_account_type,
+        ledger_account_group,
+        is_included_in_chart,
+        true as is_known_account,
+        first_synced_at,
+        last_changed_at
+    from ledger_accounts
+    union all
+    select
+        company_id,
+        ledger_account_id,
+        cast(null as text),
+        cast(null as text),
+        cast(null as text),
+        cast(null as text),
+        cast(null as text),
+        cast(null as boolean),
+        false,
+        cast(null as timestamptz),
+        cast(null as timestamptz)
+    from unknown_accounts
+),
+
+categorised as (
+    select
+        accounts.*,
+        coalesce(
+            overrides.category, default_chart.category, type_categories.category, 'uncategorised'
+        ) as category,
+        case
+            when overrides.category is not null then 'company_override'
+            when default_chart.category is not null then 'uk_default_chart'
+            when type_categories.category is not null then 'ledger_account_type'
+            else 'none'
+        end as category_source
+    from accounts
+    left join overrides
+        on accounts.company_id = overrides.company_id
+        and accounts.nominal_code = overrides.nominal_code
+    left join default_chart
+        on accounts.nominal_code = default_chart.nominal_code
+        and lower(trim(accounts.nominal_code_name)) = lower(trim(default_chart.nominal_code_name))
+    left join type_categories
+        on accounts.ledger_account_type = type_categories.ledger_account_type
+),
+
+final as (
+    select
+        company_id,
+        ledger_account_id,
+        nominal_code,
+        nominal_code_name,
+        ledger_account_displayed_as,
+        ledger_account_type,
+        ledger_account_group,
+        category,
+        category_source,
+        is_included_in_chart,
+        is_known_account,
+        first_synced_at,
+        last_changed_at
+    from categorised
+)
+
+select * from final

@@ -1,0 +1,33 @@
+-- GBP spend per company, calendar quarter and category (from fct_spend_transactions).
+with
+
+spend as (
+    select * from {{ ref('fct_spend_transactions') }}
+),
+
+aggregated as (
+    select
+        company_id,
+        company_name,
+        to_char(date_trunc('quarter', transaction_date), 'YYYY-"Q"Q') as quarter,
+        cast(date_trunc('quarter', transaction_date) as date) as quarter_start_date,
+        category,
+        count(*) as line_count,
+        count(distinct record_id) as document_count,
+        sum(amount) as amount,
+        sum(vat_amount) as vat_amount,
+        sum(gross_amount) as gross_amount
+    from spend
+    group by 1, 2, 3, 4, 5
+),
+
+final as (
+    select
+        {{ surrogate_key(['company_id', 'quarter', 'category']) }} as spend_by_category_quarter_id,
+        *,
+        -- share of the company's net spend in the quarter; null when the quarter nets to zero
+        amount / nullif(sum(amount) over (partition by company_id, quarter), 0) as share_of_quarter_amount
+    from aggregated
+)
+
+select * from final

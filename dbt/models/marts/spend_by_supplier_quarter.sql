@@ -1,0 +1,45 @@
+-- GBP spend per company, calendar quarter and supplier. A document with no contact link is grouped
+-- by the supplier name on the document; one with neither is 'unknown supplier'.
+with
+
+spend as (
+    select * from {{ ref('fct_spend_transactions') }}
+),
+
+keyed as (
+    select
+        *,
+        case
+            when supplier_id is not null then 'contact:' || supplier_id
+            when supplier_name is not null then 'name:' || lower(supplier_name)
+            else 'unknown'
+        end as supplier_key
+    from spend
+),
+
+aggregated as (
+    select
+        company_id,
+        company_name,
+        to_char(date_trunc('quarter', transaction_date), 'YYYY-"Q"Q') as quarter,
+        cast(date_trunc('quarter', transaction_date) as date) as quarter_start_date,
+        supplier_key,
+        max(supplier_id) as supplier_id,
+        coalesce(max(supplier_name), 'unknown supplier') as supplier_name,
+        count(*) as line_count,
+        count(distinct record_id) as document_count,
+        sum(amount) as amount,
+        sum(vat_amount) as vat_amount,
+        sum(gross_amount) as gross_amount
+    from keyed
+    group by 1, 2, 3, 4, 5
+),
+
+final as (
+    select
+        {{ surrogate_key(['company_id', 'quarter', 'supplier_key']) }} as spend_by_supplier_quarter_id,
+        *
+    from aggregated
+)
+
+select * from final
