@@ -37,8 +37,13 @@ dbt-parse: env
 demo: airflow-db dbt-parse
 	$(ENV) $(BIN)/python scripts/demo.py
 
-test: airflow-db dbt-parse
-	$(ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
+# Tests run Airflow against a metadata DB of their own (SAGE_TEST_AIRFLOW_DB_URL).
+TEST_ENV := $(ENV) export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="$$SAGE_TEST_AIRFLOW_DB_URL" &&
+
+test: env dbt-parse
+	$(TEST_ENV) $(BIN)/airflow db migrate >/dev/null
+	$(TEST_ENV) $(BIN)/airflow pools set sage_api 8 "Concurrent Sage API calls, all companies" >/dev/null
+	$(TEST_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -46,6 +46,9 @@ def build_env() -> dict[str, str]:
     params = psycopg.conninfo.conninfo_to_dict(server)
     warehouse = ensure_database(server, WAREHOUSE_DB)
     metadata = ensure_database(server, AIRFLOW_DB)
+    # Tests get their own metadata DB, so DAG runs of throwaway test companies never show up
+    # in the developer's Airflow UI.
+    test_metadata = ensure_database(server, AIRFLOW_DB + "_test")
     host = str(params.get("host") or "127.0.0.1")
     port = str(params.get("port") or 5432)
     user = str(params.get("user") or "postgres")
@@ -54,10 +57,11 @@ def build_env() -> dict[str, str]:
     airflow_home.mkdir(parents=True, exist_ok=True)
     meta = psycopg.conninfo.conninfo_to_dict(metadata)
     auth = f"{user}:{password}" if password else user
-    if host.startswith("/"):
-        sqlalchemy_url = f"postgresql+psycopg://{auth}@/{AIRFLOW_DB}?host={host}&port={port}"
-    else:
-        sqlalchemy_url = f"postgresql+psycopg://{auth}@{host}:{port}/{meta['dbname']}"
+    def sqlalchemy_url(dbname: str) -> str:
+        if host.startswith("/"):
+            return f"postgresql+psycopg://{auth}@/{dbname}?host={host}&port={port}"
+        return f"postgresql+psycopg://{auth}@{host}:{port}/{dbname}"
+
     import json  # noqa: PLC0415
 
     warehouse_conn = json.dumps({
@@ -78,7 +82,8 @@ def build_env() -> dict[str, str]:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__CORE__FERNET_KEY": fernet_key(),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sqlalchemy_url,
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sqlalchemy_url(meta["dbname"]),
+        "SAGE_TEST_AIRFLOW_DB_URL": sqlalchemy_url(psycopg.conninfo.conninfo_to_dict(test_metadata)["dbname"]),
         "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
         "AIRFLOW__COSMOS__CACHE_DIR": str(LOCAL / "cosmos"),
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
