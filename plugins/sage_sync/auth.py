@@ -36,6 +36,10 @@ _FALLBACK_EXPIRES_IN = 300
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -72,14 +76,14 @@ class OAuthClient:
         timeout: float | tuple[float, float] = (10, 30),
         *,
         max_attempts: int = 3,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         clock: Clock = utcnow,
     ) -> None:
         self.settings = settings
         self.session = session or requests.Session()
         self.timeout = timeout
         self.max_attempts = max_attempts
-        self._sleep = sleep
+        self._sleep = sleep or _sleep  # looked up at call time, so patching time.sleep works
         self._clock = clock
 
     def authorization_url(

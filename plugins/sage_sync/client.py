@@ -145,6 +145,10 @@ def _int_or_none(value: object) -> int | None:
         return None
 
 
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
 class _Retryable(Exception):
     """Internal: one attempt failed in a way worth another try."""
 
@@ -162,6 +166,16 @@ class _Retryable(Exception):
         self.status = status
         self.request_id = request_id
         self.retry_after = retry_after
+
+
+class RequestLimiter(Protocol):
+    """A deployment-wide request budget (e.g. ``sage_sync.ratelimit.PostgresRateLimiter``).
+
+    ``acquire()`` blocks until one more request may be sent; ``throttled(seconds)``, if the
+    limiter has it, is told when Sage answered 429 so every process sharing the budget slows down.
+    """
+
+    def acquire(self) -> None: ...
 
 
 class SageClient:
@@ -182,11 +196,13 @@ class SageClient:
         session: requests.Session | None = None,
         timeout: float | tuple[float, float] = (10, 60),
         max_attempts: int = 6,
+        max_throttled_attempts: int = 30,
         backoff: float = 1.0,
         max_backoff: float = 60.0,
         retry_after_cap: float = 120.0,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         check_business: bool = True,
+        limiter: RequestLimiter | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -197,11 +213,14 @@ class SageClient:
         self.session = session or requests.Session()
         self.timeout = timeout
         self.max_attempts = max_attempts
+        self.max_throttled_attempts = max_throttled_attempts
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.retry_after_cap = retry_after_cap
-        self._sleep = sleep
+        # Looked up at call time (not bound as a default argument), so patching time.sleep works.
+        self._sleep = sleep or _sleep
         self.check_business = check_business
+        self.limiter = limiter
         self.request_count = 0
         self.retry_count = 0
 
@@ -297,7 +316,7 @@ class SageClient:
         path = urlsplit(url).path
         token = self.tokens.access_token()
         refreshed = False
-        failures = 0
+        failures = throttles = 0
         while True:
             try:
                 response = self._send(url, params, token)
@@ -318,16 +337,25 @@ class SageClient:
                     continue
                 return self._parse(response, path), response
             except _Retryable as failure:
-                failures += 1
-                if failures >= self.max_attempts:
+                # Throttling is Sage telling us to wait ("wait and repeat"), not a fault: it has
+                # its own, larger budget so a busy hour slows a run down instead of failing it.
+                if failure.status == 429:
+                    throttles += 1
+                else:
+                    failures += 1
+                if failures >= self.max_attempts or throttles >= self.max_throttled_attempts:
                     raise failure.final(
                         failure.reason,
                         status=failure.status,
                         path=path,
                         request_id=failure.request_id,
-                        attempts=failures,
+                        attempts=failures + throttles,
                     ) from None
-                delay = self._delay(failures, failure.retry_after)
+                delay = self._delay(max(failures, throttles), failure.retry_after)
+                if failure.status == 429 and self.limiter is not None:
+                    throttled = getattr(self.limiter, "throttled", None)
+                    if throttled is not None:
+                        throttled(delay)
                 self.retry_count += 1
                 log.warning(
                     "Sage GET %s failed (%s, x_request_id=%s); retry %d/%d in %.1fs",
@@ -346,6 +374,8 @@ class SageClient:
             "X-Business": self.business_id,
             "Accept": "application/json",
         }
+        if self.limiter is not None:
+            self.limiter.acquire()
         self.request_count += 1
         started = time.monotonic()
         try:

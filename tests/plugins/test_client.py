@@ -256,8 +256,15 @@ def test_exponential_backoff_without_retry_after() -> None:
     assert all(c / 2 <= s <= c for c, s in zip(ceilings, sleeps, strict=True))
 
 
+def test_throttling_has_a_larger_budget_than_faults() -> None:
+    """Sage says to wait and repeat on 429: ten in a row slow a call down, they don't fail it."""
+    client, adapter = _scripted([(429, {}, [])] * 10 + [(200, {}, {"ok": True})], max_attempts=3)
+    assert client.get("/contacts") == {"ok": True}
+    assert len(adapter.requests) == 11
+
+
 def test_exhausted_retries_raise_typed_errors() -> None:
-    client, adapter = _scripted([(429, {}, [])] * 3, max_attempts=3)
+    client, adapter = _scripted([(429, {}, [])] * 3, max_attempts=3, max_throttled_attempts=3)
     with pytest.raises(RateLimited) as info:
         client.get("/contacts")
     assert info.value.attempts == 3 and len(adapter.requests) == 3
@@ -428,7 +435,7 @@ def test_dropped_connection_and_read_timeout_are_retried(sage: FakeSageServer) -
 
 
 def test_persistent_failures_end_in_typed_errors(sage: FakeSageServer) -> None:
-    c = _connect(sage, max_attempts=3)
+    c = _connect(sage, max_attempts=3, max_throttled_attempts=3)
     sage.admin.add_fault("503", count=3)
     with pytest.raises(TransientError, match="HTTP 503") as info:
         c.client.get("/tax_rates")

@@ -1,0 +1,104 @@
+"""Shared bench plumbing: scratch databases, a connected fake-Sage company, result lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parents[1]
+for extra in (ROOT / "plugins", ROOT):
+    if str(extra) not in sys.path:
+        sys.path.insert(0, str(extra))
+
+ADMIN_URL = os.environ.get("SAGE_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@dataclass
+class Result:
+    name: str
+    metric: str
+    project: float
+    baseline: float
+    ratio: float
+    target: str
+    verdict: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        return (f"[{self.name}] {self.metric}: project {self.project:,.2f} vs baseline {self.baseline:,.2f} "
+                f"-> ratio {self.ratio:.3f}; target {self.target}: {self.verdict}")
+
+
+@contextmanager
+def scratch_db(prefix: str = "sage_bench") -> Iterator[str]:
+    """A new, migrated database on the configured server, dropped afterwards."""
+    from sage_sync.migrate import migrate  # noqa: PLC0415
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    dsn = psycopg.conninfo.make_conninfo(ADMIN_URL, dbname=name)
+    try:
+        with psycopg.connect(dsn) as conn:
+            migrate(conn)
+        yield dsn
+    finally:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+def warehouse_env(dsn: str) -> dict[str, str]:
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    return {"AIRFLOW_CONN_SAGE_WAREHOUSE": json.dumps({
+        "conn_type": "postgres", "host": params.get("host", "127.0.0.1"), "port": int(params.get("port", 5432)),
+        "login": params.get("user", "postgres"), "schema": params["dbname"]})}
+
+
+def ensure_fernet() -> None:
+    if not os.environ.get("AIRFLOW__CORE__FERNET_KEY"):
+        from cryptography.fernet import Fernet  # noqa: PLC0415
+
+        os.environ["AIRFLOW__CORE__FERNET_KEY"] = Fernet.generate_key().decode()
+
+
+def connect_company(sage: Any, dsn: str, key: str) -> str:
+    """Point the env at ``dsn`` and the fake, and connect business ``key`` through OAuth + PKCE."""
+    ensure_fernet()
+    os.environ.update(warehouse_env(dsn))
+    os.environ["AIRFLOW_CONN_SAGE_DEFAULT"] = sage.airflow_conn_json()
+    from sage_sync.auth import OAuthClient, new_pkce_pair  # noqa: PLC0415
+    from sage_sync.cli import connect_company as connect  # noqa: PLC0415
+    from sage_sync.config import sage_settings  # noqa: PLC0415
+    from sage_sync.quarters import Quarter  # noqa: PLC0415
+
+    found = next(b for b in sage.admin.businesses() if b["key"] == key)
+    verifier, challenge = new_pkce_pair()
+    code = sage.authorize(login_hint=found["user"], code_challenge=challenge)
+    tokens = OAuthClient(sage_settings()).exchange_code(code, code_verifier=verifier)
+    # Synced From far back: a whole company's history is the initial sync being measured.
+    connect(found["id"], found["name"], Quarter.parse("2000-Q1"), tokens)
+    return found["id"]
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - started
