@@ -39,6 +39,8 @@ def check_connection(company_id: str, **context) -> str:
     """Open this run's audit row; skip (with the reason) when the company is disconnected."""
     from sage_sync import sync  # noqa: PLC0415 - keep DAG parsing free of the sync stack
 
+    # A backfill or reset of the same company still running raises RunInProgress: the task fails
+    # and Airflow retries it later, so the two never import at once.
     try:
         return sync.begin_run(company_id, airflow_run_id=context["run_id"], kind="daily")
     except sync.CompanySkipped as skipped:
@@ -50,7 +52,10 @@ def refresh_auth(company_id: str, **context) -> None:
     """Make sure the grant is alive (and rotated tokens stored) before any extraction."""
     from sage_sync import sync  # noqa: PLC0415
 
-    sync.check_auth(company_id, sync.run_key(company_id, context["run_id"]))
+    try:
+        sync.check_auth(company_id, sync.run_key(company_id, context["run_id"]))
+    except sync.CompanySkipped as skipped:  # disconnected while this run was under way
+        raise AirflowSkipException(str(skipped)) from skipped
 
 
 @task(pool=POOL)
@@ -58,15 +63,21 @@ def extract_load(company_id: str, stream: str, **context) -> dict:
     """Extract one stream since its watermark and append new versions to sage_raw."""
     from sage_sync import sync  # noqa: PLC0415
 
-    return sync.sync_stream(company_id, stream, sync.run_key(company_id, context["run_id"]))
+    try:
+        return sync.sync_stream(company_id, stream, sync.run_key(company_id, context["run_id"]))
+    except sync.CompanySkipped as skipped:
+        raise AirflowSkipException(str(skipped)) from skipped
 
 
 @task(pool=POOL)
 def record_deletions(company_id: str, **context) -> dict:
-    """Read Sage's deleted_since feed for every stream that has one."""
+    """Read Sage's deleted_since feed, plus an id reconciliation sweep after a reconnect or weekly."""
     from sage_sync import sync  # noqa: PLC0415
 
-    return sync.sync_deletions(company_id, sync.run_key(company_id, context["run_id"]))
+    try:
+        return sync.sync_deletions(company_id, sync.run_key(company_id, context["run_id"]))
+    except sync.CompanySkipped as skipped:
+        raise AirflowSkipException(str(skipped)) from skipped
 
 
 @task(outlets=[SAGE_RAW_ASSET])

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import click
 import psycopg
 
-from sage_sync import registry, sync
+from sage_sync import lifecycle, registry, sync
 from sage_sync.auth import OAuthClient, new_pkce_pair
-from sage_sync.client import SageClient
 from sage_sync.config import ConfigError, sage_settings, warehouse_dsn
 from sage_sync.errors import SageError
 from sage_sync.migrate import migrate
@@ -43,29 +42,6 @@ def _warehouse() -> Iterator[psycopg.Connection]:
         fail(f"cannot reach the warehouse: {exc}")
     with conn:
         yield conn
-
-
-class _FixedToken:
-    """A token source for the one call made right after the code exchange."""
-
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    def access_token(self) -> str:
-        return self._token
-
-    def refresh(self, rejected_token: str | None = None) -> str:
-        raise SageError("the freshly issued access token was rejected")
-
-
-def _parse_quarter(text: str) -> Quarter:
-    try:
-        quarter = Quarter.parse(text)
-    except ValueError as exc:
-        fail(str(exc))
-    if quarter.start_date > datetime.now(UTC).date():
-        fail(f"Synced From {quarter} is in the future")
-    return quarter
 
 
 @click.group()
@@ -99,13 +75,6 @@ def authorize_url(as_json: bool) -> None:
         click.echo(f"state: {state}\ncode_verifier (pass to connect): {verifier}", err=True)
 
 
-def _businesses(api_url: str, token: str, business_id: str) -> list[dict[str, Any]]:
-    with SageClient(api_url, business_id, _FixedToken(token), check_business=False) as client:
-        body = client.get("/businesses")
-    items = body.get("$items", []) if isinstance(body, dict) else body
-    return [b for b in items if isinstance(b, dict)]
-
-
 @main.command()
 @click.option("--code", required=True, help="The authorisation code from the callback URL.")
 @click.option("--business-id", required=True, help="The Sage business to connect (see `businesses`).")
@@ -113,84 +82,141 @@ def _businesses(api_url: str, token: str, business_id: str) -> list[dict[str, An
 @click.option("--code-verifier", default=None, help="The PKCE verifier printed by authorize-url.")
 def connect(code: str, business_id: str, synced_from: str, code_verifier: str | None) -> None:
     """Exchange an authorisation code and register the business with its Synced From quarter."""
-    quarter = _parse_quarter(synced_from)
-    try:
-        settings = sage_settings()
-        tokens = OAuthClient(settings).exchange_code(code, code_verifier=code_verifier)
-        businesses = _businesses(settings.api_url, tokens.access_token, business_id)
-    except (ConfigError, SageError) as exc:
-        fail(str(exc))
-    match = next((b for b in businesses if b.get("id") == business_id), None)
-    if match is None:
-        known = ", ".join(f"{b.get('id')} ({b.get('name') or b.get('displayed_as')})" for b in businesses)
-        fail(f"business {business_id!r} is not one this user can reach; theirs: {known or 'none'}")
-    name = str(match.get("name") or match.get("displayed_as") or business_id)
-    connect_company(business_id, name, quarter, tokens)
-    click.echo(f"connected {name} ({business_id}), Synced From {quarter}")
+    with _refusals():
+        quarter = lifecycle.parse_quarter(synced_from)
+        auth = lifecycle.exchange(code, code_verifier)
+        business = auth.business(business_id)
+        with _warehouse() as conn:
+            migrate(conn)
+            existing = registry.get_company(conn, business_id)
+        if existing is not None and existing.synced_from != quarter:
+            # Moving Synced From is a backfill (set-synced-from), never a side effect of a login.
+            click.echo(f"note: {business_id} keeps Synced From {existing.synced_from_quarter}; "
+                       "moving it earlier is done with set-synced-from", err=True)
+        company = lifecycle.register(auth, business_id, quarter)
+    click.echo(f"connected {lifecycle.business_name(business)} ({business_id}), "
+               f"Synced From {company.synced_from_quarter}, status {company.status}")
 
 
 def connect_company(company_id: str, name: str, quarter: Quarter, tokens: TokenSet) -> registry.Company:
-    """Register (or re-register) the company and store its first tokens."""
+    """Register (or re-register) the company and store its first tokens (tests, the demo)."""
     with _warehouse() as conn:
         migrate(conn)
-        existing = registry.get_company(conn, company_id)
-        if existing is not None and Quarter.parse(existing.synced_from_quarter) != quarter:
-            # Moving Synced From is a backfill (issue of its own), never a side effect of a login.
-            click.echo(
-                f"note: {company_id} keeps Synced From {existing.synced_from_quarter}; "
-                "moving it earlier is done with a backfill", err=True,
-            )
         company = registry.register_company(conn, company_id, name, quarter)
         conn.commit()
     PostgresTokenStore(warehouse_dsn()).save(company_id, tokens)
     return company
 
 
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """Turn a lifecycle refusal into the one-line error and exit code 2."""
+    try:
+        yield
+    except lifecycle.LifecycleError as exc:
+        fail(str(exc))
+
+
+@main.command()
+@click.argument("company_id")
+def disconnect(company_id: str) -> None:
+    """Stop importing a company: revoke its grant at Sage, pause its DAG; its data is kept."""
+    with _refusals():
+        done = lifecycle.disconnect(company_id)
+    revoked = "grant revoked at Sage" if done.token_revoked else f"grant NOT revoked ({done.revoke_error})"
+    paused = "DAG paused" if done.dag_paused else "DAG not paused here (its runs skip anyway)"
+    click.echo(f"disconnected {done.company.company_name} ({company_id}): {revoked}; {paused}; data kept")
+
+
+@main.command()
+@click.argument("company_id")
+@click.option("--code", required=True, help="The authorisation code from the callback URL.")
+@click.option("--code-verifier", default=None, help="The PKCE verifier printed by authorize-url.")
+def reconnect(company_id: str, code: str, code_verifier: str | None) -> None:
+    """Re-authorise a company; its next run imports everything since its last watermark."""
+    with _refusals():
+        company = lifecycle.reconnect(company_id, code, code_verifier)
+    click.echo(f"reconnected {company.company_name} ({company_id}): status {company.status}; the next run "
+               "imports every change since the last successful sync and sweeps for deletions")
+
+
+@main.command("set-synced-from")
+@click.argument("company_id")
+@click.argument("quarter")
+@click.option("--code", default=None, help="Authorisation code of the fresh Authorise Access a move requires.")
+@click.option("--code-verifier", default=None, help="The PKCE verifier printed by authorize-url.")
+@click.option("--yes", "confirmed", is_flag=True, help="Confirm: documents from QUARTER on are imported.")
+@click.option("--check", is_flag=True, help="Only validate the move; change nothing.")
+@click.option("--here", is_flag=True, help="Run the backfill in this process instead of triggering "
+              "the sage_backfill DAG.")
+def set_synced_from(company_id: str, quarter: str, code: str | None, code_verifier: str | None,
+                    confirmed: bool, check: bool, here: bool) -> None:
+    """Move a company's Synced From earlier: re-authorise, then backfill (Synced From moves on success)."""
+    with _refusals():
+        company, wanted = lifecycle.prepare_backfill(company_id, quarter)
+        start, end = sync.backfill_window(company, wanted)
+        if check:
+            click.echo(f"ok: {company_id} can move Synced From {company.synced_from_quarter} -> {wanted} "
+                       f"(documents dated {start} to {end})")
+            return
+        if not confirmed:
+            raise lifecycle.LifecycleError(
+                f"moving Synced From to {wanted} imports every document dated {start} to {end}; "
+                "confirm with --yes")
+        if not code:
+            raise lifecycle.LifecycleError("moving Synced From needs a fresh Authorise Access: pass --code "
+                                           "(and --code-verifier) from `authorize-url`")
+        lifecycle.authorise_backfill(company_id, quarter, code, code_verifier)
+    conf = lifecycle.backfill_conf(company_id, wanted)
+    if here:
+        try:
+            run_id = sync.run_backfill(company_id, wanted)
+        except (sync.RunInProgress, sync.CompanySkipped, SageError) as exc:
+            fail(f"backfill failed, Synced From unchanged (re-run it): {exc}")
+        click.echo(f"backfilled {company_id} from {wanted} (run {run_id}); Synced From is now {wanted}")
+        return
+    done = subprocess.run(  # noqa: S603 - fixed argv, no shell
+        [sys.executable, "-m", "airflow", "dags", "trigger", lifecycle.BACKFILL_DAG_ID, "-c", json.dumps(conf)],
+        capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        fail(f"could not trigger {lifecycle.BACKFILL_DAG_ID} ({done.stderr.strip().splitlines()[-1:]}); "
+             "run again with --here to backfill in this process")
+    click.echo(f"triggered {lifecycle.BACKFILL_DAG_ID} with {json.dumps(conf)}; Synced From moves when it succeeds")
+
+
+@main.command()
+@click.argument("company_id")
+@click.option("--yes", "confirmed", is_flag=True, help="Confirm: the company's imported data is wiped.")
+@click.option("--sync/--no-sync", "run_sync", default=True,
+              help="Run the full sync now, in this process (default), or leave it to the next daily run.")
+def reset(company_id: str, confirmed: bool, run_sync: bool) -> None:
+    """Wipe a company's raw data and watermarks, then re-import everything from its Synced From."""
+    with _refusals():
+        run_id = lifecycle.reset(company_id, confirm=confirmed)
+    if not run_sync:
+        lifecycle.close_reset_run(run_id)
+        click.echo(f"wiped {company_id}; its next daily run re-imports everything from Synced From")
+        return
+    try:
+        sync.run_steps(company_id, run_id)
+    except (sync.CompanySkipped, SageError) as exc:
+        fail(f"wiped {company_id}, but the full sync failed (the next run retries it): {exc}")
+    click.echo(f"reset {company_id}: wiped and re-imported from Synced From (run {run_id})")
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(as_json: bool) -> None:
-    """Every connected company with its status and its last run's progress."""
+    """Every company: status, initial-sync progress (flagged after 24 h), last run, last error."""
     with _warehouse() as conn:
-        rows = conn.execute(
-            """
-            select c.company_id, c.company_name, c.status, c.synced_from_quarter, c.last_error,
-                   r.kind, r.status, r.started_at, r.ended_at, r.stats
-            from sage_control.companies c
-            left join lateral (
-                select * from sage_control.sync_runs r
-                where r.company_id = c.company_id order by r.started_at desc limit 1
-            ) r on true
-            order by c.company_name
-            """
-        ).fetchall()
-    report = []
-    for cid, name, state, quarter, error, kind, run_status, started, ended, run_stats in rows:
-        stats = run_stats or {}
-        report.append({
-            "company_id": cid, "company_name": name, "status": state, "synced_from": quarter,
-            "last_error": error, "last_run": None if started is None else {
-                "kind": kind, "status": run_status, "started_at": started.isoformat(),
-                "ended_at": ended.isoformat() if ended else None,
-                "pages": sum(int(s.get("pages", 0)) for s in stats.values()),
-                "records": sum(int(s.get("rows_seen", 0)) for s in stats.values()),
-                "versions_added": sum(int(s.get("versions_added", 0)) for s in stats.values()),
-            },
-        })
+        report = lifecycle.company_statuses(conn)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     if not report:
         click.echo("no company connected yet: see `python -m sage_sync authorize-url`")
     for item in report:
-        run = item["last_run"]
-        line = (f"{item['company_name']} ({item['company_id']}): {item['status']}, "
-                f"Synced From {item['synced_from']}")
-        if run:
-            line += (f"; last run {run['status']} at {run['started_at'][:19]}: "
-                     f"{run['pages']} pages, {run['records']} records, {run['versions_added']} new versions")
-        if item["last_error"]:
-            line += f"; last error: {item['last_error']}"
-        click.echo(line)
+        click.echo(lifecycle.describe(item))
 
 
 @main.command("sync")
@@ -202,6 +228,6 @@ def sync_cmd(company_id: str) -> None:
             fail(f"unknown company {company_id!r}")
     try:
         run_id = sync.run_company(company_id, kind="manual")
-    except (sync.CompanySkipped, SageError) as exc:
+    except (sync.CompanySkipped, sync.RunInProgress, SageError) as exc:
         fail(str(exc))
     click.echo(f"synced {company_id} (run {run_id})")

@@ -23,7 +23,7 @@ STATUSES = frozenset({"initial_sync", "active", "disconnected", "needs_reauth", 
 
 _COLUMNS = (
     "company_id, company_name, accounts_provider, status, synced_from_quarter, last_error, "
-    "created_at, updated_at, connected_at, disconnected_at"
+    "created_at, updated_at, connected_at, disconnected_at, reconcile_requested, last_reconciled_at"
 )
 
 
@@ -45,6 +45,8 @@ class Company:
     updated_at: datetime
     connected_at: datetime | None
     disconnected_at: datetime | None
+    reconcile_requested: bool = False
+    last_reconciled_at: datetime | None = None
 
     @property
     def synced_from(self) -> Quarter:
@@ -142,6 +144,64 @@ def set_status(
             event_details.setdefault("error", last_error)
         log_event(conn, company_id, event_type, event_details)
     return company
+
+
+def reauthorise(conn: psycopg.Connection, company_id: str, *, details: dict[str, Any] | None = None) -> Company:
+    """A re-authorised company: back to ``active`` (``initial_sync`` if no sync ever succeeded).
+
+    Clears ``last_error`` and ``disconnected_at`` and asks the next run for an id reconciliation
+    sweep: deletions made while the grant was dead may be older than Sage's deletion history.
+    Logs ``reconnected`` with ``details``. Raises :class:`UnknownCompanyError`.
+    """
+    with conn.cursor(row_factory=class_row(Company)) as cur:
+        cur.execute(
+            "update sage_control.companies as c set "
+            # Complete data = a successful sync since the last reset wiped the company's rows.
+            "status = case when exists (select 1 from sage_control.sync_runs r "
+            "    where r.company_id = c.company_id and r.status = 'success' and r.started_at >= coalesce("
+            "        (select max(e.occurred_at) from sage_control.connection_events e "
+            "         where e.company_id = c.company_id and e.event_type = 'reset'), '-infinity')) "
+            "    then 'active' else 'initial_sync' end, "
+            "last_error = null, connected_at = now(), disconnected_at = null, reconcile_requested = true, "
+            f"updated_at = now() where company_id = %s returning {_COLUMNS}",
+            (company_id,),
+        )
+        company = cur.fetchone()
+    if company is None:
+        raise UnknownCompanyError(f"company {company_id!r} is not registered")
+    log_event(conn, company_id, "reconnected", {
+        "status": company.status, "synced_from_quarter": company.synced_from_quarter, **(details or {})})
+    return company
+
+
+def set_synced_from(
+    conn: psycopg.Connection, company_id: str, quarter: Quarter, *, details: dict[str, Any] | None = None
+) -> Company:
+    """Move the company's Synced From to ``quarter`` and log ``synced_from_moved`` (caller commits)."""
+    before = get_company(conn, company_id)
+    if before is None:
+        raise UnknownCompanyError(f"company {company_id!r} is not registered")
+    with conn.cursor(row_factory=class_row(Company)) as cur:
+        cur.execute(
+            "update sage_control.companies set synced_from_quarter = %s, updated_at = now() "
+            f"where company_id = %s returning {_COLUMNS}",
+            (str(quarter), company_id),
+        )
+        company = cur.fetchone()
+    assert company is not None
+    log_event(conn, company_id, "synced_from_moved", {
+        "previous_synced_from_quarter": before.synced_from_quarter,
+        "synced_from_quarter": str(quarter), **(details or {})})
+    return company
+
+
+def mark_reconciled(conn: psycopg.Connection, company_id: str) -> None:
+    """Record a complete id reconciliation sweep (clears the request made by a reconnect)."""
+    conn.execute(
+        "update sage_control.companies set reconcile_requested = false, last_reconciled_at = now() "
+        "where company_id = %s",
+        (company_id,),
+    )
 
 
 def log_event(

@@ -44,7 +44,7 @@ def _dagbag():
 def test_dags_load_without_errors_and_follow_the_rules(two_companies: Path) -> None:
     bag = _dagbag()
     assert bag.import_errors == {}
-    assert set(bag.dags) == {"sage_sync__b1aa", "sage_sync__b2bb", "sage_transform"}
+    assert set(bag.dags) == {"sage_sync__b1aa", "sage_sync__b2bb", "sage_transform", "sage_backfill"}
     for dag_id, dag in bag.dags.items():
         assert dag.doc_md and dag.tags, dag_id
         assert dag.catchup is False, dag_id

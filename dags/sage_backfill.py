@@ -1,0 +1,122 @@
+"""
+### Sage backfill: move a company's Synced From earlier
+
+Triggered (by the Sage connections page, by `python -m sage_sync set-synced-from`, or by hand
+from this trigger form) with conf `{"company_id": "...", "synced_from": "YYYY-Qn"}`.
+
+1. `validate` refuses, before anything changes, an unknown company, a malformed quarter, or a
+   quarter that is not earlier than the company's current Synced From; then it takes the
+   company's run slot, so the daily run and a backfill of one company never import at once
+   (whichever comes second waits: its first task fails and Airflow retries it).
+2. `backfill_<stream>` reads every document dated from the new quarter up to the day before
+   the current Synced From. Unchanged documents add nothing (same single version, same
+   first-seen time); watermarks are not touched.
+3. `finish` moves Synced From and logs `synced_from_moved`, in one transaction, only when every
+   stream succeeded. A failed backfill changes no Synced From and can simply be run again.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, Asset, Param, task
+from airflow.sdk.exceptions import AirflowFailException
+
+from sage_sync.dag_companies import companies_for_dags
+
+SAGE_RAW_ASSET = Asset(name="sage_raw", uri="x-sage://warehouse/sage_raw")
+POOL = "sage_api"
+DOCUMENT_STREAMS = ["purchase_invoices", "purchase_credit_notes", "purchase_quick_entries", "other_payments"]
+QUARTER_PATTERN = r"^[0-9]{4}-Q[1-4]$"
+
+
+def _company_param() -> Param:
+    companies = companies_for_dags()
+    if not companies:
+        # No registry (yet): a free-text id, checked by `validate` at run time.
+        return Param("", type="string", minLength=1, title="Company",
+                     description="Sage business id of a connected company (none is connected yet)")
+    return Param(
+        companies[0].company_id, type="string", title="Company",
+        enum=[c.company_id for c in companies],
+        values_display={c.company_id: f"{c.company_name} ({c.status}, from {c.synced_from_quarter})"
+                        for c in companies},
+        description="The connected company whose Synced From moves earlier",
+    )
+
+
+@task(retries=3, retry_delay=timedelta(minutes=10))
+def validate(**context) -> str:
+    """Refuse a bad request before anything changes, then open the backfill run."""
+    from sage_sync import lifecycle, sync  # noqa: PLC0415 - keep DAG parsing free of the sync stack
+
+    params = context["params"]
+    try:
+        lifecycle.prepare_backfill(params["company_id"], params["synced_from"])
+    except lifecycle.LifecycleError as exc:
+        raise AirflowFailException(str(exc)) from exc  # a bad request: retrying can't help
+    return sync.begin_run(params["company_id"], airflow_run_id=context["run_id"], kind="backfill")
+
+
+@task(pool=POOL)
+def refresh_auth(sync_run_id: str, **context) -> None:
+    """Make sure the grant is alive before reading Sage."""
+    from sage_sync import sync  # noqa: PLC0415
+
+    sync.check_auth(context["params"]["company_id"], sync_run_id)
+
+
+@task(pool=POOL)
+def backfill(stream: str, sync_run_id: str, **context) -> dict:
+    """Read one document stream's older window into sage_raw (new versions only)."""
+    from sage_sync import sync  # noqa: PLC0415
+
+    params = context["params"]
+    return sync.backfill_stream(params["company_id"], stream, sync_run_id, params["synced_from"])
+
+
+@task(outlets=[SAGE_RAW_ASSET])
+def finish(sync_run_id: str, **context) -> None:
+    """Close the run and move Synced From in one transaction; the outlet schedules the transform."""
+    from sage_sync import sync  # noqa: PLC0415
+
+    params = context["params"]
+    sync.finish_backfill(params["company_id"], sync_run_id, params["synced_from"])
+
+
+@task(trigger_rule="one_failed", retries=0)
+def record_failure(**context) -> None:
+    """Close the run as failed; Synced From stays where it was."""
+    from sage_sync import sync  # noqa: PLC0415
+
+    params = context["params"]
+    sync.finish_run(params["company_id"], sync.run_key(params["company_id"], context["run_id"]),
+                    status="failed", error="a task of this backfill failed; see its log in Airflow")
+
+
+with DAG(
+    dag_id="sage_backfill",
+    dag_display_name="Sage backfill: move Synced From earlier",
+    description="Imports a company's older documents and moves its Synced From earlier",
+    doc_md=__doc__,
+    schedule=None,
+    start_date=datetime(2024, 1, 1),
+    catchup=False,
+    max_active_runs=1,  # backfills are rare and heavy: one at a time, whatever the company
+    default_args={"owner": "data-engineering", "retries": 2, "retry_delay": timedelta(minutes=5),
+                  "retry_exponential_backoff": True},
+    tags=["sage", "backfill"],
+    params={
+        "company_id": _company_param(),
+        "synced_from": Param("2024-Q1", type="string", pattern=QUARTER_PATTERN, title="New Synced From",
+                             description="A quarter earlier than the company's current Synced From, e.g. 2023-Q3"),
+    },
+) as dag:
+    run_id = validate()
+    auth = refresh_auth(run_id)
+    loads = [backfill.override(task_id=f"backfill_{stream}")(stream, run_id) for stream in DOCUMENT_STREAMS]
+    done = finish(run_id)
+    failed = record_failure()
+    auth >> loads  # type: ignore[operator]
+    loads >> done  # type: ignore[operator]
+    [run_id, auth, *loads] >> failed  # type: ignore[operator]
