@@ -58,11 +58,15 @@ def refresh_auth(company_id: str, **context) -> None:
         raise AirflowSkipException(str(skipped)) from skipped
 
 
-@task(pool=POOL)
+# One task mapped over the streams rather than one task per stream: the UI still shows one
+# instance per stream (named by map_index_template), and a 1,000-company deployment parses in
+# a fraction of the time, since building operators is what DAG parsing spends its time on.
+@task(pool=POOL, map_index_template="{{ stream }}")
 def extract_load(company_id: str, stream: str, **context) -> dict:
     """Extract one stream since its watermark and append new versions to sage_raw."""
     from sage_sync import sync  # noqa: PLC0415
 
+    context["stream"] = stream  # names this mapped instance in the UI
     try:
         return sync.sync_stream(company_id, stream, sync.run_key(company_id, context["run_id"]))
     except sync.CompanySkipped as skipped:
@@ -112,21 +116,17 @@ def build_company_dag(company: DagCompany) -> DAG:
         max_active_runs=1,
         default_args=default_args,
         tags=["sage", "sync", f"company:{company.company_id}"],
-        params={"company_id": company.company_id},
     ) as dag:
         company_id = company.company_id
         checked = check_connection(company_id)
         auth = refresh_auth(company_id)
-        loads = [
-            extract_load.override(task_id=f"load_{stream}")(company_id, stream)
-            for stream in REFERENCE_STREAMS + DOCUMENT_STREAMS
-        ]
+        loads = extract_load.partial(company_id=company_id).expand(stream=REFERENCE_STREAMS + DOCUMENT_STREAMS)
         deletions = record_deletions(company_id)
         done = finish(company_id)
         failed = record_failure(company_id)
         checked >> auth >> loads  # type: ignore[operator]
         loads >> deletions >> done  # type: ignore[operator]
-        [checked, auth, *loads, deletions] >> failed  # type: ignore[operator]
+        [checked, auth, loads, deletions] >> failed  # type: ignore[operator]
     return dag
 
 

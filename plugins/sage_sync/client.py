@@ -64,6 +64,13 @@ class Page:
     items_per_page: int | None
     request_id: str | None
 
+    @property
+    def is_last(self) -> bool:
+        """No page follows: ``$next`` is null, the page is empty, or it reaches ``$total``."""
+        if self.next is None or not self.items:
+            return True
+        return bool(self.total is not None and self.items_per_page and self.page * self.items_per_page >= self.total)
+
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date), or None.
@@ -241,6 +248,11 @@ class SageClient:
         """GET a path (``/financial_settings``) or a ``$next`` link and return the parsed JSON."""
         body, _ = self._get(path_or_next, params)
         return body
+
+    def get_page(self, path: str, params: Mapping[str, Any] | None = None) -> Page:
+        """One page of a list, for callers that page by a cursor of their own, not by ``$next``."""
+        body, response = self._get(path, params)
+        return self._page(body, response, default_page=_int_or_none((params or {}).get("page")) or 1)
 
     def iter_pages(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[Page]:
         """Yield every page of a list, following ``$next`` until Sage says there is no more.

@@ -81,8 +81,11 @@ def run_key(company_id: str, airflow_run_id: str) -> str:
 
 
 @contextmanager
-def _connect(env: SyncEnv) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(env.dsn, application_name="sage_sync") as conn:
+def _connect(env: SyncEnv, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
+    """A warehouse connection. Extraction uses ``autocommit=True``: each ``conn.transaction()``
+    block is then a real transaction committed on exit (one per page), not a savepoint inside a
+    transaction that an earlier read left open, which would lose every page on a late failure."""
+    with psycopg.connect(env.dsn, application_name="sage_sync", autocommit=autocommit) as conn:
         yield conn
 
 
@@ -220,7 +223,7 @@ def sync_stream(
     own_client = client is None
     client = client or make_client(env, company_id)
     try:
-        with _auth_guard(env, company_id), _connect(env) as conn:
+        with _auth_guard(env, company_id), _connect(env, autocommit=True) as conn:
             company = registry.get_company(conn, company_id)
             if company is None:
                 raise UnknownCompany(f"company {company_id!r} is not registered")
@@ -253,8 +256,56 @@ def _sync_list(
     mark = watermarks.get_watermarks(conn, company.company_id).get(stream.name)
     since = mark.updated_since - OVERLAP if (stream.incremental and mark and mark.updated_since) else None
     from_date = company.synced_from.start_date if stream.date_filtered else None
+    if stream.sortable and stream.incremental:
+        return _read_by_cursor(conn, client, stream, company.company_id, sync_run_id, since, from_date)
     params = list_params(stream, updated_since=since, from_date=from_date)
     return _read_window(conn, client, stream, company, sync_run_id, params, move_watermark=True)
+
+
+def _read_by_cursor(
+    conn: psycopg.Connection, client: SageClient, stream: Stream, company_id: str, sync_run_id: str,
+    since: datetime | None, from_date: date | None,
+) -> dict[str, int]:
+    """Page by ``updated_at`` instead of by page number.
+
+    Page offsets over live data skip a record whenever one on an earlier page is deleted (every
+    later record moves up one place). Here every request starts again at page 1 from the newest
+    ``updated_at`` seen (inclusive), sorted by ``updated_at``: nothing can shift under us, an
+    edit during the read just moves a record further on, and because everything older than the
+    cursor has been read, the watermark can move with each page's own transaction, so a crash
+    of a long first sync resumes where it stopped. Page numbers are only used while a whole page
+    shares one timestamp; ids already read at the cursor's timestamp are not loaded twice.
+    """
+    totals = {"pages": 0, "rows_seen": 0, "versions_added": 0, "quarantined": 0, "passes": 1}
+    cursor, page_number = since, 1
+    read_at_cursor: set[str] = set()
+    while True:
+        params = {**list_params(stream, updated_since=cursor, from_date=from_date), "page": page_number}
+        page = client.get_page(stream.path, params)
+        fresh = [i for i in page.items if not (isinstance(i, dict) and i.get("id") in read_at_cursor)]
+        with conn.transaction():
+            result = loader.load_records(conn, stream.name, company_id, sync_run_id, fresh)
+            counters = {"pages": 1, "rows_seen": result.rows_seen, "versions_added": result.versions_added,
+                        "quarantined": result.quarantined}
+            # Only the first request's $total covers the whole window (later ones start later).
+            first = totals["pages"] == 0
+            runs.add_stream_stats(conn, sync_run_id, stream.name,
+                                  total_reported=page.total if first else None, **counters)
+            newest = result.max_updated_at
+            if newest is not None:
+                # Same transaction as the page: the watermark never runs ahead of the rows.
+                watermarks.set_watermark(conn, company_id, stream.name, updated_since=newest)
+        for key, value in counters.items():
+            totals[key] += value
+        if page.is_last:
+            return totals
+        if newest is not None and (cursor is None or newest > cursor):
+            cursor, page_number = newest, 1
+            read_at_cursor = {i["id"] for i in page.items
+                              if isinstance(i, dict) and _parse_ts(i.get("updated_at")) == newest}
+        else:  # the whole page had one timestamp: step through that timestamp by page number
+            page_number += 1
+            read_at_cursor |= set(result.record_ids)
 
 
 def _read_window(
@@ -314,7 +365,7 @@ def sync_deletions(company_id: str, sync_run_id: str, *, env: SyncEnv | None = N
     client = client or make_client(env, company_id)
     found: dict[str, int] = {}
     try:
-        with _auth_guard(env, company_id), _connect(env) as conn:
+        with _auth_guard(env, company_id), _connect(env, autocommit=True) as conn:
             company = registry.get_company(conn, company_id)
             if company is None:
                 raise UnknownCompany(f"company {company_id!r} is not registered")
@@ -535,7 +586,7 @@ def backfill_stream(
     own_client = client is None
     client = client or make_client(env, company_id)
     try:
-        with _auth_guard(env, company_id), _connect(env) as conn:
+        with _auth_guard(env, company_id), _connect(env, autocommit=True) as conn:
             params = list_params(stream, from_date=start, to_date=end)
             return _read_window(conn, client, stream, company, sync_run_id, params, move_watermark=False)
     finally:

@@ -55,11 +55,11 @@ def test_dags_load_without_errors_and_follow_the_rules(two_companies: Path) -> N
     dag = bag.dags["sage_sync__b1aa"]
     assert dag.dag_display_name == "Sage sync: Greenleaf Bakery Ltd"
     assert "company:b1aa" in dag.tags
-    loads = [t for t in dag.tasks if t.task_id.startswith("load_")]
-    assert {t.task_id for t in loads} >= {"load_purchase_invoices", "load_purchase_credit_notes",
-                                          "load_purchase_quick_entries", "load_other_payments",
-                                          "load_ledger_accounts", "load_contacts", "load_tax_rates"}
-    assert all(t.pool == "sage_api" for t in loads)
+    load = dag.get_task("extract_load")  # mapped: one instance per stream
+    assert set(load.op_kwargs_expand_input.value["stream"]) == {
+        "purchase_invoices", "purchase_credit_notes", "purchase_quick_entries", "other_payments",
+        "ledger_accounts", "contacts", "tax_rates", "businesses", "financial_settings"}
+    assert load.pool == "sage_api" and dag.get_task("refresh_auth").pool == "sage_api"
     finish = dag.get_task("finish")
     assert [o.name for o in finish.outlets] == ["sage_raw"]
     assert dag.get_task("check_connection").downstream_task_ids == {"refresh_auth", "record_failure"}

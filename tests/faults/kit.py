@@ -102,6 +102,20 @@ def assert_no_doubles(conn: psycopg.Connection, company_id: str) -> None:
         assert not doubled, f"{stream}: versions doubled: {doubled}"
 
 
+def assert_watermark_not_ahead(sage: FakeSageServer, conn: psycopg.Connection, company_id: str,
+                               stream: str) -> None:
+    """Every record Sage holds at or below the stream's watermark is already in the warehouse."""
+    from sage_sync import watermarks  # noqa: PLC0415
+
+    mark = watermarks.get_watermarks(conn, company_id).get(stream)
+    if mark is None or mark.updated_since is None:
+        return
+    stamp = mark.updated_since.strftime("%Y-%m-%dT%H:%M:%SZ")
+    covered = {rid for rid, rec in expected(sage, company_id, stream).items() if rec["updated_at"] <= stamp}
+    missing = covered - set(latest(conn, stream, company_id))
+    assert not missing, f"{stream}: watermark {stamp} is ahead of {len(missing)} records not loaded"
+
+
 def version_counts(conn: psycopg.Connection, stream: str, company_id: str) -> dict[str, int]:
     rows = conn.execute(f"select record_id, count(*) from sage_raw.{stream} where company_id = %s "
                         "group by record_id", (company_id,)).fetchall()
@@ -124,5 +138,20 @@ def hook_pages(monkeypatch: pytest.MonkeyPatch,
             seen.append((path, index))
             action(path, index, page)
 
+    # Cursor paging (the spend streams) fetches one page per call: count pages per path across
+    # calls, and run the action for a page just before the next page of that path is asked for.
+    original_get_page = SageClient.get_page
+    pending: dict[str, tuple[int, Any]] = {}
+
+    def get_page(self: SageClient, path: str, params: Any = None) -> Any:
+        if path in pending:
+            index, previous = pending[path]
+            seen.append((path, index))
+            action(path, index, previous)
+        page = original_get_page(self, path, params)
+        pending[path] = (pending.get(path, (0, None))[0] + 1, page)
+        return page
+
     monkeypatch.setattr(SageClient, "iter_pages", iter_pages)
+    monkeypatch.setattr(SageClient, "get_page", get_page)
     return seen

@@ -17,6 +17,7 @@ import pytest
 from faults.kit import (
     assert_no_doubles,
     assert_warehouse_matches,
+    assert_watermark_not_ahead,
     connect,
     expected,
     hook_pages,
@@ -117,16 +118,11 @@ def test_connection_dropped_for_good_mid_pagination_heals_on_rerun(sage: FakeSag
     with pytest.raises(TransientError):
         sync.run_company(company)
     env.commit()
-    assert "purchase_invoices" not in watermarks.get_watermarks(env, company)  # never ahead of the rows
+    assert_watermark_not_ahead(sage, env, company, "purchase_invoices")  # it moved only with committed pages
     sync.run_company(company)
     assert_warehouse_matches(sage, env, company)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sync.py bug: sync_stream reads the company and watermarks on its connection before the first "
-    "page, which opens an implicit transaction, so every `with conn.transaction()` per page is only a "
-    "SAVEPOINT; the whole stream commits at the end or rolls back on any failure: a failure on the last "
-    "page loses every earlier page (fix: commit after the reads; see bench/RESULTS.md)"))
 def test_pages_committed_before_a_failure_survive_it(sage: FakeSageServer, env: psycopg.Connection,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     company = connect(sage)
@@ -235,10 +231,6 @@ def test_record_edited_on_a_later_page_and_created_while_paging(
     assert counts[later["id"]] == 1 and counts[done[0]] == 1  # each read once, after the change
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sync.py bug: a record deleted on an already-read page shifts the next page up by one, so one "
-    "record is skipped while distinct ids still reach the smaller $total; the pass is trusted, the "
-    "watermark moves past the skipped record and no later run reads it (fix: see bench/RESULTS.md)"))
 def test_record_deleted_on_an_earlier_page_while_paging_does_not_hide_another(
         sage: FakeSageServer, env: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
     company = connect(sage)
