@@ -455,6 +455,12 @@ def test_dim_companies(built: psycopg.Connection) -> None:
     assert rows[0][8] is None
     # the later failed run does not count
     assert rows[1][8].isoformat().startswith("2024-06-01T06:05:00")
+    # a company with no successful sync yet is still in its initial sync: its data is partial
+    complete = _rows(built, "select company_id, is_initial_sync_complete from analytics.dim_companies "
+                            "order by company_id")
+    assert complete == [("eur_co", False), ("gbp_co", True)]
+    flags = _rows(built, "select distinct company_id, is_company_data_complete from analytics.fct_spend_transactions")
+    assert flags == [("gbp_co", True)]
 
 
 def test_dim_suppliers(built: psycopg.Connection) -> None:

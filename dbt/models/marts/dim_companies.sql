@@ -17,7 +17,9 @@ final as (
         is_gbp,
         connected_at,
         disconnected_at,
-        last_successful_sync_at
+        last_successful_sync_at,
+        initial_sync_completed_at,
+        is_initial_sync_complete
     from companies
 )
 

@@ -34,6 +34,8 @@ final as (
         spend_lines.company_id,
         companies.company_name,
         companies.accounts_provider,
+        -- false while the company's first (or post-reset) sync is still running: its totals are partial
+        coalesce(companies.is_initial_sync_complete, false) as is_company_data_complete,
         spend_lines.record_id,
         spend_lines.line_id,
         spend_lines.stream,

@@ -21,6 +21,7 @@ aggregated as (
     select
         company_id,
         company_name,
+        bool_and(is_company_data_complete) as is_company_data_complete,
         to_char(date_trunc('quarter', transaction_date), 'YYYY-"Q"Q') as quarter,
         cast(date_trunc('quarter', transaction_date) as date) as quarter_start_date,
         supplier_key,
@@ -32,7 +33,7 @@ aggregated as (
         sum(vat_amount) as vat_amount,
         sum(gross_amount) as gross_amount
     from keyed
-    group by 1, 2, 3, 4, 5
+    group by company_id, company_name, 4, 5, 6
 ),
 
 final as (
