@@ -374,8 +374,8 @@ class SageClient:
                     path,
                     failure.reason,
                     failure.request_id,
-                    failures,
-                    self.max_attempts - 1,
+                    throttles if failure.status == 429 else failures,
+                    (self.max_throttled_attempts if failure.status == 429 else self.max_attempts) - 1,
                     delay,
                 )
                 self._sleep(delay)
