@@ -25,6 +25,7 @@ import requests
 
 from sage_sync.config import SageSettings
 from sage_sync.errors import InvalidResponse, OAuthError, ReauthorizationRequired, TransientError
+from sage_sync.money import to_int
 from sage_sync.tokens import TokenSet, TokenStore
 
 log = logging.getLogger(__name__)
@@ -187,8 +188,8 @@ class OAuthClient:
         if not refresh or not isinstance(refresh, str):
             raise ReauthorizationRequired("token response has no refresh_token: the grant cannot be kept")
         # Expiry counts from when the request was sent, so network time only shortens it.
-        expires_in = _seconds(body.get("expires_in"))
-        refresh_expires_in = _seconds(body.get("refresh_token_expires_in"))
+        expires_in = to_int(body.get("expires_in"))
+        refresh_expires_in = to_int(body.get("refresh_token_expires_in"))
         return TokenSet(
             access_token=access,
             refresh_token=refresh,
@@ -245,14 +246,6 @@ class OAuthClient:
             raise ReauthorizationRequired(f"{text}: {description}" if description else text)
         raise OAuthError(error or "http_error", response.status_code, description)
 
-
-def _seconds(value: object) -> int | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        return None
 
 
 class TokenManager:

@@ -31,6 +31,7 @@ from sage_sync.errors import (
     SubscriptionInactive,
     TransientError,
 )
+from sage_sync.money import to_int
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +144,6 @@ def _error_list(response: requests.Response) -> list[dict[str, Any]]:
     return [e for e in body if isinstance(e, dict)]
 
 
-def _int_or_none(value: object) -> int | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        return None
-
 
 def _sleep(seconds: float) -> None:
     time.sleep(seconds)
@@ -252,7 +245,7 @@ class SageClient:
     def get_page(self, path: str, params: Mapping[str, Any] | None = None) -> Page:
         """One page of a list, for callers that page by a cursor of their own, not by ``$next``."""
         body, response = self._get(path, params)
-        return self._page(body, response, default_page=_int_or_none((params or {}).get("page")) or 1)
+        return self._page(body, response, default_page=to_int((params or {}).get("page")) or 1)
 
     def iter_pages(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[Page]:
         """Yield every page of a list, following ``$next`` until Sage says there is no more.
@@ -315,10 +308,10 @@ class SageClient:
         per_page = body.get("$itemsPerPage", body.get("$items_per_page"))
         return Page(
             items=items,
-            page=_int_or_none(body.get("$page")) or default_page,
-            total=_int_or_none(body.get("$total")),
+            page=to_int(body.get("$page")) or default_page,
+            total=to_int(body.get("$total")),
             next=next_link or None,
-            items_per_page=_int_or_none(per_page),
+            items_per_page=to_int(per_page),
             request_id=request_id,
         )
 

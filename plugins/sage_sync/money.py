@@ -1,7 +1,8 @@
-"""Money from Sage as ``Decimal``, never through ``float``.
+"""Numbers from Sage: money as ``Decimal`` (never through ``float``), counts as ``int``.
 
 The spec says amounts are doubles, but the live API sends most of them as JSON strings
-(``"-430035.84"``) and some as numbers; both must come out exact.
+(``"-430035.84"``) and some as numbers; both must come out exact. Envelope counts and token
+lifetimes arrive as numbers or strings too.
 """
 
 from __future__ import annotations
@@ -44,3 +45,13 @@ def _parse(text: str, original: object) -> Decimal:
     except InvalidOperation as exc:
         raise ValueError(f"not a money amount: {original!r}") from exc
 
+
+
+def to_int(value: object) -> int | None:
+    """An integer from a number or numeric string (``$total``, ``expires_in``); None if absent or not one."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
