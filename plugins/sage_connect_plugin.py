@@ -162,9 +162,9 @@ def index(request: Request, user: CurrentUser, msg: str | None = None) -> HTMLRe
 
     try:
         with lifecycle._warehouse(None) as conn:
-            from sage_sync.migrate import migrate  # noqa: PLC0415
+            from sage_sync.migrate import ensure_migrated  # noqa: PLC0415
 
-            migrate(conn)
+            ensure_migrated(conn)
             report = lifecycle.company_statuses(conn)
     except lifecycle.LifecycleError as exc:
         return _error(request, str(exc), 503)

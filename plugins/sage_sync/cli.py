@@ -21,7 +21,7 @@ from sage_sync import lifecycle, registry, sync
 from sage_sync.auth import OAuthClient, new_pkce_pair
 from sage_sync.config import ConfigError, sage_settings, warehouse_dsn
 from sage_sync.errors import SageError
-from sage_sync.migrate import migrate
+from sage_sync.migrate import ensure_migrated, migrate
 from sage_sync.quarters import Quarter
 from sage_sync.token_store import PostgresTokenStore
 from sage_sync.tokens import TokenSet
@@ -101,7 +101,7 @@ def connect(code: str, business_id: str, synced_from: str, code_verifier: str | 
 def connect_company(company_id: str, name: str, quarter: Quarter, tokens: TokenSet) -> registry.Company:
     """Register (or re-register) the company and store its first tokens (tests, the demo)."""
     with _warehouse() as conn:
-        migrate(conn)
+        ensure_migrated(conn)
         company = registry.register_company(conn, company_id, name, quarter)
         conn.commit()
     PostgresTokenStore(warehouse_dsn()).save(company_id, tokens)

@@ -26,7 +26,7 @@ from sage_sync.client import SageClient
 from sage_sync.config import ConfigError, SageSettings, sage_settings, warehouse_dsn
 from sage_sync.errors import ReauthorizationRequired, SageError
 from sage_sync.loader import STREAMS as RAW_STREAMS
-from sage_sync.migrate import migrate
+from sage_sync.migrate import ensure_migrated
 from sage_sync.quarters import Quarter
 from sage_sync.token_store import PostgresTokenStore
 from sage_sync.tokens import TokenSet
@@ -185,7 +185,7 @@ def register(auth: Authorisation, business_id: str, quarter: Quarter | str, *, d
     business = auth.business(business_id)
     dsn = dsn or _dsn()
     with _warehouse(dsn) as conn:
-        migrate(conn)
+        ensure_migrated(conn)
         existing = registry.get_company(conn, business_id)
     if existing is not None:
         return _reauthorise(existing, auth, dsn=dsn, via="connect")

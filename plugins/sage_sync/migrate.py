@@ -30,3 +30,15 @@ def migrate(conn: psycopg.Connection) -> list[str]:
             conn.execute(sql)
             names.append(name)
     return names
+
+
+_migrated: set[str] = set()
+
+
+def ensure_migrated(conn: psycopg.Connection) -> None:
+    """Migrate once per process and warehouse: for paths that run often (a page view, a connect),
+    where re-running DDL under the migration lock every time would be wasted work."""
+    key = conn.info.dsn
+    if key not in _migrated:
+        migrate(conn)
+        _migrated.add(key)
