@@ -21,6 +21,7 @@ import pytest
 
 from sage_sync.auth import OAuthClient, new_pkce_pair
 from sage_sync.config import sage_settings
+from sage_sync.token_store import PostgresTokenStore
 from sandbox.fake_sage.server import FakeSageServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,7 +75,9 @@ def _connect_via_cli(sage: FakeSageServer, env: dict[str, str], business_id: str
 
 
 def _dag_test(env: dict[str, str], dag_id: str) -> str:
-    return _run([str(BIN / "airflow"), "dags", "test", dag_id], env, timeout=600).stdout
+    """Run the DAG; return its output, where `airflow dags test` writes the task logs (in-process)."""
+    done = _run([str(BIN / "airflow"), "dags", "test", dag_id], env, timeout=600)
+    return done.stdout + done.stderr
 
 
 def _dbt_build(env: dict[str, str], tmp_path: Path) -> None:
@@ -113,13 +116,16 @@ def _modelled_spend(conn: psycopg.Connection, company: str) -> Decimal:
     return Decimal(row[0])
 
 
-def test_company_dag_then_dbt_equals_what_sage_holds(sage: FakeSageServer, env: dict[str, str],
+def test_company_dag_then_dbt_equals_what_sage_holds(sage: FakeSageServer, env: dict[str, str], pg_dsn: str,
                                                      warehouse: psycopg.Connection, tmp_path: Path) -> None:
     company = next(b["id"] for b in sage.admin.businesses() if b["key"] == "greenleaf")
+    env = {**env, "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(tmp_path / "airflow-logs")}  # this run's log files
     _connect_via_cli(sage, env, company)
     dag_id = f"sage_sync__{company}"
+    token_pairs, task_logs = [_stored_tokens(pg_dsn, company)], []
 
-    _dag_test(env, dag_id)
+    task_logs.append(_dag_test(env, dag_id))
+    token_pairs.append(_stored_tokens(pg_dsn, company))
     _dbt_build(env, tmp_path)
     assert _modelled_spend(warehouse, company) == _expected_spend(sage, company)
     runs = warehouse.execute("select kind, status from sage_control.sync_runs").fetchall()
@@ -139,7 +145,9 @@ def test_company_dag_then_dbt_equals_what_sage_holds(sage: FakeSageServer, env: 
     sage.admin.void(company, "purchase_invoices", invoices[2]["id"], "entered twice")
     versions_before = warehouse.execute("select count(*) from sage_raw.purchase_invoices").fetchone()[0]
 
-    _dag_test(env, dag_id)
+    task_logs.append(_dag_test(env, dag_id))
+    token_pairs.append(_stored_tokens(pg_dsn, company))
+    _assert_no_token_in_task_logs(task_logs, tmp_path / "airflow-logs", token_pairs)
     _dbt_build(env, tmp_path)
     versions_after = warehouse.execute("select count(*) from sage_raw.purchase_invoices").fetchone()[0]
     assert versions_after == versions_before + 2  # the edit and the void; the deletion is a tombstone
@@ -153,6 +161,28 @@ def test_company_dag_then_dbt_equals_what_sage_holds(sage: FakeSageServer, env: 
     duplicates = warehouse.execute("select count(*) - count(distinct spend_line_id) "
                                    "from analytics.fct_spend_transactions").fetchone()[0]
     assert duplicates == 0
+
+
+def _stored_tokens(dsn: str, company: str) -> tuple[str, str]:
+    """The company's current token pair, decrypted with the test's Fernet key."""
+    stored = PostgresTokenStore(dsn).load(company)
+    assert stored is not None
+    return stored.access_token, stored.refresh_token
+
+
+def _assert_no_token_in_task_logs(outputs: list[str], log_folder: Path, token_pairs: list[tuple[str, str]]) -> None:
+    """Every task log of the runs (`dags test` output and any log file Airflow wrote) is free of every
+    access token, refresh token and Authorization header value the runs held."""
+    texts = [*outputs, *(f.read_text(errors="replace") for f in sorted(log_folder.rglob("*")) if f.is_file())]
+    everything = "\n".join(texts)
+    # The logs really are the task logs (else this test could not fail): our tasks and our code logged.
+    assert "extract_load" in everything and "sage_sync.sync" in everything, everything[-2000:]
+    assert len(set(token_pairs)) >= 2  # the runs rotated the grant: several pairs to look for
+    tokens = {t for pair in token_pairs for t in pair}
+    assert all(len(t) >= 80 for t in tokens)
+    for token in tokens:  # whole, or cut short at either end; and as the Authorization header's value
+        for text in (token, token[:40], token[-40:], f"Bearer {token}"):
+            assert text not in everything, "a Sage token (or the Authorization header) is in a task log"
 
 
 def test_disconnected_company_run_is_skipped_with_reason(sage: FakeSageServer, env: dict[str, str],

@@ -9,6 +9,7 @@ client and loader never depend on Airflow.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,15 @@ DEFAULT_API_URL = "https://api.accounting.sage.com/v3.1"
 DEFAULT_AUTHORIZE_URL = "https://www.sageone.com/oauth2/auth/central?filter=apiv3.1"
 DEFAULT_TOKEN_URL = "https://oauth.accounting.sage.com/token"  # noqa: S105 - a URL, not a secret
 DEFAULT_REVOKE_URL = "https://oauth.accounting.sage.com/revoke"
+
+# Requests a second that every sync process together may send to Sage (the shared PostgreSQL bucket of
+# sage_sync.ratelimit). Sage allows 1,296,000 a day per app, 15 a second on average; 12 keeps a fifth
+# of that for what the bucket does not meter (the Connect page's business lookups, the CLI) and so
+# that a day spent at the cap still ends under Sage's limit. Env SAGE_RATE_LIMIT_PER_S, else the
+# sage_default connection's extra "rate_limit_per_s"; 0 or "off" sends without the bucket.
+RATE_LIMIT_ENV = "SAGE_RATE_LIMIT_PER_S"
+DEFAULT_RATE_LIMIT_PER_S = 12.0
+_OFF = {"0", "off", "none", "false", "no", "disabled"}
 
 
 class ConfigError(RuntimeError):
@@ -121,6 +131,8 @@ class SageSettings:
     revoke_url: str
     redirect_uri: str
     scope: str = "readonly"
+    # Shared request budget, requests a second for the whole deployment; None: no shared limiter.
+    rate_limit_per_s: float | None = DEFAULT_RATE_LIMIT_PER_S
 
 
 def sage_settings(conn_id: str = SAGE_CONN_ID) -> SageSettings:
@@ -141,7 +153,32 @@ def sage_settings(conn_id: str = SAGE_CONN_ID) -> SageSettings:
         revoke_url=extra.get("revoke_url", DEFAULT_REVOKE_URL),
         redirect_uri=extra.get("redirect_uri", "http://localhost:8080/sage/callback"),
         scope=extra.get("scope", "readonly"),
+        rate_limit_per_s=rate_limit_per_s(extra),
     )
+
+
+def rate_limit_per_s(extra: dict[str, Any] | None = None) -> float | None:
+    """The shared Sage request rate: ``SAGE_RATE_LIMIT_PER_S``, else the Sage connection's extra
+    ``rate_limit_per_s``, else 12 a second. ``0`` or ``off`` turns the shared limiter off (None)."""
+    raw: Any = os.environ.get(RATE_LIMIT_ENV, "").strip()
+    source = RATE_LIMIT_ENV
+    if not raw and extra is not None and extra.get("rate_limit_per_s") not in (None, ""):
+        raw, source = extra["rate_limit_per_s"], f"connection {SAGE_CONN_ID!r} extra rate_limit_per_s"
+    if raw in ("", None):
+        return DEFAULT_RATE_LIMIT_PER_S
+    if raw is False:  # JSON extra {"rate_limit_per_s": false}
+        return None
+    if isinstance(raw, str) and raw.strip().lower() in _OFF:
+        return None
+    try:
+        if isinstance(raw, bool):
+            raise TypeError
+        rate = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source} must be requests a second (e.g. 12), 0 or 'off'; got {raw!r}") from None
+    if not math.isfinite(rate) or rate < 0:
+        raise ConfigError(f"{source} must be a finite number >= 0; got {raw!r}")
+    return rate or None
 
 
 def warehouse_dsn(conn_id: str = WAREHOUSE_CONN_ID) -> str:

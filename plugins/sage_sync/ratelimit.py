@@ -11,13 +11,22 @@ task sends one request at a time), so keep that pool at or below 150 slots. ``th
 client calls it on a 429) empties the bucket and pushes its refill start forward, so every process
 sharing the budget backs off together instead of each retrying on its own.
 
-Usage: ``SageClient(..., limiter=PostgresRateLimiter(dsn))``. The bucket row and table are created on
-first use (``create table if not exists``), so no migration is needed to try it.
+Usage: ``SageClient(..., limiter=PostgresRateLimiter(dsn))``; ``sync.make_client`` gives every client the
+process's :func:`shared_limiter` (rate from ``SAGE_RATE_LIMIT_PER_S``, see ``config.sage_settings``). The
+table is created by migration ``004_api_rate_buckets.sql``; a limiter creates it itself only where it is
+missing (a database that was never migrated), so a role without CREATE rights works in a migrated one.
+
+Taking a token is a reservation: one round trip spends a token even when the balance is below one (the
+balance may go negative, a queue of takers) and tells the taker how long to wait for its slot, which it
+then sleeps outside any lock. Takers are served in order without polling, and a sleep hook that does not
+really sleep (tests) cannot make a taker spin against the database.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 
@@ -40,23 +49,41 @@ create table if not exists sage_control.api_rate_buckets (
 );
 """
 
+# Is the table there? A catalog lookup needs no privilege on the schema (to_regclass would).
+_TABLE_EXISTS = """
+select exists (select 1 from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+               where n.nspname = 'sage_control' and c.relname = 'api_rate_buckets')
+"""
+
+# The configured rate and capacity win (an operator may change them); the balance is kept. Writes only
+# when something changed, so connecting does not rewrite the row.
+_UPSERT = """
+insert into sage_control.api_rate_buckets as b (name, tokens, capacity, rate) values (%s, %s, %s, %s)
+on conflict (name) do update set capacity = excluded.capacity, rate = excluded.rate
+where (b.capacity, b.rate) is distinct from (excluded.capacity, excluded.rate)
+"""
+
 # Refill by elapsed time (never above capacity; a refilled_at in the future, set by throttled(),
-# refills nothing until then), then spend one token if there is one. Returns the balance after the
-# attempt and whether a token was spent; clock_timestamp() so a long transaction can't freeze time.
+# refills nothing until then), then reserve one token: the balance may go below zero, and the taker
+# waits until its token has refilled (plus any pause). A reservation longer than max_wait (NULL: no
+# limit) is refused and spends nothing. clock_timestamp() so a long transaction can't freeze time.
 _TAKE = """
 with b as (
-    select name, capacity, rate,
+    select name, rate,
            least(capacity, tokens + greatest(0, extract(epoch from clock_timestamp() - refilled_at)) * rate)
                as available,
-           greatest(refilled_at, clock_timestamp()) as at
+           greatest(refilled_at, clock_timestamp()) as at,
+           greatest(0, extract(epoch from refilled_at - clock_timestamp())) as paused
     from sage_control.api_rate_buckets where name = %(name)s for update
+), r as (
+    select name, available, at, paused + greatest(0, 1 - available) / rate as wait from b
 )
 update sage_control.api_rate_buckets t
-set tokens = case when b.available >= 1 then b.available - 1 else b.available end,
-    refilled_at = b.at
-from b where t.name = b.name
-returning b.available >= 1 as granted, t.tokens, t.rate,
-          extract(epoch from t.refilled_at - clock_timestamp()) as paused_for
+set tokens = case when %(max_wait)s::float8 is null or r.wait <= %(max_wait)s::float8
+                  then r.available - 1 else r.available end,
+    refilled_at = r.at
+from r where t.name = r.name
+returning %(max_wait)s::float8 is null or r.wait <= %(max_wait)s::float8 as granted, r.wait::float8
 """
 
 
@@ -68,8 +95,9 @@ class PostgresRateLimiter:
     """A token bucket shared by every process that uses the same database and bucket ``name``.
 
     ``rate`` tokens a second (default 15 = 1,296,000 a day), at most ``burst`` stored. ``acquire``
-    blocks (sleeping, never holding a lock while asleep) until a token is granted. One short autocommit
-    connection is kept per limiter; the limiter is not thread-safe (one per client, like the client).
+    reserves a token and sleeps until it is due (never holding a lock while asleep). One short
+    autocommit connection is kept per limiter; threads may share a limiter (the round trip is
+    serialised, the sleep is not), so a process needs only one (see :func:`shared_limiter`).
     """
 
     def __init__(self, dsn: str, name: str = "sage_api", *, rate: float = DEFAULT_RATE, burst: float = 30.0,
@@ -83,69 +111,116 @@ class PostgresRateLimiter:
         self.max_wait = max_wait
         self._sleep = sleep
         self._conn: psycopg.Connection | None = None
+        self._lock = threading.Lock()
         self.granted = 0
         self.waited = 0.0
+        self._unavailable = False
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.dsn, autocommit=True, application_name="sage_sync.ratelimit")
-            # Concurrent first uses would race on "create table if not exists" (pg_type unique index).
-            with self._conn.transaction():
-                self._conn.execute("select pg_advisory_xact_lock(%s)", (0x5A6E_0005,))
-                self._conn.execute(_DDL)
-            # The configured rate and capacity win (an operator may change them); the balance is kept.
-            self._conn.execute(
-                "insert into sage_control.api_rate_buckets (name, tokens, capacity, rate) "
-                "values (%s, %s, %s, %s) on conflict (name) do update "
-                "set capacity = excluded.capacity, rate = excluded.rate",
-                (self.name, self.burst, self.burst, self.rate))
+            conn = psycopg.connect(self.dsn, autocommit=True, application_name="sage_sync.ratelimit")
+            try:
+                if not conn.execute(_TABLE_EXISTS).fetchone()[0]:  # type: ignore[index]
+                    # Not migrated: create it. Concurrent first uses would race on "create table if
+                    # not exists" (pg_type unique index), hence the lock.
+                    with conn.transaction():
+                        conn.execute("select pg_advisory_xact_lock(%s)", (0x5A6E_0005,))
+                        conn.execute(_DDL)
+                self._ensure_row(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
         return self._conn
+
+    def _ensure_row(self, conn: psycopg.Connection) -> None:
+        conn.execute(_UPSERT, (self.name, self.burst, self.burst, self.rate))
+
+    def _reserve(self) -> tuple[bool, float]:
+        with self._lock:
+            conn = self._connection()
+            row = conn.execute(_TAKE, {"name": self.name, "max_wait": self.max_wait}).fetchone()
+            if row is None:  # the row went away (truncated, deleted): a full bucket again
+                self._ensure_row(conn)
+                row = conn.execute(_TAKE, {"name": self.name, "max_wait": self.max_wait}).fetchone()
+            assert row is not None
+            granted, wait = row
+            if granted:
+                self.granted += 1
+                self.waited += float(wait)
+            return bool(granted), float(wait)
 
     def acquire(self) -> None:
         """Block until one request may be sent under the shared budget."""
-        started = time.monotonic()
-        while True:
-            try:
-                row = self._connection().execute(_TAKE, {"name": self.name}).fetchone()
-            except psycopg.OperationalError:
-                # The budget is a courtesy to Sage, not a correctness guard: a warehouse blip must not
-                # fail the sync. Reconnect next time; Sage's own 429s still protect the app.
-                log.warning("rate limiter unavailable; sending without it this time")
-                self.close()
-                return
-            assert row is not None
-            granted, tokens, rate, paused_for = row
-            if granted:
-                self.granted += 1
-                return
-            wait = max(float(paused_for or 0), (1 - float(tokens)) / float(rate), 0.001)
-            if self.max_wait is not None and time.monotonic() - started + wait > self.max_wait:
-                raise RateLimitTimeout(f"no Sage request budget for {self.max_wait:.0f} s ({self.name})")
-            self.waited += wait
+        try:
+            granted, wait = self._reserve()
+        except (psycopg.OperationalError, psycopg.errors.InsufficientPrivilege) as exc:
+            # The budget is a courtesy to Sage, not a correctness guard: a warehouse blip (or a role
+            # not granted the bucket table) must not fail the sync. Reconnect next time; Sage's own
+            # 429s still protect the app. Said once per outage, not once per request.
+            (log.debug if self._unavailable else log.warning)(
+                "rate limiter unavailable (%s); sending without it until it is back", type(exc).__name__)
+            self._unavailable = True
+            self.close()
+            return
+        self._unavailable = False
+        if not granted:
+            raise RateLimitTimeout(f"no Sage request budget for {self.max_wait:.0f} s ({self.name}): "
+                                   f"the next token is {wait:.0f} s away")
+        if wait > 0:
             self._sleep(wait)
 
     def throttled(self, seconds: float) -> None:
         """Sage answered 429: empty the bucket and refill nothing for ``seconds``, for every process."""
         try:
-            self._connection().execute(
-                "update sage_control.api_rate_buckets set tokens = 0, "
-                "refilled_at = greatest(refilled_at, clock_timestamp() + make_interval(secs => %s)) "
-                "where name = %s", (max(0.0, float(seconds)), self.name))
+            with self._lock:
+                # least(tokens, 0): takers already queued (a negative balance) stay ahead of new ones.
+                self._connection().execute(
+                    "update sage_control.api_rate_buckets set tokens = least(tokens, 0), "
+                    "refilled_at = greatest(refilled_at, clock_timestamp() + make_interval(secs => %s)) "
+                    "where name = %s", (max(0.0, float(seconds)), self.name))
         except psycopg.OperationalError:
             self.close()
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                finally:
+                    self._conn = None
 
     def __enter__(self) -> PostgresRateLimiter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_shared: dict[tuple[str, str, float, float], PostgresRateLimiter] = {}
+_inherited: list[PostgresRateLimiter] = []  # a parent's, kept alive in a child: never finalised here
+_shared_pid = os.getpid()
+_shared_lock = threading.Lock()
+
+
+def shared_limiter(dsn: str, rate: float = DEFAULT_RATE, *, name: str = "sage_api", burst: float = 30.0,
+                   sleep: Callable[[float], None] = time.sleep) -> PostgresRateLimiter:
+    """This process's limiter for ``dsn`` (and bucket, rate, burst): one connection per process, not
+    one per client or page. A forked child (Airflow runs tasks in forked processes) gets its own: it
+    must not use, or close, a connection its parent opened."""
+    global _shared_pid  # noqa: PLW0603
+    key = (dsn, name, float(rate), float(burst))
+    with _shared_lock:
+        if _shared_pid != os.getpid():
+            # The parent's limiters (and sockets) are the parent's: set aside, never used or closed
+            # (finalising one would send the server a Terminate on the parent's socket).
+            _inherited.extend(_shared.values())
+            _shared.clear()
+            _shared_pid = os.getpid()
+        limiter = _shared.get(key)
+        if limiter is None:
+            limiter = _shared[key] = PostgresRateLimiter(dsn, name, rate=rate, burst=burst, sleep=sleep)
+        return limiter
 
 
 def initial_syncs_per_day(requests_per_sync: float, daily_limit: int = SAGE_DAILY_LIMIT,
@@ -157,4 +232,4 @@ def initial_syncs_per_day(requests_per_sync: float, daily_limit: int = SAGE_DAIL
 
 
 __all__ = ["DEFAULT_RATE", "SAGE_DAILY_LIMIT", "SAGE_MAX_CONCURRENT", "PostgresRateLimiter",
-           "RateLimitTimeout", "initial_syncs_per_day"]
+           "RateLimitTimeout", "initial_syncs_per_day", "shared_limiter"]

@@ -20,7 +20,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from sage_sync import loader, registry, runs, watermarks
+from sage_sync import client as client_module
+from sage_sync import loader, ratelimit, registry, runs, watermarks
 from sage_sync.auth import OAuthClient, TokenManager
 from sage_sync.client import SageClient
 from sage_sync.config import SageSettings, sage_settings, warehouse_dsn
@@ -94,9 +95,23 @@ def token_manager(env: SyncEnv, company_id: str) -> TokenManager:
     return TokenManager(company_id, PostgresTokenStore(env.dsn), OAuthClient(env.settings))
 
 
+def _limiter_sleep(seconds: float) -> None:
+    # A wait for the shared budget is a client wait: the client's sleep hook, looked up at call time
+    # (the limiter outlives any one client), so whatever pauses the client's retries pauses this too.
+    client_module._sleep(seconds)
+
+
 def make_client(env: SyncEnv, company_id: str, **kwargs: Any) -> SageClient:
-    """A client for one company's business (company id = Sage business id)."""
-    return SageClient(env.settings.api_url, company_id, token_manager(env, company_id), **kwargs)
+    """A client for one company's business (company id = Sage business id).
+
+    Every request it sends first takes a token from the deployment's shared budget in the warehouse
+    (``sage_control.api_rate_buckets``, one limiter per process and warehouse) at
+    ``SAGE_RATE_LIMIT_PER_S``; pass ``limiter=`` to use another one, or ``limiter=None`` for none.
+    """
+    settings = env.settings
+    if "limiter" not in kwargs and settings.rate_limit_per_s:
+        kwargs["limiter"] = ratelimit.shared_limiter(env.dsn, settings.rate_limit_per_s, sleep=_limiter_sleep)
+    return SageClient(settings.api_url, company_id, token_manager(env, company_id), **kwargs)
 
 
 def begin_run(

@@ -8,13 +8,14 @@ add nothing, edits add one version, deletions are recorded, and a dead grant tur
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import date
 
 import psycopg
 import pytest
 
-from sage_sync import sync
+from sage_sync import config, ratelimit, sync
 from sage_sync.auth import OAuthClient, new_pkce_pair
 from sage_sync.cli import connect_company
 from sage_sync.config import sage_settings
@@ -163,3 +164,68 @@ def test_rate_limits_and_server_errors_are_absorbed(sage: FakeSageServer, compan
     for stream in DOCUMENTS:
         expected = {r["id"] for r in sage.admin.records(company, stream) if _in_window(r)}
         assert set(_latest(warehouse, stream, company)) == expected, stream
+
+
+# -- the shared request budget (sage_sync.ratelimit) -------------------------------------------------
+
+
+def _api_requests(sage: FakeSageServer) -> int:
+    return sum(1 for r in sage.admin.request_log() if r["path"].startswith("/v3.1/"))
+
+
+def _bucket(conn: psycopg.Connection) -> tuple[float, float, float] | None:
+    conn.commit()
+    return conn.execute("select tokens, capacity, rate from sage_control.api_rate_buckets "
+                        "where name = 'sage_api'").fetchone()
+
+
+def test_every_request_of_a_sync_draws_from_the_shared_bucket(sage: FakeSageServer, company: str,
+                                                              warehouse: psycopg.Connection,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    rate = 4.0
+    monkeypatch.setenv("SAGE_RATE_LIMIT_PER_S", str(rate))
+    waits: list[float] = []  # the client's sleep hook: with no faults, only waits for the budget
+    monkeypatch.setattr("sage_sync.client._sleep", waits.append)
+    env = sync.SyncEnv.from_config()
+    limiter = sync.make_client(env, company).limiter
+    assert isinstance(limiter, ratelimit.PostgresRateLimiter) and limiter.rate == rate
+    assert sync.make_client(env, company).limiter is limiter  # one per process and warehouse
+    granted = limiter.granted
+    # Other workers have just spent the whole budget: every request of this run must wait its turn.
+    warehouse.execute("insert into sage_control.api_rate_buckets (name, tokens, capacity, rate) "
+                      "values ('sage_api', 0, 30, %s)", (rate,))
+    warehouse.commit()
+    started = time.monotonic()
+    sync.run_company(company)
+    elapsed = time.monotonic() - started
+    made = _api_requests(sage)
+    assert made >= 10
+    assert limiter.granted - granted == made  # one token per request, retries included
+    # n requests at `rate` a second from an empty bucket take n / rate seconds: what the run did not
+    # spend really working, it was told to wait (the last request's wait is the whole schedule).
+    assert max(waits, default=0) >= made / rate - elapsed - 0.05
+    assert max(waits, default=0) <= made / rate + 0.05
+    tokens, _capacity, bucket_rate = _bucket(warehouse)  # type: ignore[misc]
+    assert bucket_rate == rate
+    assert tokens <= -made + rate * elapsed + 0.05  # the shared balance owes what the run took
+
+
+def test_the_budget_is_on_by_default(sage: FakeSageServer, company: str, warehouse: psycopg.Connection,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SAGE_RATE_LIMIT_PER_S", raising=False)
+    started = time.monotonic()
+    sync.run_company(company)
+    elapsed = time.monotonic() - started
+    tokens, capacity, rate = _bucket(warehouse)  # type: ignore[misc]
+    assert rate == config.DEFAULT_RATE_LIMIT_PER_S == 12.0
+    assert tokens <= capacity - _api_requests(sage) + rate * elapsed  # drawn from, refilling meanwhile
+
+
+@pytest.mark.parametrize("off", ["0", "off"])
+def test_the_budget_can_be_turned_off(sage: FakeSageServer, company: str, warehouse: psycopg.Connection,
+                                      monkeypatch: pytest.MonkeyPatch, off: str) -> None:
+    monkeypatch.setenv("SAGE_RATE_LIMIT_PER_S", off)
+    assert sync.make_client(sync.SyncEnv.from_config(), company).limiter is None
+    sync.run_company(company)
+    assert _api_requests(sage) > 0
+    assert _bucket(warehouse) is None  # nobody took a token (the fixture emptied the table)

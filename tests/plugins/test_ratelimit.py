@@ -1,0 +1,259 @@
+"""The shared Sage request budget: a token bucket in PostgreSQL that every worker process draws from.
+
+Real PostgreSQL; nobody really sleeps: each limiter's sleep hook records the wait it was told to take,
+and since a take is a reservation (the balance may go below zero), the recorded waits are exactly
+the schedule the takers would follow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from sage_sync import config, ratelimit
+from sage_sync.ratelimit import PostgresRateLimiter, RateLimitTimeout
+
+ADMIN_URL = os.environ.get("SAGE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def limiters(pg_dsn: str, warehouse: psycopg.Connection) -> Iterator[list[PostgresRateLimiter]]:
+    """Limiters made in a test, closed after it; the warehouse fixture has emptied the bucket table."""
+    made: list[PostgresRateLimiter] = []
+    yield made
+    for limiter in made:
+        limiter.close()
+
+
+def _limiter(made: list[PostgresRateLimiter], dsn: str, waits: list[float], **kwargs: object) -> PostgresRateLimiter:
+    limiter = PostgresRateLimiter(dsn, sleep=waits.append, **kwargs)  # type: ignore[arg-type]
+    made.append(limiter)
+    return limiter
+
+
+def _bucket(conn: psycopg.Connection, name: str = "sage_api") -> tuple[float, float, float] | None:
+    conn.commit()
+    return conn.execute("select tokens, capacity, rate from sage_control.api_rate_buckets where name = %s",
+                        (name,)).fetchone()
+
+
+def test_takers_beyond_the_burst_wait_one_interval_each(pg_dsn: str, warehouse: psycopg.Connection,
+                                                        limiters: list[PostgresRateLimiter]) -> None:
+    waits: list[float] = []
+    limiter = _limiter(limiters, pg_dsn, waits, rate=10.0, burst=3.0)
+    for _ in range(8):
+        limiter.acquire()
+    assert limiter.granted == 8
+    assert len(waits) == 5  # the burst of 3 went at once; 5 more waited for their token
+    # the k-th taker past the burst is due k/rate after the first take (less the real time spent since)
+    for k, wait in enumerate(waits, start=1):
+        assert k / 10 - 0.1 < wait <= k / 10 + 1e-6
+    assert waits == sorted(waits)
+    tokens, capacity, rate = _bucket(warehouse)  # type: ignore[misc]
+    assert (capacity, rate) == (3.0, 10.0)
+    assert tokens < -4  # 5 tokens owed (less the little refilled meanwhile)
+
+
+def test_two_processes_share_one_budget(pg_dsn: str, warehouse: psycopg.Connection,
+                                        limiters: list[PostgresRateLimiter]) -> None:
+    a_waits: list[float] = []
+    b_waits: list[float] = []
+    a = _limiter(limiters, pg_dsn, a_waits, rate=5.0, burst=2.0)
+    b = _limiter(limiters, pg_dsn, b_waits, rate=5.0, burst=2.0)
+    a.acquire()
+    a.acquire()  # a spent the burst: b queues behind it, and a behind b
+    b.acquire()
+    a.acquire()
+    b.acquire()
+    assert a_waits[0] > b_waits[0] > 0.1
+    assert b_waits[1] > a_waits[0]
+    assert b_waits[1] == pytest.approx(3 / 5, abs=0.1)  # five takes at 5/s with 2 in the bucket
+
+
+def test_a_429_pauses_every_process(pg_dsn: str, warehouse: psycopg.Connection,
+                                    limiters: list[PostgresRateLimiter]) -> None:
+    a_waits: list[float] = []
+    b_waits: list[float] = []
+    a = _limiter(limiters, pg_dsn, a_waits, rate=15.0)
+    b = _limiter(limiters, pg_dsn, b_waits, rate=15.0)
+    a.acquire()
+    a.throttled(30)
+    b.acquire()
+    assert b_waits and 29 < b_waits[0] <= 30 + 1 / 15 + 1e-6
+
+
+def test_a_wait_beyond_max_wait_is_refused_and_spends_nothing(pg_dsn: str, warehouse: psycopg.Connection,
+                                                              limiters: list[PostgresRateLimiter]) -> None:
+    waits: list[float] = []
+    limiter = _limiter(limiters, pg_dsn, waits, rate=15.0, max_wait=5.0)
+    limiter.acquire()
+    limiter.throttled(60)
+    before = _bucket(warehouse)
+    with pytest.raises(RateLimitTimeout):
+        limiter.acquire()
+    assert _bucket(warehouse) == before
+    assert waits == [] and limiter.granted == 1
+
+
+def test_a_bucket_row_that_disappears_comes_back_full(pg_dsn: str, warehouse: psycopg.Connection,
+                                                      limiters: list[PostgresRateLimiter]) -> None:
+    waits: list[float] = []
+    limiter = _limiter(limiters, pg_dsn, waits, rate=15.0, burst=4.0)
+    limiter.acquire()
+    warehouse.execute("truncate sage_control.api_rate_buckets")  # a test fixture, an operator's reset
+    warehouse.commit()
+    limiter.acquire()
+    assert limiter.granted == 2 and waits == []
+    tokens, capacity, _rate = _bucket(warehouse)  # type: ignore[misc]
+    assert capacity == 4.0 and 2.9 < tokens <= 3.0
+
+
+def test_settings_change_rate_and_capacity_but_keep_the_balance(pg_dsn: str, warehouse: psycopg.Connection,
+                                                                limiters: list[PostgresRateLimiter]) -> None:
+    warehouse.execute("insert into sage_control.api_rate_buckets (name, tokens, capacity, rate) "
+                      "values ('sage_api', -3, 30, 15)")
+    warehouse.commit()
+    waits: list[float] = []
+    limiter = _limiter(limiters, pg_dsn, waits, rate=2.0, burst=10.0)
+    limiter.acquire()
+    tokens, capacity, rate = _bucket(warehouse)  # type: ignore[misc]
+    assert (capacity, rate) == (10.0, 2.0)
+    assert tokens < -3.5  # the debt other processes ran up is still owed
+    assert waits and waits[0] == pytest.approx(2.0, abs=0.1)  # (1 - -3) / 2 a second
+
+
+# -- DDL: from the migration; never needs CREATE in a migrated warehouse ---------------------------------
+
+
+def test_the_bucket_table_comes_from_the_migrations(warehouse: psycopg.Connection) -> None:
+    assert warehouse.execute("select to_regclass('sage_control.api_rate_buckets') is not null").fetchone() == (True,)
+
+
+@pytest.fixture
+def app_role(pg_dsn: str, warehouse: psycopg.Connection) -> Iterator[tuple[str, sql.Identifier]]:
+    """A login role like a locked-down sync role: no CREATE anywhere, usage of sage_control only.
+    Yields its DSN and name; the test grants what it needs on the bucket table."""
+    role = f"sage_rl_{uuid.uuid4().hex[:8]}"
+    ident = sql.Identifier(role)
+    dbname = psycopg.conninfo.conninfo_to_dict(pg_dsn)["dbname"]
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("create role {} login").format(ident))
+        admin.execute(sql.SQL("grant usage on schema sage_control to {}").format(ident))
+        admin.execute(sql.SQL("revoke create on database {} from public").format(sql.Identifier(dbname)))
+    try:
+        yield psycopg.conninfo.make_conninfo(pg_dsn, user=role), ident
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute("select pg_terminate_backend(pid) from pg_stat_activity where usename = %s", (role,))
+            admin.execute(sql.SQL("drop owned by {}").format(ident))
+            admin.execute(sql.SQL("drop role {}").format(ident))
+
+
+def test_a_role_without_create_rights_uses_the_migrated_table(pg_dsn: str, warehouse: psycopg.Connection,
+                                                              app_role: tuple[str, sql.Identifier],
+                                                              limiters: list[PostgresRateLimiter]) -> None:
+    dsn, role = app_role
+    warehouse.execute(sql.SQL("grant select, insert, update on sage_control.api_rate_buckets to {}").format(role))
+    warehouse.commit()
+    with psycopg.connect(dsn, autocommit=True) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute(ratelimit._DDL)  # the lazy DDL would fail for this role, even with "if not exists"
+    waits: list[float] = []
+    limiter = _limiter(limiters, dsn, waits, rate=15.0)
+    for _ in range(3):
+        limiter.acquire()
+    assert limiter.granted == 3
+    assert _bucket(warehouse) is not None
+    limiter.close()
+
+
+def test_a_role_not_granted_the_table_sends_unmetered_not_fails(
+        pg_dsn: str, warehouse: psycopg.Connection, app_role: tuple[str, sql.Identifier],
+        limiters: list[PostgresRateLimiter], caplog: pytest.LogCaptureFixture) -> None:
+    dsn, _role = app_role  # usage on the schema, nothing on the table (granted before it existed)
+    waits: list[float] = []
+    limiter = _limiter(limiters, dsn, waits, rate=15.0)
+    with caplog.at_level("DEBUG", logger="sage_sync.ratelimit"):
+        for _ in range(3):
+            limiter.acquire()
+    assert limiter.granted == 0 and waits == []
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "InsufficientPrivilege" in warnings[0].getMessage()  # once, not per request
+
+
+def test_an_unmigrated_database_gets_the_table_on_first_use() -> None:
+    name = f"sage_rl_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    try:
+        dsn = psycopg.conninfo.make_conninfo(ADMIN_URL, dbname=name)
+        with PostgresRateLimiter(dsn, sleep=lambda _s: None) as limiter:
+            limiter.acquire()
+            assert limiter.granted == 1
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("select count(*) from sage_control.api_rate_buckets").fetchone() == (1,)
+    finally:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+# -- one limiter per process and warehouse ---------------------------------------------------------------
+
+
+def test_shared_limiter_is_one_per_process_and_warehouse(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = ratelimit.shared_limiter(pg_dsn, 7.0)
+    assert ratelimit.shared_limiter(pg_dsn, 7.0) is first
+    assert ratelimit.shared_limiter(pg_dsn, 8.0) is not first  # a changed setting takes effect
+    real_pid = ratelimit.os.getpid()
+    monkeypatch.setattr(ratelimit.os, "getpid", lambda: real_pid + 1)  # as in a forked child
+    child = ratelimit.shared_limiter(pg_dsn, 7.0)
+    assert child is not first
+    assert first in ratelimit._inherited  # kept, never closed from the child
+
+
+# -- the setting -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("env", "extra", "expected"), [
+    (None, None, config.DEFAULT_RATE_LIMIT_PER_S),
+    (None, {}, 12.0),
+    ("5", None, 5.0),
+    ("2.5", {"rate_limit_per_s": 9}, 2.5),  # the environment wins over the connection
+    (None, {"rate_limit_per_s": 9}, 9.0),
+    (None, {"rate_limit_per_s": "9.5"}, 9.5),
+    ("0", None, None),
+    ("off", {"rate_limit_per_s": 9}, None),
+    ("OFF", None, None),
+    (None, {"rate_limit_per_s": 0}, None),
+    (None, {"rate_limit_per_s": "off"}, None),
+    (" ", None, 12.0),  # blank: unset
+])
+def test_rate_limit_setting(monkeypatch: pytest.MonkeyPatch, env: str | None, extra: dict | None,
+                            expected: float | None) -> None:
+    if env is None:
+        monkeypatch.delenv(config.RATE_LIMIT_ENV, raising=False)
+    else:
+        monkeypatch.setenv(config.RATE_LIMIT_ENV, env)
+    assert config.rate_limit_per_s(extra) == expected
+
+
+@pytest.mark.parametrize("bad", ["fast", "-1", "nan", "inf"])
+def test_a_malformed_rate_limit_is_a_config_error(monkeypatch: pytest.MonkeyPatch, bad: str) -> None:
+    monkeypatch.setenv(config.RATE_LIMIT_ENV, bad)
+    with pytest.raises(config.ConfigError, match=config.RATE_LIMIT_ENV):
+        config.rate_limit_per_s()
+
+
+def test_the_sage_connection_extra_sets_the_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(config.RATE_LIMIT_ENV, raising=False)
+    monkeypatch.setenv("AIRFLOW_CONN_SAGE_DEFAULT", json.dumps({
+        "conn_type": "http", "host": "https://sage.example/v3.1", "login": "id", "password": "secret",
+        "extra": {"rate_limit_per_s": 3}}))
+    assert config.sage_settings().rate_limit_per_s == 3.0
+    monkeypatch.setenv(config.RATE_LIMIT_ENV, "off")
+    assert config.sage_settings().rate_limit_per_s is None
