@@ -8,7 +8,8 @@
         written since their own last build by it.
 
     Incremental runs touch only the records that got a new version or a deletion since the
-    watermark, and recompute those records over *all* their versions (the existing
+    watermark that this table has not yet taken in (a landing later than the record's
+    last_landed_at), and recompute those records over *all* their versions (the existing
     (company_id, record_id, _extracted_at) index serves that lookup), so an old version landing
     late never overrides a newer one and version_count / first_synced_at stay exact.
     The model uses delete+insert on (company_id, record_id): every changed key yields exactly one
@@ -19,25 +20,34 @@
     reading can carry a time below the watermark. Re-reading is harmless (same rows again).
 #}
 {% macro incremental_latest_versions(source_relation, stream) -%}
+{%- set landed_after = incremental_watermark('last_landed_at', var('incremental_lookback', '1 hour')) -%}
 with
 
 {% if is_incremental() -%}
-watermark as (
-    select
-        coalesce(max(last_landed_at), '-infinity'::timestamptz)
-            - interval '{{ var("incremental_lookback", "1 hour") }}' as landed_after
-    from {{ this }}
-),
-
-changed_keys as (
-    select company_id, record_id
+landed_since_watermark as (
+    select company_id, record_id, _extracted_at
     from {{ source_relation }}
-    where _extracted_at > (select landed_after from watermark)
-    union
-    select company_id, record_id
+    where _extracted_at > {{ landed_after }}
+    union all
+    select company_id, record_id, _extracted_at
     from {{ source('sage_raw', 'deletions') }}
     where stream = '{{ stream }}'
-        and _extracted_at > (select landed_after from watermark)
+        and _extracted_at > {{ landed_after }}
+),
+
+-- Only what is new to this table: a landing later than the record's last_landed_at here. Rows the
+-- lookback re-reads but this table already holds are skipped, so they are not rewritten and
+-- downstream models (which read by dbt_loaded_at) do not re-process them.
+changed_keys as (
+    select distinct
+        landed.company_id,
+        landed.record_id
+    from landed_since_watermark as landed
+    left join {{ this }} as current_rows
+        on landed.company_id = current_rows.company_id
+        and landed.record_id = current_rows.record_id
+    where current_rows.record_id is null
+        or landed._extracted_at > current_rows.last_landed_at
 ),
 
 versions as (
@@ -64,6 +74,9 @@ deletion_landings as (
         max(_extracted_at) as deletion_landed_at
     from {{ source('sage_raw', 'deletions') }}
     where stream = '{{ stream }}'
+    {%- if is_incremental() %}
+        and (company_id, record_id) in (select company_id, record_id from changed_keys)
+    {%- endif %}
     group by company_id, record_id
 ),
 

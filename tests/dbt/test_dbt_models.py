@@ -557,3 +557,90 @@ def test_analyst_role_reads_marts_only(built: psycopg.Connection) -> None:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(f"select 1 from {forbidden} limit 1")
             conn.rollback()
+
+
+# --------------------------------------------------------------------------- day 3: incremental == full
+
+DAY3 = "2024-06-04T06:00:00Z"
+# Columns stamped by the build itself or by the clock: they differ between any two builds.
+BUILD_STAMPED = {"dbt_loaded_at", "hours_since_last_success", "freshness_status", "duration_seconds"}
+
+
+def _day3_rows() -> list[Row]:
+    """Changes of every kind an incremental mart must follow, not only new document versions."""
+    moved = _document("pi_1", "invoice", [
+        _invoice_line("pi_1_l1", "100.00", "20.00", "GB_STANDARD", "la_office", "Paper"),
+        _invoice_line("pi_1_l2", 50.5, 0, "GB_ZERO", "la_materials")],
+        reference="REF-1", date="2024-07-15", updated_at="2024-06-03T10:00:00Z")
+    return [
+        Row("purchase_invoices", GBP_CO, "pi_1", moved, DAY3),  # moved to the next quarter
+        Row("contacts", GBP_CO, "c_acme", {"id": "c_acme", "name": "Acme Group plc", "reference": "ACME001",
+            "contact_types": [{"id": "VENDOR"}], "currency": _link("GBP", "currencies"),
+            "updated_at": "2024-06-03T00:00:00Z"}, DAY3),  # supplier renamed
+        Row("ledger_accounts", GBP_CO, "la_materials", {
+            "id": "la_materials", "name": "Raw Materials", "displayed_as": "Raw Materials (5000)",
+            "nominal_code": 5000, "ledger_account_type": _link("DIRECT_EXPENSES", "ledger_account_types"),
+            "included_in_chart": True}, DAY3),  # nominal code renamed
+        Row("tax_rates", GBP_CO, "GB_LOWER", {"id": "GB_LOWER", "name": "GB_LOWER", "percentage": "6.0"}, DAY3),
+        # EUR Co moves its books to GBP: its GBP-denominated spend enters the fact
+        Row("financial_settings", EUR_CO, EUR_CO, {"base_currency": _link("GBP", "currencies")}, DAY3),
+    ]
+
+
+def _snapshot(conn: psycopg.Connection) -> dict[str, list[str]]:
+    """Every model's rows, tables and views (minus build-stamped columns), as sorted JSON text."""
+    tables = conn.execute("""
+        select table_schema, table_name, array_agg(column_name::text order by ordinal_position)
+        from information_schema.columns
+        where table_schema in ('analytics', 'sage_intermediate', 'sage_staging')
+        group by 1, 2
+    """).fetchall()
+    snapshot = {}
+    for schema, table, columns in tables:
+        kept = [c for c in columns if c not in BUILD_STAMPED]
+        rows = conn.execute(sql.SQL("select json_build_array({})::text from {}.{}").format(
+            sql.SQL(", ").join(map(sql.Identifier, kept)), sql.Identifier(schema), sql.Identifier(table)
+        )).fetchall()
+        snapshot[f"{schema}.{table}"] = sorted(r[0] for r in rows)
+    return snapshot
+
+
+def test_incremental_build_equals_a_full_refresh(built: psycopg.Connection, pg_dsn: str,
+                                                 tmp_path: Path) -> None:
+    """Day 3 (runs last: it changes the scenario): renames, a re-categorised account, a tax rate,
+    a document moved to another quarter, a deletion and a company turning GBP; the incremental
+    `dbt run` must leave every model exactly as `dbt run --full-refresh` builds it, while rewriting
+    none of the lines of documents nothing touched."""
+    env = _dbt_env(pg_dsn)
+    built.rollback()  # the other tests' reads left a transaction open: it would block dbt's table swaps
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        _insert_rows(conn, _day3_rows())
+        conn.execute(
+            "insert into sage_raw.deletions (company_id, stream, record_id, source_deleted_at, "
+            "detection_method, _extracted_at, _sync_run_id) values "
+            "(%s, 'purchase_quick_entries', 'qe_inv', '2024-06-03T00:00:00Z', 'deleted_since', %s, 'run1')",
+            (GBP_CO, DAY3))
+        untouched_before = dict(conn.execute(
+            "select line_id, dbt_loaded_at from sage_intermediate.int_spend_lines_signed "
+            "where record_id in ('pi_nocontact', 'op_refund')").fetchall())
+        assert untouched_before
+
+        result = _dbt(["run"], env, tmp_path)
+        assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+        incremental = _snapshot(conn)
+        fact = incremental["analytics.fct_spend_transactions"]
+        assert any("Acme Group plc" in row for row in fact) and not any("Acme Ltd" in row for row in fact)
+        assert any("Raw Materials" in row for row in fact)
+        assert not any('"qe_inv"' in row for row in fact)
+        assert any('"op_b1"' in row for row in fact)  # EUR Co's base-currency payment, now GBP
+        assert any("2024-Q3" in row for row in incremental["analytics.spend_by_category_quarter"])
+        assert dict(conn.execute(
+            "select line_id, dbt_loaded_at from sage_intermediate.int_spend_lines_signed "
+            "where record_id in ('pi_nocontact', 'op_refund')").fetchall()) == untouched_before
+
+        result = _dbt(["run", "--full-refresh"], env, tmp_path)
+        assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+        full = _snapshot(conn)
+    assert set(incremental) == set(full)
+    differing = [name for name in full if incremental[name] != full[name]]
+    assert not differing, {name: (sorted(set(incremental[name]) ^ set(full[name])))[:6] for name in differing}

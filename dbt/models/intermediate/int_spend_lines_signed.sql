@@ -14,53 +14,49 @@
         unique_key=['company_id', 'stream', 'record_id'],
         indexes=[
             {'columns': ['company_id', 'stream', 'record_id']},
+            {'columns': ['company_id', 'contact_id']},
             {'columns': ['dbt_loaded_at']},
         ],
     )
 }}
 
-with
+{%- set loaded_after = incremental_watermark('dbt_loaded_at') %}
 
-{% if is_incremental() -%}
-watermark as (
-    select coalesce(max(dbt_loaded_at), '-infinity'::timestamptz) as loaded_after
-    from {{ this }}
-),
-{%- endif %}
+with
 
 purchase_invoices as (
     select * from {{ ref('stg_sage__purchase_invoices') }}
-    {% if is_incremental() %}where dbt_loaded_at > (select loaded_after from watermark){% endif %}
+    {% if is_incremental() %}where dbt_loaded_at > {{ loaded_after }}{% endif %}
 ),
 
 purchase_invoice_lines as (
     select * from {{ ref('stg_sage__purchase_invoice_lines') }}
-    {% if is_incremental() %}where dbt_loaded_at > (select loaded_after from watermark){% endif %}
+    {% if is_incremental() %}where dbt_loaded_at > {{ loaded_after }}{% endif %}
 ),
 
 purchase_credit_notes as (
     select * from {{ ref('stg_sage__purchase_credit_notes') }}
-    {% if is_incremental() %}where dbt_loaded_at > (select loaded_after from watermark){% endif %}
+    {% if is_incremental() %}where dbt_loaded_at > {{ loaded_after }}{% endif %}
 ),
 
 purchase_credit_note_lines as (
     select * from {{ ref('stg_sage__purchase_credit_note_lines') }}
-    {% if is_incremental() %}where dbt_loaded_at > (select loaded_after from watermark){% endif %}
+    {% if is_incremental() %}where dbt_loaded_at > {{ loaded_after }}{% endif %}
 ),
 
 purchase_quick_entries as (
     select * from {{ ref('stg_sage__purchase_quick_entries') }}
-    {% if is_incremental() %}where dbt_loaded_at > (select loaded_after from watermark){% endif %}
+    {% if is_incremental() %}where dbt_loaded_at > {{ loaded_after }}{% endif %}
 ),
 
 other_payments as (
     select * from {{ ref('stg_sage__other_payments') }}
-    {% if is_incremental() %}where dbt_loaded_at > (select loaded_after from watermark){% endif %}
+    {% if is_incremental() %}where dbt_loaded_at > {{ loaded_after }}{% endif %}
 ),
 
 other_payment_lines as (
     select * from {{ ref('stg_sage__other_payment_lines') }}
-    {% if is_incremental() %}where dbt_loaded_at > (select loaded_after from watermark){% endif %}
+    {% if is_incremental() %}where dbt_loaded_at > {{ loaded_after }}{% endif %}
 ),
 
 -- Left joins from the header: every changed document yields at least one row (a marker with a

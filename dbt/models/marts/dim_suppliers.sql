@@ -5,18 +5,6 @@ contacts as (
     select * from {{ ref('stg_sage__contacts') }}
 ),
 
-spend_lines as (
-    select * from {{ ref('int_spend_lines_unioned') }}
-),
-
-contacts_with_spend as (
-    select distinct
-        company_id,
-        contact_id
-    from spend_lines
-    where contact_id is not null
-),
-
 final as (
     select
         contacts.company_id,
@@ -30,10 +18,15 @@ final as (
         contacts.first_synced_at,
         contacts.last_changed_at
     from contacts
-    left join contacts_with_spend
-        on contacts.company_id = contacts_with_spend.company_id
-        and contacts.contact_id = contacts_with_spend.contact_id
-    where contacts.is_vendor or contacts_with_spend.contact_id is not null
+    -- a lookup per non-vendor contact on the line table's (company_id, contact_id) index, not a
+    -- scan of every spend line
+    where contacts.is_vendor
+        or exists (
+            select 1
+            from {{ ref('int_spend_lines_signed') }} as spend_lines
+            where spend_lines.company_id = contacts.company_id
+                and spend_lines.contact_id = contacts.contact_id
+        )
 )
 
 select * from final

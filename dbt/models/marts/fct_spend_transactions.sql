@@ -1,7 +1,12 @@
 -- GBP spend, one row per spend line. Amounts are in GBP, net of VAT and signed (credits and refunds
 -- negative). What is kept out is listed in spend_exceptions (void, draft) and currency_exceptions.
--- A table rebuilt from narrow, already-parsed lines (int_spend_lines_signed is the incremental,
--- jsonb-heavy step), so renamed suppliers, accounts and categories show on the next build.
+--
+-- A view: the lines are parsed and kept incrementally in int_spend_lines_signed (indexed by
+-- company); this joins them to the small dimensions when queried. So a renamed supplier or account,
+-- a re-categorised nominal code or a company's base currency shows at once, and no daily build
+-- pays to rewrite millions of unchanged lines (bench/RESULTS.md, benchmark 3).
+{{ config(materialized='view') }}
+
 with
 
 spend_lines as (

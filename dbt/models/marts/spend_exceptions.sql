@@ -1,4 +1,7 @@
 -- Spend documents kept out of the fact because they are void or draft: one row per document.
+-- A view: always what the line layer holds now.
+{{ config(materialized='view') }}
+
 with
 
 spend_lines as (

@@ -30,32 +30,33 @@ streams (stream, stream_kind, is_incremental, is_date_filtered) as (
         ('other_payments', 'document', true, true)
 ),
 
-{%- set record_models = [
-    ('businesses', 'stg_sage__businesses', 'false', 'null'),
-    ('financial_settings', 'stg_sage__financial_settings', 'false', 'null'),
-    ('ledger_accounts', 'stg_sage__ledger_accounts', 'false', 'null'),
-    ('tax_rates', 'stg_sage__tax_rates', 'false', 'null'),
-    ('contacts', 'stg_sage__contacts', 'is_deleted or not is_vendor', 'null'),
-    ('purchase_invoices', 'stg_sage__purchase_invoices', 'is_deleted', 'transaction_date'),
-    ('purchase_credit_notes', 'stg_sage__purchase_credit_notes', 'is_deleted', 'transaction_date'),
-    ('purchase_quick_entries', 'stg_sage__purchase_quick_entries', 'is_deleted', 'transaction_date'),
-    ('other_payments', 'stg_sage__other_payments', 'is_deleted', 'transaction_date'),
+{%- set small_record_models = [
+    ('businesses', 'stg_sage__businesses'),
+    ('financial_settings', 'stg_sage__financial_settings'),
+    ('ledger_accounts', 'stg_sage__ledger_accounts'),
+    ('tax_rates', 'stg_sage__tax_rates'),
 ] %}
 
--- Current records per stream. Contacts are synced VENDOR-only, so only vendors are compared.
+-- The reference streams are small and read from staging; contacts and the spend streams come from
+-- int_sync_records, kept incrementally, so this build does not re-parse every record.
 records as (
-    {%- for stream, model, is_gone, record_date in record_models %}
+    {%- for stream, model in small_record_models %}
     select
         '{{ stream }}' as stream,
         company_id,
-        cast({{ record_date }} as date) as record_date,
-        ({{ is_gone }}) as is_gone,
+        cast(null as date) as record_date,
+        false as is_gone,
         last_changed_at
     from {{ ref(model) }}
-    {%- if not loop.last %}
     union all
-    {%- endif %}
     {%- endfor %}
+    select
+        stream,
+        company_id,
+        record_date,
+        is_gone,
+        last_changed_at
+    from {{ ref('int_sync_records') }}
 ),
 
 window_start as (
