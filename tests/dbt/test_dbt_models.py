@@ -551,8 +551,9 @@ def test_analyst_role_reads_marts_only(built: psycopg.Connection) -> None:
         conn.execute("set role analyst")
         assert conn.execute("select count(*) from analytics.fct_spend_transactions").fetchone()[0] == 10
         conn.rollback()
-        for forbidden in ("sage_control.oauth_tokens", "sage_raw.purchase_invoices",
-                          "sage_staging.stg_sage__purchase_invoices"):
+        for forbidden in ("sage_control.oauth_tokens", "sage_control.companies", "sage_control.sync_runs",
+                          "sage_control.pending_authorisations", "sage_raw.purchase_invoices",
+                          "sage_intermediate.int_spend_lines_signed", "sage_staging.stg_sage__purchase_invoices"):
             conn.execute("set role analyst")
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(f"select 1 from {forbidden} limit 1")
