@@ -114,6 +114,9 @@ def build_company_dag(company: DagCompany) -> DAG:
         start_date=datetime(2024, 1, 1),
         catchup=False,
         max_active_runs=1,
+        # Connecting a company asks for its daily sync: its DAG starts unpaused (Airflow's default
+        # would leave it paused until someone finds it). A disconnect pauses it; that sticks.
+        is_paused_upon_creation=False,
         default_args=default_args,
         tags=["sage", "sync", f"company:{company.company_id}"],
     ) as dag:

@@ -55,6 +55,7 @@ def test_dags_load_without_errors_and_follow_the_rules(two_companies: Path) -> N
     dag = bag.dags["sage_sync__b1aa"]
     assert dag.dag_display_name == "Sage sync: Greenleaf Bakery Ltd"
     assert "company:b1aa" in dag.tags
+    assert dag.is_paused_upon_creation is False  # a connected company syncs without a manual unpause
     load = dag.get_task("extract_load")  # mapped: one instance per stream
     assert set(load.op_kwargs_expand_input.value["stream"]) == {
         "purchase_invoices", "purchase_credit_notes", "purchase_quick_entries", "other_payments",
