@@ -87,6 +87,18 @@ def _check_csrf(request: Request, token: str) -> None:
 # -- page rendering -------------------------------------------------------------------------------
 
 
+def _base(request: Request) -> str:
+    """Where these pages are served: the mount path as the server sees it (``/sage``, or e.g.
+    ``/airflow/sage`` when Airflow runs under a sub-path ``base_url``). Every link, redirect and
+    cookie path is built from it, never hard-coded."""
+    return (request.scope.get("root_path") or "/sage").rstrip("/")
+
+
+def _home(request: Request) -> str:
+    """Airflow's own home page: the parent of this app's mount path."""
+    return _base(request).rsplit("/", 1)[0] + "/"
+
+
 def _page(request: Request, title: str, body: str, *, status: int = 200) -> HTMLResponse:
     csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
     doc = f"""<!doctype html>
@@ -99,13 +111,13 @@ def _page(request: Request, title: str, body: str, *, status: int = 200) -> HTML
  .err {{ background: #fee; padding: .6rem; }} form.inline {{ display: inline; }}
  .warn {{ background: #fff4d6; padding: .8rem; }}
 </style></head><body>
-<p><a href="/">Airflow</a> &rsaquo; <a href="/sage/">Sage connections</a></p>
+<p><a href="{html.escape(_home(request))}">Airflow</a> &rsaquo; <a href="__BASE__/">Sage connections</a></p>
 <h1>{html.escape(title)}</h1>
-{body.replace("__CSRF__", html.escape(csrf))}
+{body.replace("__CSRF__", html.escape(csrf)).replace("__BASE__", html.escape(_base(request)))}
 </body></html>"""
     response = HTMLResponse(doc, status_code=status)
     if request.cookies.get(CSRF_COOKIE) != csrf:
-        response.set_cookie(CSRF_COOKIE, csrf, httponly=True, samesite="lax", path="/sage")
+        response.set_cookie(CSRF_COOKIE, csrf, httponly=True, samesite="lax", path=_base(request))
     return response
 
 
@@ -115,11 +127,11 @@ def _csrf_field() -> str:
 
 def _error(request: Request, message: str, status: int = 400) -> HTMLResponse:
     return _page(request, "Refused", f'<p class="err" id="error">{html.escape(message)}</p>'
-                 '<p><a href="/sage/">Back to Sage connections</a></p>', status=status)
+                 '<p><a href="__BASE__/">Back to Sage connections</a></p>', status=status)
 
 
-def _back(message: str) -> RedirectResponse:
-    return RedirectResponse(f"/sage/?msg={quote(message)}", status_code=303)
+def _back(request: Request, message: str) -> RedirectResponse:
+    return RedirectResponse(f"{_base(request)}/?msg={quote(message)}", status_code=303)
 
 
 def _company_row(item: dict[str, Any]) -> str:
@@ -140,13 +152,14 @@ def _company_row(item: dict[str, Any]) -> str:
     error = f"<br><small>{html.escape(item['last_error'])}</small>" if item.get("last_error") else ""
     actions = []
     if item["status"] != "disconnected":
-        actions.append(f'<form class="inline" method="post" action="/sage/disconnect">{_csrf_field()}'
+        actions.append(f'<form class="inline" method="post" action="__BASE__/disconnect">{_csrf_field()}'
                        f'<input type="hidden" name="company_id" value="{cid}">'
                        f'<button id="disconnect-{cid}">Disconnect</button></form>')
-    actions.append(f'<a id="reconnect-{cid}" href="/sage/authorize?purpose=reconnect&company_id={cid}">Reconnect</a>')
+    actions.append(f'<a id="reconnect-{cid}" href="__BASE__/authorize?purpose=reconnect&company_id={cid}">'
+                   'Reconnect</a>')
     if item["status"] in ("active", "error"):
-        actions.append(f'<a id="synced-from-{cid}" href="/sage/synced-from?company_id={cid}">Move Synced From</a>')
-        actions.append(f'<a id="reset-{cid}" href="/sage/reset?company_id={cid}">Reset</a>')
+        actions.append(f'<a id="synced-from-{cid}" href="__BASE__/synced-from?company_id={cid}">Move Synced From</a>')
+        actions.append(f'<a id="reset-{cid}" href="__BASE__/reset?company_id={cid}">Reset</a>')
     return (f'<tr id="company-{cid}"><td>{html.escape(item["company_name"])}<br><small>{cid}</small></td>'
             f'<td class="status">{html.escape(item["status"])}{error}</td>'
             f'<td>{html.escape(item["synced_from"])}</td><td>{progress}</td><td>{" | ".join(actions)}</td></tr>')
@@ -178,7 +191,7 @@ def index(request: Request, user: CurrentUser, msg: str | None = None) -> HTMLRe
                         "<tr><th>Company</th><th>Status</th><th>Synced From</th><th>Progress</th><th></th></tr>"
                         f"{rows}</table>")
     message = f'<p class="msg" id="message">{html.escape(msg)}</p>' if msg else ""
-    body = (f'{message}<p><a id="connect" href="/sage/authorize?purpose=connect">Connect a Sage business</a></p>'
+    body = (f'{message}<p><a id="connect" href="__BASE__/authorize?purpose=connect">Connect a Sage business</a></p>'
             + ("".join(sections) or "<p>No company is connected yet.</p>"))
     return _page(request, "Sage connections", body)
 
@@ -210,7 +223,7 @@ def authorize(request: Request, user: CurrentUser, purpose: str, company_id: str
                                         "expires": time.time() + 600}))
     response = RedirectResponse(OAuthClient(settings).authorization_url(state, code_challenge=challenge),
                                 status_code=303)
-    response.set_cookie(OAUTH_COOKIE, cookie, httponly=True, samesite="lax", path="/sage", max_age=600)
+    response.set_cookie(OAUTH_COOKIE, cookie, httponly=True, samesite="lax", path=_base(request), max_age=600)
     return response
 
 
@@ -232,20 +245,20 @@ def callback(request: Request, user: CurrentUser, code: str = "", state: str = "
     try:
         if purpose == "reconnect":
             company = lifecycle.reconnect(company_id, code, flow["verifier"])
-            response: Response = _back(f"Reconnected {company.company_name}: the next run imports every change "
-                                       "since its last successful sync")
+            response: Response = _back(request, f"Reconnected {company.company_name}: the next run imports "
+                                       "every change since its last successful sync")
         elif purpose == "backfill":
             quarter = lifecycle.authorise_backfill(company_id, flow["synced_from"], code, flow["verifier"])
             run_id = _trigger(lifecycle.BACKFILL_DAG_ID, lifecycle.backfill_conf(company_id, quarter), user)
-            response = _back(f"Backfill of {company_id} to {quarter} started ({run_id}); Synced From moves "
+            response = _back(request, f"Backfill of {company_id} to {quarter} started ({run_id}); Synced From moves "
                              "when it succeeds")
         else:
             auth = lifecycle.exchange(code, flow["verifier"])
             pending = _save_pending(auth)
-            response = RedirectResponse(f"/sage/choose?pending={pending}", status_code=303)
+            response = RedirectResponse(f"{_base(request)}/choose?pending={pending}", status_code=303)
     except lifecycle.LifecycleError as exc:
         response = _error(request, str(exc))
-    response.delete_cookie(OAUTH_COOKIE, path="/sage")
+    response.delete_cookie(OAUTH_COOKIE, path=_base(request))
     return response
 
 
@@ -262,7 +275,7 @@ def choose(request: Request, user: CurrentUser, pending: str) -> HTMLResponse:
     default = str(Quarter.containing(datetime.now(UTC).date()).previous().previous().previous())
     options = "".join(f'<option value="{html.escape(b["id"])}">{html.escape(lifecycle.business_name(b))}</option>'
                       for b in businesses)
-    body = (f'<form method="post" action="/sage/register">{_csrf_field()}'
+    body = (f'<form method="post" action="__BASE__/register">{_csrf_field()}'
             f'<input type="hidden" name="pending" value="{html.escape(pending)}">'
             f'<p><label>Business <select name="business_id" id="business">{options}</select></label></p>'
             f'<p><label>Synced From (first quarter to import) <input name="synced_from" id="synced_from" '
@@ -290,7 +303,7 @@ def register_business(request: Request, user: CurrentUser, pending: str = Form(.
     except lifecycle.LifecycleError as exc:
         return _error(request, str(exc))
     _drop_pending(pending)
-    return _back(f"Connected {company.company_name} from {company.synced_from_quarter}: its DAG "
+    return _back(request, f"Connected {company.company_name} from {company.synced_from_quarter}: its DAG "
                  f"sage_sync__{company.company_id} appears within a minute")
 
 
@@ -306,7 +319,7 @@ def disconnect(request: Request, user: CurrentUser, company_id: str = Form(...),
     except lifecycle.LifecycleError as exc:
         return _error(request, str(exc))
     revoked = "grant revoked at Sage" if done.token_revoked else f"grant not revoked ({done.revoke_error})"
-    return _back(f"Disconnected {done.company.company_name}: {revoked}; data kept")
+    return _back(request, f"Disconnected {done.company.company_name}: {revoked}; data kept")
 
 
 @app.get("/synced-from", response_class=HTMLResponse)
@@ -325,11 +338,11 @@ def synced_from_form(request: Request, user: CurrentUser, company_id: str, synce
                 f"{company.synced_from_quarter} to {quarter} imports every document dated {start} to {end}. "
                 "You will authorise access at Sage again; the backfill then runs as the sage_backfill DAG, "
                 "and Synced From moves only when it succeeds.</p>"
-                f'<p><a id="confirm" href="/sage/authorize?purpose=backfill&company_id={cid}'
+                f'<p><a id="confirm" href="__BASE__/authorize?purpose=backfill&company_id={cid}'
                 f'&synced_from={quarter}">I understand: authorise and start the backfill</a> | '
-                '<a href="/sage/">Cancel</a></p>')
+                '<a href="__BASE__/">Cancel</a></p>')
         return _page(request, "Move Synced From earlier", body)
-    body = (f'<form method="get" action="/sage/synced-from"><input type="hidden" name="company_id" value="{cid}">'
+    body = (f'<form method="get" action="__BASE__/synced-from"><input type="hidden" name="company_id" value="{cid}">'
             '<p><label>New Synced From <input name="synced_from" id="synced_from" placeholder="2024-Q1" '
             'required></label></p><p><button id="check">Continue</button></p></form>')
     return _page(request, "Move Synced From earlier", body)
@@ -341,7 +354,7 @@ def reset_form(request: Request, user: CurrentUser, company_id: str) -> HTMLResp
     cid = html.escape(company_id)
     body = (f'<p class="warn">Reset wipes every imported record of {cid} (raw versions, deletions, quarantine) '
             "and its watermarks, then re-imports everything from its Synced From.</p>"
-            f'<form method="post" action="/sage/reset">{_csrf_field()}'
+            f'<form method="post" action="__BASE__/reset">{_csrf_field()}'
             f'<input type="hidden" name="company_id" value="{cid}">'
             '<p><label><input type="checkbox" name="confirm" value="yes" id="confirm"> I understand the data is '
             'wiped and re-imported</label></p><p><button id="do-reset">Reset</button></p></form>')
@@ -362,7 +375,7 @@ def reset(request: Request, user: CurrentUser, company_id: str = Form(...), conf
         return _error(request, str(exc))
     lifecycle.close_reset_run(run_id)
     dag_run = _trigger(lifecycle.dag_id_for(company_id), None, user)
-    return _back(f"Reset {company_id}: data wiped; full sync started ({dag_run})")
+    return _back(request, f"Reset {company_id}: data wiped; full sync started ({dag_run})")
 
 
 # -- helpers --------------------------------------------------------------------------------------

@@ -122,3 +122,30 @@ def test_pages_need_an_airflow_login(lenv: dict, monkeypatch: pytest.MonkeyPatch
     for path in ("/sage/", "/sage/authorize?purpose=connect", "/sage/callback?code=x&state=y"):
         response = client.get(path)
         assert response.status_code == 303 and response.headers["location"].startswith("/auth/login"), path
+
+
+def test_links_redirects_and_cookies_follow_a_sub_path_base_url(lenv: dict, sage: FakeSageServer,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Airflow under a sub-path (``base_url = https://host/airflow``): every link, redirect and
+    cookie path carries the prefix, none points at a bare ``/sage``."""
+    monkeypatch.setattr(plugin, "_require_editor", lambda user: None)
+    parent = FastAPI()
+    parent.mount("/sage", plugin.app)
+    plugin.app.dependency_overrides[plugin.current_user] = lambda: "tester"
+    try:
+        client = TestClient(parent, follow_redirects=False, root_path="/airflow")
+        page = client.get("/airflow/sage/")
+        assert page.status_code == 200
+        assert 'href="/airflow/sage/authorize?purpose=connect"' in page.text
+        assert 'href="/airflow/"' in page.text and 'href="/sage/' not in page.text
+        assert "Path=/airflow/sage" in page.headers["set-cookie"]
+        start = client.get("/airflow/sage/authorize?purpose=connect")
+        assert start.status_code == 303 and "Path=/airflow/sage" in start.headers["set-cookie"]
+        consent = requests.get(start.headers["location"], allow_redirects=False, timeout=30)
+        back = parse_qs(urlsplit(consent.headers["location"]).query)
+        chosen = client.get(f"/airflow/sage/callback?code={back['code'][0]}&state={back['state'][0]}")
+        assert chosen.status_code == 303 and chosen.headers["location"].startswith("/airflow/sage/choose?pending=")
+        choose = client.get(chosen.headers["location"])
+        assert 'action="/airflow/sage/register"' in choose.text
+    finally:
+        plugin.app.dependency_overrides.clear()
