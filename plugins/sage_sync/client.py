@@ -374,11 +374,12 @@ class SageClient:
                 self._sleep(delay)
 
     def _send(self, url: str, params: Mapping[str, Any] | None, token: str) -> requests.Response:
-        headers = {
-            "Authorization": f"Bearer {token}",
-            "X-Business": self.business_id,
-            "Accept": "application/json",
-        }
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        if self.business_id:
+            # Every business-scoped call names its business. A client without one (GET /businesses
+            # while connecting) sends no header at all: Sage documents it as optional, and an empty
+            # value is not something the live API promises to accept.
+            headers["X-Business"] = self.business_id
         if self.limiter is not None:
             self.limiter.acquire()
         self.request_count += 1

@@ -541,3 +541,15 @@ def test_no_token_text_in_logs_or_errors(sage: FakeSageServer, caplog: pytest.Lo
     text += "\n".join(repr(e) for e in errors) + repr(tokens)
     for secret in secrets | {sage.client_secret}:
         assert secret not in text
+
+
+def test_a_client_without_a_business_sends_no_x_business_header() -> None:
+    # Connecting lists the user's businesses before one is chosen: no header, not an empty one.
+    adapter = ScriptedAdapter([(200, {}, {"$items": []}), (200, {}, {"$items": []})])
+    session = requests.Session()
+    session.mount("https://", adapter)
+    SageClient(API, "", StaticTokens(), session=session, sleep=lambda s: None,
+               check_business=False).get("/businesses")
+    SageClient(API, BUSINESS, StaticTokens(), session=session, sleep=lambda s: None).get("/contacts")
+    assert "X-Business" not in adapter.requests[0].headers
+    assert adapter.requests[1].headers["X-Business"] == BUSINESS
