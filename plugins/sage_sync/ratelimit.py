@@ -29,6 +29,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 
@@ -38,16 +39,9 @@ SAGE_DAILY_LIMIT = 1_296_000  # requests per app per day (Sage's published limit
 SAGE_MAX_CONCURRENT = 150  # concurrent requests per app
 DEFAULT_RATE = SAGE_DAILY_LIMIT / 86_400  # 15.0 per second
 
-_DDL = """
-create schema if not exists sage_control;
-create table if not exists sage_control.api_rate_buckets (
-    name        text primary key,
-    tokens      double precision not null,
-    capacity    double precision not null,
-    rate        double precision not null,   -- tokens per second
-    refilled_at timestamptz not null default clock_timestamp()
-);
-"""
+# The table is created by migration 004; a database that was never migrated gets the same DDL here.
+_DDL = "create schema if not exists sage_control;\n" + (
+    Path(__file__).with_name("migrations") / "004_api_rate_buckets.sql").read_text()
 
 # Is the table there? A catalog lookup needs no privilege on the schema (to_regclass would).
 _TABLE_EXISTS = """
