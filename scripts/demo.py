@@ -144,6 +144,10 @@ def main() -> None:
             migrate(conn)
         say("connecting the businesses (OAuth authorisation code + PKCE, then `sage_sync connect`)")
         companies = connect_all(sage)
+        # Three `dags test` processes would each write the new DAGs and their shared `sage_raw` asset
+        # to a fresh metadata database at once, and race on the asset's unique key: parse once first.
+        say("airflow dags reserialize (the DAGs and their asset into the metadata database, once)")
+        run([str(BIN / "airflow"), "dags", "reserialize"], "dags-reserialize")
         say("airflow dags test sage_sync__<company> for the three companies, side by side")
         took = run_parallel({
             f"dag-{company_id}": [str(BIN / "airflow"), "dags", "test", f"sage_sync__{company_id}"]
