@@ -451,8 +451,9 @@ class SageConnectPlugin(AirflowPlugin):
     name = "sage_connect"
     fastapi_apps: ClassVar[list[dict[str, Any]]] = [
         {"app": app, "url_prefix": "/sage", "name": "Sage connections"}]
+    # No leading slash: the UI resolves the link against its base URL, so a sub-path base_url works.
     external_views: ClassVar[list[dict[str, Any]]] = [
-        {"name": "Sage connections", "href": "/sage/", "destination": "nav", "category": "admin"}]
+        {"name": "Sage connections", "href": "sage/", "destination": "nav", "category": "admin"}]
 
 
 __all__ = ["SageConnectPlugin", "app"]
