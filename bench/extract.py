@@ -64,9 +64,12 @@ def _one(invoices: int, latency_ms: int) -> dict:
         import psycopg  # noqa: PLC0415
 
         with psycopg.connect(dsn) as conn:
+            # Every record Sage sent: the streams' versions and the deletion feeds' entries (the
+            # fake deletes a share of what it seeds, and those pages are requests too).
             records = sum(conn.execute(f"select count(*) from sage_raw.{s}").fetchone()[0] for s in (
                 "businesses", "financial_settings", "ledger_accounts", "contacts", "tax_rates",
-                "purchase_invoices", "purchase_credit_notes", "purchase_quick_entries", "other_payments"))
+                "purchase_invoices", "purchase_credit_notes", "purchase_quick_entries", "other_payments",
+                "deletions"))
             invoices_landed = conn.execute("select count(*) from sage_raw.purchase_invoices").fetchone()[0]
         list_requests = [r for r in log if "deleted_since" not in r["query"]]
         from sage_sync.token_store import PostgresTokenStore  # noqa: PLC0415
