@@ -7,9 +7,12 @@ dropped afterwards, so tests never touch a real warehouse.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -59,3 +62,27 @@ def fernet_key(monkeypatch: pytest.MonkeyPatch) -> str:
     key = Fernet.generate_key().decode()
     monkeypatch.setenv("AIRFLOW__CORE__FERNET_KEY", key)
     return key
+
+
+@pytest.fixture
+def airflow_env(sage: Any, pg_dsn: str, warehouse: psycopg.Connection, fernet_key: str,
+                monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+    """The environment of the CLI, `airflow dags test` and dbt subprocesses, pointed at the test
+    warehouse and the module's fake Sage (its own ``sage`` fixture), and set in this process too.
+    Skips without Airflow's metadata DB."""
+    if not os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
+        pytest.skip("needs Airflow's metadata DB: run with `. .local/env.sh` or through `make test`")
+    sage.admin.reset()
+    warehouse.autocommit = True  # dbt swaps the tables test reads touch: hold no lock across steps
+    p = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+    values = {
+        "AIRFLOW_CONN_SAGE_WAREHOUSE": json.dumps({
+            "conn_type": "postgres", "host": p.get("host", "127.0.0.1"), "port": int(p.get("port", 5432)),
+            "login": p.get("user", "postgres"), "password": p.get("password") or "unused", "schema": p["dbname"]}),
+        "AIRFLOW_CONN_SAGE_DEFAULT": sage.airflow_conn_json(),
+        "SAGE_PG_DBNAME": p["dbname"],
+        "SAGE_REGISTRY_SNAPSHOT": str(tmp_path / "companies.json"),
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return {**os.environ, **values}

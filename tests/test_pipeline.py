@@ -7,8 +7,6 @@ deleted, credit notes and refunds negative, receipts left out.
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -37,26 +35,9 @@ def sage() -> Iterator[FakeSageServer]:
 
 
 @pytest.fixture
-def env(sage: FakeSageServer, pg_dsn: str, warehouse: psycopg.Connection, fernet_key: str,
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
-    """The process environment of the CLI, Airflow and dbt, pointed at the test warehouse."""
-    if not os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
-        pytest.skip("needs Airflow's metadata DB: run through `make test`")
-    sage.admin.reset()
-    # Reads in the test must not hold locks across steps: dbt swaps the tables they touched.
-    warehouse.autocommit = True
-    p = psycopg.conninfo.conninfo_to_dict(pg_dsn)
-    values = {
-        "AIRFLOW_CONN_SAGE_WAREHOUSE": json.dumps({
-            "conn_type": "postgres", "host": p.get("host", "127.0.0.1"), "port": int(p.get("port", 5432)),
-            "login": p.get("user", "postgres"), "password": p.get("password") or "unused", "schema": p["dbname"]}),
-        "AIRFLOW_CONN_SAGE_DEFAULT": sage.airflow_conn_json(),
-        "SAGE_PG_DBNAME": p["dbname"],
-        "SAGE_REGISTRY_SNAPSHOT": str(tmp_path / "companies.json"),
-    }
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    return {**os.environ, **values}
+def env(airflow_env: dict[str, str]) -> dict[str, str]:
+    """The process environment of the CLI, Airflow and dbt (tests/conftest.py)."""
+    return airflow_env
 
 
 def _run(cmd: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess[str]:

@@ -4,6 +4,7 @@
     of the rows pass `dbt_loaded_at > <watermark>` and the next incremental run scans the whole
     table instead of using the index; autovacuum would analyze it, but only some time later.
     Tables with statistics are left to autovacuum: the index gives the planner the newest value.
+    Views render nothing, and dbt skips an empty hook.
 #}
 {% macro analyze_new_table() -%}
     {%- if config.get('materialized') in ('incremental', 'table') -%}
@@ -15,7 +16,5 @@ begin
     end if;
 end
 $analyze$
-    {%- else -%}
-select 1
     {%- endif -%}
 {%- endmacro %}

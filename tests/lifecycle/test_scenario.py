@@ -9,7 +9,6 @@ nothing is duplicated, and connected_periods tells the story.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -37,25 +36,10 @@ def sage() -> Iterator[FakeSageServer]:
 
 
 @pytest.fixture
-def env(sage: FakeSageServer, pg_dsn: str, warehouse: psycopg.Connection, fernet_key: str,
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
-    if not os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
-        pytest.skip("needs Airflow's metadata DB: run with `. .local/env.sh` or through `make test`")
-    sage.admin.reset()
-    warehouse.autocommit = True  # dbt swaps the tables test reads touch: hold no lock across steps
-    p = psycopg.conninfo.conninfo_to_dict(pg_dsn)
-    values = {
-        "AIRFLOW_CONN_SAGE_WAREHOUSE": json.dumps({
-            "conn_type": "postgres", "host": p.get("host", "127.0.0.1"), "port": int(p.get("port", 5432)),
-            "login": p.get("user", "postgres"), "password": p.get("password") or "unused", "schema": p["dbname"]}),
-        "AIRFLOW_CONN_SAGE_DEFAULT": sage.airflow_conn_json(),
-        "SAGE_PG_DBNAME": p["dbname"],
-        "SAGE_REGISTRY_SNAPSHOT": str(tmp_path / "companies.json"),
-    }
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
+def env(airflow_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The shared Airflow/dbt environment (tests/conftest.py); DAG pausing is not this test's business."""
     monkeypatch.setattr(lifecycle, "set_dag_paused", lambda dag_id, *, paused: False)
-    return {**os.environ, **values}
+    return airflow_env
 
 
 def _run(cmd: list[str], env: dict[str, str], timeout: int = 600) -> str:

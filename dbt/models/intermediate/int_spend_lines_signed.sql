@@ -24,41 +24,19 @@
 
 with
 
-purchase_invoices as (
-    select * from {{ ref('stg_sage__purchase_invoices') }}
+{#- The staging models read, each cut to the rows rewritten since this table's last build. #}
+{%- for name in [
+    'purchase_invoices', 'purchase_invoice_lines',
+    'purchase_credit_notes', 'purchase_credit_note_lines',
+    'purchase_quick_entries',
+    'other_payments', 'other_payment_lines',
+] %}
+{{ name }} as (
+    select * from {{ ref('stg_sage__' ~ name) }}
     {% if is_incremental() %}where dbt_loaded_at > {{ loaded_after }}{% endif %}
 ),
 
-purchase_invoice_lines as (
-    select * from {{ ref('stg_sage__purchase_invoice_lines') }}
-    {% if is_incremental() %}where dbt_loaded_at > {{ loaded_after }}{% endif %}
-),
-
-purchase_credit_notes as (
-    select * from {{ ref('stg_sage__purchase_credit_notes') }}
-    {% if is_incremental() %}where dbt_loaded_at > {{ loaded_after }}{% endif %}
-),
-
-purchase_credit_note_lines as (
-    select * from {{ ref('stg_sage__purchase_credit_note_lines') }}
-    {% if is_incremental() %}where dbt_loaded_at > {{ loaded_after }}{% endif %}
-),
-
-purchase_quick_entries as (
-    select * from {{ ref('stg_sage__purchase_quick_entries') }}
-    {% if is_incremental() %}where dbt_loaded_at > {{ loaded_after }}{% endif %}
-),
-
-other_payments as (
-    select * from {{ ref('stg_sage__other_payments') }}
-    {% if is_incremental() %}where dbt_loaded_at > {{ loaded_after }}{% endif %}
-),
-
-other_payment_lines as (
-    select * from {{ ref('stg_sage__other_payment_lines') }}
-    {% if is_incremental() %}where dbt_loaded_at > {{ loaded_after }}{% endif %}
-),
-
+{% endfor -%}
 -- Left joins from the header: every changed document yields at least one row (a marker with a
 -- null line_id when it has no spend line), see the macro get_incremental_replace_documents_sql.
 invoice_lines as (
