@@ -7,7 +7,9 @@ plugins/. Variables already set by the user win, so a configured deployment is r
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -19,8 +21,21 @@ from psycopg import sql
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from localpg import LOCAL, ROOT, find_server
 
-WAREHOUSE_DB = "sage_warehouse"
-AIRFLOW_DB = "sage_airflow"
+
+def checkout_id() -> str:
+    """A short name for this checkout: its folder name plus a hash of its path.
+
+    The local databases carry it, so a second clone on the same machine gets databases of its
+    own instead of writing into the first one's warehouse. ``SAGE_CHECKOUT_ID`` overrides it.
+    """
+    if os.environ.get("SAGE_CHECKOUT_ID"):
+        return re.sub(r"[^a-z0-9_]", "_", os.environ["SAGE_CHECKOUT_ID"].lower())
+    folder = re.sub(r"[^a-z0-9_]", "_", ROOT.name.lower())[:20]
+    return f"{folder}_{hashlib.sha256(str(ROOT).encode()).hexdigest()[:6]}"
+
+
+WAREHOUSE_DB = f"sage_warehouse_{checkout_id()}"
+AIRFLOW_DB = f"sage_airflow_{checkout_id()}"
 
 
 def ensure_database(server_url: str, name: str) -> str:
@@ -102,6 +117,9 @@ def main() -> None:
     out = LOCAL / "env.sh"
     out.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()))
     out.chmod(0o600)
+    # Printed on every start, so nobody is surprised which databases this checkout uses.
+    print(f"checkout {ROOT}: warehouse database {env['SAGE_PG_DBNAME']}, "
+          f"Airflow metadata {AIRFLOW_DB} (SAGE_CHECKOUT_ID changes the suffix)", file=sys.stderr)
     print(out)
 
 
