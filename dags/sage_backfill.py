@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Asset, Param, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from sage_sync.dag_companies import companies_for_dags
+from sage_sync.warehouse.snapshot import companies_for_dags
 
 SAGE_RAW_ASSET = Asset(name="sage_raw", uri="x-sage://warehouse/sage_raw")
 POOL = "sage_api"
@@ -48,7 +48,8 @@ def _company_param() -> Param:
 @task(retries=3, retry_delay=timedelta(minutes=10))
 def validate(**context) -> str:
     """Refuse a bad request before anything changes, then open the backfill run."""
-    from sage_sync import lifecycle, sync  # noqa: PLC0415 - keep DAG parsing free of the sync stack
+    from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415 - keep DAG parsing free of the sync stack
+    from sage_sync.pipeline import sync  # noqa: PLC0415 - keep DAG parsing free of the sync stack
 
     params = context["params"]
     try:
@@ -61,7 +62,7 @@ def validate(**context) -> str:
 @task(pool=POOL)
 def refresh_auth(sync_run_id: str, **context) -> None:
     """Make sure the grant is alive before reading Sage."""
-    from sage_sync import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync  # noqa: PLC0415
 
     sync.check_auth(context["params"]["company_id"], sync_run_id)
 
@@ -69,7 +70,7 @@ def refresh_auth(sync_run_id: str, **context) -> None:
 @task(pool=POOL)
 def backfill(stream: str, sync_run_id: str, **context) -> dict:
     """Read one document stream's older window into sage_raw (new versions only)."""
-    from sage_sync import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync  # noqa: PLC0415
 
     params = context["params"]
     return sync.backfill_stream(params["company_id"], stream, sync_run_id, params["synced_from"])
@@ -78,7 +79,7 @@ def backfill(stream: str, sync_run_id: str, **context) -> dict:
 @task(outlets=[SAGE_RAW_ASSET])
 def finish(sync_run_id: str, **context) -> None:
     """Close the run and move Synced From in one transaction; the outlet schedules the transform."""
-    from sage_sync import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync  # noqa: PLC0415
 
     params = context["params"]
     sync.finish_backfill(params["company_id"], sync_run_id, params["synced_from"])
@@ -87,7 +88,7 @@ def finish(sync_run_id: str, **context) -> None:
 @task(trigger_rule="one_failed", retries=0)
 def record_failure(**context) -> None:
     """Close the run as failed; Synced From stays where it was."""
-    from sage_sync import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync  # noqa: PLC0415
 
     params = context["params"]
     sync.finish_run(params["company_id"], sync.run_key(params["company_id"], context["run_id"]),

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Asset, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from sage_sync.dag_companies import DagCompany, companies_for_dags
+from sage_sync.warehouse.snapshot import DagCompany, companies_for_dags
 
 SAGE_RAW_ASSET = Asset(name="sage_raw", uri="x-sage://warehouse/sage_raw")
 POOL = "sage_api"
@@ -37,7 +37,7 @@ default_args = {
 @task
 def check_connection(company_id: str, **context) -> str:
     """Open this run's audit row; skip (with the reason) when the company is disconnected."""
-    from sage_sync import sync  # noqa: PLC0415 - keep DAG parsing free of the sync stack
+    from sage_sync.pipeline import sync  # noqa: PLC0415 - keep DAG parsing free of the sync stack
 
     # A backfill or reset of the same company still running raises RunInProgress: the task fails
     # and Airflow retries it later, so the two never import at once.
@@ -50,7 +50,7 @@ def check_connection(company_id: str, **context) -> str:
 @task(pool=POOL)
 def refresh_auth(company_id: str, **context) -> None:
     """Make sure the grant is alive (and rotated tokens stored) before any extraction."""
-    from sage_sync import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync  # noqa: PLC0415
 
     try:
         sync.check_auth(company_id, sync.run_key(company_id, context["run_id"]))
@@ -64,7 +64,7 @@ def refresh_auth(company_id: str, **context) -> None:
 @task(pool=POOL, map_index_template="{{ stream }}")
 def extract_load(company_id: str, stream: str, **context) -> dict:
     """Extract one stream since its watermark and append new versions to sage_raw."""
-    from sage_sync import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync  # noqa: PLC0415
 
     context["stream"] = stream  # names this mapped instance in the UI
     try:
@@ -76,7 +76,7 @@ def extract_load(company_id: str, stream: str, **context) -> dict:
 @task(pool=POOL)
 def record_deletions(company_id: str, **context) -> dict:
     """Read Sage's deleted_since feed, plus an id reconciliation sweep after a reconnect or weekly."""
-    from sage_sync import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync  # noqa: PLC0415
 
     try:
         return sync.sync_deletions(company_id, sync.run_key(company_id, context["run_id"]))
@@ -87,7 +87,7 @@ def record_deletions(company_id: str, **context) -> dict:
 @task(outlets=[SAGE_RAW_ASSET])
 def finish(company_id: str, **context) -> None:
     """Close the audit row as a success; the outlet tells sage_transform there is new data."""
-    from sage_sync import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync  # noqa: PLC0415
 
     sync.finish_run(company_id, sync.run_key(company_id, context["run_id"]), status="success")
 
@@ -95,7 +95,7 @@ def finish(company_id: str, **context) -> None:
 @task(trigger_rule="one_failed", retries=0)
 def record_failure(company_id: str, **context) -> None:
     """Close the audit row as failed so `status` and the health model show it."""
-    from sage_sync import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync  # noqa: PLC0415
 
     sync.finish_run(
         company_id, sync.run_key(company_id, context["run_id"]), status="failed",

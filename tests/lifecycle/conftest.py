@@ -9,8 +9,8 @@ from datetime import date
 import psycopg
 import pytest
 
-from sage_sync import lifecycle
-from sage_sync.auth import new_pkce_pair
+from sage_sync.lifecycle import connections as lifecycle
+from sage_sync.sage.auth import new_pkce_pair
 from sandbox.fake_sage.server import FakeSageServer
 
 DOCUMENTS = ["purchase_invoices", "purchase_credit_notes", "purchase_quick_entries", "other_payments"]

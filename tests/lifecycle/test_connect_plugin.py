@@ -16,12 +16,12 @@ import requests
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from sage_sync import sync
+from sage_sync.pipeline import sync
 from sandbox.fake_sage.server import FakeSageServer
 
 from .conftest import business_id
 
-plugin = pytest.importorskip("sage_connect_plugin")
+plugin = pytest.importorskip("sage_sync.web.app")
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from sage_sync import lifecycle, sync
+from sage_sync.lifecycle import connections as lifecycle
+from sage_sync.pipeline import sync
 from sandbox.fake_sage.server import FakeSageServer
 
 from .conftest import business_id, fresh_code

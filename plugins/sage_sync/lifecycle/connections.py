@@ -20,16 +20,17 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from sage_sync import registry, runs, sync, watermarks
-from sage_sync.auth import OAuthClient
-from sage_sync.client import SageClient
-from sage_sync.config import ConfigError, SageSettings, sage_settings, warehouse_dsn
-from sage_sync.errors import ReauthorizationRequired, SageError
-from sage_sync.loader import STREAMS as RAW_STREAMS
-from sage_sync.migrate import ensure_migrated
-from sage_sync.quarters import Quarter
-from sage_sync.token_store import PostgresTokenStore
-from sage_sync.tokens import TokenSet
+from sage_sync.core.config import ConfigError, SageSettings, sage_settings, warehouse_dsn
+from sage_sync.core.errors import ReauthorizationRequired, SageError
+from sage_sync.core.quarters import Quarter
+from sage_sync.pipeline import sync
+from sage_sync.sage.auth import OAuthClient
+from sage_sync.sage.client import SageClient
+from sage_sync.sage.tokens import TokenSet
+from sage_sync.warehouse import registry, runs, watermarks
+from sage_sync.warehouse.loader import STREAMS as RAW_STREAMS
+from sage_sync.warehouse.migrate import ensure_migrated
+from sage_sync.warehouse.token_store import PostgresTokenStore
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +344,7 @@ def reset(company_id: str, *, confirm: bool, dsn: str | None = None) -> str:
     """Wipe the company's raw rows (versions, deletions, quarantine) and watermarks.
 
     Returns the id of the ``reset`` run opened for it: the caller either runs the full sync
-    under it (:func:`sage_sync.sync.run_steps`) or closes it (:func:`close_reset_run`) and lets
+    under it (:func:`sage_sync.pipeline.sync.run_steps`) or closes it (:func:`close_reset_run`) and lets
     the next daily run do the full sync. Opening the run takes the company's run slot, so a
     reset never interleaves with a daily run or a backfill. The dbt models are rebuilt from raw.
     """

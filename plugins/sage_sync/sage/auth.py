@@ -23,10 +23,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 
-from sage_sync.config import SageSettings
-from sage_sync.errors import InvalidResponse, OAuthError, ReauthorizationRequired, TransientError
-from sage_sync.money import to_int
-from sage_sync.tokens import TokenSet, TokenStore
+from sage_sync.core.config import SageSettings
+from sage_sync.core.errors import InvalidResponse, OAuthError, ReauthorizationRequired, TransientError
+from sage_sync.sage.money import to_int
+from sage_sync.sage.tokens import TokenSet, TokenStore
 
 log = logging.getLogger(__name__)
 

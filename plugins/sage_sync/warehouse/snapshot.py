@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 
-from sage_sync.config import ConfigError, warehouse_dsn
+from sage_sync.core.config import ConfigError, warehouse_dsn
 
 log = logging.getLogger(__name__)
 

@@ -112,7 +112,7 @@ class PostgresRateLimiter:
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            conn = psycopg.connect(self.dsn, autocommit=True, application_name="sage_sync.ratelimit")
+            conn = psycopg.connect(self.dsn, autocommit=True, application_name="sage_sync.warehouse.ratelimit")
             try:
                 if not conn.execute(_TABLE_EXISTS).fetchone()[0]:  # type: ignore[index]
                     # Not migrated: create it. Concurrent first uses would race on "create table if

@@ -23,8 +23,8 @@ from datetime import datetime
 import psycopg
 from psycopg import errors
 
-from sage_sync import crypto
-from sage_sync.tokens import TokenSet
+from sage_sync.core import crypto
+from sage_sync.sage.tokens import TokenSet
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def refresh_lock_key(company_id: str) -> tuple[int, int]:
 
 
 class PostgresTokenStore:
-    """Durable, encrypted, per-company token storage (implements ``sage_sync.tokens.TokenStore``).
+    """Durable, encrypted, per-company token storage (implements ``sage_sync.sage.tokens.TokenStore``).
 
     The company must already be registered (``oauth_tokens.company_id`` references ``companies``).
     """
@@ -62,7 +62,7 @@ class PostgresTokenStore:
     def _connect(self, *, autocommit: bool = False) -> psycopg.Connection:
         return psycopg.connect(
             self._dsn, autocommit=autocommit, connect_timeout=self._connect_timeout,
-            application_name="sage_sync.token_store",
+            application_name="sage_sync.warehouse.token_store",
         )
 
     def load(self, company_id: str) -> TokenSet | None:

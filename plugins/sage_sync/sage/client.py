@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import requests
 
-from sage_sync.errors import (
+from sage_sync.core.errors import (
     BusinessMismatch,
     InvalidResponse,
     RateLimited,
@@ -31,7 +31,7 @@ from sage_sync.errors import (
     SubscriptionInactive,
     TransientError,
 )
-from sage_sync.money import to_int
+from sage_sync.sage.money import to_int
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class _Retryable(Exception):
 
 
 class RequestLimiter(Protocol):
-    """A deployment-wide request budget (e.g. ``sage_sync.ratelimit.PostgresRateLimiter``).
+    """A deployment-wide request budget (e.g. ``sage_sync.warehouse.ratelimit.PostgresRateLimiter``).
 
     ``acquire()`` blocks until one more request may be sent; ``throttled(seconds)``, if the
     limiter has it, is told when Sage answered 429 so every process sharing the budget slows down.

@@ -17,7 +17,7 @@ import psycopg
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from sage_sync.quarters import Quarter
+from sage_sync.core.quarters import Quarter
 
 STATUSES = frozenset({"initial_sync", "active", "disconnected", "needs_reauth", "error"})
 

@@ -20,15 +20,15 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from sage_sync import client as client_module
-from sage_sync import loader, ratelimit, registry, runs, watermarks
-from sage_sync.auth import OAuthClient, TokenManager
-from sage_sync.client import SageClient
-from sage_sync.config import SageSettings, sage_settings, warehouse_dsn
-from sage_sync.errors import ReauthorizationRequired, SageAPIError, SubscriptionInactive
-from sage_sync.quarters import Quarter
-from sage_sync.streams import DOCUMENT_STREAMS, MAX_PAGE_SIZE, STREAMS, Stream, deleted_params, list_params
-from sage_sync.token_store import PostgresTokenStore
+from sage_sync.core.config import SageSettings, sage_settings, warehouse_dsn
+from sage_sync.core.errors import ReauthorizationRequired, SageAPIError, SubscriptionInactive
+from sage_sync.core.quarters import Quarter
+from sage_sync.sage import client as client_module
+from sage_sync.sage.auth import OAuthClient, TokenManager
+from sage_sync.sage.client import SageClient
+from sage_sync.sage.streams import DOCUMENT_STREAMS, MAX_PAGE_SIZE, STREAMS, Stream, deleted_params, list_params
+from sage_sync.warehouse import loader, ratelimit, registry, runs, watermarks
+from sage_sync.warehouse.token_store import PostgresTokenStore
 
 log = logging.getLogger(__name__)
 

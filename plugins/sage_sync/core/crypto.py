@@ -13,7 +13,7 @@ from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from sage_sync.config import ConfigError, fernet_key
+from sage_sync.core.config import ConfigError, fernet_key
 
 
 class CryptoError(ConfigError):

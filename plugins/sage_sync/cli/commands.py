@@ -17,14 +17,16 @@ from typing import NoReturn
 import click
 import psycopg
 
-from sage_sync import lifecycle, registry, sync
-from sage_sync.auth import OAuthClient, new_pkce_pair
-from sage_sync.config import ConfigError, sage_settings, warehouse_dsn
-from sage_sync.errors import SageError
-from sage_sync.migrate import ensure_migrated, migrate
-from sage_sync.quarters import Quarter
-from sage_sync.token_store import PostgresTokenStore
-from sage_sync.tokens import TokenSet
+from sage_sync.core.config import ConfigError, sage_settings, warehouse_dsn
+from sage_sync.core.errors import SageError
+from sage_sync.core.quarters import Quarter
+from sage_sync.lifecycle import connections as lifecycle
+from sage_sync.pipeline import sync
+from sage_sync.sage.auth import OAuthClient, new_pkce_pair
+from sage_sync.sage.tokens import TokenSet
+from sage_sync.warehouse import registry
+from sage_sync.warehouse.migrate import ensure_migrated, migrate
+from sage_sync.warehouse.token_store import PostgresTokenStore
 
 
 def fail(message: str) -> NoReturn:
