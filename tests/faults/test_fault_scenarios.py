@@ -24,6 +24,7 @@ from faults.kit import (
     version_counts,
 )
 from sage_sync.core.errors import RateLimited, ReauthorizationRequired, TransientError
+from sage_sync.pipeline import env as run_env
 from sage_sync.pipeline import sync
 from sage_sync.warehouse import watermarks
 from sandbox.fake_sage.server import FakeSageServer
@@ -147,8 +148,8 @@ def test_pages_committed_before_a_failure_survive_it(sage: FakeSageServer, env: 
 def test_read_timeouts_are_retried(sage: FakeSageServer, env: psycopg.Connection,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     company = connect(sage)
-    original = sync.make_client
-    monkeypatch.setattr(sync, "make_client", lambda e, c, **kw: original(e, c, timeout=(2, 0.3), **kw))
+    original = run_env.make_client
+    monkeypatch.setattr(run_env, "make_client", lambda e, c, **kw: original(e, c, timeout=(2, 0.3), **kw))
 
     def after(path: str, index: int, _page: Any) -> None:
         if path == INVOICES and index == 1:

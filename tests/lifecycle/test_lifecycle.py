@@ -19,7 +19,7 @@ from sage_sync.cli.commands import main
 from sage_sync.core.errors import ReauthorizationRequired
 from sage_sync.core.quarters import Quarter
 from sage_sync.lifecycle import connections as lifecycle
-from sage_sync.pipeline import sync
+from sage_sync.pipeline import deletions, sync
 from sage_sync.sage.streams import STREAMS
 from sandbox.fake_sage.server import FakeSageServer
 
@@ -158,7 +158,7 @@ def test_reconciliation_sweep_finds_deletions_the_feed_forgot(
     with sync.make_client(sync.SyncEnv.from_config(), company) as client:
         from sage_sync.warehouse import registry  # noqa: PLC0415
 
-        found = sync.reconcile_deletions(warehouse, client, registry.get_company(warehouse, company), run_id)
+        found = deletions.reconcile_deletions(warehouse, client, registry.get_company(warehouse, company), run_id)
     assert found["other_payments"] == 1
     swept = {k for k, v in deleted(warehouse, "other_payments", company).items() if v == "reconciliation"}
     assert swept == {docs[0]}

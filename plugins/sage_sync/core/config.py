@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from sage_sync.core.errors import ConfigError
+
 SAGE_CONN_ID = "sage_default"
 WAREHOUSE_CONN_ID = "sage_warehouse"
 
@@ -31,10 +33,6 @@ DEFAULT_REVOKE_URL = "https://oauth.accounting.sage.com/revoke"
 RATE_LIMIT_ENV = "SAGE_RATE_LIMIT_PER_S"
 DEFAULT_RATE_LIMIT_PER_S = 12.0
 _OFF = {"0", "off", "none", "false", "no", "disabled"}
-
-
-class ConfigError(RuntimeError):
-    """A required setting is missing or malformed."""
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from sage_sync.core.config import ConfigError, SageSettings, sage_settings, warehouse_dsn
-from sage_sync.core.errors import ReauthorizationRequired, SageError
+from sage_sync.core.errors import LifecycleError, ReauthorizationRequired, RunInProgress, SageError
 from sage_sync.core.quarters import Quarter
-from sage_sync.pipeline import sync
 from sage_sync.sage.auth import OAuthClient
 from sage_sync.sage.client import SageClient
 from sage_sync.sage.tokens import TokenSet
@@ -37,10 +36,6 @@ log = logging.getLogger(__name__)
 # The first sync of a company is flagged when it has not completed after this long.
 INITIAL_SYNC_OVERDUE = timedelta(hours=24)
 BACKFILL_DAG_ID = "sage_backfill"
-
-
-class LifecycleError(ValueError):
-    """A refused lifecycle action; the message is one line a user can act on."""
 
 
 def dag_id_for(company_id: str) -> str:
@@ -244,10 +239,7 @@ def disconnect(company_id: str, *, dsn: str | None = None, settings: SageSetting
     settings = _settings(settings)
     with _warehouse(dsn) as conn:
         registry.set_status(conn, company_id, "disconnected")
-        conn.execute(
-            "update sage_control.sync_runs set status = 'skipped', ended_at = now(), "
-            "error = 'company disconnected during the run' where company_id = %s and status = 'running'",
-            (company_id,))
+        runs.skip_running_runs(conn, company_id, "company disconnected during the run")
         conn.commit()
     store = PostgresTokenStore(dsn)
     revoked, revoke_error = False, None
@@ -357,8 +349,8 @@ def reset(company_id: str, *, confirm: bool, dsn: str | None = None) -> str:
         if company.status in ("disconnected", "needs_reauth"):
             raise LifecycleError(f"{company_id} is {company.status}: reconnect it before a reset")
         try:
-            run_id = sync.open_run(conn, company_id, "reset")
-        except sync.RunInProgress as exc:
+            run_id = runs.open_run(conn, company_id, "reset")
+        except RunInProgress as exc:
             raise LifecycleError(str(exc)) from None
         wiped: dict[str, int] = {}
         for table in sorted(RAW_STREAMS | {"deletions", "quarantine"}):

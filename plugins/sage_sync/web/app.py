@@ -27,6 +27,8 @@ from urllib.parse import quote
 from fastapi import Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from sage_sync.core.errors import LoginRequired
+
 log = logging.getLogger(__name__)
 
 OAUTH_COOKIE = "sage_oauth"
@@ -40,13 +42,8 @@ app = FastAPI(title="Sage connections", docs_url=None, redoc_url=None, openapi_u
 # -- authentication -------------------------------------------------------------------------------
 
 
-class _LoginRequired(Exception):
-    def __init__(self, next_url: str) -> None:
-        self.next_url = next_url
-
-
-@app.exception_handler(_LoginRequired)
-async def _to_login(_: Request, exc: _LoginRequired) -> Response:
+@app.exception_handler(LoginRequired)
+async def _to_login(_: Request, exc: LoginRequired) -> Response:
     from airflow.api_fastapi.app import get_auth_manager  # noqa: PLC0415
 
     return RedirectResponse(get_auth_manager().get_url_login(next_url=exc.next_url), status_code=303)
@@ -64,7 +61,7 @@ async def current_user(request: Request) -> Any:
             return await get_auth_manager().get_user_from_token(token)
         except Exception:  # noqa: BLE001 - expired or invalid: log in again
             log.info("sage connections: rejected an invalid or expired Airflow token")
-    raise _LoginRequired(str(request.url))
+    raise LoginRequired(str(request.url))
 
 
 CurrentUser = Annotated[Any, Depends(current_user)]
