@@ -41,7 +41,7 @@ def business(sage: FakeSageServer, key: str) -> dict[str, Any]:
 
 def connect(sage: FakeSageServer, key: str = "greenleaf") -> str:
     """Connect the fake business ``key`` through the real authorise + PKCE code exchange."""
-    from sage_sync.cli.commands import connect_company  # noqa: PLC0415 - needs the env set first
+    from sage_sync.lifecycle.connections import connect_company  # noqa: PLC0415 - needs the env set first
 
     found = business(sage, key)
     verifier, challenge = new_pkce_pair()

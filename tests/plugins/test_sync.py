@@ -15,11 +15,11 @@ from datetime import date
 import psycopg
 import pytest
 
-from sage_sync.cli.commands import connect_company
 from sage_sync.core import config
 from sage_sync.core.config import sage_settings
 from sage_sync.core.errors import ReauthorizationRequired
 from sage_sync.core.quarters import Quarter
+from sage_sync.lifecycle.connections import connect_company
 from sage_sync.pipeline import sync
 from sage_sync.sage.auth import OAuthClient, new_pkce_pair
 from sage_sync.warehouse import ratelimit

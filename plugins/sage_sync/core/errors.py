@@ -200,6 +200,10 @@ class LifecycleError(ValueError):
     """A refused lifecycle action; the message is one line a user can act on."""
 
 
+class AirflowUnavailable(RuntimeError):
+    """No Airflow api-server took the request (none is running here, or it refused the call)."""
+
+
 class LoginRequired(Exception):
     """The request has no valid Airflow login: the web layer sends the browser to the login page."""
 

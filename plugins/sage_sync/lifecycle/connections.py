@@ -1,170 +1,60 @@
-"""A company connection's lifecycle: connect, disconnect, reconnect, move Synced From, reset, status.
+"""A company connection's use cases: connect, disconnect, reconnect, move Synced From, reset.
 
-The CLI (``python -m sage_sync ...``) and the Airflow web plugin (``plugins/sage_connect_plugin.py``)
-both call these functions, so the two paths behave the same. Every function checks its input
-first and raises :class:`LifecycleError` (a one-line, user-facing refusal) before changing
-anything; only then does it act. Nothing here imports Airflow, except the best-effort DAG
-pausing, which imports it lazily and does nothing where Airflow is not configured.
+About 340 lines on purpose: the use cases share their refusals and their order of steps, and
+reading them side by side is how one checks that they agree; the reset's wipe of dbt-owned
+tables (``_wipe_modelled``), which is leaving Python, is 25 of them.
+
+The CLI (``python -m sage_sync ...``) and the Connect pages (``sage_sync.web``) both call these
+functions, so the two paths behave the same. Every function checks its input first and raises
+:class:`LifecycleError` (a one-line, user-facing refusal) before changing anything; only then does
+it act. Airflow is reached only through ``lifecycle.airflow_api``; Sage's authorisation is
+``lifecycle.authorisation``'s; the status report is ``lifecycle.status``'s.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
 
-from sage_sync.core.config import ConfigError, SageSettings, sage_settings, warehouse_dsn
-from sage_sync.core.errors import LifecycleError, ReauthorizationRequired, RunInProgress, SageError
+from sage_sync.core.config import SageSettings
+from sage_sync.core.errors import AirflowUnavailable, CompanySkipped, LifecycleError, RunInProgress, SageError
 from sage_sync.core.quarters import Quarter
+from sage_sync.core.status import NOT_CONNECTED, CompanyStatus
+from sage_sync.lifecycle import airflow_api
+from sage_sync.lifecycle.authorisation import Authorisation, business_name, exchange
+from sage_sync.lifecycle.inputs import (
+    dsn_or_refuse,
+    parse_quarter,
+    require_company,
+    settings_or_refuse,
+    validate_earlier_quarter,
+    warehouse,
+)
+from sage_sync.pipeline import sync
+from sage_sync.pipeline.sync import backfill_window
 from sage_sync.sage.auth import OAuthClient
-from sage_sync.sage.client import SageClient
 from sage_sync.sage.tokens import TokenSet
 from sage_sync.warehouse import registry, runs, watermarks
 from sage_sync.warehouse.loader import STREAMS as RAW_STREAMS
-from sage_sync.warehouse.migrate import ensure_migrated
+from sage_sync.warehouse.migrate import ensure_migrated, migrate
 from sage_sync.warehouse.token_store import PostgresTokenStore
 
 log = logging.getLogger(__name__)
 
-# The first sync of a company is flagged when it has not completed after this long.
-INITIAL_SYNC_OVERDUE = timedelta(hours=24)
-BACKFILL_DAG_ID = "sage_backfill"
+BACKFILL_DAG_ID = airflow_api.BACKFILL_DAG_ID
+dag_id_for = airflow_api.dag_id_for
 
-
-def dag_id_for(company_id: str) -> str:
-    """The daily DAG of a company."""
-    return f"sage_sync__{company_id}"
-
-
-@dataclass(frozen=True)
-class Authorisation:
-    """The result of Sage's code exchange: the token pair and the businesses the user can reach."""
-
-    tokens: TokenSet = field(repr=False)
-    businesses: list[dict[str, Any]]
-
-    def business(self, business_id: str) -> dict[str, Any]:
-        """The business with this id, or :class:`LifecycleError` naming the ones the user has."""
-        match = next((b for b in self.businesses if b.get("id") == business_id), None)
-        if match is None:
-            known = ", ".join(f"{b.get('id')} ({business_name(b)})" for b in self.businesses)
-            raise LifecycleError(f"business {business_id!r} is not one this user can reach; "
-                                 f"theirs: {known or 'none'}")
-        return match
-
-
-def business_name(business: dict[str, Any]) -> str:
-    """The name to show for a ``/businesses`` item."""
-    return str(business.get("name") or business.get("displayed_as") or business.get("id"))
-
-
-@contextmanager
-def _warehouse(dsn: str | None) -> Iterator[psycopg.Connection]:
-    try:
-        conn = psycopg.connect(dsn or warehouse_dsn(), connect_timeout=10, application_name="sage_lifecycle")
-    except (ConfigError, psycopg.Error) as exc:
-        raise LifecycleError(f"cannot reach the warehouse: {exc}".splitlines()[0]) from None
-    with conn:
-        yield conn
-
-
-def _settings(settings: SageSettings | None) -> SageSettings:
-    if settings is not None:
-        return settings
-    try:
-        return sage_settings()
-    except ConfigError as exc:
-        raise LifecycleError(str(exc)) from None
-
-
-# -- input checks -----------------------------------------------------------------------------------
-
-
-def parse_quarter(text: str, *, today: datetime | None = None) -> Quarter:
-    """``YYYY-Qn`` as a :class:`Quarter`; refuses malformed and future quarters."""
-    try:
-        quarter = Quarter.parse(text)
-    except ValueError as exc:
-        raise LifecycleError(str(exc)) from None
-    if quarter.start_date > (today or datetime.now(UTC)).date():
-        raise LifecycleError(f"Synced From {quarter} is in the future")
-    return quarter
-
-
-def require_company(conn: psycopg.Connection, company_id: str) -> registry.Company:
-    """The registered company, or :class:`LifecycleError`."""
-    company = registry.get_company(conn, company_id)
-    if company is None:
-        raise LifecycleError(f"unknown company {company_id!r}: see `python -m sage_sync status`")
-    return company
-
-
-def validate_earlier_quarter(company: registry.Company, text: str, *, today: datetime | None = None) -> Quarter:
-    """The quarter a backfill may move Synced From to: strictly earlier than the current one.
-
-    Also refuses companies that can't be backfilled now: still in their first sync (their
-    window isn't complete yet) or without a live grant.
-    """
-    quarter = parse_quarter(text, today=today)
-    current = company.synced_from
-    if quarter == current:
-        raise LifecycleError(f"{company.company_id} already syncs from {current}; pick an earlier quarter")
-    if quarter > current:
-        raise LifecycleError(f"{quarter} is later than the current Synced From {current}: Synced From only "
-                             "moves earlier (use reset to start again)")
-    if company.status == "initial_sync":
-        raise LifecycleError(f"{company.company_id} is still in its initial sync: move Synced From once it "
-                             "has completed")
-    if company.status in ("disconnected", "needs_reauth"):
-        raise LifecycleError(f"{company.company_id} is {company.status}: reconnect it first")
-    return quarter
-
-
-# -- Sage authorisation -----------------------------------------------------------------------------
-
-
-class _FixedToken:
-    """A token source for the one call made right after the code exchange."""
-
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    def access_token(self) -> str:
-        return self._token
-
-    def refresh(self, rejected_token: str | None = None) -> str:
-        raise SageError("the freshly issued access token was rejected")
-
-
-def list_businesses(settings: SageSettings, access_token: str) -> list[dict[str, Any]]:
-    """``GET /businesses`` with a fresh access token (no ``X-Business``: it lists them all)."""
-    with SageClient(settings.api_url, "", _FixedToken(access_token), check_business=False) as client:
-        body = client.get("/businesses")
-    items = body.get("$items", []) if isinstance(body, dict) else body
-    return [b for b in items if isinstance(b, dict)]
-
-
-def exchange(code: str, code_verifier: str | None, *, settings: SageSettings | None = None) -> Authorisation:
-    """Trade the callback's code for tokens and list the user's businesses; refuses a bad code."""
-    if not code or not code.strip():
-        raise LifecycleError("the authorisation code is empty")
-    settings = _settings(settings)
-    try:
-        tokens = OAuthClient(settings).exchange_code(code.strip(), code_verifier=code_verifier or None)
-        businesses = list_businesses(settings, tokens.access_token)
-    except ReauthorizationRequired as exc:
-        raise LifecycleError(f"Sage refused the authorisation code (expired, already used or issued for "
-                             f"another redirect): {exc}") from None
-    except SageError as exc:
-        raise LifecycleError(f"Sage authorisation failed: {exc}") from None
-    return Authorisation(tokens, businesses)
+# The names the CLI and the Connect pages use from here, whichever module defines them.
+__all__ = [
+    "BACKFILL_DAG_ID", "Authorisation", "Disconnected", "LifecycleError", "authorise_backfill", "backfill_conf",
+    "backfill_window", "business_name", "close_reset_run", "connect", "connect_company", "dag_id_for",
+    "disconnect", "exchange", "migrate_warehouse", "parse_quarter", "prepare_backfill", "reconnect", "register",
+    "require_known", "reset", "run_backfill_here", "run_reset_sync", "start_backfill", "sync_now",
+    "trigger_full_sync",
+]
 
 
 # -- connect ----------------------------------------------------------------------------------------
@@ -179,17 +69,17 @@ def register(auth: Authorisation, business_id: str, quarter: Quarter | str, *, d
     """
     quarter = parse_quarter(quarter) if isinstance(quarter, str) else quarter
     business = auth.business(business_id)
-    dsn = dsn or _dsn()
-    with _warehouse(dsn) as conn:
+    dsn = dsn or dsn_or_refuse()
+    with warehouse(dsn) as conn:
         ensure_migrated(conn)
         existing = registry.get_company(conn, business_id)
     if existing is not None:
         return _reauthorise(existing, auth, dsn=dsn, via="connect")
-    with _warehouse(dsn) as conn:
+    with warehouse(dsn) as conn:
         company = registry.register_company(conn, business_id, business_name(business), quarter)
         conn.commit()
     PostgresTokenStore(dsn).save(business_id, auth.tokens)
-    set_dag_paused(dag_id_for(business_id), paused=False)
+    airflow_api.set_dag_paused(dag_id_for(business_id), paused=False)
     return company
 
 
@@ -200,13 +90,6 @@ def connect(code: str, code_verifier: str | None, business_id: str, quarter: Qua
     auth = exchange(code, code_verifier, settings=settings)
     auth.business(business_id)  # refuse before anything is stored
     return register(auth, business_id, quarter, dsn=dsn)
-
-
-def _dsn() -> str:
-    try:
-        return warehouse_dsn()
-    except ConfigError as exc:
-        raise LifecycleError(str(exc)) from None
 
 
 # -- disconnect / reconnect -------------------------------------------------------------------------
@@ -231,14 +114,14 @@ def disconnect(company_id: str, *, dsn: str | None = None, settings: SageSetting
     skipped. Data is kept. A revoke Sage cannot answer is reported in the event, not fatal: the
     tokens are deleted here either way, so the grant is unusable and dies within 31 days.
     """
-    dsn = dsn or _dsn()
-    with _warehouse(dsn) as conn:
+    dsn = dsn or dsn_or_refuse()
+    with warehouse(dsn) as conn:
         company = require_company(conn, company_id)
-        if company.status == "disconnected":
+        if company.status == CompanyStatus.DISCONNECTED:
             raise LifecycleError(f"{company_id} is already disconnected")
-    settings = _settings(settings)
-    with _warehouse(dsn) as conn:
-        registry.set_status(conn, company_id, "disconnected")
+    settings = settings_or_refuse(settings)
+    with warehouse(dsn) as conn:
+        registry.set_status(conn, company_id, CompanyStatus.DISCONNECTED)
         runs.skip_running_runs(conn, company_id, "company disconnected during the run")
         conn.commit()
     store = PostgresTokenStore(dsn)
@@ -254,8 +137,8 @@ def disconnect(company_id: str, *, dsn: str | None = None, settings: SageSetting
             except SageError as exc:
                 revoke_error = str(exc)[:300]
         store.delete(company_id)
-    paused = set_dag_paused(dag_id_for(company_id), paused=True) if pause_dag else False
-    with _warehouse(dsn) as conn:
+    paused = airflow_api.set_dag_paused(dag_id_for(company_id), paused=True) if pause_dag else False
+    with warehouse(dsn) as conn:
         company = require_company(conn, company_id)
         registry.log_event(conn, company_id, "disconnected", {
             "status": "disconnected", "previous_status": _previous_status(conn, company_id),
@@ -281,8 +164,8 @@ def reconnect(company_id: str, code: str, code_verifier: str | None, *, dsn: str
     successful watermark, and it also runs an id reconciliation sweep for deletions Sage may
     no longer list in ``deleted_since``.
     """
-    dsn = dsn or _dsn()
-    with _warehouse(dsn) as conn:
+    dsn = dsn or dsn_or_refuse()
+    with warehouse(dsn) as conn:
         company = require_company(conn, company_id)
     auth = exchange(code, code_verifier, settings=settings)
     auth.business(company_id)
@@ -291,11 +174,11 @@ def reconnect(company_id: str, code: str, code_verifier: str | None, *, dsn: str
 
 def _reauthorise(company: registry.Company, auth: Authorisation, *, dsn: str, via: str) -> registry.Company:
     PostgresTokenStore(dsn).save(company.company_id, auth.tokens)
-    with _warehouse(dsn) as conn:
+    with warehouse(dsn) as conn:
         updated = registry.reauthorise(conn, company.company_id, details={
             "previous_status": company.status, "via": via})
         conn.commit()
-    set_dag_paused(dag_id_for(company.company_id), paused=False)
+    airflow_api.set_dag_paused(dag_id_for(company.company_id), paused=False)
     return updated
 
 
@@ -305,7 +188,7 @@ def _reauthorise(company: registry.Company, auth: Authorisation, *, dsn: str, vi
 def prepare_backfill(company_id: str, quarter_text: str, *, dsn: str | None = None) -> tuple[registry.Company,
                                                                                             Quarter]:
     """Refuse an unknown company or a quarter that is not earlier than Synced From."""
-    with _warehouse(dsn) as conn:
+    with warehouse(dsn) as conn:
         company = require_company(conn, company_id)
     return company, validate_earlier_quarter(company, quarter_text)
 
@@ -316,8 +199,8 @@ def authorise_backfill(company_id: str, quarter_text: str, code: str, code_verif
     company, quarter = prepare_backfill(company_id, quarter_text, dsn=dsn)
     auth = exchange(code, code_verifier, settings=settings)
     auth.business(company_id)
-    PostgresTokenStore(dsn or _dsn()).save(company.company_id, auth.tokens)
-    with _warehouse(dsn) as conn:
+    PostgresTokenStore(dsn or dsn_or_refuse()).save(company.company_id, auth.tokens)
+    with warehouse(dsn) as conn:
         registry.log_event(conn, company_id, "backfill_requested", {
             "synced_from_quarter": company.synced_from_quarter, "requested_synced_from_quarter": str(quarter)})
         conn.commit()
@@ -343,10 +226,10 @@ def reset(company_id: str, *, confirm: bool, dsn: str | None = None) -> str:
     if not confirm:
         raise LifecycleError("reset wipes the company's imported data and re-imports it from Synced From: "
                              "confirm it explicitly (--yes)")
-    dsn = dsn or _dsn()
-    with _warehouse(dsn) as conn:
+    dsn = dsn or dsn_or_refuse()
+    with warehouse(dsn) as conn:
         company = require_company(conn, company_id)
-        if company.status in ("disconnected", "needs_reauth"):
+        if company.status in NOT_CONNECTED:
             raise LifecycleError(f"{company_id} is {company.status}: reconnect it before a reset")
         try:
             run_id = runs.open_run(conn, company_id, "reset")
@@ -361,7 +244,7 @@ def reset(company_id: str, *, confirm: bool, dsn: str | None = None) -> str:
         cleared = watermarks.clear_watermarks(conn, company_id)
         conn.execute("update sage_control.companies set reconcile_requested = false, last_reconciled_at = null "
                      "where company_id = %s", (company_id,))
-        registry.set_status(conn, company_id, "initial_sync", event_type="reset", details={
+        registry.set_status(conn, company_id, CompanyStatus.INITIAL_SYNC, event_type="reset", details={
             "synced_from_quarter": company.synced_from_quarter, "rows_deleted": wiped,
             "watermarks_cleared": cleared, "sync_run_id": run_id})
         conn.commit()
@@ -394,122 +277,68 @@ def _wipe_modelled(conn: psycopg.Connection, company_id: str) -> dict[str, int]:
 
 def close_reset_run(run_id: str, *, dsn: str | None = None) -> None:
     """Close a wipe-only reset run; the next daily run does the full sync (status stays initial_sync)."""
-    with _warehouse(dsn) as conn:
+    with warehouse(dsn) as conn:
         runs.finish_run(conn, run_id, "skipped", "wiped; the full sync is left to the next daily run")
         conn.commit()
 
 
-# -- status -----------------------------------------------------------------------------------------
+# -- what the CLI and the Connect pages start through this layer ------------------------------------
 
 
-def company_statuses(conn: psycopg.Connection, now: datetime | None = None) -> list[dict[str, Any]]:
-    """Every company with its status, its last run's progress and, in initial sync, how long it has taken."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            """
-            select c.company_id, c.company_name, c.status, c.synced_from_quarter, c.last_error,
-                   c.connected_at, c.disconnected_at, c.created_at, now() as db_now,
-                   r.sync_run_id, r.kind, r.status as run_status, r.started_at, r.ended_at, r.stats,
-                   (select min(f.started_at) from sage_control.sync_runs f
-                    where f.company_id = c.company_id and f.started_at >= coalesce(
-                        (select max(e.occurred_at) from sage_control.connection_events e
-                         where e.company_id = c.company_id and e.event_type = 'reset'), c.created_at)
-                   ) as initial_sync_started_at
-            from sage_control.companies c
-            left join lateral (
-                select * from sage_control.sync_runs r
-                where r.company_id = c.company_id order by r.started_at desc limit 1
-            ) r on true
-            order by c.company_name, c.company_id
-            """
-        )
-        rows = cur.fetchall()
-    report = []
-    for row in rows:
-        now_ = now or row["db_now"]
-        stats = row["stats"] or {}
-        last_run = None
-        if row["started_at"] is not None:
-            end = row["ended_at"] or now_
-            totals = [int(s["total_reported"]) for s in stats.values() if "total_reported" in s]
-            last_run = {
-                "sync_run_id": row["sync_run_id"], "kind": row["kind"], "status": row["run_status"],
-                "started_at": row["started_at"].isoformat(),
-                "ended_at": row["ended_at"].isoformat() if row["ended_at"] else None,
-                "elapsed_seconds": int((end - row["started_at"]).total_seconds()),
-                "pages": sum(int(s.get("pages", 0)) for s in stats.values()),
-                "records": sum(int(s.get("rows_seen", 0)) for s in stats.values()),
-                "versions_added": sum(int(s.get("versions_added", 0)) for s in stats.values()),
-                "total_reported": sum(totals) if totals else None,
-            }
-        initial = None
-        if row["status"] == "initial_sync":
-            started = row["initial_sync_started_at"]
-            elapsed = (now_ - started).total_seconds() if started else None
-            initial = {
-                "started_at": started.isoformat() if started else None,
-                "elapsed_seconds": int(elapsed) if elapsed is not None else None,
-                "overdue": elapsed is not None and elapsed > INITIAL_SYNC_OVERDUE.total_seconds(),
-            }
-        report.append({
-            "company_id": row["company_id"], "company_name": row["company_name"], "status": row["status"],
-            "synced_from": row["synced_from_quarter"], "last_error": row["last_error"],
-            "connected_at": row["connected_at"].isoformat() if row["connected_at"] else None,
-            "disconnected_at": row["disconnected_at"].isoformat() if row["disconnected_at"] else None,
-            "initial_sync": initial, "last_run": last_run,
-        })
-    return report
+def require_known(company_id: str, *, dsn: str | None = None) -> registry.Company:
+    """The registered company, or :class:`LifecycleError`."""
+    with warehouse(dsn) as conn:
+        return require_company(conn, company_id)
 
 
-def format_duration(seconds: int | None) -> str:
-    """``3h 05m`` / ``42s``."""
-    if seconds is None:
-        return "-"
-    hours, rest = divmod(int(seconds), 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+def registered(company_id: str, *, dsn: str | None = None) -> registry.Company | None:
+    """The company if it is registered (the schema brought up to date first), else None."""
+    with warehouse(dsn) as conn:
+        migrate(conn)
+        return registry.get_company(conn, company_id)
 
 
-def describe(item: dict[str, Any]) -> str:
-    """One line of ``status`` for a company."""
-    line = f"{item['company_name']} ({item['company_id']}): {item['status']}, Synced From {item['synced_from']}"
-    initial = item.get("initial_sync")
-    if initial and initial["started_at"]:
-        line += f"; initial sync running for {format_duration(initial['elapsed_seconds'])}"
-        if initial["overdue"]:
-            line += " (NOT COMPLETE AFTER 24 HOURS)"
-    run = item["last_run"]
-    if run:
-        total = f" of {run['total_reported']} reported" if run["total_reported"] is not None else ""
-        line += (f"; last {run['kind']} run {run['status']} at {run['started_at'][:19]} "
-                 f"({format_duration(run['elapsed_seconds'])}): {run['pages']} pages, "
-                 f"{run['records']} records{total}, {run['versions_added']} new versions")
-    if item["last_error"]:
-        line += f"; last error: {item['last_error']}"
-    return line
+def migrate_warehouse(*, dsn: str | None = None) -> list[str]:
+    """Create or update the warehouse's schemas (idempotent); the migration files applied."""
+    with warehouse(dsn) as conn:
+        return migrate(conn)
 
 
-# -- Airflow, best effort ---------------------------------------------------------------------------
+def connect_company(company_id: str, name: str, quarter: Quarter, tokens: TokenSet) -> registry.Company:
+    """Register (or re-register) the company and store its first tokens (tests, the demo, benchmarks)."""
+    with warehouse() as conn:
+        ensure_migrated(conn)
+        company = registry.register_company(conn, company_id, name, quarter)
+        conn.commit()
+    PostgresTokenStore(dsn_or_refuse()).save(company_id, tokens)
+    return company
 
 
-def set_dag_paused(dag_id: str, *, paused: bool) -> bool:
-    """Pause or unpause a DAG in Airflow's metadata DB; False when Airflow isn't reachable here.
+def start_backfill(company_id: str, quarter: Quarter, caller: airflow_api.Caller | None = None) -> str:
+    """Trigger the ``sage_backfill`` DAG for the move; raises :class:`AirflowUnavailable`."""
+    return airflow_api.trigger(BACKFILL_DAG_ID, backfill_conf(company_id, quarter), caller)
 
-    Best effort on purpose: the run itself skips a disconnected company whatever the pause state,
-    and the CLI must work on a machine that only reaches the warehouse.
-    """
-    try:
-        from airflow.models.dag import DagModel  # noqa: PLC0415 - only where Airflow is configured
-        from airflow.utils.session import create_session  # noqa: PLC0415
-    except Exception:  # noqa: BLE001 - no Airflow here
-        return False
-    try:
-        with create_session() as session:
-            found = session.query(DagModel).filter(DagModel.dag_id == dag_id).update(
-                {DagModel.is_paused: paused}, synchronize_session=False)
-        return bool(found)
-    except Exception as exc:  # noqa: BLE001 - a missing metadata DB must not fail a disconnect
-        log.info("could not %s %s in Airflow: %s", "pause" if paused else "unpause", dag_id, type(exc).__name__)
-        return False
+
+def trigger_full_sync(company_id: str, caller: airflow_api.Caller | None = None) -> str:
+    """Trigger the company's daily DAG (after a wipe-only reset); raises :class:`AirflowUnavailable`."""
+    return airflow_api.trigger(dag_id_for(company_id), None, caller)
+
+
+def run_backfill_here(company_id: str, quarter: Quarter) -> str:
+    """The whole backfill in this process (``set-synced-from --here``); the run id."""
+    return sync.run_backfill(company_id, quarter)
+
+
+def run_reset_sync(company_id: str, run_id: str) -> None:
+    """The full sync of a reset, in this process, under the reset's run."""
+    sync.run_steps(company_id, run_id)
+
+
+def sync_now(company_id: str) -> str:
+    """A whole manual sync in this process (the CLI's ``sync``); the run id."""
+    return sync.run_company(company_id, kind="manual")
+
+
+# Failures of the in-process runs above that the CLI reports in one line (the rest are bugs).
+RUN_FAILURES: tuple[type[Exception], ...] = (RunInProgress, CompanySkipped, SageError)
+__all__ += ["RUN_FAILURES", "AirflowUnavailable", "registered"]

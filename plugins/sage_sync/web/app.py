@@ -4,7 +4,8 @@ A data engineer lists the connected companies by status (with initial-sync progr
 a Sage business (Sage's authorise page with a CSRF ``state`` and PKCE, then a choice of business
 and first Synced From quarter), disconnects, reconnects, moves Synced From earlier (warning,
 confirmation, a fresh Authorise Access, then the ``sage_backfill`` DAG) and resets a company.
-All logic is ``sage_sync.lifecycle.connections``'s, shared with the CLI; this file is HTTP and HTML only.
+All logic is the lifecycle layer's (``sage_sync.lifecycle``), the same functions the CLI calls; this
+file is HTTP and HTML only: no SQL, no token handling, no Airflow call of its own.
 
 Authentication: Airflow does not authenticate plugin apps (a mounted app inherits none of the
 core API's dependencies), so every route resolves the caller from Airflow's own JWT (the
@@ -16,10 +17,8 @@ also need permission to edit DAGs, and every form carries a CSRF token bound to 
 from __future__ import annotations
 
 import html
-import json
 import logging
 import secrets
-import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -33,8 +32,6 @@ log = logging.getLogger(__name__)
 
 OAUTH_COOKIE = "sage_oauth"
 CSRF_COOKIE = "sage_csrf"
-PENDING_MINUTES = 15
-STATUS_ORDER = ["needs_reauth", "error", "initial_sync", "active", "disconnected"]
 
 app = FastAPI(title="Sage connections", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -49,13 +46,26 @@ async def _to_login(_: Request, exc: LoginRequired) -> Response:
     return RedirectResponse(get_auth_manager().get_url_login(next_url=exc.next_url), status_code=303)
 
 
-async def current_user(request: Request) -> Any:
-    """The Airflow user of this request (JWT from the bearer header or the UI's cookie)."""
-    from airflow.api_fastapi.app import get_auth_manager  # noqa: PLC0415
+def _jwt(request: Request) -> str | None:
+    """The caller's Airflow JWT: the bearer header, else the cookie the UI's login sets."""
     from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN  # noqa: PLC0415
 
     header = request.headers.get("authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else request.cookies.get(COOKIE_NAME_JWT_TOKEN)
+    return header[7:].strip() if header.lower().startswith("bearer ") else request.cookies.get(COOKIE_NAME_JWT_TOKEN)
+
+
+def _caller(request: Request) -> Any:
+    """Who asks Airflow for a run: the signed-in user, at the api-server serving this request."""
+    from sage_sync.lifecycle.airflow_api import Caller  # noqa: PLC0415
+
+    return Caller(base_url=str(request.base_url).rstrip("/").rsplit("/", 1)[0], token=_jwt(request))
+
+
+async def current_user(request: Request) -> Any:
+    """The Airflow user of this request (JWT from the bearer header or the UI's cookie)."""
+    from airflow.api_fastapi.app import get_auth_manager  # noqa: PLC0415
+
+    token = _jwt(request)
     if token:
         try:
             return await get_auth_manager().get_user_from_token(token)
@@ -136,7 +146,7 @@ def _company_row(item: dict[str, Any]) -> str:
     initial = item.get("initial_sync")
     run = item.get("last_run")
     if initial and initial.get("started_at"):
-        from sage_sync.lifecycle.connections import format_duration  # noqa: PLC0415
+        from sage_sync.lifecycle.status import format_duration  # noqa: PLC0415
 
         progress = f"running for {format_duration(initial['elapsed_seconds'])}"
         if initial["overdue"]:
@@ -167,18 +177,15 @@ def _company_row(item: dict[str, Any]) -> str:
 @app.get("/", response_class=HTMLResponse)
 def index(request: Request, user: CurrentUser, msg: str | None = None) -> HTMLResponse:
     """Connected companies by status."""
-    from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
+    from sage_sync.core.errors import LifecycleError  # noqa: PLC0415
+    from sage_sync.lifecycle import status  # noqa: PLC0415
 
     try:
-        with lifecycle._warehouse(None) as conn:
-            from sage_sync.warehouse.migrate import ensure_migrated  # noqa: PLC0415
-
-            ensure_migrated(conn)
-            report = lifecycle.company_statuses(conn)
-    except lifecycle.LifecycleError as exc:
+        report = status.report(migrate=True)
+    except LifecycleError as exc:
         return _error(request, str(exc), 503)
     sections = []
-    for state in STATUS_ORDER:
+    for state in status.DISPLAY_ORDER:
         items = [i for i in report if i["status"] == state]
         if not items:
             continue
@@ -196,47 +203,38 @@ def index(request: Request, user: CurrentUser, msg: str | None = None) -> HTMLRe
 def authorize(request: Request, user: CurrentUser, purpose: str, company_id: str = "",
               synced_from: str = "") -> Response:
     """Send the browser to Sage's authorise page with a fresh state and PKCE pair."""
-    from sage_sync.core import crypto  # noqa: PLC0415
-    from sage_sync.core.config import ConfigError, sage_settings  # noqa: PLC0415
+    from sage_sync.lifecycle import authorisation  # noqa: PLC0415
     from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
-    from sage_sync.sage.auth import OAuthClient, new_pkce_pair  # noqa: PLC0415
 
     _require_editor(user)
     if purpose not in ("connect", "reconnect", "backfill"):
         return _error(request, f"unknown purpose {purpose!r}")
     try:
         if purpose == "reconnect":
-            with lifecycle._warehouse(None) as conn:
-                lifecycle.require_company(conn, company_id)
+            lifecycle.require_known(company_id)
         if purpose == "backfill":
             lifecycle.prepare_backfill(company_id, synced_from)
-        settings = sage_settings()
-    except (lifecycle.LifecycleError, ConfigError) as exc:
+        start = authorisation.begin()
+    except lifecycle.LifecycleError as exc:
         return _error(request, str(exc))
-    state = secrets.token_urlsafe(24)
-    verifier, challenge = new_pkce_pair()
-    cookie = crypto.encrypt(json.dumps({"state": state, "verifier": verifier, "purpose": purpose,
-                                        "company_id": company_id, "synced_from": synced_from,
-                                        "expires": time.time() + 600}))
-    response = RedirectResponse(OAuthClient(settings).authorization_url(state, code_challenge=challenge),
-                                status_code=303)
-    response.set_cookie(OAUTH_COOKIE, cookie, httponly=True, samesite="lax", path=_base(request), max_age=600)
+    cookie = authorisation.seal_flow(start, purpose=purpose, company_id=company_id, synced_from=synced_from)
+    response = RedirectResponse(start.url, status_code=303)
+    response.set_cookie(OAUTH_COOKIE, cookie, httponly=True, samesite="lax", path=_base(request),
+                        max_age=authorisation.FLOW_SECONDS)
     return response
 
 
 @app.get("/callback")
 def callback(request: Request, user: CurrentUser, code: str = "", state: str = "", error: str = "") -> Response:
     """Sage's redirect: check the state, exchange the code, then act on the flow's purpose."""
-    from sage_sync.core import crypto  # noqa: PLC0415
+    from sage_sync.lifecycle import authorisation  # noqa: PLC0415
     from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
 
     _require_editor(user)
     try:
-        flow = json.loads(crypto.decrypt(request.cookies.get(OAUTH_COOKIE, "")))
-    except Exception:  # noqa: BLE001 - missing, tampered or from another key
-        return _error(request, "no authorisation in progress in this browser: start again")
-    if not state or not secrets.compare_digest(state, flow.get("state", "")) or flow["expires"] < time.time():
-        return _error(request, "the authorisation's state does not match or expired: start again")
+        flow = authorisation.open_flow(request.cookies.get(OAUTH_COOKIE, ""), state)
+    except lifecycle.LifecycleError as exc:
+        return _error(request, str(exc))
     if error or not code:
         return _error(request, f"Sage did not authorise access ({error or 'no code'})")
     purpose, company_id = flow["purpose"], flow["company_id"]
@@ -247,12 +245,13 @@ def callback(request: Request, user: CurrentUser, code: str = "", state: str = "
                                        "every change since its last successful sync")
         elif purpose == "backfill":
             quarter = lifecycle.authorise_backfill(company_id, flow["synced_from"], code, flow["verifier"])
-            run_id = _trigger(lifecycle.BACKFILL_DAG_ID, lifecycle.backfill_conf(company_id, quarter), user)
+            run_id = _started(lifecycle.BACKFILL_DAG_ID, lambda: lifecycle.start_backfill(company_id, quarter,
+                                                                                          _caller(request)))
             response = _back(request, f"Backfill of {company_id} to {quarter} started ({run_id}); Synced From moves "
                              "when it succeeds")
         else:
             auth = lifecycle.exchange(code, flow["verifier"])
-            pending = _save_pending(auth)
+            pending = authorisation.hold(auth)
             response = RedirectResponse(f"{_base(request)}/choose?pending={pending}", status_code=303)
     except lifecycle.LifecycleError as exc:
         response = _error(request, str(exc))
@@ -264,14 +263,14 @@ def callback(request: Request, user: CurrentUser, code: str = "", state: str = "
 def choose(request: Request, user: CurrentUser, pending: str) -> HTMLResponse:
     """Pick the business to connect and its first Synced From quarter."""
     from sage_sync.core.quarters import Quarter  # noqa: PLC0415
-    from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
+    from sage_sync.lifecycle import authorisation  # noqa: PLC0415
 
-    found = _load_pending(pending)
+    found = authorisation.held(pending)
     if found is None:
         return _error(request, "this authorisation expired or was used: connect again")
-    _, businesses = found
+    businesses = found.businesses
     default = str(Quarter.containing(datetime.now(UTC).date()).previous().previous().previous())
-    options = "".join(f'<option value="{html.escape(b["id"])}">{html.escape(lifecycle.business_name(b))}</option>'
+    options = "".join(f'<option value="{html.escape(b["id"])}">{html.escape(authorisation.business_name(b))}</option>'
                       for b in businesses)
     body = (f'<form method="post" action="__BASE__/register">{_csrf_field()}'
             f'<input type="hidden" name="pending" value="{html.escape(pending)}">'
@@ -287,20 +286,20 @@ def register_business(request: Request, user: CurrentUser, pending: str = Form(.
                       synced_from: str = Form(...), csrf: str = Form("")
                       ) -> Response:
     """Register the chosen business; its daily DAG appears at the next parse."""
+    from sage_sync.lifecycle import authorisation  # noqa: PLC0415
     from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
 
     _require_editor(user)
     _check_csrf(request, csrf)
-    found = _load_pending(pending)
+    found = authorisation.held(pending)
     if found is None:
         return _error(request, "this authorisation expired or was used: connect again")
-    auth_tokens, businesses = found
     try:
         quarter = lifecycle.parse_quarter(synced_from)
-        company = lifecycle.register(lifecycle.Authorisation(auth_tokens, businesses), business_id, quarter)
+        company = lifecycle.register(found, business_id, quarter)
     except lifecycle.LifecycleError as exc:
         return _error(request, str(exc))
-    _drop_pending(pending)
+    authorisation.release(pending)
     return _back(request, f"Connected {company.company_name} from {company.synced_from_quarter}: its DAG "
                  f"sage_sync__{company.company_id} appears within a minute")
 
@@ -324,7 +323,6 @@ def disconnect(request: Request, user: CurrentUser, company_id: str = Form(...),
 def synced_from_form(request: Request, user: CurrentUser, company_id: str, synced_from: str = "") -> HTMLResponse:
     """Ask for the earlier quarter; once valid, warn and ask for confirmation."""
     from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
-    from sage_sync.pipeline import sync  # noqa: PLC0415
 
     cid = html.escape(company_id)
     if synced_from:
@@ -332,7 +330,7 @@ def synced_from_form(request: Request, user: CurrentUser, company_id: str, synce
             company, quarter = lifecycle.prepare_backfill(company_id, synced_from)
         except lifecycle.LifecycleError as exc:
             return _error(request, str(exc))
-        start, end = sync.backfill_window(company, quarter)
+        start, end = lifecycle.backfill_window(company, quarter)
         body = (f'<p class="warn" id="warning">Moving Synced From of {html.escape(company.company_name)} from '
                 f"{company.synced_from_quarter} to {quarter} imports every document dated {start} to {end}. "
                 "You will authorise access at Sage again; the backfill then runs as the sage_backfill DAG, "
@@ -373,77 +371,23 @@ def reset(request: Request, user: CurrentUser, company_id: str = Form(...), conf
     except lifecycle.LifecycleError as exc:
         return _error(request, str(exc))
     lifecycle.close_reset_run(run_id)
-    dag_run = _trigger(lifecycle.dag_id_for(company_id), None, user)
+    dag_run = _started(lifecycle.dag_id_for(company_id),
+                       lambda: lifecycle.trigger_full_sync(company_id, _caller(request)))
     return _back(request, f"Reset {company_id}: data wiped; full sync started ({dag_run})")
 
 
 # -- helpers --------------------------------------------------------------------------------------
 
 
-def _trigger(dag_id: str, conf: dict[str, Any] | None, user: Any) -> str:
-    """Trigger a DAG run in-process (the api-server has the metadata DB) and unpause the DAG."""
-    from airflow.api.common.trigger_dag import trigger_dag  # noqa: PLC0415
-    from airflow.utils.types import DagRunTriggeredByType  # noqa: PLC0415
+def _started(dag_id: str, start: Any) -> str:
+    """What ``start()`` (a lifecycle trigger) started, or why it did not: the action itself is done."""
+    from sage_sync.core.errors import AirflowUnavailable  # noqa: PLC0415
 
-    from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
-
-    lifecycle.set_dag_paused(dag_id, paused=False)
-    run_id = f"manual__sage_{datetime.now(UTC):%Y%m%dT%H%M%S}_{secrets.token_hex(3)}"
     try:
-        trigger_dag(dag_id, triggered_by=DagRunTriggeredByType.UI, run_id=run_id, conf=conf or {},
-                    triggering_user_name=getattr(user, "get_name", lambda: None)())
-    except Exception as exc:  # noqa: BLE001 - tell the user; the action itself is done
+        return str(start())
+    except AirflowUnavailable as exc:
         log.warning("could not trigger %s: %s", dag_id, exc)
         return f"trigger of {dag_id} failed: {exc}; trigger it by hand"
-    return f"{dag_id} run {run_id}"
-
-
-def _save_pending(auth: Any) -> str:
-    from psycopg.types.json import Jsonb  # noqa: PLC0415
-
-    from sage_sync.core import crypto  # noqa: PLC0415
-    from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
-
-    pending = secrets.token_urlsafe(24)
-    tokens = auth.tokens
-    blob = crypto.encrypt(json.dumps({
-        "access_token": tokens.access_token, "refresh_token": tokens.refresh_token,
-        "access_expires_at": tokens.access_expires_at.isoformat(),
-        "refresh_expires_at": tokens.refresh_expires_at.isoformat() if tokens.refresh_expires_at else None}))
-    with lifecycle._warehouse(None) as conn:
-        conn.execute("delete from sage_control.pending_authorisations "
-                     "where created_at < now() - make_interval(mins => %s)", (PENDING_MINUTES,))
-        conn.execute("insert into sage_control.pending_authorisations (pending_id, tokens_enc, businesses) "
-                     "values (%s, %s, %s)", (pending, blob, Jsonb(auth.businesses)))
-        conn.commit()
-    return pending
-
-
-def _load_pending(pending: str) -> tuple[Any, list[dict[str, Any]]] | None:
-    from sage_sync.core import crypto  # noqa: PLC0415
-    from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
-    from sage_sync.sage.tokens import TokenSet  # noqa: PLC0415
-
-    with lifecycle._warehouse(None) as conn:
-        row = conn.execute("select tokens_enc, businesses from sage_control.pending_authorisations "
-                           "where pending_id = %s and created_at >= now() - make_interval(mins => %s)",
-                           (pending, PENDING_MINUTES)).fetchone()
-    if row is None:
-        return None
-    data = json.loads(crypto.decrypt(row[0]))
-    tokens = TokenSet(
-        access_token=data["access_token"], refresh_token=data["refresh_token"],
-        access_expires_at=datetime.fromisoformat(data["access_expires_at"]),
-        refresh_expires_at=datetime.fromisoformat(data["refresh_expires_at"]) if data["refresh_expires_at"] else None)
-    return tokens, row[1]
-
-
-def _drop_pending(pending: str) -> None:
-    from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
-
-    with lifecycle._warehouse(None) as conn:
-        conn.execute("delete from sage_control.pending_authorisations where pending_id = %s", (pending,))
-        conn.commit()
 
 
 __all__ = ["app"]
