@@ -18,20 +18,21 @@ from __future__ import annotations
 
 import html
 import logging
-import secrets
 from datetime import UTC, datetime
-from typing import Annotated, Any
-from urllib.parse import quote
+from typing import Any
 
-from fastapi import Depends, FastAPI, Form, HTTPException, Request
+from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from sage_sync.core.errors import LoginRequired
+from sage_sync.web.access import CurrentUser, caller, current_user
+from sage_sync.web.access import check_csrf as _check_csrf
+from sage_sync.web.access import require_editor as _require_editor
+from sage_sync.web.pages import back, base_path, company_row, csrf_field, error_page, page
 
 log = logging.getLogger(__name__)
 
 OAUTH_COOKIE = "sage_oauth"
-CSRF_COOKIE = "sage_csrf"
 
 app = FastAPI(title="Sage connections", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -46,131 +47,6 @@ async def _to_login(_: Request, exc: LoginRequired) -> Response:
     return RedirectResponse(get_auth_manager().get_url_login(next_url=exc.next_url), status_code=303)
 
 
-def _jwt(request: Request) -> str | None:
-    """The caller's Airflow JWT: the bearer header, else the cookie the UI's login sets."""
-    from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN  # noqa: PLC0415
-
-    header = request.headers.get("authorization", "")
-    return header[7:].strip() if header.lower().startswith("bearer ") else request.cookies.get(COOKIE_NAME_JWT_TOKEN)
-
-
-def _caller(request: Request) -> Any:
-    """Who asks Airflow for a run: the signed-in user, at the api-server serving this request."""
-    from sage_sync.lifecycle.airflow_api import Caller  # noqa: PLC0415
-
-    return Caller(base_url=str(request.base_url).rstrip("/").rsplit("/", 1)[0], token=_jwt(request))
-
-
-async def current_user(request: Request) -> Any:
-    """The Airflow user of this request (JWT from the bearer header or the UI's cookie)."""
-    from airflow.api_fastapi.app import get_auth_manager  # noqa: PLC0415
-
-    token = _jwt(request)
-    if token:
-        try:
-            return await get_auth_manager().get_user_from_token(token)
-        except Exception:  # noqa: BLE001 - expired or invalid: log in again
-            log.info("sage connections: rejected an invalid or expired Airflow token")
-    raise LoginRequired(str(request.url))
-
-
-CurrentUser = Annotated[Any, Depends(current_user)]
-
-
-def _require_editor(user: Any) -> None:
-    from airflow.api_fastapi.app import get_auth_manager  # noqa: PLC0415
-
-    if not get_auth_manager().is_authorized_dag(method="PUT", user=user):
-        raise HTTPException(status_code=403, detail="editing DAGs is required to change Sage connections")
-
-
-def _check_csrf(request: Request, token: str) -> None:
-    expected = request.cookies.get(CSRF_COOKIE)
-    if not expected or not secrets.compare_digest(expected, token or ""):
-        raise HTTPException(status_code=400, detail="stale form: reload the page and try again")
-
-
-# -- page rendering -------------------------------------------------------------------------------
-
-
-def _base(request: Request) -> str:
-    """Where these pages are served: the mount path as the server sees it (``/sage``, or e.g.
-    ``/airflow/sage`` when Airflow runs under a sub-path ``base_url``). Every link, redirect and
-    cookie path is built from it, never hard-coded."""
-    return (request.scope.get("root_path") or "/sage").rstrip("/")
-
-
-def _home(request: Request) -> str:
-    """Airflow's own home page: the parent of this app's mount path."""
-    return _base(request).rsplit("/", 1)[0] + "/"
-
-
-def _page(request: Request, title: str, body: str, *, status: int = 200) -> HTMLResponse:
-    csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
-    doc = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
- body {{ font-family: system-ui, sans-serif; margin: 2rem; max-width: 72rem; }}
- table {{ border-collapse: collapse; width: 100%; }}
- td, th {{ border-bottom: 1px solid #ddd; padding: .4rem; text-align: left; }}
- .flag {{ color: #b00; font-weight: bold; }} .msg {{ background: #eef; padding: .6rem; }}
- .err {{ background: #fee; padding: .6rem; }} form.inline {{ display: inline; }}
- .warn {{ background: #fff4d6; padding: .8rem; }}
-</style></head><body>
-<p><a href="{html.escape(_home(request))}">Airflow</a> &rsaquo; <a href="__BASE__/">Sage connections</a></p>
-<h1>{html.escape(title)}</h1>
-{body.replace("__CSRF__", html.escape(csrf)).replace("__BASE__", html.escape(_base(request)))}
-</body></html>"""
-    response = HTMLResponse(doc, status_code=status)
-    if request.cookies.get(CSRF_COOKIE) != csrf:
-        response.set_cookie(CSRF_COOKIE, csrf, httponly=True, samesite="lax", path=_base(request))
-    return response
-
-
-def _csrf_field() -> str:
-    return '<input type="hidden" name="csrf" value="__CSRF__">'
-
-
-def _error(request: Request, message: str, status: int = 400) -> HTMLResponse:
-    return _page(request, "Refused", f'<p class="err" id="error">{html.escape(message)}</p>'
-                 '<p><a href="__BASE__/">Back to Sage connections</a></p>', status=status)
-
-
-def _back(request: Request, message: str) -> RedirectResponse:
-    return RedirectResponse(f"{_base(request)}/?msg={quote(message)}", status_code=303)
-
-
-def _company_row(item: dict[str, Any]) -> str:
-    cid = html.escape(item["company_id"])
-    progress = ""
-    initial = item.get("initial_sync")
-    run = item.get("last_run")
-    if initial and initial.get("started_at"):
-        from sage_sync.lifecycle.status import format_duration  # noqa: PLC0415
-
-        progress = f"running for {format_duration(initial['elapsed_seconds'])}"
-        if initial["overdue"]:
-            progress += ' <span class="flag">not complete after 24 hours</span>'
-    if run:
-        total = f" of {run['total_reported']}" if run.get("total_reported") is not None else ""
-        progress += (f"<br>last {html.escape(run['kind'])} run {html.escape(run['status'])}: "
-                     f"{run['pages']} pages, {run['records']}{total} records, started {run['started_at'][:16]}")
-    error = f"<br><small>{html.escape(item['last_error'])}</small>" if item.get("last_error") else ""
-    actions = []
-    if item["status"] != "disconnected":
-        actions.append(f'<form class="inline" method="post" action="__BASE__/disconnect">{_csrf_field()}'
-                       f'<input type="hidden" name="company_id" value="{cid}">'
-                       f'<button id="disconnect-{cid}">Disconnect</button></form>')
-    actions.append(f'<a id="reconnect-{cid}" href="__BASE__/authorize?purpose=reconnect&company_id={cid}">'
-                   'Reconnect</a>')
-    if item["status"] in ("active", "error"):
-        actions.append(f'<a id="synced-from-{cid}" href="__BASE__/synced-from?company_id={cid}">Move Synced From</a>')
-        actions.append(f'<a id="reset-{cid}" href="__BASE__/reset?company_id={cid}">Reset</a>')
-    return (f'<tr id="company-{cid}"><td>{html.escape(item["company_name"])}<br><small>{cid}</small></td>'
-            f'<td class="status">{html.escape(item["status"])}{error}</td>'
-            f'<td>{html.escape(item["synced_from"])}</td><td>{progress}</td><td>{" | ".join(actions)}</td></tr>')
-
-
 # -- routes ---------------------------------------------------------------------------------------
 
 
@@ -183,20 +59,20 @@ def index(request: Request, user: CurrentUser, msg: str | None = None) -> HTMLRe
     try:
         report = status.report(migrate=True)
     except LifecycleError as exc:
-        return _error(request, str(exc), 503)
+        return error_page(request, str(exc), 503)
     sections = []
     for state in status.DISPLAY_ORDER:
         items = [i for i in report if i["status"] == state]
         if not items:
             continue
-        rows = "".join(_company_row(i) for i in items)
+        rows = "".join(company_row(i) for i in items)
         sections.append(f'<h2 id="status-{state}">{html.escape(state)} ({len(items)})</h2><table>'
                         "<tr><th>Company</th><th>Status</th><th>Synced From</th><th>Progress</th><th></th></tr>"
                         f"{rows}</table>")
     message = f'<p class="msg" id="message">{html.escape(msg)}</p>' if msg else ""
     body = (f'{message}<p><a id="connect" href="__BASE__/authorize?purpose=connect">Connect a Sage business</a></p>'
             + ("".join(sections) or "<p>No company is connected yet.</p>"))
-    return _page(request, "Sage connections", body)
+    return page(request, "Sage connections", body)
 
 
 @app.get("/authorize")
@@ -208,7 +84,7 @@ def authorize(request: Request, user: CurrentUser, purpose: str, company_id: str
 
     _require_editor(user)
     if purpose not in ("connect", "reconnect", "backfill"):
-        return _error(request, f"unknown purpose {purpose!r}")
+        return error_page(request, f"unknown purpose {purpose!r}")
     try:
         if purpose == "reconnect":
             lifecycle.require_known(company_id)
@@ -216,10 +92,10 @@ def authorize(request: Request, user: CurrentUser, purpose: str, company_id: str
             lifecycle.prepare_backfill(company_id, synced_from)
         start = authorisation.begin()
     except lifecycle.LifecycleError as exc:
-        return _error(request, str(exc))
+        return error_page(request, str(exc))
     cookie = authorisation.seal_flow(start, purpose=purpose, company_id=company_id, synced_from=synced_from)
     response = RedirectResponse(start.url, status_code=303)
-    response.set_cookie(OAUTH_COOKIE, cookie, httponly=True, samesite="lax", path=_base(request),
+    response.set_cookie(OAUTH_COOKIE, cookie, httponly=True, samesite="lax", path=base_path(request),
                         max_age=authorisation.FLOW_SECONDS)
     return response
 
@@ -234,28 +110,28 @@ def callback(request: Request, user: CurrentUser, code: str = "", state: str = "
     try:
         flow = authorisation.open_flow(request.cookies.get(OAUTH_COOKIE, ""), state)
     except lifecycle.LifecycleError as exc:
-        return _error(request, str(exc))
+        return error_page(request, str(exc))
     if error or not code:
-        return _error(request, f"Sage did not authorise access ({error or 'no code'})")
+        return error_page(request, f"Sage did not authorise access ({error or 'no code'})")
     purpose, company_id = flow["purpose"], flow["company_id"]
     try:
         if purpose == "reconnect":
             company = lifecycle.reconnect(company_id, code, flow["verifier"])
-            response: Response = _back(request, f"Reconnected {company.company_name}: the next run imports "
+            response: Response = back(request, f"Reconnected {company.company_name}: the next run imports "
                                        "every change since its last successful sync")
         elif purpose == "backfill":
             quarter = lifecycle.authorise_backfill(company_id, flow["synced_from"], code, flow["verifier"])
             run_id = _started(lifecycle.BACKFILL_DAG_ID, lambda: lifecycle.start_backfill(company_id, quarter,
-                                                                                          _caller(request)))
-            response = _back(request, f"Backfill of {company_id} to {quarter} started ({run_id}); Synced From moves "
+                                                                                          caller(request)))
+            response = back(request, f"Backfill of {company_id} to {quarter} started ({run_id}); Synced From moves "
                              "when it succeeds")
         else:
             auth = lifecycle.exchange(code, flow["verifier"])
             pending = authorisation.hold(auth)
-            response = RedirectResponse(f"{_base(request)}/choose?pending={pending}", status_code=303)
+            response = RedirectResponse(f"{base_path(request)}/choose?pending={pending}", status_code=303)
     except lifecycle.LifecycleError as exc:
-        response = _error(request, str(exc))
-    response.delete_cookie(OAUTH_COOKIE, path=_base(request))
+        response = error_page(request, str(exc))
+    response.delete_cookie(OAUTH_COOKIE, path=base_path(request))
     return response
 
 
@@ -267,18 +143,18 @@ def choose(request: Request, user: CurrentUser, pending: str) -> HTMLResponse:
 
     found = authorisation.held(pending)
     if found is None:
-        return _error(request, "this authorisation expired or was used: connect again")
+        return error_page(request, "this authorisation expired or was used: connect again")
     businesses = found.businesses
     default = str(Quarter.containing(datetime.now(UTC).date()).previous().previous().previous())
     options = "".join(f'<option value="{html.escape(b["id"])}">{html.escape(authorisation.business_name(b))}</option>'
                       for b in businesses)
-    body = (f'<form method="post" action="__BASE__/register">{_csrf_field()}'
+    body = (f'<form method="post" action="__BASE__/register">{csrf_field()}'
             f'<input type="hidden" name="pending" value="{html.escape(pending)}">'
             f'<p><label>Business <select name="business_id" id="business">{options}</select></label></p>'
             f'<p><label>Synced From (first quarter to import) <input name="synced_from" id="synced_from" '
             f'value="{default}" pattern="[0-9]{{4}}-Q[1-4]" required></label></p>'
             '<p><button id="register">Connect</button></p></form>')
-    return _page(request, "Connect a Sage business", body)
+    return page(request, "Connect a Sage business", body)
 
 
 @app.post("/register")
@@ -293,14 +169,14 @@ def register_business(request: Request, user: CurrentUser, pending: str = Form(.
     _check_csrf(request, csrf)
     found = authorisation.held(pending)
     if found is None:
-        return _error(request, "this authorisation expired or was used: connect again")
+        return error_page(request, "this authorisation expired or was used: connect again")
     try:
         quarter = lifecycle.parse_quarter(synced_from)
         company = lifecycle.register(found, business_id, quarter)
     except lifecycle.LifecycleError as exc:
-        return _error(request, str(exc))
+        return error_page(request, str(exc))
     authorisation.release(pending)
-    return _back(request, f"Connected {company.company_name} from {company.synced_from_quarter}: its DAG "
+    return back(request, f"Connected {company.company_name} from {company.synced_from_quarter}: its DAG "
                  f"sage_sync__{company.company_id} appears within a minute")
 
 
@@ -314,9 +190,9 @@ def disconnect(request: Request, user: CurrentUser, company_id: str = Form(...),
     try:
         done = lifecycle.disconnect(company_id)
     except lifecycle.LifecycleError as exc:
-        return _error(request, str(exc))
+        return error_page(request, str(exc))
     revoked = "grant revoked at Sage" if done.token_revoked else f"grant not revoked ({done.revoke_error})"
-    return _back(request, f"Disconnected {done.company.company_name}: {revoked}; data kept")
+    return back(request, f"Disconnected {done.company.company_name}: {revoked}; data kept")
 
 
 @app.get("/synced-from", response_class=HTMLResponse)
@@ -329,7 +205,7 @@ def synced_from_form(request: Request, user: CurrentUser, company_id: str, synce
         try:
             company, quarter = lifecycle.prepare_backfill(company_id, synced_from)
         except lifecycle.LifecycleError as exc:
-            return _error(request, str(exc))
+            return error_page(request, str(exc))
         start, end = lifecycle.backfill_window(company, quarter)
         body = (f'<p class="warn" id="warning">Moving Synced From of {html.escape(company.company_name)} from '
                 f"{company.synced_from_quarter} to {quarter} imports every document dated {start} to {end}. "
@@ -338,11 +214,11 @@ def synced_from_form(request: Request, user: CurrentUser, company_id: str, synce
                 f'<p><a id="confirm" href="__BASE__/authorize?purpose=backfill&company_id={cid}'
                 f'&synced_from={quarter}">I understand: authorise and start the backfill</a> | '
                 '<a href="__BASE__/">Cancel</a></p>')
-        return _page(request, "Move Synced From earlier", body)
+        return page(request, "Move Synced From earlier", body)
     body = (f'<form method="get" action="__BASE__/synced-from"><input type="hidden" name="company_id" value="{cid}">'
             '<p><label>New Synced From <input name="synced_from" id="synced_from" placeholder="2024-Q1" '
             'required></label></p><p><button id="check">Continue</button></p></form>')
-    return _page(request, "Move Synced From earlier", body)
+    return page(request, "Move Synced From earlier", body)
 
 
 @app.get("/reset", response_class=HTMLResponse)
@@ -351,11 +227,11 @@ def reset_form(request: Request, user: CurrentUser, company_id: str) -> HTMLResp
     cid = html.escape(company_id)
     body = (f'<p class="warn">Reset wipes every imported record of {cid} (raw versions, deletions, quarantine) '
             "and its watermarks, then re-imports everything from its Synced From.</p>"
-            f'<form method="post" action="__BASE__/reset">{_csrf_field()}'
+            f'<form method="post" action="__BASE__/reset">{csrf_field()}'
             f'<input type="hidden" name="company_id" value="{cid}">'
             '<p><label><input type="checkbox" name="confirm" value="yes" id="confirm"> I understand the data is '
             'wiped and re-imported</label></p><p><button id="do-reset">Reset</button></p></form>')
-    return _page(request, "Reset a company", body)
+    return page(request, "Reset a company", body)
 
 
 @app.post("/reset")
@@ -369,11 +245,11 @@ def reset(request: Request, user: CurrentUser, company_id: str = Form(...), conf
     try:
         run_id = lifecycle.reset(company_id, confirm=confirm == "yes")
     except lifecycle.LifecycleError as exc:
-        return _error(request, str(exc))
+        return error_page(request, str(exc))
     lifecycle.close_reset_run(run_id)
     dag_run = _started(lifecycle.dag_id_for(company_id),
-                       lambda: lifecycle.trigger_full_sync(company_id, _caller(request)))
-    return _back(request, f"Reset {company_id}: data wiped; full sync started ({dag_run})")
+                       lambda: lifecycle.trigger_full_sync(company_id, caller(request)))
+    return back(request, f"Reset {company_id}: data wiped; full sync started ({dag_run})")
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -390,4 +266,4 @@ def _started(dag_id: str, start: Any) -> str:
         return f"trigger of {dag_id} failed: {exc}; trigger it by hand"
 
 
-__all__ = ["app"]
+__all__ = ["app", "current_user"]  # current_user: the dependency a test or a host app may override
