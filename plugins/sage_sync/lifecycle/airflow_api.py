@@ -33,14 +33,15 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from functools import lru_cache, wraps
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import requests
 
-from sage_sync.core.errors import AirflowUnavailable
+from sage_sync.core.errors import AirflowUnavailable, CompanySkipped
 
 if TYPE_CHECKING:
     from airflow.sdk import Asset
@@ -77,6 +78,28 @@ def sage_raw_asset() -> Asset:
     from airflow.sdk import Asset  # noqa: PLC0415 - only DAG files need it; keep the CLI's import light
 
     return Asset(name=SAGE_RAW_ASSET_NAME, uri=SAGE_RAW_ASSET_URI)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def skips_disconnected(func: _F) -> _F:
+    """A task body whose :class:`CompanySkipped` (the company was disconnected) skips the task, with the reason.
+
+    Put it under ``@task``: the signature is kept (``functools.wraps``), so TaskFlow still sees the
+    task's own arguments and ``**context``.
+    """
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from airflow.sdk.exceptions import AirflowSkipException  # noqa: PLC0415 - only inside a task
+
+        try:
+            return func(*args, **kwargs)
+        except CompanySkipped as skipped:
+            raise AirflowSkipException(str(skipped)) from skipped
+
+    return wrapper  # type: ignore[return-value]
 
 
 def api_url(base: str | None = None) -> str:

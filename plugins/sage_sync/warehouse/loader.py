@@ -43,10 +43,10 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-STREAMS = frozenset({
-    "businesses", "financial_settings", "ledger_accounts", "contacts", "tax_rates",
-    "purchase_invoices", "purchase_credit_notes", "purchase_quick_entries", "other_payments",
-})
+from sage_sync.sage.streams import STREAMS as _REGISTRY
+
+# The raw tables this loader writes: one per stream of the registry (migrations create them).
+STREAMS = frozenset(_REGISTRY)
 DETECTION_METHODS = frozenset({"deleted_since", "reconciliation"})
 
 # The content-hash serialisation of docs/DESIGN.md. allow_nan=False changes no valid output; it only

@@ -138,7 +138,7 @@ def callback(request: Request, user: CurrentUser, code: str = "", state: str = "
 @app.get("/choose", response_class=HTMLResponse)
 def choose(request: Request, user: CurrentUser, pending: str) -> HTMLResponse:
     """Pick the business to connect and its first Synced From quarter."""
-    from sage_sync.core.quarters import Quarter  # noqa: PLC0415
+    from sage_sync.core.quarters import QUARTER_PATTERN, Quarter  # noqa: PLC0415
     from sage_sync.lifecycle import authorisation  # noqa: PLC0415
 
     found = authorisation.held(pending)
@@ -152,7 +152,7 @@ def choose(request: Request, user: CurrentUser, pending: str) -> HTMLResponse:
             f'<input type="hidden" name="pending" value="{html.escape(pending)}">'
             f'<p><label>Business <select name="business_id" id="business">{options}</select></label></p>'
             f'<p><label>Synced From (first quarter to import) <input name="synced_from" id="synced_from" '
-            f'value="{default}" pattern="[0-9]{{4}}-Q[1-4]" required></label></p>'
+            f'value="{default}" pattern="{QUARTER_PATTERN}" required></label></p>'
             '<p><button id="register">Connect</button></p></form>')
     return page(request, "Connect a Sage business", body)
 
