@@ -92,7 +92,7 @@ class _FixedToken:
     def access_token(self) -> str:
         return self._token
 
-    def refresh(self, rejected_token: str | None = None) -> str:
+    def refresh(self, rejected_token: str | None = None) -> str:  # noqa: ARG002 - the TokenSource signature
         raise SageError("the freshly issued access token was rejected")
 
 

@@ -280,9 +280,8 @@ class SageClient:
             if _canonical(next_url) == _canonical(response.url):
                 log.warning("Sage's $next repeats the page just fetched (%s); stopping", page.page)
                 return
-            if page.total is not None and page.items_per_page:
-                if page.page * page.items_per_page >= page.total:
-                    return
+            if page.total is not None and page.items_per_page and page.page * page.items_per_page >= page.total:
+                return
             previous = page.page
             target, query = next_url, None
 

@@ -51,7 +51,7 @@ async def _to_login(_: Request, exc: LoginRequired) -> Response:
 
 
 @app.get("/", response_class=HTMLResponse)
-def index(request: Request, user: CurrentUser, msg: str | None = None) -> HTMLResponse:
+def index(request: Request, user: CurrentUser, msg: str | None = None) -> HTMLResponse:  # noqa: ARG001 - the login dependency
     """Connected companies by status."""
     from sage_sync.core.errors import LifecycleError  # noqa: PLC0415
     from sage_sync.lifecycle import status  # noqa: PLC0415
@@ -136,7 +136,7 @@ def callback(request: Request, user: CurrentUser, code: str = "", state: str = "
 
 
 @app.get("/choose", response_class=HTMLResponse)
-def choose(request: Request, user: CurrentUser, pending: str) -> HTMLResponse:
+def choose(request: Request, user: CurrentUser, pending: str) -> HTMLResponse:  # noqa: ARG001 - the login dependency
     """Pick the business to connect and its first Synced From quarter."""
     from sage_sync.core.quarters import QUARTER_PATTERN, Quarter  # noqa: PLC0415
     from sage_sync.lifecycle import authorisation  # noqa: PLC0415
@@ -196,7 +196,7 @@ def disconnect(request: Request, user: CurrentUser, company_id: str = Form(...),
 
 
 @app.get("/synced-from", response_class=HTMLResponse)
-def synced_from_form(request: Request, user: CurrentUser, company_id: str, synced_from: str = "") -> HTMLResponse:
+def synced_from_form(request: Request, user: CurrentUser, company_id: str, synced_from: str = "") -> HTMLResponse:  # noqa: ARG001 - the login dependency
     """Ask for the earlier quarter; once valid, warn and ask for confirmation."""
     from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
 
@@ -222,7 +222,7 @@ def synced_from_form(request: Request, user: CurrentUser, company_id: str, synce
 
 
 @app.get("/reset", response_class=HTMLResponse)
-def reset_form(request: Request, user: CurrentUser, company_id: str) -> HTMLResponse:
+def reset_form(request: Request, user: CurrentUser, company_id: str) -> HTMLResponse:  # noqa: ARG001 - the login dependency
     """Explain the reset and ask for explicit confirmation."""
     cid = html.escape(company_id)
     body = (f'<p class="warn">Reset wipes every imported record of {cid} (raw versions, deletions, quarantine) '
