@@ -5,6 +5,9 @@ list envelope and its ``$next`` links, the JSON error array, which failures are 
 and the one token refresh a 401 deserves. The retry loop is written out rather than delegated
 to a retry library because its branches differ in kind (a 401 is not a retry, a 429 may name
 its own delay) and that reads more plainly as code than as a policy object.
+
+About 440 lines, one room on purpose: the session, paging, the retry loop and the error mapping
+are one HTTP contract; split, each part would need the others to be read.
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ Why it is shaped like this:
   serialised by a transaction advisory lock taken before the lookup, so the lookup-then-COPY can't let
   both add the same version. (Under READ COMMITTED, the default: the lookup is a later statement than
   the lock, so it sees what the other load committed.)
+
+About 370 lines, most of them the per-field validation that keeps one bad record from failing a
+page; it is one contract (what a raw table accepts) and reads best in one place.
 """
 
 from __future__ import annotations
