@@ -26,6 +26,9 @@ Why it is shaped like this:
   serialised by a transaction advisory lock taken before the lookup, so the lookup-then-COPY can't let
   both add the same version. (Under READ COMMITTED, the default: the lookup is a later statement than
   the lock, so it sees what the other load committed.)
+
+About 370 lines, most of them the per-field validation that keeps one bad record from failing a
+page; it is one contract (what a raw table accepts) and reads best in one place.
 """
 
 from __future__ import annotations
@@ -43,10 +46,10 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-STREAMS = frozenset({
-    "businesses", "financial_settings", "ledger_accounts", "contacts", "tax_rates",
-    "purchase_invoices", "purchase_credit_notes", "purchase_quick_entries", "other_payments",
-})
+from sage_sync.sage.streams import STREAMS as _REGISTRY
+
+# The raw tables this loader writes: one per stream of the registry (migrations create them).
+STREAMS = frozenset(_REGISTRY)
 DETECTION_METHODS = frozenset({"deleted_since", "reconciliation"})
 
 # The content-hash serialisation of docs/DESIGN.md. allow_nan=False changes no valid output; it only
