@@ -66,7 +66,7 @@ def test_one_transform_after_a_failed_and_a_skipped_one_builds_both_days(
     env = _passwordless_env(pg_dsn, tmp_path)
     warehouse.autocommit = True
     _load_scenario(pg_dsn)
-    day1 = _dbt(["run"], env, tmp_path)
+    day1 = _dbt(["build"], env, tmp_path)
     assert day1.returncode == 0, day1.stdout[-6000:]
     fact_day1 = _fact(warehouse)
 
