@@ -15,9 +15,10 @@ from __future__ import annotations
 SHARED: dict[str, str] = {
     "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
     "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-    # Task slots of the whole deployment (all workers). The `sage_api` pool, not this, bounds the Sage
-    # calls; this only keeps a 2-core machine from starting more task processes than it can run.
-    "AIRFLOW__CORE__PARALLELISM": "8",
+    # Task slots the scheduler hands out, all workers together. Keep it above workers x concurrency:
+    # a worker killed mid-task keeps its tasks' slots taken in the executor until the scheduler
+    # restarts (seen in tests/deployment), and the pool, not this, bounds the Sage calls.
+    "AIRFLOW__CORE__PARALLELISM": "16",
     # Task processes per worker: a task is mostly waiting on Sage or PostgreSQL, but each one is a
     # Python process of about 150 MB; scale out with more workers rather than a bigger number here.
     "AIRFLOW__CELERY__WORKER_CONCURRENCY": "4",
