@@ -62,7 +62,7 @@ deploy-down: venv
 deploy-status: venv
 	$(BIN)/python scripts/deployment.py status
 
-bench: env
+bench: env dbt-parse
 	$(ENV) $(BIN)/python -m bench
 
 clean:
