@@ -76,14 +76,15 @@ class Deployment:
                 "env": {k: v for k, v in self.env.items() if k in _RECORDED_ENV}}
         self.state_file.write_text(json.dumps(data, indent=2))
 
-    def start(self, name: str, command: list[str]) -> dict[str, Any]:
+    def start(self, name: str, command: list[str], extra_env: dict[str, str] | None = None) -> dict[str, Any]:
         """Start ``command`` in a new session, logging to ``<state_dir>/logs/<name>.log``."""
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         with (logs / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(command, env={**self.env, **(extra_env or {})}, cwd=ROOT, stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         self.processes[name] = {"pid": proc.pid, "pgid": proc.pid, "command": command,
+                                "extra_env": extra_env or {},
                                 "start_ticks": _start_ticks(proc.pid), "log": str(logs / f"{name}.log"),
                                 "started_at": time.time()}
         self.save()
@@ -102,9 +103,9 @@ class Deployment:
 
     def restart(self, name: str) -> None:
         """Stop a process cleanly and start it again with the same command."""
-        command = list(self.processes[name]["command"])
+        command, extra_env = list(self.processes[name]["command"]), self.processes[name].get("extra_env")
         self.stop(name)
-        self.start(name, command)
+        self.start(name, command, extra_env)
 
     def workers(self) -> list[str]:
         return sorted(n for n in self.processes if n.startswith("worker"))
@@ -237,11 +238,11 @@ def _start_redis(dep: Deployment) -> None:
     raise RuntimeError(f"redis-server did not answer on {port}; see {dep.processes['redis']['log']}")
 
 
-def _prepare(dep: Deployment, migrate: bool) -> None:
+def _prepare(dep: Deployment, migrate: bool, pool_slots: int) -> None:
     """What compose's airflow-init does: metadata schema, the pool, the warehouse schemas."""
     if migrate:
         dep.airflow("db", "migrate", timeout=600)
-    dep.airflow("pools", "set", settings.POOL_NAME, str(settings.POOL_SLOTS), settings.POOL_DESCRIPTION)
+    dep.airflow("pools", "set", settings.POOL_NAME, str(pool_slots), settings.POOL_DESCRIPTION)
     subprocess.run([str(BIN / "python"), "-m", "sage_sync", "migrate"], env=dep.env, cwd=ROOT, check=True,
                    capture_output=True, timeout=300)
 
@@ -303,14 +304,18 @@ def _check_alive(dep: Deployment) -> None:
 
 
 def start_worker(dep: Deployment, index: int) -> None:
-    """Start Celery worker ``index``: its own hostname, no log server of its own (the log files are
-    local, the api-server reads them from the shared log folder)."""
-    dep.start(f"worker{index}", [str(BIN / "airflow"), *settings.WORKER_COMMAND,
-                                 "--celery-hostname", worker_hostname(index), "--skip-serve-logs"])
+    """Start Celery worker ``index``: its own hostname, also on the tasks it runs (task_instance.hostname,
+    see scripts/deploy_hostname.py), and no log server of its own (the log files are local, the
+    api-server reads them from the shared log folder)."""
+    name = worker_hostname(index)
+    dep.start(f"worker{index}", [str(BIN / "airflow"), *settings.WORKER_COMMAND, "--celery-hostname", name,
+                                 "--skip-serve-logs"],
+              {"SAGE_WORKER_HOSTNAME": name, "AIRFLOW__CORE__HOSTNAME_CALLABLE": "scripts.deploy_hostname.hostname"})
 
 
 def up(state_dir: Path = DEFAULT_STATE_DIR, *, workers: int = settings.WORKERS,
-       overrides: dict[str, str] | None = None, migrate: bool = True, timeout: float = 240.0) -> Deployment:
+       overrides: dict[str, str] | None = None, migrate: bool = True, timeout: float = 240.0,
+       pool_slots: int = settings.POOL_SLOTS) -> Deployment:
     """Start the whole deployment and wait until it is healthy; returns it."""
     existing = load(state_dir)
     if existing is not None and any(_group_alive(int(p["pgid"])) for p in existing.processes.values()):
@@ -321,7 +326,7 @@ def up(state_dir: Path = DEFAULT_STATE_DIR, *, workers: int = settings.WORKERS,
         if not env.get("AIRFLOW_CONN_SAGE_DEFAULT"):
             _start_fake_sage(dep)
         _start_redis(dep)
-        _prepare(dep, migrate)
+        _prepare(dep, migrate, pool_slots)
         dep.start("api-server", [str(BIN / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(api_port)])
         for name, command in settings.PROCESSES[1:]:
             dep.start(name, [str(BIN / "airflow"), *command])
@@ -388,11 +393,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/deployment.py", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["up", "down", "status"])
     parser.add_argument("--workers", type=int, default=settings.WORKERS)
+    parser.add_argument("--pool-slots", type=int, default=settings.POOL_SLOTS,
+                        help=f"slots of the {settings.POOL_NAME} pool (concurrent Sage-calling tasks)")
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     args = parser.parse_args(argv)
     if args.action == "up":
         began = time.monotonic()
-        dep = up(args.state_dir, workers=args.workers)
+        dep = up(args.state_dir, workers=args.workers, pool_slots=args.pool_slots)
         print(f"deployment healthy in {time.monotonic() - began:.0f}s: {dep.api_url} "
               f"(user admin; password in {dep.env['AIRFLOW_HOME']}/simple_auth_manager_passwords.json.generated); "
               f"{len(dep.workers())} Celery workers; logs in {args.state_dir / 'logs'}; stop: make deploy-down")
