@@ -28,10 +28,11 @@ DOCUMENT_STREAMS = ["purchase_invoices", "purchase_credit_notes", "purchase_quic
 
 default_args = {
     "owner": "data-engineering",
-    # Syncs go before the dbt models when both wait for a worker slot: every company's landing is
-    # short, a cosmos model task is long (about 85 s on 2 busy cores, see bench/RESULTS.md), and the
-    # transform runs again on the Asset anyway. Without this, the first company to land starts the
-    # transform and its models take the slots the other companies' syncs were waiting for.
+    # The scheduler queues syncs before dbt models when both wait for an executor slot: every
+    # company's landing is short, a cosmos model task is long (about 85 s on 2 busy cores, see
+    # bench/RESULTS.md), and the transform runs again on the Asset anyway. What is already in the
+    # Celery queue still runs first-in first-out; a queue of their own for the dbt tasks would
+    # keep them off the sync workers entirely.
     "priority_weight": 100,
     "weight_rule": "absolute",
     "retries": 2,
