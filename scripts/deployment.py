@@ -74,6 +74,7 @@ class Deployment:
         # Secrets stay out of the state file: it only needs to find and stop the processes.
         data = {"api_url": self.api_url, "processes": self.processes,
                 "env": {k: v for k, v in self.env.items() if k in _RECORDED_ENV}}
+        self.state_dir.mkdir(parents=True, exist_ok=True)  # stopping must work even if it was removed
         self.state_file.write_text(json.dumps(data, indent=2))
 
     def start(self, name: str, command: list[str], extra_env: dict[str, str] | None = None) -> dict[str, Any]:

@@ -124,7 +124,7 @@ def _drop_db(name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def denv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def denv() -> Iterator[Env]:
     metadata_url = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "")
     if not metadata_url.startswith("postgresql"):
         pytest.skip("needs Airflow's metadata DB on PostgreSQL: run through `make test`")
@@ -139,7 +139,9 @@ def denv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         migrate(conn)
     metadata_sa = metadata_url.replace(f"/{template}", f"/{metadata_db}")
     p = psycopg.conninfo.conninfo_to_dict(warehouse_dsn)
-    state_dir = tmp_path_factory.mktemp("deployment")
+    # Under the checkout, not pytest's temporary folder: other pytest runs on the machine prune
+    # that folder, and the state file is what stops the deployment's processes.
+    state_dir = ROOT / ".local" / f"deploy-test-{suffix}"
     with FakeSageServer(seed=97, volumes=VOLUMES) as sage, pytest.MonkeyPatch.context() as mp:
         values = {
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_sa,
