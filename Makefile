@@ -7,12 +7,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 ENV := . .local/env.sh &&
 
-.PHONY: help venv env airflow-db dbt-parse demo test test-fast lint airflow bench clean
+.PHONY: help venv env airflow-db dbt-parse demo test test-fast lint airflow deploy-up deploy-down deploy-status bench clean
 
 help:
 	@echo "make demo      run the whole pipeline on the embedded demo (fake Sage, 3 companies)"
 	@echo "make test      set up and run the whole test suite"
 	@echo "make airflow   airflow standalone with these DAGs (UI on :8080)"
+	@echo "make deploy-up the CeleryExecutor deployment here, no Docker (make deploy-down stops it)"
 	@echo "make lint      ruff"
 	@echo "make bench     benchmarks (figures in bench/RESULTS.md)"
 
@@ -51,7 +52,17 @@ lint: venv
 airflow: airflow-db dbt-parse
 	$(ENV) $(BIN)/python scripts/standalone.py
 
-bench: env
+# The CeleryExecutor deployment of docker-compose.yaml as local processes (scripts/deployment.py).
+deploy-up: env dbt-parse
+	$(ENV) $(BIN)/python scripts/deployment.py up $(DEPLOY_ARGS)
+
+deploy-down: venv
+	$(BIN)/python scripts/deployment.py down
+
+deploy-status: venv
+	$(BIN)/python scripts/deployment.py status
+
+bench: env dbt-parse
 	$(ENV) $(BIN)/python -m bench
 
 clean:
