@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ENV := . .local/env.sh &&
 
-.PHONY: help venv env airflow-db dbt-parse demo test test-fast lint airflow deploy-up deploy-down deploy-status bench clean
+.PHONY: help venv env airflow-db dbt-parse demo test test-fast test-deployment lint airflow deploy-up deploy-down deploy-status bench clean
 
 help:
 	@echo "make demo      run the whole pipeline on the embedded demo (fake Sage, 3 companies)"
@@ -45,6 +45,10 @@ test: env dbt-parse
 	$(TEST_ENV) $(BIN)/airflow db migrate >/dev/null
 	$(TEST_ENV) $(BIN)/airflow pools set sage_api 8 "Concurrent Sage API calls, all companies" >/dev/null
 	$(TEST_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The CeleryExecutor deployment test alone: real scheduler, two workers, faults (see tests/deployment).
+test-deployment: env dbt-parse
+	$(TEST_ENV) $(BIN)/python -m pytest -m deployment $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -82,9 +82,9 @@ def _one(companies: int, workers: int, timeout: float, days: int = 2) -> dict[st
     """One deployment with ``workers`` workers; both days' figures."""
     from cryptography.fernet import Fernet  # noqa: PLC0415
 
-    from sage_sync import lifecycle  # noqa: PLC0415
-    from sage_sync.auth import new_pkce_pair  # noqa: PLC0415
-    from sage_sync.migrate import migrate  # noqa: PLC0415
+    from sage_sync.lifecycle import airflow_api, connections  # noqa: PLC0415
+    from sage_sync.sage.auth import new_pkce_pair  # noqa: PLC0415
+    from sage_sync.warehouse.migrate import migrate  # noqa: PLC0415
     from sandbox.fake_sage.server import FakeSageServer  # noqa: PLC0415
 
     suffix = uuid.uuid4().hex[:8]
@@ -113,7 +113,7 @@ def _one(companies: int, workers: int, timeout: float, days: int = 2) -> dict[st
                 "SAGE_PG_DBNAME": wh_db,
             }
             os.environ.update(values)
-            lifecycle.set_dag_paused = lambda dag_id, *, paused: False  # the deployment parses the DAGs
+            airflow_api.set_dag_paused = lambda *_, **__: False  # the deployment parses the DAGs
             t0 = time.monotonic()
             dep = deploy.up(state, workers=workers, overrides=values, migrate=True, timeout=600)
             try:
@@ -127,9 +127,9 @@ def _one(companies: int, workers: int, timeout: float, days: int = 2) -> dict[st
                         continue
                     verifier, challenge = new_pkce_pair()
                     code = sage.authorize(login_hint=business["user"], code_challenge=challenge)
-                    lifecycle.connect(code, verifier, business["id"], SYNCED_FROM)
-                    ids.append(lifecycle.dag_id_for(business["id"]))
-                day1 = _day(dep, sage, meta_dsn, ids, 1, timeout)
+                    connections.connect(code, verifier, business["id"], SYNCED_FROM)
+                    ids.append(airflow_api.dag_id_for(business["id"]))
+                day1 = _day(sage, meta_dsn, ids, 1, timeout)
                 day2: dict[str, Any] = {}
                 if days > 1:
                     # day two: a change in one company in ten, then the scheduler's clock moves a day
@@ -138,7 +138,7 @@ def _one(companies: int, workers: int, timeout: float, days: int = 2) -> dict[st
                         docs = sage.admin.records(business["id"], "purchase_invoices")
                         if docs:
                             sage.admin.update(business["id"], "purchase_invoices", docs[-1]["id"], {"notes": "edited"})
-                    day2 = _day(dep, sage, meta_dsn, ids, 2, timeout)
+                    day2 = _day(sage, meta_dsn, ids, 2, timeout)
             finally:
                 deploy.down(state)
     finally:
@@ -149,7 +149,7 @@ def _one(companies: int, workers: int, timeout: float, days: int = 2) -> dict[st
     return {"workers": workers, "companies": companies, "deploy_up_s": round(up_s, 1), "day1": day1, "day2": day2}
 
 
-def _day(dep: Any, sage: Any, meta_dsn: str, dag_ids: list[str], day: int, timeout: float) -> dict[str, Any]:
+def _day(sage: Any, meta_dsn: str, dag_ids: list[str], day: int, timeout: float) -> dict[str, Any]:
     """Make day ``day`` due (day 1: already due once parsed), wait for it and the marts; its figures."""
     sage.admin.clear_request_log()
     if day == 1:

@@ -21,6 +21,7 @@ healthy at ``/api/v2/monitor/health`` and every worker answers a Celery ping.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -178,10 +179,8 @@ def _stop_group(proc: dict[str, Any], sig: int, timeout: float) -> None:
 
 def _reap(pid: int) -> None:
     """Collect a child that exited (when this process started it), so it leaves no zombie."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def build_env(state_dir: Path, overrides: dict[str, str] | None = None) -> tuple[dict[str, str], int]:

@@ -24,9 +24,9 @@ import pytest
 from cryptography.fernet import Fernet
 from psycopg import sql
 
-from sage_sync import lifecycle
-from sage_sync.auth import new_pkce_pair
-from sage_sync.migrate import migrate
+from sage_sync.lifecycle import airflow_api, connections
+from sage_sync.sage.auth import new_pkce_pair
+from sage_sync.warehouse.migrate import migrate
 from sandbox.fake_sage.server import FakeSageServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,7 +102,7 @@ class Env:
             return conn.execute(query, params).fetchall()
 
     def dag_ids(self) -> list[str]:
-        return [lifecycle.dag_id_for(c) for c in self.companies.values()]
+        return [airflow_api.dag_id_for(c) for c in self.companies.values()]
 
 
 def _create_db(name: str, template: str | None = None) -> bool:
@@ -156,7 +156,7 @@ def denv() -> Iterator[Env]:
         for key, value in values.items():
             mp.setenv(key, value)
         # Connecting from this process must not reach into an Airflow: the deployment parses the DAGs.
-        mp.setattr(lifecycle, "set_dag_paused", lambda dag_id, *, paused: False)
+        mp.setattr(airflow_api, "set_dag_paused", lambda dag_id, *, paused: False)
         dep = deploy.up(state_dir, workers=2, overrides={**values, **OVERRIDES}, migrate=not copied,
                         pool_slots=POOL_SLOTS)
         try:
@@ -179,7 +179,7 @@ def _connect(sage: FakeSageServer, key: str) -> str:
     business = next(b for b in sage.admin.businesses() if b["key"] == key)
     verifier, challenge = new_pkce_pair()
     code = sage.authorize(login_hint=business["user"], code_challenge=challenge)
-    lifecycle.connect(code, verifier, business["id"], SYNCED_FROM)
+    connections.connect(code, verifier, business["id"], SYNCED_FROM)
     return business["id"]
 
 

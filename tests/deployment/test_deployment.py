@@ -37,7 +37,7 @@ import pytest
 from faults.kit import assert_no_doubles, assert_warehouse_matches
 from lifecycle.test_scenario import _expected_spend
 
-from sage_sync import lifecycle
+from sage_sync.lifecycle import airflow_api, connections, inputs
 
 from .conftest import EUR, LARGE, POOL_SLOTS, Env, deploy
 
@@ -169,7 +169,7 @@ class WorkerKiller:
 
     def __init__(self, env: Env) -> None:
         self.env = env
-        self.dag_id = lifecycle.dag_id_for(env.companies[LARGE])
+        self.dag_id = airflow_api.dag_id_for(env.companies[LARGE])
         self.killed: tuple[str, int] | None = None  # (worker name, try number)
         self.restarted = False
 
@@ -243,7 +243,7 @@ def test_killed_worker_task_retried_on_the_other_and_company_equals_sage(denv: E
     assert day_one["killed"] is not None, "the large sync ended before a page landed: nothing was killed"
     killed_host, killed_try = day_one["killed"]
     assert day_one["restarted"]
-    dag_id = lifecycle.dag_id_for(denv.companies[LARGE])
+    dag_id = airflow_api.dag_id_for(denv.companies[LARGE])
     tries = sorted(t[4:7] for t in _tries(denv, "dag_id = %s and task_id = 'extract_load' and map_index = %s",
                                           (dag_id, INVOICES_MAP_INDEX)))
     assert denv.meta("select rendered_map_index from task_instance where dag_id = %s and task_id = 'extract_load' "
@@ -295,12 +295,12 @@ def day_two(denv: Env, day_one: dict) -> dict:
 
     _make_next_day_due(denv, 2)
     # The disconnected company: its day-two run exists and has not imported anything yet.
-    lifecycle.disconnect(c[disconnected], pause_dag=False)  # as from a machine that reaches no Airflow
+    connections.disconnect(c[disconnected], pause_dag=False)  # as from a machine that reaches no Airflow
     # The backfill: requested while northwind's daily run holds the company's run slot.
     _wait_for(lambda: denv.wh("select 1 from sage_control.sync_runs where company_id = %s and kind = 'daily' "
                               "and status = 'running'", (c[backfilled],)), "northwind's daily run to start")
     denv.dep.airflow("dags", "trigger", "sage_backfill", "-c",
-                     json.dumps(lifecycle.backfill_conf(c[backfilled], lifecycle.parse_quarter("2023-Q4"))))
+                     json.dumps(connections.backfill_conf(c[backfilled], inputs.parse_quarter("2023-Q4"))))
     # The scheduler restarted while the day's runs go on.
     denv.dep.restart("scheduler")
     runs = _wait_day(denv, 2)
@@ -340,7 +340,7 @@ def test_day_two_is_scheduled_and_adds_only_what_changed(denv: Env, day_two: dic
 
 def test_company_disconnected_while_queued_skips_with_its_reason(denv: Env, day_two: dict) -> None:
     company = denv.companies[day_two["disconnected"]]
-    dag_id = lifecycle.dag_id_for(company)
+    dag_id = airflow_api.dag_id_for(company)
     run_id = day_two["runs"][dag_id][-1][0]
     states = dict(denv.meta("select task_id, state from task_instance where dag_id = %s and run_id = %s "
                             "and map_index < 1", (dag_id, run_id)))
