@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 
 from sage_sync import client as client_module
-from sage_sync import loader, ratelimit, registry, runs, watermarks
+from sage_sync import loader, prefetch, ratelimit, registry, runs, watermarks
 from sage_sync.auth import OAuthClient, TokenManager
 from sage_sync.client import SageClient
 from sage_sync.config import SageSettings, sage_settings, warehouse_dsn
@@ -272,7 +272,8 @@ def _sync_list(
     since = mark.updated_since - OVERLAP if (stream.incremental and mark and mark.updated_since) else None
     from_date = company.synced_from.start_date if stream.date_filtered else None
     if stream.sortable and stream.incremental:
-        return _read_by_cursor(conn, client, stream, company.company_id, sync_run_id, since, from_date)
+        with prefetch.CursorReadAhead(client) as ahead:  # page n + 1 is fetched while page n loads
+            return _read_by_cursor(conn, ahead, stream, company.company_id, sync_run_id, since, from_date)
     params = list_params(stream, updated_since=since, from_date=from_date)
     return _read_window(conn, client, stream, company, sync_run_id, params, move_watermark=True)
 
