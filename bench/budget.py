@@ -19,13 +19,13 @@ import time
 from bench.common import Result, connect_company, scratch_db
 
 LIMIT = 12.0  # requests a second in the live test (Sage's own app limit is 15/s)
-BURST = 30.0  # the deployed limiter's burst (sage_sync.ratelimit.shared_limiter)
+BURST = 30.0  # the deployed limiter's burst (sage_sync.warehouse.ratelimit.shared_limiter)
 
 
 def _sync_all(sage, companies: list[str], rate_limit: str) -> tuple[float, int, list]:
     """The companies' syncs at once, with ``SAGE_RATE_LIMIT_PER_S`` = ``rate_limit``: the limiter is
     wired the way a deployment gets it (``sync.make_client``), not patched in."""
-    from sage_sync import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync  # noqa: PLC0415
 
     os.environ["SAGE_RATE_LIMIT_PER_S"] = rate_limit
     outcomes: list = []
@@ -50,7 +50,7 @@ def _sync_all(sage, companies: list[str], rate_limit: str) -> tuple[float, int, 
 
 
 def run(requests_per_1000: float | None = None) -> Result:
-    from sage_sync.ratelimit import SAGE_DAILY_LIMIT, initial_syncs_per_day  # noqa: PLC0415
+    from sage_sync.warehouse.ratelimit import SAGE_DAILY_LIMIT, initial_syncs_per_day  # noqa: PLC0415
     from sandbox.fake_sage.server import FakeSageServer  # noqa: PLC0415
 
     per_1000 = requests_per_1000 or 5.1

@@ -43,7 +43,7 @@ class Result:
 @contextmanager
 def scratch_db(prefix: str = "sage_bench") -> Iterator[str]:
     """A new, migrated database on the configured server, dropped afterwards."""
-    from sage_sync.migrate import migrate  # noqa: PLC0415
+    from sage_sync.warehouse.migrate import migrate  # noqa: PLC0415
 
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
@@ -77,10 +77,10 @@ def connect_company(sage: Any, dsn: str, key: str) -> str:
     ensure_fernet()
     os.environ.update(warehouse_env(dsn))
     os.environ["AIRFLOW_CONN_SAGE_DEFAULT"] = sage.airflow_conn_json()
-    from sage_sync.auth import OAuthClient, new_pkce_pair  # noqa: PLC0415
-    from sage_sync.cli import connect_company as connect  # noqa: PLC0415
-    from sage_sync.config import sage_settings  # noqa: PLC0415
-    from sage_sync.quarters import Quarter  # noqa: PLC0415
+    from sage_sync.core.config import sage_settings  # noqa: PLC0415
+    from sage_sync.core.quarters import Quarter  # noqa: PLC0415
+    from sage_sync.lifecycle.connections import connect_company as connect  # noqa: PLC0415
+    from sage_sync.sage.auth import OAuthClient, new_pkce_pair  # noqa: PLC0415
 
     found = next(b for b in sage.admin.businesses() if b["key"] == key)
     verifier, challenge = new_pkce_pair()

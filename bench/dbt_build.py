@@ -44,7 +44,7 @@ def _slowest(tmp: str, n: int = 5) -> dict[str, float]:
 
 
 def run(scale: int = 500_000) -> Result:
-    from sage_sync import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync  # noqa: PLC0415
     from sandbox.fake_sage.server import FakeSageServer  # noqa: PLC0415
 
     changed = max(1, scale // 500)

@@ -20,7 +20,7 @@ from bench.common import ROOT, Result, connect_company, scratch_db, warehouse_en
 
 CHILD = """
 import json, resource, sys, time
-from sage_sync import sync
+from sage_sync.pipeline import sync
 company = sys.argv[1]
 t = time.perf_counter()
 sync.run_company(company)
@@ -72,7 +72,7 @@ def _one(invoices: int, latency_ms: int) -> dict:
                 "deletions"))
             invoices_landed = conn.execute("select count(*) from sage_raw.purchase_invoices").fetchone()[0]
         list_requests = [r for r in log if "deleted_since" not in r["query"]]
-        from sage_sync.token_store import PostgresTokenStore  # noqa: PLC0415
+        from sage_sync.warehouse.token_store import PostgresTokenStore  # noqa: PLC0415
 
         token = PostgresTokenStore(dsn).load(company).access_token
         bare_count, bare_s = _bare_fetch(sage, company, token)

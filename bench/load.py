@@ -78,7 +78,7 @@ def _bare_copy(conn: psycopg.Connection, company: str, run_id: str, page: list[d
 
 
 def run(records: int = 1_000_000) -> Result:
-    from sage_sync import loader  # noqa: PLC0415
+    from sage_sync.warehouse import loader  # noqa: PLC0415
 
     rng = random.Random(5)
     project, baseline = Timer(), Timer()
@@ -96,9 +96,8 @@ def run(records: int = 1_000_000) -> Result:
             order = (0, 1) if p % 2 == 0 else (1, 0)
             for side in order:
                 if side == 0:
-                    with project():
-                        with conn.transaction():
-                            loader.load_records(conn, "purchase_invoices", "bench-co", "bench-run", page)
+                    with project(), conn.transaction():
+                        loader.load_records(conn, "purchase_invoices", "bench-co", "bench-run", page)
                 else:
                     with baseline():
                         _bare_copy(conn, "bench-co", "bench-run", page)

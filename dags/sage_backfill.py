@@ -19,19 +19,19 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, Asset, Param, task
+from airflow.sdk import DAG, Param, get_parsing_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from sage_sync.dag_companies import companies_for_dags
-
-SAGE_RAW_ASSET = Asset(name="sage_raw", uri="x-sage://warehouse/sage_raw")
-POOL = "sage_api"
-DOCUMENT_STREAMS = ["purchase_invoices", "purchase_credit_notes", "purchase_quick_entries", "other_payments"]
-QUARTER_PATTERN = r"^[0-9]{4}-Q[1-4]$"
+from sage_sync.core.quarters import QUARTER_PATTERN
+from sage_sync.lifecycle.airflow_api import BACKFILL_DAG_ID, POOL, sage_raw_asset
+from sage_sync.sage.streams import DOCUMENT_STREAMS
+from sage_sync.warehouse.snapshot import companies_for_dags
 
 
 def _company_param() -> Param:
-    companies = companies_for_dags()
+    # The list of companies is for the trigger form; a task run (parsing context set) skips the
+    # registry read and checks the company in `validate` instead.
+    companies = [] if get_parsing_context().dag_id is not None else companies_for_dags()
     if not companies:
         # No registry (yet): a free-text id, checked by `validate` at run time.
         return Param("", type="string", minLength=1, title="Company",
@@ -48,7 +48,8 @@ def _company_param() -> Param:
 @task(retries=3, retry_delay=timedelta(minutes=10))
 def validate(**context) -> str:
     """Refuse a bad request before anything changes, then open the backfill run."""
-    from sage_sync import lifecycle, sync  # noqa: PLC0415 - keep DAG parsing free of the sync stack
+    from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415 - keep DAG parsing free of the sync stack
+    from sage_sync.pipeline import sync  # noqa: PLC0415
 
     params = context["params"]
     try:
@@ -61,7 +62,7 @@ def validate(**context) -> str:
 @task(pool=POOL)
 def refresh_auth(sync_run_id: str, **context) -> None:
     """Make sure the grant is alive before reading Sage."""
-    from sage_sync import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync  # noqa: PLC0415
 
     sync.check_auth(context["params"]["company_id"], sync_run_id)
 
@@ -69,16 +70,16 @@ def refresh_auth(sync_run_id: str, **context) -> None:
 @task(pool=POOL)
 def backfill(stream: str, sync_run_id: str, **context) -> dict:
     """Read one document stream's older window into sage_raw (new versions only)."""
-    from sage_sync import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync  # noqa: PLC0415
 
     params = context["params"]
     return sync.backfill_stream(params["company_id"], stream, sync_run_id, params["synced_from"])
 
 
-@task(outlets=[SAGE_RAW_ASSET])
+@task(outlets=[sage_raw_asset()])
 def finish(sync_run_id: str, **context) -> None:
     """Close the run and move Synced From in one transaction; the outlet schedules the transform."""
-    from sage_sync import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync  # noqa: PLC0415
 
     params = context["params"]
     sync.finish_backfill(params["company_id"], sync_run_id, params["synced_from"])
@@ -87,7 +88,7 @@ def finish(sync_run_id: str, **context) -> None:
 @task(trigger_rule="one_failed", retries=0)
 def record_failure(**context) -> None:
     """Close the run as failed; Synced From stays where it was."""
-    from sage_sync import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync  # noqa: PLC0415
 
     params = context["params"]
     sync.finish_run(params["company_id"], sync.run_key(params["company_id"], context["run_id"]),
@@ -95,7 +96,7 @@ def record_failure(**context) -> None:
 
 
 with DAG(
-    dag_id="sage_backfill",
+    dag_id=BACKFILL_DAG_ID,
     dag_display_name="Sage backfill: move Synced From earlier",
     description="Imports a company's older documents and moves its Synced From earlier",
     doc_md=__doc__,
@@ -108,13 +109,13 @@ with DAG(
     tags=["sage", "backfill"],
     params={
         "company_id": _company_param(),
-        "synced_from": Param("2024-Q1", type="string", pattern=QUARTER_PATTERN, title="New Synced From",
+        "synced_from": Param("2024-Q1", type="string", pattern=f"^{QUARTER_PATTERN}$", title="New Synced From",
                              description="A quarter earlier than the company's current Synced From, e.g. 2023-Q3"),
     },
 ) as dag:
     run_id = validate()
     auth = refresh_auth(run_id)
-    loads = [backfill.override(task_id=f"backfill_{stream}")(stream, run_id) for stream in DOCUMENT_STREAMS]
+    loads = [backfill.override(task_id=f"backfill_{stream.name}")(stream.name, run_id) for stream in DOCUMENT_STREAMS]
     done = finish(run_id)
     failed = record_failure()
     auth >> loads  # type: ignore[operator]

@@ -10,21 +10,20 @@ the `sage_raw` Asset that schedules `sage_transform` (dbt).
 Nothing is ever written back to Sage. Re-running a run, or one of its tasks, adds no duplicate:
 unchanged records add no version and watermarks only move with the rows they cover.
 All Sage calls from every company share the `sage_api` pool.
+
+A task run builds only its own company's DAG (`get_parsing_context()`), and the registry is read
+once per parse of this file (a snapshot stands in when the warehouse is unreachable).
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, Asset, task
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk import DAG, get_parsing_context, task
 
-from sage_sync.dag_companies import DagCompany, companies_for_dags
-
-SAGE_RAW_ASSET = Asset(name="sage_raw", uri="x-sage://warehouse/sage_raw")
-POOL = "sage_api"
-REFERENCE_STREAMS = ["businesses", "financial_settings", "ledger_accounts", "tax_rates", "contacts"]
-DOCUMENT_STREAMS = ["purchase_invoices", "purchase_credit_notes", "purchase_quick_entries", "other_payments"]
+from sage_sync.lifecycle.airflow_api import DAG_ID_PREFIX, POOL, dag_id_for, sage_raw_asset, skips_disconnected
+from sage_sync.sage.streams import STREAMS
+from sage_sync.warehouse.snapshot import DagCompany, companies_for_dags
 
 default_args = {
     "owner": "data-engineering",
@@ -35,68 +34,62 @@ default_args = {
 
 
 @task
+@skips_disconnected
 def check_connection(company_id: str, **context) -> str:
     """Open this run's audit row; skip (with the reason) when the company is disconnected."""
-    from sage_sync import sync  # noqa: PLC0415 - keep DAG parsing free of the sync stack
+    from sage_sync.pipeline import sync  # noqa: PLC0415 - keep DAG parsing free of the sync stack
 
     # A backfill or reset of the same company still running raises RunInProgress: the task fails
     # and Airflow retries it later, so the two never import at once.
-    try:
-        return sync.begin_run(company_id, airflow_run_id=context["run_id"], kind="daily")
-    except sync.CompanySkipped as skipped:
-        raise AirflowSkipException(str(skipped)) from skipped
+    return sync.begin_run(company_id, airflow_run_id=context["run_id"], kind="daily")
 
 
 @task(pool=POOL)
-def refresh_auth(company_id: str, **context) -> None:
-    """Make sure the grant is alive (and rotated tokens stored) before any extraction."""
-    from sage_sync import sync  # noqa: PLC0415
+@skips_disconnected
+def refresh_auth(company_id: str, sync_run_id: str) -> str:
+    """Make sure the grant is alive (and rotated tokens stored) before any extraction; passes the run id on."""
+    from sage_sync.pipeline import sync  # noqa: PLC0415
 
-    try:
-        sync.check_auth(company_id, sync.run_key(company_id, context["run_id"]))
-    except sync.CompanySkipped as skipped:  # disconnected while this run was under way
-        raise AirflowSkipException(str(skipped)) from skipped
+    sync.check_auth(company_id, sync_run_id)
+    return sync_run_id
 
 
 # One task mapped over the streams rather than one task per stream: the UI still shows one
 # instance per stream (named by map_index_template), and a 1,000-company deployment parses in
 # a fraction of the time, since building operators is what DAG parsing spends its time on.
 @task(pool=POOL, map_index_template="{{ stream }}")
-def extract_load(company_id: str, stream: str, **context) -> dict:
+@skips_disconnected
+def extract_load(company_id: str, stream: str, sync_run_id: str, **context) -> dict:
     """Extract one stream since its watermark and append new versions to sage_raw."""
-    from sage_sync import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync  # noqa: PLC0415
 
     context["stream"] = stream  # names this mapped instance in the UI
-    try:
-        return sync.sync_stream(company_id, stream, sync.run_key(company_id, context["run_id"]))
-    except sync.CompanySkipped as skipped:
-        raise AirflowSkipException(str(skipped)) from skipped
+    return sync.sync_stream(company_id, stream, sync_run_id)
 
 
 @task(pool=POOL)
-def record_deletions(company_id: str, **context) -> dict:
+@skips_disconnected
+def record_deletions(company_id: str, sync_run_id: str) -> dict:
     """Read Sage's deleted_since feed, plus an id reconciliation sweep after a reconnect or weekly."""
-    from sage_sync import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync  # noqa: PLC0415
 
-    try:
-        return sync.sync_deletions(company_id, sync.run_key(company_id, context["run_id"]))
-    except sync.CompanySkipped as skipped:
-        raise AirflowSkipException(str(skipped)) from skipped
+    return sync.sync_deletions(company_id, sync_run_id)
 
 
-@task(outlets=[SAGE_RAW_ASSET])
-def finish(company_id: str, **context) -> None:
+@task(outlets=[sage_raw_asset()])
+def finish(company_id: str, sync_run_id: str) -> None:
     """Close the audit row as a success; the outlet tells sage_transform there is new data."""
-    from sage_sync import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync  # noqa: PLC0415
 
-    sync.finish_run(company_id, sync.run_key(company_id, context["run_id"]), status="success")
+    sync.finish_run(company_id, sync_run_id, status="success")
 
 
 @task(trigger_rule="one_failed", retries=0)
 def record_failure(company_id: str, **context) -> None:
     """Close the audit row as failed so `status` and the health model show it."""
-    from sage_sync import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync  # noqa: PLC0415
 
+    # No XCom to read here: check_connection itself may be the task that failed.
     sync.finish_run(
         company_id, sync.run_key(company_id, context["run_id"]), status="failed",
         error="a task of this run failed; see its log in Airflow",
@@ -106,7 +99,7 @@ def record_failure(company_id: str, **context) -> None:
 def build_company_dag(company: DagCompany) -> DAG:
     """The daily DAG of one company."""
     with DAG(
-        dag_id=f"sage_sync__{company.company_id}",
+        dag_id=dag_id_for(company.company_id),
         dag_display_name=f"Sage sync: {company.company_name}",
         description=f"Daily one-way sync of {company.company_name}'s Sage spend into the warehouse",
         doc_md=__doc__,
@@ -122,16 +115,25 @@ def build_company_dag(company: DagCompany) -> DAG:
     ) as dag:
         company_id = company.company_id
         checked = check_connection(company_id)
-        auth = refresh_auth(company_id)
-        loads = extract_load.partial(company_id=company_id).expand(stream=REFERENCE_STREAMS + DOCUMENT_STREAMS)
-        deletions = record_deletions(company_id)
-        done = finish(company_id)
+        # The run id flows as XCom: check_connection -> refresh_auth -> the loads, deletions, finish.
+        auth = refresh_auth(company_id, checked)
+        loads = extract_load.partial(company_id=company_id, sync_run_id=auth).expand(stream=list(STREAMS))
+        deletions = record_deletions(company_id, auth)
+        done = finish(company_id, auth)
         failed = record_failure(company_id)
-        checked >> auth >> loads  # type: ignore[operator]
         loads >> deletions >> done  # type: ignore[operator]
         [checked, auth, loads, deletions] >> failed  # type: ignore[operator]
     return dag
 
 
-for _company in companies_for_dags():
-    globals()[f"sage_sync__{_company.company_id}"] = build_company_dag(_company)
+def _companies_to_build() -> list[DagCompany]:
+    """Every company when the scheduler parses; only the one being run when a task runs."""
+    running = get_parsing_context().dag_id
+    if running is not None and not running.startswith(DAG_ID_PREFIX):
+        return []  # a task of another DAG: no registry read at all
+    companies = companies_for_dags()
+    return [c for c in companies if running is None or dag_id_for(c.company_id) == running]
+
+
+for _company in _companies_to_build():
+    globals()[dag_id_for(_company.company_id)] = build_company_dag(_company)

@@ -17,15 +17,17 @@ import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import DAG, Asset
+from airflow.sdk import DAG
 
-SAGE_RAW_ASSET = Asset(name="sage_raw", uri="x-sage://warehouse/sage_raw")
+from sage_sync.lifecycle.airflow_api import TRANSFORM_DAG_ID, sage_raw_asset
+
+SAGE_RAW_ASSET = sage_raw_asset()
 DBT_PROJECT = Path(os.environ.get("SAGE_DBT_PROJECT_DIR", Path(__file__).resolve().parent.parent / "dbt"))
 MANIFEST = DBT_PROJECT / "target" / "manifest.json"
 DBT_EXECUTABLE = os.environ.get("SAGE_DBT_EXECUTABLE", str(Path(sys.executable).parent / "dbt"))
 
 DAG_ARGS = {
-    "dag_id": "sage_transform",
+    "dag_id": TRANSFORM_DAG_ID,
     "dag_display_name": "Sage transform (dbt)",
     "description": "Builds the analyst models from the raw Sage tables",
     "doc_md": __doc__,

@@ -23,9 +23,9 @@ from tabulate import tabulate
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
 
-from sage_sync.auth import OAuthClient, new_pkce_pair  # noqa: E402
-from sage_sync.config import sage_settings, warehouse_dsn  # noqa: E402
-from sage_sync.migrate import migrate  # noqa: E402
+from sage_sync.core.config import sage_settings, warehouse_dsn  # noqa: E402
+from sage_sync.sage.auth import OAuthClient, new_pkce_pair  # noqa: E402
+from sage_sync.warehouse.migrate import migrate  # noqa: E402
 from sandbox.fake_sage.server import FakeSageServer  # noqa: E402
 
 REDIRECT_URI = "http://localhost:8080/sage/callback"

@@ -36,7 +36,7 @@ def _configured() -> str | None:
         return os.environ["SAGE_PG_URL"]
     if os.environ.get("AIRFLOW_CONN_SAGE_WAREHOUSE"):
         sys.path.insert(0, str(ROOT / "plugins"))
-        from sage_sync.config import get_connection  # noqa: PLC0415
+        from sage_sync.core.config import get_connection  # noqa: PLC0415
 
         conn = get_connection("sage_warehouse")
         user = conn.login or "postgres"

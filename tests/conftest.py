@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from sage_sync.migrate import migrate
+from sage_sync.warehouse.migrate import migrate
 
 ADMIN_URL = os.environ.get("SAGE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 

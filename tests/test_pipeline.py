@@ -17,9 +17,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from sage_sync.auth import OAuthClient, new_pkce_pair
-from sage_sync.config import sage_settings
-from sage_sync.token_store import PostgresTokenStore
+from sage_sync.core.config import sage_settings
+from sage_sync.sage.auth import OAuthClient, new_pkce_pair
+from sage_sync.warehouse.token_store import PostgresTokenStore
 from sandbox.fake_sage.server import FakeSageServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,7 +157,7 @@ def _assert_no_token_in_task_logs(outputs: list[str], log_folder: Path, token_pa
     texts = [*outputs, *(f.read_text(errors="replace") for f in sorted(log_folder.rglob("*")) if f.is_file())]
     everything = "\n".join(texts)
     # The logs really are the task logs (else this test could not fail): our tasks and our code logged.
-    assert "extract_load" in everything and "sage_sync.sync" in everything, everything[-2000:]
+    assert "extract_load" in everything and "sage_sync.pipeline.sync" in everything, everything[-2000:]
     assert len(set(token_pairs)) >= 2  # the runs rotated the grant: several pairs to look for
     tokens = {t for pair in token_pairs for t in pair}
     assert all(len(t) >= 80 for t in tokens)

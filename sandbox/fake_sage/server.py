@@ -205,7 +205,7 @@ class FakeSageServer:
         """Start the subprocess and wait until ``/_admin/health`` answers."""
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-        self._log = tempfile.TemporaryFile()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - the server's log lives as long as the server
         self._process = subprocess.Popen(self.command(), cwd=REPO_ROOT, env=env,  # noqa: S603
                                          stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.startup_timeout

@@ -13,6 +13,7 @@ Screenshots of every step are saved in the test's tmp dir (printed with ``-s`` /
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -157,10 +158,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         return
     except subprocess.TimeoutExpired:
         pass
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)  # components that outlived standalone, too
-    except ProcessLookupError:
-        pass
     process.wait(10)
 
 

@@ -24,8 +24,8 @@ def sage() -> Iterator[FakeSageServer]:
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Every retry delay the client and the OAuth client asked for, without waiting."""
     delays: list[float] = []
-    monkeypatch.setattr("sage_sync.client._sleep", delays.append)
-    monkeypatch.setattr("sage_sync.auth._sleep", delays.append)
+    monkeypatch.setattr("sage_sync.sage.client._sleep", delays.append)
+    monkeypatch.setattr("sage_sync.sage.auth._sleep", delays.append)
     return delays
 
 

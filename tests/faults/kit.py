@@ -14,10 +14,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from sage_sync.auth import OAuthClient, new_pkce_pair
-from sage_sync.client import SageClient
-from sage_sync.config import sage_settings
-from sage_sync.quarters import Quarter
+from sage_sync.core.config import sage_settings
+from sage_sync.core.quarters import Quarter
+from sage_sync.sage.auth import OAuthClient, new_pkce_pair
+from sage_sync.sage.client import SageClient
 from sandbox.fake_sage.server import FakeSageServer
 
 DOCUMENTS = ("purchase_invoices", "purchase_credit_notes", "purchase_quick_entries", "other_payments")
@@ -41,7 +41,7 @@ def business(sage: FakeSageServer, key: str) -> dict[str, Any]:
 
 def connect(sage: FakeSageServer, key: str = "greenleaf") -> str:
     """Connect the fake business ``key`` through the real authorise + PKCE code exchange."""
-    from sage_sync.cli import connect_company  # noqa: PLC0415 - needs the env set first
+    from sage_sync.lifecycle.connections import connect_company  # noqa: PLC0415 - needs the env set first
 
     found = business(sage, key)
     verifier, challenge = new_pkce_pair()
@@ -105,7 +105,7 @@ def assert_no_doubles(conn: psycopg.Connection, company_id: str) -> None:
 def assert_watermark_not_ahead(sage: FakeSageServer, conn: psycopg.Connection, company_id: str,
                                stream: str) -> None:
     """Every record Sage holds at or below the stream's watermark is already in the warehouse."""
-    from sage_sync import watermarks  # noqa: PLC0415
+    from sage_sync.warehouse import watermarks  # noqa: PLC0415
 
     mark = watermarks.get_watermarks(conn, company_id).get(stream)
     if mark is None or mark.updated_since is None:

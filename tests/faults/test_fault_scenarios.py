@@ -23,8 +23,10 @@ from faults.kit import (
     hook_pages,
     version_counts,
 )
-from sage_sync import sync, watermarks
-from sage_sync.errors import RateLimited, ReauthorizationRequired, TransientError
+from sage_sync.core.errors import RateLimited, ReauthorizationRequired, TransientError
+from sage_sync.pipeline import env as run_env
+from sage_sync.pipeline import sync
+from sage_sync.warehouse import watermarks
 from sandbox.fake_sage.server import FakeSageServer
 
 INVOICES = "/purchase_invoices"
@@ -146,8 +148,8 @@ def test_pages_committed_before_a_failure_survive_it(sage: FakeSageServer, env: 
 def test_read_timeouts_are_retried(sage: FakeSageServer, env: psycopg.Connection,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     company = connect(sage)
-    original = sync.make_client
-    monkeypatch.setattr(sync, "make_client", lambda e, c, **kw: original(e, c, timeout=(2, 0.3), **kw))
+    original = run_env.make_client
+    monkeypatch.setattr(run_env, "make_client", lambda e, c, **kw: original(e, c, timeout=(2, 0.3), **kw))
 
     def after(path: str, index: int, _page: Any) -> None:
         if path == INVOICES and index == 1:
@@ -288,7 +290,7 @@ def test_invalid_grant_marks_only_that_company_needs_reauth_and_loses_nothing(
 
 def _airflow_like_run(company: str, airflow_run_id: str) -> None:
     """The company DAG's steps under one Airflow run id (a task retry re-opens the same run row)."""
-    from sage_sync.streams import STREAMS  # noqa: PLC0415
+    from sage_sync.sage.streams import STREAMS  # noqa: PLC0415
 
     run_id = sync.begin_run(company, airflow_run_id=airflow_run_id, kind="daily")
     sync.check_auth(company, run_id)

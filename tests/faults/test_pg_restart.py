@@ -33,8 +33,9 @@ from faults.kit import (
     version_counts,
 )
 from faults.test_fault_scenarios import _airflow_like_run
-from sage_sync import sync, watermarks
-from sage_sync.migrate import migrate
+from sage_sync.pipeline import sync
+from sage_sync.warehouse import watermarks
+from sage_sync.warehouse.migrate import migrate
 from sandbox.fake_sage.server import FakeSageServer
 from scripts.localpg import _as_postgres_user, _pg_bin
 

@@ -9,8 +9,8 @@ from datetime import date
 import psycopg
 import pytest
 
-from sage_sync import lifecycle
-from sage_sync.auth import new_pkce_pair
+from sage_sync.lifecycle import airflow_api
+from sage_sync.sage.auth import new_pkce_pair
 from sandbox.fake_sage.server import FakeSageServer
 
 DOCUMENTS = ["purchase_invoices", "purchase_credit_notes", "purchase_quick_entries", "other_payments"]
@@ -39,7 +39,7 @@ def lenv(sage: FakeSageServer, warehouse: psycopg.Connection, pg_dsn: str, ferne
         pauses.append((dag_id, paused))
         return True
 
-    monkeypatch.setattr(lifecycle, "set_dag_paused", record)
+    monkeypatch.setattr(airflow_api, "set_dag_paused", record)
     return {"paused": pauses}
 
 

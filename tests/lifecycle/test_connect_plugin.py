@@ -16,19 +16,20 @@ import requests
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from sage_sync import sync
+from sage_sync.lifecycle import airflow_api
+from sage_sync.pipeline import sync
 from sandbox.fake_sage.server import FakeSageServer
 
 from .conftest import business_id
 
-plugin = pytest.importorskip("sage_connect_plugin")
+plugin = pytest.importorskip("sage_sync.web.app")
 
 
 @pytest.fixture
 def client(lenv: dict, monkeypatch: pytest.MonkeyPatch) -> TestClient:
     triggered: list = []
     monkeypatch.setattr(plugin, "_require_editor", lambda user: None)
-    monkeypatch.setattr(plugin, "_trigger", lambda dag_id, conf, user: triggered.append((dag_id, conf)) or "run-1")
+    monkeypatch.setattr(airflow_api, "trigger", lambda dag_id, conf, user: triggered.append((dag_id, conf)) or "run-1")
     parent = FastAPI()
     parent.mount("/sage", plugin.app)
     plugin.app.dependency_overrides[plugin.current_user] = lambda: "tester"

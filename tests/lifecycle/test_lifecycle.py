@@ -15,11 +15,12 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from sage_sync import lifecycle, sync
-from sage_sync.cli import main
-from sage_sync.errors import ReauthorizationRequired
-from sage_sync.quarters import Quarter
-from sage_sync.streams import STREAMS
+from sage_sync.cli.commands import main
+from sage_sync.core.errors import ReauthorizationRequired
+from sage_sync.core.quarters import Quarter
+from sage_sync.lifecycle import connections as lifecycle
+from sage_sync.pipeline import deletions, sync
+from sage_sync.sage.streams import STREAMS
 from sandbox.fake_sage.server import FakeSageServer
 
 from .conftest import DOCUMENTS, business_id, current, deleted, expected, fresh_code, latest
@@ -155,9 +156,9 @@ def test_reconciliation_sweep_finds_deletions_the_feed_forgot(
     run_id = sync.begin_run(company)
     sage.admin.clear_request_log()
     with sync.make_client(sync.SyncEnv.from_config(), company) as client:
-        from sage_sync import registry  # noqa: PLC0415
+        from sage_sync.warehouse import registry  # noqa: PLC0415
 
-        found = sync.reconcile_deletions(warehouse, client, registry.get_company(warehouse, company), run_id)
+        found = deletions.reconcile_deletions(warehouse, client, registry.get_company(warehouse, company), run_id)
     assert found["other_payments"] == 1
     swept = {k for k, v in deleted(warehouse, "other_payments", company).items() if v == "reconciliation"}
     assert swept == {docs[0]}
@@ -197,7 +198,7 @@ def test_backfill_moves_synced_from_and_keeps_unchanged_records(
 
 def test_failed_backfill_leaves_synced_from_and_can_be_rerun(
         sage: FakeSageServer, lenv: dict, warehouse: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("sage_sync.client.time.sleep", lambda _s: None)
+    monkeypatch.setattr("sage_sync.sage.client.time.sleep", lambda _s: None)
     company = _connect(sage)
     sync.run_company(company)
     sage.admin.add_fault("500", path="/other_payments", count=20)

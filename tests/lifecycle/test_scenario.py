@@ -19,7 +19,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from sage_sync import lifecycle, sync
+from sage_sync.lifecycle import airflow_api
+from sage_sync.lifecycle import connections as lifecycle
+from sage_sync.pipeline import sync
 from sandbox.fake_sage.server import FakeSageServer
 
 from .conftest import business_id, fresh_code
@@ -38,7 +40,7 @@ def sage() -> Iterator[FakeSageServer]:
 @pytest.fixture
 def env(airflow_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """The shared Airflow/dbt environment (tests/conftest.py); DAG pausing is not this test's business."""
-    monkeypatch.setattr(lifecycle, "set_dag_paused", lambda dag_id, *, paused: False)
+    monkeypatch.setattr(airflow_api, "set_dag_paused", lambda dag_id, *, paused: False)
     return airflow_env
 
 

@@ -15,10 +15,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from sage_sync.auth import OAuthClient, TokenManager, fingerprint, new_pkce_pair
-from sage_sync.config import SageSettings
-from sage_sync.errors import OAuthError, ReauthorizationRequired
-from sage_sync.tokens import MemoryTokenStore, TokenSet
+from sage_sync.core.config import SageSettings
+from sage_sync.core.errors import OAuthError, ReauthorizationRequired
+from sage_sync.sage.auth import OAuthClient, TokenManager, fingerprint, new_pkce_pair
+from sage_sync.sage.tokens import MemoryTokenStore, TokenSet
 from sandbox.fake_sage.server import FakeSageServer
 
 REDIRECT = "http://localhost:8080/sage/callback"

@@ -16,10 +16,8 @@ import requests
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
-from sage_sync.auth import OAuthClient, TokenManager
-from sage_sync.client import SageClient, join_url, parse_retry_after
-from sage_sync.config import SageSettings
-from sage_sync.errors import (
+from sage_sync.core.config import SageSettings
+from sage_sync.core.errors import (
     BusinessMismatch,
     InvalidResponse,
     RateLimited,
@@ -28,9 +26,11 @@ from sage_sync.errors import (
     SubscriptionInactive,
     TransientError,
 )
-from sage_sync.money import to_decimal
-from sage_sync.streams import STREAMS, deleted_params, list_params
-from sage_sync.tokens import MemoryTokenStore
+from sage_sync.sage.auth import OAuthClient, TokenManager
+from sage_sync.sage.client import SageClient, join_url, parse_retry_after
+from sage_sync.sage.money import to_decimal
+from sage_sync.sage.streams import STREAMS, deleted_params, list_params
+from sage_sync.sage.tokens import MemoryTokenStore
 from sandbox.fake_sage.server import FakeSageServer
 
 API = "https://api.accounting.sage.com/v3.1"

@@ -3,8 +3,8 @@
 import pytest
 from cryptography.fernet import Fernet
 
-from sage_sync import crypto
-from sage_sync.config import ConfigError
+from sage_sync.core import crypto
+from sage_sync.core.config import ConfigError
 
 
 def test_round_trip(fernet_key: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from sage_sync.loader import LoadResult, content_hash, load_records, record_deletions
+from sage_sync.warehouse.loader import LoadResult, content_hash, load_records, record_deletions
 
 STREAM = "purchase_invoices"
 CO = "biz-1"

@@ -2,7 +2,7 @@
 
 import psycopg
 
-from sage_sync.migrate import migrate
+from sage_sync.warehouse.migrate import migrate
 
 
 def _schema_snapshot(conn: psycopg.Connection) -> list[tuple]:

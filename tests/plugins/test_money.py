@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from sage_sync.money import to_decimal
+from sage_sync.sage.money import to_decimal
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from sage_sync.client import Page
-from sage_sync.prefetch import CursorReadAhead, ReadAhead
+from sage_sync.sage.client import Page
+from sage_sync.sage.prefetch import CursorReadAhead, ReadAhead
 
 
 def _wait_for(predicate: Any, timeout: float = 5.0) -> None:

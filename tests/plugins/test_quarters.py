@@ -4,7 +4,7 @@ from datetime import date, datetime
 
 import pytest
 
-from sage_sync.quarters import Quarter
+from sage_sync.core.quarters import Quarter
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from sage_sync import config, ratelimit
-from sage_sync.ratelimit import PostgresRateLimiter, RateLimitTimeout
+from sage_sync.core import config
+from sage_sync.warehouse import ratelimit
+from sage_sync.warehouse.ratelimit import PostgresRateLimiter, RateLimitTimeout
 
 ADMIN_URL = os.environ.get("SAGE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -178,7 +179,7 @@ def test_a_role_not_granted_the_table_sends_unmetered_not_fails(
     dsn, _role = app_role  # usage on the schema, nothing on the table (granted before it existed)
     waits: list[float] = []
     limiter = _limiter(limiters, dsn, waits, rate=15.0)
-    with caplog.at_level("DEBUG", logger="sage_sync.ratelimit"):
+    with caplog.at_level("DEBUG", logger="sage_sync.warehouse.ratelimit"):
         for _ in range(3):
             limiter.acquire()
     assert limiter.granted == 0 and waits == []

@@ -3,8 +3,8 @@
 import psycopg
 import pytest
 
-from sage_sync.quarters import Quarter
-from sage_sync.registry import (
+from sage_sync.core.quarters import Quarter
+from sage_sync.warehouse.registry import (
     UnknownCompanyError,
     get_company,
     list_companies,
@@ -12,7 +12,7 @@ from sage_sync.registry import (
     register_company,
     set_status,
 )
-from sage_sync.runs import finish_run, start_run
+from sage_sync.warehouse.runs import finish_run, start_run
 
 
 def _events(conn: psycopg.Connection, company_id: str) -> list[tuple[str, dict]]:

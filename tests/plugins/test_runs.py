@@ -6,8 +6,8 @@ import uuid
 import psycopg
 import pytest
 
-from sage_sync.registry import register_company
-from sage_sync.runs import (
+from sage_sync.warehouse.registry import register_company
+from sage_sync.warehouse.runs import (
     UnknownRunError,
     add_stream_stats,
     finish_run,

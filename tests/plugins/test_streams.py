@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
-from sage_sync.streams import (
+from sage_sync.sage.streams import (
     DOCUMENT_STREAMS,
     REFERENCE_STREAMS,
     STREAMS,

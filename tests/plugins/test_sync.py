@@ -15,13 +15,15 @@ from datetime import date
 import psycopg
 import pytest
 
-from sage_sync import config, ratelimit, sync
-from sage_sync.auth import OAuthClient, new_pkce_pair
-from sage_sync.cli import connect_company
-from sage_sync.config import sage_settings
-from sage_sync.errors import ReauthorizationRequired
-from sage_sync.quarters import Quarter
-from sage_sync.token_store import PostgresTokenStore
+from sage_sync.core import config
+from sage_sync.core.config import sage_settings
+from sage_sync.core.errors import ReauthorizationRequired
+from sage_sync.core.quarters import Quarter
+from sage_sync.lifecycle.connections import connect_company
+from sage_sync.pipeline import sync
+from sage_sync.sage.auth import OAuthClient, new_pkce_pair
+from sage_sync.warehouse import ratelimit
+from sage_sync.warehouse.token_store import PostgresTokenStore
 from sandbox.fake_sage.server import FakeSageServer
 
 DOCUMENTS = ["purchase_invoices", "purchase_credit_notes", "purchase_quick_entries", "other_payments"]
@@ -155,7 +157,7 @@ def test_revoked_grant_marks_company_needs_reauth(sage: FakeSageServer, company:
 def test_rate_limits_and_server_errors_are_absorbed(sage: FakeSageServer, company: str,
                                                     warehouse: psycopg.Connection,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("sage_sync.client.time.sleep", lambda _s: None)
+    monkeypatch.setattr("sage_sync.sage.client.time.sleep", lambda _s: None)
     sage.admin.add_fault("429", path="/purchase_invoices", count=2, retry_after=1)
     sage.admin.add_fault("429", path="/other_payments", count=1)
     sage.admin.add_fault("503", path="/purchase_credit_notes", count=2)
@@ -166,7 +168,7 @@ def test_rate_limits_and_server_errors_are_absorbed(sage: FakeSageServer, compan
         assert set(_latest(warehouse, stream, company)) == expected, stream
 
 
-# -- the shared request budget (sage_sync.ratelimit) -------------------------------------------------
+# -- the shared request budget (sage_sync.warehouse.ratelimit) -------------------------------------------------
 
 
 def _api_requests(sage: FakeSageServer) -> int:
@@ -185,7 +187,7 @@ def test_every_request_of_a_sync_draws_from_the_shared_bucket(sage: FakeSageServ
     rate = 4.0
     monkeypatch.setenv("SAGE_RATE_LIMIT_PER_S", str(rate))
     waits: list[float] = []  # the client's sleep hook: with no faults, only waits for the budget
-    monkeypatch.setattr("sage_sync.client._sleep", waits.append)
+    monkeypatch.setattr("sage_sync.sage.client._sleep", waits.append)
     env = sync.SyncEnv.from_config()
     limiter = sync.make_client(env, company).limiter
     assert isinstance(limiter, ratelimit.PostgresRateLimiter) and limiter.rate == rate

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
-from sage_sync.registry import register_company
-from sage_sync.token_store import PostgresTokenStore, TokenLockTimeout, refresh_lock_key
-from sage_sync.tokens import TokenSet
+from sage_sync.sage.tokens import TokenSet
+from sage_sync.warehouse.registry import register_company
+from sage_sync.warehouse.token_store import PostgresTokenStore, TokenLockTimeout, refresh_lock_key
 
 ACCESS = "access-token-1234567890-plaintext"
 REFRESH = "refresh-token-abcdefghij-plaintext"

@@ -5,8 +5,8 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from sage_sync.registry import register_company
-from sage_sync.watermarks import Watermark, clear_watermarks, get_watermarks, set_watermark
+from sage_sync.warehouse.registry import register_company
+from sage_sync.warehouse.watermarks import Watermark, clear_watermarks, get_watermarks, set_watermark
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

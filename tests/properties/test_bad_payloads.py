@@ -23,7 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from sage_sync import loader, sync
+from sage_sync.pipeline import sync
+from sage_sync.warehouse import loader
 from sandbox.fake_sage.server import FakeSageServer
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -254,8 +255,8 @@ def test_hostile_text_created_in_sage_lands_verbatim(sage: FakeSageServer, wareh
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     sage.admin.reset()
     point_env_at(monkeypatch, pg_dsn, sage)
-    monkeypatch.setattr("sage_sync.client._sleep", lambda _s: None)
-    monkeypatch.setattr("sage_sync.auth._sleep", lambda _s: None)
+    monkeypatch.setattr("sage_sync.sage.client._sleep", lambda _s: None)
+    monkeypatch.setattr("sage_sync.sage.auth._sleep", lambda _s: None)
     company = connect(sage)
     vendor = sage.admin.records(company, "contacts")[0]
     account = sage.admin.records(company, "ledger_accounts")[0]

@@ -19,13 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from urllib3.util import parse_url
 
-from sage_sync import sync
-from sage_sync.auth import OAuthClient, new_pkce_pair
-from sage_sync.client import SageClient, join_url
-from sage_sync.config import sage_settings
-from sage_sync.errors import InvalidResponse, ReauthorizationRequired, SageError
-from sage_sync.token_store import PostgresTokenStore
-from sage_sync.tokens import TokenSet
+from sage_sync.core.config import sage_settings
+from sage_sync.core.errors import InvalidResponse, ReauthorizationRequired, SageError
+from sage_sync.pipeline import sync
+from sage_sync.sage.auth import OAuthClient, new_pkce_pair
+from sage_sync.sage.client import SageClient, join_url
+from sage_sync.sage.tokens import TokenSet
+from sage_sync.warehouse.token_store import PostgresTokenStore
 from sandbox.fake_sage.server import FakeSageServer
 
 RAW_TABLES = ("businesses", "financial_settings", "ledger_accounts", "contacts", "tax_rates",
@@ -45,8 +45,8 @@ def env(sage: FakeSageServer, warehouse: psycopg.Connection, pg_dsn: str, fernet
         monkeypatch: pytest.MonkeyPatch) -> psycopg.Connection:
     sage.admin.reset()
     point_env_at(monkeypatch, pg_dsn, sage)
-    monkeypatch.setattr("sage_sync.client._sleep", lambda _s: None)
-    monkeypatch.setattr("sage_sync.auth._sleep", lambda _s: None)
+    monkeypatch.setattr("sage_sync.sage.client._sleep", lambda _s: None)
+    monkeypatch.setattr("sage_sync.sage.auth._sleep", lambda _s: None)
     return warehouse
 
 

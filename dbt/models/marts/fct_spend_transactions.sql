@@ -87,9 +87,11 @@ final as (
     left join tax_rates
         on spend_lines.company_id = tax_rates.company_id
         and spend_lines.tax_rate_id = tax_rates.tax_rate_id
+    -- A deleted contact's last name is not the supplier any more: the name on the document is.
     left join contacts
         on spend_lines.company_id = contacts.company_id
         and spend_lines.contact_id = contacts.contact_id
+        and contacts.is_deleted is not true
 )
 
 select * from final

@@ -1,5 +1,8 @@
 """The audit trail of sync runs (``sage_control.sync_runs``) and their per-stream counters.
 
+Every write to ``sync_runs`` is in this module: opening a run (one running run per company),
+adding counters, closing it, and closing a company's running runs when it is disconnected.
+
 Counters are added by the page loader inside each page's transaction, so they always agree with the
 rows that page committed (a rolled-back page also rolls back its counts). The addition is one
 ``UPDATE`` computing the new jsonb from the current row: under READ COMMITTED, concurrent updaters of
@@ -8,22 +11,26 @@ the same run queue on the row lock and each re-reads the row it waited for, so n
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from sage_sync.core.errors import RunInProgress, UnknownRunError
+
 KINDS = frozenset({"daily", "backfill", "reset", "manual"})
 FINAL_STATUSES = frozenset({"success", "failed", "skipped"})
 
+# A 'running' run row whose process committed nothing for this long is taken to be dead (a worker
+# killed mid-run never closes its row) and a new run of the company may take over.
+STALE_RUN_AFTER = timedelta(hours=float(os.environ.get("SAGE_STALE_RUN_HOURS", "6")))
+
 _COLUMNS = "sync_run_id, company_id, kind, status, started_at, ended_at, stats, error"
-
-
-class UnknownRunError(LookupError):
-    """No sync run with this id exists."""
 
 
 def start_run(conn: psycopg.Connection, company_id: str, kind: str, *, sync_run_id: str | None = None) -> str:
@@ -45,6 +52,45 @@ def start_run(conn: psycopg.Connection, company_id: str, kind: str, *, sync_run_
     if row is None:
         raise ValueError(f"sync run {sync_run_id!r} already exists for another company")
     return row[0]
+
+
+def open_run(conn: psycopg.Connection, company_id: str, kind: str, *, sync_run_id: str | None = None) -> str:
+    """Open a run of ``company_id`` unless another one is running; in the caller's transaction.
+
+    Mutual exclusion of the daily run, a backfill, a reset and a manual sync is the partial
+    unique index ``sync_runs_one_running`` (one 'running' row per company): it holds across
+    Airflow tasks and processes, where a lock held by one process could not. A row left
+    'running' by a process that died is closed as failed once it made no progress for
+    ``STALE_RUN_AFTER``; a retry of the same run (same ``sync_run_id``) simply re-opens it.
+    Raises :class:`RunInProgress` (Airflow retries the task later).
+    """
+    conn.execute(
+        "update sage_control.sync_runs set status = 'failed', ended_at = now(), "
+        "error = 'abandoned: no progress for ' || %(hours)s || ' h; taken over by a new run' "
+        "where company_id = %(company)s and status = 'running' and sync_run_id is distinct from %(id)s "
+        "and coalesce(last_progress_at, started_at) < now() - %(after)s",
+        {"company": company_id, "id": sync_run_id, "after": STALE_RUN_AFTER,
+         "hours": f"{STALE_RUN_AFTER.total_seconds() / 3600:g}"},
+    )
+    try:
+        with conn.transaction():  # a savepoint: the violation must not abort the caller's transaction
+            return start_run(conn, company_id, kind, sync_run_id=sync_run_id)
+    except psycopg.errors.UniqueViolation:
+        row = conn.execute(
+            "select sync_run_id, kind, started_at from sage_control.sync_runs "
+            "where company_id = %s and status = 'running'", (company_id,)).fetchone()
+        other = f"a {row[1]} run ({row[0]}, started {row[2]:%Y-%m-%d %H:%M} UTC)" if row else "another run"
+        raise RunInProgress(
+            f"{company_id}: {other} is still running; runs of one company never overlap, "
+            f"so this {kind} run waits (retry later)") from None
+
+
+def skip_running_runs(conn: psycopg.Connection, company_id: str, reason: str) -> None:
+    """Close the company's running run (if any) as skipped with ``reason``; in the caller's transaction."""
+    conn.execute(
+        "update sage_control.sync_runs set status = 'skipped', ended_at = now(), "
+        "error = %s where company_id = %s and status = 'running'",
+        (reason, company_id))
 
 
 def add_stream_stats(

@@ -1,4 +1,9 @@
-"""Typed failures of the Sage client layer, so callers can tell "retry later" from "ask a human".
+"""Every exception of ``sage_sync``, in one place, so callers can tell "retry later" from "ask a human".
+
+Layers raise these and the layers above catch them by type: the Sage client's (``SageError``
+and its family), the warehouse's (unknown company or run, lock and rate-limit timeouts), the
+pipeline's (a company to skip, a run already in progress), the lifecycle's one-line refusals
+(``LifecycleError``) and the web layer's login redirect.
 
 Messages are built only from Sage's ``$dataCode`` / ``$message``, OAuth error codes, paths and
 request ids: never from tokens, codes or client secrets, because exception text ends up in task
@@ -137,3 +142,70 @@ class BusinessMismatch(SageError):
         self.actual = actual
         self.path = path
         super().__init__(f"Sage answered for business {actual!r}, expected {expected!r} on {path}")
+
+
+# -- configuration and secrets ---------------------------------------------------------------------
+
+
+class ConfigError(RuntimeError):
+    """A required setting is missing or malformed."""
+
+
+class CryptoError(ConfigError):
+    """The Fernet key is malformed, or it cannot decrypt a stored value (the key changed)."""
+
+
+# -- warehouse -------------------------------------------------------------------------------------
+
+
+class UnknownCompanyError(LookupError):
+    """No company with this id is registered."""
+
+
+class UnknownRunError(LookupError):
+    """No sync run with this id exists."""
+
+
+class TokenLockTimeout(TimeoutError):
+    """Another process held this company's refresh lock for longer than the store's lock timeout."""
+
+
+class RateLimitTimeout(TimeoutError):
+    """No token became available within the limiter's ``max_wait``."""
+
+
+# -- pipeline --------------------------------------------------------------------------------------
+
+
+class CompanySkipped(Exception):
+    """The company must not be synced now (disconnected); the message says why."""
+
+
+class RunInProgress(RuntimeError):
+    """Another run of the same company is still running; runs of one company never overlap."""
+
+
+class UnknownCompany(LookupError):
+    """No such company in the registry."""
+
+
+class InvalidStatusTransition(ValueError):
+    """A company status change that the lifecycle does not allow (see ``CompanyStatus``)."""
+
+
+# -- lifecycle and web -----------------------------------------------------------------------------
+
+
+class LifecycleError(ValueError):
+    """A refused lifecycle action; the message is one line a user can act on."""
+
+
+class AirflowUnavailable(RuntimeError):
+    """No Airflow api-server took the request (none is running here, or it refused the call)."""
+
+
+class LoginRequired(Exception):
+    """The request has no valid Airflow login: the web layer sends the browser to the login page."""
+
+    def __init__(self, next_url: str) -> None:
+        self.next_url = next_url

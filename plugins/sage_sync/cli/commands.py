@@ -7,41 +7,23 @@ non-zero exit. Settings come from the same Airflow connections the DAGs use.
 from __future__ import annotations
 
 import json
-import secrets
-import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NoReturn
 
 import click
-import psycopg
 
-from sage_sync import lifecycle, registry, sync
-from sage_sync.auth import OAuthClient, new_pkce_pair
-from sage_sync.config import ConfigError, sage_settings, warehouse_dsn
-from sage_sync.errors import SageError
-from sage_sync.migrate import ensure_migrated, migrate
-from sage_sync.quarters import Quarter
-from sage_sync.token_store import PostgresTokenStore
-from sage_sync.tokens import TokenSet
+from sage_sync.core.errors import AirflowUnavailable
+from sage_sync.lifecycle import authorisation
+from sage_sync.lifecycle import connections as lifecycle
+from sage_sync.lifecycle import status as status_report
 
 
 def fail(message: str) -> NoReturn:
     """One line on stderr, exit code 2: the shape every refusal takes."""
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
-
-
-@contextmanager
-def _warehouse() -> Iterator[psycopg.Connection]:
-    try:
-        dsn = warehouse_dsn()
-        conn = psycopg.connect(dsn, connect_timeout=10)
-    except (ConfigError, psycopg.Error) as exc:
-        fail(f"cannot reach the warehouse: {exc}")
-    with conn:
-        yield conn
 
 
 @click.group()
@@ -52,8 +34,8 @@ def main() -> None:
 @main.command("migrate")
 def migrate_cmd() -> None:
     """Create or update the warehouse's control and raw schemas (idempotent)."""
-    with _warehouse() as conn:
-        names = migrate(conn)
+    with _refusals():
+        names = lifecycle.migrate_warehouse()
     click.echo(f"warehouse schema up to date ({len(names)} migration files)")
 
 
@@ -61,18 +43,13 @@ def migrate_cmd() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print url, state and code_verifier as JSON.")
 def authorize_url(as_json: bool) -> None:
     """Print the URL a user opens to authorise access (with a fresh state and PKCE pair)."""
-    try:
-        oauth = OAuthClient(sage_settings())
-    except ConfigError as exc:
-        fail(str(exc))
-    state = secrets.token_urlsafe(24)
-    verifier, challenge = new_pkce_pair()
-    url = oauth.authorization_url(state, code_challenge=challenge)
+    with _refusals():
+        start = authorisation.begin()
     if as_json:
-        click.echo(json.dumps({"url": url, "state": state, "code_verifier": verifier}))
+        click.echo(json.dumps({"url": start.url, "state": start.state, "code_verifier": start.code_verifier}))
     else:
-        click.echo(url)
-        click.echo(f"state: {state}\ncode_verifier (pass to connect): {verifier}", err=True)
+        click.echo(start.url)
+        click.echo(f"state: {start.state}\ncode_verifier (pass to connect): {start.code_verifier}", err=True)
 
 
 @main.command()
@@ -86,9 +63,7 @@ def connect(code: str, business_id: str, synced_from: str, code_verifier: str | 
         quarter = lifecycle.parse_quarter(synced_from)
         auth = lifecycle.exchange(code, code_verifier)
         business = auth.business(business_id)
-        with _warehouse() as conn:
-            migrate(conn)
-            existing = registry.get_company(conn, business_id)
+        existing = lifecycle.registered(business_id)
         if existing is not None and existing.synced_from != quarter:
             # Moving Synced From is a backfill (set-synced-from), never a side effect of a login.
             click.echo(f"note: {business_id} keeps Synced From {existing.synced_from_quarter}; "
@@ -96,16 +71,6 @@ def connect(code: str, business_id: str, synced_from: str, code_verifier: str | 
         company = lifecycle.register(auth, business_id, quarter)
     click.echo(f"connected {lifecycle.business_name(business)} ({business_id}), "
                f"Synced From {company.synced_from_quarter}, status {company.status}")
-
-
-def connect_company(company_id: str, name: str, quarter: Quarter, tokens: TokenSet) -> registry.Company:
-    """Register (or re-register) the company and store its first tokens (tests, the demo)."""
-    with _warehouse() as conn:
-        ensure_migrated(conn)
-        company = registry.register_company(conn, company_id, name, quarter)
-        conn.commit()
-    PostgresTokenStore(warehouse_dsn()).save(company_id, tokens)
-    return company
 
 
 @contextmanager
@@ -154,7 +119,7 @@ def set_synced_from(company_id: str, quarter: str, code: str | None, code_verifi
     """Move a company's Synced From earlier: re-authorise, then backfill (Synced From moves on success)."""
     with _refusals():
         company, wanted = lifecycle.prepare_backfill(company_id, quarter)
-        start, end = sync.backfill_window(company, wanted)
+        start, end = lifecycle.backfill_window(company, wanted)
         if check:
             click.echo(f"ok: {company_id} can move Synced From {company.synced_from_quarter} -> {wanted} "
                        f"(documents dated {start} to {end})")
@@ -170,16 +135,15 @@ def set_synced_from(company_id: str, quarter: str, code: str | None, code_verifi
     conf = lifecycle.backfill_conf(company_id, wanted)
     if here:
         try:
-            run_id = sync.run_backfill(company_id, wanted)
-        except (sync.RunInProgress, sync.CompanySkipped, SageError) as exc:
+            run_id = lifecycle.run_backfill_here(company_id, wanted)
+        except lifecycle.RUN_FAILURES as exc:
             fail(f"backfill failed, Synced From unchanged (re-run it): {exc}")
         click.echo(f"backfilled {company_id} from {wanted} (run {run_id}); Synced From is now {wanted}")
         return
-    done = subprocess.run(  # noqa: S603 - fixed argv, no shell
-        [sys.executable, "-m", "airflow", "dags", "trigger", lifecycle.BACKFILL_DAG_ID, "-c", json.dumps(conf)],
-        capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        fail(f"could not trigger {lifecycle.BACKFILL_DAG_ID} ({done.stderr.strip().splitlines()[-1:]}); "
+    try:
+        lifecycle.start_backfill(company_id, wanted)
+    except AirflowUnavailable as exc:
+        fail(f"could not trigger {lifecycle.BACKFILL_DAG_ID} ({exc}); "
              "run again with --here to backfill in this process")
     click.echo(f"triggered {lifecycle.BACKFILL_DAG_ID} with {json.dumps(conf)}; Synced From moves when it succeeds")
 
@@ -198,8 +162,8 @@ def reset(company_id: str, confirmed: bool, run_sync: bool) -> None:
         click.echo(f"wiped {company_id}; its next daily run re-imports everything from Synced From")
         return
     try:
-        sync.run_steps(company_id, run_id)
-    except (sync.CompanySkipped, SageError) as exc:
+        lifecycle.run_reset_sync(company_id, run_id)
+    except lifecycle.RUN_FAILURES as exc:
         fail(f"wiped {company_id}, but the full sync failed (the next run retries it): {exc}")
     click.echo(f"reset {company_id}: wiped and re-imported from Synced From (run {run_id})")
 
@@ -208,26 +172,26 @@ def reset(company_id: str, confirmed: bool, run_sync: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(as_json: bool) -> None:
     """Every company: status, initial-sync progress (flagged after 24 h), last run, last error."""
-    with _warehouse() as conn:
-        report = lifecycle.company_statuses(conn)
+    with _refusals():
+        report = status_report.report()
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     if not report:
         click.echo("no company connected yet: see `python -m sage_sync authorize-url`")
     for item in report:
-        click.echo(lifecycle.describe(item))
+        click.echo(status_report.describe(item))
 
 
 @main.command("sync")
 @click.argument("company_id")
 def sync_cmd(company_id: str) -> None:
     """Run one company's whole sync now, in this process (the DAG does the same daily)."""
-    with _warehouse() as conn:
-        if registry.get_company(conn, company_id) is None:
+    with _refusals():
+        if lifecycle.registered(company_id) is None:
             fail(f"unknown company {company_id!r}")
     try:
-        run_id = sync.run_company(company_id, kind="manual")
-    except (sync.CompanySkipped, sync.RunInProgress, SageError) as exc:
+        run_id = lifecycle.sync_now(company_id)
+    except lifecycle.RUN_FAILURES as exc:
         fail(str(exc))
     click.echo(f"synced {company_id} (run {run_id})")

@@ -5,6 +5,9 @@ list envelope and its ``$next`` links, the JSON error array, which failures are 
 and the one token refresh a 401 deserves. The retry loop is written out rather than delegated
 to a retry library because its branches differ in kind (a 401 is not a retry, a 429 may name
 its own delay) and that reads more plainly as code than as a policy object.
+
+About 440 lines, one room on purpose: the session, paging, the retry loop and the error mapping
+are one HTTP contract; split, each part would need the others to be read.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import requests
 
-from sage_sync.errors import (
+from sage_sync.core.errors import (
     BusinessMismatch,
     InvalidResponse,
     RateLimited,
@@ -31,7 +34,7 @@ from sage_sync.errors import (
     SubscriptionInactive,
     TransientError,
 )
-from sage_sync.money import to_int
+from sage_sync.sage.money import to_int
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +172,7 @@ class _Retryable(Exception):
 
 
 class RequestLimiter(Protocol):
-    """A deployment-wide request budget (e.g. ``sage_sync.ratelimit.PostgresRateLimiter``).
+    """A deployment-wide request budget (e.g. ``sage_sync.warehouse.ratelimit.PostgresRateLimiter``).
 
     ``acquire()`` blocks until one more request may be sent; ``throttled(seconds)``, if the
     limiter has it, is told when Sage answered 429 so every process sharing the budget slows down.
@@ -280,9 +283,8 @@ class SageClient:
             if _canonical(next_url) == _canonical(response.url):
                 log.warning("Sage's $next repeats the page just fetched (%s); stopping", page.page)
                 return
-            if page.total is not None and page.items_per_page:
-                if page.page * page.items_per_page >= page.total:
-                    return
+            if page.total is not None and page.items_per_page and page.page * page.items_per_page >= page.total:
+                return
             previous = page.page
             target, query = next_url, None
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from sage_sync.core.errors import ConfigError
+
 SAGE_CONN_ID = "sage_default"
 WAREHOUSE_CONN_ID = "sage_warehouse"
 
@@ -24,17 +26,13 @@ DEFAULT_TOKEN_URL = "https://oauth.accounting.sage.com/token"  # noqa: S105 - a 
 DEFAULT_REVOKE_URL = "https://oauth.accounting.sage.com/revoke"
 
 # Requests a second that every sync process together may send to Sage (the shared PostgreSQL bucket of
-# sage_sync.ratelimit). Sage allows 1,296,000 a day per app, 15 a second on average; 12 keeps a fifth
+# sage_sync.warehouse.ratelimit). Sage allows 1,296,000 a day per app, 15 a second on average; 12 keeps a fifth
 # of that for what the bucket does not meter (the Connect page's business lookups, the CLI) and so
 # that a day spent at the cap still ends under Sage's limit. Env SAGE_RATE_LIMIT_PER_S, else the
 # sage_default connection's extra "rate_limit_per_s"; 0 or "off" sends without the bucket.
 RATE_LIMIT_ENV = "SAGE_RATE_LIMIT_PER_S"
 DEFAULT_RATE_LIMIT_PER_S = 12.0
 _OFF = {"0", "off", "none", "false", "no", "disabled"}
-
-
-class ConfigError(RuntimeError):
-    """A required setting is missing or malformed."""
 
 
 @dataclass(frozen=True)

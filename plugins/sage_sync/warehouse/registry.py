@@ -17,18 +17,14 @@ import psycopg
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from sage_sync.quarters import Quarter
-
-STATUSES = frozenset({"initial_sync", "active", "disconnected", "needs_reauth", "error"})
+from sage_sync.core.errors import UnknownCompanyError
+from sage_sync.core.quarters import Quarter
+from sage_sync.core.status import STATUSES, check_transition
 
 _COLUMNS = (
     "company_id, company_name, accounts_provider, status, synced_from_quarter, last_error, "
     "created_at, updated_at, connected_at, disconnected_at, reconcile_requested, last_reconciled_at"
 )
-
-
-class UnknownCompanyError(LookupError):
-    """No company with this id is registered."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +124,11 @@ def set_status(
     Moving to ``disconnected`` stamps ``disconnected_at``. Raises :class:`UnknownCompanyError`.
     """
     _check_statuses([status])
+    current = conn.execute("select status from sage_control.companies where company_id = %s for update",
+                           (company_id,)).fetchone()
+    if current is None:
+        raise UnknownCompanyError(f"company {company_id!r} is not registered")
+    status = check_transition(current[0], status).value  # the one place the allowed moves are enforced
     with conn.cursor(row_factory=class_row(Company)) as cur:
         cur.execute(
             "update sage_control.companies set status = %(status)s, last_error = %(error)s, "

@@ -56,7 +56,7 @@ class MemoryTokenStore:
     def save(self, company_id: str, tokens: TokenSet) -> None:
         self._tokens[company_id] = tokens
 
-    def refresh_lock(self, company_id: str) -> AbstractContextManager[None]:
+    def refresh_lock(self, company_id: str) -> AbstractContextManager[None]:  # noqa: ARG002 - TokenStore's signature
         from contextlib import contextmanager  # noqa: PLC0415
 
         @contextmanager

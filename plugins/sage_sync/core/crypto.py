@@ -13,11 +13,8 @@ from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from sage_sync.config import ConfigError, fernet_key
-
-
-class CryptoError(ConfigError):
-    """The Fernet key is malformed, or it cannot decrypt a stored value (the key changed)."""
+from sage_sync.core.config import fernet_key
+from sage_sync.core.errors import CryptoError
 
 
 @lru_cache(maxsize=4)

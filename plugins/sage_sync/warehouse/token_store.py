@@ -23,18 +23,16 @@ from datetime import datetime
 import psycopg
 from psycopg import errors
 
-from sage_sync import crypto
-from sage_sync.tokens import TokenSet
+from sage_sync.core import crypto
+from sage_sync.core.errors import TokenLockTimeout
+from sage_sync.sage.tokens import TokenSet
+from sage_sync.warehouse import db
 
 log = logging.getLogger(__name__)
 
 # First half of the two-int advisory lock key: a namespace so these locks can't collide with the
 # single-bigint locks other code takes (e.g. migrations); the second half comes from the company id.
 _REFRESH_LOCK_NAMESPACE = 0x5A6E_0002
-
-
-class TokenLockTimeout(TimeoutError):
-    """Another process held this company's refresh lock for longer than the store's lock timeout."""
 
 
 def refresh_lock_key(company_id: str) -> tuple[int, int]:
@@ -48,7 +46,7 @@ def refresh_lock_key(company_id: str) -> tuple[int, int]:
 
 
 class PostgresTokenStore:
-    """Durable, encrypted, per-company token storage (implements ``sage_sync.tokens.TokenStore``).
+    """Durable, encrypted, per-company token storage (implements ``sage_sync.sage.tokens.TokenStore``).
 
     The company must already be registered (``oauth_tokens.company_id`` references ``companies``).
     """
@@ -60,10 +58,8 @@ class PostgresTokenStore:
         self._connect_timeout = connect_timeout
 
     def _connect(self, *, autocommit: bool = False) -> psycopg.Connection:
-        return psycopg.connect(
-            self._dsn, autocommit=autocommit, connect_timeout=self._connect_timeout,
-            application_name="sage_sync.token_store",
-        )
+        return db.connect(self._dsn, app="sage_sync.token_store", autocommit=autocommit,
+                          connect_timeout=self._connect_timeout)
 
     def load(self, company_id: str) -> TokenSet | None:
         """The stored pair, decrypted; None if the company has no tokens."""

@@ -33,6 +33,9 @@ from pathlib import Path
 
 import psycopg
 
+from sage_sync.core.errors import RateLimitTimeout
+from sage_sync.warehouse import db
+
 log = logging.getLogger(__name__)
 
 SAGE_DAILY_LIMIT = 1_296_000  # requests per app per day (Sage's published limit)
@@ -81,10 +84,6 @@ returning %(max_wait)s::float8 is null or r.wait <= %(max_wait)s::float8 as gran
 """
 
 
-class RateLimitTimeout(TimeoutError):
-    """No token became available within the limiter's ``max_wait``."""
-
-
 class PostgresRateLimiter:
     """A token bucket shared by every process that uses the same database and bucket ``name``.
 
@@ -112,7 +111,7 @@ class PostgresRateLimiter:
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            conn = psycopg.connect(self.dsn, autocommit=True, application_name="sage_sync.ratelimit")
+            conn = db.connect(self.dsn, app="sage_sync.ratelimit", autocommit=True)
             try:
                 if not conn.execute(_TABLE_EXISTS).fetchone()[0]:  # type: ignore[index]
                     # Not migrated: create it. Concurrent first uses would race on "create table if

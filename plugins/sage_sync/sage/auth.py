@@ -7,6 +7,9 @@ Two Sage facts shape ``TokenManager``: access tokens live only ``expires_in`` se
 today), and every refresh returns a new refresh token while the old one dies at once. The
 store is therefore the single source of truth, refreshes are serialised by the store's
 lock, and a new pair is saved before its access token is handed out.
+
+About 320 lines: the OAuth client and the token manager share the retry and error rules of
+Sage's token endpoint, so they stay together.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 
-from sage_sync.config import SageSettings
-from sage_sync.errors import InvalidResponse, OAuthError, ReauthorizationRequired, TransientError
-from sage_sync.money import to_int
-from sage_sync.tokens import TokenSet, TokenStore
+from sage_sync.core.config import SageSettings
+from sage_sync.core.errors import InvalidResponse, OAuthError, ReauthorizationRequired, TransientError
+from sage_sync.sage.money import to_int
+from sage_sync.sage.tokens import TokenSet, TokenStore
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ _MIGRATION_LOCK_KEY = 0x5A6E_0001
 
 def migration_files() -> list[tuple[str, str]]:
     """Return (name, sql) of every bundled migration, in the order they apply."""
-    folder = resources.files("sage_sync") / "migrations"
+    folder = resources.files("sage_sync.warehouse") / "migrations"
     files = sorted(p for p in folder.iterdir() if p.name.endswith(".sql"))
     return [(p.name, p.read_text(encoding="utf-8")) for p in files]
 

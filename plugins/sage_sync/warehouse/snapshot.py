@@ -16,7 +16,8 @@ from pathlib import Path
 
 import psycopg
 
-from sage_sync.config import ConfigError, warehouse_dsn
+from sage_sync.core.errors import ConfigError
+from sage_sync.warehouse import db
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,8 @@ def companies_for_dags(dsn: str | None = None) -> list[DagCompany]:
     """Companies from the registry, else from the last snapshot, else none."""
     path = snapshot_path()
     try:
-        dsn = dsn or warehouse_dsn()
-        with psycopg.connect(dsn, connect_timeout=3, options="-c statement_timeout=2000") as conn:
+        with db.connect(dsn, app="sage_sync.dag_parse", connect_timeout=db.PARSE_CONNECT_TIMEOUT_S,
+                        statement_timeout_ms=db.PARSE_STATEMENT_TIMEOUT_MS) as conn:
             rows = conn.execute(_QUERY).fetchall()
     except (psycopg.Error, ConfigError) as exc:
         log.warning("registry unreadable (%s); using snapshot %s", type(exc).__name__, path)

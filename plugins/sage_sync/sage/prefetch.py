@@ -31,8 +31,8 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from sage_sync.client import Page, SageClient
-from sage_sync.streams import sage_datetime
+from sage_sync.sage.client import Page, SageClient
+from sage_sync.sage.streams import sage_datetime
 
 T = TypeVar("T")
 

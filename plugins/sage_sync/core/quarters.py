@@ -12,7 +12,10 @@ import re
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-_QUARTER_RE = re.compile(r"([0-9]{4})-Q([1-4])")
+# The one spelling of a quarter (``2024-Q1``); the backfill DAG's Param and the Connect page's
+# form field use it too (anchored there, where the field must match as a whole).
+QUARTER_PATTERN = r"[0-9]{4}-Q[1-4]"
+_QUARTER_RE = re.compile(QUARTER_PATTERN)
 
 
 @dataclass(frozen=True, order=True)
@@ -36,7 +39,8 @@ class Quarter:
         match = _QUARTER_RE.fullmatch(text)
         if match is None:
             raise ValueError(f"malformed quarter {text!r}: expected 'YYYY-Qn' with n in 1..4, e.g. '2024-Q1'")
-        return cls(int(match.group(1)), int(match.group(2)))
+        year, number = text.split("-Q")
+        return cls(int(year), int(number))
 
     @classmethod
     def containing(cls, day: date) -> Quarter:

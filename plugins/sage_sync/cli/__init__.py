@@ -1,0 +1,1 @@
+"""``python -m sage_sync``: the command line over the lifecycle layer."""

@@ -1,0 +1,1 @@
+"""Shared bottom: every exception, settings, quarter and company-status values, encryption."""

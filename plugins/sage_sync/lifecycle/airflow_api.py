@@ -1,0 +1,158 @@
+"""The one place this package talks to Airflow: DAG ids, the ``sage_raw`` Asset, the pool, pause, trigger.
+
+The DAG files, the use cases (``lifecycle.connections``), the CLI and the Connect pages all take
+their Airflow names from here, and nothing else pauses or triggers a DAG.
+
+**How.** Through Airflow 3's public REST API (``/api/v2``: ``PATCH /dags/{id}`` for the pause flag,
+``POST /dags/{id}/dagRuns`` for a run), the interface Airflow 3 supports for programs outside a
+task. Not the metadata database (Airflow 3 removed it from the public interface and cuts task code
+off from it), not ``airflow.api.common.trigger_dag`` (internal, may change in any release), and not
+a shell-out to the ``airflow`` CLI (a second process with the caller's environment, and errors as text).
+
+- Where: ``SAGE_AIRFLOW_API_URL``, else ``AIRFLOW__API__BASE_URL``, else ``http://localhost:8080``.
+  The Connect pages run inside the api-server and pass their own address.
+- As whom: the caller's Airflow JWT when there is one (the Connect pages forward the signed-in
+  user's, so Airflow authorises and records the action as that user); else
+  ``SAGE_AIRFLOW_API_TOKEN``; else ``SAGE_AIRFLOW_API_USERNAME``/``SAGE_AIRFLOW_API_PASSWORD``,
+  exchanged at ``/auth/token``.
+
+**Where no api-server is up** (the CLI on a machine that only reaches the warehouse, ``make demo``
+and the tests, which run DAGs with ``airflow dags test``): :func:`set_dag_paused` logs and returns
+False, and :func:`trigger` raises :class:`AirflowUnavailable`. Pausing is best effort on purpose:
+a disconnected company's runs skip whatever the pause flag says, and a lifecycle action whose
+warehouse change is already committed must not fail because Airflow is elsewhere. A trigger is
+reported to the caller, who offers the in-process path instead (``set-synced-from --here``, or
+the daily run that picks a reset company up).
+
+Only constants live at module level, so a DAG file importing this parses fast; the Asset is
+built on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import lru_cache, wraps
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import requests
+
+from sage_sync.core.errors import AirflowUnavailable, CompanySkipped
+
+if TYPE_CHECKING:
+    from airflow.sdk import Asset
+
+log = logging.getLogger(__name__)
+
+DAG_ID_PREFIX = "sage_sync__"
+BACKFILL_DAG_ID = "sage_backfill"
+TRANSFORM_DAG_ID = "sage_transform"
+# Every Sage-calling task of every company takes a slot of this pool (created by `make airflow-db`).
+POOL = "sage_api"
+SAGE_RAW_ASSET_NAME = "sage_raw"
+SAGE_RAW_ASSET_URI = "x-sage://warehouse/sage_raw"
+
+TIMEOUT = (3.05, 15)  # (connect, read) seconds for every call to the api-server
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks Airflow, and where: the Connect pages pass the signed-in user's JWT and their server."""
+
+    base_url: str | None = None
+    token: str | None = field(default=None, repr=False)
+
+
+def dag_id_for(company_id: str) -> str:
+    """The daily DAG of a company."""
+    return f"{DAG_ID_PREFIX}{company_id}"
+
+
+@lru_cache(maxsize=1)
+def sage_raw_asset() -> Asset:
+    """The Asset every load emits and ``sage_transform`` is scheduled on."""
+    from airflow.sdk import Asset  # noqa: PLC0415 - only DAG files need it; keep the CLI's import light
+
+    return Asset(name=SAGE_RAW_ASSET_NAME, uri=SAGE_RAW_ASSET_URI)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def skips_disconnected(func: _F) -> _F:
+    """A task body whose :class:`CompanySkipped` (the company was disconnected) skips the task, with the reason.
+
+    Put it under ``@task``: the signature is kept (``functools.wraps``), so TaskFlow still sees the
+    task's own arguments and ``**context``.
+    """
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from airflow.sdk.exceptions import AirflowSkipException  # noqa: PLC0415 - only inside a task
+
+        try:
+            return func(*args, **kwargs)
+        except CompanySkipped as skipped:
+            raise AirflowSkipException(str(skipped)) from skipped
+
+    return wrapper  # type: ignore[return-value]
+
+
+def api_url(base: str | None = None) -> str:
+    """The api-server's root URL (no trailing slash)."""
+    url = base or os.environ.get("SAGE_AIRFLOW_API_URL") or os.environ.get("AIRFLOW__API__BASE_URL")
+    return (url or "http://localhost:8080").rstrip("/")
+
+
+def _token(root: str, token: str | None) -> str | None:
+    if token:
+        return token
+    if os.environ.get("SAGE_AIRFLOW_API_TOKEN"):
+        return os.environ["SAGE_AIRFLOW_API_TOKEN"]
+    user, password = os.environ.get("SAGE_AIRFLOW_API_USERNAME"), os.environ.get("SAGE_AIRFLOW_API_PASSWORD")
+    if not (user and password):
+        return None
+    response = requests.post(f"{root}/auth/token", json={"username": user, "password": password}, timeout=TIMEOUT)
+    response.raise_for_status()
+    return str(response.json()["access_token"])
+
+
+def _call(method: str, path: str, body: dict[str, Any], *, base: str | None, token: str | None) -> dict[str, Any]:
+    root = api_url(base)
+    try:
+        bearer = _token(root, token)
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+        response = requests.request(method, f"{root}/api/v2{path}", json=body, headers=headers, timeout=TIMEOUT)
+    except requests.RequestException as exc:
+        raise AirflowUnavailable(f"no Airflow api-server answers at {root} ({type(exc).__name__})") from None
+    if not response.ok:
+        detail = response.text[:200].replace("\n", " ")
+        raise AirflowUnavailable(f"Airflow answered HTTP {response.status_code} to {method} {path}: {detail}")
+    return response.json() if response.content else {}
+
+
+def set_dag_paused(dag_id: str, *, paused: bool, base: str | None = None, token: str | None = None) -> bool:
+    """Pause or unpause a DAG; False (logged) when no api-server takes the change. See the module docstring."""
+    try:
+        _call("PATCH", f"/dags/{dag_id}", {"is_paused": paused}, base=base, token=token)
+    except AirflowUnavailable as exc:
+        log.info("could not %s %s in Airflow: %s", "pause" if paused else "unpause", dag_id, exc)
+        return False
+    return True
+
+
+def trigger(dag_id: str, conf: dict[str, Any] | None, caller: Caller | None = None) -> str:
+    """Unpause ``dag_id`` and start a run of it with ``conf``; returns ``"<dag id> run <run id>"``.
+
+    Raises :class:`AirflowUnavailable` when no api-server takes the run.
+    """
+    caller = caller or Caller()
+    set_dag_paused(dag_id, paused=False, base=caller.base_url, token=caller.token)
+    run_id = f"manual__sage_{datetime.now(UTC):%Y%m%dT%H%M%S}_{secrets.token_hex(3)}"
+    _call("POST", f"/dags/{dag_id}/dagRuns", {"dag_run_id": run_id, "logical_date": None, "conf": conf or {}},
+          base=caller.base_url, token=caller.token)
+    return f"{dag_id} run {run_id}"

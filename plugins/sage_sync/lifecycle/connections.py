@@ -1,0 +1,344 @@
+"""A company connection's use cases: connect, disconnect, reconnect, move Synced From, reset.
+
+About 340 lines on purpose: the use cases share their refusals and their order of steps, and
+reading them side by side is how one checks that they agree; the reset's wipe of dbt-owned
+tables (``_wipe_modelled``), which is leaving Python, is 25 of them.
+
+The CLI (``python -m sage_sync ...``) and the Connect pages (``sage_sync.web``) both call these
+functions, so the two paths behave the same. Every function checks its input first and raises
+:class:`LifecycleError` (a one-line, user-facing refusal) before changing anything; only then does
+it act. Airflow is reached only through ``lifecycle.airflow_api``; Sage's authorisation is
+``lifecycle.authorisation``'s; the status report is ``lifecycle.status``'s.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from sage_sync.core.config import SageSettings
+from sage_sync.core.errors import AirflowUnavailable, CompanySkipped, LifecycleError, RunInProgress, SageError
+from sage_sync.core.quarters import Quarter
+from sage_sync.core.status import NOT_CONNECTED, CompanyStatus
+from sage_sync.lifecycle import airflow_api
+from sage_sync.lifecycle.authorisation import Authorisation, business_name, exchange
+from sage_sync.lifecycle.inputs import (
+    dsn_or_refuse,
+    parse_quarter,
+    require_company,
+    settings_or_refuse,
+    validate_earlier_quarter,
+    warehouse,
+)
+from sage_sync.pipeline import sync
+from sage_sync.pipeline.sync import backfill_window
+from sage_sync.sage.auth import OAuthClient
+from sage_sync.sage.tokens import TokenSet
+from sage_sync.warehouse import registry, runs, watermarks
+from sage_sync.warehouse.loader import STREAMS as RAW_STREAMS
+from sage_sync.warehouse.migrate import ensure_migrated, migrate
+from sage_sync.warehouse.token_store import PostgresTokenStore
+
+log = logging.getLogger(__name__)
+
+BACKFILL_DAG_ID = airflow_api.BACKFILL_DAG_ID
+dag_id_for = airflow_api.dag_id_for
+
+# The names the CLI and the Connect pages use from here, whichever module defines them.
+__all__ = [
+    "BACKFILL_DAG_ID", "Authorisation", "Disconnected", "LifecycleError", "authorise_backfill", "backfill_conf",
+    "backfill_window", "business_name", "close_reset_run", "connect", "connect_company", "dag_id_for",
+    "disconnect", "exchange", "migrate_warehouse", "parse_quarter", "prepare_backfill", "reconnect", "register",
+    "require_known", "reset", "run_backfill_here", "run_reset_sync", "start_backfill", "sync_now",
+    "trigger_full_sync",
+]
+
+
+# -- connect ----------------------------------------------------------------------------------------
+
+
+def register(auth: Authorisation, business_id: str, quarter: Quarter | str, *, dsn: str | None = None
+             ) -> registry.Company:
+    """Register a business the user picked from ``auth`` and store its tokens.
+
+    A business that is already registered keeps its Synced From (moving it is a backfill) and
+    is re-authorised instead.
+    """
+    quarter = parse_quarter(quarter) if isinstance(quarter, str) else quarter
+    business = auth.business(business_id)
+    dsn = dsn or dsn_or_refuse()
+    with warehouse(dsn) as conn:
+        ensure_migrated(conn)
+        existing = registry.get_company(conn, business_id)
+    if existing is not None:
+        return _reauthorise(existing, auth, dsn=dsn, via="connect")
+    with warehouse(dsn) as conn:
+        company = registry.register_company(conn, business_id, business_name(business), quarter)
+        conn.commit()
+    PostgresTokenStore(dsn).save(business_id, auth.tokens)
+    airflow_api.set_dag_paused(dag_id_for(business_id), paused=False)
+    return company
+
+
+def connect(code: str, code_verifier: str | None, business_id: str, quarter: Quarter | str, *,
+            dsn: str | None = None, settings: SageSettings | None = None) -> registry.Company:
+    """Exchange ``code`` and register ``business_id`` from ``quarter`` (the CLI's ``connect``)."""
+    quarter = parse_quarter(quarter) if isinstance(quarter, str) else quarter
+    auth = exchange(code, code_verifier, settings=settings)
+    auth.business(business_id)  # refuse before anything is stored
+    return register(auth, business_id, quarter, dsn=dsn)
+
+
+# -- disconnect / reconnect -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    """What a disconnect did."""
+
+    company: registry.Company
+    token_revoked: bool
+    revoke_error: str | None
+    dag_paused: bool
+
+
+def disconnect(company_id: str, *, dsn: str | None = None, settings: SageSettings | None = None,
+               pause_dag: bool = True) -> Disconnected:
+    """Stop imports for good until a reconnect: status, event, grant revoked at Sage, DAG paused.
+
+    The status goes first (committed), so a run in flight stops at its next step with a clear
+    skip reason instead of tripping over the deleted tokens; its open run row is closed as
+    skipped. Data is kept. A revoke Sage cannot answer is reported in the event, not fatal: the
+    tokens are deleted here either way, so the grant is unusable and dies within 31 days.
+    """
+    dsn = dsn or dsn_or_refuse()
+    with warehouse(dsn) as conn:
+        company = require_company(conn, company_id)
+        if company.status == CompanyStatus.DISCONNECTED:
+            raise LifecycleError(f"{company_id} is already disconnected")
+    settings = settings_or_refuse(settings)
+    with warehouse(dsn) as conn:
+        registry.set_status(conn, company_id, CompanyStatus.DISCONNECTED)
+        runs.skip_running_runs(conn, company_id, "company disconnected during the run")
+        conn.commit()
+    store = PostgresTokenStore(dsn)
+    revoked, revoke_error = False, None
+    with store.refresh_lock(company_id):  # no refresh can rotate the token while it is revoked
+        tokens = store.load(company_id)
+        if tokens is None:
+            revoke_error = "no stored grant"
+        else:
+            try:
+                OAuthClient(settings).revoke(tokens.refresh_token)
+                revoked = True
+            except SageError as exc:
+                revoke_error = str(exc)[:300]
+        store.delete(company_id)
+    paused = airflow_api.set_dag_paused(dag_id_for(company_id), paused=True) if pause_dag else False
+    with warehouse(dsn) as conn:
+        company = require_company(conn, company_id)
+        registry.log_event(conn, company_id, "disconnected", {
+            "status": "disconnected", "previous_status": _previous_status(conn, company_id),
+            "synced_from_quarter": company.synced_from_quarter, "token_revoked": revoked,
+            "revoke_error": revoke_error, "dag_paused": paused})
+        conn.commit()
+    return Disconnected(company, revoked, revoke_error, paused)
+
+
+def _previous_status(conn: psycopg.Connection, company_id: str) -> str | None:
+    row = conn.execute(
+        "select details ->> 'status' from sage_control.connection_events where company_id = %s "
+        "and details ? 'status' and event_type <> 'disconnected' order by event_id desc limit 1",
+        (company_id,)).fetchone()
+    return row[0] if row else None
+
+
+def reconnect(company_id: str, code: str, code_verifier: str | None, *, dsn: str | None = None,
+              settings: SageSettings | None = None) -> registry.Company:
+    """Re-authorise a company (disconnected, needing re-authorisation, or any other status).
+
+    Watermarks are kept, so the next run imports everything created or updated since the last
+    successful watermark, and it also runs an id reconciliation sweep for deletions Sage may
+    no longer list in ``deleted_since``.
+    """
+    dsn = dsn or dsn_or_refuse()
+    with warehouse(dsn) as conn:
+        company = require_company(conn, company_id)
+    auth = exchange(code, code_verifier, settings=settings)
+    auth.business(company_id)
+    return _reauthorise(company, auth, dsn=dsn, via="reconnect")
+
+
+def _reauthorise(company: registry.Company, auth: Authorisation, *, dsn: str, via: str) -> registry.Company:
+    PostgresTokenStore(dsn).save(company.company_id, auth.tokens)
+    with warehouse(dsn) as conn:
+        updated = registry.reauthorise(conn, company.company_id, details={
+            "previous_status": company.status, "via": via})
+        conn.commit()
+    airflow_api.set_dag_paused(dag_id_for(company.company_id), paused=False)
+    return updated
+
+
+# -- Synced From (backfill) -------------------------------------------------------------------------
+
+
+def prepare_backfill(company_id: str, quarter_text: str, *, dsn: str | None = None) -> tuple[registry.Company,
+                                                                                            Quarter]:
+    """Refuse an unknown company or a quarter that is not earlier than Synced From."""
+    with warehouse(dsn) as conn:
+        company = require_company(conn, company_id)
+    return company, validate_earlier_quarter(company, quarter_text)
+
+
+def authorise_backfill(company_id: str, quarter_text: str, code: str, code_verifier: str | None, *,
+                       dsn: str | None = None, settings: SageSettings | None = None) -> Quarter:
+    """Validate the move, then store the grant of the fresh Authorise Access it requires."""
+    company, quarter = prepare_backfill(company_id, quarter_text, dsn=dsn)
+    auth = exchange(code, code_verifier, settings=settings)
+    auth.business(company_id)
+    PostgresTokenStore(dsn or dsn_or_refuse()).save(company.company_id, auth.tokens)
+    with warehouse(dsn) as conn:
+        registry.log_event(conn, company_id, "backfill_requested", {
+            "synced_from_quarter": company.synced_from_quarter, "requested_synced_from_quarter": str(quarter)})
+        conn.commit()
+    return quarter
+
+
+def backfill_conf(company_id: str, quarter: Quarter) -> dict[str, str]:
+    """The ``sage_backfill`` DAG's run conf."""
+    return {"company_id": company_id, "synced_from": str(quarter)}
+
+
+# -- reset ------------------------------------------------------------------------------------------
+
+
+def reset(company_id: str, *, confirm: bool, dsn: str | None = None) -> str:
+    """Wipe the company's raw rows (versions, deletions, quarantine) and watermarks.
+
+    Returns the id of the ``reset`` run opened for it: the caller either runs the full sync
+    under it (:func:`sage_sync.pipeline.sync.run_steps`) or closes it (:func:`close_reset_run`) and lets
+    the next daily run do the full sync. Opening the run takes the company's run slot, so a
+    reset never interleaves with a daily run or a backfill. The dbt models are rebuilt from raw.
+    """
+    if not confirm:
+        raise LifecycleError("reset wipes the company's imported data and re-imports it from Synced From: "
+                             "confirm it explicitly (--yes)")
+    dsn = dsn or dsn_or_refuse()
+    with warehouse(dsn) as conn:
+        company = require_company(conn, company_id)
+        if company.status in NOT_CONNECTED:
+            raise LifecycleError(f"{company_id} is {company.status}: reconnect it before a reset")
+        try:
+            run_id = runs.open_run(conn, company_id, "reset")
+        except RunInProgress as exc:
+            raise LifecycleError(str(exc)) from None
+        wiped: dict[str, int] = {}
+        for table in sorted(RAW_STREAMS | {"deletions", "quarantine"}):
+            cur = conn.execute(sql.SQL("delete from {} where company_id = %s").format(
+                sql.Identifier("sage_raw", table)), (company_id,))
+            wiped[table] = cur.rowcount
+        wiped.update(_wipe_modelled(conn, company_id))
+        cleared = watermarks.clear_watermarks(conn, company_id)
+        conn.execute("update sage_control.companies set reconcile_requested = false, last_reconciled_at = null "
+                     "where company_id = %s", (company_id,))
+        registry.set_status(conn, company_id, CompanyStatus.INITIAL_SYNC, event_type="reset", details={
+            "synced_from_quarter": company.synced_from_quarter, "rows_deleted": wiped,
+            "watermarks_cleared": cleared, "sync_run_id": run_id})
+        conn.commit()
+    return run_id
+
+
+# Schemas dbt builds into (dbt/macros/generate_schema_name.sql). Views need nothing: they read raw.
+MODELLED_SCHEMAS = ("sage_staging", "sage_intermediate", "analytics")
+
+
+def _wipe_modelled(conn: psycopg.Connection, company_id: str) -> dict[str, int]:
+    """Delete the company's rows from every table dbt keeps (incremental layers and marts).
+
+    Incremental models only ever add what newly landed, so without this they would keep
+    serving the rows of a wiped company until a full refresh. Found by catalogue, not by name,
+    so a new model is covered the day it is added.
+    """
+    tables = conn.execute(
+        "select c.table_schema, c.table_name from information_schema.columns c "
+        "join information_schema.tables t using (table_schema, table_name) "
+        "where c.column_name = 'company_id' and t.table_type = 'BASE TABLE' and c.table_schema = any(%s) "
+        "order by 1, 2", (list(MODELLED_SCHEMAS),)).fetchall()
+    wiped = {}
+    for schema, table in tables:
+        cur = conn.execute(sql.SQL("delete from {} where company_id = %s").format(
+            sql.Identifier(schema, table)), (company_id,))
+        wiped[f"{schema}.{table}"] = cur.rowcount
+    return wiped
+
+
+def close_reset_run(run_id: str, *, dsn: str | None = None) -> None:
+    """Close a wipe-only reset run; the next daily run does the full sync (status stays initial_sync)."""
+    with warehouse(dsn) as conn:
+        runs.finish_run(conn, run_id, "skipped", "wiped; the full sync is left to the next daily run")
+        conn.commit()
+
+
+# -- what the CLI and the Connect pages start through this layer ------------------------------------
+
+
+def require_known(company_id: str, *, dsn: str | None = None) -> registry.Company:
+    """The registered company, or :class:`LifecycleError`."""
+    with warehouse(dsn) as conn:
+        return require_company(conn, company_id)
+
+
+def registered(company_id: str, *, dsn: str | None = None) -> registry.Company | None:
+    """The company if it is registered (the schema brought up to date first), else None."""
+    with warehouse(dsn) as conn:
+        migrate(conn)
+        return registry.get_company(conn, company_id)
+
+
+def migrate_warehouse(*, dsn: str | None = None) -> list[str]:
+    """Create or update the warehouse's schemas (idempotent); the migration files applied."""
+    with warehouse(dsn) as conn:
+        return migrate(conn)
+
+
+def connect_company(company_id: str, name: str, quarter: Quarter, tokens: TokenSet) -> registry.Company:
+    """Register (or re-register) the company and store its first tokens (tests, the demo, benchmarks)."""
+    with warehouse() as conn:
+        ensure_migrated(conn)
+        company = registry.register_company(conn, company_id, name, quarter)
+        conn.commit()
+    PostgresTokenStore(dsn_or_refuse()).save(company_id, tokens)
+    return company
+
+
+def start_backfill(company_id: str, quarter: Quarter, caller: airflow_api.Caller | None = None) -> str:
+    """Trigger the ``sage_backfill`` DAG for the move; raises :class:`AirflowUnavailable`."""
+    return airflow_api.trigger(BACKFILL_DAG_ID, backfill_conf(company_id, quarter), caller)
+
+
+def trigger_full_sync(company_id: str, caller: airflow_api.Caller | None = None) -> str:
+    """Trigger the company's daily DAG (after a wipe-only reset); raises :class:`AirflowUnavailable`."""
+    return airflow_api.trigger(dag_id_for(company_id), None, caller)
+
+
+def run_backfill_here(company_id: str, quarter: Quarter) -> str:
+    """The whole backfill in this process (``set-synced-from --here``); the run id."""
+    return sync.run_backfill(company_id, quarter)
+
+
+def run_reset_sync(company_id: str, run_id: str) -> None:
+    """The full sync of a reset, in this process, under the reset's run."""
+    sync.run_steps(company_id, run_id)
+
+
+def sync_now(company_id: str) -> str:
+    """A whole manual sync in this process (the CLI's ``sync``); the run id."""
+    return sync.run_company(company_id, kind="manual")
+
+
+# Failures of the in-process runs above that the CLI reports in one line (the rest are bugs).
+RUN_FAILURES: tuple[type[Exception], ...] = (RunInProgress, CompanySkipped, SageError)
+__all__ += ["RUN_FAILURES", "AirflowUnavailable", "registered"]

@@ -1,0 +1,88 @@
+"""What every use case does first: reach the warehouse and Sage's settings, and check its input.
+
+Each failure becomes a :class:`~sage_sync.core.errors.LifecycleError`, the one-line refusal the
+CLI prints and the Connect page shows, raised before anything changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import psycopg
+
+from sage_sync.core.config import SageSettings, sage_settings, warehouse_dsn
+from sage_sync.core.errors import ConfigError, LifecycleError
+from sage_sync.core.quarters import Quarter
+from sage_sync.core.status import NOT_CONNECTED, CompanyStatus
+from sage_sync.warehouse import db, registry
+
+
+@contextmanager
+def warehouse(dsn: str | None = None) -> Iterator[psycopg.Connection]:
+    """A warehouse connection, or :class:`LifecycleError` saying it cannot be reached."""
+    try:
+        conn = db.connect(dsn or warehouse_dsn(), app="sage_lifecycle")
+    except (ConfigError, psycopg.Error) as exc:
+        raise LifecycleError(f"cannot reach the warehouse: {exc}".splitlines()[0]) from None
+    with conn:
+        yield conn
+
+
+def settings_or_refuse(settings: SageSettings | None) -> SageSettings:
+    """``settings``, else the configured Sage connection, else :class:`LifecycleError`."""
+    if settings is not None:
+        return settings
+    try:
+        return sage_settings()
+    except ConfigError as exc:
+        raise LifecycleError(str(exc)) from None
+
+
+def dsn_or_refuse() -> str:
+    """The configured warehouse DSN, else :class:`LifecycleError`."""
+    try:
+        return warehouse_dsn()
+    except ConfigError as exc:
+        raise LifecycleError(str(exc)) from None
+
+
+def parse_quarter(text: str, *, today: datetime | None = None) -> Quarter:
+    """``YYYY-Qn`` as a :class:`Quarter`; refuses malformed and future quarters."""
+    try:
+        quarter = Quarter.parse(text)
+    except ValueError as exc:
+        raise LifecycleError(str(exc)) from None
+    if quarter.start_date > (today or datetime.now(UTC)).date():
+        raise LifecycleError(f"Synced From {quarter} is in the future")
+    return quarter
+
+
+def require_company(conn: psycopg.Connection, company_id: str) -> registry.Company:
+    """The registered company, or :class:`LifecycleError`."""
+    company = registry.get_company(conn, company_id)
+    if company is None:
+        raise LifecycleError(f"unknown company {company_id!r}: see `python -m sage_sync status`")
+    return company
+
+
+def validate_earlier_quarter(company: registry.Company, text: str, *, today: datetime | None = None) -> Quarter:
+    """The quarter a backfill may move Synced From to: strictly earlier than the current one.
+
+    Also refuses companies that can't be backfilled now: still in their first sync (their
+    window isn't complete yet) or without a live grant.
+    """
+    quarter = parse_quarter(text, today=today)
+    current = company.synced_from
+    if quarter == current:
+        raise LifecycleError(f"{company.company_id} already syncs from {current}; pick an earlier quarter")
+    if quarter > current:
+        raise LifecycleError(f"{quarter} is later than the current Synced From {current}: Synced From only "
+                             "moves earlier (use reset to start again)")
+    if company.status == CompanyStatus.INITIAL_SYNC:
+        raise LifecycleError(f"{company.company_id} is still in its initial sync: move Synced From once it "
+                             "has completed")
+    if company.status in NOT_CONNECTED:
+        raise LifecycleError(f"{company.company_id} is {company.status}: reconnect it first")
+    return quarter

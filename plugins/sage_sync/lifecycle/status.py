@@ -1,0 +1,122 @@
+"""The status report: every company, its status, its last run's progress, the 24-hour flag.
+
+What ``python -m sage_sync status`` prints and the Connect page lists, from one query.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from sage_sync.core.status import CompanyStatus
+from sage_sync.lifecycle.inputs import warehouse
+from sage_sync.warehouse.migrate import ensure_migrated
+
+# The first sync of a company is flagged when it has not completed after this long.
+INITIAL_SYNC_OVERDUE = timedelta(hours=24)
+# The order the Connect page lists the statuses in: what needs a human first.
+DISPLAY_ORDER = [CompanyStatus.NEEDS_REAUTH, CompanyStatus.ERROR, CompanyStatus.INITIAL_SYNC,
+                 CompanyStatus.ACTIVE, CompanyStatus.DISCONNECTED]
+
+
+def report(*, migrate: bool = False, dsn: str | None = None) -> list[dict[str, Any]]:
+    """:func:`company_statuses` on a new connection; ``migrate`` first brings the schema up to date.
+
+    Raises :class:`~sage_sync.core.errors.LifecycleError` when the warehouse cannot be reached.
+    """
+    with warehouse(dsn) as conn:
+        if migrate:
+            ensure_migrated(conn)
+        return company_statuses(conn)
+
+
+def company_statuses(conn: psycopg.Connection, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Every company with its status, its last run's progress and, in initial sync, how long it has taken."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            """
+            select c.company_id, c.company_name, c.status, c.synced_from_quarter, c.last_error,
+                   c.connected_at, c.disconnected_at, c.created_at, now() as db_now,
+                   r.sync_run_id, r.kind, r.status as run_status, r.started_at, r.ended_at, r.stats,
+                   (select min(f.started_at) from sage_control.sync_runs f
+                    where f.company_id = c.company_id and f.started_at >= coalesce(
+                        (select max(e.occurred_at) from sage_control.connection_events e
+                         where e.company_id = c.company_id and e.event_type = 'reset'), c.created_at)
+                   ) as initial_sync_started_at
+            from sage_control.companies c
+            left join lateral (
+                select * from sage_control.sync_runs r
+                where r.company_id = c.company_id order by r.started_at desc limit 1
+            ) r on true
+            order by c.company_name, c.company_id
+            """
+        )
+        rows = cur.fetchall()
+    report = []
+    for row in rows:
+        now_ = now or row["db_now"]
+        stats = row["stats"] or {}
+        last_run = None
+        if row["started_at"] is not None:
+            end = row["ended_at"] or now_
+            totals = [int(s["total_reported"]) for s in stats.values() if "total_reported" in s]
+            last_run = {
+                "sync_run_id": row["sync_run_id"], "kind": row["kind"], "status": row["run_status"],
+                "started_at": row["started_at"].isoformat(),
+                "ended_at": row["ended_at"].isoformat() if row["ended_at"] else None,
+                "elapsed_seconds": int((end - row["started_at"]).total_seconds()),
+                "pages": sum(int(s.get("pages", 0)) for s in stats.values()),
+                "records": sum(int(s.get("rows_seen", 0)) for s in stats.values()),
+                "versions_added": sum(int(s.get("versions_added", 0)) for s in stats.values()),
+                "total_reported": sum(totals) if totals else None,
+            }
+        initial = None
+        if row["status"] == CompanyStatus.INITIAL_SYNC:
+            started = row["initial_sync_started_at"]
+            elapsed = (now_ - started).total_seconds() if started else None
+            initial = {
+                "started_at": started.isoformat() if started else None,
+                "elapsed_seconds": int(elapsed) if elapsed is not None else None,
+                "overdue": elapsed is not None and elapsed > INITIAL_SYNC_OVERDUE.total_seconds(),
+            }
+        report.append({
+            "company_id": row["company_id"], "company_name": row["company_name"], "status": row["status"],
+            "synced_from": row["synced_from_quarter"], "last_error": row["last_error"],
+            "connected_at": row["connected_at"].isoformat() if row["connected_at"] else None,
+            "disconnected_at": row["disconnected_at"].isoformat() if row["disconnected_at"] else None,
+            "initial_sync": initial, "last_run": last_run,
+        })
+    return report
+
+
+def format_duration(seconds: int | None) -> str:
+    """``3h 05m`` / ``42s``."""
+    if seconds is None:
+        return "-"
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def describe(item: dict[str, Any]) -> str:
+    """One line of ``status`` for a company."""
+    line = f"{item['company_name']} ({item['company_id']}): {item['status']}, Synced From {item['synced_from']}"
+    initial = item.get("initial_sync")
+    if initial and initial["started_at"]:
+        line += f"; initial sync running for {format_duration(initial['elapsed_seconds'])}"
+        if initial["overdue"]:
+            line += " (NOT COMPLETE AFTER 24 HOURS)"
+    run = item["last_run"]
+    if run:
+        total = f" of {run['total_reported']} reported" if run["total_reported"] is not None else ""
+        line += (f"; last {run['kind']} run {run['status']} at {run['started_at'][:19]} "
+                 f"({format_duration(run['elapsed_seconds'])}): {run['pages']} pages, "
+                 f"{run['records']} records{total}, {run['versions_added']} new versions")
+    if item["last_error"]:
+        line += f"; last error: {item['last_error']}"
+    return line

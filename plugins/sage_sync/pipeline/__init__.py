@@ -1,0 +1,1 @@
+"""What the DAG tasks call: one company's sync, stream reads, deletions."""

@@ -1,0 +1,136 @@
+"""What every step of a sync needs around it: where the warehouse is, a Sage client, the company.
+
+Shared by the task entry points (``sync.py``), the stream readers (``extract.py``) and the deletion
+feed (``deletions.py``), so the three agree on how a company that must not sync is refused and how
+a dead grant becomes a status a user can act on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from sage_sync.core.config import SageSettings, sage_settings, warehouse_dsn
+from sage_sync.core.errors import CompanySkipped, ReauthorizationRequired, SubscriptionInactive, UnknownCompany
+from sage_sync.core.status import NOT_CONNECTED, CompanyStatus
+from sage_sync.sage import client as client_module
+from sage_sync.sage.auth import OAuthClient, TokenManager
+from sage_sync.sage.client import SageClient
+from sage_sync.warehouse import db, ratelimit, registry
+from sage_sync.warehouse.token_store import PostgresTokenStore
+
+
+@dataclass(frozen=True)
+class SyncEnv:
+    """Where the warehouse is and how to reach Sage; read from the Airflow connections by default.
+
+    Sage settings are read only when a step talks to Sage, so bookkeeping steps (opening and
+    closing a run) work even while the Sage connection is being reconfigured.
+    """
+
+    dsn: str
+    sage: SageSettings | None = None
+
+    @classmethod
+    def from_config(cls) -> SyncEnv:
+        return cls(dsn=warehouse_dsn())
+
+    @property
+    def settings(self) -> SageSettings:
+        return self.sage or sage_settings()
+
+
+def run_key(company_id: str, airflow_run_id: str) -> str:
+    """The sync-run id of an Airflow run: the same for every task and every retry of that run."""
+    return f"{company_id}:{airflow_run_id}"
+
+
+@contextmanager
+def connect(env: SyncEnv, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
+    """A warehouse connection. Extraction uses ``autocommit=True``: each ``conn.transaction()``
+    block is then a real transaction committed on exit (one per page), not a savepoint inside a
+    transaction that an earlier read left open, which would lose every page on a late failure."""
+    with db.connect(env.dsn, app="sage_sync", autocommit=autocommit) as conn:
+        yield conn
+
+
+def token_manager(env: SyncEnv, company_id: str) -> TokenManager:
+    """The company's token manager over the encrypted Postgres store."""
+    return TokenManager(company_id, PostgresTokenStore(env.dsn), OAuthClient(env.settings))
+
+
+def _limiter_sleep(seconds: float) -> None:
+    # A wait for the shared budget is a client wait: the client's sleep hook, looked up at call time
+    # (the limiter outlives any one client), so whatever pauses the client's retries pauses this too.
+    client_module._sleep(seconds)
+
+
+def make_client(env: SyncEnv, company_id: str, **kwargs: Any) -> SageClient:
+    """A client for one company's business (company id = Sage business id).
+
+    Every request it sends first takes a token from the deployment's shared budget in the warehouse
+    (``sage_control.api_rate_buckets``, one limiter per process and warehouse) at
+    ``SAGE_RATE_LIMIT_PER_S``; pass ``limiter=`` to use another one, or ``limiter=None`` for none.
+    """
+    settings = env.settings
+    if "limiter" not in kwargs and settings.rate_limit_per_s:
+        kwargs["limiter"] = ratelimit.shared_limiter(env.dsn, settings.rate_limit_per_s, sleep=_limiter_sleep)
+    return SageClient(settings.api_url, company_id, token_manager(env, company_id), **kwargs)
+
+
+@contextmanager
+def client_for(env: SyncEnv, company_id: str, client: SageClient | None) -> Iterator[SageClient]:
+    """``client`` as it is, or a new one for the company that is closed on exit."""
+    if client is not None:
+        yield client
+        return
+    with make_client(env, company_id) as own:
+        yield own
+
+
+def get_company(conn: psycopg.Connection, company_id: str) -> registry.Company:
+    """The registered company, or :class:`UnknownCompany`."""
+    company = registry.get_company(conn, company_id)
+    if company is None:
+        raise UnknownCompany(f"company {company_id!r} is not registered")
+    return company
+
+
+def require_connected(env: SyncEnv, company_id: str) -> registry.Company:
+    """The company, or :class:`CompanySkipped` when it was disconnected (perhaps mid-run)."""
+    with connect(env) as conn:
+        company = get_company(conn, company_id)
+    if company.status == CompanyStatus.DISCONNECTED:
+        raise CompanySkipped(f"{company.company_name} ({company_id}) was disconnected: no import until it "
+                             "is reconnected")
+    return company
+
+
+def _set_status_unless_disconnected(env: SyncEnv, company_id: str, status: CompanyStatus, error: Exception,
+                                    **event: Any) -> None:
+    with connect(env) as conn:
+        company = registry.get_company(conn, company_id)
+        if company is None or (status == CompanyStatus.NEEDS_REAUTH and company.status in NOT_CONNECTED):
+            return  # a disconnect deleted the tokens on purpose; the status already says why
+        if company.status == CompanyStatus.DISCONNECTED:
+            return  # disconnected while this step ran: it stays so until it is re-authorised
+        registry.set_status(conn, company_id, status, last_error=str(error), **event)
+        conn.commit()
+
+
+@contextmanager
+def auth_guard(env: SyncEnv, company_id: str) -> Iterator[None]:
+    """Turn a dead grant into the company status a user can act on, then re-raise."""
+    try:
+        yield
+    except ReauthorizationRequired as exc:
+        _set_status_unless_disconnected(env, company_id, CompanyStatus.NEEDS_REAUTH, exc, event_type="needs_reauth",
+                                        details={"reason": type(exc).__name__})
+        raise
+    except SubscriptionInactive as exc:
+        _set_status_unless_disconnected(env, company_id, CompanyStatus.ERROR, exc, event_type="error")
+        raise

@@ -1,0 +1,218 @@
+"""One company's sync, step by step: the functions the company and backfill DAGs' tasks call.
+
+Each step is a transaction-shaped unit that can be re-run. How a stream is read is
+``extract.py``'s; the deletion feed and the reconciliation sweep are ``deletions.py``'s; every
+write to ``sync_runs`` is ``warehouse/runs.py``'s. This module opens and closes runs, refuses
+companies that must not sync, and strings the steps together.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, date, datetime, timedelta
+
+from sage_sync.core.errors import (
+    CompanySkipped,
+    ReauthorizationRequired,
+    RunInProgress,
+    UnknownCompany,
+    UnknownRunError,
+)
+from sage_sync.core.quarters import Quarter
+from sage_sync.core.status import CompanyStatus
+from sage_sync.pipeline import env as run_env
+from sage_sync.pipeline.deletions import read_deletions
+from sage_sync.pipeline.env import SyncEnv, make_client, run_key
+from sage_sync.pipeline.extract import StreamRead, empty_totals, read_since_watermark, read_singleton, read_window
+from sage_sync.sage.client import SageClient
+from sage_sync.sage.streams import DOCUMENT_STREAMS, STREAMS, list_params
+from sage_sync.warehouse import registry, runs
+
+log = logging.getLogger(__name__)
+
+# Re-exported for the DAG tasks and the callers that catch them by this module's name.
+__all__ = [
+    "CompanySkipped", "RunInProgress", "SyncEnv", "UnknownCompany", "backfill_stream", "backfill_window",
+    "begin_run", "check_auth", "finish_backfill", "finish_run", "make_client", "run_backfill", "run_company",
+    "run_key", "run_steps", "sync_deletions", "sync_stream",
+]
+
+
+def begin_run(
+    company_id: str, *, airflow_run_id: str | None = None, kind: str = "daily", env: SyncEnv | None = None
+) -> str:
+    """Open (or re-open, on a retry) the run's audit row; refuse companies that must not sync."""
+    env = env or SyncEnv.from_config()
+    with run_env.connect(env) as conn:
+        company = run_env.get_company(conn, company_id)
+        if company.status == CompanyStatus.DISCONNECTED:
+            since = f" since {company.disconnected_at:%Y-%m-%d %H:%M} UTC" if company.disconnected_at else ""
+            raise CompanySkipped(
+                f"{company.company_name} ({company_id}) is disconnected{since}: "
+                "no import until it is reconnected"
+            )
+        if company.status == CompanyStatus.NEEDS_REAUTH:
+            raise ReauthorizationRequired(
+                f"{company.company_name} ({company_id}) needs re-authorisation: "
+                f"run `python -m sage_sync reconnect {company_id}` or use the Connect page"
+            )
+        sync_run_id = runs.open_run(conn, company_id, kind, sync_run_id=(
+            run_key(company_id, airflow_run_id) if airflow_run_id else None))
+        conn.commit()
+    return sync_run_id
+
+
+def check_auth(company_id: str, sync_run_id: str, *, env: SyncEnv | None = None) -> None:
+    """Refresh the grant now: proves it is alive, and a daily refresh keeps it from expiring."""
+    env = env or SyncEnv.from_config()
+    run_env.require_connected(env, company_id)
+    with run_env.auth_guard(env, company_id):
+        tokens = run_env.token_manager(env, company_id)
+        stored = tokens.store.load(company_id)
+        expires = stored.refresh_expires_at if stored else None
+        if expires is not None and expires <= datetime.now(UTC):
+            # Sage's refresh token dies after 31 days unused: only a new authorisation helps, and
+            # saying so beats an opaque invalid_grant.
+            raise ReauthorizationRequired(
+                f"the refresh token expired on {expires:%Y-%m-%d} (unused for 31 days): authorise again")
+        tokens.refresh()
+    log.info("grant of %s refreshed for run %s", company_id, sync_run_id)
+
+
+def sync_stream(
+    company_id: str, stream_name: str, sync_run_id: str, *, env: SyncEnv | None = None,
+    client: SageClient | None = None,
+) -> dict[str, int]:
+    """Extract one stream since its watermark into ``sage_raw``; returns this call's counters."""
+    env = env or SyncEnv.from_config()
+    stream = STREAMS[stream_name]
+    run_env.require_connected(env, company_id)
+    with (run_env.client_for(env, company_id, client) as sage, run_env.auth_guard(env, company_id),
+          run_env.connect(env, autocommit=True) as conn):
+        company = run_env.get_company(conn, company_id)
+        read = StreamRead(conn, sage, stream, company_id, sync_run_id)
+        if stream.kind == "singleton":
+            return read_singleton(read)
+        return read_since_watermark(read, company)
+
+
+def sync_deletions(company_id: str, sync_run_id: str, *, env: SyncEnv | None = None,
+                   client: SageClient | None = None) -> dict[str, int]:
+    """Record what Sage lists under ``deleted_since`` for every stream that has the feed."""
+    env = env or SyncEnv.from_config()
+    run_env.require_connected(env, company_id)
+    with (run_env.client_for(env, company_id, client) as sage, run_env.auth_guard(env, company_id),
+          run_env.connect(env, autocommit=True) as conn):
+        return read_deletions(conn, sage, run_env.get_company(conn, company_id), sync_run_id)
+
+
+def finish_run(
+    company_id: str, sync_run_id: str, *, status: str, error: str | None = None, env: SyncEnv | None = None
+) -> None:
+    """Close the audit row; a first successful sync makes the company ``active``."""
+    env = env or SyncEnv.from_config()
+    with run_env.connect(env) as conn:
+        try:
+            runs.finish_run(conn, sync_run_id, status, error)
+        except UnknownRunError:
+            log.warning("run %s was never opened; nothing to close", sync_run_id)
+            return
+        company = registry.get_company(conn, company_id)
+        if company is not None:
+            if status == "success" and company.status in (CompanyStatus.INITIAL_SYNC, CompanyStatus.ERROR):
+                registry.set_status(conn, company_id, CompanyStatus.ACTIVE, event_type="sync_succeeded"
+                                    if company.status == CompanyStatus.ERROR else "initial_sync_completed")
+            elif status == "failed" and company.status in (CompanyStatus.INITIAL_SYNC, CompanyStatus.ACTIVE):
+                registry.set_status(conn, company_id, company.status, last_error=error)
+        conn.commit()
+
+
+def run_company(company_id: str, *, kind: str = "manual", env: SyncEnv | None = None) -> str:
+    """A whole sync in one process (the CLI's `sync`, tests, benchmarks): the DAG's steps in order."""
+    env = env or SyncEnv.from_config()
+    sync_run_id = begin_run(company_id, kind=kind, env=env)
+    run_steps(company_id, sync_run_id, env=env)
+    return sync_run_id
+
+
+def run_steps(company_id: str, sync_run_id: str, *, env: SyncEnv | None = None) -> None:
+    """Every step of a sync under an already opened run, closing it as success or failed."""
+    env = env or SyncEnv.from_config()
+    try:
+        check_auth(company_id, sync_run_id, env=env)
+        with run_env.make_client(env, company_id) as client:
+            for name in STREAMS:
+                sync_stream(company_id, name, sync_run_id, env=env, client=client)
+            sync_deletions(company_id, sync_run_id, env=env, client=client)
+    except Exception as exc:
+        finish_run(company_id, sync_run_id, status="failed", error=str(exc)[:2000], env=env)
+        raise
+    finish_run(company_id, sync_run_id, status="success", env=env)
+
+
+# -- backfill (moving Synced From earlier) ----------------------------------------------------------
+
+
+def backfill_window(company: registry.Company, quarter: Quarter) -> tuple[date, date]:
+    """The document dates a backfill to ``quarter`` reads: up to the day before Synced From."""
+    return quarter.start_date, company.synced_from.start_date - timedelta(days=1)
+
+
+def backfill_stream(
+    company_id: str, stream_name: str, sync_run_id: str, quarter: Quarter | str, *,
+    env: SyncEnv | None = None, client: SageClient | None = None,
+) -> dict[str, int]:
+    """Load one document stream's older window (``quarter`` to before Synced From).
+
+    No ``updated_or_created_since``: every document in the window is read, and the loader adds a
+    version only for what the warehouse does not hold as it is, so unchanged records keep their
+    only version and first-seen time. Watermarks are left alone: the window is older documents,
+    while the daily watermark stands for changes to every document up to a point in time, which
+    a backfill does not cover. A failed backfill is simply run again.
+    """
+    env = env or SyncEnv.from_config()
+    quarter = Quarter.parse(quarter) if isinstance(quarter, str) else quarter
+    stream = STREAMS[stream_name]
+    if stream.kind != "document":
+        raise ValueError(f"only document streams are backfilled, not {stream_name!r}")
+    company = run_env.require_connected(env, company_id)
+    if quarter >= company.synced_from:
+        # Synced From already moved (a re-run after success): nothing older is left to read.
+        return empty_totals()
+    start, end = backfill_window(company, quarter)
+    with (run_env.client_for(env, company_id, client) as sage, run_env.auth_guard(env, company_id),
+          run_env.connect(env, autocommit=True) as conn):
+        read = StreamRead(conn, sage, stream, company_id, sync_run_id)
+        return read_window(read, list_params(stream, from_date=start, to_date=end), move_watermark=False)
+
+
+def finish_backfill(company_id: str, sync_run_id: str, quarter: Quarter | str, *, env: SyncEnv | None = None
+                    ) -> registry.Company:
+    """Close a successful backfill and move Synced From, in one transaction."""
+    env = env or SyncEnv.from_config()
+    quarter = Quarter.parse(quarter) if isinstance(quarter, str) else quarter
+    with run_env.connect(env) as conn:
+        runs.finish_run(conn, sync_run_id, "success")
+        company = run_env.get_company(conn, company_id)
+        if quarter < company.synced_from:
+            company = registry.set_synced_from(conn, company_id, quarter, details={"sync_run_id": sync_run_id})
+        conn.commit()
+    return company
+
+
+def run_backfill(company_id: str, quarter: Quarter | str, *, env: SyncEnv | None = None,
+                 sync_run_id: str | None = None) -> str:
+    """A whole backfill in one process (the CLI's ``set-synced-from --here``, tests)."""
+    env = env or SyncEnv.from_config()
+    if sync_run_id is None:
+        sync_run_id = begin_run(company_id, kind="backfill", env=env)
+    try:
+        check_auth(company_id, sync_run_id, env=env)
+        with run_env.make_client(env, company_id) as client:
+            for stream in DOCUMENT_STREAMS:
+                backfill_stream(company_id, stream.name, sync_run_id, quarter, env=env, client=client)
+    except Exception as exc:
+        finish_run(company_id, sync_run_id, status="failed", error=str(exc)[:2000], env=env)
+        raise
+    finish_backfill(company_id, sync_run_id, quarter, env=env)
+    return sync_run_id

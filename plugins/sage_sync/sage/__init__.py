@@ -1,0 +1,1 @@
+"""The Sage contract: HTTP client, OAuth, the stream registry, token types, money parsing. Knows no warehouse."""

@@ -1,0 +1,64 @@
+"""Who is asking: the Airflow user behind a request to the Connect pages, and what they may do.
+
+Airflow does not authenticate plugin apps (a mounted app inherits none of the core API's
+dependencies), so each route resolves the caller from Airflow's own JWT (the ``_token`` cookie the
+UI login sets, or an ``Authorization: Bearer`` header) with the api-server's auth manager. Changes
+also need permission to edit DAGs, and every form carries a CSRF token bound to a cookie.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request
+
+from sage_sync.core.errors import LoginRequired
+from sage_sync.web.pages import CSRF_COOKIE
+
+log = logging.getLogger(__name__)
+
+
+def jwt(request: Request) -> str | None:
+    """The caller's Airflow JWT: the bearer header, else the cookie the UI's login sets."""
+    from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN  # noqa: PLC0415
+
+    header = request.headers.get("authorization", "")
+    return header[7:].strip() if header.lower().startswith("bearer ") else request.cookies.get(COOKIE_NAME_JWT_TOKEN)
+
+
+def caller(request: Request) -> Any:
+    """Who asks Airflow for a run: the signed-in user, at the api-server serving this request."""
+    from sage_sync.lifecycle.airflow_api import Caller  # noqa: PLC0415
+
+    return Caller(base_url=str(request.base_url).rstrip("/").rsplit("/", 1)[0], token=jwt(request))
+
+
+async def current_user(request: Request) -> Any:
+    """The Airflow user of this request (JWT from the bearer header or the UI's cookie)."""
+    from airflow.api_fastapi.app import get_auth_manager  # noqa: PLC0415
+
+    token = jwt(request)
+    if token:
+        try:
+            return await get_auth_manager().get_user_from_token(token)
+        except Exception:  # noqa: BLE001 - expired or invalid: log in again
+            log.info("sage connections: rejected an invalid or expired Airflow token")
+    raise LoginRequired(str(request.url))
+
+
+CurrentUser = Annotated[Any, Depends(current_user)]
+
+
+def require_editor(user: Any) -> None:
+    from airflow.api_fastapi.app import get_auth_manager  # noqa: PLC0415
+
+    if not get_auth_manager().is_authorized_dag(method="PUT", user=user):
+        raise HTTPException(status_code=403, detail="editing DAGs is required to change Sage connections")
+
+
+def check_csrf(request: Request, token: str) -> None:
+    expected = request.cookies.get(CSRF_COOKIE)
+    if not expected or not secrets.compare_digest(expected, token or ""):
+        raise HTTPException(status_code=400, detail="stale form: reload the page and try again")

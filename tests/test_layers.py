@@ -1,0 +1,105 @@
+"""The layer map of docs/DESIGN.md, held by reading every module's imports (``ast``, nothing is imported).
+
+Each folder of ``plugins/sage_sync`` is one layer and may import only the layers listed for it.
+Lazy imports inside functions count too: a route that imports ``sage_sync.warehouse`` at call
+time breaks the map as much as a top-level import does.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "plugins" / "sage_sync"
+
+# layer -> the layers it may import (besides itself). Keep in step with docs/DESIGN.md.
+ALLOWED: dict[str, set[str]] = {
+    "core": set(),
+    "sage": {"core"},
+    "warehouse": {"core", "sage"},
+    "pipeline": {"core", "sage", "warehouse"},
+    "lifecycle": {"core", "sage", "warehouse", "pipeline"},
+    "web": {"core", "lifecycle"},
+    "cli": {"core", "lifecycle"},
+}
+# Files outside the package and the layers they may reach.
+OUTSIDE: dict[str, set[str]] = {
+    "plugins/sage_connect_plugin.py": {"web"},
+    "plugins/sage_sync/__main__.py": {"cli"},
+    "dags/sage_company_sync.py": {"core", "sage", "warehouse", "pipeline", "lifecycle"},
+    "dags/sage_backfill.py": {"core", "sage", "warehouse", "pipeline", "lifecycle"},
+    "dags/sage_transform.py": {"core", "lifecycle"},
+}
+# Only these modules may import Airflow (the rest of the package runs without it).
+AIRFLOW_IMPORTERS = {"core/config.py", "lifecycle/airflow_api.py", "web/app.py", "web/access.py"}
+
+
+def imported_modules(path: Path) -> list[str]:
+    """Every module ``path`` imports, at any depth of the file."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+            # `from sage_sync import warehouse` names a layer in the imported names
+            if node.module == "sage_sync":
+                names.extend(f"sage_sync.{alias.name}" for alias in node.names)
+    return names
+
+
+def layer_of(module: str) -> str | None:
+    """``sage_sync.<layer>...`` -> layer; None for anything else."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "sage_sync" and len(parts) > 1 else None
+
+
+def violations(path: Path, allowed: set[str], own: str | None) -> list[str]:
+    """One line per import of ``path`` that reaches a layer outside ``allowed`` (``own`` is its layer)."""
+    name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
+    found = []
+    for module in imported_modules(path):
+        layer = layer_of(module)
+        if layer is None or layer in (own, "__main__"):
+            continue
+        if layer not in allowed:
+            found.append(f"{name} imports {module} (layer {layer!r} is not below {own or 'it'})")
+    return found
+
+
+def package_modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE)
+
+
+def test_every_module_lives_in_a_layer() -> None:
+    loose = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert loose == ["__init__.py", "__main__.py"], f"modules outside a layer folder: {loose}"
+    assert {p.parent.name for p in package_modules()} <= set(ALLOWED), "a folder missing from the layer map"
+
+
+@pytest.mark.parametrize("path", package_modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_each_layer_imports_only_the_layers_below_it(path: Path) -> None:
+    layer = path.relative_to(PACKAGE).parts[0]
+    assert violations(path, ALLOWED[layer], layer) == []
+
+
+@pytest.mark.parametrize("name", sorted(OUTSIDE))
+def test_dags_and_the_plugin_file_reach_only_their_layers(name: str) -> None:
+    assert violations(ROOT / name, OUTSIDE[name], None) == []
+
+
+def test_only_the_adapter_the_web_layer_and_config_import_airflow() -> None:
+    importers = {str(p.relative_to(PACKAGE)) for p in package_modules()
+                 if any(m == "airflow" or m.startswith("airflow.") for m in imported_modules(p))}
+    assert importers <= AIRFLOW_IMPORTERS, sorted(importers - AIRFLOW_IMPORTERS)
+
+
+def test_the_check_catches_a_shortcut(tmp_path: Path) -> None:
+    """The rule can fail: a CLI module reaching into the warehouse is reported."""
+    bad = tmp_path / "commands.py"
+    bad.write_text("def f():\n    from sage_sync.warehouse import registry\n    return registry\n")
+    assert violations(bad, ALLOWED["cli"], "cli") == [
+        "commands.py imports sage_sync.warehouse (layer 'warehouse' is not below cli)"]
