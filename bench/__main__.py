@@ -81,12 +81,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    ({time.monotonic() - t0:.0f} s)", flush=True)
         results.extend(got)
     print(f"=== {len(results)} results in {time.monotonic() - started:.0f} s")
-    for result in results:
-        print(result.line())
+    print(summary_table(results))
     if args.json_out:
         with open(args.json_out, "w") as fh:
             json.dump([r.__dict__ for r in results], fh, indent=1, default=str)
     return 0 if all(not r.verdict.startswith("ERROR") for r in results) else 1
+
+
+def summary_table(results: list[Result]) -> str:
+    """One row per result: figure, baseline, ratio, target and verdict (a Markdown table)."""
+    header = ("benchmark", "figure", "project", "baseline", "ratio", "target", "verdict")
+    rows = [header] + [(r.name, r.metric, f"{r.project:,.2f}", f"{r.baseline:,.2f}", f"{r.ratio:.3f}",
+                        r.target, r.verdict) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -121,6 +121,10 @@ def restart_env(cluster: Cluster, sage: FakeSageServer, fernet_key: str,
         migrate(conn)
     sage.admin.reset()
     point_env_at(monkeypatch, dsn, sage)
+    # The restart must fall exactly between two committed pages. With the read-ahead, the request
+    # for page n + 1 (where the page hook fires) goes out while page n is still being loaded, so the
+    # restart would land inside page n's transaction instead: a different scenario.
+    monkeypatch.setenv("SAGE_READ_AHEAD_PAGES", "0")
     yield dsn
     with psycopg.connect(cluster.admin_url, autocommit=True) as admin:
         admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))

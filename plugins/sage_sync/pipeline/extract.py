@@ -10,13 +10,14 @@ another was edited; such a pass is repeated instead of trusted.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
 
 from sage_sync.sage.client import SageClient
+from sage_sync.sage.prefetch import CursorReadAhead
 from sage_sync.sage.streams import Stream, list_params
 from sage_sync.warehouse import loader, registry, runs, watermarks
 
@@ -87,7 +88,8 @@ def read_since_watermark(read: StreamRead, company: registry.Company) -> dict[st
     since = mark.updated_since - OVERLAP if (stream.incremental and mark and mark.updated_since) else None
     from_date = company.synced_from.start_date if stream.date_filtered else None
     if stream.sortable and stream.incremental:
-        return read_by_cursor(read, since, from_date)
+        with CursorReadAhead(read.client) as ahead:  # page n + 1 is fetched while page n loads
+            return read_by_cursor(replace(read, client=ahead), since, from_date)  # type: ignore[arg-type]
     return read_window(read, list_params(stream, updated_since=since, from_date=from_date), move_watermark=True)
 
 

@@ -25,7 +25,12 @@ Why it is shaped like this:
 * **Concurrent loads** of the same company and stream (a daily run overlapping a backfill) are
   serialised by a transaction advisory lock taken before the lookup, so the lookup-then-COPY can't let
   both add the same version. (Under READ COMMITTED, the default: the lookup is a later statement than
-  the lock, so it sees what the other load committed.)
+  the lock, so it sees what the other load committed.) The lock and the lookup are sent in one
+  pipeline: still two statements and two snapshots, but one round trip, which is what a page pays
+  for most on a busy server (bench/RESULTS.md: 0.795 -> 0.813 of bare COPY in one A/B run).
+* **Tried and not kept** (bench/RESULTS.md): one ``INSERT ... SELECT FROM unnest(...)`` with the
+  dedupe on the server (a ``LEFT JOIN LATERAL`` on the latest version), which saves the COPY's round
+  trips but serialises every record before sending: 0.818 against 0.850 for this shape, same run.
 
 About 370 lines, most of them the per-field validation that keeps one bad record from failing a
 page; it is one contract (what a raw table accepts) and reads best in one place.
@@ -148,18 +153,16 @@ def _copy_new_versions(
     Removes from ``candidates`` (and appends to ``rejected``) records that fail serialisation.
     """
     # Held until the caller commits: another load of this company+stream waits here, then its lookup
-    # (a later statement, so a fresh snapshot under READ COMMITTED) sees what this one added.
-    row = conn.execute("select now() from pg_advisory_xact_lock(%s, hashtext(%s))",
-                       (_LOAD_LOCK_NAMESPACE, f"{company_id}/{stream}")).fetchone()
-    assert row is not None
-    now: datetime = row[0]
+    # (a later statement, so a fresh snapshot under READ COMMITTED) sees what this one added. The two
+    # statements go in one pipeline: one round trip, still two snapshots.
     # Latest stored version of each candidate: its hash and, only when this same transaction already
     # stored it (a record met on two pages of one transaction), the bumped time for the next version
     # so that "latest = greatest _extracted_at" stays unambiguous. Otherwise a version's
     # _extracted_at is the transaction timestamp.
-    latest: dict[str, tuple[str, datetime | None]] = {
-        record_id: (digest, bumped)
-        for record_id, digest, bumped in conn.execute(
+    with conn.pipeline():
+        lock = conn.execute("select now() from pg_advisory_xact_lock(%s, hashtext(%s))",
+                            (_LOAD_LOCK_NAMESPACE, f"{company_id}/{stream}"))
+        lookup = conn.execute(
             sql.SQL(
                 "select distinct on (record_id) record_id, content_hash, "
                 "  case when _extracted_at >= now() then _extracted_at + interval '1 microsecond' end "
@@ -167,8 +170,13 @@ def _copy_new_versions(
                 "order by record_id, _extracted_at desc"
             ).format(table),
             (company_id, list(candidates)),
-        ).fetchall()  # fetchall: iterating the cursor row by row costs more than the query
-    }
+        )
+    row = lock.fetchone()
+    assert row is not None
+    now: datetime = row[0]
+    # fetchall: iterating the cursor row by row costs more than the query
+    latest: dict[str, tuple[str, datetime | None]] = {
+        record_id: (digest, bumped) for record_id, digest, bumped in lookup.fetchall()}
     invalid: list[str] = []
     versions_added = 0
     sha256 = hashlib.sha256
