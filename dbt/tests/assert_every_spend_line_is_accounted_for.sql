@@ -14,11 +14,11 @@ reported as (
     group by company_id
     union all
     select company_id, sum(line_count)
-    from {{ ref('spend_exceptions') }}
+    from {{ ref('rpt_spend_exceptions') }}
     group by company_id
     union all
     select company_id, sum(line_count)
-    from {{ ref('currency_exceptions') }}
+    from {{ ref('rpt_currency_exceptions') }}
     group by company_id
 ),
 

@@ -24,15 +24,16 @@
 
 with
 
-{#- The staging models read, each cut to the rows rewritten since this table's last build. #}
-{%- for name in [
-    'purchase_invoices', 'purchase_invoice_lines',
-    'purchase_credit_notes', 'purchase_credit_note_lines',
-    'purchase_quick_entries',
-    'other_payments', 'other_payment_lines',
-] %}
-{{ name }} as (
-    select * from {{ ref('stg_sage__' ~ name) }}
+{#- The staging models of the spend streams (macro sage_streams, from the registry), headers and
+    lines, each cut to the rows rewritten since this table's last build. #}
+{%- set inputs = [] %}
+{%- for stream in sage_streams() if stream.is_spend %}
+    {%- do inputs.append('stg_sage__' ~ stream.name) %}
+    {%- if stream.lines_model %}{% do inputs.append(stream.lines_model) %}{% endif %}
+{%- endfor %}
+{%- for model in inputs %}
+{{ model | replace('stg_sage__', '') }} as (
+    select * from {{ ref(model) }}
     {% if is_incremental() %}where dbt_loaded_at > {{ loaded_after }}{% endif %}
 ),
 

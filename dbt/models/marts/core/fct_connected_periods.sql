@@ -4,11 +4,11 @@
 with
 
 events as (
-    select * from {{ ref('stg_sage__connection_events') }}
+    select * from {{ ref('stg_sage_control__connection_events') }}
 ),
 
 sync_runs as (
-    select * from {{ ref('stg_sage__sync_runs') }}
+    select * from {{ ref('stg_sage_control__sync_runs') }}
 ),
 
 -- Only events that change the connection's state or its Synced From make a boundary; run

@@ -14,28 +14,22 @@ companies as (
 ),
 
 sync_runs as (
-    select * from {{ ref('stg_sage__sync_runs') }}
+    select * from {{ ref('stg_sage_control__sync_runs') }}
 ),
 
+-- Every stream of the registry (macro sage_streams) with the flags the reconciliation needs.
 streams (stream, stream_kind, is_incremental, is_date_filtered) as (
     values
-        ('businesses', 'singleton', false, false),
-        ('financial_settings', 'singleton', false, false),
-        ('ledger_accounts', 'reference', false, false),
-        ('tax_rates', 'reference', false, false),
-        ('contacts', 'reference', true, false),
-        ('purchase_invoices', 'document', true, true),
-        ('purchase_credit_notes', 'document', true, true),
-        ('purchase_quick_entries', 'document', true, true),
-        ('other_payments', 'document', true, true)
+    {%- for stream in sage_streams() %}
+        ('{{ stream.name }}', '{{ stream.kind }}', {{ stream.is_incremental | lower }}, {{ stream.is_date_filtered | lower }})
+        {%- if not loop.last %},{% endif %}
+    {%- endfor %}
 ),
 
-{%- set small_record_models = [
-    ('businesses', 'stg_sage__businesses'),
-    ('financial_settings', 'stg_sage__financial_settings'),
-    ('ledger_accounts', 'stg_sage__ledger_accounts'),
-    ('tax_rates', 'stg_sage__tax_rates'),
-] %}
+{%- set small_record_models = [] %}
+{%- for stream in sage_streams() if not stream.is_incremental %}
+    {%- do small_record_models.append((stream.name, 'stg_sage__' ~ stream.name)) %}
+{%- endfor %}
 
 -- The reference streams are small and read from staging; contacts and the spend streams come from
 -- int_sync_records, kept incrementally, so this build does not re-parse every record.

@@ -1,5 +1,5 @@
 -- GBP spend, one row per spend line. Amounts are in GBP, net of VAT and signed (credits and refunds
--- negative). What is kept out is listed in spend_exceptions (void, draft) and currency_exceptions.
+-- negative). What is kept out is listed in rpt_spend_exceptions (void, draft) and rpt_currency_exceptions.
 --
 -- A view: the lines are parsed and kept incrementally in int_spend_lines_signed (indexed by
 -- company); this joins them to the small dimensions when queried. So a renamed supplier or account,
