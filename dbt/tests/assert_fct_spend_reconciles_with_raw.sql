@@ -5,14 +5,26 @@
 with
 
 latest_documents as (
-    select 'purchase_invoices' as stream, company_id, record_id, payload, 'invoice_lines' as lines_key, 1 as sign
+    select
+        'purchase_invoices' as stream,
+        company_id,
+        record_id,
+        payload,
+        'invoice_lines' as lines_key,
+        1 as sign
     from (
         select distinct on (company_id, record_id) *
         from {{ source('sage', 'purchase_invoices') }}
         order by company_id, record_id, source_updated_at desc nulls last, _extracted_at desc
     ) as invoices
     union all
-    select 'purchase_credit_notes', company_id, record_id, payload, 'credit_note_lines', -1
+    select
+        'purchase_credit_notes',
+        company_id,
+        record_id,
+        payload,
+        'credit_note_lines',
+        -1
     from (
         select distinct on (company_id, record_id) *
         from {{ source('sage', 'purchase_credit_notes') }}
@@ -20,7 +32,9 @@ latest_documents as (
     ) as credit_notes
     union all
     select
-        'purchase_quick_entries', company_id, record_id,
+        'purchase_quick_entries',
+        company_id,
+        record_id,
         -- the header is the line
         payload || jsonb_build_object('quick_lines', jsonb_build_array(payload)),
         'quick_lines',
@@ -32,7 +46,11 @@ latest_documents as (
     ) as quick_entries
     union all
     select
-        'other_payments', company_id, record_id, payload, 'payment_lines',
+        'other_payments',
+        company_id,
+        record_id,
+        payload,
+        'payment_lines',
         case payload -> 'transaction_type' ->> 'id' when 'OTHER_PAYMENT' then 1 when 'OTHER_PAYMENT_REFUND' then -1 end
     from (
         select distinct on (company_id, record_id) *

@@ -37,20 +37,20 @@ with
 
 records as (
     {%- for stream, model, id_column, is_gone, record_date in streams %}
-    select
-        company_id,
-        '{{ stream }}' as stream,
-        {{ id_column }}{% if id_column != 'record_id' %} as record_id{% endif %},
-        cast({{ record_date }} as date) as record_date,
-        ({{ is_gone }}) as is_gone,
-        last_changed_at
-    from {{ ref(model) }}
-    {%- if is_incremental() %}
+        select
+            company_id,
+            '{{ stream }}' as stream,
+            {{ id_column }}{% if id_column != 'record_id' %} as record_id{% endif %},
+            cast({{ record_date }} as date) as record_date,
+            ({{ is_gone }}) as is_gone,
+            last_changed_at
+        from {{ ref(model) }}
+        {%- if is_incremental() %}
     where dbt_loaded_at > {{ loaded_after }}
     {%- endif %}
-    {%- if not loop.last %}
-    union all
-    {%- endif %}
+        {%- if not loop.last %}
+            union all
+        {%- endif %}
     {%- endfor %}
 ),
 

@@ -92,7 +92,9 @@ catch_up as (
         first_run.stats
     from periods
     inner join lateral (
-        select sync_runs.sync_run_id, sync_runs.stats
+        select
+            sync_runs.sync_run_id,
+            sync_runs.stats
         from sync_runs
         where
             sync_runs.company_id = periods.company_id

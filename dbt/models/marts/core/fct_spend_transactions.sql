@@ -83,13 +83,13 @@ final as (
         on spend_lines.company_id = companies.company_id
     left join nominal_accounts
         on spend_lines.company_id = nominal_accounts.company_id
-        and spend_lines.ledger_account_id = nominal_accounts.ledger_account_id
+            and spend_lines.ledger_account_id = nominal_accounts.ledger_account_id
     left join tax_rates
         on spend_lines.company_id = tax_rates.company_id
-        and spend_lines.tax_rate_id = tax_rates.tax_rate_id
+            and spend_lines.tax_rate_id = tax_rates.tax_rate_id
     left join contacts
         on spend_lines.company_id = contacts.company_id
-        and spend_lines.contact_id = contacts.contact_id
+            and spend_lines.contact_id = contacts.contact_id
 )
 
 select * from final
