@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 ENV := . .local/env.sh &&
+# Lint parses dbt without a warehouse (nothing is queried): no .local/env.sh needed.
+ENV_LINT := DBT_SEND_ANONYMOUS_USAGE_STATS=False
 
 .PHONY: help venv env airflow-db dbt-parse demo test test-fast test-deployment lint airflow deploy-up deploy-down deploy-status bench clean
 
@@ -14,7 +16,7 @@ help:
 	@echo "make test      set up and run the whole test suite"
 	@echo "make airflow   airflow standalone with these DAGs (UI on :8080)"
 	@echo "make deploy-up the CeleryExecutor deployment here, no Docker (make deploy-down stops it)"
-	@echo "make lint      ruff"
+	@echo "make lint      ruff, sqlfluff, the dbt project rules, ruff format --check"
 	@echo "make bench     benchmarks (figures in bench/RESULTS.md)"
 
 $(BIN)/.installed: requirements.txt
@@ -50,8 +52,16 @@ test: env dbt-parse
 test-deployment: env dbt-parse
 	$(TEST_ENV) $(BIN)/python -m pytest -m deployment $(PYTEST_ARGS)
 
+# ruff, then sqlfluff on the dbt SQL (dbt templater), then dbt-project-evaluator's rules on the
+# manifest of `dbt parse` (scripts/check_dbt_project.py) and the registry's dbt copy; the format
+# check is last. None of it needs a database.
 lint: venv
 	$(BIN)/ruff check .
+	$(ENV_LINT) $(BIN)/sqlfluff lint dbt --processes 2
+	$(ENV_LINT) $(BIN)/dbt parse --project-dir dbt --profiles-dir dbt --quiet --target-path target/lint
+	$(BIN)/python scripts/check_dbt_project.py --manifest dbt/target/lint/manifest.json
+	$(BIN)/python scripts/gen_dbt_streams.py --check
+	$(BIN)/ruff format --check .
 
 airflow: airflow-db dbt-parse
 	$(ENV) $(BIN)/python scripts/standalone.py

@@ -134,7 +134,7 @@ def _first_sync_at_rate_limit(runs: dict[str, dict], biggest: dict, records: int
     page (measured at 0 ms latency). The floor leaves out the sync's work: requests x the larger of
     latency and spacing.
     """
-    from sage_sync.ratelimit import DEFAULT_RATE  # noqa: PLC0415
+    from sage_sync.warehouse.ratelimit import DEFAULT_RATE  # noqa: PLC0415
 
     requests_needed = biggest["requests_per_1000"] * records / 1000
     work_per_request = runs["0ms_small"]["sync_s"] / runs["0ms_small"]["requests"]

@@ -117,7 +117,7 @@ def _single_task_dag() -> DAG:
         BashOperator(
             task_id="dbt_build",
             bash_command=f"{DBT_EXECUTABLE} build --project-dir {DBT_PROJECT} --profiles-dir {DBT_PROJECT}",
-            env={"DBT_SEND_ANONYMOUS_USAGE_STATS": "False"},
+            env={"DBT_SEND_ANONYMOUS_USAGE_STATS": "False", "DBT_TARGET": "prod"},  # dbt/profiles.yml
             append_env=True,
         )
     return dag

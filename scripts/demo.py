@@ -128,7 +128,7 @@ def report(conn: psycopg.Connection, companies: list[tuple[str, str]]) -> None:
             print("\nspend by nominal code (GBP, net of VAT)")
             print(tabulate(by_code, headers=["code", "name", "lines", "amount"], floatfmt=",.2f"))
         excluded = conn.execute(
-            "select reason, count(*) from analytics.currency_exceptions where company_id = %s group by 1",
+            "select reason, count(*) from analytics.rpt_currency_exceptions where company_id = %s group by 1",
             (company_id,)).fetchall()
         for reason, count in excluded:
             print(f"kept out of spend (GBP only): {count} documents, reason {reason}")

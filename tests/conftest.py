@@ -20,6 +20,10 @@ from psycopg import sql
 
 from sage_sync.warehouse.migrate import migrate
 
+# dbt builds the production layout (schemas sage_staging, sage_intermediate, analytics: the names
+# analysts read and the tests assert) into the session's throwaway database; see dbt/profiles.yml.
+os.environ.setdefault("DBT_TARGET", "prod")
+
 ADMIN_URL = os.environ.get("SAGE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 

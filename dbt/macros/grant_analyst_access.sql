@@ -1,6 +1,7 @@
 {#
-    The read-only `analyst` role (var analyst_role): it can select the marts in `analytics` and
-    nothing else. Run as an on-run-end hook, so every build leaves the grants in place; every
+    The read-only `analyst` role (var analyst_role): it can select the marts (schema `analytics`
+    on a production target, `<target schema>_analytics` on another, macro generate_schema_name)
+    and nothing else. Run as an on-run-end hook, so every build leaves the grants in place; every
     statement is idempotent.
 
     - The role is NOLOGIN: people get it through membership (`grant analyst to alice`).
@@ -33,7 +34,9 @@ grant usage on schema {{ adapter.quote(marts_schema) }} to {{ adapter.quote(role
 grant select on all tables in schema {{ adapter.quote(marts_schema) }} to {{ adapter.quote(role) }};
 alter default privileges in schema {{ adapter.quote(marts_schema) }}
     grant select on tables to {{ adapter.quote(role) }};
-{%- for private_schema in ["sage_raw", "sage_control", "sage_staging", "sage_intermediate"] %}
+{%- set private_schemas = ["sage_raw", "sage_control",
+    generate_schema_name("sage_staging", none), generate_schema_name("sage_intermediate", none)] %}
+{%- for private_schema in private_schemas %}
 do $revoke$
 begin
     if exists (select from pg_namespace where nspname = '{{ private_schema }}') then

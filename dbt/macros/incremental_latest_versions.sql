@@ -30,7 +30,7 @@ landed_since_watermark as (
     where _extracted_at > {{ landed_after }}
     union all
     select company_id, record_id, _extracted_at
-    from {{ source('sage_raw', 'deletions') }}
+    from {{ source('sage', 'deletions') }}
     where stream = '{{ stream }}'
         and _extracted_at > {{ landed_after }}
 ),
@@ -72,7 +72,7 @@ deletion_landings as (
         company_id,
         record_id,
         max(_extracted_at) as deletion_landed_at
-    from {{ source('sage_raw', 'deletions') }}
+    from {{ source('sage', 'deletions') }}
     where stream = '{{ stream }}'
     {%- if is_incremental() %}
         and (company_id, record_id) in (select company_id, record_id from changed_keys)

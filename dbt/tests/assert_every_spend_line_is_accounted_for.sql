@@ -3,27 +3,37 @@
 with
 
 spend_lines as (
-    select company_id, count(*) as line_count
+    select
+        company_id,
+        count(*) as line_count
     from {{ ref('int_spend_lines_unioned') }}
     group by company_id
 ),
 
 reported as (
-    select company_id, count(*) as line_count
+    select
+        company_id,
+        count(*) as line_count
     from {{ ref('fct_spend_transactions') }}
     group by company_id
     union all
-    select company_id, sum(line_count)
-    from {{ ref('spend_exceptions') }}
+    select
+        company_id,
+        sum(line_count)
+    from {{ ref('rpt_spend_exceptions') }}
     group by company_id
     union all
-    select company_id, sum(line_count)
-    from {{ ref('currency_exceptions') }}
+    select
+        company_id,
+        sum(line_count)
+    from {{ ref('rpt_currency_exceptions') }}
     group by company_id
 ),
 
 reported_per_company as (
-    select company_id, sum(line_count) as line_count
+    select
+        company_id,
+        sum(line_count) as line_count
     from reported
     group by company_id
 )

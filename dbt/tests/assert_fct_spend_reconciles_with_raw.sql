@@ -5,38 +5,56 @@
 with
 
 latest_documents as (
-    select 'purchase_invoices' as stream, company_id, record_id, payload, 'invoice_lines' as lines_key, 1 as sign
+    select
+        'purchase_invoices' as stream,
+        company_id,
+        record_id,
+        payload,
+        'invoice_lines' as lines_key,
+        1 as sign
     from (
         select distinct on (company_id, record_id) *
-        from {{ source('sage_raw', 'purchase_invoices') }}
+        from {{ source('sage', 'purchase_invoices') }}
         order by company_id, record_id, source_updated_at desc nulls last, _extracted_at desc
     ) as invoices
     union all
-    select 'purchase_credit_notes', company_id, record_id, payload, 'credit_note_lines', -1
+    select
+        'purchase_credit_notes',
+        company_id,
+        record_id,
+        payload,
+        'credit_note_lines',
+        -1
     from (
         select distinct on (company_id, record_id) *
-        from {{ source('sage_raw', 'purchase_credit_notes') }}
+        from {{ source('sage', 'purchase_credit_notes') }}
         order by company_id, record_id, source_updated_at desc nulls last, _extracted_at desc
     ) as credit_notes
     union all
     select
-        'purchase_quick_entries', company_id, record_id,
+        'purchase_quick_entries',
+        company_id,
+        record_id,
         -- the header is the line
         payload || jsonb_build_object('quick_lines', jsonb_build_array(payload)),
         'quick_lines',
         case when payload -> 'quick_entry_type' ->> 'id' = 'CREDIT_NOTE' then -1 else 1 end
     from (
         select distinct on (company_id, record_id) *
-        from {{ source('sage_raw', 'purchase_quick_entries') }}
+        from {{ source('sage', 'purchase_quick_entries') }}
         order by company_id, record_id, source_updated_at desc nulls last, _extracted_at desc
     ) as quick_entries
     union all
     select
-        'other_payments', company_id, record_id, payload, 'payment_lines',
+        'other_payments',
+        company_id,
+        record_id,
+        payload,
+        'payment_lines',
         case payload -> 'transaction_type' ->> 'id' when 'OTHER_PAYMENT' then 1 when 'OTHER_PAYMENT_REFUND' then -1 end
     from (
         select distinct on (company_id, record_id) *
-        from {{ source('sage_raw', 'other_payments') }}
+        from {{ source('sage', 'other_payments') }}
         order by company_id, record_id, source_updated_at desc nulls last, _extracted_at desc
     ) as other_payments
 ),
@@ -45,7 +63,7 @@ base_currencies as (
     select distinct on (company_id)
         company_id,
         payload -> 'base_currency' ->> 'id' as base_currency
-    from {{ source('sage_raw', 'financial_settings') }}
+    from {{ source('sage', 'financial_settings') }}
     -- spend of a company that is not connected has no home in the fact either
     where company_id in (select company_id from {{ source('sage_control', 'companies') }})
     order by company_id, source_updated_at desc nulls last, _extracted_at desc
@@ -66,7 +84,7 @@ expected as (
         and documents.payload ->> 'deleted_at' is null
         and not exists (
             select 1
-            from {{ source('sage_raw', 'deletions') }} as deletions
+            from {{ source('sage', 'deletions') }} as deletions
             where deletions.company_id = documents.company_id
                 and deletions.stream = documents.stream
                 and deletions.record_id = documents.record_id

@@ -6,7 +6,7 @@ payment re-typed as a receipt), then one `dbt build` (incremental models, seeds,
 tests, the raw-reconciliation test). The marts must then be exactly what a full build gives.
 
 Company ``gbp_co`` (base GBP) holds the interesting cases; ``eur_co`` (base EUR) shows that a
-non-GBP company's spend goes to currency_exceptions, never into the fact.
+non-GBP company's spend goes to rpt_currency_exceptions, never into the fact.
 """
 
 from __future__ import annotations
@@ -356,8 +356,8 @@ def test_dbt_parse_needs_no_database(parse_job: ParseJob, built: psycopg.Connect
     assert parse_job.process.returncode == 0, output[-3000:]
     manifest = json.loads((parse_job.target / "manifest.json").read_text())
     models = {n["name"] for n in manifest["nodes"].values() if n["resource_type"] == "model"}
-    assert {"fct_spend_transactions", "dim_companies", "dim_suppliers", "currency_exceptions",
-            "spend_exceptions", "int_spend_lines_unioned"} <= models
+    assert {"fct_spend_transactions", "dim_companies", "dim_suppliers", "rpt_currency_exceptions",
+            "rpt_spend_exceptions", "int_spend_lines_unioned"} <= models
     unit_tests = {n["name"] for n in manifest.get("unit_tests", {}).values()}
     assert len(unit_tests) >= 3
 
@@ -421,7 +421,7 @@ def test_fact_keys_and_lineage_columns(built: psycopg.Connection) -> None:
 def test_currency_exceptions(built: psycopg.Connection) -> None:
     assert _rows(built, """
         select company_id, stream, record_id, transaction_date::text, currency, base_currency, amount, reason
-        from analytics.currency_exceptions order by company_id, record_id
+        from analytics.rpt_currency_exceptions order by company_id, record_id
     """) == [
         ("eur_co", "other_payments", "op_b1", "2024-05-04", "EUR", "EUR", Decimal("90.00"),
          "company_base_currency_not_gbp"),
@@ -435,7 +435,7 @@ def test_currency_exceptions(built: psycopg.Connection) -> None:
 def test_spend_exceptions(built: psycopg.Connection) -> None:
     assert _rows(built, """
         select company_id, record_id, document_status, amount, reason
-        from analytics.spend_exceptions order by record_id
+        from analytics.rpt_spend_exceptions order by record_id
     """) == [
         ("gbp_co", "pi_draft", "DRAFT", Decimal("40.00"), "draft"),
         ("gbp_co", "pi_void", "VOID", Decimal("300.00"), "void"),
@@ -507,7 +507,7 @@ def test_dim_nominal_accounts(built: psycopg.Connection) -> None:
 
 def test_spend_by_quarter_marts(built: psycopg.Connection) -> None:
     assert _rows(built, """
-        select quarter, category, line_count, amount from analytics.spend_by_category_quarter
+        select quarter, category, line_count, amount from analytics.rpt_spend_by_category_quarter
         where company_id = 'gbp_co' order by category
     """) == [
         ("2024-Q2", "capital_expenditure", 1, Decimal("60.00")),
@@ -516,7 +516,7 @@ def test_spend_by_quarter_marts(built: psycopg.Connection) -> None:
         ("2024-Q2", "uncategorised", 1, Decimal("70.00")),
     ]
     assert _rows(built, """
-        select supplier_key, supplier_name, document_count, amount from analytics.spend_by_supplier_quarter
+        select supplier_key, supplier_name, document_count, amount from analytics.rpt_spend_by_supplier_quarter
         where company_id = 'gbp_co' order by 1
     """) == [
         ("contact:c_acme", "Acme Ltd", 6, Decimal("505.50")),
@@ -529,7 +529,7 @@ def test_sync_health(built: psycopg.Connection) -> None:
     rows = _rows(built, """
         select company_id, stream, freshness_status, last_run_status, total_reported, current_record_count,
                reconciliation_scope, is_reconciled
-        from analytics.sync_health
+        from analytics.rpt_sync_health
         where stream in ('ledger_accounts', 'purchase_invoices', 'purchase_credit_notes', 'tax_rates')
         order by 1, 2
     """)
@@ -634,7 +634,7 @@ def test_incremental_build_equals_a_full_refresh(built: psycopg.Connection, pg_d
         assert any("Raw Materials" in row for row in fact)
         assert not any('"qe_inv"' in row for row in fact)
         assert any('"op_b1"' in row for row in fact)  # EUR Co's base-currency payment, now GBP
-        assert any("2024-Q3" in row for row in incremental["analytics.spend_by_category_quarter"])
+        assert any("2024-Q3" in row for row in incremental["analytics.rpt_spend_by_category_quarter"])
         assert dict(conn.execute(
             "select line_id, dbt_loaded_at from sage_intermediate.int_spend_lines_signed "
             "where record_id in ('pi_nocontact', 'op_refund')").fetchall()) == untouched_before

@@ -71,7 +71,7 @@ class AnalystLoop:
 
     dsn: str
     marts: list[str]
-    totals: list[Decimal] = field(default_factory=list)  # gbp_co's spend_by_category_quarter total
+    totals: list[Decimal] = field(default_factory=list)  # gbp_co's rpt_spend_by_category_quarter total
     company_counts: list[int] = field(default_factory=list)  # rows of dim_companies
     errors: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -90,7 +90,7 @@ class AnalystLoop:
                     for mart in self.marts:  # every mart answers a query
                         conn.execute(f'select 1 from analytics."{mart}" limit 1').fetchall()
                     self.totals.append(conn.execute(
-                        "select coalesce(sum(amount), 0) from analytics.spend_by_category_quarter "
+                        "select coalesce(sum(amount), 0) from analytics.rpt_spend_by_category_quarter "
                         "where company_id = %s", (GBP_CO,)).fetchone()[0])
                     self.company_counts.append(
                         conn.execute("select count(*) from analytics.dim_companies").fetchone()[0])
@@ -127,7 +127,7 @@ def _relation_ids(conn: psycopg.Connection) -> dict[str, int]:
 
 
 def _total(conn: psycopg.Connection) -> Decimal:
-    return conn.execute("select coalesce(sum(amount), 0) from analytics.spend_by_category_quarter "
+    return conn.execute("select coalesce(sum(amount), 0) from analytics.rpt_spend_by_category_quarter "
                         "where company_id = %s", (GBP_CO,)).fetchone()[0]
 
 
@@ -153,9 +153,9 @@ def test_marts_stay_whole_during_a_daily_build_and_a_full_refresh(
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     marts = [r[0] for r in warehouse.execute(
         "select table_name from information_schema.tables where table_schema = 'analytics' order by 1")]
-    assert {"fct_spend_transactions", "spend_by_category_quarter", "spend_by_supplier_quarter",
-            "spend_exceptions", "currency_exceptions", "dim_companies", "dim_nominal_accounts",
-            "dim_suppliers", "sync_health"} <= set(marts)
+    assert {"fct_spend_transactions", "rpt_spend_by_category_quarter", "rpt_spend_by_supplier_quarter",
+            "rpt_spend_exceptions", "rpt_currency_exceptions", "dim_companies", "dim_nominal_accounts",
+            "dim_suppliers", "rpt_sync_health"} <= set(marts)
     lines = warehouse.execute("select count(*) from sage_intermediate.int_spend_lines_signed").fetchone()[0]
     assert lines > 2 * GENERATED_INVOICES
     before, relation_ids = _total(warehouse), _relation_ids(warehouse)

@@ -147,7 +147,7 @@ def _assert_marts_equal_books(env: Env, keys: list[str], starts: dict[str, date]
     assert env.wh("select count(*) - count(distinct spend_line_id) from analytics.fct_spend_transactions") == [(0,)]
     # atlantic keeps EUR books: none of it is spend, all of it is listed as a currency exception
     assert _modelled_spend(env, env.companies[EUR]) == 0
-    assert env.wh("select count(*) > 0 from analytics.currency_exceptions where company_id = %s",
+    assert env.wh("select count(*) > 0 from analytics.rpt_currency_exceptions where company_id = %s",
                   (env.companies[EUR],)) == [(True,)]
 
 

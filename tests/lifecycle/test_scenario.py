@@ -3,7 +3,7 @@
 connect -> daily runs -> edits and deletions -> disconnect -> edits and deletions while
 disconnected -> reconnect -> Synced From moved two quarters earlier (the sage_backfill DAG) ->
 reset. After each step the modelled spend equals what the fake Sage holds in the window,
-nothing is duplicated, and connected_periods tells the story.
+nothing is duplicated, and fct_connected_periods tells the story.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def _edit_and_delete(sage: FakeSageServer, company: str, start: date, tag: str) 
 def _periods(conn: psycopg.Connection, company: str) -> list[tuple]:
     return conn.execute(
         "select connection_state, synced_from_quarter, period_ended_at is null, records_imported_on_reconnection, "
-        "deletions_detected_on_reconnection from analytics.connected_periods where company_id = %s "
+        "deletions_detected_on_reconnection from analytics.fct_connected_periods where company_id = %s "
         "order by period_number", (company,)).fetchall()
 
 

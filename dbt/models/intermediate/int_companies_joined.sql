@@ -2,7 +2,7 @@
 with
 
 companies as (
-    select * from {{ ref('stg_sage__companies') }}
+    select * from {{ ref('stg_sage_control__companies') }}
 ),
 
 businesses as (
@@ -14,11 +14,11 @@ financial_settings as (
 ),
 
 sync_runs as (
-    select * from {{ ref('stg_sage__sync_runs') }}
+    select * from {{ ref('stg_sage_control__sync_runs') }}
 ),
 
 connection_events as (
-    select * from {{ ref('stg_sage__connection_events') }}
+    select * from {{ ref('stg_sage_control__connection_events') }}
 ),
 
 -- A reset wipes a company's data and starts its initial sync again.

@@ -24,17 +24,18 @@
 
 with
 
-{#- The staging models read, each cut to the rows rewritten since this table's last build. #}
-{%- for name in [
-    'purchase_invoices', 'purchase_invoice_lines',
-    'purchase_credit_notes', 'purchase_credit_note_lines',
-    'purchase_quick_entries',
-    'other_payments', 'other_payment_lines',
-] %}
-{{ name }} as (
-    select * from {{ ref('stg_sage__' ~ name) }}
-    {% if is_incremental() %}where dbt_loaded_at > {{ loaded_after }}{% endif %}
-),
+{#- The staging models of the spend streams (macro sage_streams, from the registry), headers and
+    lines, each cut to the rows rewritten since this table's last build. #}
+{%- set inputs = [] %}
+{%- for stream in sage_streams() if stream.is_spend %}
+    {%- do inputs.append('stg_sage__' ~ stream.name) %}
+    {%- if stream.lines_model %}{% do inputs.append(stream.lines_model) %}{% endif %}
+{%- endfor %}
+{%- for model in inputs %}
+    {{ model | replace('stg_sage__', '') }} as (
+        select * from {{ ref(model) }}
+        {% if is_incremental() %}where dbt_loaded_at > {{ loaded_after }}{% endif %}
+    ),
 
 {% endfor -%}
 -- Left joins from the header: every changed document yields at least one row (a marker with a
@@ -68,8 +69,8 @@ invoice_lines as (
     from purchase_invoices as headers
     left join purchase_invoice_lines as lines
         on headers.company_id = lines.company_id
-        and headers.record_id = lines.record_id
-        and not headers.is_deleted
+            and headers.record_id = lines.record_id
+            and not headers.is_deleted
 ),
 
 credit_note_lines as (
@@ -102,8 +103,8 @@ credit_note_lines as (
     from purchase_credit_notes as headers
     left join purchase_credit_note_lines as lines
         on headers.company_id = lines.company_id
-        and headers.record_id = lines.record_id
-        and not headers.is_deleted
+            and headers.record_id = lines.record_id
+            and not headers.is_deleted
 ),
 
 -- A quick entry has no lines: the header is the line.
@@ -172,9 +173,9 @@ payment_lines as (
     from other_payments as headers
     left join other_payment_lines as lines
         on headers.company_id = lines.company_id
-        and headers.record_id = lines.record_id
-        and not headers.is_deleted
-        and headers.transaction_type in ('OTHER_PAYMENT', 'OTHER_PAYMENT_REFUND')
+            and headers.record_id = lines.record_id
+            and not headers.is_deleted
+            and headers.transaction_type in ('OTHER_PAYMENT', 'OTHER_PAYMENT_REFUND')
 ),
 
 unioned as (

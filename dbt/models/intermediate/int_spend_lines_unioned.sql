@@ -41,7 +41,7 @@ classified as (
         case
             when spend_lines.document_status = 'VOID' then 'void'
             when spend_lines.document_status = 'DRAFT' then 'draft'
-            when companies.base_currency is distinct from 'GBP' then 'company_base_currency_not_gbp'
+            when coalesce(companies.base_currency <> 'GBP', true) then 'company_base_currency_not_gbp'
             when coalesce(spend_lines.currency, companies.base_currency) <> 'GBP' then 'document_currency_not_gbp'
         end as exclusion_reason,
         spend_lines.first_synced_at,

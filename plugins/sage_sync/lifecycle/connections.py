@@ -1,8 +1,7 @@
 """A company connection's use cases: connect, disconnect, reconnect, move Synced From, reset.
 
-About 340 lines on purpose: the use cases share their refusals and their order of steps, and
-reading them side by side is how one checks that they agree; the reset's wipe of dbt-owned
-tables (``_wipe_modelled``), which is leaving Python, is 25 of them.
+About 320 lines on purpose: the use cases share their refusals and their order of steps, and
+reading them side by side is how one checks that they agree.
 
 The CLI (``python -m sage_sync ...``) and the Connect pages (``sage_sync.web``) both call these
 functions, so the two paths behave the same. Every function checks its input first and raises
@@ -221,7 +220,9 @@ def reset(company_id: str, *, confirm: bool, dsn: str | None = None) -> str:
     Returns the id of the ``reset`` run opened for it: the caller either runs the full sync
     under it (:func:`sage_sync.pipeline.sync.run_steps`) or closes it (:func:`close_reset_run`) and lets
     the next daily run do the full sync. Opening the run takes the company's run slot, so a
-    reset never interleaves with a daily run or a backfill. The dbt models are rebuilt from raw.
+    reset never interleaves with a daily run or a backfill. The modelled rows are dbt's: its
+    incremental models drop the rows of a company older than its last ``reset`` event (macro
+    forget_reset_companies), so nothing here writes to a dbt table.
     """
     if not confirm:
         raise LifecycleError("reset wipes the company's imported data and re-imports it from Synced From: "
@@ -240,7 +241,6 @@ def reset(company_id: str, *, confirm: bool, dsn: str | None = None) -> str:
             cur = conn.execute(sql.SQL("delete from {} where company_id = %s").format(
                 sql.Identifier("sage_raw", table)), (company_id,))
             wiped[table] = cur.rowcount
-        wiped.update(_wipe_modelled(conn, company_id))
         cleared = watermarks.clear_watermarks(conn, company_id)
         conn.execute("update sage_control.companies set reconcile_requested = false, last_reconciled_at = null "
                      "where company_id = %s", (company_id,))
@@ -249,30 +249,6 @@ def reset(company_id: str, *, confirm: bool, dsn: str | None = None) -> str:
             "watermarks_cleared": cleared, "sync_run_id": run_id})
         conn.commit()
     return run_id
-
-
-# Schemas dbt builds into (dbt/macros/generate_schema_name.sql). Views need nothing: they read raw.
-MODELLED_SCHEMAS = ("sage_staging", "sage_intermediate", "analytics")
-
-
-def _wipe_modelled(conn: psycopg.Connection, company_id: str) -> dict[str, int]:
-    """Delete the company's rows from every table dbt keeps (incremental layers and marts).
-
-    Incremental models only ever add what newly landed, so without this they would keep
-    serving the rows of a wiped company until a full refresh. Found by catalogue, not by name,
-    so a new model is covered the day it is added.
-    """
-    tables = conn.execute(
-        "select c.table_schema, c.table_name from information_schema.columns c "
-        "join information_schema.tables t using (table_schema, table_name) "
-        "where c.column_name = 'company_id' and t.table_type = 'BASE TABLE' and c.table_schema = any(%s) "
-        "order by 1, 2", (list(MODELLED_SCHEMAS),)).fetchall()
-    wiped = {}
-    for schema, table in tables:
-        cur = conn.execute(sql.SQL("delete from {} where company_id = %s").format(
-            sql.Identifier(schema, table)), (company_id,))
-        wiped[f"{schema}.{table}"] = cur.rowcount
-    return wiped
 
 
 def close_reset_run(run_id: str, *, dsn: str | None = None) -> None:

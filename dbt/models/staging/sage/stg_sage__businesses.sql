@@ -1,7 +1,7 @@
 with
 
 source as (
-    select * from {{ source('sage_raw', 'businesses') }}
+    select * from {{ source('sage', 'businesses') }}
 ),
 
 latest as (

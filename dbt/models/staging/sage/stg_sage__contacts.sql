@@ -28,7 +28,7 @@ renamed as (
     from latest
     left join deletions
         on latest.company_id = deletions.company_id
-        and latest.record_id = deletions.record_id
+            and latest.record_id = deletions.record_id
 ),
 
 final as (

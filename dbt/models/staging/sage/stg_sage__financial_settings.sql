@@ -2,7 +2,7 @@
 with
 
 source as (
-    select * from {{ source('sage_raw', 'financial_settings') }}
+    select * from {{ source('sage', 'financial_settings') }}
 ),
 
 latest as (

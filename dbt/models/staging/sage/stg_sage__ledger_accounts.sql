@@ -2,7 +2,7 @@
 with
 
 source as (
-    select * from {{ source('sage_raw', 'ledger_accounts') }}
+    select * from {{ source('sage', 'ledger_accounts') }}
 ),
 
 latest as (

@@ -1,42 +1,10 @@
--- Lines of the latest version of each other payment (a new version replaces all lines).
-with
-
-latest as (
-    select * from {{ ref('base_sage__other_payments_latest') }}
-),
-
-lines as (
-    select
-        latest.company_id,
-        latest.record_id,
-        latest.dbt_loaded_at,
-        line.value as line,
-        line.ordinality as line_number
-    from latest
-    cross join lateral jsonb_array_elements(
-        case when jsonb_typeof(latest.payload -> 'payment_lines') = 'array'
-            then latest.payload -> 'payment_lines' else '[]'::jsonb end
-    ) with ordinality as line (value, ordinality)
-),
-
-renamed as (
-    select
-        company_id,
-        record_id,
-        coalesce({{ sage_text('line', 'id') }}, record_id || ':' || line_number) as line_id,
-        cast(line_number as integer) as line_number,
-        {{ sage_text('line', 'details') }} as details,
-        {{ sage_link_id('line', 'ledger_account') }} as ledger_account_id,
-        {{ sage_link_id('line', 'tax_rate') }} as tax_rate_id,
-        {{ sage_amount('line', 'net_amount') }} as net_amount,
-        {{ sage_amount('line', 'tax_amount') }} as tax_amount,
-        {{ sage_amount('line', 'total_amount') }} as total_amount,
-        dbt_loaded_at
-    from lines
-),
-
-final as (
-    select * from renamed
-)
-
-select * from final
+-- Lines (payment_lines) of the latest version of each other payment: no quantity, price or
+-- base-currency amounts (other payments are in the base currency), and `details`, not `description`.
+{{ sage_document_lines('other_payments', columns=[
+    (sage_text('line', 'details'), 'details'),
+    (sage_link_id('line', 'ledger_account'), 'ledger_account_id'),
+    (sage_link_id('line', 'tax_rate'), 'tax_rate_id'),
+    (sage_amount('line', 'net_amount'), 'net_amount'),
+    (sage_amount('line', 'tax_amount'), 'tax_amount'),
+    (sage_amount('line', 'total_amount'), 'total_amount'),
+]) }}

@@ -1,7 +1,7 @@
 with
 
 source as (
-    select * from {{ source('sage_raw', 'quarantine') }}
+    select * from {{ source('sage', 'quarantine') }}
 ),
 
 renamed as (

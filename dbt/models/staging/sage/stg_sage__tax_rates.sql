@@ -1,7 +1,7 @@
 with
 
 source as (
-    select * from {{ source('sage_raw', 'tax_rates') }}
+    select * from {{ source('sage', 'tax_rates') }}
 ),
 
 latest as (

@@ -1,3 +1,3 @@
 -- Latest version of each purchase invoices record, maintained incrementally (macro incremental_latest_versions;
 -- materialisation and indexes for every base model in dbt_project.yml).
-{{ incremental_latest_versions(source('sage_raw', 'purchase_invoices'), 'purchase_invoices') }}
+{{ incremental_latest_versions(source('sage', 'purchase_invoices'), 'purchase_invoices') }}

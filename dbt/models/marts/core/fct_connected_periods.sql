@@ -4,11 +4,11 @@
 with
 
 events as (
-    select * from {{ ref('stg_sage__connection_events') }}
+    select * from {{ ref('stg_sage_control__connection_events') }}
 ),
 
 sync_runs as (
-    select * from {{ ref('stg_sage__sync_runs') }}
+    select * from {{ ref('stg_sage_control__sync_runs') }}
 ),
 
 -- Only events that change the connection's state or its Synced From make a boundary; run
@@ -92,7 +92,9 @@ catch_up as (
         first_run.stats
     from periods
     inner join lateral (
-        select sync_runs.sync_run_id, sync_runs.stats
+        select
+            sync_runs.sync_run_id,
+            sync_runs.stats
         from sync_runs
         where
             sync_runs.company_id = periods.company_id

@@ -82,10 +82,10 @@ categorised as (
     from accounts
     left join overrides
         on accounts.company_id = overrides.company_id
-        and accounts.nominal_code = overrides.nominal_code
+            and accounts.nominal_code = overrides.nominal_code
     left join default_chart
         on accounts.nominal_code = default_chart.nominal_code
-        and lower(trim(accounts.nominal_code_name)) = lower(trim(default_chart.nominal_code_name))
+            and lower(trim(accounts.nominal_code_name)) = lower(trim(default_chart.nominal_code_name))
     left join type_categories
         on accounts.ledger_account_type = type_categories.ledger_account_type
 ),

@@ -1,9 +1,11 @@
 -- One row per deleted record. A record can be seen deleted twice (feed and reconciliation sweep);
 -- the first detection is the one reported.
+{{ config(materialized="view") }}
+
 with
 
 source as (
-    select * from {{ source('sage_raw', 'deletions') }}
+    select * from {{ source('sage', 'deletions') }}
 ),
 
 ranked as (

@@ -1,13 +1,14 @@
--- Spend kept out of the GBP-only fact because of its currency: one row per document, amounts in
--- the document's own currency. Nothing is converted, nothing is dropped silently.
--- A view: a company whose base currency changes is re-classified at once.
-{{ config(materialized='view') }}
-
+{#
+    The exception marts: spend lines kept out of the fact (int_spend_lines_unioned) for one of
+    `reasons`, one row per document with its amounts summed in the document's own currency, keyed
+    by `id_column`. Materialised as views by the callers: always what the line layer holds now.
+#}
+{% macro excluded_spend_documents(reasons, id_column) -%}
 with
 
 spend_lines as (
     select * from {{ ref('int_spend_lines_unioned') }}
-    where exclusion_reason in ('document_currency_not_gbp', 'company_base_currency_not_gbp')
+    where exclusion_reason in ({% for reason in reasons %}'{{ reason }}'{% if not loop.last %}, {% endif %}{% endfor %})
 ),
 
 documents as (
@@ -34,9 +35,10 @@ documents as (
 
 final as (
     select
-        {{ surrogate_key(['company_id', 'stream', 'record_id']) }} as currency_exception_id,
+        {{ surrogate_key(['company_id', 'stream', 'record_id']) }} as {{ id_column }},
         *
     from documents
 )
 
 select * from final
+{%- endmacro %}

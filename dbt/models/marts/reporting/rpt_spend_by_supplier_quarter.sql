@@ -1,6 +1,6 @@
 -- GBP spend per company, calendar quarter and supplier. A document with no contact link is grouped
 -- by the supplier name on the document; one with neither is 'unknown supplier'.
--- A view over the fact, like spend_by_category_quarter.
+-- A view over the fact, like rpt_spend_by_category_quarter.
 {{ config(materialized='view') }}
 
 with
@@ -36,7 +36,7 @@ aggregated as (
         sum(vat_amount) as vat_amount,
         sum(gross_amount) as gross_amount
     from keyed
-    group by company_id, company_name, 4, 5, 6
+    group by 1, 2, 4, 5, 6
 ),
 
 final as (

@@ -14,41 +14,40 @@ companies as (
 ),
 
 sync_runs as (
-    select * from {{ ref('stg_sage__sync_runs') }}
+    select * from {{ ref('stg_sage_control__sync_runs') }}
 ),
 
+-- Every stream of the registry (macro sage_streams) with the flags the reconciliation needs.
 streams (stream, stream_kind, is_incremental, is_date_filtered) as (
     values
-        ('businesses', 'singleton', false, false),
-        ('financial_settings', 'singleton', false, false),
-        ('ledger_accounts', 'reference', false, false),
-        ('tax_rates', 'reference', false, false),
-        ('contacts', 'reference', true, false),
-        ('purchase_invoices', 'document', true, true),
-        ('purchase_credit_notes', 'document', true, true),
-        ('purchase_quick_entries', 'document', true, true),
-        ('other_payments', 'document', true, true)
+    {%- for stream in sage_streams() %}
+        (
+            '{{ stream.name }}',
+            '{{ stream.kind }}',
+            {{ stream.is_incremental | lower }},
+            {{ stream.is_date_filtered | lower }}
+        )
+        {%- if not loop.last %},{% endif %}
+    {%- endfor %}
 ),
 
-{%- set small_record_models = [
-    ('businesses', 'stg_sage__businesses'),
-    ('financial_settings', 'stg_sage__financial_settings'),
-    ('ledger_accounts', 'stg_sage__ledger_accounts'),
-    ('tax_rates', 'stg_sage__tax_rates'),
-] %}
+{%- set small_record_models = [] %}
+{%- for stream in sage_streams() if not stream.is_incremental %}
+    {%- do small_record_models.append((stream.name, 'stg_sage__' ~ stream.name)) %}
+{%- endfor %}
 
 -- The reference streams are small and read from staging; contacts and the spend streams come from
 -- int_sync_records, kept incrementally, so this build does not re-parse every record.
 records as (
     {%- for stream, model in small_record_models %}
-    select
-        '{{ stream }}' as stream,
-        company_id,
-        cast(null as date) as record_date,
-        false as is_gone,
-        last_changed_at
-    from {{ ref(model) }}
-    union all
+        select
+            '{{ stream }}' as stream,
+            company_id,
+            cast(null as date) as record_date,
+            false as is_gone,
+            last_changed_at
+        from {{ ref(model) }}
+        union all
     {%- endfor %}
     select
         stream,
@@ -77,7 +76,7 @@ record_counts as (
         records.stream,
         count(*) filter (
             where not records.is_gone
-                and (records.record_date is null or records.record_date >= window_start.synced_from_date)
+            and (records.record_date is null or records.record_date >= window_start.synced_from_date)
         ) as current_record_count,
         count(*) filter (where records.is_gone) as deleted_record_count,
         max(records.last_changed_at) as last_version_landed_at
@@ -101,11 +100,13 @@ ranked_runs as (
 ),
 
 last_run as (
-    select * from ranked_runs where run_rank = 1
+    select * from ranked_runs
+    where run_rank = 1
 ),
 
 last_success as (
-    select * from ranked_runs where sync_status = 'success' and status_rank = 1
+    select * from ranked_runs
+    where sync_status = 'success' and status_rank = 1
 ),
 
 joined as (
@@ -123,8 +124,10 @@ joined as (
         last_run.error_message as last_run_error,
         last_success.sync_run_id as last_successful_run_id,
         coalesce(last_success.ended_at, last_success.started_at) as last_successful_sync_at,
-        round(cast(extract(epoch from now() - coalesce(last_success.ended_at, last_success.started_at)) / 3600
-            as numeric), 1) as hours_since_last_success,
+        round(cast(
+            extract(epoch from now() - coalesce(last_success.ended_at, last_success.started_at)) / 3600
+            as numeric
+        ), 1) as hours_since_last_success,
         case
             when last_success.sync_run_id is null then 'never_synced'
             when coalesce(last_success.ended_at, last_success.started_at) >= now() - interval '36 hours' then 'fresh'
@@ -154,7 +157,7 @@ joined as (
     ) as stats on true
     left join record_counts
         on companies.company_id = record_counts.company_id
-        and streams.stream = record_counts.stream
+            and streams.stream = record_counts.stream
 ),
 
 final as (
@@ -187,10 +190,10 @@ final as (
         last_version_landed_at,
         reconciliation_scope,
         case when reconciliation_scope = 'full_read'
-            then current_record_count - cast(stream_stats ->> 'total_reported' as integer)
+                then current_record_count - cast(stream_stats ->> 'total_reported' as integer)
         end as record_count_difference,
         case when reconciliation_scope = 'full_read'
-            then current_record_count = cast(stream_stats ->> 'total_reported' as integer)
+                then current_record_count = cast(stream_stats ->> 'total_reported' as integer)
         end as is_reconciled
     from joined
 )

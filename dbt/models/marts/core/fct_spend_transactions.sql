@@ -1,5 +1,5 @@
 -- GBP spend, one row per spend line. Amounts are in GBP, net of VAT and signed (credits and refunds
--- negative). What is kept out is listed in spend_exceptions (void, draft) and currency_exceptions.
+-- negative). What is kept out is listed in rpt_spend_exceptions (void, draft) and rpt_currency_exceptions.
 --
 -- A view: the lines are parsed and kept incrementally in int_spend_lines_signed (indexed by
 -- company); this joins them to the small dimensions when queried. So a renamed supplier or account,
@@ -83,15 +83,15 @@ final as (
         on spend_lines.company_id = companies.company_id
     left join nominal_accounts
         on spend_lines.company_id = nominal_accounts.company_id
-        and spend_lines.ledger_account_id = nominal_accounts.ledger_account_id
+            and spend_lines.ledger_account_id = nominal_accounts.ledger_account_id
     left join tax_rates
         on spend_lines.company_id = tax_rates.company_id
-        and spend_lines.tax_rate_id = tax_rates.tax_rate_id
+            and spend_lines.tax_rate_id = tax_rates.tax_rate_id
     -- A deleted contact's last name is not the supplier any more: the name on the document is.
     left join contacts
         on spend_lines.company_id = contacts.company_id
-        and spend_lines.contact_id = contacts.contact_id
-        and contacts.is_deleted is not true
+            and spend_lines.contact_id = contacts.contact_id
+            and contacts.is_deleted is not true
 )
 
 select * from final

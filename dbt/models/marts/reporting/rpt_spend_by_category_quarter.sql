@@ -23,7 +23,7 @@ aggregated as (
         sum(vat_amount) as vat_amount,
         sum(gross_amount) as gross_amount
     from spend
-    group by company_id, company_name, 4, 5, 6
+    group by 1, 2, 4, 5, 6
 ),
 
 final as (
