@@ -134,7 +134,18 @@ def _back(request: Request, message: str) -> RedirectResponse:
     return RedirectResponse(f"{_base(request)}/?msg={quote(message)}", status_code=303)
 
 
-def _company_row(item: dict[str, Any]) -> str:
+def _emissions_cell(quarters: list[dict[str, Any]]) -> str:
+    """The latest quarters' kg CO2e and coverage (share of in-scope £ with a factor), a small table."""
+    if not quarters:
+        return "<small>no emissions yet</small>"
+    rows = "".join(
+        f"<tr><td>{html.escape(q['quarter'])}</td><td>{q['kgco2e']:,.0f}</td>"
+        f"<td>{'-' if q['coverage_share'] is None else format(q['coverage_share'], '.0%')}</td></tr>"
+        for q in quarters)
+    return f'<table class="emissions"><tr><th>quarter</th><th>kg CO2e</th><th>mapped</th></tr>{rows}</table>'
+
+
+def _company_row(item: dict[str, Any], emissions: list[dict[str, Any]] | None = None) -> str:
     cid = html.escape(item["company_id"])
     progress = ""
     initial = item.get("initial_sync")
@@ -162,7 +173,8 @@ def _company_row(item: dict[str, Any]) -> str:
         actions.append(f'<a id="reset-{cid}" href="__BASE__/reset?company_id={cid}">Reset</a>')
     return (f'<tr id="company-{cid}"><td>{html.escape(item["company_name"])}<br><small>{cid}</small></td>'
             f'<td class="status">{html.escape(item["status"])}{error}</td>'
-            f'<td>{html.escape(item["synced_from"])}</td><td>{progress}</td><td>{" | ".join(actions)}</td></tr>')
+            f'<td>{html.escape(item["synced_from"])}</td><td>{progress}</td>'
+            f'<td id="emissions-{cid}">{_emissions_cell(emissions or [])}</td><td>{" | ".join(actions)}</td></tr>')
 
 
 # -- routes ---------------------------------------------------------------------------------------
@@ -172,6 +184,7 @@ def _company_row(item: dict[str, Any]) -> str:
 def index(request: Request, user: CurrentUser, msg: str | None = None) -> HTMLResponse:
     """Connected companies by status."""
     from sage_sync import lifecycle  # noqa: PLC0415
+    from sage_sync.report import latest_quarters  # noqa: PLC0415
 
     try:
         with lifecycle._warehouse(None) as conn:
@@ -179,6 +192,7 @@ def index(request: Request, user: CurrentUser, msg: str | None = None) -> HTMLRe
 
             ensure_migrated(conn)
             report = lifecycle.company_statuses(conn)
+            emissions = latest_quarters(conn)
     except lifecycle.LifecycleError as exc:
         return _error(request, str(exc), 503)
     sections = []
@@ -186,9 +200,10 @@ def index(request: Request, user: CurrentUser, msg: str | None = None) -> HTMLRe
         items = [i for i in report if i["status"] == state]
         if not items:
             continue
-        rows = "".join(_company_row(i) for i in items)
+        rows = "".join(_company_row(i, emissions.get(i["company_id"])) for i in items)
         sections.append(f'<h2 id="status-{state}">{html.escape(state)} ({len(items)})</h2><table>'
-                        "<tr><th>Company</th><th>Status</th><th>Synced From</th><th>Progress</th><th></th></tr>"
+                        "<tr><th>Company</th><th>Status</th><th>Synced From</th><th>Progress</th>"
+                        "<th>Emissions, latest quarters</th><th></th></tr>"
                         f"{rows}</table>")
     message = f'<p class="msg" id="message">{html.escape(msg)}</p>' if msg else ""
     body = (f'{message}<p><a id="connect" href="__BASE__/authorize?purpose=connect">Connect a Sage business</a></p>'

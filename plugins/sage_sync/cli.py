@@ -12,12 +12,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import NoReturn
 
 import click
 import psycopg
 
 from sage_sync import lifecycle, registry, sync
+from sage_sync import report as emissions_report
 from sage_sync.auth import OAuthClient, new_pkce_pair
 from sage_sync.config import ConfigError, sage_settings, warehouse_dsn
 from sage_sync.errors import SageError
@@ -231,3 +233,30 @@ def sync_cmd(company_id: str) -> None:
     except (sync.CompanySkipped, sync.RunInProgress, SageError) as exc:
         fail(str(exc))
     click.echo(f"synced {company_id} (run {run_id})")
+
+
+@main.command("report")
+@click.argument("company")
+@click.option("--from", "from_quarter", default=None, metavar="YYYY-Qn",
+              help="First quarter to include (default: all).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write the files to (created if missing).")
+def report_cmd(company: str, from_quarter: str | None, out_dir: Path) -> None:
+    """Write a company's kg CO2e by quarter and category, and its coverage: CSV, XLSX and a PNG chart.
+
+    COMPANY is a company id or name. Reads the dbt emissions marts (run the transform first).
+    """
+    try:
+        quarter = Quarter.parse(from_quarter) if from_quarter else None
+    except ValueError as exc:
+        fail(f"--from: {exc}")
+    with _warehouse() as conn:
+        try:
+            files = emissions_report.write_report(conn, company, out_dir, quarter)
+            coverage = emissions_report.emissions_coverage(
+                conn, emissions_report.resolve_company(conn, company)[0], quarter)
+        except emissions_report.ReportError as exc:
+            fail(str(exc))
+    click.echo(emissions_report.format_summary(coverage))
+    for path in (files.category_csv, files.coverage_csv, files.workbook, files.chart):
+        click.echo(f"wrote {path}")
