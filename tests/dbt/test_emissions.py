@@ -229,6 +229,32 @@ def test_report_command_writes_csv_xlsx_and_png(built: psycopg.Connection, dsn: 
     assert refused.returncode == 2 and "unknown company 'nobody'" in refused.stderr
 
 
+def test_connections_page_shows_latest_quarters_emissions(built: psycopg.Connection, dsn: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    plugin = pytest.importorskip("sage_connect_plugin")
+    from fastapi import FastAPI  # noqa: PLC0415
+    from fastapi.testclient import TestClient  # noqa: PLC0415
+
+    p = conninfo_to_dict(dsn)
+    monkeypatch.setenv("AIRFLOW_CONN_SAGE_WAREHOUSE", json.dumps({
+        "conn_type": "postgres", "host": p.get("host", "127.0.0.1"), "port": int(p.get("port", 5432)),
+        "login": p.get("user", "postgres"), "password": p.get("password") or "unused", "schema": p["dbname"]}))
+    parent = FastAPI()
+    parent.mount("/sage", plugin.app)
+    plugin.app.dependency_overrides[plugin.current_user] = lambda: "tester"
+    try:
+        page = TestClient(parent).get("/sage/").text
+    finally:
+        plugin.app.dependency_overrides.clear()
+    cell = page.split(f'id="emissions-{CO}">', 1)[1].split("</table>", 1)[0]
+    # the latest four quarters, oldest first: kg rounded, coverage = share of in-scope £ mapped
+    assert "<td>2023-Q3</td><td>242</td><td>82%</td>" in cell
+    assert "<td>2023-Q4</td><td>342</td><td>100%</td>" in cell
+    assert "<td>2024-Q2</td><td>0</td><td>-</td>" in cell  # only payroll and a bank transfer: out of scope
+    assert "<td>2025-Q2</td><td>553</td><td>100%</td>" in cell
+    assert "2023-Q2" not in cell
+
+
 def _write(path: Path, rows: list[str]) -> None:
     path.write_text("\n".join(rows) + "\n")
 

@@ -15,11 +15,12 @@ factor_sets as (
 
 final as (
     select
-        factors.factor_set,
-        factors.sic_code,
-        factors.category_name as sic_category_name,
-        factors.year as factor_year,
-        factors.kgco2e_per_gbp,
+        -- typed here, so a new set's seed needs no column_types to be exact (numeric, not float)
+        cast(factors.factor_set as text) as factor_set,
+        cast(factors.sic_code as text) as sic_code,
+        cast(factors.category_name as text) as sic_category_name,
+        cast(factors.year as integer) as factor_year,
+        cast(factors.kgco2e_per_gbp as numeric) as kgco2e_per_gbp,
         factors.price_basis,
         factors.source,
         factor_sets.publication,
