@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
 
 from sage_sync.core.config import sage_settings, warehouse_dsn  # noqa: E402
+from sage_sync.lifecycle import report as emissions_report  # noqa: E402
 from sage_sync.sage.auth import OAuthClient, new_pkce_pair  # noqa: E402
 from sage_sync.warehouse.migrate import migrate  # noqa: E402
 from sandbox.fake_sage.server import FakeSageServer  # noqa: E402
@@ -31,6 +32,7 @@ from sandbox.fake_sage.server import FakeSageServer  # noqa: E402
 REDIRECT_URI = "http://localhost:8080/sage/callback"
 SYNCED_FROM = ["2024-Q1", "2024-Q3", "2025-Q1"]
 LOGS = ROOT / ".local" / "demo-logs"
+REPORTS = ROOT / ".local" / "demo-reports"
 BIN = Path(sys.executable).parent
 
 
@@ -134,6 +136,25 @@ def report(conn: psycopg.Connection, companies: list[tuple[str, str]]) -> None:
             print(f"kept out of spend (GBP only): {count} documents, reason {reason}")
 
 
+def report_emissions(conn: psycopg.Connection, companies: list[tuple[str, str]]) -> None:
+    """Each company's kg CO2e and coverage by quarter (the emissions marts), and its report files."""
+    say("emissions (kg CO2e, spend-based: Defra / University of Leeds factors, OGL v3.0)")
+    for company_id, name in companies:
+        coverage = emissions_report.emissions_coverage(conn, company_id)
+        print(f"\n{name} ({company_id})")
+        if not coverage:
+            print("no GBP spend, so no emissions (see currency_exceptions)")
+            continue
+        print(emissions_report.format_summary(coverage))
+        share = emissions_report.overall_coverage(coverage)
+        total = sum(row["kgco2e"] for row in coverage)
+        print(f"total {total:,.1f} kg CO2e; coverage (share of in-scope £ with a factor): "
+              f"{'-' if share is None else f'{share:.1%}'}")
+        files = emissions_report.write_report(conn, company_id, REPORTS)
+        print("report: " + ", ".join(str(p.relative_to(ROOT)) for p in
+                                     (files.category_csv, files.coverage_csv, files.workbook, files.chart)))
+
+
 def main() -> None:
     port = int(os.environ.get("SAGE_FAKE_PORT", "0"))
     say("starting the fake Sage (seeded: three demo businesses)")
@@ -159,6 +180,7 @@ def main() -> None:
         print(f"done in {took:.1f} s")
         with psycopg.connect(warehouse_dsn()) as conn:
             report(conn, companies)
+            report_emissions(conn, companies)
     say("see it all in the Airflow UI")
     print("make airflow   # airflow standalone on http://localhost:8080 with these DAGs")
     print(f"logs of this demo: {LOGS}")

@@ -112,70 +112,87 @@ CHART = (
     (7800, "Repairs and renewals", "OVERHEADS"), (7900, "Bank charges and interest", "OVERHEADS"),
     (8000, "Depreciation", "DEPRECIATION"), (8100, "Bad debt write off", "OVERHEADS"),
     (8204, "Insurance", "OVERHEADS"), (8205, "Refreshments", "OVERHEADS"),
+    (7806, "Waste disposal", "OVERHEADS"),  # added by the user: not a default account
 )
-RANDOM_EXPENSE_CODES = (5000, 5001, 5100, 6201, 7100, 7104, 7200, 7201, 7300, 7301, 7400, 7402, 7500,
-                        7501, 7502, 7504, 7600, 7601, 7700, 7800, 7900, 8204, 8205)
 NOT_IN_CHART = (5002,)  # shows included_in_chart = false
 
 
 @dataclass(frozen=True)
 class VendorSpec:
-    """A seeded supplier: its usual nominal code, VAT rate, price band and trading currency."""
+    """A seeded supplier: what it sells (nominal code and line description, the first is its usual
+    one), VAT rate, price band and trading currency. Suppliers post only to accounts that fit what
+    they sell (British Gas to gas, the council to rates and waste), as an analyst would expect."""
 
     name: str
     ref: str
-    code: int
+    lines: tuple[tuple[int, str], ...]
     tax: str
     low: int
     high: int
     currency: str | None = None  # None = the business's base currency
 
+    @property
+    def code(self) -> int:
+        """The supplier's usual nominal code (its contact's default purchase ledger account)."""
+        return self.lines[0][0]
+
 
 COMMON_VENDORS = (
-    VendorSpec("British Gas Business", "BRITGAS", 7201, "GB_STANDARD", 80, 600),
-    VendorSpec("Octopus Energy", "OCTOPUS", 7200, "GB_STANDARD", 120, 900),
-    VendorSpec("BT Business", "BTBUS", 7502, "GB_STANDARD", 40, 160),
-    VendorSpec("Vodafone UK", "VODAFONE", 7502, "GB_STANDARD", 25, 120),
-    VendorSpec("Landsec Properties", "LANDSEC", 7100, "GB_EXEMPT", 1500, 4000),
-    VendorSpec("Westminster City Council", "WCC", 7100, "GB_NO_TAX", 300, 1200),
-    VendorSpec("Shell UK Fuel", "SHELL", 7300, "GB_STANDARD", 40, 180),
-    VendorSpec("Trainline", "TRAINLIN", 7400, "GB_ZERO", 20, 250),
-    VendorSpec("Premier Inn", "PREMINN", 7402, "GB_STANDARD", 60, 180),
-    VendorSpec("Viking Direct", "VIKING", 7504, "GB_STANDARD", 15, 300),
-    VendorSpec("Royal Mail", "ROYALMAI", 7501, "GB_EXEMPT", 5, 90),
-    VendorSpec("Hargreaves & Co Accountants", "HARGREAV", 7601, "GB_STANDARD", 250, 1800),
-    VendorSpec("Fraser Legal LLP", "FRASERLG", 7600, "GB_STANDARD", 200, 2500),
-    VendorSpec("Speedy Hire", "SPEEDY", 7700, "GB_STANDARD", 50, 700),
-    VendorSpec("Dell Technologies UK", "DELL", 30, "GB_STANDARD", 400, 2200),
-    VendorSpec("Aviva Insurance", "AVIVA", 8204, "GB_EXEMPT", 80, 900),
-    VendorSpec("Microsoft UK", "MSFT", 7500, "GB_STANDARD", 10, 60),
+    VendorSpec("British Gas Business", "BRITGAS",
+               ((7201, "Gas supply"), (7201, "Gas standing charge")), "GB_STANDARD", 80, 600),
+    VendorSpec("Octopus Energy", "OCTOPUS",
+               ((7200, "Electricity supply"), (7200, "Electricity standing charge")), "GB_STANDARD", 120, 900),
+    VendorSpec("BT Business", "BTBUS",
+               ((7502, "Broadband and phone line"), (7502, "Business mobiles")), "GB_STANDARD", 40, 160),
+    VendorSpec("Vodafone UK", "VODAFONE", ((7502, "Mobile phone contract"),), "GB_STANDARD", 25, 120),
+    VendorSpec("Landsec Properties", "LANDSEC",
+               ((7100, "Office rent"), (7100, "Service charge")), "GB_EXEMPT", 1500, 4000),
+    VendorSpec("Westminster City Council", "WCC",
+               ((7100, "Business rates"), (7806, "Trade waste collection")), "GB_NO_TAX", 300, 1200),
+    VendorSpec("Shell UK Fuel", "SHELL", ((7300, "Diesel"), (7300, "Fuel card")), "GB_STANDARD", 40, 180),
+    VendorSpec("Trainline", "TRAINLIN", ((7400, "Rail tickets"),), "GB_ZERO", 20, 250),
+    VendorSpec("Premier Inn", "PREMINN", ((7402, "Hotel stay"),), "GB_STANDARD", 60, 180),
+    VendorSpec("Viking Direct", "VIKING",
+               ((7504, "Office stationery"), (7504, "Printer paper and toner")), "GB_STANDARD", 15, 300),
+    VendorSpec("Royal Mail", "ROYALMAI", ((7501, "Postage"), (7501, "Parcel delivery")), "GB_EXEMPT", 5, 90),
+    VendorSpec("Hargreaves & Co Accountants", "HARGREAV",
+               ((7601, "Annual accounts"), (7601, "Payroll bureau")), "GB_STANDARD", 250, 1800),
+    VendorSpec("Fraser Legal LLP", "FRASERLG",
+               ((7600, "Legal advice"), (7600, "Lease review")), "GB_STANDARD", 200, 2500),
+    VendorSpec("Speedy Hire", "SPEEDY", ((7700, "Equipment hire"),), "GB_STANDARD", 50, 700),
+    VendorSpec("Dell Technologies UK", "DELL", ((30, "Laptop"), (30, "Monitor")), "GB_STANDARD", 400, 2200),
+    VendorSpec("Aviva Insurance", "AVIVA", ((8204, "Business insurance premium"),), "GB_EXEMPT", 80, 900),
+    VendorSpec("Microsoft UK", "MSFT", ((7500, "Microsoft 365 subscription"),), "GB_STANDARD", 10, 60),
 )
 BAKERY_VENDORS = (
-    VendorSpec("Shipton Mill", "SHIPTON", 5000, "GB_ZERO", 150, 1400),
-    VendorSpec("Booker Wholesale", "BOOKER", 5000, "GB_ZERO", 80, 900),
-    VendorSpec("Brakes Foodservice", "BRAKES", 5000, "GB_ZERO", 100, 1200),
-    VendorSpec("Smurfit Kappa Packaging", "SMURFIT", 5001, "GB_STANDARD", 60, 500),
-    VendorSpec("Rational Ovens Service", "RATIONAL", 7800, "GB_STANDARD", 120, 900),
+    VendorSpec("Shipton Mill", "SHIPTON", ((5000, "Organic flour"), (5000, "Rye flour")), "GB_ZERO", 150, 1400),
+    VendorSpec("Booker Wholesale", "BOOKER",
+               ((5000, "Butter and dairy"), (5000, "Sugar and yeast"), (8205, "Tea and coffee")), "GB_ZERO", 80, 900),
+    VendorSpec("Brakes Foodservice", "BRAKES",
+               ((5000, "Food ingredients"), (5000, "Dairy and cream")), "GB_ZERO", 100, 1200),
+    VendorSpec("Smurfit Kappa Packaging", "SMURFIT",
+               ((5001, "Cardboard boxes"), (5001, "Packaging")), "GB_STANDARD", 60, 500),
+    VendorSpec("Rational Ovens Service", "RATIONAL", ((7800, "Oven service"),), "GB_STANDARD", 120, 900),
 )
 JOINERY_VENDORS = (
-    VendorSpec("Travis Perkins", "TRAVISP", 5001, "GB_STANDARD", 100, 2500),
-    VendorSpec("Howdens Joinery", "HOWDENS", 5000, "GB_STANDARD", 200, 3000),
-    VendorSpec("Screwfix", "SCREWFIX", 5001, "GB_STANDARD", 15, 400),
-    VendorSpec("Holzwerk Bayern GmbH", "HOLZWERK", 5001, "GB_ZERO", 800, 6000, "EUR"),
-    VendorSpec("Bois de France SARL", "BOISFR", 5001, "GB_ZERO", 500, 4000, "EUR"),
-    VendorSpec("Pacific Tool Supply Inc", "PACTOOL", 30, "GB_ZERO", 300, 3000, "USD"),
-    VendorSpec("Lumber Direct LLC", "LUMBERUS", 5000, "GB_ZERO", 600, 5000, "USD"),
+    VendorSpec("Travis Perkins", "TRAVISP", ((5001, "Timber"), (5001, "Plaster and cement")), "GB_STANDARD", 100, 2500),
+    VendorSpec("Howdens Joinery", "HOWDENS", ((5000, "Kitchen furniture units"),), "GB_STANDARD", 200, 3000),
+    VendorSpec("Screwfix", "SCREWFIX", ((5001, "Screws and fixings"), (5001, "Hand tools")), "GB_STANDARD", 15, 400),
+    VendorSpec("Holzwerk Bayern GmbH", "HOLZWERK", ((5001, "Oak timber"),), "GB_ZERO", 800, 6000, "EUR"),
+    VendorSpec("Bois de France SARL", "BOISFR", ((5001, "Timber boards"),), "GB_ZERO", 500, 4000, "EUR"),
+    VendorSpec("Pacific Tool Supply Inc", "PACTOOL", ((20, "Bandsaw"),), "GB_ZERO", 300, 3000, "USD"),
+    VendorSpec("Lumber Direct LLC", "LUMBERUS", ((5000, "Lumber"),), "GB_ZERO", 600, 5000, "USD"),
 )
 ATLANTIC_VENDORS = (
-    VendorSpec("ESB Networks", "ESB", 7200, "GB_STANDARD", 150, 900),
-    VendorSpec("Eir Business", "EIR", 7502, "GB_STANDARD", 40, 200),
-    VendorSpec("Maxol Fuel", "MAXOL", 7300, "GB_STANDARD", 40, 200),
-    VendorSpec("Rotterdam Freight BV", "RTMFRT", 5100, "GB_ZERO", 300, 3000),
-    VendorSpec("Dublin Port Company", "DUBPORT", 5100, "GB_EXEMPT", 200, 1500),
-    VendorSpec("Office Depot Europe", "ODEU", 7504, "GB_STANDARD", 20, 300),
-    VendorSpec("Kilkenny Legal", "KILKLEG", 7600, "GB_STANDARD", 300, 2000),
-    VendorSpec("Regus Dublin", "REGUS", 7100, "GB_EXEMPT", 900, 2500),
-    VendorSpec("Aviva Insurance", "AVIVA", 8204, "GB_EXEMPT", 80, 900),
+    VendorSpec("ESB Networks", "ESB", ((7200, "Electricity supply"),), "GB_STANDARD", 150, 900),
+    VendorSpec("Eir Business", "EIR", ((7502, "Broadband"),), "GB_STANDARD", 40, 200),
+    VendorSpec("Maxol Fuel", "MAXOL", ((7300, "Diesel"),), "GB_STANDARD", 40, 200),
+    VendorSpec("Rotterdam Freight BV", "RTMFRT", ((5100, "Sea freight"),), "GB_ZERO", 300, 3000),
+    VendorSpec("Dublin Port Company", "DUBPORT", ((5100, "Port handling"),), "GB_EXEMPT", 200, 1500),
+    VendorSpec("Office Depot Europe", "ODEU", ((7504, "Office stationery"),), "GB_STANDARD", 20, 300),
+    VendorSpec("Kilkenny Legal", "KILKLEG", ((7600, "Legal fees"),), "GB_STANDARD", 300, 2000),
+    VendorSpec("Regus Dublin", "REGUS", ((7100, "Serviced office"),), "GB_EXEMPT", 900, 2500),
+    VendorSpec("Aviva Insurance", "AVIVA", ((8204, "Business insurance premium"),), "GB_EXEMPT", 80, 900),
 )
 
 
@@ -485,12 +502,12 @@ def _pick_vendor(ctx: Context, rng: random.Random) -> tuple[str, VendorSpec]:
 
 
 def _raw_line(ctx: Context, rng: random.Random, vendor: VendorSpec) -> Record:
-    code = vendor.code if rng.random() < 0.7 else rng.choice(RANDOM_EXPENSE_CODES)
+    code, text = vendor.lines[0] if rng.random() < 0.7 else rng.choice(vendor.lines)
     tax = vendor.tax if rng.random() < 0.85 else rng.choice(("GB_STANDARD", "GB_ZERO", "GB_LOWER"))
     quantity = rng.choice((1, 1, 1, 1, 2, 3, 5, 10))
     unit = Decimal(rng.randint(vendor.low * 100, vendor.high * 100)) / 100 / quantity
     account = ctx.links["ledger_accounts"][ctx.account_ids[code]]
-    return {"description": f"{account['displayed_as'].rsplit(' (', 1)[0]} - {vendor.name}",
+    return {"description": text,
             "ledger_account": {"id": account["id"]}, "tax_rate": {"id": tax},
             "quantity": f"{quantity}.0", "unit_price": money(unit)}
 

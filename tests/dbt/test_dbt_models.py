@@ -643,5 +643,11 @@ def test_incremental_build_equals_a_full_refresh(built: psycopg.Connection, pg_d
         assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
         full = _snapshot(conn)
     assert set(incremental) == set(full)
+    # the emissions models are compared like every other model
+    assert {"analytics.fct_spend_emissions", "analytics.rpt_emissions_by_category_quarter",
+            "analytics.rpt_emissions_by_supplier_quarter", "analytics.rpt_emissions_coverage",
+            "sage_intermediate.int_emission_line_keywords", "sage_intermediate.int_emission_account_mappings",
+            } <= set(full)
+    assert any("Acme Group plc" in row for row in incremental["analytics.fct_spend_emissions"])
     differing = [name for name in full if incremental[name] != full[name]]
     assert not differing, {name: (sorted(set(incremental[name]) ^ set(full[name])))[:6] for name in differing}

@@ -10,13 +10,16 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import NoReturn
 
 import click
 
 from sage_sync.core.errors import AirflowUnavailable
+from sage_sync.core.quarters import Quarter
 from sage_sync.lifecycle import authorisation
 from sage_sync.lifecycle import connections as lifecycle
+from sage_sync.lifecycle import report as emissions_report
 from sage_sync.lifecycle import status as status_report
 
 
@@ -195,3 +198,27 @@ def sync_cmd(company_id: str) -> None:
     except lifecycle.RUN_FAILURES as exc:
         fail(str(exc))
     click.echo(f"synced {company_id} (run {run_id})")
+
+
+@main.command("report")
+@click.argument("company")
+@click.option("--from", "from_quarter", default=None, metavar="YYYY-Qn",
+              help="First quarter to include (default: all).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write the files to (created if missing).")
+def report_cmd(company: str, from_quarter: str | None, out_dir: Path) -> None:
+    """Write a company's kg CO2e by quarter and category, and its coverage: CSV, XLSX and a PNG chart.
+
+    COMPANY is a company id or name. Reads the dbt emissions marts (run the transform first).
+    """
+    try:
+        quarter = Quarter.parse(from_quarter) if from_quarter else None
+    except ValueError as exc:
+        fail(f"--from: {exc}")
+    try:
+        files, coverage = emissions_report.company_report(company, out_dir, quarter)
+    except lifecycle.LifecycleError as exc:  # a ReportError is one too
+        fail(str(exc))
+    click.echo(emissions_report.format_summary(coverage))
+    for path in (files.category_csv, files.coverage_csv, files.workbook, files.chart):
+        click.echo(f"wrote {path}")

@@ -200,6 +200,10 @@ class LifecycleError(ValueError):
     """A refused lifecycle action; the message is one line a user can act on."""
 
 
+class ReportError(LifecycleError):
+    """A report that cannot be made (unknown company, marts not built): one line for the user."""
+
+
 class AirflowUnavailable(RuntimeError):
     """No Airflow api-server took the request (none is running here, or it refused the call)."""
 

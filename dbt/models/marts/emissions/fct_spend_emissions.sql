@@ -1,0 +1,201 @@
+-- Emissions of every GBP spend line: one row per row of fct_spend_transactions (spend_line_id),
+-- computed with the factor set var('emission_factor_set'), which every row names.
+--
+-- Mapping, first match wins (mapping_rule): a line override (seed emission_line_overrides), then
+-- the account's mapping (int_emission_account_mappings: account override, ledger account type,
+-- chart account name, account name keyword, chart nominal code); for a mixed or unmapped account a
+-- keyword in the line's description, else in the supplier's name on the document, refines it.
+-- emission_status: 'mapped' (has a SIC group: kgco2e computed), 'out_of_scope' (buys nothing:
+-- payroll, tax, interest...; out_of_scope_reason says why) or 'unmapped' (in scope, no group).
+-- Out-of-scope and unmapped lines keep their £ and have kgco2e null, never zero.
+--
+-- kgco2e = round(round(net_gbp * deflator, 2) * kgco2e_per_gbp, 3): spend of a year the set
+-- covers takes that year's factor (deflator 1); later or earlier spend is deflated to the prices
+-- of the set's nearest year with CPI D7BT (int_emission_price_periods). Signed like the spend:
+-- credit notes and refunds reduce emissions. scope_coverage 'upstream_only' (fuel, gas, heating
+-- oil): the buyer's own combustion is not in a spend factor; never sum those rows as complete.
+--
+-- A view, like fct_spend_transactions: an edited override, rule or factor set, or a renamed
+-- account, shows on the next build without rewriting any line (the one per-line table,
+-- int_emission_line_keywords, is incremental).
+{{ config(materialized='view') }}
+
+{%- set factor_set = var('emission_factor_set') %}
+
+with
+
+spend as (
+    select * from {{ ref('fct_spend_transactions') }}
+),
+
+account_mappings as (
+    select * from {{ ref('int_emission_account_mappings') }}
+),
+
+line_keywords as (
+    select * from {{ ref('int_emission_line_keywords') }}
+),
+
+keyword_rules as (
+    select * from {{ ref('emission_keyword_rules') }}
+),
+
+line_overrides as (
+    select * from {{ ref('emission_line_overrides') }}
+),
+
+factors as (
+    select * from {{ ref('int_emission_factors') }}
+    where factor_set = '{{ factor_set }}'
+),
+
+price_periods as (
+    select * from {{ ref('int_emission_price_periods') }}
+    where factor_set = '{{ factor_set }}'
+),
+
+sic_group_flags as (
+    select * from {{ ref('emission_sic_group_flags') }}
+),
+
+candidates as (
+    select
+        spend.*,
+        line_overrides.company_id is not null as has_line_override,
+        line_overrides.sic_code as line_override_sic_code,
+        line_overrides.out_of_scope_reason as line_override_reason,
+        account_mappings.mapping_rule as account_mapping_rule,
+        account_mappings.sic_code as account_sic_code,
+        account_mappings.out_of_scope_reason as account_reason,
+        account_mappings.mapping_confidence as account_confidence,
+        account_mappings.keyword_rule_id as account_keyword_rule_id,
+        coalesce(account_mappings.is_refinable, true) as is_refinable,
+        description_rules.keyword_rule_id as description_rule_id,
+        description_rules.sic_code as description_sic_code,
+        description_rules.out_of_scope_reason as description_reason,
+        description_rules.confidence as description_confidence,
+        supplier_rules.keyword_rule_id as supplier_rule_id,
+        supplier_rules.sic_code as supplier_sic_code,
+        supplier_rules.out_of_scope_reason as supplier_reason,
+        supplier_rules.confidence as supplier_confidence
+    from spend
+    left join line_overrides
+        on spend.company_id = line_overrides.company_id
+        and spend.record_id = line_overrides.record_id
+        and spend.line_id = line_overrides.line_id
+    left join account_mappings
+        on spend.company_id = account_mappings.company_id
+        and spend.ledger_account_id = account_mappings.ledger_account_id
+    left join line_keywords
+        on spend.company_id = line_keywords.company_id
+        and spend.stream = line_keywords.stream
+        and spend.record_id = line_keywords.record_id
+        and spend.line_id = line_keywords.line_id
+    left join keyword_rules as description_rules
+        on line_keywords.description_keyword_rule_id = description_rules.keyword_rule_id
+    left join keyword_rules as supplier_rules
+        on line_keywords.supplier_keyword_rule_id = supplier_rules.keyword_rule_id
+),
+
+ruled as (
+    select
+        *,
+        case
+            when has_line_override then 'line_override'
+            when is_refinable and description_rule_id is not null then 'line_description_keyword'
+            when is_refinable and supplier_rule_id is not null then 'supplier_keyword'
+            else coalesce(account_mapping_rule, 'unmapped')
+        end as mapping_rule
+    from candidates
+),
+
+mapped as (
+    select
+        ruled.*,
+        case mapping_rule
+            when 'line_override' then line_override_sic_code
+            when 'line_description_keyword' then description_sic_code
+            when 'supplier_keyword' then supplier_sic_code
+            else account_sic_code
+        end as sic_code,
+        case mapping_rule
+            when 'line_override' then line_override_reason
+            when 'line_description_keyword' then description_reason
+            when 'supplier_keyword' then supplier_reason
+            else account_reason
+        end as out_of_scope_reason,
+        case mapping_rule
+            when 'line_override' then 'high'
+            when 'line_description_keyword' then description_confidence
+            when 'supplier_keyword' then supplier_confidence
+            else coalesce(account_confidence, 'none')
+        end as mapping_confidence,
+        case mapping_rule
+            when 'line_description_keyword' then description_rule_id
+            when 'supplier_keyword' then supplier_rule_id
+            when 'account_name_keyword' then account_keyword_rule_id
+        end as keyword_rule_id
+    from ruled
+),
+
+final as (
+    select
+        mapped.spend_line_id,
+        mapped.company_id,
+        mapped.company_name,
+        mapped.is_company_data_complete,
+        mapped.record_id,
+        mapped.line_id,
+        mapped.stream,
+        mapped.transaction_type,
+        mapped.transaction_date,
+        to_char(date_trunc('quarter', mapped.transaction_date), 'YYYY-"Q"Q') as quarter,
+        cast(date_trunc('quarter', mapped.transaction_date) as date) as quarter_start_date,
+        mapped.supplier_id,
+        mapped.supplier_name,
+        mapped.ledger_account_id,
+        mapped.nominal_code,
+        mapped.nominal_code_name,
+        mapped.ledger_account_type,
+        mapped.category,
+        mapped.transaction_description,
+        mapped.amount as net_gbp,
+        case
+            when mapped.sic_code is not null then 'mapped'
+            when mapped.out_of_scope_reason is not null then 'out_of_scope'
+            else 'unmapped'
+        end as emission_status,
+        mapped.mapping_rule,
+        mapped.mapping_confidence,
+        mapped.keyword_rule_id,
+        mapped.out_of_scope_reason,
+        mapped.sic_code,
+        factors.sic_category_name,
+        '{{ factor_set }}' as factor_set,
+        case when mapped.sic_code is not null then price_periods.factor_year end as factor_year,
+        factors.kgco2e_per_gbp,
+        case when mapped.sic_code is not null then price_periods.deflator end as deflator,
+        case when mapped.sic_code is not null then price_periods.price_adjustment end as price_adjustment,
+        case when mapped.sic_code is not null then price_periods.price_index_period end as price_index_period,
+        coalesce(mapped.sic_code is not null and price_periods.is_before_factor_years, false)
+            as is_before_factor_years,
+        case
+            when mapped.sic_code is null then null
+            else coalesce(sic_group_flags.scope_coverage, 'supply_chain')
+        end as scope_coverage,
+        coalesce(sic_group_flags.scope_coverage = 'upstream_only', false) as is_upstream_only,
+        case
+            when mapped.sic_code is not null then round(mapped.amount * price_periods.deflator, 2)
+        end as net_gbp_at_factor_prices,
+        round(round(mapped.amount * price_periods.deflator, 2) * factors.kgco2e_per_gbp, 3) as kgco2e
+    from mapped
+    left join price_periods
+        on cast(date_trunc('month', mapped.transaction_date) as date) = price_periods.spend_month
+    left join factors
+        on mapped.sic_code = factors.sic_code
+        and price_periods.factor_year = factors.factor_year
+    left join sic_group_flags
+        on mapped.sic_code = sic_group_flags.sic_code
+)
+
+select * from final

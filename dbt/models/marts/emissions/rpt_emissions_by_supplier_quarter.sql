@@ -1,0 +1,52 @@
+-- kg CO2e per company, calendar quarter and supplier (supplier_key as in spend_by_supplier_quarter:
+-- the contact, else the name on the document, else 'unknown'). A view over fct_spend_emissions.
+{{ config(materialized='view') }}
+
+with
+
+emissions as (
+    select * from {{ ref('fct_spend_emissions') }}
+),
+
+keyed as (
+    select
+        *,
+        case
+            when supplier_id is not null then 'contact:' || supplier_id
+            when supplier_name is not null then 'name:' || lower(supplier_name)
+            else 'unknown'
+        end as supplier_key
+    from emissions
+),
+
+aggregated as (
+    select
+        company_id,
+        company_name,
+        bool_and(is_company_data_complete) as is_company_data_complete,
+        quarter,
+        quarter_start_date,
+        supplier_key,
+        max(supplier_id) as supplier_id,
+        coalesce(max(supplier_name), 'unknown supplier') as supplier_name,
+        factor_set,
+        count(*) as line_count,
+        sum(net_gbp) as net_gbp,
+        coalesce(sum(net_gbp) filter (where emission_status = 'mapped'), 0) as mapped_gbp,
+        coalesce(sum(net_gbp) filter (where emission_status = 'unmapped'), 0) as unmapped_gbp,
+        coalesce(sum(net_gbp) filter (where emission_status = 'out_of_scope'), 0) as out_of_scope_gbp,
+        coalesce(sum(kgco2e), 0) as kgco2e,
+        coalesce(sum(kgco2e) filter (where is_upstream_only), 0) as upstream_only_kgco2e
+    from keyed
+    group by company_id, company_name, quarter, quarter_start_date, supplier_key, factor_set
+),
+
+final as (
+    select
+        {{ surrogate_key(['company_id', 'quarter', 'supplier_key', 'factor_set']) }}
+            as emissions_by_supplier_quarter_id,
+        *
+    from aggregated
+)
+
+select * from final

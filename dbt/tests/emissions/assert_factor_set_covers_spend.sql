@@ -1,0 +1,60 @@
+-- The factor set in use (var emission_factor_set) must exist and have a factor for every SIC
+-- group and year the spend needs: a mapped line without a factor would silently count as nothing.
+-- Also every group a rule or default can map to must be in the set. Returns what is missing.
+with
+
+factor_sets as (
+    select factor_set from {{ ref('emission_factor_sets') }}
+    where factor_set = '{{ var("emission_factor_set") }}'
+),
+
+known_groups as (
+    select distinct sic_code
+    from {{ ref('int_emission_factors') }}
+    where factor_set = '{{ var("emission_factor_set") }}'
+),
+
+missing_set as (
+    select
+        '{{ var("emission_factor_set") }}' as factor_set,
+        cast(null as text) as sic_code,
+        cast(null as integer) as factor_year,
+        cast(null as bigint) as line_count,
+        'factor set is not in emission_factor_sets' as problem
+    where not exists (select 1 from factor_sets)
+),
+
+missing_years as (
+    select
+        factor_set,
+        sic_code,
+        factor_year,
+        count(*) as line_count,
+        'no factor for this group and year: the set does not cover the spend' as problem
+    from {{ ref('fct_spend_emissions') }}
+    where emission_status = 'mapped' and kgco2e is null
+    group by factor_set, sic_code, factor_year
+),
+
+rule_groups as (
+    select sic_code from {{ ref('emission_chart_defaults') }} where sic_code is not null
+    union
+    select sic_code from {{ ref('emission_keyword_rules') }} where sic_code is not null
+),
+
+missing_groups as (
+    select
+        '{{ var("emission_factor_set") }}',
+        rule_groups.sic_code,
+        cast(null as integer),
+        cast(null as bigint),
+        'a default or keyword rule maps to a group the set does not have'
+    from rule_groups
+    where not exists (select 1 from known_groups where known_groups.sic_code = rule_groups.sic_code)
+)
+
+select * from missing_set
+union all
+select * from missing_years
+union all
+select * from missing_groups

@@ -1,0 +1,219 @@
+"""Emissions reports: what `python -m sage_sync report`, the Sage connections page and the demo show.
+
+Reads the dbt marts (schema ``analytics``) only: ``rpt_emissions_by_category_quarter`` and
+``rpt_emissions_coverage``; every figure is computed in dbt, so a report, the page and an analyst's
+query always agree. Writes a CSV per table, one Excel workbook with both, and a PNG chart of
+kg CO2e by quarter stacked by category (pandas + openpyxl + matplotlib, headless).
+
+The SQL lives here, not in the plugin, so the page stays HTTP and HTML only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from sage_sync.core.errors import ReportError
+from sage_sync.core.quarters import Quarter
+
+MARTS = "analytics"
+CATEGORY_COLUMNS = ["company_id", "company_name", "quarter", "category", "factor_set", "line_count",
+                    "net_gbp", "mapped_gbp", "unmapped_gbp", "out_of_scope_gbp", "kgco2e",
+                    "upstream_only_kgco2e", "low_confidence_kgco2e", "share_of_quarter_kgco2e"]
+COVERAGE_COLUMNS = ["company_id", "company_name", "quarter", "factor_set", "is_company_data_complete",
+                    "line_count", "net_gbp", "mapped_gbp", "unmapped_gbp", "out_of_scope_gbp",
+                    "in_scope_gbp", "coverage_share", "low_confidence_gbp", "kgco2e", "upstream_only_kgco2e"]
+ATTRIBUTION = ("Emission factors: Defra / University of Leeds, spend-based emissions multipliers "
+               "(UK and England's carbon footprint to 2023). Contains public sector information "
+               "licensed under the Open Government Licence v3.0.")
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """What `write_report` wrote."""
+
+    category_csv: Path
+    coverage_csv: Path
+    workbook: Path
+    chart: Path
+
+
+def _rows(conn: psycopg.Connection, query: sql.Composable, params: dict[str, Any]) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        try:
+            cur.execute(query, params)
+        except psycopg.errors.UndefinedTable as exc:
+            conn.rollback()
+            raise ReportError("the emissions marts are not built yet: run the dbt transform "
+                              "(the sage_transform DAG or `dbt build`)") from exc
+        return cur.fetchall()
+
+
+def resolve_company(conn: psycopg.Connection, company: str) -> tuple[str, str]:
+    """``(company_id, company_name)`` for a company id or name (case-insensitive)."""
+    rows = _rows(conn, sql.SQL(
+        "select company_id, coalesce(company_name, company_id) as company_name "
+        "from {}.dim_companies where company_id = %(c)s or lower(company_name) = lower(%(c)s) "
+        "order by company_id = %(c)s desc").format(sql.Identifier(MARTS)), {"c": company})
+    if not rows:
+        raise ReportError(f"unknown company {company!r}: give a company id or name from `status`")
+    if len(rows) > 1 and rows[0]["company_id"] != company:
+        raise ReportError(f"{company!r} names {len(rows)} companies: give the company id")
+    return rows[0]["company_id"], rows[0]["company_name"]
+
+
+def _select(table: str, columns: list[str], company_id: str | None, from_quarter: Quarter | None,
+            extra: str = "") -> sql.Composed:
+    where = [sql.SQL("true")]
+    if company_id is not None:
+        where.append(sql.SQL("company_id = %(company_id)s"))
+    if from_quarter is not None:
+        where.append(sql.SQL("quarter_start_date >= %(from_date)s"))
+    return sql.SQL("select {} from {}.{} where {} order by company_id, quarter{}").format(
+        sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(MARTS), sql.Identifier(table),
+        sql.SQL(" and ").join(where), sql.SQL(extra))
+
+
+def _params(company_id: str | None, from_quarter: Quarter | None) -> dict[str, Any]:
+    return {"company_id": company_id, "from_date": from_quarter.start_date if from_quarter else None}
+
+
+def emissions_by_category_quarter(conn: psycopg.Connection, company_id: str | None = None,
+                                  from_quarter: Quarter | None = None) -> list[dict[str, Any]]:
+    """Rows of ``rpt_emissions_by_category_quarter`` (largest kg first within a quarter)."""
+    return _rows(conn, _select("rpt_emissions_by_category_quarter", CATEGORY_COLUMNS, company_id,
+                               from_quarter, ", kgco2e desc, category"), _params(company_id, from_quarter))
+
+
+def emissions_coverage(conn: psycopg.Connection, company_id: str | None = None,
+                       from_quarter: Quarter | None = None) -> list[dict[str, Any]]:
+    """Rows of ``rpt_emissions_coverage``: per company and quarter, kg and the share of £ mapped."""
+    return _rows(conn, _select("rpt_emissions_coverage", COVERAGE_COLUMNS, company_id, from_quarter),
+                 _params(company_id, from_quarter))
+
+
+def latest_quarters(conn: psycopg.Connection, quarters: int = 4) -> dict[str, list[dict[str, Any]]]:
+    """Per company id, its latest ``quarters`` quarters of coverage rows, oldest first (the page)."""
+    try:
+        rows = emissions_coverage(conn)
+    except ReportError:
+        return {}
+    by_company: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_company.setdefault(row["company_id"], []).append(row)
+    return {cid: items[-quarters:] for cid, items in by_company.items()}
+
+
+def _frame(rows: list[dict[str, Any]], columns: list[str]) -> Any:
+    import pandas as pd  # noqa: PLC0415  (heavy: only when a report is written)
+
+    frame = pd.DataFrame(rows, columns=columns)
+    # the marts' numerics arrive as Decimal (exact in the CSVs); Excel and the chart take floats
+    for column in frame.columns:
+        if any(isinstance(value, Decimal) for value in frame[column]):
+            frame[column] = frame[column].astype(float)
+    return frame
+
+
+def write_report(conn: psycopg.Connection, company: str, out_dir: Path,
+                 from_quarter: Quarter | None = None) -> ReportFiles:
+    """Write the company's quarter/category emissions and coverage as CSV, XLSX and a PNG chart."""
+    company_id, company_name = resolve_company(conn, company)
+    categories = emissions_by_category_quarter(conn, company_id, from_quarter)
+    coverage = emissions_coverage(conn, company_id, from_quarter)
+    if not coverage:
+        since = f" from {from_quarter}" if from_quarter else ""
+        raise ReportError(f"{company_name} ({company_id}) has no spend{since} in the emissions marts")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"emissions_{company_id}"
+    files = ReportFiles(out_dir / f"{stem}_by_category_quarter.csv", out_dir / f"{stem}_coverage.csv",
+                        out_dir / f"{stem}.xlsx", out_dir / f"{stem}_by_quarter.png")
+    _write_csv(files.category_csv, categories, CATEGORY_COLUMNS)
+    _write_csv(files.coverage_csv, coverage, COVERAGE_COLUMNS)
+    category_frame = _frame(categories, CATEGORY_COLUMNS)
+    coverage_frame = _frame(coverage, COVERAGE_COLUMNS)
+    import pandas as pd  # noqa: PLC0415
+
+    with pd.ExcelWriter(files.workbook, engine="openpyxl") as writer:
+        category_frame.to_excel(writer, sheet_name="by category and quarter", index=False)
+        coverage_frame.to_excel(writer, sheet_name="coverage", index=False)
+        pd.DataFrame({"about": [f"{company_name} ({company_id})", ATTRIBUTION,
+                                "Unmapped and out-of-scope spend carry no kg (they are not zero "
+                                "emissions): read coverage_share for how much of the spend the kg "
+                                "estimate covers. upstream_only_kgco2e (fuel, gas, heating oil) "
+                                "misses the buyer's own combustion."]}
+                     ).to_excel(writer, sheet_name="about", index=False)
+    _write_chart(files.chart, category_frame, coverage_frame, company_name)
+    return files
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    import csv  # noqa: PLC0415
+
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: row[c] for c in columns})
+
+
+def _write_chart(path: Path, categories: Any, coverage: Any, company_name: str) -> None:
+    import matplotlib  # noqa: PLC0415
+    import pandas as pd  # noqa: PLC0415
+
+    matplotlib.use("Agg")  # no display on a server
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    pivot = categories.pivot_table(index="quarter", columns="category", values="kgco2e",
+                                   aggfunc="sum", fill_value=0).reindex(coverage["quarter"], fill_value=0)
+    # largest categories at the bottom of each stack, the rest in the legend's order
+    pivot = pivot[pivot.sum().sort_values(ascending=False).index]
+    figure, axis = plt.subplots(figsize=(11, 6))
+    pivot.plot.bar(stacked=True, ax=axis, width=0.8, colormap="tab20")
+    shares = dict(zip(coverage["quarter"], coverage["coverage_share"], strict=True))
+    labels = [q if pd.isna(shares.get(q)) else f"{q}\n{shares[q]:.0%} mapped" for q in pivot.index]
+    axis.set_xticklabels(labels, rotation=0, fontsize=8)
+    axis.set_xlabel("")
+    axis.set_ylabel("kg CO2e")
+    axis.set_title(f"{company_name}: kg CO2e by quarter and spend category (spend-based estimate)")
+    axis.legend(title="category", bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8)
+    figure.text(0.01, 0.01, ATTRIBUTION, fontsize=6, wrap=True)
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def format_summary(coverage: list[dict[str, Any]]) -> str:
+    """Plain-text table of quarters: kg CO2e, £ net, mapped, unmapped, out of scope, coverage."""
+    header = f"{'quarter':<9} {'kg CO2e':>13} {'net £':>13} {'mapped £':>13} {'unmapped £':>12} " \
+             f"{'out of scope £':>14} {'coverage':>8}"
+    lines = [header]
+    for row in coverage:
+        share = "-" if row["coverage_share"] is None else f"{row['coverage_share']:.1%}"
+        lines.append(f"{row['quarter']:<9} {row['kgco2e']:>13,.1f} {row['net_gbp']:>13,.2f} "
+                     f"{row['mapped_gbp']:>13,.2f} {row['unmapped_gbp']:>12,.2f} "
+                     f"{row['out_of_scope_gbp']:>14,.2f} {share:>8}")
+    return "\n".join(lines)
+
+
+def overall_coverage(coverage: list[dict[str, Any]]) -> Decimal | None:
+    """Share of in-scope £ mapped over all the given quarters (None when nothing is in scope)."""
+    mapped = sum((row["mapped_gbp"] for row in coverage), Decimal(0))
+    in_scope = mapped + sum((row["unmapped_gbp"] for row in coverage), Decimal(0))
+    return None if in_scope == 0 else mapped / in_scope
+
+
+def company_report(company: str, out_dir: Path, from_quarter: Quarter | None = None, *,
+                   dsn: str | None = None) -> tuple[ReportFiles, list[dict[str, Any]]]:
+    """The use case the CLI calls: write the report files and return them with the coverage rows."""
+    from sage_sync.lifecycle.inputs import warehouse  # noqa: PLC0415
+
+    with warehouse(dsn) as conn:
+        files = write_report(conn, company, out_dir, from_quarter)
+        coverage = emissions_coverage(conn, resolve_company(conn, company)[0], from_quarter)
+    return files, coverage
