@@ -65,7 +65,7 @@ base_currencies as (
         payload -> 'base_currency' ->> 'id' as base_currency
     from {{ source('sage', 'financial_settings') }}
     -- spend of a company that is not connected has no home in the fact either
-    where company_id in (select company_id from {{ source('sage_control', 'companies') }})
+    where company_id in (select companies.company_id from {{ source('sage_control', 'companies') }} as companies)
     order by company_id, source_updated_at desc nulls last, _extracted_at desc
 ),
 

@@ -23,7 +23,11 @@ coverage as (
 ),
 
 emission_lines as (
-    select company_id, quarter, count(*) as line_count, sum(net_gbp) as net_gbp
+    select
+        company_id,
+        quarter,
+        count(*) as line_count,
+        sum(net_gbp) as net_gbp
     from {{ ref('fct_spend_emissions') }}
     group by 1, 2
 )
@@ -39,10 +43,10 @@ select
 from spend
 full outer join coverage
     on spend.company_id = coverage.company_id
-    and spend.quarter = coverage.quarter
+        and spend.quarter = coverage.quarter
 full outer join emission_lines
     on coalesce(spend.company_id, coverage.company_id) = emission_lines.company_id
-    and coalesce(spend.quarter, coverage.quarter) = emission_lines.quarter
+        and coalesce(spend.quarter, coverage.quarter) = emission_lines.quarter
 where spend.net_gbp is distinct from coverage.net_gbp
     or spend.net_gbp is distinct from emission_lines.net_gbp
     or spend.line_count is distinct from coverage.line_count

@@ -37,9 +37,11 @@ missing_years as (
 ),
 
 rule_groups as (
-    select sic_code from {{ ref('emission_chart_defaults') }} where sic_code is not null
+    select sic_code from {{ ref('emission_chart_defaults') }}
+    where sic_code is not null
     union
-    select sic_code from {{ ref('emission_keyword_rules') }} where sic_code is not null
+    select sic_code from {{ ref('emission_keyword_rules') }}
+    where sic_code is not null
 ),
 
 missing_groups as (
@@ -50,7 +52,10 @@ missing_groups as (
         cast(null as bigint),
         'a default or keyword rule maps to a group the set does not have'
     from rule_groups
-    where not exists (select 1 from known_groups where known_groups.sic_code = rule_groups.sic_code)
+    where not exists (
+            select 1 from known_groups
+            where known_groups.sic_code = rule_groups.sic_code
+        )
 )
 
 select * from missing_set

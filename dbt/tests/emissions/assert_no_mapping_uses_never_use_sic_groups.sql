@@ -4,26 +4,45 @@
 with
 
 never_use as (
-    select sic_code from {{ ref('emission_sic_group_flags') }} where is_never_use
+    select sic_code from {{ ref('emission_sic_group_flags') }}
+    where is_never_use
 ),
 
 mappings as (
-    select 'emission_chart_defaults' as source, chart || ' ' || nominal_code as rule, sic_code
+    select
+        'emission_chart_defaults' as source,
+        chart || ' ' || nominal_code as rule,
+        sic_code
     from {{ ref('emission_chart_defaults') }}
     union all
-    select 'emission_keyword_rules', keyword_rule_id, sic_code
+    select
+        'emission_keyword_rules',
+        keyword_rule_id,
+        sic_code
     from {{ ref('emission_keyword_rules') }}
     union all
-    select 'emission_account_overrides', company_id || ' ' || coalesce(ledger_account_id, nominal_code), sic_code
+    select
+        'emission_account_overrides',
+        company_id || ' ' || coalesce(ledger_account_id, nominal_code),
+        sic_code
     from {{ ref('emission_account_overrides') }}
     union all
-    select 'emission_line_overrides', company_id || ' ' || record_id || ' ' || line_id, sic_code
+    select
+        'emission_line_overrides',
+        company_id || ' ' || record_id || ' ' || line_id,
+        sic_code
     from {{ ref('emission_line_overrides') }}
     union all
-    select distinct 'int_emission_account_mappings', mapping_rule, sic_code
+    select distinct
+        'int_emission_account_mappings',
+        mapping_rule,
+        sic_code
     from {{ ref('int_emission_account_mappings') }}
     union all
-    select distinct 'fct_spend_emissions', mapping_rule, sic_code
+    select distinct
+        'fct_spend_emissions',
+        mapping_rule,
+        sic_code
     from {{ ref('fct_spend_emissions') }}
 )
 

@@ -106,19 +106,19 @@ candidates as (
     from accounts
     left join overrides as id_overrides
         on accounts.company_id = id_overrides.company_id
-        and accounts.ledger_account_id = id_overrides.ledger_account_id
+            and accounts.ledger_account_id = id_overrides.ledger_account_id
     left join overrides as code_overrides
         on accounts.company_id = code_overrides.company_id
-        and code_overrides.ledger_account_id is null
-        and accounts.nominal_code = code_overrides.nominal_code
+            and code_overrides.ledger_account_id is null
+            and accounts.nominal_code = code_overrides.nominal_code
     left join account_types
         on accounts.ledger_account_type = account_types.ledger_account_type
     left join name_defaults
         on lower(trim(accounts.nominal_code_name)) = name_defaults.account_name_key
-        and accounts.ledger_account_type is not distinct from name_defaults.ledger_account_type
+            and accounts.ledger_account_type is not distinct from name_defaults.ledger_account_type
     left join name_keywords
         on accounts.company_id = name_keywords.company_id
-        and accounts.ledger_account_id = name_keywords.ledger_account_id
+            and accounts.ledger_account_id = name_keywords.ledger_account_id
     left join code_defaults
         on accounts.nominal_code = code_defaults.nominal_code
 ),

@@ -19,26 +19,34 @@ cpi as (
 ),
 
 cpi_monthly as (
-    select to_date(period, 'YYYY-MM') as month_start, index_2015_100
+    select
+        to_date(period, 'YYYY-MM') as month_start,
+        index_2015_100
     from cpi
     where period_type = 'month'
 ),
 
 cpi_annual as (
-    select cast(period as integer) as year, index_2015_100
+    select
+        cast(period as integer) as year,
+        index_2015_100
     from cpi
     where period_type = 'year'
 ),
 
 latest_month as (
-    select month_start, index_2015_100
+    select
+        month_start,
+        index_2015_100
     from cpi_monthly
     order by month_start desc
     limit 1
 ),
 
 earliest_year as (
-    select year, index_2015_100
+    select
+        year,
+        index_2015_100
     from cpi_annual
     order by year
     limit 1
@@ -47,10 +55,10 @@ earliest_year as (
 months as (
     select cast(month_start as date) as spend_month
     from generate_series(
-        date '{{ var("emission_price_months_from", "2000-01-01") }}',
-        date '{{ var("emission_price_months_to", "2099-12-01") }}',
-        interval '1 month'
-    ) as month_start
+            date '{{ var("emission_price_months_from", "2000-01-01") }}',
+            date '{{ var("emission_price_months_to", "2099-12-01") }}',
+            interval '1 month'
+        ) as month_start
 ),
 
 periods as (
@@ -107,11 +115,12 @@ deflated as (
         case
             when indexed.is_in_factor_years then null
             else coalesce(
-                indexed.month_index,
-                indexed.year_index,
-                case when indexed.spend_year > indexed.last_year then latest_month.index_2015_100
-                    else earliest_year.index_2015_100 end
-            )
+                    indexed.month_index,
+                    indexed.year_index,
+                    case when indexed.spend_year > indexed.last_year then latest_month.index_2015_100
+                        else earliest_year.index_2015_100
+                    end
+                )
         end as spend_index
     from indexed
     cross join latest_month

@@ -81,16 +81,16 @@ candidates as (
     from spend
     left join line_overrides
         on spend.company_id = line_overrides.company_id
-        and spend.record_id = line_overrides.record_id
-        and spend.line_id = line_overrides.line_id
+            and spend.record_id = line_overrides.record_id
+            and spend.line_id = line_overrides.line_id
     left join account_mappings
         on spend.company_id = account_mappings.company_id
-        and spend.ledger_account_id = account_mappings.ledger_account_id
+            and spend.ledger_account_id = account_mappings.ledger_account_id
     left join line_keywords
         on spend.company_id = line_keywords.company_id
-        and spend.stream = line_keywords.stream
-        and spend.record_id = line_keywords.record_id
-        and spend.line_id = line_keywords.line_id
+            and spend.stream = line_keywords.stream
+            and spend.record_id = line_keywords.record_id
+            and spend.line_id = line_keywords.line_id
     left join keyword_rules as description_rules
         on line_keywords.description_keyword_rule_id = description_rules.keyword_rule_id
     left join keyword_rules as supplier_rules
@@ -112,28 +112,28 @@ ruled as (
 mapped as (
     select
         ruled.*,
-        case mapping_rule
-            when 'line_override' then line_override_sic_code
-            when 'line_description_keyword' then description_sic_code
-            when 'supplier_keyword' then supplier_sic_code
-            else account_sic_code
+        case ruled.mapping_rule
+            when 'line_override' then ruled.line_override_sic_code
+            when 'line_description_keyword' then ruled.description_sic_code
+            when 'supplier_keyword' then ruled.supplier_sic_code
+            else ruled.account_sic_code
         end as sic_code,
-        case mapping_rule
-            when 'line_override' then line_override_reason
-            when 'line_description_keyword' then description_reason
-            when 'supplier_keyword' then supplier_reason
-            else account_reason
+        case ruled.mapping_rule
+            when 'line_override' then ruled.line_override_reason
+            when 'line_description_keyword' then ruled.description_reason
+            when 'supplier_keyword' then ruled.supplier_reason
+            else ruled.account_reason
         end as out_of_scope_reason,
-        case mapping_rule
+        case ruled.mapping_rule
             when 'line_override' then 'high'
-            when 'line_description_keyword' then description_confidence
-            when 'supplier_keyword' then supplier_confidence
-            else coalesce(account_confidence, 'none')
+            when 'line_description_keyword' then ruled.description_confidence
+            when 'supplier_keyword' then ruled.supplier_confidence
+            else coalesce(ruled.account_confidence, 'none')
         end as mapping_confidence,
-        case mapping_rule
-            when 'line_description_keyword' then description_rule_id
-            when 'supplier_keyword' then supplier_rule_id
-            when 'account_name_keyword' then account_keyword_rule_id
+        case ruled.mapping_rule
+            when 'line_description_keyword' then ruled.description_rule_id
+            when 'supplier_keyword' then ruled.supplier_rule_id
+            when 'account_name_keyword' then ruled.account_keyword_rule_id
         end as keyword_rule_id
     from ruled
 ),
@@ -193,7 +193,7 @@ final as (
         on cast(date_trunc('month', mapped.transaction_date) as date) = price_periods.spend_month
     left join factors
         on mapped.sic_code = factors.sic_code
-        and price_periods.factor_year = factors.factor_year
+            and price_periods.factor_year = factors.factor_year
     left join sic_group_flags
         on mapped.sic_code = sic_group_flags.sic_code
 )

@@ -89,12 +89,20 @@ record_counts as (
 ranked_runs as (
     select
         sync_runs.*,
-        row_number() over (partition by company_id order by started_at desc, sync_run_id desc) as run_rank,
         row_number() over (
-            partition by company_id, (sync_status = 'success') order by started_at desc, sync_run_id desc
+            partition by sync_runs.company_id
+            order by sync_runs.started_at desc, sync_runs.sync_run_id desc
+        ) as run_rank,
+        row_number() over (
+            partition by sync_runs.company_id, (sync_runs.sync_status = 'success')
+            order by sync_runs.started_at desc, sync_runs.sync_run_id desc
         ) as status_rank,
-        count(*) filter (where sync_status = 'success') over (partition by company_id) as successful_run_count,
-        min(started_at) filter (where sync_status = 'success') over (partition by company_id)
+        count(*) filter (
+            where sync_runs.sync_status = 'success'
+        ) over (partition by sync_runs.company_id) as successful_run_count,
+        min(sync_runs.started_at) filter (
+            where sync_runs.sync_status = 'success'
+        ) over (partition by sync_runs.company_id)
             as first_success_started_at
     from sync_runs
 ),
