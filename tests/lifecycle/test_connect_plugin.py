@@ -28,11 +28,11 @@ plugin = pytest.importorskip("sage_sync.web.app")
 @pytest.fixture
 def client(lenv: dict, monkeypatch: pytest.MonkeyPatch) -> TestClient:
     triggered: list = []
-    monkeypatch.setattr(plugin, "_require_editor", lambda user: None)
     monkeypatch.setattr(airflow_api, "trigger", lambda dag_id, conf, user: triggered.append((dag_id, conf)) or "run-1")
     parent = FastAPI()
     parent.mount("/sage", plugin.app)
     plugin.app.dependency_overrides[plugin.current_user] = lambda: "tester"
+    plugin.app.dependency_overrides[plugin.edit_rights] = lambda: True
     test_client = TestClient(parent, follow_redirects=False)
     test_client.triggered = triggered  # type: ignore[attr-defined]
     yield test_client
@@ -129,10 +129,10 @@ def test_links_redirects_and_cookies_follow_a_sub_path_base_url(lenv: dict, sage
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Airflow under a sub-path (``base_url = https://host/airflow``): every link, redirect and
     cookie path carries the prefix, none points at a bare ``/sage``."""
-    monkeypatch.setattr(plugin, "_require_editor", lambda user: None)
     parent = FastAPI()
     parent.mount("/sage", plugin.app)
     plugin.app.dependency_overrides[plugin.current_user] = lambda: "tester"
+    plugin.app.dependency_overrides[plugin.edit_rights] = lambda: True
     try:
         client = TestClient(parent, follow_redirects=False, root_path="/airflow")
         page = client.get("/airflow/sage/")
