@@ -81,6 +81,15 @@ def index(request: Request, can_edit: EditRights, msg: str | None = None) -> HTM
                   next_run_known=all(i["next_run_known"] for i in items))
 
 
+@app.get("/icon.svg")
+def icon() -> Response:
+    """The menu entry's icon in Airflow's navigation."""
+    from sage_sync.web.pages import TEMPLATES  # noqa: PLC0415
+
+    return Response((TEMPLATES / "icon.svg").read_bytes(), media_type="image/svg+xml",
+                    headers={"Cache-Control": "max-age=86400"})
+
+
 @app.get("/company/{company_id}", response_class=HTMLResponse)
 def company(request: Request, company_id: str, can_edit: EditRights, msg: str | None = None) -> HTMLResponse:
     """One company: its state, streams, run history, sync health and exceptions."""
