@@ -13,6 +13,7 @@ web layer only renders. The rules a reader must be able to trust live here:
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +26,8 @@ from sage_sync.pipeline.env import airflow_run_of
 from sage_sync.sage.streams import STREAMS
 from sage_sync.warehouse import reports
 from sage_sync.warehouse.migrate import ensure_migrated
+
+log = logging.getLogger(__name__)
 
 HISTORY_LENGTH = 10
 EXCEPTIONS_SHOWN = 50
@@ -129,7 +132,8 @@ def _run_row(company_id: str, run: dict[str, Any]) -> dict[str, Any]:
 def _next_runs(caller: airflow_api.Caller | None) -> dict[str, datetime | None] | None:
     try:
         return airflow_api.next_runs(caller)
-    except AirflowUnavailable:
+    except AirflowUnavailable as exc:
+        log.warning("next scheduled runs unknown: %s", exc)
         return None
 
 

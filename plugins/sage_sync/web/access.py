@@ -35,7 +35,10 @@ def caller(request: Request) -> Any:
     """Who asks Airflow for a run: the signed-in user, at the api-server serving this request."""
     from sage_sync.lifecycle.airflow_api import Caller  # noqa: PLC0415
 
-    return Caller(base_url=str(request.base_url).rstrip("/").rsplit("/", 1)[0], token=jwt(request))
+    # Airflow's root: this app's mount path (``/sage``, ``/airflow/sage``) less its last segment.
+    # Not ``request.base_url``: inside the api-server it is the server's root, not the mount's.
+    mount = (request.scope.get("root_path") or "/sage").rstrip("/")
+    return Caller(base_url=f"{request.url.scheme}://{request.url.netloc}{mount.rsplit('/', 1)[0]}", token=jwt(request))
 
 
 async def current_user(request: Request) -> Any:

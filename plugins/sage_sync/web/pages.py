@@ -44,7 +44,11 @@ def _percent(share: float | None) -> str:
     return "-" if share is None else f"{share * 100:.0f}%"
 
 
-env.filters.update(when=_when, duration=_duration, percent=_percent)
+def _number(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+env.filters.update(when=_when, duration=_duration, percent=_percent, n=_number)
 
 
 def base_path(request: Request) -> str:
