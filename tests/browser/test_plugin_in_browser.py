@@ -74,8 +74,12 @@ def metadata_db() -> Iterator[str]:
 
 
 @pytest.fixture
-def airflow(tmp_path: Path, metadata_db: str, pg_dsn: str) -> Iterator[tuple[Airflow, FakeSageServer]]:
-    """``airflow standalone`` on a free port over this repo's DAGs and plugins, with the fake Sage."""
+def airflow(tmp_path: Path, metadata_db: str, pg_dsn: str,
+            warehouse: psycopg.Connection) -> Iterator[tuple[Airflow, FakeSageServer]]:
+    """``airflow standalone`` on a free port over this repo's DAGs and plugins, with the fake Sage.
+
+    ``warehouse`` empties the test warehouse first: tests run before this one in the session
+    leave their companies there, and the flow starts from "No company is connected yet"."""
     port = free_port()
     url = f"http://localhost:{port}"
     home = tmp_path / "airflow_home"
