@@ -8,6 +8,7 @@ reconnect, the backfill's validation, warning and trigger, and reset with confir
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
@@ -20,7 +21,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from sage_sync.core.quarters import Quarter
-from sage_sync.lifecycle import airflow_api, connections, dashboard, inputs
+from sage_sync.lifecycle import airflow_api, connections, dashboard, inputs, status
 from sage_sync.pipeline import sync
 from sage_sync.warehouse import registry
 from sage_sync.web import pages
@@ -313,3 +314,15 @@ def test_every_route_is_closed_without_a_login_and_changes_need_the_editor_role(
         assert "needs permission to edit DAGs" in refused.text and refused.headers["content-type"].startswith(
             "text/html"), path
     assert connections.require_known(company).status == "initial_sync"  # nothing changed
+
+
+def test_the_status_line_compares_like_with_like(lenv: dict, warehouse: psycopg.Connection) -> None:
+    """The CLI's status line: no more "62 of 60 records" from a stream without $total."""
+    registry.register_company(warehouse, "c1", "Acme Ltd", "2026-Q1")
+    warehouse.execute(
+        "insert into sage_control.sync_runs (sync_run_id, company_id, kind, stats) values ('r1', 'c1', 'daily', %s)",
+        (json.dumps({"purchase_invoices": {"pages": 1, "rows_seen": 40, "total_reported": 40},
+                     "ledger_accounts": {"pages": 1, "rows_seen": 20, "total_reported": 20},
+                     "contacts": {"pages": 1, "rows_seen": 2}}),))
+    line = status.describe(status.company_statuses(warehouse)[0])
+    assert "62 records (60 of 60 in the streams that report a total)" in line, line
