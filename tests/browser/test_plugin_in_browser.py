@@ -74,8 +74,12 @@ def metadata_db() -> Iterator[str]:
 
 
 @pytest.fixture
-def airflow(tmp_path: Path, metadata_db: str, pg_dsn: str) -> Iterator[tuple[Airflow, FakeSageServer]]:
-    """``airflow standalone`` on a free port over this repo's DAGs and plugins, with the fake Sage."""
+def airflow(tmp_path: Path, metadata_db: str, pg_dsn: str,
+            warehouse: psycopg.Connection) -> Iterator[tuple[Airflow, FakeSageServer]]:
+    """``airflow standalone`` on a free port over this repo's DAGs and plugins, with the fake Sage.
+
+    ``warehouse`` empties the test warehouse first: tests run before this one in the session
+    leave their companies there, and the flow starts from "No company is connected yet"."""
     port = free_port()
     url = f"http://localhost:{port}"
     home = tmp_path / "airflow_home"
@@ -174,6 +178,12 @@ def _status(page: Page, company_id: str) -> str | None:
                      " return c ? c.innerText.trim() : null; })()")
 
 
+def _select(page: Page, selector: str, value: str) -> None:
+    """Pick ``value`` in a <select> as a user would (the change event fires)."""
+    page.eval(f"(() => {{ const s = document.querySelector({json.dumps(selector)}); s.value = {json.dumps(value)};"
+              " s.dispatchEvent(new Event('change', {bubbles: true})); })()")
+
+
 def _section(page: Page, company_id: str) -> str | None:
     """The id of the status heading above the company's table."""
     return page.eval(f"(() => {{ const r = document.querySelector('#company-{company_id}');"
@@ -227,7 +237,9 @@ def _flow(af: Airflow, page: Page, company_id: str, shots: Path, pg_dsn: str) ->
                        " s.value = o.value; s.dispatchEvent(new Event('change', {bubbles: true}));"
                        " return s.value; })()")
     assert picked == company_id
-    page.type_into("#synced_from", QUARTER)
+    quarters = page.eval("[...document.querySelectorAll('#synced_from option')].map(o => o.value)")
+    assert QUARTER in quarters and quarters == sorted(quarters, reverse=True), quarters  # a list, newest first
+    _select(page, "#synced_from", QUARTER)
     assert page.eval("document.querySelector('#synced_from').value") == QUARTER
     page.click("#register")
     page.wait_for(f"location.pathname === '/sage/' && !!document.querySelector('#company-{company_id}')",
@@ -247,6 +259,8 @@ def _flow(af: Airflow, page: Page, company_id: str, shots: Path, pg_dsn: str) ->
         assert tokens is not None and all(tokens), "no tokens stored for the company"
         assert conn.execute("select count(*) from sage_control.pending_authorisations").fetchone() == (0,)
 
+    _dashboard_company_page_and_forms(af, page, company_id, shots, pg_dsn)
+
     # 5. Disconnect through its button (CSRF form): status disconnected, grant revoked at Sage.
     page.click(f"#disconnect-{company_id}")
     page.wait_for(f"location.pathname === '/sage/' && !!document.querySelector('#status-disconnected')"
@@ -259,3 +273,103 @@ def _flow(af: Airflow, page: Page, company_id: str, shots: Path, pg_dsn: str) ->
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         assert conn.execute("select status from sage_control.companies where company_id = %s",
                             (company_id,)).fetchone() == ("disconnected",)
+
+
+AIRFLOW_RUN = "manual__browser_2025-01-01"
+
+
+def _dashboard_company_page_and_forms(af: Airflow, page: Page, company_id: str, shots: Path, pg_dsn: str) -> None:
+    """The dashboard's run history and its links into Airflow, the company page, the menu entry
+    inside Airflow's UI, and the Move Synced From and Reset forms."""
+    dag_id = f"sage_sync__{company_id}"
+    # Two runs as the company DAG's tasks record them (the sync-run id carries the Airflow run id):
+    # a finished one, and a first sync under way whose streams do and do not report $total.
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        # as if it had been connected three hours ago, when its first sync began
+        conn.execute("update sage_control.companies set created_at = now() - interval '3 hours' "
+                     "where company_id = %s", (company_id,))
+        conn.execute(
+            "insert into sage_control.sync_runs (sync_run_id, company_id, kind, status, started_at, ended_at, stats) "
+            "values (%s, %s, 'daily', 'failed', now() - interval '2 hours', now() - interval '119 minutes', %s), "
+            "(%s, %s, 'daily', 'running', now() - interval '10 minutes', null, %s)",
+            (f"{company_id}:{AIRFLOW_RUN}", company_id,
+             json.dumps({"ledger_accounts": {"pages": 1, "rows_seen": 49, "versions_added": 49,
+                                             "total_reported": 49}}),
+             f"{company_id}:manual__browser_2025-01-02", company_id,
+             json.dumps({"purchase_invoices": {"pages": 3, "rows_seen": 600, "total_reported": 1200},
+                         "contacts": {"pages": 1, "rows_seen": 22}})))
+
+    # The dashboard: the name (not the id) links to the company page; progress adds up per stream.
+    page.goto(f"{af.url}/sage/")
+    page.wait_for(f"!!document.querySelector('#company-{company_id} .company-link')", "the company's link")
+    assert page.eval(f"document.querySelector('#company-{company_id} .company-link').innerText") == BUSINESS
+    progress = page.eval(f"document.querySelector('#company-{company_id} .progress').innerText")
+    assert "600 of 1,200 records (50%)" in progress and "22 in streams that report no total" in progress, progress
+    assert "to go" in progress and "flagged if not complete within 24 hours" in progress, progress
+    links = page.eval(f"[...document.querySelectorAll('#history-{company_id} a')].map(a => a.pathname)")
+    assert f"/dags/{dag_id}/runs/{AIRFLOW_RUN}" in links, links
+    assert f"/dags/{dag_id}/runs/{AIRFLOW_RUN}/tasks/extract_load" in links, links
+    page.eval(f"document.querySelector('#history-{company_id}').closest('details').open = true")
+    page.screenshot(shots / "04a-dashboard.png")
+
+    # A history link opens the run's task in Airflow's own UI.
+    page.click(f"#history-{company_id} a.log-link")
+    page.wait_for(f"location.pathname === '/dags/{dag_id}/runs/manual__browser_2025-01-02/tasks/extract_load'",
+                  "Airflow's task page of the run")
+    page.wait_for("!!document.querySelector('#root') && document.querySelector('#root').innerText.length > 0",
+                  "Airflow's UI rendering the run")
+
+    # The company page: streams, history, sync health, exceptions.
+    page.goto(f"{af.url}/sage/")
+    page.click(f"#company-{company_id} .company-link")
+    page.wait_for(f"location.pathname === '/sage/company/{company_id}' && !!document.querySelector('#streams')",
+                  "the company page")
+    for section in ("#initial-sync", "#streams", "#history", "#sync-health", "#non-gbp", "#void-draft",
+                    "#quarantined", "#stream-purchase_invoices", "#stream-contacts"):
+        assert page.eval(f"!!document.querySelector({json.dumps(section)})"), section
+    assert page.eval("document.querySelector('h1').innerText") == BUSINESS
+    streams = page.eval("document.querySelector('#stream-contacts').innerText")
+    assert "not reported" in streams, streams
+    page.screenshot(shots / "04b-company.png")
+
+    # The menu entry: a top-level item of Airflow's navigation showing the page inside Airflow's UI.
+    page.goto(f"{af.url}/")
+    page.wait_for("!!document.querySelector('a[href$=\"plugin/sage-connections\"]')",
+                  "the Sage connections entry in Airflow's navigation")
+    page.click('a[href$="plugin/sage-connections"]')
+    page.wait_for("location.pathname.startsWith('/plugin/sage-connections') && (() => {"
+                  " const f = document.querySelector('iframe');"
+                  " return !!(f && f.contentDocument && f.contentDocument.querySelector('#summary')); })()",
+                  "the dashboard inside Airflow's UI")
+    page.screenshot(shots / "04c-in-airflow.png")
+
+    # Move Synced From (an active company): the company, its quarter, only the earlier quarters allowed.
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # as if its first sync had completed
+        conn.execute("update sage_control.sync_runs set status = 'success', ended_at = now() where company_id = %s "
+                     "and status = 'running'", (company_id,))
+        conn.execute("update sage_control.companies set status = 'active' where company_id = %s", (company_id,))
+    page.goto(f"{af.url}/sage/company/{company_id}")
+    page.click(f"#synced-from-{company_id}")
+    page.wait_for("location.pathname === '/sage/synced-from' && !!document.querySelector('#synced_from')",
+                  "the Move Synced From form")
+    current = page.eval("document.querySelector('#current').innerText")
+    assert BUSINESS in current and QUARTER in current, current
+    offered = page.eval("[...document.querySelectorAll('#synced_from option')].map(o => o.value)")
+    assert offered[0] == "2024-Q4" and QUARTER not in offered and offered == sorted(offered, reverse=True), offered
+    page.screenshot(shots / "04d-synced-from.png")
+    _select(page, "#synced_from", "2024-Q2")
+    page.click("#check")
+    page.wait_for("!!document.querySelector('#warning')", "the backfill warning")
+    warning = page.eval("document.querySelector('#warning').innerText")
+    assert "2024-04-01 to 2024-12-31" in warning and BUSINESS in warning, warning
+    assert page.eval("!!document.querySelector('#confirm')")
+
+    # Reset without ticking the box: refused in the page's words, nothing wiped.
+    page.goto(f"{af.url}/sage/reset?company_id={company_id}")
+    page.click("#do-reset")
+    page.wait_for("!!document.querySelector('#error')", "the reset refusal")
+    refusal = page.eval("document.querySelector('#error').innerText")
+    assert "ticking the box" in refusal and "--yes" not in refusal, refusal
+    page.screenshot(shots / "04e-reset-refused.png")
+    page.goto(f"{af.url}/sage/")
+    page.wait_for(f"!!document.querySelector('#disconnect-{company_id}')", "the dashboard again")

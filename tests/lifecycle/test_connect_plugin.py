@@ -8,19 +8,26 @@ reconnect, the backfill's validation, warning and trigger, and reset with confir
 
 from __future__ import annotations
 
+import json
+import re
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 import pytest
 import requests
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from sage_sync.lifecycle import airflow_api
+from sage_sync.core.quarters import Quarter
+from sage_sync.lifecycle import airflow_api, connections, dashboard, inputs, status
 from sage_sync.pipeline import sync
+from sage_sync.warehouse import registry
+from sage_sync.web import pages
 from sandbox.fake_sage.server import FakeSageServer
 
-from .conftest import business_id
+from .conftest import business_id, fresh_code
 
 plugin = pytest.importorskip("sage_sync.web.app")
 
@@ -28,11 +35,11 @@ plugin = pytest.importorskip("sage_sync.web.app")
 @pytest.fixture
 def client(lenv: dict, monkeypatch: pytest.MonkeyPatch) -> TestClient:
     triggered: list = []
-    monkeypatch.setattr(plugin, "_require_editor", lambda user: None)
     monkeypatch.setattr(airflow_api, "trigger", lambda dag_id, conf, user: triggered.append((dag_id, conf)) or "run-1")
     parent = FastAPI()
     parent.mount("/sage", plugin.app)
     plugin.app.dependency_overrides[plugin.current_user] = lambda: "tester"
+    plugin.app.dependency_overrides[plugin.edit_rights] = lambda: True
     test_client = TestClient(parent, follow_redirects=False)
     test_client.triggered = triggered  # type: ignore[attr-defined]
     yield test_client
@@ -129,10 +136,10 @@ def test_links_redirects_and_cookies_follow_a_sub_path_base_url(lenv: dict, sage
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Airflow under a sub-path (``base_url = https://host/airflow``): every link, redirect and
     cookie path carries the prefix, none points at a bare ``/sage``."""
-    monkeypatch.setattr(plugin, "_require_editor", lambda user: None)
     parent = FastAPI()
     parent.mount("/sage", plugin.app)
     plugin.app.dependency_overrides[plugin.current_user] = lambda: "tester"
+    plugin.app.dependency_overrides[plugin.edit_rights] = lambda: True
     try:
         client = TestClient(parent, follow_redirects=False, root_path="/airflow")
         page = client.get("/airflow/sage/")
@@ -150,3 +157,172 @@ def test_links_redirects_and_cookies_follow_a_sub_path_base_url(lenv: dict, sage
         assert 'action="/airflow/sage/register"' in choose.text
     finally:
         plugin.app.dependency_overrides.clear()
+
+
+# -- the dashboard, the company page, the forms, and who may do what ------------------------------------
+
+
+def _connected(sage: FakeSageServer, key: str = "northwind", quarter: str = "2026-Q1") -> str:
+    company = business_id(sage, key)
+    code, verifier = fresh_code(sage)
+    connections.connect(code, verifier, company, quarter)
+    return company
+
+
+def test_dashboard_and_company_page_show_runs_with_airflow_links(client: TestClient, sage: FakeSageServer,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    company = _connected(sage)
+    nightly = datetime(2026, 12, 3, 0, 0, tzinfo=UTC)
+    monkeypatch.setattr(airflow_api, "next_runs", lambda caller=None: {f"sage_sync__{company}": nightly})
+    run_id = sync.begin_run(company, airflow_run_id="scheduled__2026-12-02T00:00:00+00:00", kind="daily")
+    sync.run_steps(company, run_id)
+    sync.run_company(company, kind="manual")  # outside Airflow: no link
+
+    page = client.get("/sage/").text
+    assert "Northwind Joinery Ltd" in page and f'href="/sage/company/{company}"' in page
+    assert "2026-12-03 00:00 UTC" in page  # the next scheduled run, from Airflow
+    history = page[page.index(f'id="history-{company}"'):]
+    assert history.count('class="run"') == 2 and "run outside Airflow" in history
+    airflow_run = "scheduled__2026-12-02T00%3A00%3A00%2B00%3A00"
+    assert f'href="/dags/sage_sync__{company}/runs/{airflow_run}"' in history
+    assert f'href="/dags/sage_sync__{company}/runs/{airflow_run}/tasks/extract_load"' in history
+
+    detail = client.get(f"/sage/company/{company}")
+    assert detail.status_code == 200
+    text = detail.text
+    for section in ('id="streams"', 'id="history"', 'id="sync-health"', 'id="non-gbp"', 'id="void-draft"',
+                    'id="quarantined"', 'id="stream-purchase_invoices"'):
+        assert section in text, section
+    assert "Not built yet: it appears after the first sage_transform run" in text  # no dbt run here
+    assert client.get("/sage/company/no-such-company").status_code == 404
+
+
+def test_progress_compares_each_stream_with_its_own_total() -> None:
+    """ "62 of 60": a stream without $total must not add records to one side only. """
+    stats = {"purchase_invoices": {"pages": 1, "rows_seen": 40, "total_reported": 40},
+             "contacts": {"pages": 1, "rows_seen": 22},  # Sage reported no $total
+             "ledger_accounts": {"pages": 1, "rows_seen": 25, "total_reported": 20},  # a repeated pass
+             "tax_rates": {"pages": 0, "rows_seen": 0, "total_reported": 20}}
+    p = dashboard.progress(stats, elapsed_seconds=600)
+    assert (p["records_done"], p["total"], p["records_untotalled"]) == (60, 80, 22)
+    assert p["share"] == 0.75 and p["eta_seconds"] == 200
+    by_name = {s["stream"]: s for s in p["streams"]}
+    assert by_name["contacts"]["total"] is None and by_name["ledger_accounts"]["share"] == 1.0
+    assert by_name["purchase_credit_notes"]["started"] is False
+    html = pages.env.get_template("macros.html").module.progress_summary(p, {"company_id": "c", "initial_sync": None})
+    assert "60 of 80 records" in html and "22 in streams that report no total" in html
+
+
+def test_problems_say_what_to_do() -> None:
+    reauth = dashboard.problem("needs_reauth", "invalid_grant", None)
+    assert reauth["action"] == "reconnect" and "Reconnect" in reauth["fix"]
+    failed = dashboard.problem("active", None, {"status": "failed", "kind": "daily", "error": "HTTP 500"})
+    assert failed["action"] == "log" and "HTTP 500" in failed["words"]
+    assert dashboard.problem("active", None, {"status": "success", "kind": "daily"}) is None
+
+
+def test_move_synced_from_offers_only_the_allowed_quarters(client: TestClient, sage: FakeSageServer) -> None:
+    company = _connected(sage, quarter="2026-Q1")
+    sync.run_company(company)
+    form = client.get(f"/sage/synced-from?company_id={company}")
+    assert form.status_code == 200
+    assert "Northwind Joinery Ltd" in form.text and "<strong>2026-Q1</strong>" in form.text
+    offered = re.findall(r'<option value="([0-9]{4}-Q[1-4])">', form.text)
+    floor = inputs.earliest_quarter()
+    assert offered[0] == "2025-Q4" and offered[-1] == str(floor) and "2026-Q1" not in offered
+    assert len(offered) == len(set(offered)) == len(inputs.quarters_between(Quarter.parse("2025-Q4"), floor))
+    too_early = client.get(f"/sage/synced-from?company_id={company}&synced_from={floor.previous()}")
+    assert too_early.status_code == 400 and "the earliest Synced From offered" in too_early.text
+
+    csrf = client.cookies.get("sage_csrf")
+    refused = client.post("/sage/reset", data={"company_id": company, "csrf": csrf})
+    assert refused.status_code == 400 and "ticking the box" in refused.text and "--yes" not in refused.text
+    unknown = client.get("/sage/reset?company_id=nobody")
+    assert "unknown company" in unknown.text and "python -m" not in unknown.text
+
+
+def test_names_are_escaped(client: TestClient, warehouse: psycopg.Connection) -> None:
+    registry.register_company(warehouse, "abc123", "<script>alert(1)</script> & Sons", "2026-Q1")
+    for path in ("/sage/", "/sage/company/abc123", "/sage/reset?company_id=abc123"):
+        text = client.get(path).text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; Sons" in text, path
+        assert "<script>alert" not in text, path
+
+
+def test_a_hex_id_is_never_the_only_name(client: TestClient, sage: FakeSageServer,
+                                         warehouse: psycopg.Connection) -> None:
+    company = _connected(sage)
+    sync.run_company(company)  # lands the businesses record: Sage's name for it
+    warehouse.execute("update sage_control.companies set company_name = company_id")
+    assert dashboard.display_name(company, company, None) == company  # the last resort only
+    page = client.get("/sage/").text
+    assert "<strong>Northwind Joinery Ltd</strong>" in page
+
+
+class _Manager:
+    """An auth manager whose token is a viewer's: logged in, may not edit DAGs."""
+
+    async def get_user_from_token(self, token: str) -> str:
+        return "viewer" if token == "viewer-token" else _refuse(token)
+
+    def is_authorized_dag(self, *, method: str, user: str, **_: object) -> bool:
+        return method == "GET"
+
+    def get_url_login(self, next_url: str) -> str:
+        return f"/auth/login?next={next_url}"
+
+
+def _refuse(token: str) -> str:
+    raise ValueError(f"bad token {token}")
+
+
+def test_every_route_is_closed_without_a_login_and_changes_need_the_editor_role(
+        lenv: dict, sage: FakeSageServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("airflow.api_fastapi.app.get_auth_manager", _Manager)
+    plugin.app.get("/added-later")(lambda: "open")  # a route added the usual way, nobody thought to protect it
+    added = plugin.app.router.routes[-1]
+    try:
+        parent = FastAPI()
+        parent.mount("/sage", plugin.app)
+        anonymous = TestClient(parent, follow_redirects=False)
+        routes = [r for r in plugin.app.routes if isinstance(r, APIRoute)]
+        assert len(routes) >= 12
+        for route in routes:
+            path = "/sage" + route.path.replace("{company_id}", "x")
+            for method in route.methods:
+                response = anonymous.request(method, path)
+                assert response.status_code == 303, (method, path)
+                assert response.headers["location"].startswith("/auth/login"), (method, path)
+    finally:
+        plugin.app.router.routes.remove(added)
+
+    company = _connected(sage)
+    viewer = TestClient(parent, follow_redirects=False)
+    viewer.cookies.set("_token", "viewer-token")
+    page = viewer.get("/sage/")
+    assert page.status_code == 200 and 'id="read-only"' in page.text
+    assert 'id="connect"' not in page.text and f'id="disconnect-{company}"' not in page.text
+    assert viewer.get(f"/sage/company/{company}").status_code == 200
+    csrf = viewer.cookies.get("sage_csrf")
+    for method, path, data in (("POST", "/sage/disconnect", {"company_id": company, "csrf": csrf}),
+                               ("POST", "/sage/reset", {"company_id": company, "csrf": csrf, "confirm": "yes"}),
+                               ("GET", "/sage/authorize?purpose=connect", None),
+                               ("GET", f"/sage/synced-from?company_id={company}", None),
+                               ("GET", f"/sage/reset?company_id={company}", None)):
+        refused = viewer.request(method, path, data=data)
+        assert refused.status_code == 403, path
+        assert "needs permission to edit DAGs" in refused.text and refused.headers["content-type"].startswith(
+            "text/html"), path
+    assert connections.require_known(company).status == "initial_sync"  # nothing changed
+
+
+def test_the_status_line_compares_like_with_like(lenv: dict, warehouse: psycopg.Connection) -> None:
+    """The CLI's status line: no more "62 of 60 records" from a stream without $total."""
+    registry.register_company(warehouse, "c1", "Acme Ltd", "2026-Q1")
+    warehouse.execute(
+        "insert into sage_control.sync_runs (sync_run_id, company_id, kind, stats) values ('r1', 'c1', 'daily', %s)",
+        (json.dumps({"purchase_invoices": {"pages": 1, "rows_seen": 40, "total_reported": 40},
+                     "ledger_accounts": {"pages": 1, "rows_seen": 20, "total_reported": 20},
+                     "contacts": {"pages": 1, "rows_seen": 2}}),))
+    line = status.describe(status.company_statuses(warehouse)[0])
+    assert "62 records (60 of 60 in the streams that report a total)" in line, line

@@ -197,7 +197,16 @@ class InvalidStatusTransition(ValueError):
 
 
 class LifecycleError(ValueError):
-    """A refused lifecycle action; the message is one line a user can act on."""
+    """A refused lifecycle action; the message is one line a user can act on.
+
+    ``cli_hint`` is the part that only makes sense in a shell (a flag, a command to run): the
+    CLI prints ``str(exc)`` (message and hint), the Connect pages show :attr:`message` alone.
+    """
+
+    def __init__(self, message: str, cli_hint: str | None = None) -> None:
+        super().__init__(f"{message} {cli_hint}" if cli_hint else message)
+        self.message = message
+        self.cli_hint = cli_hint
 
 
 class ReportError(LifecycleError):

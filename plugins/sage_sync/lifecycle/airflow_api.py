@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache, wraps
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
 
 import requests
 
@@ -121,12 +122,14 @@ def _token(root: str, token: str | None) -> str | None:
     return str(response.json()["access_token"])
 
 
-def _call(method: str, path: str, body: dict[str, Any], *, base: str | None, token: str | None) -> dict[str, Any]:
+def _call(method: str, path: str, body: dict[str, Any] | None, *, base: str | None, token: str | None,
+          params: dict[str, Any] | None = None) -> dict[str, Any]:
     root = api_url(base)
     try:
         bearer = _token(root, token)
         headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
-        response = requests.request(method, f"{root}/api/v2{path}", json=body, headers=headers, timeout=TIMEOUT)
+        response = requests.request(method, f"{root}/api/v2{path}", json=body, params=params, headers=headers,
+                                    timeout=TIMEOUT)
     except requests.RequestException as exc:
         raise AirflowUnavailable(f"no Airflow api-server answers at {root} ({type(exc).__name__})") from None
     if not response.ok:
@@ -156,3 +159,51 @@ def trigger(dag_id: str, conf: dict[str, Any] | None, caller: Caller | None = No
     _call("POST", f"/dags/{dag_id}/dagRuns", {"dag_run_id": run_id, "logical_date": None, "conf": conf or {}},
           base=caller.base_url, token=caller.token)
     return f"{dag_id} run {run_id}"
+
+
+# The task whose log a run's history row links to: where a daily run reads Sage (one mapped
+# instance per stream), and a backfill's first stream (each stream is its own task there).
+LOG_TASK_DAILY = "extract_load"
+LOG_TASK_BACKFILL = "backfill_purchase_invoices"
+
+
+def run_dag_id(company_id: str, kind: str) -> str:
+    """The DAG a sync run of ``kind`` ran in: the backfill DAG, else the company's daily DAG."""
+    return BACKFILL_DAG_ID if kind == "backfill" else dag_id_for(company_id)
+
+
+def ui_run_path(dag_id: str, run_id: str) -> str:
+    """Airflow 3's UI page of a DAG run, relative to Airflow's base URL (no leading slash)."""
+    return f"dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+
+
+def ui_task_path(dag_id: str, run_id: str, task_id: str) -> str:
+    """Airflow 3's UI page of a task in a run (its log), relative to Airflow's base URL."""
+    return f"{ui_run_path(dag_id, run_id)}/tasks/{quote(task_id, safe='')}"
+
+
+def log_task(kind: str) -> str:
+    """The task of a run of ``kind`` whose log the history links to."""
+    return LOG_TASK_BACKFILL if kind == "backfill" else LOG_TASK_DAILY
+
+
+def next_runs(caller: Caller | None = None, page_size: int = 100) -> dict[str, datetime | None]:
+    """Every company DAG's next scheduled run (None when paused or unscheduled): ``{dag_id: when}``.
+
+    One paged listing of the ``sage_sync__`` DAGs, not a call per company. Raises
+    :class:`AirflowUnavailable` when no api-server answers.
+    """
+    caller = caller or Caller()
+    found: dict[str, datetime | None] = {}
+    offset = 0
+    while True:
+        page = _call("GET", "/dags", None, base=caller.base_url, token=caller.token, params={
+            "dag_id_pattern": DAG_ID_PREFIX, "limit": page_size, "offset": offset})
+        dags = page.get("dags", [])
+        for dag in dags:
+            when = dag.get("next_dagrun_run_after")
+            paused = dag.get("is_paused")
+            found[dag["dag_id"]] = None if paused or not when else datetime.fromisoformat(when)
+        offset += len(dags)
+        if not dags or offset >= int(page.get("total_entries", 0)):
+            return found

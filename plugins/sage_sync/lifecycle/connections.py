@@ -26,6 +26,7 @@ from sage_sync.lifecycle import airflow_api
 from sage_sync.lifecycle.authorisation import Authorisation, business_name, exchange
 from sage_sync.lifecycle.inputs import (
     dsn_or_refuse,
+    earliest_quarter,
     parse_quarter,
     require_company,
     settings_or_refuse,
@@ -184,12 +185,20 @@ def _reauthorise(company: registry.Company, auth: Authorisation, *, dsn: str, vi
 # -- Synced From (backfill) -------------------------------------------------------------------------
 
 
-def prepare_backfill(company_id: str, quarter_text: str, *, dsn: str | None = None) -> tuple[registry.Company,
-                                                                                            Quarter]:
-    """Refuse an unknown company or a quarter that is not earlier than Synced From."""
+def prepare_backfill(company_id: str, quarter_text: str, *, dsn: str | None = None, offered_only: bool = False
+                     ) -> tuple[registry.Company, Quarter]:
+    """Refuse an unknown company or a quarter that is not earlier than Synced From.
+
+    ``offered_only`` (the Connect pages) also refuses quarters before the floor the pages offer
+    (:func:`~sage_sync.lifecycle.inputs.earliest_quarter`, six years back).
+    """
     with warehouse(dsn) as conn:
         company = require_company(conn, company_id)
-    return company, validate_earlier_quarter(company, quarter_text)
+    quarter = validate_earlier_quarter(company, quarter_text)
+    floor = earliest_quarter()
+    if offered_only and quarter < floor:
+        raise LifecycleError(f"{quarter} is before {floor}, the earliest Synced From offered (six years back)")
+    return company, quarter
 
 
 def authorise_backfill(company_id: str, quarter_text: str, code: str, code_verifier: str | None, *,
@@ -226,7 +235,7 @@ def reset(company_id: str, *, confirm: bool, dsn: str | None = None) -> str:
     """
     if not confirm:
         raise LifecycleError("reset wipes the company's imported data and re-imports it from Synced From: "
-                             "confirm it explicitly (--yes)")
+                             "confirm it explicitly", cli_hint="(--yes)")
     dsn = dsn or dsn_or_refuse()
     with warehouse(dsn) as conn:
         company = require_company(conn, company_id)

@@ -63,7 +63,7 @@ def require_company(conn: psycopg.Connection, company_id: str) -> registry.Compa
     """The registered company, or :class:`LifecycleError`."""
     company = registry.get_company(conn, company_id)
     if company is None:
-        raise LifecycleError(f"unknown company {company_id!r}: see `python -m sage_sync status`")
+        raise LifecycleError(f"unknown company {company_id!r}", cli_hint="(see `python -m sage_sync status`)")
     return company
 
 
@@ -86,3 +86,35 @@ def validate_earlier_quarter(company: registry.Company, text: str, *, today: dat
     if company.status in NOT_CONNECTED:
         raise LifecycleError(f"{company.company_id} is {company.status}: reconnect it first")
     return quarter
+
+
+# How far back Synced From may go: six years. UK businesses must keep their accounting records
+# for six years (HMRC, for VAT and corporation tax), so books older than that may be incomplete
+# in Sage, and a carbon baseline year is chosen within that span. A fixed year (say 2015) would
+# keep growing the list and offer quarters nobody's books still hold.
+SYNCED_FROM_YEARS_BACK = 6
+
+
+def earliest_quarter(*, today: datetime | None = None) -> Quarter:
+    """The earliest Synced From the pages offer: the current quarter, six years back."""
+    current = Quarter.containing((today or datetime.now(UTC)).date())
+    return Quarter(current.year - SYNCED_FROM_YEARS_BACK, current.quarter)
+
+
+def quarters_between(newest: Quarter, oldest: Quarter) -> list[Quarter]:
+    """``newest`` down to ``oldest``, newest first (empty when ``newest`` is older)."""
+    found = []
+    while newest >= oldest:
+        found.append(newest)
+        newest = newest.previous()
+    return found
+
+
+def connect_quarters(*, today: datetime | None = None) -> list[Quarter]:
+    """The quarters a new connection may start from: the current one down to the floor."""
+    return quarters_between(Quarter.containing((today or datetime.now(UTC)).date()), earliest_quarter(today=today))
+
+
+def backfill_quarters(company: registry.Company, *, today: datetime | None = None) -> list[Quarter]:
+    """The quarters Move Synced From offers: strictly earlier than the current one, down to the floor."""
+    return quarters_between(company.synced_from.previous(), earliest_quarter(today=today))

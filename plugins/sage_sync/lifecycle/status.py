@@ -62,7 +62,8 @@ def company_statuses(conn: psycopg.Connection, now: datetime | None = None) -> l
         last_run = None
         if row["started_at"] is not None:
             end = row["ended_at"] or now_
-            totals = [int(s["total_reported"]) for s in stats.values() if "total_reported" in s]
+            # Like with like: a stream's records count against a $total only if that stream reported one.
+            totalled = [s for s in stats.values() if s.get("total_reported") is not None]
             last_run = {
                 "sync_run_id": row["sync_run_id"], "kind": row["kind"], "status": row["run_status"],
                 "started_at": row["started_at"].isoformat(),
@@ -71,7 +72,8 @@ def company_statuses(conn: psycopg.Connection, now: datetime | None = None) -> l
                 "pages": sum(int(s.get("pages", 0)) for s in stats.values()),
                 "records": sum(int(s.get("rows_seen", 0)) for s in stats.values()),
                 "versions_added": sum(int(s.get("versions_added", 0)) for s in stats.values()),
-                "total_reported": sum(totals) if totals else None,
+                "total_reported": sum(int(s["total_reported"]) for s in totalled) if totalled else None,
+                "records_of_total": sum(min(int(s.get("rows_seen", 0)), int(s["total_reported"])) for s in totalled),
             }
         initial = None
         if row["status"] == CompanyStatus.INITIAL_SYNC:
@@ -113,7 +115,8 @@ def describe(item: dict[str, Any]) -> str:
             line += " (NOT COMPLETE AFTER 24 HOURS)"
     run = item["last_run"]
     if run:
-        total = f" of {run['total_reported']} reported" if run["total_reported"] is not None else ""
+        total = (f" ({run['records_of_total']} of {run['total_reported']} in the streams that report a total)"
+                 if run["total_reported"] is not None else "")
         line += (f"; last {run['kind']} run {run['status']} at {run['started_at'][:19]} "
                  f"({format_duration(run['elapsed_seconds'])}): {run['pages']} pages, "
                  f"{run['records']} records{total}, {run['versions_added']} new versions")

@@ -134,3 +134,9 @@ def auth_guard(env: SyncEnv, company_id: str) -> Iterator[None]:
     except SubscriptionInactive as exc:
         _set_status_unless_disconnected(env, company_id, CompanyStatus.ERROR, exc, event_type="error")
         raise
+
+
+def airflow_run_of(company_id: str, sync_run_id: str) -> str | None:
+    """The Airflow run id a sync-run id came from (:func:`run_key`); None for runs started outside Airflow."""
+    prefix = f"{company_id}:"
+    return sync_run_id[len(prefix):] if sync_run_id.startswith(prefix) else None

@@ -1,9 +1,11 @@
 """Who is asking: the Airflow user behind a request to the Connect pages, and what they may do.
 
 Airflow does not authenticate plugin apps (a mounted app inherits none of the core API's
-dependencies), so each route resolves the caller from Airflow's own JWT (the ``_token`` cookie the
-UI login sets, or an ``Authorization: Bearer`` header) with the api-server's auth manager. Changes
-also need permission to edit DAGs, and every form carries a CSRF token bound to a cookie.
+dependencies), so the app resolves the caller from Airflow's own JWT (the ``_token`` cookie the
+UI login sets, or an ``Authorization: Bearer`` header) with the api-server's auth manager.
+:func:`current_user` is a dependency of the whole app (``FastAPI(dependencies=...)``), so a new
+route is closed by default; routes that change things also take :data:`Editor` (permission to
+edit DAGs), and every form carries a CSRF token bound to a cookie.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request
 
 from sage_sync.core.errors import LoginRequired
-from sage_sync.web.pages import CSRF_COOKIE
+
+CSRF_COOKIE = "sage_csrf"
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,10 @@ def caller(request: Request) -> Any:
     """Who asks Airflow for a run: the signed-in user, at the api-server serving this request."""
     from sage_sync.lifecycle.airflow_api import Caller  # noqa: PLC0415
 
-    return Caller(base_url=str(request.base_url).rstrip("/").rsplit("/", 1)[0], token=jwt(request))
+    # Airflow's root: this app's mount path (``/sage``, ``/airflow/sage``) less its last segment.
+    # Not ``request.base_url``: inside the api-server it is the server's root, not the mount's.
+    mount = (request.scope.get("root_path") or "/sage").rstrip("/")
+    return Caller(base_url=f"{request.url.scheme}://{request.url.netloc}{mount.rsplit('/', 1)[0]}", token=jwt(request))
 
 
 async def current_user(request: Request) -> Any:
@@ -51,14 +57,32 @@ async def current_user(request: Request) -> Any:
 CurrentUser = Annotated[Any, Depends(current_user)]
 
 
-def require_editor(user: Any) -> None:
+async def edit_rights(user: CurrentUser) -> bool:
+    """Whether the user may change connections: Airflow's permission to edit DAGs (role User and up).
+
+    Asked of the api-server's auth manager, the same check Airflow makes before a user may pause
+    or trigger a DAG, so the pages follow whatever roles the deployment's auth manager defines.
+    """
     from airflow.api_fastapi.app import get_auth_manager  # noqa: PLC0415
 
-    if not get_auth_manager().is_authorized_dag(method="PUT", user=user):
-        raise HTTPException(status_code=403, detail="editing DAGs is required to change Sage connections")
+    return bool(get_auth_manager().is_authorized_dag(method="PUT", user=user))
+
+
+EditRights = Annotated[bool, Depends(edit_rights)]
+
+
+async def editor(user: CurrentUser, rights: EditRights) -> Any:
+    """The dependency of every route that changes something: the user, if they may edit DAGs."""
+    if not rights:
+        raise HTTPException(status_code=403, detail="Changing Sage connections needs permission to edit "
+                                                    "DAGs in Airflow (the User role or above): ask an admin")
+    return user
+
+
+Editor = Annotated[Any, Depends(editor)]
 
 
 def check_csrf(request: Request, token: str) -> None:
     expected = request.cookies.get(CSRF_COOKIE)
     if not expected or not secrets.compare_digest(expected, token or ""):
-        raise HTTPException(status_code=400, detail="stale form: reload the page and try again")
+        raise HTTPException(status_code=400, detail="This form is stale: reload the page and try again")
