@@ -231,7 +231,7 @@ def test_report_command_writes_csv_xlsx_and_png(built: psycopg.Connection, dsn: 
 
 def test_connections_page_shows_latest_quarters_emissions(built: psycopg.Connection, dsn: str,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    plugin = pytest.importorskip("sage_connect_plugin")
+    plugin = pytest.importorskip("sage_sync.web.app")
     from fastapi import FastAPI  # noqa: PLC0415
     from fastapi.testclient import TestClient  # noqa: PLC0415
 
@@ -242,6 +242,7 @@ def test_connections_page_shows_latest_quarters_emissions(built: psycopg.Connect
     parent = FastAPI()
     parent.mount("/sage", plugin.app)
     plugin.app.dependency_overrides[plugin.current_user] = lambda: "tester"
+    plugin.app.dependency_overrides[plugin.edit_rights] = lambda: False
     try:
         page = TestClient(parent).get("/sage/").text
     finally:

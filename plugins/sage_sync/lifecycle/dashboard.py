@@ -21,6 +21,7 @@ from sage_sync.core.errors import AirflowUnavailable, LifecycleError
 from sage_sync.core.status import CompanyStatus
 from sage_sync.lifecycle import airflow_api
 from sage_sync.lifecycle.inputs import backfill_quarters, connect_quarters, require_company, warehouse
+from sage_sync.lifecycle.report import latest_quarters
 from sage_sync.lifecycle.status import DISPLAY_ORDER, company_statuses, format_duration
 from sage_sync.pipeline.env import airflow_run_of
 from sage_sync.sage.streams import STREAMS
@@ -151,11 +152,14 @@ def overview(caller: airflow_api.Caller | None = None, *, dsn: str | None = None
         history = {i["company_id"]: [_run_row(i["company_id"], r)
                                      for r in reports.recent_runs(conn, i["company_id"], HISTORY_LENGTH)]
                    for i in items}
+        # last: until the transform has built the emissions marts this rolls the connection back
+        emissions = latest_quarters(conn)
     schedule = _next_runs(caller)
     for item in items:
         company_id = item["company_id"]
         item["name"] = display_name(company_id, item["company_name"], names.get(company_id))
         item["history"] = history[company_id]
+        item["emissions"] = emissions.get(company_id, [])
         last = item["history"][0] if item["history"] else None
         item["problem"] = problem(item["status"], item["last_error"], last)
         item["next_run_known"] = schedule is not None
