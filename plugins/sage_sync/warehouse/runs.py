@@ -124,12 +124,18 @@ def add_stream_stats(
 
 
 def finish_run(conn: psycopg.Connection, sync_run_id: str, status: str, error: str | None = None) -> None:
-    """Close the run with a final status (and the error text of a failure); in the caller's transaction."""
+    """Close the run with a final status (and the error text of a failure); in the caller's transaction.
+
+    A run already closed as failed keeps its first reason (the task that failed wrote the specific
+    one; the DAG's catch-all close only knows that some task failed).
+    """
     if status not in FINAL_STATUSES:
         raise ValueError(f"unknown final run status {status!r}; expected one of {sorted(FINAL_STATUSES)}")
     cur = conn.execute(
-        "update sage_control.sync_runs set status = %s, error = %s, ended_at = now() where sync_run_id = %s",
-        (status, error, sync_run_id),
+        "update sage_control.sync_runs set status = %(status)s, ended_at = now(), error = case "
+        "when %(status)s = 'failed' and status = 'failed' and error is not null then error else %(error)s end "
+        "where sync_run_id = %(id)s",
+        {"status": status, "error": error, "id": sync_run_id},
     )
     if cur.rowcount == 0:
         raise UnknownRunError(f"sync run {sync_run_id!r} does not exist")
