@@ -7,6 +7,7 @@ deleted, credit notes and refunds negative, receipts left out.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from sandbox.fake_sage.server import FakeSageServer
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SYNCED_FROM = "2025-Q1"
+SPEND_STREAMS = ["purchase_invoices", "purchase_credit_notes", "purchase_quick_entries", "other_payments"]
 pytestmark = [pytest.mark.airflow, pytest.mark.dbt]
 
 
@@ -107,6 +109,10 @@ def test_company_dag_then_dbt_equals_what_sage_holds(sage: FakeSageServer, env: 
 
     task_logs.append(_dag_test(env, dag_id))
     token_pairs.append(_stored_tokens(pg_dsn, company))
+    # The task log follows a first sync page by page: records so far of Sage's $total, rate, ETA.
+    held = len([r for r in sage.admin.records(company, "purchase_invoices") if r["date"] >= "2025-01-01"])
+    assert re.search(rf"purchase_invoices: page 1, [0-9,]+ records of {held:,} \(\$total\) \([0-9]+%\), "
+                     r"[0-9,]+ records/s, ETA [0-9hms]+", task_logs[0]), task_logs[0][-3000:]
     _dbt_build(env, tmp_path)
     assert _modelled_spend(warehouse, company) == _expected_spend(sage, company)
     runs = warehouse.execute("select kind, status from sage_control.sync_runs").fetchall()
@@ -142,6 +148,16 @@ def test_company_dag_then_dbt_equals_what_sage_holds(sage: FakeSageServer, env: 
     duplicates = warehouse.execute("select count(*) - count(distinct spend_line_id) "
                                    "from analytics.fct_spend_transactions").fetchone()[0]
     assert duplicates == 0
+    # README query 3 after a daily (incremental) run: the spend streams are reconciled against
+    # Sage's count of the whole synced window, not left NULL.
+    health = warehouse.execute(
+        "select stream, reconciliation_scope, is_reconciled, window_total, current_record_count "
+        "from analytics.sync_health where company_id = %s and stream_kind = 'document' order by stream",
+        (company,)).fetchall()
+    assert [h[0] for h in health] == sorted(SPEND_STREAMS)
+    for stream, scope, reconciled, window_total, held_now in health:
+        expected = len([r for r in sage.admin.records(company, stream) if r["date"] >= "2025-01-01"])
+        assert (scope, reconciled, window_total, held_now) == ("window_count", True, expected, expected), stream
 
 
 def _stored_tokens(dsn: str, company: str) -> tuple[str, str]:

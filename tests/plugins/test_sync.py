@@ -124,6 +124,19 @@ def test_each_page_logs_its_progress_and_the_task_returns_the_total(
     assert all("ETA" in line and "($total)" in line for line in lines)
 
 
+def test_a_daily_read_counts_the_whole_window_at_sage(sage: FakeSageServer, company: str,
+                                                      warehouse: psycopg.Connection) -> None:
+    first = sync.run_company(company)
+    sage.admin.advance_clock(86400)
+    second = sync.run_company(company)
+    stats = dict(warehouse.execute("select sync_run_id, stats from sage_control.sync_runs").fetchall())
+    for stream in DOCUMENTS:
+        assert "window_total" not in stats[first][stream]  # a full read: its $total is the window's
+        expected = len([r for r in sage.admin.records(company, stream) if _in_window(r)])
+        assert stats[second][stream]["window_total"] == expected, stream
+    assert "window_total" not in stats[second]["tax_rates"]  # read in full every day
+
+
 def test_progress_line_reads_as_a_person_would_want() -> None:
     from sage_sync.pipeline.extract import empty_totals, progress_line  # noqa: PLC0415
 

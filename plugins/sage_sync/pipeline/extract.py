@@ -122,8 +122,29 @@ def read_since_watermark(read: StreamRead, company: registry.Company) -> dict[st
     since = mark.updated_since - OVERLAP if (stream.incremental and mark and mark.updated_since) else None
     from_date = company.synced_from.start_date if stream.date_filtered else None
     if stream.sortable and stream.incremental:
-        return read_by_cursor(read, since, from_date)
-    return read_window(read, list_params(stream, updated_since=since, from_date=from_date), move_watermark=True)
+        totals = read_by_cursor(read, since, from_date)
+    else:
+        totals = read_window(read, list_params(stream, updated_since=since, from_date=from_date), move_watermark=True)
+    if since is not None:
+        totals["window_total"] = count_window(read, from_date)
+    return totals
+
+
+def count_window(read: StreamRead, from_date: date | None) -> int | None:
+    """Sage's ``$total`` of the whole synced window (one request of one item), kept in the run's stats.
+
+    An incremental read's ``$total`` counts only the changes; this one is what the warehouse's
+    current records of the stream must add up to, so ``sync_health`` can reconcile the spend
+    streams every day, not only after a full read.
+    """
+    params = {**list_params(read.stream, from_date=from_date, page_size=1), "page": 1}
+    total = read.client.get_page(read.stream.path, params).total
+    if total is not None:
+        with read.conn.transaction():
+            runs.add_stream_stats(read.conn, read.sync_run_id, read.stream.name, window_total=total)
+    log.info("%s: Sage holds %s records in the synced window", read.stream.name,
+             "an unreported number of" if total is None else f"{total:,}")
+    return total
 
 
 def read_by_cursor(read: StreamRead, since: datetime | None, from_date: date | None) -> dict[str, int | None]:
