@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import date
 from decimal import Decimal
@@ -158,6 +159,24 @@ def test_company_dag_then_dbt_equals_what_sage_holds(sage: FakeSageServer, env: 
     for stream, scope, reconciled, window_total, held_now in health:
         expected = len([r for r in sage.admin.records(company, stream) if r["date"] >= "2025-01-01"])
         assert (scope, reconciled, window_total, held_now) == ("window_count", True, expected, expected), stream
+
+    # Sage revokes the grant: the next run fails at once (no retry waits) with one line saying what
+    # to do, the company is needs_reauth and the run is closed as failed with that reason.
+    sage.admin.revoke_grants()
+    sage.admin.advance_clock(86400)
+    started = time.monotonic()
+    done = subprocess.run([str(BIN / "airflow"), "dags", "test", dag_id], env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+    output = done.stdout + done.stderr
+    assert time.monotonic() - started < 240, "the refused grant was retried"  # retry_delay is 5 minutes
+    name = warehouse.execute("select company_name from sage_control.companies").fetchone()[0]
+    assert f"Sage refused the grant for {name}: re-authorise it on the Sage connections page" in output, output[-4000:]
+    assert "sage/client.py" not in output  # no chained frames of the client under the line
+    status = warehouse.execute("select status from sage_control.companies").fetchone()[0]
+    assert status == "needs_reauth"
+    last = warehouse.execute("select status, error from sage_control.sync_runs order by started_at desc limit 1"
+                             ).fetchone()
+    assert last[0] == "failed" and last[1].startswith(f"Sage refused the grant for {name}"), last
 
 
 def _stored_tokens(dsn: str, company: str) -> tuple[str, str]:
