@@ -7,12 +7,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 ENV := . .local/env.sh &&
 
-.PHONY: help venv env airflow-db dbt-parse demo test test-fast lint airflow bench clean cli docs
+.PHONY: help venv env airflow-db dbt-parse demo test test-fast test-deployment lint airflow deploy-up deploy-down deploy-status bench clean cli docs
 
 help:
 	@echo "make demo      run the whole pipeline on the embedded demo (fake Sage, 3 companies)"
 	@echo "make test      set up and run the whole test suite"
 	@echo "make airflow   airflow standalone with these DAGs (UI on :8080)"
+	@echo "make deploy-up the CeleryExecutor deployment here, no Docker (make deploy-down stops it)"
 	@echo "make lint      ruff"
 	@echo "make bench     benchmarks (figures in bench/RESULTS.md)"
 	@echo "make cli ARGS='status'   the sage_sync CLI (python -m sage_sync) in this checkout's settings"
@@ -52,6 +53,10 @@ test: env dbt-parse
 	$(TEST_ENV) $(BIN)/airflow pools set sage_api 8 "Concurrent Sage API calls, all companies" >/dev/null
 	$(TEST_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The CeleryExecutor deployment test alone: real scheduler, two workers, faults (see tests/deployment).
+test-deployment: env dbt-parse
+	$(TEST_ENV) $(BIN)/python -m pytest -m deployment $(PYTEST_ARGS)
+
 lint: venv
 	$(BIN)/ruff check .
 
@@ -66,7 +71,17 @@ docs: env dbt-parse
 	$(ENV) $(BIN)/dbt docs generate --project-dir dbt --quiet
 	$(ENV) $(BIN)/dbt docs serve --project-dir dbt --port $(DOCS_PORT)
 
-bench: env
+# The CeleryExecutor deployment of docker-compose.yaml as local processes (scripts/deployment.py).
+deploy-up: env dbt-parse
+	$(ENV) $(BIN)/python scripts/deployment.py up $(DEPLOY_ARGS)
+
+deploy-down: venv
+	$(BIN)/python scripts/deployment.py down
+
+deploy-status: venv
+	$(BIN)/python scripts/deployment.py status
+
+bench: env dbt-parse
 	$(ENV) $(BIN)/python -m bench
 
 clean:

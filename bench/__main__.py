@@ -1,4 +1,4 @@
-"""``python -m bench [load|extract|dbt|dagparse|budget|all] [options]``: the issue #5 benchmarks.
+"""``python -m bench [load|extract|dbt|dagparse|budget|deployment|all] [options]``: the benchmarks.
 
 Each benchmark measures the project and a baseline in the same run and prints the ratio, the target
 and a verdict. Traffic goes only to 127.0.0.1 (the fake Sage and PostgreSQL). See bench/RESULTS.md.
@@ -16,10 +16,31 @@ import time
 from bench.common import Result
 
 
+def _run_one(name: str, args: argparse.Namespace, extract_details: dict) -> list[Result]:
+    """One benchmark by name (imported on demand: each pulls in its own stack)."""
+    if name == "load":
+        from bench import load  # noqa: PLC0415
+        return [load.run(args.records)]
+    if name == "extract":
+        from bench import extract  # noqa: PLC0415
+        return extract.run(args.extract_records, args.extract_small)
+    if name == "dbt":
+        from bench import dbt_build  # noqa: PLC0415
+        return [dbt_build.run(args.scale)]
+    if name == "dagparse":
+        from bench import dagparse  # noqa: PLC0415
+        return [dagparse.run([int(n) for n in args.companies.split(",")])]
+    if name == "budget":
+        from bench import budget  # noqa: PLC0415
+        return [budget.run(extract_details.get("requests_per_1000"))]
+    from bench import deployment  # noqa: PLC0415
+    return deployment.run(args.deploy_companies, days=args.deploy_days)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("which", nargs="*", default=["all"],
-                        choices=["all", "load", "extract", "dbt", "dagparse", "budget"])
+                        choices=["all", "load", "extract", "dbt", "dagparse", "budget", "deployment"])
     parser.add_argument("--records", type=int, default=1_000_000, help="load: records to land")
     parser.add_argument("--extract-records", type=int, default=1_000_000,
                         help="extract: invoices of the big company (0 ms run, memory)")
@@ -27,38 +48,30 @@ def main(argv: list[str] | None = None) -> int:
                         help="extract: invoices of the small company (memory flatness, 50 ms run)")
     parser.add_argument("--scale", type=int, default=5_000_000, help="dbt: raw versions (the issue's 5,000,000)")
     parser.add_argument("--companies", default="10,100,1000", help="dagparse: company counts")
+    parser.add_argument("--deploy-companies", type=int, default=200,
+                        help="deployment: small companies on the real deployment, run with 1 then 2 workers")
+    parser.add_argument("--deploy-days", type=int, default=2, choices=[1, 2],
+                        help="deployment: 1 = first syncs only, 2 = then a daily run")
     parser.add_argument("--json", dest="json_out", help="also write the results as JSON here")
     args = parser.parse_args(argv)
-    which = {"load", "extract", "dbt", "dagparse", "budget"} if "all" in args.which else set(args.which)
+    names = ("load", "extract", "dbt", "dagparse", "budget", "deployment")
+    which = set(names) if "all" in args.which else set(args.which)
 
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
           flush=True)
     results: list[Result] = []
     started = time.monotonic()
     extract_details: dict = {}
-    for name in ("load", "extract", "dbt", "dagparse", "budget"):
+    for name in names:
         if name not in which:
             continue
         t0 = time.monotonic()
         print(f"--- {name} ...", flush=True)
         try:
-            if name == "load":
-                from bench import load  # noqa: PLC0415
-                got = [load.run(args.records)]
-            elif name == "extract":
-                from bench import extract  # noqa: PLC0415
-                got = extract.run(args.extract_records, args.extract_small)
+            got = _run_one(name, args, extract_details)
+            if name == "extract":
                 # the requests-per-1,000 result feeds the budget arithmetic of benchmark 5
                 extract_details = next((r.details for r in got if "requests_per_1000" in r.details), {})
-            elif name == "dbt":
-                from bench import dbt_build  # noqa: PLC0415
-                got = [dbt_build.run(args.scale)]
-            elif name == "dagparse":
-                from bench import dagparse  # noqa: PLC0415
-                got = [dagparse.run([int(n) for n in args.companies.split(",")])]
-            else:
-                from bench import budget  # noqa: PLC0415
-                got = [budget.run(extract_details.get("requests_per_1000"))]
         except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the others
             got = [Result(name, "error", 0, 0, 0, "-", f"ERROR: {type(exc).__name__}: {exc}")]
         for result in got:

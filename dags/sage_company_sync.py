@@ -27,6 +27,13 @@ from sage_sync.warehouse.snapshot import DagCompany, companies_for_dags
 
 default_args = {
     "owner": "data-engineering",
+    # The scheduler queues syncs before dbt models when both wait for an executor slot: every
+    # company's landing is short, a cosmos model task is long (about 85 s on 2 busy cores, see
+    # bench/RESULTS.md), and the transform runs again on the Asset anyway. What is already in the
+    # Celery queue still runs first-in first-out; a queue of their own for the dbt tasks would
+    # keep them off the sync workers entirely.
+    "priority_weight": 100,
+    "weight_rule": "absolute",
     "retries": 2,
     "retry_delay": timedelta(minutes=5),
     "retry_exponential_backoff": True,

@@ -1,10 +1,25 @@
 """
 ### dbt transform of the Sage warehouse
 
-Scheduled on the `sage_raw` Asset: whenever any company's sync lands new data, this DAG runs
-the dbt project (`dbt/`) that deduplicates the raw versions, applies deletions and builds the
-analyst models. Rendered by astronomer-cosmos from dbt's manifest, so every model and its tests
-is its own task in the UI. dbt connects through the Airflow connection `sage_warehouse`.
+Runs the dbt project (`dbt/`) that deduplicates the raw versions, applies deletions and builds
+the analyst models. Rendered by astronomer-cosmos from dbt's manifest, so every model and its
+tests is its own task in the UI. dbt connects through the Airflow connection `sage_warehouse`;
+a connection without a password (trust or peer auth) is accepted.
+
+**When it runs.** Whenever any company's sync lands new data (the `sage_raw` Asset), and in any
+case once a day at 06:00 UTC, after the night's syncs. It starts unpaused, like the company DAGs.
+
+**No landed data waits for a human.** Airflow records an asset event for a paused DAG but queues
+no run for it (`AssetManager.register_asset_change` only queues DAGs with `is_paused` false), so
+unpausing it later starts nothing: the daily run is what catches up, and it would also catch an
+event lost any other way. Catching up is complete because every incremental model takes its
+watermark from what its own table already holds (macros `incremental_watermark`,
+`incremental_latest_versions`), never from the time of the last run: after a paused, skipped or
+failed transform, the next run builds everything that landed since the last successful build.
+
+**Marts stay queryable during a build.** Tables and views are replaced in place, each in one
+transaction (macros in `dbt/macros/materializations/`), so no build drops a mart or shows it
+half-built.
 
 If the manifest has not been built yet (`make dbt-parse`), a single `dbt build` task stands in,
 so a fresh deployment still transforms.
@@ -16,8 +31,9 @@ import os
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any, ClassVar
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable
 
 from sage_sync.lifecycle.airflow_api import TRANSFORM_DAG_ID, sage_raw_asset
 
@@ -25,25 +41,53 @@ SAGE_RAW_ASSET = sage_raw_asset()
 DBT_PROJECT = Path(os.environ.get("SAGE_DBT_PROJECT_DIR", Path(__file__).resolve().parent.parent / "dbt"))
 MANIFEST = DBT_PROJECT / "target" / "manifest.json"
 DBT_EXECUTABLE = os.environ.get("SAGE_DBT_EXECUTABLE", str(Path(sys.executable).parent / "dbt"))
+# The time-based half of the schedule: after the daily company syncs (midnight UTC).
+DAILY_CATCH_UP_CRON = "0 6 * * *"
 
 DAG_ARGS = {
     "dag_id": TRANSFORM_DAG_ID,
     "dag_display_name": "Sage transform (dbt)",
     "description": "Builds the analyst models from the raw Sage tables",
     "doc_md": __doc__,
-    "schedule": [SAGE_RAW_ASSET],
+    "schedule": AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(DAILY_CATCH_UP_CRON, timezone="UTC"), assets=[SAGE_RAW_ASSET]
+    ),
     "start_date": datetime(2024, 1, 1),
     "catchup": False,
     "max_active_runs": 1,
+    # Paused on creation, asset events would queue no run (see above) and new data would wait.
+    "is_paused_upon_creation": False,
     "default_args": {"owner": "data-engineering", "retries": 1, "retry_delay": timedelta(minutes=2)},
     "tags": ["sage", "dbt", "transform"],
 }
 
 
+def _warehouse_profile_mapping() -> Any:  # a cosmos ProfileMapping; cosmos is imported lazily
+    """The dbt profile from the `sage_warehouse` connection, with the password optional.
+
+    Cosmos' Postgres mapping requires one and fails every dbt task with "Could not find a value
+    for secret field password" on a connection without it (trust or peer auth, as the CLI and
+    the sync accept). Without one, dbt gets an empty password, which libpq ignores.
+    """
+    from cosmos.profiles import PostgresUserPasswordProfileMapping  # noqa: PLC0415
+
+    class OptionalPasswordPostgresMapping(PostgresUserPasswordProfileMapping):
+        required_fields: ClassVar[list[str]] = ["host", "user", "dbname"]
+
+        def get_dbt_value(self, name: str) -> Any:
+            value = super().get_dbt_value(name)
+            return "" if name == "password" and value is None else value
+
+        @property
+        def mock_profile(self) -> dict[str, Any]:
+            return {**super().mock_profile, "password": "mock_value"}  # dbt-postgres requires the key
+
+    return OptionalPasswordPostgresMapping(conn_id="sage_warehouse", profile_args={"schema": "analytics"})
+
+
 def _cosmos_dag() -> DAG:
     from cosmos import DbtDag, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig  # noqa: PLC0415
     from cosmos.constants import InvocationMode, LoadMode, TestBehavior  # noqa: PLC0415
-    from cosmos.profiles import PostgresUserPasswordProfileMapping  # noqa: PLC0415
 
     return DbtDag(
         project_config=ProjectConfig(
@@ -53,9 +97,7 @@ def _cosmos_dag() -> DAG:
         profile_config=ProfileConfig(
             profile_name="sage_carbon",
             target_name="airflow",
-            profile_mapping=PostgresUserPasswordProfileMapping(
-                conn_id="sage_warehouse", profile_args={"schema": "analytics"}
-            ),
+            profile_mapping=_warehouse_profile_mapping(),
         ),
         execution_config=ExecutionConfig(
             dbt_executable_path=DBT_EXECUTABLE, invocation_mode=InvocationMode.DBT_RUNNER

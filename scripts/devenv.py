@@ -79,10 +79,10 @@ def build_env() -> dict[str, str]:
 
     import json  # noqa: PLC0415
 
+    # No password key at all under trust or peer auth: every part (CLI, sync, dbt) accepts that.
     warehouse_conn = json.dumps({
-        "conn_type": "postgres", "host": host, "port": int(port), "login": user,
-        # cosmos' profile mapping insists on a password; a local trust-auth server ignores it.
-        "password": password or "unused-with-trust-auth", "schema": WAREHOUSE_DB,
+        "conn_type": "postgres", "host": host, "port": int(port), "login": user, "schema": WAREHOUSE_DB,
+        **({"password": password} if password else {}),
     })
     env = {
         "SAGE_PG_URL": server,

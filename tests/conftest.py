@@ -78,7 +78,8 @@ def airflow_env(sage: Any, pg_dsn: str, warehouse: psycopg.Connection, fernet_ke
     values = {
         "AIRFLOW_CONN_SAGE_WAREHOUSE": json.dumps({
             "conn_type": "postgres", "host": p.get("host", "127.0.0.1"), "port": int(p.get("port", 5432)),
-            "login": p.get("user", "postgres"), "password": p.get("password") or "unused", "schema": p["dbname"]}),
+            "login": p.get("user", "postgres"), "schema": p["dbname"],
+            **({"password": p["password"]} if p.get("password") else {})}),
         "AIRFLOW_CONN_SAGE_DEFAULT": sage.airflow_conn_json(),
         "SAGE_PG_DBNAME": p["dbname"],
         "SAGE_REGISTRY_SNAPSHOT": str(tmp_path / "companies.json"),

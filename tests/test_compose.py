@@ -48,3 +48,39 @@ def test_mounted_paths_and_build_files_exist() -> None:
     for path in ("dags", "plugins", "dbt", "docker/Dockerfile", "docker/requirements.txt",
                  "docker/init-warehouse.sql", ".env.example"):
         assert (ROOT / path).exists(), path
+
+
+def _settings():
+    import importlib.util  # noqa: PLC0415
+
+    spec = importlib.util.spec_from_file_location("deploy_settings", ROOT / "scripts" / "deploy_settings.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compose_environment_is_the_deployment_settings_list() -> None:
+    """Compose and scripts/deployment.py run with one list of settings (scripts/deploy_settings.py)."""
+    settings = _settings()
+    env = _compose()["x-airflow-common"]["environment"]
+    assert set(env) == set(settings.SHARED) | set(settings.PER_SITE), (
+        f"only in compose: {sorted(set(env) - set(settings.SHARED) - set(settings.PER_SITE))}; "
+        f"only in deploy_settings: {sorted(set(settings.SHARED) | set(settings.PER_SITE) - set(env))}")
+    for key, value in settings.SHARED.items():
+        assert str(env[key]) == value, key
+    for key in settings.PER_SITE:  # site values come from .env or service names, never a literal secret
+        assert key not in settings.SHARED
+
+
+def test_compose_runs_the_processes_of_the_scripted_deployment_and_the_same_pool() -> None:
+    settings = _settings()
+    services = _compose()["services"]
+    commands = {str(svc.get("command", "")) for svc in services.values()}
+    for _name, command in settings.PROCESSES:
+        assert " ".join(command) in commands
+    assert " ".join(settings.WORKER_COMMAND) == services["airflow-worker"]["command"]
+    pool = f"pools set {settings.POOL_NAME} {settings.POOL_SLOTS} '{settings.POOL_DESCRIPTION}'"
+    assert pool in services["airflow-init"]["command"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert f'pools set {settings.POOL_NAME} {settings.POOL_SLOTS} "{settings.POOL_DESCRIPTION}"' in makefile

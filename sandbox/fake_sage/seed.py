@@ -13,7 +13,10 @@ Knobs (all via :func:`build_world`, the CLI and ``FakeSageServer``):
 * ``scale``: multiplies every business's default spend volumes (:data:`BASE_VOLUMES` times the
   business's ``volume_factor``); ``scale=0`` gives reference data only.
 * ``volumes``: exact counts per business key and stream, overriding ``scale``, e.g.
-  ``{"greenleaf": {"purchase_invoices": 1_000_000}}``. Seeded spend records are generated lazily:
+  ``{"greenleaf": {"purchase_invoices": 1_000_000}}``. A key that names no seeded business adds one
+  (GBP, the common suppliers, owned by the default user, named after the key), so a test or a
+  benchmark can have as many companies as it needs: ``{"shop042": {"purchase_invoices": 20}}``.
+  Seeded spend records are generated lazily:
   at build time only four compact columns per record are filled (about 40 bytes a record, ~2 s per
   million), bodies are rebuilt from the seed when served.
 
@@ -302,13 +305,21 @@ def build_world(seed: int, now: int, scale: float = 1.0,
              for login, first, last in USERS]
     by_login = {u.login: u for u in users}
     businesses: dict[str, Business] = {}
-    for slot, spec in enumerate(BUSINESSES):
+    seeded = {spec.key for spec in BUSINESSES}
+    extra = tuple(_extra_spec(key) for key in sorted(volumes) if key not in seeded)
+    for slot, spec in enumerate(BUSINESSES + extra):
         owner = by_login[spec.owner]
         business = _build_business(seed, slot, spec, owner, now, volumes=volumes.get(spec.key, {}),
                                    scale=scale)
         owner.business_ids.append(business.id)
         businesses[business.id] = business
     return World(users, businesses)
+
+
+def _extra_spec(key: str) -> BusinessSpec:
+    """A plain GBP business for a ``volumes`` key that names no seeded one."""
+    return BusinessSpec(key, f"{key.replace('_', ' ').title()} Ltd", USERS[0][0], "GBP", False, COMMON_VENDORS,
+                        ("Walk-in customers",), "London")
 
 
 def business_id(seed: int, key: str) -> str:

@@ -66,6 +66,27 @@ def test_dags_load_without_errors_and_follow_the_rules(two_companies: Path) -> N
     assert dag.get_task("check_connection").downstream_task_ids == {"refresh_auth", "record_failure"}
 
 
+def test_transform_starts_unpaused_and_runs_on_new_data_or_daily(two_companies: Path) -> None:
+    """Asset events for a paused DAG queue no run, so the transform must never start paused; and
+    a daily run catches up whatever an event did not trigger (a dropped event, a failed run)."""
+    import pendulum  # noqa: PLC0415
+    from airflow.serialization.serialized_objects import DagSerialization  # noqa: PLC0415
+    from airflow.timetables.assets import AssetOrTimeSchedule  # noqa: PLC0415
+    from airflow.timetables.base import TimeRestriction  # noqa: PLC0415
+
+    dag = _dagbag().dags["sage_transform"]
+    assert dag.is_paused_upon_creation is False
+    # What the scheduler sees: the DAG as serialized to the metadata DB.
+    timetable = DagSerialization.from_dict(DagSerialization.to_dict(dag)).timetable
+    assert isinstance(timetable, AssetOrTimeSchedule)
+    assert [key.name for key, _ in timetable.asset_condition.iter_assets()] == ["sage_raw"]
+    restriction = TimeRestriction(earliest=pendulum.datetime(2024, 1, 1, tz="UTC"), latest=None, catchup=True)
+    first = timetable.next_dagrun_info(last_automated_data_interval=None, restriction=restriction)
+    second = timetable.next_dagrun_info(last_automated_data_interval=first.data_interval, restriction=restriction)
+    assert first.run_after == pendulum.datetime(2024, 1, 1, 6, tz="UTC")
+    assert second.run_after - first.run_after == pendulum.duration(days=1)
+
+
 def test_unreachable_warehouse_keeps_the_last_known_dags(two_companies: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     _dagbag()  # a good parse writes the snapshot

@@ -1,0 +1,215 @@
+"""Benchmark 6: N small companies' daily runs on the real deployment (scripts/deployment.py), 1 worker then 2.
+
+For each worker count, a fresh deployment (own metadata and warehouse databases, own Redis, the fake
+Sage with N small companies connected through the OAuth flow) runs day one (the first syncs, due
+as soon as the DAGs are parsed) and then day two (made due by moving the scheduler's "next run
+due at" to now, as the test in tests/deployment does). Measured from the metadata DB:
+
+* ``due_to_marts_s``: from the runs being due to the end of the last ``sage_transform`` run
+  started after the last company finished (all marts built);
+* ``scheduler_lag_s``: due time to the first task start (and to the median company's first task);
+* ``peak_pool_tasks``: most Sage-calling (pool ``sage_api``) tasks running at once, against the slots;
+* ``sage_requests`` and ``requests_per_s``: the fake's request log over the extraction window,
+  against ``SAGE_RATE_LIMIT_PER_S`` (the shared bucket of plugins/sage_sync/ratelimit.py).
+
+``python -m bench deployment --deploy-companies 200`` is the issue's size; the default is smaller
+so that a busy machine finishes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from bench.common import ADMIN_URL, ROOT, Result
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import deployment as deploy
+
+SMALL = {"purchase_invoices": 8, "purchase_credit_notes": 1, "purchase_quick_entries": 2, "other_payments": 3}
+SYNCED_FROM = "2024-Q1"
+
+
+def _libpq(sqlalchemy_url: str) -> str:
+    return "postgresql://" + sqlalchemy_url.split("://", 1)[1]
+
+
+def _create(name: str) -> None:
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+
+
+def _drop(name: str) -> None:
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+def _meta(dsn: str, query: str, params: Any = ()) -> list[tuple]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+def _max_overlap(intervals: list[tuple]) -> int:
+    edges = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals], key=lambda x: (x[0], x[1]))
+    peak = current = 0
+    for _, step in edges:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+def _wait(probe, what: str, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        time.sleep(1)
+    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _one(companies: int, workers: int, timeout: float, days: int = 2) -> dict[str, Any]:  # noqa: PLR0915
+    """One deployment with ``workers`` workers; both days' figures."""
+    from cryptography.fernet import Fernet  # noqa: PLC0415
+
+    from sage_sync.lifecycle import airflow_api, connections  # noqa: PLC0415
+    from sage_sync.sage.auth import new_pkce_pair  # noqa: PLC0415
+    from sage_sync.warehouse.migrate import migrate  # noqa: PLC0415
+    from sandbox.fake_sage.server import FakeSageServer  # noqa: PLC0415
+
+    suffix = uuid.uuid4().hex[:8]
+    wh_db, meta_db = f"sage_bench_dep_wh_{suffix}", f"sage_bench_dep_meta_{suffix}"
+    _create(wh_db)
+    _create(meta_db)
+    wh_dsn = psycopg.conninfo.make_conninfo(ADMIN_URL, dbname=wh_db)
+    with psycopg.connect(wh_dsn) as conn:
+        migrate(conn)
+    base_meta, _, query = os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].partition("?")
+    meta_sa = base_meta.rsplit("/", 1)[0] + f"/{meta_db}" + (f"?{query}" if query else "")
+    meta_dsn = _libpq(meta_sa)
+    p = psycopg.conninfo.conninfo_to_dict(wh_dsn)
+    volumes = {f"co{n:04d}": dict(SMALL) for n in range(companies)}
+    saved = dict(os.environ)
+    state = Path(tempfile.mkdtemp(prefix="bench-deploy-"))
+    try:
+        with FakeSageServer(seed=131, volumes=volumes, scale=0.0) as sage:
+            values = {
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": meta_sa,
+                "AIRFLOW_CONN_SAGE_WAREHOUSE": json.dumps({
+                    "conn_type": "postgres", "host": p.get("host", "127.0.0.1"), "port": int(p.get("port", 5432)),
+                    "login": p.get("user", "postgres"), "password": p.get("password") or "unused", "schema": wh_db}),
+                "AIRFLOW_CONN_SAGE_DEFAULT": sage.airflow_conn_json(),
+                "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
+                "SAGE_PG_DBNAME": wh_db,
+            }
+            os.environ.update(values)
+            airflow_api.set_dag_paused = lambda *_, **__: False  # the deployment parses the DAGs
+            t0 = time.monotonic()
+            dep = deploy.up(state, workers=workers, overrides=values, migrate=True, timeout=600)
+            try:
+                up_s = time.monotonic() - t0
+                _wait(lambda: _meta(meta_dsn, "select 1 from dag where dag_id = 'sage_transform'"),
+                      "sage_transform to be parsed", 300)
+                dep.airflow("dags", "unpause", "sage_transform")
+                ids = []
+                for business in sage.admin.businesses():
+                    if business["key"] not in volumes:
+                        continue
+                    verifier, challenge = new_pkce_pair()
+                    code = sage.authorize(login_hint=business["user"], code_challenge=challenge)
+                    connections.connect(code, verifier, business["id"], SYNCED_FROM)
+                    ids.append(airflow_api.dag_id_for(business["id"]))
+                day1 = _day(sage, meta_dsn, ids, 1, timeout)
+                day2: dict[str, Any] = {}
+                if days > 1:
+                    # day two: a change in one company in ten, then the scheduler's clock moves a day
+                    sage.admin.advance_clock(86400)
+                    for business in sage.admin.businesses()[::10]:
+                        docs = sage.admin.records(business["id"], "purchase_invoices")
+                        if docs:
+                            sage.admin.update(business["id"], "purchase_invoices", docs[-1]["id"], {"notes": "edited"})
+                    day2 = _day(sage, meta_dsn, ids, 2, timeout)
+            finally:
+                deploy.down(state)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        _drop(wh_db)
+        _drop(meta_db)
+    return {"workers": workers, "companies": companies, "deploy_up_s": round(up_s, 1), "day1": day1, "day2": day2}
+
+
+def _day(sage: Any, meta_dsn: str, dag_ids: list[str], day: int, timeout: float) -> dict[str, Any]:
+    """Make day ``day`` due (day 1: already due once parsed), wait for it and the marts; its figures."""
+    sage.admin.clear_request_log()
+    if day == 1:
+        def all_created() -> list[tuple] | None:
+            rows = _meta(meta_dsn, "select dag_id, min(queued_at) from dag_run where dag_id = any(%s) group by 1",
+                         (dag_ids,))
+            return rows if len(rows) == len(dag_ids) else None
+        due = min(r[1] for r in _wait(all_created, "every company's first run", timeout))
+    else:
+        due = _meta(meta_dsn, "select now()")[0][0]
+        def created() -> bool:
+            missing = _meta(meta_dsn, "select d from unnest(%s::text[]) d where (select count(*) from dag_run r "
+                            "where r.dag_id = d) < %s", (dag_ids, day))
+            if missing:
+                _meta(meta_dsn, "update dag set next_dagrun_create_after = now() where dag_id = any(%s) "
+                      "and next_dagrun_create_after > now()", ([m[0] for m in missing],))
+            return not missing
+        _wait(created, f"day {day}'s runs", timeout)
+    def finished() -> bool:
+        states = _meta(meta_dsn, "select state, count(*) from dag_run where dag_id = any(%s) group by 1", (dag_ids,))
+        counts = dict(states)
+        if counts.get("failed"):
+            raise RuntimeError(f"company runs failed: {counts}")
+        return counts.get("success", 0) == day * len(dag_ids)
+    _wait(finished, f"day {day}'s company runs", timeout)
+    last_finish = _meta(meta_dsn, "select max(end_date) from task_instance where dag_id = any(%s) "
+                        "and task_id = 'finish'", (dag_ids,))[0][0]
+    transform = _wait(lambda: _meta(meta_dsn, "select end_date from dag_run where dag_id = 'sage_transform' "
+                                    "and start_date > %s and state = 'success' order by start_date limit 1",
+                                    (last_finish,)), "the transform after the last sync", timeout)[0][0]
+    firsts = [r[0] for r in _meta(meta_dsn, "select min(start_date) from task_instance where dag_id = any(%s) "
+                                  "and start_date >= %s group by dag_id", (dag_ids, due))]
+    pooled = _meta(meta_dsn, "select start_date, end_date from task_instance where pool = 'sage_api' and "
+                   "start_date >= %s and end_date is not null", (due,))
+    window = (max(e for _, e in pooled) - min(s for s, _ in pooled)).total_seconds() if pooled else 0.0
+    requests = len([r for r in sage.admin.request_log() if r["path"].startswith("/v3.1")])
+    slots = _meta(meta_dsn, "select slots from slot_pool where pool = 'sage_api'")[0][0]
+    return {
+        "due_to_marts_s": round((transform - due).total_seconds(), 1),
+        "due_to_last_sync_s": round((last_finish - due).total_seconds(), 1),
+        "scheduler_lag_s": round((min(firsts) - due).total_seconds(), 1),
+        "median_company_start_s": round(statistics.median((f - due).total_seconds() for f in firsts), 1),
+        "peak_pool_tasks": _max_overlap(pooled), "pool_slots": slots,
+        "sage_requests": requests, "requests_per_s": round(requests / window, 2) if window else 0.0,
+        "rate_limit_per_s": float(os.environ.get("SAGE_RATE_LIMIT_PER_S") or 12),
+    }
+
+
+def run(companies: int, worker_counts: tuple[int, ...] = (1, 2), timeout: float = 3600.0,
+        days: int = 2) -> list[Result]:
+    """Both worker counts; the headline is the last day's due->marts time, 1 worker vs 2."""
+    rows = []
+    for workers in worker_counts:
+        rows.append(_one(companies, workers, timeout, days))
+        print(f"    deployment {json.dumps(rows[-1], default=str)}", flush=True)
+    day = "day2" if days > 1 else "day1"
+    one, two = rows[0], rows[-1]
+    ratio = one[day]["due_to_marts_s"] / max(two[day]["due_to_marts_s"], 1e-9)
+    within_pool = all(r[d]["peak_pool_tasks"] <= r[d]["pool_slots"] for r in rows for d in ("day1", "day2") if r[d])
+    return [Result("6 deployment", f"{day} due->marts s, {companies} companies, {two['workers']} workers "
+                   f"(baseline: {one['workers']})", two[day]["due_to_marts_s"], one[day]["due_to_marts_s"],
+                   1 / ratio if ratio else 0.0, "pool held; figures reported", "PASS" if within_pool else "FAIL",
+                   {"speed_up_2_vs_1": round(ratio, 3), "runs": rows})]

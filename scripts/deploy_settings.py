@@ -1,0 +1,61 @@
+"""The one list of settings a CeleryExecutor deployment runs with, shared by compose and the script.
+
+``docker-compose.yaml`` (``x-airflow-common.environment``) and ``scripts/deployment.py`` must run
+the same processes with the same settings; they must not drift. So both take them from here:
+``SHARED`` holds the values that are the same wherever the deployment runs (compose writes them
+literally, ``tests/test_compose.py`` checks they are equal to these), ``PER_SITE`` the names whose
+value depends on the site (hosts, ports, secrets: compose takes them from ``.env`` and its service
+names, the script from ``.local/env.sh`` and the ports it picks). A name in compose that is in
+neither list, or one missing from it, fails that test.
+"""
+
+from __future__ import annotations
+
+# Same value in compose and in the scripted deployment.
+SHARED: dict[str, str] = {
+    "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    # Task slots the scheduler hands out, all workers together. Keep it above workers x concurrency:
+    # a worker killed mid-task keeps its tasks' slots taken in the executor until the scheduler
+    # restarts (seen in tests/deployment), and the pool, not this, bounds the Sage calls.
+    "AIRFLOW__CORE__PARALLELISM": "16",
+    # Task processes per worker: a task is mostly waiting on Sage or PostgreSQL, but each one is a
+    # Python process of about 150 MB; scale out with more workers rather than a bigger number here.
+    "AIRFLOW__CELERY__WORKER_CONCURRENCY": "4",
+    # A worker takes one message at a time, so a long first sync never holds back queued tasks that
+    # another worker could run now.
+    "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
+    # A dead worker's tasks are failed (then retried elsewhere) after this long without a heartbeat.
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "120",
+    "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
+    "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
+}
+
+# Same name everywhere, value from the site.
+PER_SITE: tuple[str, ...] = (
+    "AIRFLOW__CORE__FERNET_KEY",
+    "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+    "AIRFLOW__CELERY__RESULT_BACKEND",
+    "AIRFLOW__CELERY__BROKER_URL",
+    "AIRFLOW__API_AUTH__JWT_SECRET",
+    "AIRFLOW_CONN_SAGE_WAREHOUSE",
+    "AIRFLOW_CONN_SAGE_DEFAULT",
+    "SAGE_RATE_LIMIT_PER_S",
+)
+
+# The pool every Sage-calling task takes a slot of (dags/sage_company_sync.py, dags/sage_backfill.py).
+POOL_NAME = "sage_api"
+POOL_SLOTS = 8
+POOL_DESCRIPTION = "Concurrent Sage API calls, all companies"
+
+# The processes of one deployment: (name, airflow sub-command). Compose has one service per entry
+# (airflow-apiserver, ...); the script runs each once, plus `WORKERS` Celery workers.
+PROCESSES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("api-server", ("api-server",)),
+    ("scheduler", ("scheduler",)),
+    ("dag-processor", ("dag-processor",)),
+    ("triggerer", ("triggerer",)),
+)
+WORKER_COMMAND: tuple[str, ...] = ("celery", "worker")
+WORKERS = 2
