@@ -9,7 +9,7 @@ ENV := . .local/env.sh &&
 # Lint parses dbt without a warehouse (nothing is queried): no .local/env.sh needed.
 ENV_LINT := DBT_SEND_ANONYMOUS_USAGE_STATS=False
 
-.PHONY: help venv env airflow-db dbt-parse demo test test-fast test-deployment lint airflow deploy-up deploy-down deploy-status bench clean
+.PHONY: help venv env airflow-db dbt-parse demo test test-fast test-deployment lint airflow deploy-up deploy-down deploy-status bench clean cli docs
 
 help:
 	@echo "make demo      run the whole pipeline on the embedded demo (fake Sage, 3 companies)"
@@ -18,6 +18,8 @@ help:
 	@echo "make deploy-up the CeleryExecutor deployment here, no Docker (make deploy-down stops it)"
 	@echo "make lint      ruff, sqlfluff, the dbt project rules, ruff format --check"
 	@echo "make bench     benchmarks (figures in bench/RESULTS.md)"
+	@echo "make cli ARGS='status'   the sage_sync CLI (python -m sage_sync) in this checkout's settings"
+	@echo "make docs      dbt docs generate, then serve them (DOCS_PORT, default 8081)"
 
 $(BIN)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +27,12 @@ $(BIN)/.installed: requirements.txt
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.txt
 	touch $@
 
-venv: $(BIN)/.installed
+# The venv's python finds sage_sync without PYTHONPATH (`.venv/bin/python -m sage_sync` from a fresh shell).
+$(VENV)/.paths: $(BIN)/.installed
+	$(BIN)/python -c "import pathlib, site; pathlib.Path(site.getsitepackages()[0], 'sage_sync_plugins.pth').write_text('$(CURDIR)/plugins\n')"
+	touch $@
+
+venv: $(BIN)/.installed $(VENV)/.paths
 
 env: venv
 	$(BIN)/python scripts/devenv.py >/dev/null
@@ -65,6 +72,14 @@ lint: venv
 
 airflow: airflow-db dbt-parse
 	$(ENV) $(BIN)/python scripts/standalone.py
+
+cli: env
+	$(ENV) $(BIN)/python -m sage_sync $(ARGS)
+
+DOCS_PORT ?= 8081
+docs: env dbt-parse
+	$(ENV) $(BIN)/dbt docs generate --project-dir dbt --quiet
+	$(ENV) $(BIN)/dbt docs serve --project-dir dbt --port $(DOCS_PORT)
 
 # The CeleryExecutor deployment of docker-compose.yaml as local processes (scripts/deployment.py).
 deploy-up: env dbt-parse

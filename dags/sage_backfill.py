@@ -17,21 +17,61 @@ from this trigger form) with conf `{"company_id": "...", "synced_from": "YYYY-Qn
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import logging
+from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, Param, get_parsing_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from sage_sync.core.quarters import QUARTER_PATTERN
-from sage_sync.lifecycle.airflow_api import BACKFILL_DAG_ID, POOL, sage_raw_asset
+from sage_sync.core.quarters import QUARTER_PATTERN, Quarter
+from sage_sync.lifecycle.airflow_api import BACKFILL_DAG_ID, POOL, fails_fast_on_refused_grant, sage_raw_asset
 from sage_sync.sage.streams import DOCUMENT_STREAMS
-from sage_sync.warehouse.snapshot import companies_for_dags
+from sage_sync.warehouse.snapshot import DagCompany, companies_for_dags
+
+log = logging.getLogger(__name__)
+
+# How far back the quarter dropdown goes: UK businesses keep their records for six years, so
+# seven years before today covers every quarter a carbon report could still need.
+FLOOR_YEARS = 7
 
 
-def _company_param() -> Param:
-    # The list of companies is for the trigger form; a task run (parsing context set) skips the
-    # registry read and checks the company in `validate` instead.
-    companies = [] if get_parsing_context().dag_id is not None else companies_for_dags()
+def _form_companies() -> list[DagCompany]:
+    # The lists are for the trigger form; a task run (parsing context set) skips the registry
+    # read and checks the request in `validate` instead.
+    return [] if get_parsing_context().dag_id is not None else companies_for_dags()
+
+
+def valid_quarters(companies: list[DagCompany], today: datetime | None = None) -> list[str]:
+    """Every quarter some company could move Synced From to, latest first, down to the floor.
+
+    One list for the whole form (a trigger form cannot make one field depend on another);
+    `validate` refuses, in one line, a quarter that is not earlier than the chosen company's.
+    """
+    now = Quarter.containing((today or datetime.now(UTC)).date())
+    latest = max((Quarter.parse(c.synced_from_quarter).previous() for c in companies), default=now.previous())
+    floor = min(Quarter(now.year - FLOOR_YEARS, 1),
+                *(Quarter.parse(c.synced_from_quarter).previous() for c in companies))
+    quarters, quarter = [], latest
+    while quarter >= floor:
+        quarters.append(str(quarter))
+        quarter = quarter.previous()
+    return quarters
+
+
+def _quarter_param(companies: list[DagCompany]) -> Param:
+    description = ("A quarter earlier than the company's current Synced From (shown beside the company); "
+                   "documents dated from its first day are imported")
+    if not companies:
+        return Param(str(Quarter.containing(datetime.now(UTC).date()).previous()), type="string",
+                     pattern=f"^{QUARTER_PATTERN}$", title="New Synced From", description=description)
+    quarters = valid_quarters(companies)
+    # The default is the quarter just before the default company's Synced From: always valid for it.
+    default = str(Quarter.parse(companies[0].synced_from_quarter).previous())
+    return Param(default, type="string", enum=quarters, title="New Synced From", description=description,
+                 values_display={q: f"{q} (from {Quarter.parse(q).start_date:%-d %b %Y})" for q in quarters})
+
+
+def _company_param(companies: list[DagCompany]) -> Param:
     if not companies:
         # No registry (yet): a free-text id, checked by `validate` at run time.
         return Param("", type="string", minLength=1, title="Company",
@@ -55,11 +95,15 @@ def validate(**context) -> str:
     try:
         lifecycle.prepare_backfill(params["company_id"], params["synced_from"])
     except lifecycle.LifecycleError as exc:
-        raise AirflowFailException(str(exc)) from exc  # a bad request: retrying can't help
+        # A bad request: retrying can't help. One line that says what to pick, no traceback chain.
+        message = f"Synced From not moved to {params['synced_from']}: {exc}"
+        log.error("%s", message)
+        raise AirflowFailException(message) from None
     return sync.begin_run(params["company_id"], airflow_run_id=context["run_id"], kind="backfill")
 
 
 @task(pool=POOL)
+@fails_fast_on_refused_grant
 def refresh_auth(sync_run_id: str, **context) -> None:
     """Make sure the grant is alive before reading Sage."""
     from sage_sync.pipeline import sync  # noqa: PLC0415
@@ -68,6 +112,7 @@ def refresh_auth(sync_run_id: str, **context) -> None:
 
 
 @task(pool=POOL)
+@fails_fast_on_refused_grant
 def backfill(stream: str, sync_run_id: str, **context) -> dict:
     """Read one document stream's older window into sage_raw (new versions only)."""
     from sage_sync.pipeline import sync  # noqa: PLC0415
@@ -108,9 +153,8 @@ with DAG(
                   "retry_exponential_backoff": True},
     tags=["sage", "backfill"],
     params={
-        "company_id": _company_param(),
-        "synced_from": Param("2024-Q1", type="string", pattern=f"^{QUARTER_PATTERN}$", title="New Synced From",
-                             description="A quarter earlier than the company's current Synced From, e.g. 2023-Q3"),
+        "company_id": _company_param(_companies := _form_companies()),
+        "synced_from": _quarter_param(_companies),
     },
 ) as dag:
     run_id = validate()

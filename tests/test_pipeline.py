@@ -7,8 +7,10 @@ deleted, credit notes and refunds negative, receipts left out.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import date
 from decimal import Decimal
@@ -25,6 +27,7 @@ from sandbox.fake_sage.server import FakeSageServer
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SYNCED_FROM = "2025-Q1"
+SPEND_STREAMS = ["purchase_invoices", "purchase_credit_notes", "purchase_quick_entries", "other_payments"]
 pytestmark = [pytest.mark.airflow, pytest.mark.dbt]
 
 
@@ -107,6 +110,10 @@ def test_company_dag_then_dbt_equals_what_sage_holds(sage: FakeSageServer, env: 
 
     task_logs.append(_dag_test(env, dag_id))
     token_pairs.append(_stored_tokens(pg_dsn, company))
+    # The task log follows a first sync page by page: records so far of Sage's $total, rate, ETA.
+    held = len([r for r in sage.admin.records(company, "purchase_invoices") if r["date"] >= "2025-01-01"])
+    assert re.search(rf"purchase_invoices: page 1, [0-9,]+ records of {held:,} \(\$total\) \([0-9]+%\), "
+                     r"[0-9,]+ records/s, ETA [0-9hms]+", task_logs[0]), task_logs[0][-3000:]
     _dbt_build(env, tmp_path)
     assert _modelled_spend(warehouse, company) == _expected_spend(sage, company)
     runs = warehouse.execute("select kind, status from sage_control.sync_runs").fetchall()
@@ -142,6 +149,34 @@ def test_company_dag_then_dbt_equals_what_sage_holds(sage: FakeSageServer, env: 
     duplicates = warehouse.execute("select count(*) - count(distinct spend_line_id) "
                                    "from analytics.fct_spend_transactions").fetchone()[0]
     assert duplicates == 0
+    # README query 3 after a daily (incremental) run: the spend streams are reconciled against
+    # Sage's count of the whole synced window, not left NULL.
+    health = warehouse.execute(
+        "select stream, reconciliation_scope, is_reconciled, window_total, current_record_count "
+        "from analytics.sync_health where company_id = %s and stream_kind = 'document' order by stream",
+        (company,)).fetchall()
+    assert [h[0] for h in health] == sorted(SPEND_STREAMS)
+    for stream, scope, reconciled, window_total, held_now in health:
+        expected = len([r for r in sage.admin.records(company, stream) if r["date"] >= "2025-01-01"])
+        assert (scope, reconciled, window_total, held_now) == ("window_count", True, expected, expected), stream
+
+    # Sage revokes the grant: the next run fails at once (no retry waits) with one line saying what
+    # to do, the company is needs_reauth and the run is closed as failed with that reason.
+    sage.admin.revoke_grants()
+    sage.admin.advance_clock(86400)
+    started = time.monotonic()
+    done = subprocess.run([str(BIN / "airflow"), "dags", "test", dag_id], env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+    output = done.stdout + done.stderr
+    assert time.monotonic() - started < 240, "the refused grant was retried"  # retry_delay is 5 minutes
+    name = warehouse.execute("select company_name from sage_control.companies").fetchone()[0]
+    assert f"Sage refused the grant for {name}: re-authorise it on the Sage connections page" in output, output[-4000:]
+    assert "sage/client.py" not in output  # no chained frames of the client under the line
+    status = warehouse.execute("select status from sage_control.companies").fetchone()[0]
+    assert status == "needs_reauth"
+    last = warehouse.execute("select status, error from sage_control.sync_runs order by started_at desc limit 1"
+                             ).fetchone()
+    assert last[0] == "failed" and last[1].startswith(f"Sage refused the grant for {name}"), last
 
 
 def _stored_tokens(dsn: str, company: str) -> tuple[str, str]:

@@ -96,3 +96,63 @@ def test_unreachable_warehouse_keeps_the_last_known_dags(two_companies: Path,
     bag = _dagbag()
     assert bag.import_errors == {}
     assert {"sage_sync__b1aa", "sage_sync__b2bb"} <= set(bag.dags)
+
+
+def test_the_backfill_form_offers_only_valid_quarters_and_a_valid_default(two_companies: Path) -> None:
+    from sage_sync.core.quarters import Quarter  # noqa: PLC0415
+
+    dag = _dagbag().dags["sage_backfill"]
+    company, quarter = dag.params.get_param("company_id"), dag.params.get_param("synced_from")
+    assert company.schema["enum"] == ["b1aa", "b2bb"] and company.value == "b1aa"
+    choices = quarter.schema["enum"]
+    # Latest first: the quarter before the latest Synced From (b2bb's 2024-Q3), down to the floor.
+    assert choices[0] == "2024-Q2" and "2024-Q3" not in choices
+    assert choices == sorted(choices, reverse=True) and len(choices) == len(set(choices))
+    assert Quarter.parse(choices[-1]).year <= 2019
+    # The default is valid for the default company (b1aa syncs from 2024-Q1), and offered.
+    assert quarter.value == "2023-Q4" and quarter.value in choices
+    assert quarter.schema["values_display"]["2023-Q4"] == "2023-Q4 (from 1 Oct 2023)"
+
+
+def test_the_backfill_refuses_a_later_quarter_in_one_line(two_companies: Path) -> None:
+    from airflow.sdk.exceptions import AirflowFailException  # noqa: PLC0415
+
+    dag = _dagbag().dags["sage_backfill"]
+    validate = dag.get_task("validate").python_callable
+    with pytest.raises(AirflowFailException) as refused:
+        validate(params={"company_id": "b1aa", "synced_from": "2024-Q2"}, run_id="manual__1")
+    message = str(refused.value)
+    assert message == ("Synced From not moved to 2024-Q2: 2024-Q2 is later than the current Synced From "
+                       "2024-Q1: Synced From only moves earlier (use reset to start again)")
+    assert refused.value.__cause__ is None and refused.value.__suppress_context__  # no chained dump
+
+
+def test_a_refused_grant_fails_every_sage_task_without_retries(two_companies: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.sdk.exceptions import AirflowFailException  # noqa: PLC0415
+
+    from sage_sync.core.errors import GrantRefused, TransientError  # noqa: PLC0415
+    from sage_sync.pipeline import sync  # noqa: PLC0415
+
+    def refused(*_args: object, **_kwargs: object) -> None:
+        raise GrantRefused("b1aa", "Greenleaf Bakery Ltd", "invalid_grant")
+
+    bag = _dagbag()
+    company_dag, backfill_dag = bag.dags["sage_sync__b1aa"], bag.dags["sage_backfill"]
+    calls = [
+        (company_dag, "refresh_auth", "check_auth", {"company_id": "b1aa", "sync_run_id": "r"}),
+        (company_dag, "extract_load", "sync_stream", {"company_id": "b1aa", "stream": "contacts",
+                                                      "sync_run_id": "r"}),
+        (company_dag, "record_deletions", "sync_deletions", {"company_id": "b1aa", "sync_run_id": "r"}),
+        (backfill_dag, "refresh_auth", "check_auth", {"sync_run_id": "r", "params": {"company_id": "b1aa"}}),
+        (backfill_dag, "backfill_purchase_invoices", "backfill_stream",
+         {"stream": "purchase_invoices", "sync_run_id": "r",
+          "params": {"company_id": "b1aa", "synced_from": "2023-Q4"}}),
+    ]
+    for dag, task_id, step, kwargs in calls:
+        monkeypatch.setattr(sync, step, refused)
+        with pytest.raises(AirflowFailException, match=r"^Sage refused the grant for Greenleaf Bakery Ltd: "):
+            dag.get_task(task_id).python_callable(**kwargs)
+        monkeypatch.setattr(sync, step, lambda *_a, **_k: (_ for _ in ()).throw(TransientError("HTTP 503")))
+        with pytest.raises(TransientError):  # not translated: the task's retries apply
+            dag.get_task(task_id).python_callable(**kwargs)

@@ -9,7 +9,12 @@ reset wipes and re-imports; runs of one company never overlap.
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import subprocess
+import sys
 from datetime import date
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -282,3 +287,92 @@ def test_expired_refresh_token_needs_reauth_and_status_tells(
     assert warehouse.execute("select status from sage_control.companies").fetchone() == ("needs_reauth",)
     assert "needs_reauth" in _cli("status")[1]
     assert set(STREAMS) >= set(DOCUMENTS)
+
+
+# -- the CLI as a new user meets it -------------------------------------------------------------------
+
+
+def _pending_id(output: str) -> str:
+    match = re.search(r"--pending (\S+)", output)
+    assert match, output
+    return match.group(1)
+
+
+def test_a_wrong_business_id_does_not_burn_the_code(sage: FakeSageServer, lenv: dict,
+                                                    warehouse: psycopg.Connection) -> None:
+    mine, other = business_id(sage, "greenleaf"), business_id(sage, "harbour")
+    code, verifier = fresh_code(sage)
+    exit_code, output = _cli("connect", "--code", code, "--code-verifier", verifier, "--business-id", other,
+                             "--synced-from", "2026-Q1")
+    assert exit_code == 2 and len(output.splitlines()) == 1, output
+    assert f"business {other!r} is not one this user can reach" in output and mine in output  # the valid ids
+    pending = _pending_id(output)
+    assert warehouse.execute("select count(*) from sage_control.companies").fetchone()[0] == 0
+    # The follow-up lists the businesses of the grant already exchanged...
+    exit_code, listed = _cli("businesses", "--pending", pending)
+    assert exit_code == 0 and mine in listed and other not in listed
+    # ...and the pick connects with it: no second code needed.
+    exit_code, output = _cli("connect", "--pending", pending, "--business-id", mine, "--synced-from", "2026-Q1")
+    assert exit_code == 0 and output.startswith("connected ") and f"({mine})" in output, output
+    status = warehouse.execute("select status from sage_control.companies where company_id = %s",
+                               (mine,)).fetchone()[0]
+    assert status == "initial_sync"
+    assert warehouse.execute("select count(*) from sage_control.oauth_tokens").fetchone()[0] == 1
+    # A held grant serves once.
+    exit_code, output = _cli("connect", "--pending", pending, "--business-id", mine, "--synced-from", "2026-Q1")
+    assert exit_code == 2 and "expired (15 minutes) or was used" in output
+
+
+def test_connect_without_a_business_id_lists_the_businesses(sage: FakeSageServer, lenv: dict,
+                                                            warehouse: psycopg.Connection) -> None:
+    mine = business_id(sage, "greenleaf")
+    code, verifier = fresh_code(sage)
+    exit_code, output = _cli("connect", "--code", code, "--code-verifier", verifier, "--synced-from", "2026-Q1")
+    assert exit_code == 0 and mine in output
+    pending = _pending_id(output)
+    assert _cli("connect", "--pending", pending, "--business-id", mine, "--synced-from", "2026-Q1")[0] == 0
+
+
+def test_connect_accepts_a_url_encoded_code(sage: FakeSageServer, lenv: dict,
+                                            warehouse: psycopg.Connection) -> None:
+    mine = business_id(sage, "greenleaf")
+    code, verifier = fresh_code(sage)
+    encoded = "".join(f"%{byte:02X}" for byte in code.encode())  # as pasted from the callback URL
+    exit_code, output = _cli("connect", "--code", encoded, "--code-verifier", verifier, "--business-id", mine,
+                             "--synced-from", "2026-Q1")
+    assert exit_code == 0, output
+    assert warehouse.execute("select count(*) from sage_control.companies").fetchone()[0] == 1
+
+
+def test_connect_help_points_only_to_commands_that_exist() -> None:
+    exit_code = CliRunner().invoke(main, ["connect", "--help"])
+    assert exit_code.exit_code == 0
+    named = set(re.findall(r"`(?:python -m sage_sync )?([a-z-]+)", exit_code.output))
+    assert "businesses" in named
+    assert named <= set(main.commands), named - set(main.commands)
+
+
+def test_the_cli_runs_from_a_fresh_shell(pg_dsn: str, warehouse: psycopg.Connection, tmp_path: Path) -> None:
+    """`python -m sage_sync` with none of the settings in the environment: the checkout's env file."""
+    p = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+    conn = json.dumps({"conn_type": "postgres", "host": p.get("host", "127.0.0.1"),
+                       "port": int(p.get("port", 5432)), "login": p.get("user", "postgres"), "schema": p["dbname"]})
+    env_file = tmp_path / "env.sh"
+    env_file.write_text(f"export AIRFLOW_CONN_SAGE_WAREHOUSE={shlex.quote(conn)}\n")
+    fresh = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SAGE_ENV_FILE": str(env_file)}
+    # The venv's python finds the package itself (no PYTHONPATH), from any folder.
+    done = subprocess.run([sys.executable, "-m", "sage_sync", "status"], env=fresh, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "no company connected yet" in done.stdout
+
+
+def test_the_env_file_fills_in_only_what_is_missing(tmp_path: Path) -> None:
+    from sage_sync.cli.localenv import load_missing  # noqa: PLC0415
+
+    env_file = tmp_path / "env.sh"
+    env_file.write_text("export A=from-file\nexport B='two words'\n# export C=commented\nD=not-exported\n")
+    environ = {"A": "set-by-user"}
+    assert load_missing(environ, env_file) == ["B"]
+    assert environ == {"A": "set-by-user", "B": "two words"}
+    assert load_missing({}, tmp_path / "missing.sh") == []

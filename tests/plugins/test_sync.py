@@ -100,6 +100,53 @@ def test_first_sync_lands_what_sage_holds(sage: FakeSageServer, company: str,
     assert api_calls and all(r["x_business"] == company for r in api_calls)
 
 
+def test_each_page_logs_its_progress_and_the_task_returns_the_total(
+        sage: FakeSageServer, company: str, warehouse: psycopg.Connection, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Small pages, so a stream takes several requests and several progress lines, as a first
+    # sync of thousands of pages does.
+    from sage_sync.pipeline import extract  # noqa: PLC0415
+
+    params = extract.list_params
+    monkeypatch.setattr(extract, "list_params", lambda *a, **kw: params(*a, **kw, page_size=5))
+    run_id = sync.begin_run(company)
+    sync.check_auth(company, run_id)
+    caplog.set_level("INFO", logger="sage_sync.pipeline.extract")
+    result = sync.sync_stream(company, "purchase_invoices", run_id)
+    expected = len([r for r in sage.admin.records(company, "purchase_invoices") if _in_window(r)])
+    assert result["total_reported"] == expected  # Sage's $total is in the task's return value
+    lines = [r.getMessage() for r in caplog.records if r.name == "sage_sync.pipeline.extract"]
+    assert len(lines) == result["pages"] >= 2
+    last = lines[-1]
+    assert last.startswith(f"purchase_invoices: page {result['pages']}, {result['rows_seen']:,} records of "
+                           f"{expected:,} ($total) (100%), ")
+    assert "records/s" in last and "ETA 0s" in last
+    assert all("ETA" in line and "($total)" in line for line in lines)
+
+
+def test_a_daily_read_counts_the_whole_window_at_sage(sage: FakeSageServer, company: str,
+                                                      warehouse: psycopg.Connection) -> None:
+    first = sync.run_company(company)
+    sage.admin.advance_clock(86400)
+    second = sync.run_company(company)
+    stats = dict(warehouse.execute("select sync_run_id, stats from sage_control.sync_runs").fetchall())
+    for stream in DOCUMENTS:
+        assert "window_total" not in stats[first][stream]  # a full read: its $total is the window's
+        expected = len([r for r in sage.admin.records(company, stream) if _in_window(r)])
+        assert stats[second][stream]["window_total"] == expected, stream
+    assert "window_total" not in stats[second]["tax_rates"]  # read in full every day
+
+
+def test_progress_line_reads_as_a_person_would_want() -> None:
+    from sage_sync.pipeline.extract import empty_totals, progress_line  # noqa: PLC0415
+
+    totals = {**empty_totals(), "pages": 10, "rows_seen": 2000, "total_reported": 200_000}
+    assert progress_line("purchase_invoices", totals, elapsed=20.0) == (
+        "purchase_invoices: page 10, 2,000 records of 200,000 ($total) (1%), 100 records/s, ETA 33m00s")
+    no_total = {**empty_totals(), "pages": 1, "rows_seen": 3}
+    assert progress_line("tax_rates", no_total, elapsed=1.0) == "tax_rates: page 1, 3 records, 3 records/s"
+
+
 def test_rerun_adds_nothing_and_edits_add_one_version(sage: FakeSageServer, company: str,
                                                       warehouse: psycopg.Connection) -> None:
     sync.run_company(company)
@@ -152,6 +199,54 @@ def test_revoked_grant_marks_company_needs_reauth(sage: FakeSageServer, company:
     assert "needs_reauth" in events
     with pytest.raises(ReauthorizationRequired, match="re-authorisation"):
         sync.begin_run(company)
+
+
+def test_a_refused_grant_fails_the_task_at_once_with_one_line(sage: FakeSageServer, company: str,
+                                                              warehouse: psycopg.Connection) -> None:
+    from airflow.sdk.exceptions import AirflowFailException  # noqa: PLC0415
+
+    from sage_sync.lifecycle.airflow_api import skips_disconnected  # noqa: PLC0415 - the DAG tasks' wrapper
+
+    name = warehouse.execute("select company_name from sage_control.companies").fetchone()[0]
+    run_id = sync.begin_run(company, airflow_run_id="scheduled__2026-01-01")
+    warehouse.commit()
+    sage.admin.revoke_grants()
+    with pytest.raises(AirflowFailException) as failed:  # Airflow does not retry this one
+        skips_disconnected(sync.sync_stream)(company, "purchase_invoices", run_id)
+    message = str(failed.value)
+    assert message.startswith(f"Sage refused the grant for {name}: re-authorise it on the Sage connections "
+                              f"page or with `python -m sage_sync reconnect {company} --code ...`")
+    assert "\n" not in message
+    # No chained client traceback under it: the task log shows the line, not 20 frames of the client.
+    assert failed.value.__cause__ is None and failed.value.__suppress_context__
+    status, last_error = warehouse.execute("select status, last_error from sage_control.companies").fetchone()
+    assert (status, last_error) == ("needs_reauth", message)  # marked at once, in the same words
+    # The run is closed with the reason at once: not "running: 0 pages" until someone looks.
+    run = warehouse.execute("select status, error, ended_at from sage_control.sync_runs where sync_run_id = %s",
+                            (run_id,)).fetchone()
+    assert run[0] == "failed" and run[1] == message and run[2] is not None
+    # The DAG's catch-all close afterwards keeps that reason.
+    sync.finish_run(company, run_id, status="failed", error="a task of this run failed; see its log in Airflow")
+    warehouse.commit()
+    assert warehouse.execute("select error from sage_control.sync_runs where sync_run_id = %s",
+                             (run_id,)).fetchone()[0] == message
+    # The next run's first task fails the same way, without opening a run.
+    with pytest.raises(AirflowFailException, match="needs re-authorisation"):
+        skips_disconnected(sync.begin_run)(company)
+
+
+def test_transient_errors_keep_their_retries(sage: FakeSageServer, company: str, warehouse: psycopg.Connection,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from sage_sync.core.errors import TransientError  # noqa: PLC0415
+    from sage_sync.lifecycle.airflow_api import skips_disconnected  # noqa: PLC0415
+
+    monkeypatch.setattr("sage_sync.sage.client.time.sleep", lambda _s: None)
+    run_id = sync.begin_run(company)
+    sage.admin.add_fault("503", path="/purchase_invoices", count=50)
+    with pytest.raises(TransientError):  # a plain failure: the task's retries apply
+        skips_disconnected(sync.sync_stream)(company, "purchase_invoices", run_id)
+    assert warehouse.execute("select status from sage_control.companies").fetchone()[0] != "needs_reauth"
+    sage.admin.clear_faults()
 
 
 def test_rate_limits_and_server_errors_are_absorbed(sage: FakeSageServer, company: str,

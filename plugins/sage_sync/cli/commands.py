@@ -1,7 +1,8 @@
 """``python -m sage_sync``: what a data engineer or a script does to a connection.
 
 Every command validates its input before changing anything and fails with one line and a
-non-zero exit. Settings come from the same Airflow connections the DAGs use.
+non-zero exit. Settings come from the same Airflow connections the DAGs use (run as
+``python -m sage_sync``, the checkout's ``.local/env.sh`` fills in any that are not set).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
+from urllib.parse import unquote
 
 import click
 
@@ -55,25 +57,90 @@ def authorize_url(as_json: bool) -> None:
         click.echo(f"state: {start.state}\ncode_verifier (pass to connect): {start.code_verifier}", err=True)
 
 
+def pasted_code(code: str) -> str:
+    """The code as Sage issued it, also when pasted URL-encoded from the callback URL (``GB%2F...``)."""
+    code = code.strip()
+    return unquote(code) if "%" in code else code
+
+
+def _business_list(auth: authorisation.Authorisation) -> str:
+    return ", ".join(f"{b.get('id')} ({authorisation.business_name(b)})" for b in auth.businesses) or "none"
+
+
+def _pick_command(pending_id: str, quarter: object) -> str:
+    return f"python -m sage_sync connect --pending {pending_id} --business-id ID --synced-from {quarter}"
+
+
 @main.command()
-@click.option("--code", required=True, help="The authorisation code from the callback URL.")
-@click.option("--business-id", required=True, help="The Sage business to connect (see `businesses`).")
+@click.option("--code", default=None, help="The authorisation code from the callback URL (URL-encoded is fine).")
+@click.option("--pending", "pending_id", default=None,
+              help="An authorisation already exchanged by an earlier `connect` (see `businesses`).")
+@click.option("--business-id", default=None,
+              help="The Sage business to connect. Leave it out to list the user's businesses first: "
+                   "the code is exchanged once and kept for 15 minutes (see `businesses`).")
 @click.option("--synced-from", required=True, help="First quarter to import, e.g. 2024-Q1.")
 @click.option("--code-verifier", default=None, help="The PKCE verifier printed by authorize-url.")
-def connect(code: str, business_id: str, synced_from: str, code_verifier: str | None) -> None:
-    """Exchange an authorisation code and register the business with its Synced From quarter."""
+def connect(code: str | None, pending_id: str | None, business_id: str | None, synced_from: str,
+            code_verifier: str | None) -> None:
+    """Exchange an authorisation code and register the business with its Synced From quarter.
+
+    A code can be used only once, so it is exchanged once: without --business-id, or with one the
+    user cannot reach, the grant is kept (encrypted) for 15 minutes and the user's businesses are
+    listed; pick one with `connect --pending ID --business-id ... --synced-from ...`.
+    """
     with _refusals():
         quarter = lifecycle.parse_quarter(synced_from)
-        auth = lifecycle.exchange(code, code_verifier)
-        business = auth.business(business_id)
+        if pending_id:
+            auth = authorisation.held(pending_id)
+            if auth is None:
+                raise lifecycle.LifecycleError("that authorisation expired (15 minutes) or was used: start again "
+                                               "with `python -m sage_sync authorize-url`")
+        elif code:
+            auth = lifecycle.exchange(pasted_code(code), code_verifier)
+        else:
+            raise lifecycle.LifecycleError("pass --code (from the callback URL) or --pending (from an earlier "
+                                           "connect)")
+        reachable = {b.get("id") for b in auth.businesses}
+        if business_id not in reachable:
+            if not pending_id:
+                lifecycle.migrate_warehouse()  # the held grant waits in the warehouse
+                pending_id = authorisation.hold(auth)
+            if business_id is not None:
+                raise lifecycle.LifecycleError(
+                    f"business {business_id!r} is not one this user can reach; the authorisation is kept for "
+                    f"15 minutes: run `{_pick_command(pending_id, quarter)}` with one of: {_business_list(auth)}")
+            click.echo(f"authorised; the user's businesses: {_business_list(auth)}")
+            click.echo(f"pick one within 15 minutes: {_pick_command(pending_id, quarter)}")
+            return
         existing = lifecycle.registered(business_id)
         if existing is not None and existing.synced_from != quarter:
             # Moving Synced From is a backfill (set-synced-from), never a side effect of a login.
             click.echo(f"note: {business_id} keeps Synced From {existing.synced_from_quarter}; "
                        "moving it earlier is done with set-synced-from", err=True)
         company = lifecycle.register(auth, business_id, quarter)
+        if pending_id:
+            authorisation.release(pending_id)
+    business = auth.business(business_id)
     click.echo(f"connected {lifecycle.business_name(business)} ({business_id}), "
                f"Synced From {company.synced_from_quarter}, status {company.status}")
+
+
+@main.command()
+@click.option("--pending", "pending_id", required=True, help="The authorisation `connect` kept.")
+@click.option("--json", "as_json", is_flag=True, help="Print the businesses as JSON.")
+def businesses(pending_id: str, as_json: bool) -> None:
+    """The businesses an authorisation kept by `connect` can reach (within its 15 minutes)."""
+    with _refusals():
+        auth = authorisation.held(pending_id)
+        if auth is None:
+            raise lifecycle.LifecycleError("that authorisation expired (15 minutes) or was used: start again "
+                                           "with `python -m sage_sync authorize-url`")
+    if as_json:
+        click.echo(json.dumps([{"id": b.get("id"), "name": authorisation.business_name(b)}
+                               for b in auth.businesses]))
+        return
+    for business in auth.businesses:
+        click.echo(f"{business.get('id')}  {authorisation.business_name(business)}")
 
 
 @contextmanager
@@ -103,7 +170,7 @@ def disconnect(company_id: str) -> None:
 def reconnect(company_id: str, code: str, code_verifier: str | None) -> None:
     """Re-authorise a company; its next run imports everything since its last watermark."""
     with _refusals():
-        company = lifecycle.reconnect(company_id, code, code_verifier)
+        company = lifecycle.reconnect(company_id, pasted_code(code), code_verifier)
     click.echo(f"reconnected {company.company_name} ({company_id}): status {company.status}; the next run "
                "imports every change since the last successful sync and sweeps for deletions")
 
@@ -134,7 +201,7 @@ def set_synced_from(company_id: str, quarter: str, code: str | None, code_verifi
         if not code:
             raise lifecycle.LifecycleError("moving Synced From needs a fresh Authorise Access: pass --code "
                                            "(and --code-verifier) from `authorize-url`")
-        lifecycle.authorise_backfill(company_id, quarter, code, code_verifier)
+        lifecycle.authorise_backfill(company_id, quarter, pasted_code(code), code_verifier)
     conf = lifecycle.backfill_conf(company_id, wanted)
     if here:
         try:
@@ -176,7 +243,7 @@ def reset(company_id: str, confirmed: bool, run_sync: bool) -> None:
 def status(as_json: bool) -> None:
     """Every company: status, initial-sync progress (flagged after 24 h), last run, last error."""
     with _refusals():
-        report = status_report.report()
+        report = status_report.report(migrate=True)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

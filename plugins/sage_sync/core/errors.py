@@ -26,6 +26,25 @@ class ReauthorizationRequired(SageError):
     """
 
 
+class GrantRefused(ReauthorizationRequired):
+    """Sage refused one company's grant during a run: the one line that says who and what to do.
+
+    Raised by the pipeline around the client's :class:`ReauthorizationRequired` once the company
+    is marked ``needs_reauth``; the DAG tasks turn it into a failure without retries.
+    """
+
+    def __init__(self, company_id: str, company_name: str, reason: str | None = None) -> None:
+        self.company_id = company_id
+        self.company_name = company_name
+        self.reason = reason
+        text = (f"Sage refused the grant for {company_name}: re-authorise it on the Sage connections page "
+                f"or with `python -m sage_sync reconnect {company_id} --code ...` (code from "
+                "`python -m sage_sync authorize-url`)")
+        if reason:
+            text += f"; Sage said: {reason}"
+        super().__init__(text)
+
+
 class SubscriptionInactive(SageError):
     """Sage answered 401 "No active subscription (MSE)": the business's plan has lapsed.
 

@@ -42,7 +42,7 @@ from urllib.parse import quote
 
 import requests
 
-from sage_sync.core.errors import AirflowUnavailable, CompanySkipped
+from sage_sync.core.errors import AirflowUnavailable, CompanySkipped, ReauthorizationRequired
 
 if TYPE_CHECKING:
     from airflow.sdk import Asset
@@ -85,7 +85,14 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def skips_disconnected(func: _F) -> _F:
-    """A task body whose :class:`CompanySkipped` (the company was disconnected) skips the task, with the reason.
+    """A task body's outcomes that are not "retry later", translated for Airflow.
+
+    - :class:`CompanySkipped` (the company was disconnected) skips the task, with the reason.
+    - :class:`ReauthorizationRequired` (Sage refused the grant; the pipeline has already marked
+      the company ``needs_reauth`` and closed the run) fails the task at once, without retries
+      (only a person can fix it), as one line: ``from None`` drops the client's frames from the
+      task log's traceback.
+    - Anything else (5xx, timeouts, a run in progress) propagates, and the task's retries apply.
 
     Put it under ``@task``: the signature is kept (``functools.wraps``), so TaskFlow still sees the
     task's own arguments and ``**context``.
@@ -93,12 +100,32 @@ def skips_disconnected(func: _F) -> _F:
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from airflow.sdk.exceptions import AirflowSkipException  # noqa: PLC0415 - only inside a task
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException  # noqa: PLC0415
 
         try:
             return func(*args, **kwargs)
         except CompanySkipped as skipped:
             raise AirflowSkipException(str(skipped)) from skipped
+        except ReauthorizationRequired as refused:
+            log.error("%s", refused)
+            raise AirflowFailException(str(refused)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def fails_fast_on_refused_grant(func: _F) -> _F:
+    """Only the refused-grant half of :func:`skips_disconnected` (the backfill DAG's tasks, where
+    a skip would leave the run open and a disconnected company fails ``validate`` instead)."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from airflow.sdk.exceptions import AirflowFailException  # noqa: PLC0415 - only inside a task
+
+        try:
+            return func(*args, **kwargs)
+        except ReauthorizationRequired as refused:
+            log.error("%s", refused)
+            raise AirflowFailException(str(refused)) from None
 
     return wrapper  # type: ignore[return-value]
 

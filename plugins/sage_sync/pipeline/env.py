@@ -15,7 +15,13 @@ from typing import Any
 import psycopg
 
 from sage_sync.core.config import SageSettings, sage_settings, warehouse_dsn
-from sage_sync.core.errors import CompanySkipped, ReauthorizationRequired, SubscriptionInactive, UnknownCompany
+from sage_sync.core.errors import (
+    CompanySkipped,
+    GrantRefused,
+    ReauthorizationRequired,
+    SubscriptionInactive,
+    UnknownCompany,
+)
 from sage_sync.core.status import NOT_CONNECTED, CompanyStatus
 from sage_sync.sage import client as client_module
 from sage_sync.sage.auth import OAuthClient, TokenManager
@@ -124,13 +130,24 @@ def _set_status_unless_disconnected(env: SyncEnv, company_id: str, status: Compa
 
 @contextmanager
 def auth_guard(env: SyncEnv, company_id: str) -> Iterator[None]:
-    """Turn a dead grant into the company status a user can act on, then re-raise."""
+    """Turn a dead grant into the company status a user can act on, then raise it as one line.
+
+    A refused grant becomes :class:`GrantRefused` (still a ``ReauthorizationRequired``): who, and
+    how to re-authorise, without the client's frames (only a person can fix it, so the DAG does
+    not retry it).
+    """
     try:
         yield
-    except ReauthorizationRequired as exc:
-        _set_status_unless_disconnected(env, company_id, CompanyStatus.NEEDS_REAUTH, exc, event_type="needs_reauth",
-                                        details={"reason": type(exc).__name__})
+    except GrantRefused:
         raise
+    except ReauthorizationRequired as exc:
+        with connect(env) as conn:
+            company = registry.get_company(conn, company_id)
+        name = company.company_name if company is not None and company.company_name else company_id
+        refused = GrantRefused(company_id, name, str(exc))
+        _set_status_unless_disconnected(env, company_id, CompanyStatus.NEEDS_REAUTH, refused,
+                                        event_type="needs_reauth", details={"reason": type(exc).__name__})
+        raise refused from exc
     except SubscriptionInactive as exc:
         _set_status_unless_disconnected(env, company_id, CompanyStatus.ERROR, exc, event_type="error")
         raise

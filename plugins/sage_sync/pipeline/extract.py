@@ -10,6 +10,7 @@ another was edited; such a pass is repeated instead of trusted.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -30,9 +31,38 @@ OVERLAP = timedelta(minutes=10)
 MAX_PASSES = 3
 
 
-def empty_totals(passes: int = 0) -> dict[str, int]:
-    """The counters a stream read returns."""
-    return {"pages": 0, "rows_seen": 0, "versions_added": 0, "quarantined": 0, "passes": passes}
+def empty_totals(passes: int = 0) -> dict[str, int | None]:
+    """The counters a stream read returns; ``total_reported`` is Sage's ``$total`` for the window."""
+    return {"pages": 0, "rows_seen": 0, "versions_added": 0, "quarantined": 0, "passes": passes,
+            "total_reported": None}
+
+
+def _duration(seconds: float) -> str:
+    """``1h02m``, ``3m05s``, ``42s``: an ETA a person reads at a glance."""
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def progress_line(stream: str, totals: dict[str, int | None], elapsed: float) -> str:
+    """One task-log line per page: stream, page, records so far, ``$total``, rate and ETA.
+
+    A first sync of thousands of pages is followed in the Airflow task log as it runs; the same
+    figures are in ``sync_runs.stats`` for the Connect page.
+    """
+    pages, seen, total = totals["pages"] or 0, totals["rows_seen"] or 0, totals["total_reported"]
+    rate = seen / elapsed if elapsed > 0 else 0.0
+    text = f"{stream}: page {pages}, {seen:,} records"
+    if total is not None:
+        share = f" ({seen / total:.0%})" if total else ""
+        text += f" of {total:,} ($total){share}"
+    text += f", {rate:,.0f} records/s"
+    if total is not None and rate > 0:
+        text += f", ETA {_duration(max(total - seen, 0) / rate)}"
+    return text
 
 
 @dataclass
@@ -48,7 +78,8 @@ class StreamRead:
     stream: Stream
     company_id: str
     sync_run_id: str
-    totals: dict[str, int] = field(default_factory=empty_totals)
+    totals: dict[str, int | None] = field(default_factory=empty_totals)
+    started: float = field(default_factory=time.monotonic)
 
     def load_page(self, items: list[Any], *, total_reported: int | None = None) -> loader.LoadResult:
         """Load one page's items and add its counters, in the caller's transaction."""
@@ -58,7 +89,10 @@ class StreamRead:
         runs.add_stream_stats(self.conn, self.sync_run_id, self.stream.name, total_reported=total_reported,
                               **counters)
         for key, value in counters.items():
-            self.totals[key] += value
+            self.totals[key] = (self.totals[key] or 0) + value
+        if total_reported is not None and self.totals["total_reported"] is None:
+            self.totals["total_reported"] = total_reported
+        log.info("%s", progress_line(self.stream.name, self.totals, time.monotonic() - self.started))
         return result
 
     def move_watermark(self, newest: datetime) -> None:
@@ -66,7 +100,7 @@ class StreamRead:
         watermarks.set_watermark(self.conn, self.company_id, self.stream.name, updated_since=newest)
 
 
-def read_singleton(read: StreamRead) -> dict[str, int]:
+def read_singleton(read: StreamRead) -> dict[str, int | None]:
     """A one-record endpoint (``financial_settings``, the business itself): one GET, one version at most."""
     stream = read.stream
     record = read.client.get(stream.path_for(read.company_id))
@@ -78,10 +112,11 @@ def read_singleton(read: StreamRead) -> dict[str, int]:
         counters = {"pages": 1, "rows_seen": result.rows_seen, "versions_added": result.versions_added,
                     "quarantined": result.quarantined}
         runs.add_stream_stats(read.conn, read.sync_run_id, stream.name, **counters)
-    return counters
+    log.info("%s: 1 record read (a single-record endpoint)", stream.name)
+    return {**counters, "total_reported": None}
 
 
-def read_since_watermark(read: StreamRead, company: registry.Company) -> dict[str, int]:
+def read_since_watermark(read: StreamRead, company: registry.Company) -> dict[str, int | None]:
     """A list stream since its watermark (less ``OVERLAP``), within the company's Synced From window."""
     stream = read.stream
     mark = watermarks.get_watermarks(read.conn, company.company_id).get(stream.name)
@@ -89,11 +124,32 @@ def read_since_watermark(read: StreamRead, company: registry.Company) -> dict[st
     from_date = company.synced_from.start_date if stream.date_filtered else None
     if stream.sortable and stream.incremental:
         with CursorReadAhead(read.client) as ahead:  # page n + 1 is fetched while page n loads
-            return read_by_cursor(replace(read, client=ahead), since, from_date)  # type: ignore[arg-type]
-    return read_window(read, list_params(stream, updated_since=since, from_date=from_date), move_watermark=True)
+            totals = read_by_cursor(replace(read, client=ahead), since, from_date)  # type: ignore[arg-type]
+    else:
+        totals = read_window(read, list_params(stream, updated_since=since, from_date=from_date), move_watermark=True)
+    if since is not None:
+        totals["window_total"] = count_window(read, from_date)
+    return totals
 
 
-def read_by_cursor(read: StreamRead, since: datetime | None, from_date: date | None) -> dict[str, int]:
+def count_window(read: StreamRead, from_date: date | None) -> int | None:
+    """Sage's ``$total`` of the whole synced window (one request of one item), kept in the run's stats.
+
+    An incremental read's ``$total`` counts only the changes; this one is what the warehouse's
+    current records of the stream must add up to, so ``sync_health`` can reconcile the spend
+    streams every day, not only after a full read.
+    """
+    params = {**list_params(read.stream, from_date=from_date, page_size=1), "page": 1}
+    total = read.client.get_page(read.stream.path, params).total
+    if total is not None:
+        with read.conn.transaction():
+            runs.add_stream_stats(read.conn, read.sync_run_id, read.stream.name, window_total=total)
+    log.info("%s: Sage holds %s records in the synced window", read.stream.name,
+             "an unreported number of" if total is None else f"{total:,}")
+    return total
+
+
+def read_by_cursor(read: StreamRead, since: datetime | None, from_date: date | None) -> dict[str, int | None]:
     """Page by ``updated_at`` instead of by page number.
 
     Page offsets over live data skip a record whenever one on an earlier page is deleted (every
@@ -104,7 +160,7 @@ def read_by_cursor(read: StreamRead, since: datetime | None, from_date: date | N
     of a long first sync resumes where it stopped. Page numbers are only used while a whole page
     shares one timestamp; ids already read at the cursor's timestamp are not loaded twice.
     """
-    read.totals = empty_totals(passes=1)
+    read.totals, read.started = empty_totals(passes=1), time.monotonic()
     cursor, page_number = since, 1
     read_at_cursor: set[str] = set()
     while True:
@@ -129,11 +185,11 @@ def read_by_cursor(read: StreamRead, since: datetime | None, from_date: date | N
             read_at_cursor |= set(result.record_ids)
 
 
-def read_window(read: StreamRead, params: dict[str, Any], *, move_watermark: bool) -> dict[str, int]:
+def read_window(read: StreamRead, params: dict[str, Any], *, move_watermark: bool) -> dict[str, int | None]:
     """Page through ``params`` until one pass covers ``$total`` (at most ``MAX_PASSES`` passes)."""
-    read.totals = empty_totals()
+    read.totals, read.started = empty_totals(), time.monotonic()
     for _ in range(MAX_PASSES):
-        read.totals["passes"] += 1
+        read.totals["passes"] = (read.totals["passes"] or 0) + 1
         if _one_pass(read, params, move_watermark=move_watermark):
             return read.totals
         log.warning("%s/%s: a pass missed records that shifted between pages; reading again",

@@ -9,10 +9,13 @@ companies that must not sync, and strings the steps together.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 
 from sage_sync.core.errors import (
     CompanySkipped,
+    GrantRefused,
     ReauthorizationRequired,
     RunInProgress,
     UnknownCompany,
@@ -62,11 +65,25 @@ def begin_run(
     return sync_run_id
 
 
+@contextmanager
+def closes_run_on_refusal(env: SyncEnv, company_id: str, sync_run_id: str) -> Iterator[None]:
+    """A refused grant closes the run as failed at once, with the reason and what to do.
+
+    The task then fails without retries; a run row left ``running`` meanwhile would read as
+    "running: 0 pages" on the status page until someone noticed.
+    """
+    try:
+        yield
+    except GrantRefused as exc:
+        finish_run(company_id, sync_run_id, status="failed", error=str(exc)[:2000], env=env)
+        raise
+
+
 def check_auth(company_id: str, sync_run_id: str, *, env: SyncEnv | None = None) -> None:
     """Refresh the grant now: proves it is alive, and a daily refresh keeps it from expiring."""
     env = env or SyncEnv.from_config()
     run_env.require_connected(env, company_id)
-    with run_env.auth_guard(env, company_id):
+    with closes_run_on_refusal(env, company_id, sync_run_id), run_env.auth_guard(env, company_id):
         tokens = run_env.token_manager(env, company_id)
         stored = tokens.store.load(company_id)
         expires = stored.refresh_expires_at if stored else None
@@ -82,13 +99,17 @@ def check_auth(company_id: str, sync_run_id: str, *, env: SyncEnv | None = None)
 def sync_stream(
     company_id: str, stream_name: str, sync_run_id: str, *, env: SyncEnv | None = None,
     client: SageClient | None = None,
-) -> dict[str, int]:
-    """Extract one stream since its watermark into ``sage_raw``; returns this call's counters."""
+) -> dict[str, int | None]:
+    """Extract one stream since its watermark into ``sage_raw``.
+
+    Returns this call's counters with Sage's ``$total`` as ``total_reported`` (the task's XCom);
+    each page logs one progress line (records so far, ``$total``, rate, ETA).
+    """
     env = env or SyncEnv.from_config()
     stream = STREAMS[stream_name]
     run_env.require_connected(env, company_id)
-    with (run_env.client_for(env, company_id, client) as sage, run_env.auth_guard(env, company_id),
-          run_env.connect(env, autocommit=True) as conn):
+    with (closes_run_on_refusal(env, company_id, sync_run_id), run_env.client_for(env, company_id, client) as sage,
+          run_env.auth_guard(env, company_id), run_env.connect(env, autocommit=True) as conn):
         company = run_env.get_company(conn, company_id)
         read = StreamRead(conn, sage, stream, company_id, sync_run_id)
         if stream.kind == "singleton":
@@ -101,8 +122,8 @@ def sync_deletions(company_id: str, sync_run_id: str, *, env: SyncEnv | None = N
     """Record what Sage lists under ``deleted_since`` for every stream that has the feed."""
     env = env or SyncEnv.from_config()
     run_env.require_connected(env, company_id)
-    with (run_env.client_for(env, company_id, client) as sage, run_env.auth_guard(env, company_id),
-          run_env.connect(env, autocommit=True) as conn):
+    with (closes_run_on_refusal(env, company_id, sync_run_id), run_env.client_for(env, company_id, client) as sage,
+          run_env.auth_guard(env, company_id), run_env.connect(env, autocommit=True) as conn):
         return read_deletions(conn, sage, run_env.get_company(conn, company_id), sync_run_id)
 
 
@@ -161,7 +182,7 @@ def backfill_window(company: registry.Company, quarter: Quarter) -> tuple[date, 
 def backfill_stream(
     company_id: str, stream_name: str, sync_run_id: str, quarter: Quarter | str, *,
     env: SyncEnv | None = None, client: SageClient | None = None,
-) -> dict[str, int]:
+) -> dict[str, int | None]:
     """Load one document stream's older window (``quarter`` to before Synced From).
 
     No ``updated_or_created_since``: every document in the window is read, and the loader adds a
@@ -180,8 +201,8 @@ def backfill_stream(
         # Synced From already moved (a re-run after success): nothing older is left to read.
         return empty_totals()
     start, end = backfill_window(company, quarter)
-    with (run_env.client_for(env, company_id, client) as sage, run_env.auth_guard(env, company_id),
-          run_env.connect(env, autocommit=True) as conn):
+    with (closes_run_on_refusal(env, company_id, sync_run_id), run_env.client_for(env, company_id, client) as sage,
+          run_env.auth_guard(env, company_id), run_env.connect(env, autocommit=True) as conn):
         read = StreamRead(conn, sage, stream, company_id, sync_run_id)
         return read_window(read, list_params(stream, from_date=start, to_date=end), move_watermark=False)
 

@@ -95,17 +95,20 @@ def skip_running_runs(conn: psycopg.Connection, company_id: str, reason: str) ->
 
 def add_stream_stats(
     conn: psycopg.Connection, sync_run_id: str, stream: str, *, total_reported: int | None = None,
-    **counters: int,
+    window_total: int | None = None, **counters: int,
 ) -> dict[str, int]:
-    """Add ``counters`` (e.g. ``pages=1, rows_seen=200``) to ``stats[stream]``; set ``total_reported``.
+    """Add ``counters`` (e.g. ``pages=1, rows_seen=200``) to ``stats[stream]``; set the two totals.
 
+    ``total_reported`` is Sage's ``$total`` of the list the run read; ``window_total`` its
+    ``$total`` of the whole synced window, counted after an incremental read (what the
+    warehouse's current records must add up to). Both are set, not added.
     One statement, in the caller's transaction; returns the stream's counters after the update.
     """
-    checked = dict(counters) if total_reported is None else {**counters, "total_reported": total_reported}
-    for name, value in checked.items():
+    assigned = {name: value for name, value in (("total_reported", total_reported), ("window_total", window_total))
+                if value is not None}
+    for name, value in {**counters, **assigned}.items():
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"counter {name!r} must be an int, got {type(value).__name__}")
-    assigned = {} if total_reported is None else {"total_reported": total_reported}
     row = conn.execute(
         "update sage_control.sync_runs as r set stats = r.stats || jsonb_build_object("
         "  %(stream)s::text,"
@@ -124,12 +127,18 @@ def add_stream_stats(
 
 
 def finish_run(conn: psycopg.Connection, sync_run_id: str, status: str, error: str | None = None) -> None:
-    """Close the run with a final status (and the error text of a failure); in the caller's transaction."""
+    """Close the run with a final status (and the error text of a failure); in the caller's transaction.
+
+    A run already closed as failed keeps its first reason (the task that failed wrote the specific
+    one; the DAG's catch-all close only knows that some task failed).
+    """
     if status not in FINAL_STATUSES:
         raise ValueError(f"unknown final run status {status!r}; expected one of {sorted(FINAL_STATUSES)}")
     cur = conn.execute(
-        "update sage_control.sync_runs set status = %s, error = %s, ended_at = now() where sync_run_id = %s",
-        (status, error, sync_run_id),
+        "update sage_control.sync_runs set status = %(status)s, ended_at = now(), error = case "
+        "when %(status)s = 'failed' and status = 'failed' and error is not null then error else %(error)s end "
+        "where sync_run_id = %(id)s",
+        {"status": status, "error": error, "id": sync_run_id},
     )
     if cur.rowcount == 0:
         raise UnknownRunError(f"sync run {sync_run_id!r} does not exist")

@@ -5,8 +5,10 @@
 -- $total is the size of the list the sync read. For a full read (reference streams, a company's
 -- first successful run, backfills and resets) it is the number of records Sage holds in the
 -- synced window, so it must equal the current (non-deleted) records here. A daily run reads spend
--- streams and contacts incrementally: $total then counts only the changes, and the comparison is
--- reported as 'changes_only' (is_reconciled null) instead of a false alarm.
+-- streams and contacts incrementally: $total then counts only the changes, so after the read the
+-- sync asks Sage for the $total of the whole synced window under the same filter (window_total in
+-- the run's stats) and that is compared instead ('window_count'). Runs from before that count
+-- existed stay 'changes_only' (is_reconciled null) rather than raise a false alarm.
 with
 
 companies as (
@@ -149,6 +151,7 @@ joined as (
             when not streams.is_incremental
                 or last_success.sync_kind in ('backfill', 'reset')
                 or last_success.started_at = last_success.first_success_started_at then 'full_read'
+            when stats.value -> 'window_total' is not null then 'window_count'
             else 'changes_only'
         end as reconciliation_scope,
         coalesce(record_counts.current_record_count, 0) as current_record_count,
@@ -193,15 +196,18 @@ final as (
         cast(stream_stats ->> 'deletions' as integer) as deletions_recorded,
         cast(stream_stats ->> 'quarantined' as integer) as rows_quarantined,
         cast(stream_stats ->> 'total_reported' as integer) as total_reported,
+        cast(stream_stats ->> 'window_total' as integer) as window_total,
         current_record_count,
         deleted_record_count,
         last_version_landed_at,
         reconciliation_scope,
-        case when reconciliation_scope = 'full_read'
-                then current_record_count - cast(stream_stats ->> 'total_reported' as integer)
+        case reconciliation_scope
+            when 'full_read' then current_record_count - cast(stream_stats ->> 'total_reported' as integer)
+            when 'window_count' then current_record_count - cast(stream_stats ->> 'window_total' as integer)
         end as record_count_difference,
-        case when reconciliation_scope = 'full_read'
-                then current_record_count = cast(stream_stats ->> 'total_reported' as integer)
+        case reconciliation_scope
+            when 'full_read' then current_record_count = cast(stream_stats ->> 'total_reported' as integer)
+            when 'window_count' then current_record_count = cast(stream_stats ->> 'window_total' as integer)
         end as is_reconciled
     from joined
 )
