@@ -153,7 +153,7 @@ def test_company_dag_then_dbt_equals_what_sage_holds(sage: FakeSageServer, env: 
     # Sage's count of the whole synced window, not left NULL.
     health = warehouse.execute(
         "select stream, reconciliation_scope, is_reconciled, window_total, current_record_count "
-        "from analytics.sync_health where company_id = %s and stream_kind = 'document' order by stream",
+        "from analytics.rpt_sync_health where company_id = %s and stream_kind = 'document' order by stream",
         (company,)).fetchall()
     assert [h[0] for h in health] == sorted(SPEND_STREAMS)
     for stream, scope, reconciled, window_total, held_now in health:
