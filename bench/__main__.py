@@ -20,45 +20,68 @@ def _run_one(name: str, args: argparse.Namespace, extract_details: dict) -> list
     """One benchmark by name (imported on demand: each pulls in its own stack)."""
     if name == "load":
         from bench import load  # noqa: PLC0415
+
         return [load.run(args.records)]
     if name == "extract":
         from bench import extract  # noqa: PLC0415
+
         return extract.run(args.extract_records, args.extract_small)
     if name == "dbt":
         from bench import dbt_build  # noqa: PLC0415
+
         return [dbt_build.run(args.scale)]
     if name == "dagparse":
         from bench import dagparse  # noqa: PLC0415
+
         return [dagparse.run([int(n) for n in args.companies.split(",")])]
     if name == "budget":
         from bench import budget  # noqa: PLC0415
+
         return [budget.run(extract_details.get("requests_per_1000"))]
     from bench import deployment  # noqa: PLC0415
+
     return deployment.run(args.deploy_companies, days=args.deploy_days)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("which", nargs="*", default=["all"],
-                        choices=["all", "load", "extract", "dbt", "dagparse", "budget", "deployment"])
+    parser.add_argument(
+        "which",
+        nargs="*",
+        default=["all"],
+        choices=["all", "load", "extract", "dbt", "dagparse", "budget", "deployment"],
+    )
     parser.add_argument("--records", type=int, default=1_000_000, help="load: records to land")
-    parser.add_argument("--extract-records", type=int, default=1_000_000,
-                        help="extract: invoices of the big company (0 ms run, memory)")
-    parser.add_argument("--extract-small", type=int, default=100_000,
-                        help="extract: invoices of the small company (memory flatness, 50 ms run)")
+    parser.add_argument(
+        "--extract-records", type=int, default=1_000_000, help="extract: invoices of the big company (0 ms run, memory)"
+    )
+    parser.add_argument(
+        "--extract-small",
+        type=int,
+        default=100_000,
+        help="extract: invoices of the small company (memory flatness, 50 ms run)",
+    )
     parser.add_argument("--scale", type=int, default=5_000_000, help="dbt: raw versions (the issue's 5,000,000)")
     parser.add_argument("--companies", default="10,100,1000", help="dagparse: company counts")
-    parser.add_argument("--deploy-companies", type=int, default=200,
-                        help="deployment: small companies on the real deployment, run with 1 then 2 workers")
-    parser.add_argument("--deploy-days", type=int, default=2, choices=[1, 2],
-                        help="deployment: 1 = first syncs only, 2 = then a daily run")
+    parser.add_argument(
+        "--deploy-companies",
+        type=int,
+        default=200,
+        help="deployment: small companies on the real deployment, run with 1 then 2 workers",
+    )
+    parser.add_argument(
+        "--deploy-days",
+        type=int,
+        default=2,
+        choices=[1, 2],
+        help="deployment: 1 = first syncs only, 2 = then a daily run",
+    )
     parser.add_argument("--json", dest="json_out", help="also write the results as JSON here")
     args = parser.parse_args(argv)
     names = ("load", "extract", "dbt", "dagparse", "budget", "deployment")
     which = set(names) if "all" in args.which else set(args.which)
 
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-          flush=True)
+    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}", flush=True)
     results: list[Result] = []
     started = time.monotonic()
     extract_details: dict = {}
@@ -91,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
 def summary_table(results: list[Result]) -> str:
     """One row per result: figure, baseline, ratio, target and verdict (a Markdown table)."""
     header = ("benchmark", "figure", "project", "baseline", "ratio", "target", "verdict")
-    rows = [header] + [(r.name, r.metric, f"{r.project:,.2f}", f"{r.baseline:,.2f}", f"{r.ratio:.3f}",
-                        r.target, r.verdict) for r in results]
+    rows = [header] + [
+        (r.name, r.metric, f"{r.project:,.2f}", f"{r.baseline:,.2f}", f"{r.ratio:.3f}", r.target, r.verdict)
+        for r in results
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")

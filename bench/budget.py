@@ -66,10 +66,22 @@ def run(requests_per_1000: float | None = None) -> Result:
     failed = [o for o in free_out + lim_out if not isinstance(o, str)]
     rate, free_rate = lim_n / lim_s, free_n / free_s
     ok = rate <= LIMIT + BURST / lim_s + 0.5 and not failed
-    return Result("5 budget", f"requests/s, 4 companies at once under a {LIMIT:g}/s shared limit (429 storm)",
-                  rate, free_rate, rate / LIMIT, f"<= {LIMIT:g}/s (+burst), 429s absorbed, no failed run",
-                  "PASS" if ok else f"FAIL ({len(failed)} failed: {failed[:1]})",
-                  {"requests_per_1000_used": round(per_1000, 3), "daily_limit": SAGE_DAILY_LIMIT,
-                   "initial_syncs_per_day_by_company_size": per_day, "limited_requests": lim_n,
-                   "limited_seconds": round(lim_s, 1), "unlimited_requests": free_n,
-                   "unlimited_seconds": round(free_s, 1), "runs": len(free_out) + len(lim_out)})
+    return Result(
+        "5 budget",
+        f"requests/s, 4 companies at once under a {LIMIT:g}/s shared limit (429 storm)",
+        rate,
+        free_rate,
+        rate / LIMIT,
+        f"<= {LIMIT:g}/s (+burst), 429s absorbed, no failed run",
+        "PASS" if ok else f"FAIL ({len(failed)} failed: {failed[:1]})",
+        {
+            "requests_per_1000_used": round(per_1000, 3),
+            "daily_limit": SAGE_DAILY_LIMIT,
+            "initial_syncs_per_day_by_company_size": per_day,
+            "limited_requests": lim_n,
+            "limited_seconds": round(lim_s, 1),
+            "unlimited_requests": free_n,
+            "unlimited_seconds": round(free_s, 1),
+            "runs": len(free_out) + len(lim_out),
+        },
+    )

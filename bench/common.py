@@ -36,8 +36,10 @@ class Result:
     details: dict[str, Any] = field(default_factory=dict)
 
     def line(self) -> str:
-        return (f"[{self.name}] {self.metric}: project {self.project:,.2f} vs baseline {self.baseline:,.2f} "
-                f"-> ratio {self.ratio:.3f}; target {self.target}: {self.verdict}")
+        return (
+            f"[{self.name}] {self.metric}: project {self.project:,.2f} vs baseline {self.baseline:,.2f} "
+            f"-> ratio {self.ratio:.3f}; target {self.target}: {self.verdict}"
+        )
 
 
 @contextmanager
@@ -60,9 +62,17 @@ def scratch_db(prefix: str = "sage_bench") -> Iterator[str]:
 
 def warehouse_env(dsn: str) -> dict[str, str]:
     params = psycopg.conninfo.conninfo_to_dict(dsn)
-    return {"AIRFLOW_CONN_SAGE_WAREHOUSE": json.dumps({
-        "conn_type": "postgres", "host": params.get("host", "127.0.0.1"), "port": int(params.get("port", 5432)),
-        "login": params.get("user", "postgres"), "schema": params["dbname"]})}
+    return {
+        "AIRFLOW_CONN_SAGE_WAREHOUSE": json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": params.get("host", "127.0.0.1"),
+                "port": int(params.get("port", 5432)),
+                "login": params.get("user", "postgres"),
+                "schema": params["dbname"],
+            }
+        )
+    }
 
 
 def ensure_fernet() -> None:

@@ -26,12 +26,22 @@ print(json.dumps({"seconds": time.perf_counter() - t, "dags": len(bag.dags), "er
 
 
 def _parse(dsn: str, snapshot: str) -> dict:
-    env = {**os.environ, **warehouse_env(dsn), "SAGE_REGISTRY_SNAPSHOT": snapshot,
-           "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT}"}
+    env = {
+        **os.environ,
+        **warehouse_env(dsn),
+        "SAGE_REGISTRY_SNAPSHOT": snapshot,
+        "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT}",
+    }
     best = None
     for _ in range(2):  # best of 2: the first parse of a process pays the same imports either way
-        out = subprocess.run([sys.executable, "-c", CHILD, str(ROOT / "dags" / "sage_company_sync.py")],
-                             env=env, capture_output=True, text=True, timeout=600, check=False)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(ROOT / "dags" / "sage_company_sync.py")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
         if out.returncode:
             raise RuntimeError(out.stderr[-2000:])
         got = json.loads(out.stdout.strip().splitlines()[-1])
@@ -50,7 +60,9 @@ def run(counts: list[int]) -> Result:
                 conn.execute(
                     "insert into sage_control.companies (company_id, company_name, status, synced_from_quarter) "
                     "select md5(g::text), 'Company ' || g, 'active', '2024-Q1' "
-                    "from generate_series(%s::int, %s::int) g", (have + 1, n))
+                    "from generate_series(%s::int, %s::int) g",
+                    (have + 1, n),
+                )
                 conn.commit()
             have = n
             rows[n] = _parse(dsn, snapshot)
@@ -59,6 +71,13 @@ def run(counts: list[int]) -> Result:
     top = max(counts)
     seconds = rows[top]["seconds"]
     ok = seconds < 5 and rows[top]["dags"] >= top and not rows[top]["errors"]
-    return Result("4 dagparse", f"parse seconds, {top} companies vs empty registry", seconds, rows[0]["seconds"],
-                  seconds / max(rows[0]["seconds"], 1e-9), f"{top} companies < 5 s", "PASS" if ok else "FAIL",
-                  {str(n): round(r["seconds"], 3) for n, r in rows.items()})
+    return Result(
+        "4 dagparse",
+        f"parse seconds, {top} companies vs empty registry",
+        seconds,
+        rows[0]["seconds"],
+        seconds / max(rows[0]["seconds"], 1e-9),
+        f"{top} companies < 5 s",
+        "PASS" if ok else "FAIL",
+        {str(n): round(r["seconds"], 3) for n, r in rows.items()},
+    )

@@ -25,12 +25,31 @@ DBT = str(ROOT / ".venv" / "bin" / "dbt")
 
 
 def _dbt(args: list[str], dbname: str, tmp: str) -> float:
-    env = {**os.environ, "SAGE_PG_DBNAME": dbname, "DBT_PROFILES_DIR": str(ROOT / "dbt"),
-           "DBT_SEND_ANONYMOUS_USAGE_STATS": "False"}
+    env = {
+        **os.environ,
+        "SAGE_PG_DBNAME": dbname,
+        "DBT_PROFILES_DIR": str(ROOT / "dbt"),
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
+    }
     started = time.perf_counter()
-    out = subprocess.run([DBT, *args, "--project-dir", str(ROOT / "dbt"), "--target-path", f"{tmp}/target",
-                          "--log-path", f"{tmp}/logs", "--quiet"], env=env, capture_output=True, text=True,
-                         timeout=7200, check=False)
+    out = subprocess.run(
+        [
+            DBT,
+            *args,
+            "--project-dir",
+            str(ROOT / "dbt"),
+            "--target-path",
+            f"{tmp}/target",
+            "--log-path",
+            f"{tmp}/logs",
+            "--quiet",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=7200,
+        check=False,
+    )
     if out.returncode:
         raise RuntimeError(f"dbt {' '.join(args)} failed: {(out.stdout + out.stderr)[-1500:]}")
     return time.perf_counter() - started
@@ -50,8 +69,9 @@ def _emissions_models(tmp: str) -> dict[str, float]:
     import json  # noqa: PLC0415
 
     results = json.loads(Path(tmp, "target", "run_results.json").read_text())["results"]
-    return {r["unique_id"].split(".")[-1]: round(r["execution_time"], 1) for r in results
-            if "emission" in r["unique_id"]}
+    return {
+        r["unique_id"].split(".")[-1]: round(r["execution_time"], 1) for r in results if "emission" in r["unique_id"]
+    }
 
 
 def run(scale: int = 500_000) -> Result:
@@ -59,8 +79,11 @@ def run(scale: int = 500_000) -> Result:
     from sandbox.fake_sage.server import FakeSageServer  # noqa: PLC0415
 
     changed = max(1, scale // 500)
-    with FakeSageServer(seed=4, scale=4.0) as sage, scratch_db("sage_bench_dbt") as dsn, \
-            tempfile.TemporaryDirectory() as tmp:
+    with (
+        FakeSageServer(seed=4, scale=4.0) as sage,
+        scratch_db("sage_bench_dbt") as dsn,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         company = connect_company(sage, dsn, "greenleaf")
         sync.run_company(company)
         dbname = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
@@ -69,8 +92,9 @@ def run(scale: int = 500_000) -> Result:
             # (var incremental_lookback) then holds only the day's changes. Aged before multiplying,
             # so the copies inherit it and 5M rows are not rewritten.
             for (table,) in conn.execute(
-                    "select table_name from information_schema.columns where table_schema = 'sage_raw' "
-                    "and column_name = '_extracted_at'").fetchall():
+                "select table_name from information_schema.columns where table_schema = 'sage_raw' "
+                "and column_name = '_extracted_at'"
+            ).fetchall():
                 conn.execute(f"update sage_raw.{table} set _extracted_at = _extracted_at - interval '2 days'")
             base = conn.execute("select count(*) from sage_raw.purchase_invoices").fetchone()[0]
             copies = max(0, (scale - base) // base)
@@ -78,7 +102,9 @@ def run(scale: int = 500_000) -> Result:
                 "insert into sage_raw.purchase_invoices select company_id, record_id || '-' || g, "
                 "source_updated_at, jsonb_set(payload, '{id}', to_jsonb(record_id || '-' || g)), "
                 "md5(content_hash || g), _extracted_at, _sync_run_id "
-                "from sage_raw.purchase_invoices cross join generate_series(1, %s::int) g", (copies,))
+                "from sage_raw.purchase_invoices cross join generate_series(1, %s::int) g",
+                (copies,),
+            )
             conn.commit()
             conn.execute("analyze")
             versions = conn.execute("select count(*) from sage_raw.purchase_invoices").fetchone()[0]
@@ -92,21 +118,38 @@ def run(scale: int = 500_000) -> Result:
                 "+ interval '1 day', jsonb_set(payload, '{notes}', '\"changed\"'), md5(content_hash || 'c'), "
                 "now(), 'bench-daily' from (select distinct on (record_id) * from sage_raw.purchase_invoices "
                 "where (company_id, record_id) in (select company_id, record_id from sage_raw.purchase_invoices "
-                "order by company_id, record_id limit %s) order by record_id, _extracted_at desc) v", (changed,))
+                "order by company_id, record_id limit %s) order by record_id, _extracted_at desc) v",
+                (changed,),
+            )
             conn.commit()
         daily = _dbt(["run"], dbname, tmp)
         daily_slowest = _slowest(tmp)
         daily_emissions = _emissions_models(tmp)
         with psycopg.connect(dsn) as conn:
             started = time.perf_counter()
-            quarters = conn.execute("select count(*) from analytics.rpt_emissions_coverage where company_id = %s",
-                                    (company,)).fetchone()[0]
+            quarters = conn.execute(
+                "select count(*) from analytics.rpt_emissions_coverage where company_id = %s", (company,)
+            ).fetchone()[0]
             coverage_query = time.perf_counter() - started
     ratio = daily / full
-    return Result("3 dbt", f"seconds, daily run ({changed:,} changed) vs full refresh, {versions:,} raw versions",
-                  daily, full, ratio, "<= 0.10 of full refresh", "PASS" if ratio <= 0.1 else "FAIL",
-                  {"raw_versions": versions, "changed": changed, "full_refresh_s": round(full, 1),
-                   "daily_s": round(daily, 1), "slowest_models_full": full_slowest,
-                   "slowest_models_daily": daily_slowest, "emissions_models_full": full_emissions,
-                   "emissions_models_daily": daily_emissions,
-                   "coverage_query_s": round(coverage_query, 1), "coverage_quarters": quarters})
+    return Result(
+        "3 dbt",
+        f"seconds, daily run ({changed:,} changed) vs full refresh, {versions:,} raw versions",
+        daily,
+        full,
+        ratio,
+        "<= 0.10 of full refresh",
+        "PASS" if ratio <= 0.1 else "FAIL",
+        {
+            "raw_versions": versions,
+            "changed": changed,
+            "full_refresh_s": round(full, 1),
+            "daily_s": round(daily, 1),
+            "slowest_models_full": full_slowest,
+            "slowest_models_daily": daily_slowest,
+            "emissions_models_full": full_emissions,
+            "emissions_models_daily": daily_emissions,
+            "coverage_query_s": round(coverage_query, 1),
+            "coverage_quarters": quarters,
+        },
+    )

@@ -105,9 +105,16 @@ def _one(companies: int, workers: int, timeout: float, days: int = 2) -> dict[st
         with FakeSageServer(seed=131, volumes=volumes, scale=0.0) as sage:
             values = {
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": meta_sa,
-                "AIRFLOW_CONN_SAGE_WAREHOUSE": json.dumps({
-                    "conn_type": "postgres", "host": p.get("host", "127.0.0.1"), "port": int(p.get("port", 5432)),
-                    "login": p.get("user", "postgres"), "password": p.get("password") or "unused", "schema": wh_db}),
+                "AIRFLOW_CONN_SAGE_WAREHOUSE": json.dumps(
+                    {
+                        "conn_type": "postgres",
+                        "host": p.get("host", "127.0.0.1"),
+                        "port": int(p.get("port", 5432)),
+                        "login": p.get("user", "postgres"),
+                        "password": p.get("password") or "unused",
+                        "schema": wh_db,
+                    }
+                ),
                 "AIRFLOW_CONN_SAGE_DEFAULT": sage.airflow_conn_json(),
                 "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
                 "SAGE_PG_DBNAME": wh_db,
@@ -118,8 +125,11 @@ def _one(companies: int, workers: int, timeout: float, days: int = 2) -> dict[st
             dep = deploy.up(state, workers=workers, overrides=values, migrate=True, timeout=600)
             try:
                 up_s = time.monotonic() - t0
-                _wait(lambda: _meta(meta_dsn, "select 1 from dag where dag_id = 'sage_transform'"),
-                      "sage_transform to be parsed", 300)
+                _wait(
+                    lambda: _meta(meta_dsn, "select 1 from dag where dag_id = 'sage_transform'"),
+                    "sage_transform to be parsed",
+                    300,
+                )
                 dep.airflow("dags", "unpause", "sage_transform")
                 ids = []
                 for business in sage.admin.businesses():
@@ -153,37 +163,69 @@ def _day(sage: Any, meta_dsn: str, dag_ids: list[str], day: int, timeout: float)
     """Make day ``day`` due (day 1: already due once parsed), wait for it and the marts; its figures."""
     sage.admin.clear_request_log()
     if day == 1:
+
         def all_created() -> list[tuple] | None:
-            rows = _meta(meta_dsn, "select dag_id, min(queued_at) from dag_run where dag_id = any(%s) group by 1",
-                         (dag_ids,))
+            rows = _meta(
+                meta_dsn, "select dag_id, min(queued_at) from dag_run where dag_id = any(%s) group by 1", (dag_ids,)
+            )
             return rows if len(rows) == len(dag_ids) else None
+
         due = min(r[1] for r in _wait(all_created, "every company's first run", timeout))
     else:
         due = _meta(meta_dsn, "select now()")[0][0]
+
         def created() -> bool:
-            missing = _meta(meta_dsn, "select d from unnest(%s::text[]) d where (select count(*) from dag_run r "
-                            "where r.dag_id = d) < %s", (dag_ids, day))
+            missing = _meta(
+                meta_dsn,
+                "select d from unnest(%s::text[]) d where (select count(*) from dag_run r where r.dag_id = d) < %s",
+                (dag_ids, day),
+            )
             if missing:
-                _meta(meta_dsn, "update dag set next_dagrun_create_after = now() where dag_id = any(%s) "
-                      "and next_dagrun_create_after > now()", ([m[0] for m in missing],))
+                _meta(
+                    meta_dsn,
+                    "update dag set next_dagrun_create_after = now() where dag_id = any(%s) "
+                    "and next_dagrun_create_after > now()",
+                    ([m[0] for m in missing],),
+                )
             return not missing
+
         _wait(created, f"day {day}'s runs", timeout)
+
     def finished() -> bool:
         states = _meta(meta_dsn, "select state, count(*) from dag_run where dag_id = any(%s) group by 1", (dag_ids,))
         counts = dict(states)
         if counts.get("failed"):
             raise RuntimeError(f"company runs failed: {counts}")
         return counts.get("success", 0) == day * len(dag_ids)
+
     _wait(finished, f"day {day}'s company runs", timeout)
-    last_finish = _meta(meta_dsn, "select max(end_date) from task_instance where dag_id = any(%s) "
-                        "and task_id = 'finish'", (dag_ids,))[0][0]
-    transform = _wait(lambda: _meta(meta_dsn, "select end_date from dag_run where dag_id = 'sage_transform' "
-                                    "and start_date > %s and state = 'success' order by start_date limit 1",
-                                    (last_finish,)), "the transform after the last sync", timeout)[0][0]
-    firsts = [r[0] for r in _meta(meta_dsn, "select min(start_date) from task_instance where dag_id = any(%s) "
-                                  "and start_date >= %s group by dag_id", (dag_ids, due))]
-    pooled = _meta(meta_dsn, "select start_date, end_date from task_instance where pool = 'sage_api' and "
-                   "start_date >= %s and end_date is not null", (due,))
+    last_finish = _meta(
+        meta_dsn, "select max(end_date) from task_instance where dag_id = any(%s) and task_id = 'finish'", (dag_ids,)
+    )[0][0]
+    transform = _wait(
+        lambda: _meta(
+            meta_dsn,
+            "select end_date from dag_run where dag_id = 'sage_transform' "
+            "and start_date > %s and state = 'success' order by start_date limit 1",
+            (last_finish,),
+        ),
+        "the transform after the last sync",
+        timeout,
+    )[0][0]
+    firsts = [
+        r[0]
+        for r in _meta(
+            meta_dsn,
+            "select min(start_date) from task_instance where dag_id = any(%s) and start_date >= %s group by dag_id",
+            (dag_ids, due),
+        )
+    ]
+    pooled = _meta(
+        meta_dsn,
+        "select start_date, end_date from task_instance where pool = 'sage_api' and "
+        "start_date >= %s and end_date is not null",
+        (due,),
+    )
     window = (max(e for _, e in pooled) - min(s for s, _ in pooled)).total_seconds() if pooled else 0.0
     requests = len([r for r in sage.admin.request_log() if r["path"].startswith("/v3.1")])
     slots = _meta(meta_dsn, "select slots from slot_pool where pool = 'sage_api'")[0][0]
@@ -192,14 +234,17 @@ def _day(sage: Any, meta_dsn: str, dag_ids: list[str], day: int, timeout: float)
         "due_to_last_sync_s": round((last_finish - due).total_seconds(), 1),
         "scheduler_lag_s": round((min(firsts) - due).total_seconds(), 1),
         "median_company_start_s": round(statistics.median((f - due).total_seconds() for f in firsts), 1),
-        "peak_pool_tasks": _max_overlap(pooled), "pool_slots": slots,
-        "sage_requests": requests, "requests_per_s": round(requests / window, 2) if window else 0.0,
+        "peak_pool_tasks": _max_overlap(pooled),
+        "pool_slots": slots,
+        "sage_requests": requests,
+        "requests_per_s": round(requests / window, 2) if window else 0.0,
         "rate_limit_per_s": float(os.environ.get("SAGE_RATE_LIMIT_PER_S") or 12),
     }
 
 
-def run(companies: int, worker_counts: tuple[int, ...] = (1, 2), timeout: float = 3600.0,
-        days: int = 2) -> list[Result]:
+def run(
+    companies: int, worker_counts: tuple[int, ...] = (1, 2), timeout: float = 3600.0, days: int = 2
+) -> list[Result]:
     """Both worker counts; the headline is the last day's due->marts time, 1 worker vs 2."""
     rows = []
     for workers in worker_counts:
@@ -209,7 +254,15 @@ def run(companies: int, worker_counts: tuple[int, ...] = (1, 2), timeout: float 
     one, two = rows[0], rows[-1]
     ratio = one[day]["due_to_marts_s"] / max(two[day]["due_to_marts_s"], 1e-9)
     within_pool = all(r[d]["peak_pool_tasks"] <= r[d]["pool_slots"] for r in rows for d in ("day1", "day2") if r[d])
-    return [Result("6 deployment", f"{day} due->marts s, {companies} companies, {two['workers']} workers "
-                   f"(baseline: {one['workers']})", two[day]["due_to_marts_s"], one[day]["due_to_marts_s"],
-                   1 / ratio if ratio else 0.0, "pool held; figures reported", "PASS" if within_pool else "FAIL",
-                   {"speed_up_2_vs_1": round(ratio, 3), "runs": rows})]
+    return [
+        Result(
+            "6 deployment",
+            f"{day} due->marts s, {companies} companies, {two['workers']} workers (baseline: {one['workers']})",
+            two[day]["due_to_marts_s"],
+            one[day]["due_to_marts_s"],
+            1 / ratio if ratio else 0.0,
+            "pool held; figures reported",
+            "PASS" if within_pool else "FAIL",
+            {"speed_up_2_vs_1": round(ratio, 3), "runs": rows},
+        )
+    ]

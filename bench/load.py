@@ -33,31 +33,57 @@ def make_page(start: int, rng: random.Random) -> list[dict[str, Any]]:
         lines = []
         for k in range(rng.randint(1, 3)):
             line_net = round(net / (k + 1), 2)
-            lines.append({
-                "id": f"{n:08x}l{k}", "displayed_as": "Goods", "description": f"Line {k} of invoice {n}",
-                "ledger_account": {"id": f"la{5000 + k}", "displayed_as": f"Purchases ({5000 + k})"},
-                "quantity": "1.0", "unit_price": f"{line_net:.2f}", "net_amount": f"{line_net:.2f}",
-                "tax_rate": {"id": "GB_STANDARD"}, "tax_amount": f"{line_net * 0.2:.2f}",
-                "total_amount": f"{line_net * 1.2:.2f}", "base_currency_net_amount": f"{line_net:.2f}",
-                "base_currency_tax_amount": f"{line_net * 0.2:.2f}",
-                "base_currency_total_amount": f"{line_net * 1.2:.2f}"})
+            lines.append(
+                {
+                    "id": f"{n:08x}l{k}",
+                    "displayed_as": "Goods",
+                    "description": f"Line {k} of invoice {n}",
+                    "ledger_account": {"id": f"la{5000 + k}", "displayed_as": f"Purchases ({5000 + k})"},
+                    "quantity": "1.0",
+                    "unit_price": f"{line_net:.2f}",
+                    "net_amount": f"{line_net:.2f}",
+                    "tax_rate": {"id": "GB_STANDARD"},
+                    "tax_amount": f"{line_net * 0.2:.2f}",
+                    "total_amount": f"{line_net * 1.2:.2f}",
+                    "base_currency_net_amount": f"{line_net:.2f}",
+                    "base_currency_tax_amount": f"{line_net * 0.2:.2f}",
+                    "base_currency_total_amount": f"{line_net * 1.2:.2f}",
+                }
+            )
         supplier = SUPPLIERS[n % len(SUPPLIERS)]
-        items.append({
-            "id": hashlib.blake2b(str(n).encode(), digest_size=16).hexdigest(),
-            "displayed_as": f"PI-{n}", "$path": f"/purchase_invoices/{n}",
-            "created_at": updated.isoformat().replace("+00:00", "Z"),
-            "updated_at": updated.isoformat().replace("+00:00", "Z"), "deleted_at": None,
-            "transaction_type": {"id": "PURCHASE_INVOICE", "displayed_as": "Purchase Invoice"},
-            "contact": {"id": f"c{n % 40}", "displayed_as": supplier}, "contact_name": supplier,
-            "contact_reference": f"SUP{n % 40:03d}", "date": (updated.date()).isoformat(),
-            "due_date": (updated.date() + timedelta(days=30)).isoformat(), "reference": f"PI-{n}",
-            "vendor_reference": f"INV{n:07d}", "notes": None, "net_amount": f"{net:.2f}",
-            "tax_amount": f"{net * 0.2:.2f}", "total_amount": f"{net * 1.2:.2f}",
-            "outstanding_amount": "0.00", "total_paid": f"{net * 1.2:.2f}", "currency": {"id": "GBP"},
-            "exchange_rate": "1.0", "inverse_exchange_rate": "1.0",
-            "base_currency_net_amount": f"{net:.2f}", "base_currency_tax_amount": f"{net * 0.2:.2f}",
-            "base_currency_total_amount": f"{net * 1.2:.2f}", "status": {"id": "PAID"}, "void_reason": None,
-            "invoice_lines": lines})
+        items.append(
+            {
+                "id": hashlib.blake2b(str(n).encode(), digest_size=16).hexdigest(),
+                "displayed_as": f"PI-{n}",
+                "$path": f"/purchase_invoices/{n}",
+                "created_at": updated.isoformat().replace("+00:00", "Z"),
+                "updated_at": updated.isoformat().replace("+00:00", "Z"),
+                "deleted_at": None,
+                "transaction_type": {"id": "PURCHASE_INVOICE", "displayed_as": "Purchase Invoice"},
+                "contact": {"id": f"c{n % 40}", "displayed_as": supplier},
+                "contact_name": supplier,
+                "contact_reference": f"SUP{n % 40:03d}",
+                "date": (updated.date()).isoformat(),
+                "due_date": (updated.date() + timedelta(days=30)).isoformat(),
+                "reference": f"PI-{n}",
+                "vendor_reference": f"INV{n:07d}",
+                "notes": None,
+                "net_amount": f"{net:.2f}",
+                "tax_amount": f"{net * 0.2:.2f}",
+                "total_amount": f"{net * 1.2:.2f}",
+                "outstanding_amount": "0.00",
+                "total_paid": f"{net * 1.2:.2f}",
+                "currency": {"id": "GBP"},
+                "exchange_rate": "1.0",
+                "inverse_exchange_rate": "1.0",
+                "base_currency_net_amount": f"{net:.2f}",
+                "base_currency_tax_amount": f"{net * 0.2:.2f}",
+                "base_currency_total_amount": f"{net * 1.2:.2f}",
+                "status": {"id": "PAID"},
+                "void_reason": None,
+                "invoice_lines": lines,
+            }
+        )
     return items
 
 
@@ -65,15 +91,28 @@ _CANON = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", "
 
 
 def _bare_copy(conn: psycopg.Connection, company: str, run_id: str, page: list[dict[str, Any]]) -> None:
-    with conn.cursor() as cur, cur.copy(
+    with (
+        conn.cursor() as cur,
+        cur.copy(
             "copy bench.copy_target (company_id, record_id, source_updated_at, payload, content_hash, "
-            "_extracted_at, _sync_run_id) from stdin (format binary)") as copy:
+            "_extracted_at, _sync_run_id) from stdin (format binary)"
+        ) as copy,
+    ):
         copy.set_types(["text", "text", "timestamptz", "jsonb", "text", "timestamptz", "text"])
         now = datetime.now(UTC)
         for record in page:
             data = _CANON.encode(record).encode()
-            copy.write_row((company, record["id"], datetime.fromisoformat(record["updated_at"]),
-                            Jsonb(data, lambda b: b), hashlib.sha256(data).hexdigest(), now, run_id))
+            copy.write_row(
+                (
+                    company,
+                    record["id"],
+                    datetime.fromisoformat(record["updated_at"]),
+                    Jsonb(data, lambda b: b),
+                    hashlib.sha256(data).hexdigest(),
+                    now,
+                    run_id,
+                )
+            )
     conn.commit()
 
 
@@ -106,7 +145,18 @@ def run(records: int = 1_000_000) -> Result:
     assert landed == copied == pages * PAGE, (landed, copied)
     rate_p, rate_b = landed / project.seconds, copied / baseline.seconds
     ratio = rate_p / rate_b
-    return Result("1 load", "records/s", rate_p, rate_b, ratio, ">= 0.90 of COPY rate",
-                  "PASS" if ratio >= 0.9 else "FAIL",
-                  {"records": landed, "project_s": round(project.seconds, 1),
-                   "baseline_s": round(baseline.seconds, 1), "page_json_bytes": size})
+    return Result(
+        "1 load",
+        "records/s",
+        rate_p,
+        rate_b,
+        ratio,
+        ">= 0.90 of COPY rate",
+        "PASS" if ratio >= 0.9 else "FAIL",
+        {
+            "records": landed,
+            "project_s": round(project.seconds, 1),
+            "baseline_s": round(baseline.seconds, 1),
+            "page_json_bytes": size,
+        },
+    )

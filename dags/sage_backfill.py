@@ -49,8 +49,9 @@ def valid_quarters(companies: list[DagCompany], today: datetime | None = None) -
     """
     now = Quarter.containing((today or datetime.now(UTC)).date())
     latest = max((Quarter.parse(c.synced_from_quarter).previous() for c in companies), default=now.previous())
-    floor = min(Quarter(now.year - FLOOR_YEARS, 1),
-                *(Quarter.parse(c.synced_from_quarter).previous() for c in companies))
+    floor = min(
+        Quarter(now.year - FLOOR_YEARS, 1), *(Quarter.parse(c.synced_from_quarter).previous() for c in companies)
+    )
     quarters, quarter = [], latest
     while quarter >= floor:
         quarters.append(str(quarter))
@@ -59,28 +60,49 @@ def valid_quarters(companies: list[DagCompany], today: datetime | None = None) -
 
 
 def _quarter_param(companies: list[DagCompany]) -> Param:
-    description = ("A quarter earlier than the company's current Synced From (shown beside the company); "
-                   "documents dated from its first day are imported")
+    description = (
+        "A quarter earlier than the company's current Synced From (shown beside the company); "
+        "documents dated from its first day are imported"
+    )
     if not companies:
-        return Param(str(Quarter.containing(datetime.now(UTC).date()).previous()), type="string",
-                     pattern=f"^{QUARTER_PATTERN}$", title="New Synced From", description=description)
+        return Param(
+            str(Quarter.containing(datetime.now(UTC).date()).previous()),
+            type="string",
+            pattern=f"^{QUARTER_PATTERN}$",
+            title="New Synced From",
+            description=description,
+        )
     quarters = valid_quarters(companies)
     # The default is the quarter just before the default company's Synced From: always valid for it.
     default = str(Quarter.parse(companies[0].synced_from_quarter).previous())
-    return Param(default, type="string", enum=quarters, title="New Synced From", description=description,
-                 values_display={q: f"{q} (from {Quarter.parse(q).start_date:%-d %b %Y})" for q in quarters})
+    return Param(
+        default,
+        type="string",
+        enum=quarters,
+        title="New Synced From",
+        description=description,
+        values_display={q: f"{q} (from {Quarter.parse(q).start_date:%-d %b %Y})" for q in quarters},
+    )
 
 
 def _company_param(companies: list[DagCompany]) -> Param:
     if not companies:
         # No registry (yet): a free-text id, checked by `validate` at run time.
-        return Param("", type="string", minLength=1, title="Company",
-                     description="Sage business id of a connected company (none is connected yet)")
+        return Param(
+            "",
+            type="string",
+            minLength=1,
+            title="Company",
+            description="Sage business id of a connected company (none is connected yet)",
+        )
     return Param(
-        companies[0].company_id, type="string", title="Company",
+        companies[0].company_id,
+        type="string",
+        title="Company",
         enum=[c.company_id for c in companies],
-        values_display={c.company_id: f"{c.company_name} ({c.status}, from {c.synced_from_quarter})"
-                        for c in companies},
+        values_display={
+            c.company_id: f"{c.company_name} ({c.status}, from {c.synced_from_quarter})" for c in companies
+        },
         description="The connected company whose Synced From moves earlier",
     )
 
@@ -136,8 +158,12 @@ def record_failure(**context) -> None:
     from sage_sync.pipeline import sync  # noqa: PLC0415
 
     params = context["params"]
-    sync.finish_run(params["company_id"], sync.run_key(params["company_id"], context["run_id"]),
-                    status="failed", error="a task of this backfill failed; see its log in Airflow")
+    sync.finish_run(
+        params["company_id"],
+        sync.run_key(params["company_id"], context["run_id"]),
+        status="failed",
+        error="a task of this backfill failed; see its log in Airflow",
+    )
 
 
 with DAG(
@@ -149,8 +175,12 @@ with DAG(
     start_date=datetime(2024, 1, 1),
     catchup=False,
     max_active_runs=1,  # backfills are rare and heavy: one at a time, whatever the company
-    default_args={"owner": "data-engineering", "retries": 2, "retry_delay": timedelta(minutes=5),
-                  "retry_exponential_backoff": True},
+    default_args={
+        "owner": "data-engineering",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=5),
+        "retry_exponential_backoff": True,
+    },
     tags=["sage", "backfill"],
     params={
         "company_id": _company_param(_companies := _form_companies()),

@@ -98,7 +98,9 @@ def record_failure(company_id: str, **context) -> None:
 
     # No XCom to read here: check_connection itself may be the task that failed.
     sync.finish_run(
-        company_id, sync.run_key(company_id, context["run_id"]), status="failed",
+        company_id,
+        sync.run_key(company_id, context["run_id"]),
+        status="failed",
         error="a task of this run failed; see its log in Airflow",
     )
 

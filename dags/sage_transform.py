@@ -91,7 +91,9 @@ def _cosmos_dag() -> DAG:
 
     return DbtDag(
         project_config=ProjectConfig(
-            dbt_project_path=DBT_PROJECT, manifest_path=MANIFEST, project_name="sage_carbon",
+            dbt_project_path=DBT_PROJECT,
+            manifest_path=MANIFEST,
+            project_name="sage_carbon",
             install_dbt_deps=False,
         ),
         profile_config=ProfileConfig(
@@ -99,9 +101,7 @@ def _cosmos_dag() -> DAG:
             target_name="airflow",
             profile_mapping=_warehouse_profile_mapping(),
         ),
-        execution_config=ExecutionConfig(
-            dbt_executable_path=DBT_EXECUTABLE, invocation_mode=InvocationMode.DBT_RUNNER
-        ),
+        execution_config=ExecutionConfig(dbt_executable_path=DBT_EXECUTABLE, invocation_mode=InvocationMode.DBT_RUNNER),
         # One task per model, then every test in one task at the end: a test spanning several
         # models (the reconciliation) can only run once all of them are built, and a task per
         # test would double the run's fixed per-task cost.

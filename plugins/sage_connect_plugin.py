@@ -17,14 +17,20 @@ class SageConnectPlugin(AirflowPlugin):
     """Mounts the Sage connections pages at /sage and links them from Airflow's navigation."""
 
     name = "sage_connect"
-    fastapi_apps: ClassVar[list[dict[str, Any]]] = [
-        {"app": app, "url_prefix": "/sage", "name": "Sage connections"}]
+    fastapi_apps: ClassVar[list[dict[str, Any]]] = [{"app": app, "url_prefix": "/sage", "name": "Sage connections"}]
     # A top-level entry of Airflow's navigation. With ``url_route`` Airflow 3 shows the page inside
     # its own UI (at /plugin/sage-connections, in a frame under Airflow's menu) instead of leaving it.
     # No leading slash: the UI resolves the links against its base URL, so a sub-path base_url works.
     external_views: ClassVar[list[dict[str, Any]]] = [
-        {"name": "Sage connections", "href": "sage/", "destination": "nav", "url_route": "sage-connections",
-         "nav_top_level": True, "icon": "sage/icon.svg"}]
+        {
+            "name": "Sage connections",
+            "href": "sage/",
+            "destination": "nav",
+            "url_route": "sage-connections",
+            "nav_top_level": True,
+            "icon": "sage/icon.svg",
+        }
+    ]
 
 
 __all__ = ["SageConnectPlugin", "app"]

@@ -52,9 +52,12 @@ def model_type(node: dict[str, Any]) -> str:
 
 
 def _models(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {k: v for k, v in manifest["nodes"].items()
-            if v["resource_type"] == "model" and v["package_name"] == manifest["metadata"].get("project_name",
-                                                                                               v["package_name"])}
+    return {
+        k: v
+        for k, v in manifest["nodes"].items()
+        if v["resource_type"] == "model"
+        and v["package_name"] == manifest["metadata"].get("project_name", v["package_name"])
+    }
 
 
 def findings(manifest: dict[str, Any]) -> Iterator[Finding]:
@@ -120,13 +123,18 @@ def _documentation_and_tests(uid: str, node: dict[str, Any], manifest: dict[str,
     for column in node["columns"].values():
         if not (column.get("description") or "").strip():
             yield "fct_undocumented_columns", f"{name}.{column['name']}"
-    attached = [t for t in manifest["nodes"].values()
-                if t["resource_type"] == "test" and t.get("attached_node") == uid and t.get("test_metadata")]
+    attached = [
+        t
+        for t in manifest["nodes"].values()
+        if t["resource_type"] == "test" and t.get("attached_node") == uid and t.get("test_metadata")
+    ]
     by_column: dict[str, set[str]] = {}
     for test in attached:
         by_column.setdefault(test.get("column_name") or "", set()).add(test["test_metadata"]["name"])
-    if not (any(t["test_metadata"]["name"] in PK_TESTS for t in attached)
-            or any({"unique", "not_null"} <= kinds for column, kinds in by_column.items() if column)):
+    if not (
+        any(t["test_metadata"]["name"] in PK_TESTS for t in attached)
+        or any({"unique", "not_null"} <= kinds for column, kinds in by_column.items() if column)
+    ):
         yield "fct_missing_primary_key_tests", name
 
 
@@ -151,8 +159,11 @@ def _source(uid: str, source: dict[str, Any], manifest: dict[str, Any], models: 
 
 def _view_chain(uid: str, manifest: dict[str, Any], models: dict[str, Any]) -> int:
     """How many views, this one included, are stacked on each other up to it (the longest chain)."""
-    parents = [p for p in manifest["parent_map"].get(uid, []) if p in models
-               and models[p]["config"].get("materialized") == "view"]
+    parents = [
+        p
+        for p in manifest["parent_map"].get(uid, [])
+        if p in models and models[p]["config"].get("materialized") == "view"
+    ]
     return 1 + max((_view_chain(p, manifest, models) for p in parents), default=0)
 
 
@@ -182,13 +193,17 @@ def main() -> int:
     found = sorted(set(findings(manifest)))
     excepted = [f for f in found if any(e["fct_name"] == f[0] and _like(e["id_to_exclude"], f[1]) for e in exceptions)]
     failing = [f for f in found if f not in excepted]
-    for rule, resource in (found if args.all else failing):
+    for rule, resource in found if args.all else failing:
         print(f"{rule}: {resource}{'  (excepted)' if (rule, resource) in excepted else ''}")
     counts = Counter(rule for rule, _ in found)
-    print("findings per rule: " + (", ".join(f"{rule} {n}" for rule, n in sorted(counts.items())) or "none")
-          + f"; {len(excepted)} excepted, {len(failing)} failing")
-    unused = [e for e in exceptions
-              if not any(e["fct_name"] == f[0] and _like(e["id_to_exclude"], f[1]) for f in found)]
+    print(
+        "findings per rule: "
+        + (", ".join(f"{rule} {n}" for rule, n in sorted(counts.items())) or "none")
+        + f"; {len(excepted)} excepted, {len(failing)} failing"
+    )
+    unused = [
+        e for e in exceptions if not any(e["fct_name"] == f[0] and _like(e["id_to_exclude"], f[1]) for f in found)
+    ]
     for e in unused:
         print(f"stale exception (nothing matches it any more): {e['fct_name']} {e['id_to_exclude']}")
     return 1 if failing or unused else 0

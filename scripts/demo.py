@@ -79,8 +79,7 @@ def run_parallel(commands: dict[str, list[str]]) -> float:
             failed.append(name)
         log.close()
     if failed:
-        tails = "\n".join(f"--- {n}\n" + "\n".join((LOGS / f"{n}.log").read_text().splitlines()[-25:])
-                          for n in failed)
+        tails = "\n".join(f"--- {n}\n" + "\n".join((LOGS / f"{n}.log").read_text().splitlines()[-25:]) for n in failed)
         raise SystemExit(f"failed: {', '.join(failed)}\n{tails}")
     return time.monotonic() - started
 
@@ -93,9 +92,23 @@ def connect_all(sage: FakeSageServer) -> list[tuple[str, str]]:
         state = secrets.token_urlsafe(16)
         verifier, challenge = new_pkce_pair()
         code = browser_consent(oauth.authorization_url(state, code_challenge=challenge), state)
-        run([str(BIN / "python"), "-m", "sage_sync", "connect", "--code", code, "--business-id",
-             business["id"], "--synced-from", quarter, "--code-verifier", verifier],
-            f"connect-{business['id']}")
+        run(
+            [
+                str(BIN / "python"),
+                "-m",
+                "sage_sync",
+                "connect",
+                "--code",
+                code,
+                "--business-id",
+                business["id"],
+                "--synced-from",
+                quarter,
+                "--code-verifier",
+                verifier,
+            ],
+            f"connect-{business['id']}",
+        )
         print(f"connected {business['name']} ({business['id']}), Synced From {quarter}")
         companies.append((business["id"], business["name"]))
     return companies
@@ -105,33 +118,52 @@ def report(conn: psycopg.Connection, companies: list[tuple[str, str]]) -> None:
     for company_id, name in companies:
         say(f"{name} ({company_id})")
         row = conn.execute(
-            "select status, stats from sage_control.sync_runs where company_id = %s "
-            "order by started_at desc limit 1", (company_id,)).fetchone()
-        status = conn.execute("select status from sage_control.companies where company_id = %s",
-                              (company_id,)).fetchone()
+            "select status, stats from sage_control.sync_runs where company_id = %s order by started_at desc limit 1",
+            (company_id,),
+        ).fetchone()
+        status = conn.execute(
+            "select status from sage_control.companies where company_id = %s", (company_id,)
+        ).fetchone()
         print(f"company status: {status[0] if status else '?'}; last run: {row[0] if row else 'none'}")
         if row:
             stats = row[1] or {}
-            print(tabulate(
-                [(s, v.get("pages", 0), v.get("rows_seen", 0), v.get("versions_added", 0),
-                  v.get("deletions", 0), v.get("quarantined", 0)) for s, v in sorted(stats.items())],
-                headers=["stream", "pages", "records read", "new versions", "deletions", "quarantined"]))
+            print(
+                tabulate(
+                    [
+                        (
+                            s,
+                            v.get("pages", 0),
+                            v.get("rows_seen", 0),
+                            v.get("versions_added", 0),
+                            v.get("deletions", 0),
+                            v.get("quarantined", 0),
+                        )
+                        for s, v in sorted(stats.items())
+                    ],
+                    headers=["stream", "pages", "records read", "new versions", "deletions", "quarantined"],
+                )
+            )
         by_quarter = conn.execute(
             "select to_char(date_trunc('quarter', transaction_date), 'YYYY-\"Q\"Q') as quarter, "
             "count(*), sum(amount) from analytics.fct_spend_transactions where company_id = %s "
-            "group by 1 order by 1", (company_id,)).fetchall()
+            "group by 1 order by 1",
+            (company_id,),
+        ).fetchall()
         if by_quarter:
             print("\nspend by quarter (GBP, net of VAT)")
             print(tabulate(by_quarter, headers=["quarter", "lines", "amount"], floatfmt=",.2f"))
             by_code = conn.execute(
                 "select nominal_code, nominal_code_name, count(*), sum(amount) "
                 "from analytics.fct_spend_transactions where company_id = %s "
-                "group by 1, 2 order by 4 desc nulls last", (company_id,)).fetchall()
+                "group by 1, 2 order by 4 desc nulls last",
+                (company_id,),
+            ).fetchall()
             print("\nspend by nominal code (GBP, net of VAT)")
             print(tabulate(by_code, headers=["code", "name", "lines", "amount"], floatfmt=",.2f"))
         excluded = conn.execute(
             "select reason, count(*) from analytics.rpt_currency_exceptions where company_id = %s group by 1",
-            (company_id,)).fetchall()
+            (company_id,),
+        ).fetchall()
         for reason, count in excluded:
             print(f"kept out of spend (GBP only): {count} documents, reason {reason}")
 
@@ -148,11 +180,17 @@ def report_emissions(conn: psycopg.Connection, companies: list[tuple[str, str]])
         print(emissions_report.format_summary(coverage))
         share = emissions_report.overall_coverage(coverage)
         total = sum(row["kgco2e"] for row in coverage)
-        print(f"total {total:,.1f} kg CO2e; coverage (share of in-scope £ with a factor): "
-              f"{'-' if share is None else f'{share:.1%}'}")
+        print(
+            f"total {total:,.1f} kg CO2e; coverage (share of in-scope £ with a factor): "
+            f"{'-' if share is None else f'{share:.1%}'}"
+        )
         files = emissions_report.write_report(conn, company_id, REPORTS)
-        print("report: " + ", ".join(str(p.relative_to(ROOT)) for p in
-                                     (files.category_csv, files.coverage_csv, files.workbook, files.chart)))
+        print(
+            "report: "
+            + ", ".join(
+                str(p.relative_to(ROOT)) for p in (files.category_csv, files.coverage_csv, files.workbook, files.chart)
+            )
+        )
 
 
 def main() -> None:
@@ -170,10 +208,12 @@ def main() -> None:
         say("airflow dags reserialize (the DAGs and their asset into the metadata database, once)")
         run([str(BIN / "airflow"), "dags", "reserialize"], "dags-reserialize")
         say("airflow dags test sage_sync__<company> for the three companies, side by side")
-        took = run_parallel({
-            f"dag-{company_id}": [str(BIN / "airflow"), "dags", "test", f"sage_sync__{company_id}"]
-            for company_id, _ in companies
-        })
+        took = run_parallel(
+            {
+                f"dag-{company_id}": [str(BIN / "airflow"), "dags", "test", f"sage_sync__{company_id}"]
+                for company_id, _ in companies
+            }
+        )
         print(f"done in {took:.1f} s")
         say("airflow dags test sage_transform (dbt build via cosmos)")
         took = run([str(BIN / "airflow"), "dags", "test", "sage_transform"], "dag-sage_transform")

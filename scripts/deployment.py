@@ -73,8 +73,11 @@ class Deployment:
 
     def save(self) -> None:
         # Secrets stay out of the state file: it only needs to find and stop the processes.
-        data = {"api_url": self.api_url, "processes": self.processes,
-                "env": {k: v for k, v in self.env.items() if k in _RECORDED_ENV}}
+        data = {
+            "api_url": self.api_url,
+            "processes": self.processes,
+            "env": {k: v for k, v in self.env.items() if k in _RECORDED_ENV},
+        }
         self.state_dir.mkdir(parents=True, exist_ok=True)  # stopping must work even if it was removed
         self.state_file.write_text(json.dumps(data, indent=2))
 
@@ -83,12 +86,24 @@ class Deployment:
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         with (logs / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(command, env={**self.env, **(extra_env or {})}, cwd=ROOT, stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        self.processes[name] = {"pid": proc.pid, "pgid": proc.pid, "command": command,
-                                "extra_env": extra_env or {},
-                                "start_ticks": _start_ticks(proc.pid), "log": str(logs / f"{name}.log"),
-                                "started_at": time.time()}
+            proc = subprocess.Popen(
+                command,
+                env={**self.env, **(extra_env or {})},
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.processes[name] = {
+            "pid": proc.pid,
+            "pgid": proc.pid,
+            "command": command,
+            "extra_env": extra_env or {},
+            "start_ticks": _start_ticks(proc.pid),
+            "log": str(logs / f"{name}.log"),
+            "started_at": time.time(),
+        }
         self.save()
         return self.processes[name]
 
@@ -114,16 +129,28 @@ class Deployment:
 
     def airflow(self, *args: str, timeout: float = 120.0, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run an ``airflow`` CLI command in the deployment's environment."""
-        done = subprocess.run([str(BIN / "airflow"), *args], env=self.env, cwd=ROOT, capture_output=True,
-                              text=True, timeout=timeout, check=False)
+        done = subprocess.run(
+            [str(BIN / "airflow"), *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         if check and done.returncode != 0:
             raise RuntimeError(f"airflow {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
         return done
 
 
 # Non-secret values worth keeping for `status` and for tools that attach to a running deployment.
-_RECORDED_ENV = {"AIRFLOW_HOME", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "AIRFLOW__CELERY__BROKER_URL",
-                 "AIRFLOW__CORE__DAGS_FOLDER", "SAGE_REGISTRY_SNAPSHOT"}
+_RECORDED_ENV = {
+    "AIRFLOW_HOME",
+    "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+    "AIRFLOW__CELERY__BROKER_URL",
+    "AIRFLOW__CORE__DAGS_FOLDER",
+    "SAGE_REGISTRY_SNAPSHOT",
+}
 
 
 def _start_ticks(pid: int) -> int | None:
@@ -197,20 +224,22 @@ def build_env(state_dir: Path, overrides: dict[str, str] | None = None) -> tuple
     metadata = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     home = state_dir / "airflow"
     home.mkdir(parents=True, exist_ok=True)
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "SAGE_REGISTRY_SNAPSHOT": str(home / "sage_companies.json"),
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
-        "AIRFLOW__API_AUTH__JWT_SECRET": secret_file.read_text().strip(),
-        # Celery's database result backend is SQLAlchemy too: same server and driver as the metadata DB.
-        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{metadata}",
-        # Log-serving sub-processes listen on fixed ports by default (8793/8794), which other
-        # Airflows on the machine hold: free ones here (the workers skip theirs, see `up`).
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-        "PATH": os.pathsep.join([str(BIN), env.get("PATH", "")]),
-    })
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "SAGE_REGISTRY_SNAPSHOT": str(home / "sage_companies.json"),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
+            "AIRFLOW__API_AUTH__JWT_SECRET": secret_file.read_text().strip(),
+            # Celery's database result backend is SQLAlchemy too: same server and driver as the metadata DB.
+            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{metadata}",
+            # Log-serving sub-processes listen on fixed ports by default (8793/8794), which other
+            # Airflows on the machine hold: free ones here (the workers skip theirs, see `up`).
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+            "PATH": os.pathsep.join([str(BIN), env.get("PATH", "")]),
+        }
+    )
     env.update(overrides or {})
     return env, api_port
 
@@ -220,11 +249,27 @@ def _start_redis(dep: Deployment) -> None:
         return  # a broker given by the caller (e.g. a managed Redis): use it, start none
     redis = shutil.which("redis-server")
     if redis is None:
-        raise SystemExit("redis-server not found: install it (Debian: apt-get install redis-server) "
-                         "or set AIRFLOW__CELERY__BROKER_URL to a Redis you run")
+        raise SystemExit(
+            "redis-server not found: install it (Debian: apt-get install redis-server) "
+            "or set AIRFLOW__CELERY__BROKER_URL to a Redis you run"
+        )
     port = free_port()
-    dep.start("redis", [redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                        "--appendonly", "no", "--protected-mode", "yes"])
+    dep.start(
+        "redis",
+        [
+            redis,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+        ],
+    )
     dep.env["AIRFLOW__CELERY__BROKER_URL"] = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -243,8 +288,14 @@ def _prepare(dep: Deployment, migrate: bool, pool_slots: int) -> None:
     if migrate:
         dep.airflow("db", "migrate", timeout=600)
     dep.airflow("pools", "set", settings.POOL_NAME, str(pool_slots), settings.POOL_DESCRIPTION)
-    subprocess.run([str(BIN / "python"), "-m", "sage_sync", "migrate"], env=dep.env, cwd=ROOT, check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [str(BIN / "python"), "-m", "sage_sync", "migrate"],
+        env=dep.env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
 
 
 def health(dep: Deployment) -> dict[str, Any]:
@@ -263,9 +314,15 @@ def _components_healthy(answer: dict[str, Any]) -> bool:
 
 def ping_workers(dep: Deployment, timeout: float = 5.0) -> set[str]:
     """Hostnames of the Celery workers that answer a ping through the broker."""
-    done = subprocess.run([str(BIN / "celery"), "--app", CELERY_APP, "inspect", "ping", "--json",
-                           "--timeout", str(timeout)], env=dep.env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, check=False)
+    done = subprocess.run(
+        [str(BIN / "celery"), "--app", CELERY_APP, "inspect", "ping", "--json", "--timeout", str(timeout)],
+        env=dep.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     try:
         answer = json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else {}
     except (ValueError, IndexError):
@@ -308,14 +365,22 @@ def start_worker(dep: Deployment, index: int) -> None:
     see scripts/deploy_hostname.py), and no log server of its own (the log files are local, the
     api-server reads them from the shared log folder)."""
     name = worker_hostname(index)
-    dep.start(f"worker{index}", [str(BIN / "airflow"), *settings.WORKER_COMMAND, "--celery-hostname", name,
-                                 "--skip-serve-logs"],
-              {"SAGE_WORKER_HOSTNAME": name, "AIRFLOW__CORE__HOSTNAME_CALLABLE": "scripts.deploy_hostname.hostname"})
+    dep.start(
+        f"worker{index}",
+        [str(BIN / "airflow"), *settings.WORKER_COMMAND, "--celery-hostname", name, "--skip-serve-logs"],
+        {"SAGE_WORKER_HOSTNAME": name, "AIRFLOW__CORE__HOSTNAME_CALLABLE": "scripts.deploy_hostname.hostname"},
+    )
 
 
-def up(state_dir: Path = DEFAULT_STATE_DIR, *, workers: int = settings.WORKERS,
-       overrides: dict[str, str] | None = None, migrate: bool = True, timeout: float = 240.0,
-       pool_slots: int = settings.POOL_SLOTS) -> Deployment:
+def up(
+    state_dir: Path = DEFAULT_STATE_DIR,
+    *,
+    workers: int = settings.WORKERS,
+    overrides: dict[str, str] | None = None,
+    migrate: bool = True,
+    timeout: float = 240.0,
+    pool_slots: int = settings.POOL_SLOTS,
+) -> Deployment:
     """Start the whole deployment and wait until it is healthy; returns it."""
     existing = load(state_dir)
     if existing is not None and any(_group_alive(int(p["pgid"])) for p in existing.processes.values()):
@@ -351,10 +416,20 @@ def _start_fake_sage(dep: Deployment) -> None:
                 break
         except requests.RequestException:
             time.sleep(0.2)
-    dep.env["AIRFLOW_CONN_SAGE_DEFAULT"] = json.dumps({
-        "conn_type": "http", "host": f"{base}/v3.1", "login": "demo-client", "password": "demo-secret",
-        "extra": {"authorize_url": f"{base}/oauth2/auth/central?filter=apiv3.1", "token_url": f"{base}/token",
-                  "revoke_url": f"{base}/revoke", "redirect_uri": f"{dep.api_url}/sage/callback"}})
+    dep.env["AIRFLOW_CONN_SAGE_DEFAULT"] = json.dumps(
+        {
+            "conn_type": "http",
+            "host": f"{base}/v3.1",
+            "login": "demo-client",
+            "password": "demo-secret",
+            "extra": {
+                "authorize_url": f"{base}/oauth2/auth/central?filter=apiv3.1",
+                "token_url": f"{base}/token",
+                "revoke_url": f"{base}/revoke",
+                "redirect_uri": f"{dep.api_url}/sage/callback",
+            },
+        }
+    )
 
 
 def load(state_dir: Path = DEFAULT_STATE_DIR) -> Deployment | None:
@@ -383,26 +458,38 @@ def status(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, Any]:
     dep = load(state_dir)
     if dep is None:
         return {"running": False}
-    procs = {name: {"pid": p["pid"], "alive": _group_alive(int(p["pgid"])) and _is_ours(p)}
-             for name, p in dep.processes.items()}
-    return {"running": any(p["alive"] for p in procs.values()), "api_url": dep.api_url, "processes": procs,
-            "health": health(dep)}
+    procs = {
+        name: {"pid": p["pid"], "alive": _group_alive(int(p["pgid"])) and _is_ours(p)}
+        for name, p in dep.processes.items()
+    }
+    return {
+        "running": any(p["alive"] for p in procs.values()),
+        "api_url": dep.api_url,
+        "processes": procs,
+        "health": health(dep),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/deployment.py", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["up", "down", "status"])
     parser.add_argument("--workers", type=int, default=settings.WORKERS)
-    parser.add_argument("--pool-slots", type=int, default=settings.POOL_SLOTS,
-                        help=f"slots of the {settings.POOL_NAME} pool (concurrent Sage-calling tasks)")
+    parser.add_argument(
+        "--pool-slots",
+        type=int,
+        default=settings.POOL_SLOTS,
+        help=f"slots of the {settings.POOL_NAME} pool (concurrent Sage-calling tasks)",
+    )
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     args = parser.parse_args(argv)
     if args.action == "up":
         began = time.monotonic()
         dep = up(args.state_dir, workers=args.workers, pool_slots=args.pool_slots)
-        print(f"deployment healthy in {time.monotonic() - began:.0f}s: {dep.api_url} "
-              f"(user admin; password in {dep.env['AIRFLOW_HOME']}/simple_auth_manager_passwords.json.generated); "
-              f"{len(dep.workers())} Celery workers; logs in {args.state_dir / 'logs'}; stop: make deploy-down")
+        print(
+            f"deployment healthy in {time.monotonic() - began:.0f}s: {dep.api_url} "
+            f"(user admin; password in {dep.env['AIRFLOW_HOME']}/simple_auth_manager_passwords.json.generated); "
+            f"{len(dep.workers())} Celery workers; logs in {args.state_dir / 'logs'}; stop: make deploy-down"
+        )
     elif args.action == "down":
         stopped = down(args.state_dir)
         print(f"stopped: {', '.join(stopped) or 'nothing was running'}")

@@ -72,6 +72,7 @@ def build_env() -> dict[str, str]:
     airflow_home.mkdir(parents=True, exist_ok=True)
     meta = psycopg.conninfo.conninfo_to_dict(metadata)
     auth = f"{user}:{password}" if password else user
+
     def sqlalchemy_url(dbname: str) -> str:
         if host.startswith("/"):
             return f"postgresql+psycopg://{auth}@/{dbname}?host={host}&port={port}"
@@ -80,16 +81,25 @@ def build_env() -> dict[str, str]:
     import json  # noqa: PLC0415
 
     # No password key at all under trust or peer auth: every part (CLI, sync, dbt) accepts that.
-    warehouse_conn = json.dumps({
-        "conn_type": "postgres", "host": host, "port": int(port), "login": user, "schema": WAREHOUSE_DB,
-        **({"password": password} if password else {}),
-    })
+    warehouse_conn = json.dumps(
+        {
+            "conn_type": "postgres",
+            "host": host,
+            "port": int(port),
+            "login": user,
+            "schema": WAREHOUSE_DB,
+            **({"password": password} if password else {}),
+        }
+    )
     env = {
         "SAGE_PG_URL": server,
         "SAGE_TEST_PG_URL": server,
         "SAGE_WAREHOUSE_URL": warehouse,
-        "SAGE_PG_HOST": host, "SAGE_PG_PORT": port, "SAGE_PG_USER": user,
-        "SAGE_PG_PASSWORD": password, "SAGE_PG_DBNAME": WAREHOUSE_DB,
+        "SAGE_PG_HOST": host,
+        "SAGE_PG_PORT": port,
+        "SAGE_PG_USER": user,
+        "SAGE_PG_PASSWORD": password,
+        "SAGE_PG_DBNAME": WAREHOUSE_DB,
         "AIRFLOW_CONN_SAGE_WAREHOUSE": warehouse_conn,
         "AIRFLOW_HOME": str(airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
@@ -104,7 +114,8 @@ def build_env() -> dict[str, str]:
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
         "DBT_PROFILES_DIR": str(ROOT / "dbt"),
         "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT)]),
-        "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
     }
     for key in list(env):
         if key in os.environ and key not in {"PYTHONPATH"}:
@@ -118,8 +129,11 @@ def main() -> None:
     out.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()))
     out.chmod(0o600)
     # Printed on every start, so nobody is surprised which databases this checkout uses.
-    print(f"checkout {ROOT}: warehouse database {env['SAGE_PG_DBNAME']}, "
-          f"Airflow metadata {AIRFLOW_DB} (SAGE_CHECKOUT_ID changes the suffix)", file=sys.stderr)
+    print(
+        f"checkout {ROOT}: warehouse database {env['SAGE_PG_DBNAME']}, "
+        f"Airflow metadata {AIRFLOW_DB} (SAGE_CHECKOUT_ID changes the suffix)",
+        file=sys.stderr,
+    )
     print(out)
 
 

@@ -76,14 +76,25 @@ def _throwaway_cluster() -> str | None:
             shutil.chown(LOCAL, "postgres")
         subprocess.run(
             _as_postgres_user([initdb, "-D", str(data), "--auth=trust", "-U", "postgres"]),
-            check=True, capture_output=True,
+            check=True,
+            capture_output=True,
         )
     subprocess.run(
-        _as_postgres_user([
-            pg_ctl, "-D", str(data), "-l", str(data / "server.log"), "-w", "start",
-            "-o", f"-p {THROWAWAY_PORT} -c listen_addresses=127.0.0.1 -k {data}",
-        ]),
-        check=True, capture_output=True,
+        _as_postgres_user(
+            [
+                pg_ctl,
+                "-D",
+                str(data),
+                "-l",
+                str(data / "server.log"),
+                "-w",
+                "start",
+                "-o",
+                f"-p {THROWAWAY_PORT} -c listen_addresses=127.0.0.1 -k {data}",
+            ]
+        ),
+        check=True,
+        capture_output=True,
     )
     return url if _reachable(url) else None
 

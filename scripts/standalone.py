@@ -26,8 +26,11 @@ FAKE_PORT = int(os.environ.get("SAGE_FAKE_PORT", "8765"))
 
 def airflow_standalone() -> int:
     home = Path(os.environ["AIRFLOW_HOME"])
-    print(f"Airflow UI: http://localhost:8080 (user admin; password in "
-          f"{home / 'simple_auth_manager_passwords.json.generated'})", flush=True)
+    print(
+        f"Airflow UI: http://localhost:8080 (user admin; password in "
+        f"{home / 'simple_auth_manager_passwords.json.generated'})",
+        flush=True,
+    )
     venv_bin = str(Path(sys.executable).parent)
     # standalone starts its components as `airflow ...` by name: the venv must be on PATH.
     env = {**os.environ, "PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "")])}

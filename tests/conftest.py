@@ -69,8 +69,14 @@ def fernet_key(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture
-def airflow_env(sage: Any, pg_dsn: str, warehouse: psycopg.Connection, fernet_key: str,
-                monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+def airflow_env(
+    sage: Any,
+    pg_dsn: str,
+    warehouse: psycopg.Connection,
+    fernet_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> dict[str, str]:
     """The environment of the CLI, `airflow dags test` and dbt subprocesses, pointed at the test
     warehouse and the module's fake Sage (its own ``sage`` fixture), and set in this process too.
     Skips without Airflow's metadata DB."""
@@ -80,10 +86,16 @@ def airflow_env(sage: Any, pg_dsn: str, warehouse: psycopg.Connection, fernet_ke
     warehouse.autocommit = True  # dbt swaps the tables test reads touch: hold no lock across steps
     p = psycopg.conninfo.conninfo_to_dict(pg_dsn)
     values = {
-        "AIRFLOW_CONN_SAGE_WAREHOUSE": json.dumps({
-            "conn_type": "postgres", "host": p.get("host", "127.0.0.1"), "port": int(p.get("port", 5432)),
-            "login": p.get("user", "postgres"), "schema": p["dbname"],
-            **({"password": p["password"]} if p.get("password") else {})}),
+        "AIRFLOW_CONN_SAGE_WAREHOUSE": json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": p.get("host", "127.0.0.1"),
+                "port": int(p.get("port", 5432)),
+                "login": p.get("user", "postgres"),
+                "schema": p["dbname"],
+                **({"password": p["password"]} if p.get("password") else {}),
+            }
+        ),
         "AIRFLOW_CONN_SAGE_DEFAULT": sage.airflow_conn_json(),
         "SAGE_PG_DBNAME": p["dbname"],
         "SAGE_REGISTRY_SNAPSHOT": str(tmp_path / "companies.json"),

@@ -13,8 +13,17 @@ def _compose() -> dict:
 
 def test_services_of_a_celery_deployment() -> None:
     services = _compose()["services"]
-    expected = {"postgres", "redis", "airflow-init", "airflow-apiserver", "airflow-scheduler",
-                "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "fake-sage"}
+    expected = {
+        "postgres",
+        "redis",
+        "airflow-init",
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "airflow-worker",
+        "fake-sage",
+    }
     assert expected <= set(services)
     commands = {name: str(svc.get("command", "")) for name, svc in services.items()}
     assert commands["airflow-apiserver"] == "api-server"
@@ -24,8 +33,14 @@ def test_services_of_a_celery_deployment() -> None:
 
 def test_airflow_services_share_celery_settings_and_mount_the_project() -> None:
     services = _compose()["services"]
-    for name in ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-                 "airflow-triggerer", "airflow-worker", "airflow-init"):
+    for name in (
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "airflow-worker",
+        "airflow-init",
+    ):
         env = services[name]["environment"]
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
         assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:"), name
@@ -45,8 +60,15 @@ def test_fake_sage_only_in_demo_profile_and_no_secret_in_file() -> None:
 
 
 def test_mounted_paths_and_build_files_exist() -> None:
-    for path in ("dags", "plugins", "dbt", "docker/Dockerfile", "docker/requirements.txt",
-                 "docker/init-warehouse.sql", ".env.example"):
+    for path in (
+        "dags",
+        "plugins",
+        "dbt",
+        "docker/Dockerfile",
+        "docker/requirements.txt",
+        "docker/init-warehouse.sql",
+        ".env.example",
+    ):
         assert (ROOT / path).exists(), path
 
 
@@ -66,7 +88,8 @@ def test_compose_environment_is_the_deployment_settings_list() -> None:
     env = _compose()["x-airflow-common"]["environment"]
     assert set(env) == set(settings.SHARED) | set(settings.PER_SITE), (
         f"only in compose: {sorted(set(env) - set(settings.SHARED) - set(settings.PER_SITE))}; "
-        f"only in deploy_settings: {sorted(set(settings.SHARED) | set(settings.PER_SITE) - set(env))}")
+        f"only in deploy_settings: {sorted(set(settings.SHARED) | set(settings.PER_SITE) - set(env))}"
+    )
     for key, value in settings.SHARED.items():
         assert str(env[key]) == value, key
     for key in settings.PER_SITE:  # site values come from .env or service names, never a literal secret

@@ -92,8 +92,11 @@ def test_dags_and_the_plugin_file_reach_only_their_layers(name: str) -> None:
 
 
 def test_only_the_adapter_the_web_layer_and_config_import_airflow() -> None:
-    importers = {str(p.relative_to(PACKAGE)) for p in package_modules()
-                 if any(m == "airflow" or m.startswith("airflow.") for m in imported_modules(p))}
+    importers = {
+        str(p.relative_to(PACKAGE))
+        for p in package_modules()
+        if any(m == "airflow" or m.startswith("airflow.") for m in imported_modules(p))
+    }
     assert importers <= AIRFLOW_IMPORTERS, sorted(importers - AIRFLOW_IMPORTERS)
 
 
@@ -102,4 +105,5 @@ def test_the_check_catches_a_shortcut(tmp_path: Path) -> None:
     bad = tmp_path / "commands.py"
     bad.write_text("def f():\n    from sage_sync.warehouse import registry\n    return registry\n")
     assert violations(bad, ALLOWED["cli"], "cli") == [
-        "commands.py imports sage_sync.warehouse (layer 'warehouse' is not below cli)"]
+        "commands.py imports sage_sync.warehouse (layer 'warehouse' is not below cli)"
+    ]

@@ -54,8 +54,23 @@ def _connect_via_cli(sage: FakeSageServer, env: dict[str, str], business_id: str
     oauth = OAuthClient(sage_settings())
     assert "code_challenge=" in oauth.authorization_url("s", code_challenge=challenge)
     code = sage.authorize(code_challenge=challenge)
-    _run([str(BIN / "python"), "-m", "sage_sync", "connect", "--code", code, "--business-id", business_id,
-          "--synced-from", SYNCED_FROM, "--code-verifier", verifier], env)
+    _run(
+        [
+            str(BIN / "python"),
+            "-m",
+            "sage_sync",
+            "connect",
+            "--code",
+            code,
+            "--business-id",
+            business_id,
+            "--synced-from",
+            SYNCED_FROM,
+            "--code-verifier",
+            verifier,
+        ],
+        env,
+    )
 
 
 def _dag_test(env: dict[str, str], dag_id: str) -> str:
@@ -65,8 +80,22 @@ def _dag_test(env: dict[str, str], dag_id: str) -> str:
 
 
 def _dbt_build(env: dict[str, str], tmp_path: Path) -> None:
-    _run([str(BIN / "dbt"), "build", "--project-dir", str(ROOT / "dbt"), "--profiles-dir", str(ROOT / "dbt"),
-          "--target-path", str(tmp_path / "target"), "--log-path", str(tmp_path / "logs")], env, timeout=600)
+    _run(
+        [
+            str(BIN / "dbt"),
+            "build",
+            "--project-dir",
+            str(ROOT / "dbt"),
+            "--profiles-dir",
+            str(ROOT / "dbt"),
+            "--target-path",
+            str(tmp_path / "target"),
+            "--log-path",
+            str(tmp_path / "logs"),
+        ],
+        env,
+        timeout=600,
+    )
 
 
 def _expected_spend(sage: FakeSageServer, company: str) -> Decimal:
@@ -76,13 +105,19 @@ def _expected_spend(sage: FakeSageServer, company: str) -> Decimal:
     sign_of = {"purchase_invoices": 1, "purchase_credit_notes": -1}
     for stream, lines in (("purchase_invoices", "invoice_lines"), ("purchase_credit_notes", "credit_note_lines")):
         for doc in sage.admin.records(company, stream):
-            if (date.fromisoformat(doc["date"]) < start or doc["status"]["id"] in ("VOID", "DRAFT")
-                    or doc["currency"]["id"] != "GBP"):
+            if (
+                date.fromisoformat(doc["date"]) < start
+                or doc["status"]["id"] in ("VOID", "DRAFT")
+                or doc["currency"]["id"] != "GBP"
+            ):
                 continue
             total += sign_of[stream] * sum(Decimal(line["net_amount"]) for line in doc[lines])
     for doc in sage.admin.records(company, "purchase_quick_entries"):
-        if (date.fromisoformat(doc["date"]) < start or doc["status"]["id"] in ("VOID", "DRAFT")
-                or doc["currency"]["id"] != "GBP"):
+        if (
+            date.fromisoformat(doc["date"]) < start
+            or doc["status"]["id"] in ("VOID", "DRAFT")
+            or doc["currency"]["id"] != "GBP"
+        ):
             continue
         total += (-1 if doc["quick_entry_type"]["id"] == "CREDIT_NOTE" else 1) * Decimal(doc["net_amount"])
     for doc in sage.admin.records(company, "other_payments"):
@@ -95,13 +130,15 @@ def _expected_spend(sage: FakeSageServer, company: str) -> Decimal:
 
 
 def _modelled_spend(conn: psycopg.Connection, company: str) -> Decimal:
-    row = conn.execute("select coalesce(sum(amount), 0) from analytics.fct_spend_transactions "
-                       "where company_id = %s", (company,)).fetchone()
+    row = conn.execute(
+        "select coalesce(sum(amount), 0) from analytics.fct_spend_transactions where company_id = %s", (company,)
+    ).fetchone()
     return Decimal(row[0])
 
 
-def test_company_dag_then_dbt_equals_what_sage_holds(sage: FakeSageServer, env: dict[str, str], pg_dsn: str,
-                                                     warehouse: psycopg.Connection, tmp_path: Path) -> None:
+def test_company_dag_then_dbt_equals_what_sage_holds(
+    sage: FakeSageServer, env: dict[str, str], pg_dsn: str, warehouse: psycopg.Connection, tmp_path: Path
+) -> None:
     company = next(b["id"] for b in sage.admin.businesses() if b["key"] == "greenleaf")
     env = {**env, "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(tmp_path / "airflow-logs")}  # this run's log files
     _connect_via_cli(sage, env, company)
@@ -112,8 +149,11 @@ def test_company_dag_then_dbt_equals_what_sage_holds(sage: FakeSageServer, env: 
     token_pairs.append(_stored_tokens(pg_dsn, company))
     # The task log follows a first sync page by page: records so far of Sage's $total, rate, ETA.
     held = len([r for r in sage.admin.records(company, "purchase_invoices") if r["date"] >= "2025-01-01"])
-    assert re.search(rf"purchase_invoices: page 1, [0-9,]+ records of {held:,} \(\$total\) \([0-9]+%\), "
-                     r"[0-9,]+ records/s, ETA [0-9hms]+", task_logs[0]), task_logs[0][-3000:]
+    assert re.search(
+        rf"purchase_invoices: page 1, [0-9,]+ records of {held:,} \(\$total\) \([0-9]+%\), "
+        r"[0-9,]+ records/s, ETA [0-9hms]+",
+        task_logs[0],
+    ), task_logs[0][-3000:]
     _dbt_build(env, tmp_path)
     assert _modelled_spend(warehouse, company) == _expected_spend(sage, company)
     runs = warehouse.execute("select kind, status from sage_control.sync_runs").fetchall()
@@ -121,13 +161,16 @@ def test_company_dag_then_dbt_equals_what_sage_holds(sage: FakeSageServer, env: 
     assert warehouse.execute("select status from sage_control.companies").fetchone() == ("active",)
 
     # Between runs in Sage: an edit, a deletion, a void and a new bill.
-    invoices = [r for r in sage.admin.records(company, "purchase_invoices")
-                if r["date"] >= "2025-01-01" and r["status"]["id"] not in ("VOID", "DRAFT")
-                and r["currency"]["id"] == "GBP"]
+    invoices = [
+        r
+        for r in sage.admin.records(company, "purchase_invoices")
+        if r["date"] >= "2025-01-01" and r["status"]["id"] not in ("VOID", "DRAFT") and r["currency"]["id"] == "GBP"
+    ]
     sage.admin.advance_clock(86400)
     edited = invoices[0]
-    new_lines = [{**edited["invoice_lines"][0], "net_amount": "999.99", "tax_amount": "200.00",
-                  "total_amount": "1199.99"}]
+    new_lines = [
+        {**edited["invoice_lines"][0], "net_amount": "999.99", "tax_amount": "200.00", "total_amount": "1199.99"}
+    ]
     sage.admin.update(company, "purchase_invoices", edited["id"], {"invoice_lines": new_lines})
     sage.admin.delete(company, "purchase_invoices", invoices[1]["id"])
     sage.admin.void(company, "purchase_invoices", invoices[2]["id"], "entered twice")
@@ -139,22 +182,30 @@ def test_company_dag_then_dbt_equals_what_sage_holds(sage: FakeSageServer, env: 
     _dbt_build(env, tmp_path)
     versions_after = warehouse.execute("select count(*) from sage_raw.purchase_invoices").fetchone()[0]
     assert versions_after == versions_before + 2  # the edit and the void; the deletion is a tombstone
-    deleted = warehouse.execute("select record_id from sage_raw.deletions where stream = 'purchase_invoices' "
-                                "and record_id = %s", (invoices[1]["id"],)).fetchall()
+    deleted = warehouse.execute(
+        "select record_id from sage_raw.deletions where stream = 'purchase_invoices' and record_id = %s",
+        (invoices[1]["id"],),
+    ).fetchall()
     assert deleted == [(invoices[1]["id"],)]
     assert _modelled_spend(warehouse, company) == _expected_spend(sage, company)
-    in_fact = {r[0] for r in warehouse.execute(
-        "select distinct record_id from analytics.fct_spend_transactions where company_id = %s", (company,))}
+    in_fact = {
+        r[0]
+        for r in warehouse.execute(
+            "select distinct record_id from analytics.fct_spend_transactions where company_id = %s", (company,)
+        )
+    }
     assert invoices[1]["id"] not in in_fact and invoices[2]["id"] not in in_fact and edited["id"] in in_fact
-    duplicates = warehouse.execute("select count(*) - count(distinct spend_line_id) "
-                                   "from analytics.fct_spend_transactions").fetchone()[0]
+    duplicates = warehouse.execute(
+        "select count(*) - count(distinct spend_line_id) from analytics.fct_spend_transactions"
+    ).fetchone()[0]
     assert duplicates == 0
     # README query 3 after a daily (incremental) run: the spend streams are reconciled against
     # Sage's count of the whole synced window, not left NULL.
     health = warehouse.execute(
         "select stream, reconciliation_scope, is_reconciled, window_total, current_record_count "
         "from analytics.rpt_sync_health where company_id = %s and stream_kind = 'document' order by stream",
-        (company,)).fetchall()
+        (company,),
+    ).fetchall()
     assert [h[0] for h in health] == sorted(SPEND_STREAMS)
     for stream, scope, reconciled, window_total, held_now in health:
         expected = len([r for r in sage.admin.records(company, stream) if r["date"] >= "2025-01-01"])
@@ -165,8 +216,14 @@ def test_company_dag_then_dbt_equals_what_sage_holds(sage: FakeSageServer, env: 
     sage.admin.revoke_grants()
     sage.admin.advance_clock(86400)
     started = time.monotonic()
-    done = subprocess.run([str(BIN / "airflow"), "dags", "test", dag_id], env=env, capture_output=True, text=True,
-                          timeout=600, check=False)
+    done = subprocess.run(
+        [str(BIN / "airflow"), "dags", "test", dag_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     output = done.stdout + done.stderr
     assert time.monotonic() - started < 240, "the refused grant was retried"  # retry_delay is 5 minutes
     name = warehouse.execute("select company_name from sage_control.companies").fetchone()[0]
@@ -174,8 +231,9 @@ def test_company_dag_then_dbt_equals_what_sage_holds(sage: FakeSageServer, env: 
     assert "sage/client.py" not in output  # no chained frames of the client under the line
     status = warehouse.execute("select status from sage_control.companies").fetchone()[0]
     assert status == "needs_reauth"
-    last = warehouse.execute("select status, error from sage_control.sync_runs order by started_at desc limit 1"
-                             ).fetchone()
+    last = warehouse.execute(
+        "select status, error from sage_control.sync_runs order by started_at desc limit 1"
+    ).fetchone()
     assert last[0] == "failed" and last[1].startswith(f"Sage refused the grant for {name}"), last
 
 
@@ -201,8 +259,9 @@ def _assert_no_token_in_task_logs(outputs: list[str], log_folder: Path, token_pa
             assert text not in everything, "a Sage token (or the Authorization header) is in a task log"
 
 
-def test_disconnected_company_run_is_skipped_with_reason(sage: FakeSageServer, env: dict[str, str],
-                                                         warehouse: psycopg.Connection) -> None:
+def test_disconnected_company_run_is_skipped_with_reason(
+    sage: FakeSageServer, env: dict[str, str], warehouse: psycopg.Connection
+) -> None:
     company = next(b["id"] for b in sage.admin.businesses() if b["key"] == "northwind")
     _connect_via_cli(sage, env, company)
     warehouse.execute("update sage_control.companies set status = 'disconnected', disconnected_at = now()")

@@ -35,8 +35,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--client-id", default="demo-client")
     parser.add_argument("--client-secret", default="demo-secret")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies default spend volumes")
-    parser.add_argument("--volume", type=_volume, action="append", default=[],
-                        help="exact count, e.g. greenleaf:purchase_invoices=1000000 (repeatable)")
+    parser.add_argument(
+        "--volume",
+        type=_volume,
+        action="append",
+        default=[],
+        help="exact count, e.g. greenleaf:purchase_invoices=1000000 (repeatable)",
+    )
     parser.add_argument("--start", default="2026-11-27T06:00:00Z", help="fake clock start (ISO UTC)")
     args = parser.parse_args(argv)
 
@@ -44,11 +49,23 @@ def main(argv: list[str] | None = None) -> None:
     for business, stream, count in args.volume:
         volumes.setdefault(business, {})[stream] = count
     began = time.monotonic()
-    state = FakeSage(Config(seed=args.seed, start=args.start, token_ttl=args.token_ttl,
-                            client_id=args.client_id, client_secret=args.client_secret, scale=args.scale,
-                            volumes=volumes), seed)
-    print(f"fake Sage: seeded {len(state.world.businesses)} businesses in {time.monotonic() - began:.1f}s; "
-          f"listening on http://{args.host}:{args.port}", flush=True)
+    state = FakeSage(
+        Config(
+            seed=args.seed,
+            start=args.start,
+            token_ttl=args.token_ttl,
+            client_id=args.client_id,
+            client_secret=args.client_secret,
+            scale=args.scale,
+            volumes=volumes,
+        ),
+        seed,
+    )
+    print(
+        f"fake Sage: seeded {len(state.world.businesses)} businesses in {time.monotonic() - began:.1f}s; "
+        f"listening on http://{args.host}:{args.port}",
+        flush=True,
+    )
     uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="warning", access_log=False)
 
 

@@ -47,8 +47,7 @@ MAX_PER_PAGE = 200  # the spec's maximum; larger values are clamped (real Sage's
 UNPAGINATED = 2_147_483_647  # /businesses reports this as $items_per_page
 BASE_FIELDS = ("id", "displayed_as", "$path")
 
-_SPEND = {"updated_or_created_since", "deleted_since", "from_date", "to_date", "contact_id", "status_id",
-          "sort"}
+_SPEND = {"updated_or_created_since", "deleted_since", "from_date", "to_date", "contact_id", "status_id", "sort"}
 # Query parameters each list endpoint honours (from the v3.1 spec); others are ignored, as Sage does.
 STREAM_PARAMS: dict[str, set[str]] = {
     "ledger_accounts": {"updated_or_created_since", "ledger_account_type_id"},
@@ -61,15 +60,22 @@ STREAM_PARAMS: dict[str, set[str]] = {
 }
 SORTABLE = {"purchase_invoices": ("created_at", "updated_at", "date", "due_date")}
 DEFAULT_SORTABLE = ("created_at", "updated_at", "date")
-EQUALITY_FILTERS = ("contact_id", "status_id", "transaction_type_id", "bank_account_id", "contact_type_id",
-                    "ledger_account_type_id")
+EQUALITY_FILTERS = (
+    "contact_id",
+    "status_id",
+    "transaction_type_id",
+    "bank_account_id",
+    "contact_type_id",
+    "ledger_account_type_id",
+)
 
 
 # ---------------------------------------------------------------------------------------- helpers
 
 
-def _json(content: Any, status: int = 200, business: Business | None = None,
-          headers: dict[str, str] | None = None) -> JSONResponse:
+def _json(
+    content: Any, status: int = 200, business: Business | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     """A JSON response; business-scoped ones carry ``X-Business`` naming the business used (as Sage)."""
     extra = dict(headers or {})
     if business is not None:
@@ -119,8 +125,7 @@ def build_query(stream: str, params: Any) -> Query:
         updated_since=_instant_param(params, "updated_or_created_since"),
         from_day=_day_param(params, "from_date") if "from_date" in supported else None,
         to_day=_day_param(params, "to_date") if "to_date" in supported else None,
-        equals=tuple((name, params[name]) for name in EQUALITY_FILTERS
-                     if name in supported and params.get(name)),
+        equals=tuple((name, params[name]) for name in EQUALITY_FILTERS if name in supported and params.get(name)),
         sort=sort,
         descending=descending,
     )
@@ -167,17 +172,20 @@ class Edge:
         if not admin:
             headers = dict(scope.get("headers") or [])
             business = headers.get(b"x-business", b"").decode("latin-1") or None
-            entry = {"method": scope["method"], "path": path,
-                     "query": scope.get("query_string", b"").decode("latin-1"), "x_business": business,
-                     "status": None}
+            entry = {
+                "method": scope["method"],
+                "path": path,
+                "query": scope.get("query_string", b"").decode("latin-1"),
+                "x_business": business,
+                "status": None,
+            }
             if fault is not None:
                 entry["fault"] = fault.kind
             self.state.log.append(entry)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []),
-                                                  (b"x_request_id", request_id.encode())]}
+                message = {**message, "headers": [*message.get("headers", []), (b"x_request_id", request_id.encode())]}
                 if entry is not None:
                     entry["status"] = message["status"]
             await send(message)
@@ -187,15 +195,16 @@ class Edge:
         else:
             await self._apply(fault, scope, receive, send, send_with_id)
 
-    async def _apply(self, fault: Fault, scope: Scope, receive: Receive, raw_send: Send,
-                     send: Send) -> None:
+    async def _apply(self, fault: Fault, scope: Scope, receive: Receive, raw_send: Send, send: Send) -> None:
         if fault.kind == "slow":
             await asyncio.sleep((fault.delay_ms if fault.delay_ms is not None else 1000) / 1000)
             await self.app(scope, receive, send)
         elif fault.kind in ("429", "500", "503"):
-            codes = {"429": ("TooManyRequests", "Rate limit exceeded. Please retry later."),
-                     "500": ("UnexpectedError", "An unexpected error occurred."),
-                     "503": ("ServiceUnavailable", "The service is temporarily unavailable.")}
+            codes = {
+                "429": ("TooManyRequests", "Rate limit exceeded. Please retry later."),
+                "500": ("UnexpectedError", "An unexpected error occurred."),
+                "503": ("ServiceUnavailable", "The service is temporarily unavailable."),
+            }
             code, text = codes[fault.kind]
             headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
             response = _json(SageError(int(fault.kind), code, text).body(), int(fault.kind), headers=headers)
@@ -232,8 +241,13 @@ class Edge:
             transport.abort()
             return
         # Fallback when the server's transport is not reachable: headers promise more than is sent.
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"100000")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"100000")],
+            }
+        )
         await send({"type": "http.response.body", "body": b'{"$total": 1, "$items": [', "more_body": True})
         raise ConnectionAbortedError("fake sage: dropped connection (fault)")
 
@@ -258,8 +272,11 @@ def _install_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(OAuthError)
     async def oauth_error(_: Request, exc: OAuthError) -> Response:
-        return _json({"error": exc.error, "error_description": exc.description}, exc.status,
-                     headers={"Cache-Control": "no-store"})
+        return _json(
+            {"error": exc.error, "error_description": exc.description},
+            exc.status,
+            headers={"Cache-Control": "no-store"},
+        )
 
     @api.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
@@ -296,8 +313,13 @@ def _install_oauth(api: FastAPI, state: FakeSage) -> None:
             except KeyError:
                 raise OAuthError(400, "invalid_request", "Unknown login_hint") from None
             back["code"] = state.auth.issue_code(
-                params["client_id"], redirect_uri, user.id, params.get("scope") or "full_access",
-                challenge=params.get("code_challenge"), method=method)
+                params["client_id"],
+                redirect_uri,
+                user.id,
+                params.get("scope") or "full_access",
+                challenge=params.get("code_challenge"),
+                method=method,
+            )
             back["country"] = "GB"
         if params.get("state") is not None:
             back["state"] = params["state"]
@@ -346,17 +368,34 @@ def _install_api(api: FastAPI, state: FakeSage) -> None:
     @api.get("/v3.1/user")
     async def user(request: Request) -> Response:
         u = state.user(user_of(request))
-        return _json({"id": u.id, "displayed_as": f"{u.first_name} {u.last_name}", "$path": "/user",
-                      "first_name": u.first_name, "last_name": u.last_name,
-                      "initials": u.first_name[0] + u.last_name[0], "email": u.login, "locale": "en-GB"})
+        return _json(
+            {
+                "id": u.id,
+                "displayed_as": f"{u.first_name} {u.last_name}",
+                "$path": "/user",
+                "first_name": u.first_name,
+                "last_name": u.last_name,
+                "initials": u.first_name[0] + u.last_name[0],
+                "email": u.login,
+                "locale": "en-GB",
+            }
+        )
 
     @api.get("/v3.1/businesses")
     async def businesses(request: Request) -> Response:
         u = state.user(user_of(request))
         attributes = request.query_params.get("attributes")
         items = [project(state.world.businesses[b].business, attributes) for b in u.business_ids]
-        return _json({"$total": len(items), "$page": 1, "$next": None, "$back": None,
-                      "$items_per_page": UNPAGINATED, "$items": items})
+        return _json(
+            {
+                "$total": len(items),
+                "$page": 1,
+                "$next": None,
+                "$back": None,
+                "$items_per_page": UNPAGINATED,
+                "$items": items,
+            }
+        )
 
     @api.get("/v3.1/businesses/lead")
     async def lead(request: Request) -> Response:
@@ -380,32 +419,35 @@ def _install_api(api: FastAPI, state: FakeSage) -> None:
         _install_stream(api, state, stream, business_of)
 
 
-def _install_stream(api: FastAPI, state: FakeSage, stream: str,
-                    business_of: Callable[[Request], Business]) -> None:
+def _install_stream(api: FastAPI, state: FakeSage, stream: str, business_of: Callable[[Request], Business]) -> None:
     @api.get(f"/v3.1/{stream}", name=f"list_{stream}")
     async def list_records(request: Request) -> Response:
         b = business_of(request)
         store = b.stores[stream]
         params = request.query_params
         query = build_query(stream, params)
-        per_page = min(max(_int_param(params.get("items_per_page"), DEFAULT_PER_PAGE, "items_per_page"), 1),
-                       MAX_PER_PAGE)
+        per_page = min(
+            max(_int_param(params.get("items_per_page"), DEFAULT_PER_PAGE, "items_per_page"), 1), MAX_PER_PAGE
+        )
         selected = store.select(query)
         total = len(selected)
         last = max(1, math.ceil(total / per_page))
         page = min(max(_int_param(params.get("page"), 1, "page"), 1), last)
-        chunk = selected[(page - 1) * per_page: page * per_page]
+        chunk = selected[(page - 1) * per_page : page * per_page]
         attributes = params.get("attributes")
         deleted = query.deleted_since is not None
         raw = request.url.query
-        return _json({
-            "$total": total,
-            "$page": page,
-            "$next": page_link(f"/{stream}", raw, page + 1) if page < last else None,
-            "$back": page_link(f"/{stream}", raw, page - 1) if page > 1 else None,
-            "$itemsPerPage": per_page,
-            "$items": [project(store.get(i), attributes, deleted) for i in chunk],
-        }, business=b)
+        return _json(
+            {
+                "$total": total,
+                "$page": page,
+                "$next": page_link(f"/{stream}", raw, page + 1) if page < last else None,
+                "$back": page_link(f"/{stream}", raw, page - 1) if page > 1 else None,
+                "$itemsPerPage": per_page,
+                "$items": [project(store.get(i), attributes, deleted) for i in chunk],
+            },
+            business=b,
+        )
 
     @api.get(f"/v3.1/{stream}/{{record_id}}", name=f"get_{stream}")
     async def get_record(record_id: str, request: Request) -> Response:
@@ -436,15 +478,35 @@ def _install_admin(api: FastAPI, state: FakeSage) -> None:
 
     @api.get("/_admin/users")
     async def users() -> Response:
-        return _json([{"id": u.id, "login": u.login, "first_name": u.first_name, "last_name": u.last_name,
-                       "business_ids": list(u.business_ids)} for u in state.users])
+        return _json(
+            [
+                {
+                    "id": u.id,
+                    "login": u.login,
+                    "first_name": u.first_name,
+                    "last_name": u.last_name,
+                    "business_ids": list(u.business_ids),
+                }
+                for u in state.users
+            ]
+        )
 
     @api.get("/_admin/businesses")
     async def businesses() -> Response:
         logins = {u.id: u.login for u in state.users}
-        return _json([{"id": b.id, "key": b.key, "name": b.name, "base_currency": b.base_currency,
-                       "user": logins[b.owner_id], "user_id": b.owner_id}
-                      for b in state.world.businesses.values()])
+        return _json(
+            [
+                {
+                    "id": b.id,
+                    "key": b.key,
+                    "name": b.name,
+                    "base_currency": b.base_currency,
+                    "user": logins[b.owner_id],
+                    "user_id": b.owner_id,
+                }
+                for b in state.world.businesses.values()
+            ]
+        )
 
     @api.get("/_admin/businesses/{business_id}/{stream}")
     async def records(business_id: str, stream: str, include_deleted: bool = False) -> Response:
@@ -487,8 +549,13 @@ def _install_admin(api: FastAPI, state: FakeSage) -> None:
     async def add_fault(request: Request) -> Response:
         data = await body(request)
         try:
-            fault = Fault(str(data["kind"]), data.get("path"), int(data.get("count") or 1),
-                          data.get("retry_after"), data.get("delay_ms"))
+            fault = Fault(
+                str(data["kind"]),
+                data.get("path"),
+                int(data.get("count") or 1),
+                data.get("retry_after"),
+                data.get("delay_ms"),
+            )
             state.faults.add(fault)
         except (KeyError, ValueError) as exc:
             raise SageError(422, "InvalidParameter", str(exc)) from None

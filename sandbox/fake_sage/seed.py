@@ -75,43 +75,77 @@ TAX_RATES = (  # id, name, percentage (None = no percentage: exempt / outside sc
 )
 
 TYPE_NAMES = {
-    "SALES": ("Sales", "INCOME"), "OTHER_INCOME": ("Other Income", "INCOME"),
-    "DIRECT_EXPENSES": ("Direct Expenses", "EXPENDITURE"), "OVERHEADS": ("Overheads", "EXPENDITURE"),
-    "DEPRECIATION": ("Depreciation", "EXPENDITURE"), "CURRENT_ASSETS": ("Current Assets", "ASSET"),
-    "FIXED_ASSETS": ("Fixed Assets", "ASSET"), "BANK": ("Bank", "ASSET"),
-    "CURRENT_LIABILITY": ("Current Liability", "LIABILITY"), "TAXES": ("Taxes", "LIABILITY"),
+    "SALES": ("Sales", "INCOME"),
+    "OTHER_INCOME": ("Other Income", "INCOME"),
+    "DIRECT_EXPENSES": ("Direct Expenses", "EXPENDITURE"),
+    "OVERHEADS": ("Overheads", "EXPENDITURE"),
+    "DEPRECIATION": ("Depreciation", "EXPENDITURE"),
+    "CURRENT_ASSETS": ("Current Assets", "ASSET"),
+    "FIXED_ASSETS": ("Fixed Assets", "ASSET"),
+    "BANK": ("Bank", "ASSET"),
+    "CURRENT_LIABILITY": ("Current Liability", "LIABILITY"),
+    "TAXES": ("Taxes", "LIABILITY"),
     "EQUITY": ("Equity", "CAPITAL"),
 }
-GROUP_NAMES = {"INCOME": "Income", "EXPENDITURE": "Expenditure", "ASSET": "Asset",
-               "LIABILITY": "Liability", "CAPITAL": "Capital"}
+GROUP_NAMES = {
+    "INCOME": "Income",
+    "EXPENDITURE": "Expenditure",
+    "ASSET": "Asset",
+    "LIABILITY": "Liability",
+    "CAPITAL": "Capital",
+}
 
 # UK default chart (nominal code, name, ledger_account_type id).
 CHART = (
-    (10, "Freehold property", "FIXED_ASSETS"), (20, "Plant and machinery", "FIXED_ASSETS"),
-    (30, "Office equipment", "FIXED_ASSETS"), (40, "Furniture and fixtures", "FIXED_ASSETS"),
-    (50, "Motor vehicles", "FIXED_ASSETS"), (1001, "Stock", "CURRENT_ASSETS"),
-    (1100, "Trade debtors", "CURRENT_ASSETS"), (1103, "Prepayments", "CURRENT_ASSETS"),
-    (1200, "Bank current account", "BANK"), (1210, "Bank deposit account", "BANK"),
-    (1230, "Petty cash", "BANK"), (2100, "Trade creditors", "CURRENT_LIABILITY"),
-    (2109, "Accruals", "CURRENT_LIABILITY"), (2200, "Sales Tax Control Account", "TAXES"),
-    (2201, "Purchase Tax Control Account", "TAXES"), (2202, "VAT liability", "TAXES"),
-    (2210, "PAYE and NI", "CURRENT_LIABILITY"), (3000, "Ordinary shares", "EQUITY"),
-    (3200, "Profit and loss account", "EQUITY"), (4000, "Sales type A", "SALES"),
-    (4010, "Sales type B", "SALES"), (4900, "Other income", "OTHER_INCOME"),
+    (10, "Freehold property", "FIXED_ASSETS"),
+    (20, "Plant and machinery", "FIXED_ASSETS"),
+    (30, "Office equipment", "FIXED_ASSETS"),
+    (40, "Furniture and fixtures", "FIXED_ASSETS"),
+    (50, "Motor vehicles", "FIXED_ASSETS"),
+    (1001, "Stock", "CURRENT_ASSETS"),
+    (1100, "Trade debtors", "CURRENT_ASSETS"),
+    (1103, "Prepayments", "CURRENT_ASSETS"),
+    (1200, "Bank current account", "BANK"),
+    (1210, "Bank deposit account", "BANK"),
+    (1230, "Petty cash", "BANK"),
+    (2100, "Trade creditors", "CURRENT_LIABILITY"),
+    (2109, "Accruals", "CURRENT_LIABILITY"),
+    (2200, "Sales Tax Control Account", "TAXES"),
+    (2201, "Purchase Tax Control Account", "TAXES"),
+    (2202, "VAT liability", "TAXES"),
+    (2210, "PAYE and NI", "CURRENT_LIABILITY"),
+    (3000, "Ordinary shares", "EQUITY"),
+    (3200, "Profit and loss account", "EQUITY"),
+    (4000, "Sales type A", "SALES"),
+    (4010, "Sales type B", "SALES"),
+    (4900, "Other income", "OTHER_INCOME"),
     (5000, "Cost of sales - goods", "DIRECT_EXPENSES"),
     (5001, "Cost of sales - materials", "DIRECT_EXPENSES"),
-    (5002, "Cost of sales - subcontractors", "DIRECT_EXPENSES"), (5100, "Carriage", "DIRECT_EXPENSES"),
-    (6201, "Advertising and marketing", "OVERHEADS"), (7000, "Gross wages", "OVERHEADS"),
-    (7100, "Rent and rates", "OVERHEADS"), (7104, "Premises insurance", "OVERHEADS"),
-    (7200, "Electricity", "OVERHEADS"), (7201, "Gas", "OVERHEADS"),
-    (7300, "Motor expenses - fuel", "OVERHEADS"), (7301, "Motor expenses - repairs", "OVERHEADS"),
-    (7400, "Travelling", "OVERHEADS"), (7402, "Hotels", "OVERHEADS"), (7500, "Office costs", "OVERHEADS"),
-    (7501, "Postage and carriage", "OVERHEADS"), (7502, "Telephone and internet", "OVERHEADS"),
-    (7504, "Office stationery", "OVERHEADS"), (7600, "Legal and professional fees", "OVERHEADS"),
-    (7601, "Audit and accountancy fees", "OVERHEADS"), (7700, "Equipment hire", "OVERHEADS"),
-    (7800, "Repairs and renewals", "OVERHEADS"), (7900, "Bank charges and interest", "OVERHEADS"),
-    (8000, "Depreciation", "DEPRECIATION"), (8100, "Bad debt write off", "OVERHEADS"),
-    (8204, "Insurance", "OVERHEADS"), (8205, "Refreshments", "OVERHEADS"),
+    (5002, "Cost of sales - subcontractors", "DIRECT_EXPENSES"),
+    (5100, "Carriage", "DIRECT_EXPENSES"),
+    (6201, "Advertising and marketing", "OVERHEADS"),
+    (7000, "Gross wages", "OVERHEADS"),
+    (7100, "Rent and rates", "OVERHEADS"),
+    (7104, "Premises insurance", "OVERHEADS"),
+    (7200, "Electricity", "OVERHEADS"),
+    (7201, "Gas", "OVERHEADS"),
+    (7300, "Motor expenses - fuel", "OVERHEADS"),
+    (7301, "Motor expenses - repairs", "OVERHEADS"),
+    (7400, "Travelling", "OVERHEADS"),
+    (7402, "Hotels", "OVERHEADS"),
+    (7500, "Office costs", "OVERHEADS"),
+    (7501, "Postage and carriage", "OVERHEADS"),
+    (7502, "Telephone and internet", "OVERHEADS"),
+    (7504, "Office stationery", "OVERHEADS"),
+    (7600, "Legal and professional fees", "OVERHEADS"),
+    (7601, "Audit and accountancy fees", "OVERHEADS"),
+    (7700, "Equipment hire", "OVERHEADS"),
+    (7800, "Repairs and renewals", "OVERHEADS"),
+    (7900, "Bank charges and interest", "OVERHEADS"),
+    (8000, "Depreciation", "DEPRECIATION"),
+    (8100, "Bad debt write off", "OVERHEADS"),
+    (8204, "Insurance", "OVERHEADS"),
+    (8205, "Refreshments", "OVERHEADS"),
     (7806, "Waste disposal", "OVERHEADS"),  # added by the user: not a default account
 )
 NOT_IN_CHART = (5002,)  # shows included_in_chart = false
@@ -138,27 +172,55 @@ class VendorSpec:
 
 
 COMMON_VENDORS = (
-    VendorSpec("British Gas Business", "BRITGAS",
-               ((7201, "Gas supply"), (7201, "Gas standing charge")), "GB_STANDARD", 80, 600),
-    VendorSpec("Octopus Energy", "OCTOPUS",
-               ((7200, "Electricity supply"), (7200, "Electricity standing charge")), "GB_STANDARD", 120, 900),
-    VendorSpec("BT Business", "BTBUS",
-               ((7502, "Broadband and phone line"), (7502, "Business mobiles")), "GB_STANDARD", 40, 160),
+    VendorSpec(
+        "British Gas Business", "BRITGAS", ((7201, "Gas supply"), (7201, "Gas standing charge")), "GB_STANDARD", 80, 600
+    ),
+    VendorSpec(
+        "Octopus Energy",
+        "OCTOPUS",
+        ((7200, "Electricity supply"), (7200, "Electricity standing charge")),
+        "GB_STANDARD",
+        120,
+        900,
+    ),
+    VendorSpec(
+        "BT Business", "BTBUS", ((7502, "Broadband and phone line"), (7502, "Business mobiles")), "GB_STANDARD", 40, 160
+    ),
     VendorSpec("Vodafone UK", "VODAFONE", ((7502, "Mobile phone contract"),), "GB_STANDARD", 25, 120),
-    VendorSpec("Landsec Properties", "LANDSEC",
-               ((7100, "Office rent"), (7100, "Service charge")), "GB_EXEMPT", 1500, 4000),
-    VendorSpec("Westminster City Council", "WCC",
-               ((7100, "Business rates"), (7806, "Trade waste collection")), "GB_NO_TAX", 300, 1200),
+    VendorSpec(
+        "Landsec Properties", "LANDSEC", ((7100, "Office rent"), (7100, "Service charge")), "GB_EXEMPT", 1500, 4000
+    ),
+    VendorSpec(
+        "Westminster City Council",
+        "WCC",
+        ((7100, "Business rates"), (7806, "Trade waste collection")),
+        "GB_NO_TAX",
+        300,
+        1200,
+    ),
     VendorSpec("Shell UK Fuel", "SHELL", ((7300, "Diesel"), (7300, "Fuel card")), "GB_STANDARD", 40, 180),
     VendorSpec("Trainline", "TRAINLIN", ((7400, "Rail tickets"),), "GB_ZERO", 20, 250),
     VendorSpec("Premier Inn", "PREMINN", ((7402, "Hotel stay"),), "GB_STANDARD", 60, 180),
-    VendorSpec("Viking Direct", "VIKING",
-               ((7504, "Office stationery"), (7504, "Printer paper and toner")), "GB_STANDARD", 15, 300),
+    VendorSpec(
+        "Viking Direct",
+        "VIKING",
+        ((7504, "Office stationery"), (7504, "Printer paper and toner")),
+        "GB_STANDARD",
+        15,
+        300,
+    ),
     VendorSpec("Royal Mail", "ROYALMAI", ((7501, "Postage"), (7501, "Parcel delivery")), "GB_EXEMPT", 5, 90),
-    VendorSpec("Hargreaves & Co Accountants", "HARGREAV",
-               ((7601, "Annual accounts"), (7601, "Payroll bureau")), "GB_STANDARD", 250, 1800),
-    VendorSpec("Fraser Legal LLP", "FRASERLG",
-               ((7600, "Legal advice"), (7600, "Lease review")), "GB_STANDARD", 200, 2500),
+    VendorSpec(
+        "Hargreaves & Co Accountants",
+        "HARGREAV",
+        ((7601, "Annual accounts"), (7601, "Payroll bureau")),
+        "GB_STANDARD",
+        250,
+        1800,
+    ),
+    VendorSpec(
+        "Fraser Legal LLP", "FRASERLG", ((7600, "Legal advice"), (7600, "Lease review")), "GB_STANDARD", 200, 2500
+    ),
     VendorSpec("Speedy Hire", "SPEEDY", ((7700, "Equipment hire"),), "GB_STANDARD", 50, 700),
     VendorSpec("Dell Technologies UK", "DELL", ((30, "Laptop"), (30, "Monitor")), "GB_STANDARD", 400, 2200),
     VendorSpec("Aviva Insurance", "AVIVA", ((8204, "Business insurance premium"),), "GB_EXEMPT", 80, 900),
@@ -166,12 +228,20 @@ COMMON_VENDORS = (
 )
 BAKERY_VENDORS = (
     VendorSpec("Shipton Mill", "SHIPTON", ((5000, "Organic flour"), (5000, "Rye flour")), "GB_ZERO", 150, 1400),
-    VendorSpec("Booker Wholesale", "BOOKER",
-               ((5000, "Butter and dairy"), (5000, "Sugar and yeast"), (8205, "Tea and coffee")), "GB_ZERO", 80, 900),
-    VendorSpec("Brakes Foodservice", "BRAKES",
-               ((5000, "Food ingredients"), (5000, "Dairy and cream")), "GB_ZERO", 100, 1200),
-    VendorSpec("Smurfit Kappa Packaging", "SMURFIT",
-               ((5001, "Cardboard boxes"), (5001, "Packaging")), "GB_STANDARD", 60, 500),
+    VendorSpec(
+        "Booker Wholesale",
+        "BOOKER",
+        ((5000, "Butter and dairy"), (5000, "Sugar and yeast"), (8205, "Tea and coffee")),
+        "GB_ZERO",
+        80,
+        900,
+    ),
+    VendorSpec(
+        "Brakes Foodservice", "BRAKES", ((5000, "Food ingredients"), (5000, "Dairy and cream")), "GB_ZERO", 100, 1200
+    ),
+    VendorSpec(
+        "Smurfit Kappa Packaging", "SMURFIT", ((5001, "Cardboard boxes"), (5001, "Packaging")), "GB_STANDARD", 60, 500
+    ),
     VendorSpec("Rational Ovens Service", "RATIONAL", ((7800, "Oven service"),), "GB_STANDARD", 120, 900),
 )
 JOINERY_VENDORS = (
@@ -213,35 +283,80 @@ class BusinessSpec:
 
 USERS = (("demo@example.com", "Demo", "User"), ("other@example.com", "Olivia", "Other"))
 BUSINESSES = (
-    BusinessSpec("greenleaf", "Greenleaf Bakery Ltd", "demo@example.com", "GBP", False,
-                 COMMON_VENDORS + BAKERY_VENDORS,
-                 ("Riverside Cafe", "Hilltop Hotel", "Corner Deli", "St Mary's School"), "Bristol"),
-    BusinessSpec("northwind", "Northwind Joinery Ltd", "demo@example.com", "GBP", True,
-                 COMMON_VENDORS + JOINERY_VENDORS,
-                 ("Oak & Ash Interiors", "Harrow Homes", "Kestrel Developments", "J. Patel"), "Leeds"),
-    BusinessSpec("atlantic", "Atlantic Trading Ltd", "demo@example.com", "EUR", False, ATLANTIC_VENDORS,
-                 ("Galway Imports", "Cork Retail Group", "Brest Marine SA", "Liffey Foods"), "London"),
-    BusinessSpec("harbour", "Harbour Cafe Ltd", "other@example.com", "GBP", False,
-                 COMMON_VENDORS[:8] + BAKERY_VENDORS[1:3], ("Walk-in customers",), "Plymouth",
-                 volume_factor=0.25),
+    BusinessSpec(
+        "greenleaf",
+        "Greenleaf Bakery Ltd",
+        "demo@example.com",
+        "GBP",
+        False,
+        COMMON_VENDORS + BAKERY_VENDORS,
+        ("Riverside Cafe", "Hilltop Hotel", "Corner Deli", "St Mary's School"),
+        "Bristol",
+    ),
+    BusinessSpec(
+        "northwind",
+        "Northwind Joinery Ltd",
+        "demo@example.com",
+        "GBP",
+        True,
+        COMMON_VENDORS + JOINERY_VENDORS,
+        ("Oak & Ash Interiors", "Harrow Homes", "Kestrel Developments", "J. Patel"),
+        "Leeds",
+    ),
+    BusinessSpec(
+        "atlantic",
+        "Atlantic Trading Ltd",
+        "demo@example.com",
+        "EUR",
+        False,
+        ATLANTIC_VENDORS,
+        ("Galway Imports", "Cork Retail Group", "Brest Marine SA", "Liffey Foods"),
+        "London",
+    ),
+    BusinessSpec(
+        "harbour",
+        "Harbour Cafe Ltd",
+        "other@example.com",
+        "GBP",
+        False,
+        COMMON_VENDORS[:8] + BAKERY_VENDORS[1:3],
+        ("Walk-in customers",),
+        "Plymouth",
+        volume_factor=0.25,
+    ),
 )
 
 TRANSACTION_TYPES = {
-    "PURCHASE_INVOICE": "Purchase Invoice", "PURCHASE_CREDIT_NOTE": "Purchase Credit Note",
+    "PURCHASE_INVOICE": "Purchase Invoice",
+    "PURCHASE_CREDIT_NOTE": "Purchase Credit Note",
     "PURCHASE_QUICK_ENTRY_INVOICE": "Purchase QE Invoice",
     "PURCHASE_QUICK_ENTRY_CREDIT_NOTE": "Purchase QE Credit Note",
-    "OTHER_PAYMENT": "Other Payment", "OTHER_RECEIPT": "Other Receipt",
-    "OTHER_PAYMENT_REFUND": "Other Payment Refund", "OTHER_RECEIPT_REFUND": "Other Receipt Refund",
+    "OTHER_PAYMENT": "Other Payment",
+    "OTHER_RECEIPT": "Other Receipt",
+    "OTHER_PAYMENT_REFUND": "Other Payment Refund",
+    "OTHER_RECEIPT_REFUND": "Other Receipt Refund",
 }
 STATUSES = {"DRAFT": "Draft", "UNPAID": "Unpaid", "PART_PAID": "Part Paid", "PAID": "Paid", "VOID": "Void"}
-PAYMENT_METHODS = {"BANK_TRANSFER": "Bank Transfer", "CREDIT_DEBIT": "Credit/Debit Card",
-                   "CASH": "Cash", "CHECK": "Cheque", "ALTERNATIVE_PAYMENT": "Alternative Payment"}
+PAYMENT_METHODS = {
+    "BANK_TRANSFER": "Bank Transfer",
+    "CREDIT_DEBIT": "Credit/Debit Card",
+    "CASH": "Cash",
+    "CHECK": "Cheque",
+    "ALTERNATIVE_PAYMENT": "Alternative Payment",
+}
 QUICK_ENTRY_TYPES = {"INVOICE": "Invoice", "CREDIT_NOTE": "Credit Note"}
 VOID_REASONS = ("Duplicate entry", "Entered in error", "Supplier cancelled the order")
-LINE_KEY = {"purchase_invoices": "invoice_lines", "purchase_credit_notes": "credit_note_lines",
-            "other_payments": "payment_lines"}
-PREFIX = {"purchase_invoices": "PI", "purchase_credit_notes": "PCN", "purchase_quick_entries": "QE",
-          "other_payments": "OP"}
+LINE_KEY = {
+    "purchase_invoices": "invoice_lines",
+    "purchase_credit_notes": "credit_note_lines",
+    "other_payments": "payment_lines",
+}
+PREFIX = {
+    "purchase_invoices": "PI",
+    "purchase_credit_notes": "PCN",
+    "purchase_quick_entries": "QE",
+    "other_payments": "OP",
+}
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -314,20 +429,19 @@ class Context:
 # ------------------------------------------------------------------------------------- world build
 
 
-def build_world(seed: int, now: int, scale: float = 1.0,
-                volumes: Mapping[str, Mapping[str, int]] | None = None) -> World:
+def build_world(
+    seed: int, now: int, scale: float = 1.0, volumes: Mapping[str, Mapping[str, int]] | None = None
+) -> World:
     """Users and businesses for ``seed``, with spend ending at ``now`` (see the module docstring)."""
     volumes = volumes or {}
-    users = [User(_uuid("fake-sage", seed, "user", login), login, first, last, [])
-             for login, first, last in USERS]
+    users = [User(_uuid("fake-sage", seed, "user", login), login, first, last, []) for login, first, last in USERS]
     by_login = {u.login: u for u in users}
     businesses: dict[str, Business] = {}
     seeded = {spec.key for spec in BUSINESSES}
     extra = tuple(_extra_spec(key) for key in sorted(volumes) if key not in seeded)
     for slot, spec in enumerate(BUSINESSES + extra):
         owner = by_login[spec.owner]
-        business = _build_business(seed, slot, spec, owner, now, volumes=volumes.get(spec.key, {}),
-                                   scale=scale)
+        business = _build_business(seed, slot, spec, owner, now, volumes=volumes.get(spec.key, {}), scale=scale)
         owner.business_ids.append(business.id)
         businesses[business.id] = business
     return World(users, businesses)
@@ -335,8 +449,16 @@ def build_world(seed: int, now: int, scale: float = 1.0,
 
 def _extra_spec(key: str) -> BusinessSpec:
     """A plain GBP business for a ``volumes`` key that names no seeded one."""
-    return BusinessSpec(key, f"{key.replace('_', ' ').title()} Ltd", USERS[0][0], "GBP", False, COMMON_VENDORS,
-                        ("Walk-in customers",), "London")
+    return BusinessSpec(
+        key,
+        f"{key.replace('_', ' ').title()} Ltd",
+        USERS[0][0],
+        "GBP",
+        False,
+        COMMON_VENDORS,
+        ("Walk-in customers",),
+        "London",
+    )
 
 
 def business_id(seed: int, key: str) -> str:
@@ -344,17 +466,28 @@ def business_id(seed: int, key: str) -> str:
     return hex_id("fake-sage", seed, "business", key)
 
 
-def _build_business(seed: int, slot: int, spec: BusinessSpec, owner: User, now: int, *,
-                    volumes: Mapping[str, int], scale: float) -> Business:
+def _build_business(
+    seed: int, slot: int, spec: BusinessSpec, owner: User, now: int, *, volumes: Mapping[str, int], scale: float
+) -> Business:
     bid = business_id(seed, spec.key)
     start = now - YEARS * 365 * DAY
     created = start - 40 * DAY + slot * 3600
     ctx = Context(seed, spec, spec.base_currency)
-    stores = {name: StreamStore(name, None if name == "tax_rates" else IdCodec(seed, spec.key, name))
-              for name in ("ledger_accounts", "contacts", "tax_rates", *BASE_VOLUMES)}
-    business = Business(bid, spec.key, spec.name, owner.id, spec.base_currency,
-                        _business_record(bid, spec, created), _financial_settings(spec, created, now),
-                        stores, ctx)
+    stores = {
+        name: StreamStore(name, None if name == "tax_rates" else IdCodec(seed, spec.key, name))
+        for name in ("ledger_accounts", "contacts", "tax_rates", *BASE_VOLUMES)
+    }
+    business = Business(
+        bid,
+        spec.key,
+        spec.name,
+        owner.id,
+        spec.base_currency,
+        _business_record(bid, spec, created),
+        _financial_settings(spec, created, now),
+        stores,
+        ctx,
+    )
     _seed_tax_rates(business, created)
     _seed_ledger_accounts(business, created)
     _seed_contacts(business, created, now)
@@ -366,14 +499,33 @@ def _build_business(seed: int, slot: int, spec: BusinessSpec, owner: User, now: 
 
 def _business_record(bid: str, spec: BusinessSpec, created: int) -> Record:
     return {
-        "id": bid, "displayed_as": spec.name, "$path": f"/businesses/{bid}", "name": spec.name,
-        "address_line_1": "1 High Street", "address_line_2": None, "city": spec.city,
-        "postal_code": "AB1 2CD", "country": {"id": "GB", "displayed_as": "United Kingdom (GB)",
-                                              "$path": "/countries/GB"},
-        "region": None, "telephone": "01234 567890", "mobile": None, "website": None, "is_demo": False,
-        "ni_based": False, "created_at": iso(created), "updated_at": iso(created),
-        "subscriptions": [{"id": "ACCOUNTING", "displayed_as": "Accounting Plus", "active": True,
-                           "status": "active", "created_at": iso(created), "updated_at": iso(created)}],
+        "id": bid,
+        "displayed_as": spec.name,
+        "$path": f"/businesses/{bid}",
+        "name": spec.name,
+        "address_line_1": "1 High Street",
+        "address_line_2": None,
+        "city": spec.city,
+        "postal_code": "AB1 2CD",
+        "country": {"id": "GB", "displayed_as": "United Kingdom (GB)", "$path": "/countries/GB"},
+        "region": None,
+        "telephone": "01234 567890",
+        "mobile": None,
+        "website": None,
+        "is_demo": False,
+        "ni_based": False,
+        "created_at": iso(created),
+        "updated_at": iso(created),
+        "subscriptions": [
+            {
+                "id": "ACCOUNTING",
+                "displayed_as": "Accounting Plus",
+                "active": True,
+                "status": "active",
+                "created_at": iso(created),
+                "updated_at": iso(created),
+            }
+        ],
     }
 
 
@@ -381,34 +533,62 @@ def _financial_settings(spec: BusinessSpec, created: int, now: int) -> Record:
     year = date.fromordinal(utc_day(now)).year
     base = spec.base_currency
     return {
-        "$path": "/financial_settings", "year_end_date": f"{year + 1}-03-31", "year_end_lockdown_date": None,
-        "accounting_type": "accrual", "accounts_start_date": day_text(utc_day(created)),
+        "$path": "/financial_settings",
+        "year_end_date": f"{year + 1}-03-31",
+        "year_end_lockdown_date": None,
+        "accounting_type": "accrual",
+        "accounts_start_date": day_text(utc_day(created)),
         "base_currency": link("currencies", base, CURRENCIES[base]),
-        "multi_currency_enabled": spec.multi_currency, "use_live_exchange_rates": spec.multi_currency,
-        "mtd_activation_status": "active", "mtd_connected": True, "mtd_authenticated_date": iso(created),
+        "multi_currency_enabled": spec.multi_currency,
+        "use_live_exchange_rates": spec.multi_currency,
+        "mtd_activation_status": "active",
+        "mtd_connected": True,
+        "mtd_authenticated_date": iso(created),
         "tax_scheme": {"id": "STANDARD", "displayed_as": "Standard", "$path": "/tax_schemes/STANDARD"},
-        "tax_return_frequency": {"id": "QUARTERLY", "displayed_as": "Quarterly",
-                                 "$path": "/tax_return_frequencies/QUARTERLY"},
-        "tax_number": "GB" + str(int(hex_id(spec.key, "vat"), 16))[:9], "general_tax_number": "",
-        "tax_office": None, "default_irpf_rate": "0.0", "flat_rate_tax_percentage": None,
-        "recoverable_percentage": None, "sales_tax_calculation": None, "purchase_tax_calculation": None,
-        "updated_at": iso(created), "postponed_accounting": False, "destination_vat": False,
+        "tax_return_frequency": {
+            "id": "QUARTERLY",
+            "displayed_as": "Quarterly",
+            "$path": "/tax_return_frequencies/QUARTERLY",
+        },
+        "tax_number": "GB" + str(int(hex_id(spec.key, "vat"), 16))[:9],
+        "general_tax_number": "",
+        "tax_office": None,
+        "default_irpf_rate": "0.0",
+        "flat_rate_tax_percentage": None,
+        "recoverable_percentage": None,
+        "sales_tax_calculation": None,
+        "purchase_tax_calculation": None,
+        "updated_at": iso(created),
+        "postponed_accounting": False,
+        "destination_vat": False,
     }
 
 
 def _seed_tax_rates(business: Business, created: int) -> None:
     for rate_id, name, pct in TAX_RATES:
-        record = {"id": rate_id, "name": name, "percentage": pct, "created_at": iso(created),
-                  "updated_at": iso(created), "deleted_at": None}
+        record = {
+            "id": rate_id,
+            "name": name,
+            "percentage": pct,
+            "created_at": iso(created),
+            "updated_at": iso(created),
+            "deleted_at": None,
+        }
         business.stores["tax_rates"].add(normalise(business, "tax_rates", record, 0, created))
 
 
 def _seed_ledger_accounts(business: Business, created: int) -> None:
     store = business.stores["ledger_accounts"]
     for code, name, type_id in CHART:
-        record = {"id": store.id_of(len(store)), "name": name, "nominal_code": code,
-                  "ledger_account_type": {"id": type_id}, "included_in_chart": code not in NOT_IN_CHART,
-                  "created_at": iso(created), "updated_at": iso(created)}
+        record = {
+            "id": store.id_of(len(store)),
+            "name": name,
+            "nominal_code": code,
+            "ledger_account_type": {"id": type_id},
+            "included_in_chart": code not in NOT_IN_CHART,
+            "created_at": iso(created),
+            "updated_at": iso(created),
+        }
         store.add(normalise(business, "ledger_accounts", record, len(store), created))
     ctx: Context = business.context
     bank_id = hex_id(business.id, "bank")
@@ -420,15 +600,22 @@ def _seed_contacts(business: Business, created: int, now: int) -> None:
     store = business.stores["contacts"]
     rng = random.Random(f"{business.context.seed}/{spec.key}/contacts")
     entries = [(v.name, v.ref, "VENDOR", v) for v in spec.vendors]
-    entries += [(name, "".join(ch for ch in name.upper() if ch.isalpha())[:8], "CUSTOMER", None)
-                for name in spec.customers]
+    entries += [
+        (name, "".join(ch for ch in name.upper() if ch.isalpha())[:8], "CUSTOMER", None) for name in spec.customers
+    ]
     for n, (name, ref, contact_type, vendor) in enumerate(entries):
         made = created + n * 3600
         changed = made if rng.random() < 0.7 else made + rng.randint(DAY, 400 * DAY)
-        record = {"id": store.id_of(len(store)), "name": name, "reference": ref,
-                  "contact_types": [{"id": contact_type}],
-                  "currency": {"id": (vendor.currency if vendor else None) or business.base_currency},
-                  "created_at": iso(made), "updated_at": iso(min(changed, now)), "deleted_at": None}
+        record = {
+            "id": store.id_of(len(store)),
+            "name": name,
+            "reference": ref,
+            "contact_types": [{"id": contact_type}],
+            "currency": {"id": (vendor.currency if vendor else None) or business.base_currency},
+            "created_at": iso(made),
+            "updated_at": iso(min(changed, now)),
+            "deleted_at": None,
+        }
         if vendor is not None:
             ctx: Context = business.context
             record["default_purchase_ledger_account"] = {"id": ctx.account_ids[vendor.code]}
@@ -480,7 +667,8 @@ def _body_factory(business: Business, stream: str, now: int) -> Any:
         rng = random.Random(salt + index)
         day = store.day[index]
         record: Record = {
-            "id": store.id_of(index), "created_at": iso(store.created[index]),
+            "id": store.id_of(index),
+            "created_at": iso(store.created[index]),
             "updated_at": iso(store.updated[index]),
             "deleted_at": iso(store.deleted[index]) if store.deleted[index] else None,
             "date": day_text(day),
@@ -507,13 +695,18 @@ def _raw_line(ctx: Context, rng: random.Random, vendor: VendorSpec) -> Record:
     quantity = rng.choice((1, 1, 1, 1, 2, 3, 5, 10))
     unit = Decimal(rng.randint(vendor.low * 100, vendor.high * 100)) / 100 / quantity
     account = ctx.links["ledger_accounts"][ctx.account_ids[code]]
-    return {"description": text,
-            "ledger_account": {"id": account["id"]}, "tax_rate": {"id": tax},
-            "quantity": f"{quantity}.0", "unit_price": money(unit)}
+    return {
+        "description": text,
+        "ledger_account": {"id": account["id"]},
+        "tax_rate": {"id": tax},
+        "quantity": f"{quantity}.0",
+        "unit_price": money(unit),
+    }
 
 
-def _purchase_raw(ctx: Context, rng: random.Random, record: Record, stream: str, *, kind: int, day: int,
-                  now_day: int) -> None:
+def _purchase_raw(
+    ctx: Context, rng: random.Random, record: Record, stream: str, *, kind: int, day: int, now_day: int
+) -> None:
     vendor_id, vendor = _pick_vendor(ctx, rng)
     currency = vendor.currency or ctx.base
     record["contact"] = {"id": vendor_id}
@@ -570,17 +763,27 @@ def _other_payment_raw(ctx: Context, rng: random.Random, record: Record) -> None
     vendor_id, vendor = _pick_vendor(ctx, rng)
     if ttype == "OTHER_RECEIPT":
         record["contact"] = {"id": rng.choice(ctx.customer_ids)} if rng.random() < 0.6 else None
-        lines = [{"ledger_account": {"id": ctx.account_ids[4900]}, "details": "Sundry receipt",
-                  "tax_rate": {"id": "GB_STANDARD"},
-                  "net_amount": money(Decimal(rng.randint(1000, 50000)) / 100)}]
+        lines = [
+            {
+                "ledger_account": {"id": ctx.account_ids[4900]},
+                "details": "Sundry receipt",
+                "tax_rate": {"id": "GB_STANDARD"},
+                "net_amount": money(Decimal(rng.randint(1000, 50000)) / 100),
+            }
+        ]
     else:
         record["contact"] = {"id": vendor_id} if rng.random() < 0.7 else None
         lines = []
         for _ in range(rng.choice((1, 1, 1, 2, 3))):
             raw = _raw_line(ctx, rng, vendor if vendor.currency is None else COMMON_VENDORS[6])
-            lines.append({"ledger_account": raw["ledger_account"], "details": raw["description"],
-                          "tax_rate": raw["tax_rate"],
-                          "net_amount": money(dec(raw["unit_price"]) * dec(raw["quantity"]))})
+            lines.append(
+                {
+                    "ledger_account": raw["ledger_account"],
+                    "details": raw["description"],
+                    "tax_rate": raw["tax_rate"],
+                    "net_amount": money(dec(raw["unit_price"]) * dec(raw["quantity"])),
+                }
+            )
     record["reference"] = f"{PREFIX['other_payments']}-{rng.randint(100000, 999999)}"
     record["payment_lines"] = lines
 
@@ -605,9 +808,13 @@ def normalise(business: Business, stream: str, record: Record, index: int, now: 
     rec.setdefault("updated_at", rec["created_at"])
     rec.setdefault("deleted_at", None)
     builders = {
-        "tax_rates": _tax_rate, "ledger_accounts": _ledger_account, "contacts": _contact,
-        "purchase_invoices": _purchase_document, "purchase_credit_notes": _purchase_document,
-        "purchase_quick_entries": _quick_entry, "other_payments": _other_payment,
+        "tax_rates": _tax_rate,
+        "ledger_accounts": _ledger_account,
+        "contacts": _contact,
+        "purchase_invoices": _purchase_document,
+        "purchase_credit_notes": _purchase_document,
+        "purchase_quick_entries": _quick_entry,
+        "other_payments": _other_payment,
     }
     rec = builders[stream](ctx, stream, rec, index, now)
     rec["$path"] = f"/{stream}/{rec['id']}"
@@ -647,20 +854,30 @@ def _label(rec: Record, name: str, kind: str, labels: Mapping[str, str], default
 def _tax_rate(ctx: Context, stream: str, rec: Record, index: int, now: int) -> Record:
     pct = money(dec(rec.get("percentage", "0")))
     name = rec.get("name") or rec["id"]
-    rec.update({"displayed_as": name, "name": name, "percentage": pct,
-                "percentages": rec.get("percentages") or [
-                    {"percentage": pct, "from_date": "2011-01-04", "to_date": None}],
-                "is_visible": rec.get("is_visible", True), "is_combined_rate": False,
-                "component_tax_rates": [], "editable": False, "deletable": False, "agency": None,
-                "retailer": False})
+    rec.update(
+        {
+            "displayed_as": name,
+            "name": name,
+            "percentage": pct,
+            "percentages": rec.get("percentages") or [{"percentage": pct, "from_date": "2011-01-04", "to_date": None}],
+            "is_visible": rec.get("is_visible", True),
+            "is_combined_rate": False,
+            "component_tax_rates": [],
+            "editable": False,
+            "deletable": False,
+            "agency": None,
+            "retailer": False,
+        }
+    )
     ctx.tax_pct[rec["id"]] = dec(pct)
     ctx.links.setdefault("tax_rates", {})[rec["id"]] = link("tax_rates", rec["id"], name)
     return rec
 
 
 def _ledger_account(ctx: Context, stream: str, rec: Record, index: int, now: int) -> Record:
-    type_id = _label(rec, "ledger_account_type", "ledger_account_types",
-                     {k: v[0] for k, v in TYPE_NAMES.items()}, "OVERHEADS")
+    type_id = _label(
+        rec, "ledger_account_type", "ledger_account_types", {k: v[0] for k, v in TYPE_NAMES.items()}, "OVERHEADS"
+    )
     group = TYPE_NAMES[type_id][1]
     code = int(rec.get("nominal_code", 9999))
     name = rec.get("name") or f"Account {code}"
@@ -669,21 +886,35 @@ def _ledger_account(ctx: Context, stream: str, rec: Record, index: int, now: int
     scopes += ["sales", "other_receipt"] if group == "INCOME" else []
     scopes += ["bank"] if type_id == "BANK" else []
     default_tax = "GB_STANDARD" if expense or group == "INCOME" else "GB_NO_TAX"
-    rec.update({
-        "displayed_as": f"{name} ({code})", "name": name, "display_name": name, "nominal_code": code,
-        "ledger_account_group": {"id": group, "displayed_as": GROUP_NAMES[group]},
-        "visible_scopes": scopes, "included_in_chart": rec.get("included_in_chart", True),
-        "ledger_account_classification": None,
-        "tax_rate": rec.get("tax_rate") or dict(ctx.links["tax_rates"][default_tax]),
-        "fixed_tax_rate": False, "visible_in_banking": type_id == "BANK",
-        "visible_in_expenses": expense, "visible_in_journals": True, "visible_in_other_payments": expense,
-        "visible_in_other_receipts": group == "INCOME", "visible_in_reporting": True,
-        "visible_in_sales": group == "INCOME", "is_control_account": type_id == "TAXES" or code == 2100,
-        "control_name": None, "display_formatted": f"{code:04d} - {name}", "tax_recoverable": None,
-        "recoverable_percentage": None, "cis_materials": None, "cis_labour": None,
-    })
-    ctx.links.setdefault("ledger_accounts", {})[rec["id"]] = link("ledger_accounts", rec["id"],
-                                                                  rec["displayed_as"])
+    rec.update(
+        {
+            "displayed_as": f"{name} ({code})",
+            "name": name,
+            "display_name": name,
+            "nominal_code": code,
+            "ledger_account_group": {"id": group, "displayed_as": GROUP_NAMES[group]},
+            "visible_scopes": scopes,
+            "included_in_chart": rec.get("included_in_chart", True),
+            "ledger_account_classification": None,
+            "tax_rate": rec.get("tax_rate") or dict(ctx.links["tax_rates"][default_tax]),
+            "fixed_tax_rate": False,
+            "visible_in_banking": type_id == "BANK",
+            "visible_in_expenses": expense,
+            "visible_in_journals": True,
+            "visible_in_other_payments": expense,
+            "visible_in_other_receipts": group == "INCOME",
+            "visible_in_reporting": True,
+            "visible_in_sales": group == "INCOME",
+            "is_control_account": type_id == "TAXES" or code == 2100,
+            "control_name": None,
+            "display_formatted": f"{code:04d} - {name}",
+            "tax_recoverable": None,
+            "recoverable_percentage": None,
+            "cis_materials": None,
+            "cis_labour": None,
+        }
+    )
+    ctx.links.setdefault("ledger_accounts", {})[rec["id"]] = link("ledger_accounts", rec["id"], rec["displayed_as"])
     ctx.account_ids.setdefault(code, rec["id"])
     return rec
 
@@ -691,23 +922,39 @@ def _ledger_account(ctx: Context, stream: str, rec: Record, index: int, now: int
 def _contact(ctx: Context, stream: str, rec: Record, index: int, now: int) -> Record:
     types = rec.pop("contact_type_ids", None) or rec.get("contact_types") or [{"id": "VENDOR"}]
     labels = {"VENDOR": "Supplier", "CUSTOMER": "Customer"}
-    rec["contact_types"] = [link("contact_types", t.get("id") if isinstance(t, dict) else t,
-                                 labels.get(t.get("id") if isinstance(t, dict) else t, "Other"))
-                            for t in types]
+    rec["contact_types"] = [
+        link(
+            "contact_types",
+            t.get("id") if isinstance(t, dict) else t,
+            labels.get(t.get("id") if isinstance(t, dict) else t, "Other"),
+        )
+        for t in types
+    ]
     name = rec.get("name") or "Unnamed contact"
     ref = rec.get("reference") or "".join(ch for ch in name.upper() if ch.isalnum())[:8]
     currency = _label(rec, "currency", "currencies", CURRENCIES, ctx.base)
     account = rec.get("default_purchase_ledger_account")
-    rec.update({
-        "displayed_as": f"{name} ({ref})", "name": name, "reference": ref,
-        "default_purchase_ledger_account": ctx.resolve("ledger_accounts", account, "ledger_account")
-        if account else None,
-        "tax_number": rec.get("tax_number") or "GB" + str(int(hex_id(name, "vat"), 16))[:9],
-        "email": rec.get("email") or f"accounts@{ref.lower()}.example.com",
-        "notes": rec.get("notes"), "locale": "en", "is_active": True, "system": False,
-        "deletable": True, "gb_based": currency == "GBP", "ni_based": False, "cis_registered": False,
-        "gdpr_obfuscated": False,
-    })
+    rec.update(
+        {
+            "displayed_as": f"{name} ({ref})",
+            "name": name,
+            "reference": ref,
+            "default_purchase_ledger_account": ctx.resolve("ledger_accounts", account, "ledger_account")
+            if account
+            else None,
+            "tax_number": rec.get("tax_number") or "GB" + str(int(hex_id(name, "vat"), 16))[:9],
+            "email": rec.get("email") or f"accounts@{ref.lower()}.example.com",
+            "notes": rec.get("notes"),
+            "locale": "en",
+            "is_active": True,
+            "system": False,
+            "deletable": True,
+            "gb_based": currency == "GBP",
+            "ni_based": False,
+            "cis_registered": False,
+            "gdpr_obfuscated": False,
+        }
+    )
     ctx.contacts[rec["id"]] = (name, ref, currency)
     ctx.links.setdefault("contacts", {})[rec["id"]] = link("contacts", rec["id"], rec["displayed_as"])
     return rec
@@ -722,8 +969,7 @@ def _currency_fields(ctx: Context, rec: Record, contact_currency: str | None) ->
     return rate
 
 
-def _line(ctx: Context, raw: Record, rate: Decimal | None, parent_id: str, n: int, *,
-          text_key: str) -> Record:
+def _line(ctx: Context, raw: Record, rate: Decimal | None, parent_id: str, n: int, *, text_key: str) -> Record:
     """Complete one line: net = quantity * unit_price, tax = net * rate%, total = net + tax."""
     line = dict(raw)
     line.setdefault("id", hex_id(parent_id, "line", n))
@@ -740,8 +986,11 @@ def _line(ctx: Context, raw: Record, rate: Decimal | None, parent_id: str, n: in
         line["net_amount"] = money(quantity * unit)
     net = dec(line["net_amount"])
     tax = dec(line["tax_amount"]) if line.get("tax_amount") is not None else net * pct / 100
-    total = dec(line["total_amount"]) if line.get("total_amount") is not None else (
-        net.quantize(CENT, ROUND_HALF_UP) + tax.quantize(CENT, ROUND_HALF_UP))
+    total = (
+        dec(line["total_amount"])
+        if line.get("total_amount") is not None
+        else (net.quantize(CENT, ROUND_HALF_UP) + tax.quantize(CENT, ROUND_HALF_UP))
+    )
     line.update({"net_amount": money(net), "tax_amount": money(tax), "total_amount": money(total)})
     line.setdefault(text_key, account["displayed_as"])
     line["displayed_as"] = line[text_key]
@@ -755,8 +1004,9 @@ def _line(ctx: Context, raw: Record, rate: Decimal | None, parent_id: str, n: in
         line["base_currency_net_amount"] = money(base_net)
         line["base_currency_tax_amount"] = money(base_tax)
         line.setdefault("base_currency_total_amount", money(base_net + base_tax))
-        line["base_currency_tax_breakdown"] = [{"tax_rate": tax_link, "percentage": money(pct),
-                                                "amount": line["base_currency_tax_amount"]}]
+        line["base_currency_tax_breakdown"] = [
+            {"tax_rate": tax_link, "percentage": money(pct), "amount": line["base_currency_tax_amount"]}
+        ]
         line.setdefault("unit_price_includes_tax", False)
         line.setdefault("trade_of_asset", False)
     return _ordered(line)
@@ -778,8 +1028,7 @@ def _settlement(rec: Record, rate: Decimal) -> None:
     status = rec["status"]["id"]
     total = dec(rec["total_amount"])
     if rec.get("outstanding_amount") is None:
-        outstanding = {"PAID": Decimal(0), "VOID": Decimal(0), "PART_PAID": total * Decimal("0.4")}.get(
-            status, total)
+        outstanding = {"PAID": Decimal(0), "VOID": Decimal(0), "PART_PAID": total * Decimal("0.4")}.get(status, total)
         rec["outstanding_amount"] = money(outstanding)
     outstanding = dec(rec["outstanding_amount"])
     rec["outstanding_amount"] = money(outstanding)
@@ -821,10 +1070,10 @@ def _purchase_document(ctx: Context, stream: str, rec: Record, index: int, now: 
     currency = _contact_fields(ctx, rec, True)
     rate = _currency_fields(ctx, rec, currency)
     rec["inverse_exchange_rate"] = (str if credit else float)(
-        (Decimal(1) / rate).quantize(Decimal("0.000001")))  # the spec types it string on credit notes
+        (Decimal(1) / rate).quantize(Decimal("0.000001"))
+    )  # the spec types it string on credit notes
     key = LINE_KEY[stream]
-    lines = [_line(ctx, raw, rate, rec["id"], n, text_key="description")
-             for n, raw in enumerate(rec.get(key) or [])]
+    lines = [_line(ctx, raw, rate, rec["id"], n, text_key="description") for n, raw in enumerate(rec.get(key) or [])]
     if not lines:
         raise SageError(422, "RecordInvalid", f"{key} must have at least one line.", key)
     rec[key] = lines
@@ -850,13 +1099,40 @@ def _quick_entry(ctx: Context, stream: str, rec: Record, index: int, now: int) -
     currency = _contact_fields(ctx, rec, True)
     rate = _currency_fields(ctx, rec, currency)
     rec["inverse_exchange_rate"] = float((Decimal(1) / rate).quantize(Decimal("0.000001")))
-    line = _line(ctx, {k: rec.get(k) for k in ("ledger_account", "ledger_account_id", "tax_rate",
-                                                "tax_rate_id", "net_amount", "tax_amount", "total_amount",
-                                                "details") if rec.get(k) is not None},
-                 rate, rec["id"], 0, text_key="details")
-    for key in ("ledger_account", "tax_rate", "net_amount", "tax_amount", "total_amount", "details",
-                "tax_breakdown", "base_currency_net_amount", "base_currency_tax_amount",
-                "base_currency_total_amount", "base_currency_tax_breakdown"):
+    line = _line(
+        ctx,
+        {
+            k: rec.get(k)
+            for k in (
+                "ledger_account",
+                "ledger_account_id",
+                "tax_rate",
+                "tax_rate_id",
+                "net_amount",
+                "tax_amount",
+                "total_amount",
+                "details",
+            )
+            if rec.get(k) is not None
+        },
+        rate,
+        rec["id"],
+        0,
+        text_key="details",
+    )
+    for key in (
+        "ledger_account",
+        "tax_rate",
+        "net_amount",
+        "tax_amount",
+        "total_amount",
+        "details",
+        "tax_breakdown",
+        "base_currency_net_amount",
+        "base_currency_tax_amount",
+        "base_currency_total_amount",
+        "base_currency_tax_breakdown",
+    ):
         rec[key] = line[key]
     rec.pop("ledger_account_id", None)
     rec.pop("tax_rate_id", None)
@@ -880,8 +1156,9 @@ def _other_payment(ctx: Context, stream: str, rec: Record, index: int, now: int)
     rec.pop("contact_reference", None)
     rec.pop("bank_account_id", None)
     rec["bank_account"] = ctx.bank  # the fake has one bank account per business
-    lines = [_line(ctx, raw, None, rec["id"], n, text_key="details")
-             for n, raw in enumerate(rec.get("payment_lines") or [])]
+    lines = [
+        _line(ctx, raw, None, rec["id"], n, text_key="details") for n, raw in enumerate(rec.get("payment_lines") or [])
+    ]
     if not lines:
         raise SageError(422, "RecordInvalid", "payment_lines must have at least one line.", "payment_lines")
     rec["payment_lines"] = lines
@@ -889,6 +1166,13 @@ def _other_payment(ctx: Context, stream: str, rec: Record, index: int, now: int)
     _transaction(rec, type_id)
     rec["transaction_type"] = link("transaction_types", type_id, TRANSACTION_TYPES[type_id])
     rec["displayed_as"] = rec["reference"]
-    rec.update({"editable": True, "deletable": True, "withholding_tax_rate": None,
-                "withholding_tax_amount": None, "tax_address_region": None})
+    rec.update(
+        {
+            "editable": True,
+            "deletable": True,
+            "withholding_tax_rate": None,
+            "withholding_tax_amount": None,
+            "tax_address_region": None,
+        }
+    )
     return rec

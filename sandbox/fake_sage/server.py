@@ -41,13 +41,12 @@ class FakeSageAdmin:
         self.timeout = timeout
         self._session = requests.Session()
 
-    def _call(self, method: str, path: str, payload: Any = None,
-              params: Mapping[str, Any] | None = None) -> Any:
-        response = self._session.request(method, f"{self.base_url}/_admin{path}", json=payload,
-                                         params=params, timeout=self.timeout)
+    def _call(self, method: str, path: str, payload: Any = None, params: Mapping[str, Any] | None = None) -> Any:
+        response = self._session.request(
+            method, f"{self.base_url}/_admin{path}", json=payload, params=params, timeout=self.timeout
+        )
         if response.status_code >= 400:
-            raise FakeSageAdminError(
-                f"{method} /_admin{path} -> {response.status_code}: {response.text[:500]}")
+            raise FakeSageAdminError(f"{method} /_admin{path} -> {response.status_code}: {response.text[:500]}")
         return response.json() if response.content else None
 
     # world ---------------------------------------------------------------------------------------
@@ -75,8 +74,7 @@ class FakeSageAdmin:
         """
         return self._call("POST", f"/businesses/{business_id}/{stream}", dict(record))
 
-    def update(self, business_id: str, stream: str, record_id: str,
-               changes: Mapping[str, Any]) -> dict[str, Any]:
+    def update(self, business_id: str, stream: str, record_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
         """Merge ``changes`` (bumps ``updated_at``; derived amounts are recomputed unless given)."""
         return self._call("PATCH", f"/businesses/{business_id}/{stream}/{record_id}", dict(changes))
 
@@ -90,8 +88,9 @@ class FakeSageAdmin:
 
     def records(self, business_id: str, stream: str, include_deleted: bool = False) -> list[dict[str, Any]]:
         """Full records as ``attributes=all`` returns them, in creation order."""
-        return self._call("GET", f"/businesses/{business_id}/{stream}",
-                          params={"include_deleted": str(include_deleted).lower()})
+        return self._call(
+            "GET", f"/businesses/{business_id}/{stream}", params={"include_deleted": str(include_deleted).lower()}
+        )
 
     # clock ---------------------------------------------------------------------------------------
     def now(self) -> str:
@@ -107,16 +106,25 @@ class FakeSageAdmin:
         return self._call("PUT", "/clock", {"now": iso})["now"]
 
     # faults --------------------------------------------------------------------------------------
-    def add_fault(self, kind: str, path: str | None = None, count: int = 1, retry_after: int | None = None,
-                  delay_ms: int | None = None) -> dict[str, Any]:
+    def add_fault(
+        self,
+        kind: str,
+        path: str | None = None,
+        count: int = 1,
+        retry_after: int | None = None,
+        delay_ms: int | None = None,
+    ) -> dict[str, Any]:
         """Schedule a fault: "429" | "500" | "503" | "slow" | "drop" | "truncate".
 
         ``path`` is matched as a substring of the request path (None = any ``/v3.1`` path);
         ``count`` is how many matching requests it hits; ``retry_after`` adds ``Retry-After`` to a
         429; ``delay_ms`` is the "slow" delay.
         """
-        return self._call("POST", "/faults", {"kind": kind, "path": path, "count": count,
-                                              "retry_after": retry_after, "delay_ms": delay_ms})
+        return self._call(
+            "POST",
+            "/faults",
+            {"kind": kind, "path": path, "count": count, "retry_after": retry_after, "delay_ms": delay_ms},
+        )
 
     def faults(self) -> list[dict[str, Any]]:
         """Faults still pending."""
@@ -166,10 +174,20 @@ def pkce_pair() -> tuple[str, str]:
 class FakeSageServer:
     """Context manager: ``python -m sandbox.fake_sage`` as a subprocess, ready when entered."""
 
-    def __init__(self, seed: int = 42, port: int = 0, token_ttl: int = 300, client_id: str = "demo-client",
-                 client_secret: str = "demo-secret", *, scale: float = 1.0,  # noqa: S107 - fake app
-                 volumes: Mapping[str, Mapping[str, int]] | None = None, host: str = "127.0.0.1",
-                 start: str | None = None, startup_timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        seed: int = 42,
+        port: int = 0,
+        token_ttl: int = 300,
+        client_id: str = "demo-client",
+        client_secret: str = "demo-secret",  # noqa: S107 - the fake's own demo client
+        *,
+        scale: float = 1.0,
+        volumes: Mapping[str, Mapping[str, int]] | None = None,
+        host: str = "127.0.0.1",
+        start: str | None = None,
+        startup_timeout: float = 120.0,
+    ) -> None:
         self.seed = seed
         self.host = host
         self.port = port or free_port(host)
@@ -192,9 +210,25 @@ class FakeSageServer:
     # lifecycle -----------------------------------------------------------------------------------
     def command(self) -> list[str]:
         """The CLI invocation used to start the server."""
-        cmd = [sys.executable, "-m", "sandbox.fake_sage", "--host", self.host, "--port", str(self.port),
-               "--seed", str(self.seed), "--token-ttl", str(self.token_ttl), "--client-id", self.client_id,
-               "--client-secret", self.client_secret, "--scale", str(self.scale)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "sandbox.fake_sage",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--seed",
+            str(self.seed),
+            "--token-ttl",
+            str(self.token_ttl),
+            "--client-id",
+            self.client_id,
+            "--client-secret",
+            self.client_secret,
+            "--scale",
+            str(self.scale),
+        ]
         if self.start_at:
             cmd += ["--start", self.start_at]
         for business, streams in self.volumes.items():
@@ -206,8 +240,13 @@ class FakeSageServer:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - the server's log lives as long as the server
-        self._process = subprocess.Popen(self.command(), cwd=REPO_ROOT, env=env,  # noqa: S603
-                                         stdout=self._log, stderr=subprocess.STDOUT)
+        self._process = subprocess.Popen(  # noqa: S603 - our own server module, no user input
+            self.command(),
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -245,32 +284,52 @@ class FakeSageServer:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     # conveniences --------------------------------------------------------------------------------
     def airflow_conn_json(self, redirect_uri: str = DEFAULT_REDIRECT_URI) -> str:
         """JSON for ``AIRFLOW_CONN_SAGE_DEFAULT`` pointing at this server."""
-        return json.dumps({
-            "conn_type": "http", "host": self.api_url, "login": self.client_id,
-            "password": self.client_secret,
-            "extra": {"authorize_url": self.authorize_url, "token_url": self.token_url,
-                      "revoke_url": self.revoke_url, "redirect_uri": redirect_uri},
-        })
+        return json.dumps(
+            {
+                "conn_type": "http",
+                "host": self.api_url,
+                "login": self.client_id,
+                "password": self.client_secret,
+                "extra": {
+                    "authorize_url": self.authorize_url,
+                    "token_url": self.token_url,
+                    "revoke_url": self.revoke_url,
+                    "redirect_uri": redirect_uri,
+                },
+            }
+        )
 
-    def authorize(self, login_hint: str | None = None, redirect_uri: str = DEFAULT_REDIRECT_URI,
-                  state: str = "fake-state", code_challenge: str | None = None, *,
-                  code_challenge_method: str = "S256", scope: str = "full_access") -> str:
+    def authorize(
+        self,
+        login_hint: str | None = None,
+        redirect_uri: str = DEFAULT_REDIRECT_URI,
+        state: str = "fake-state",
+        code_challenge: str | None = None,
+        *,
+        code_challenge_method: str = "S256",
+        scope: str = "full_access",
+    ) -> str:
         """The browser step: GET the authorize URL (no redirect following) and return the code."""
-        params = {"response_type": "code", "client_id": self.client_id, "redirect_uri": redirect_uri,
-                  "state": state, "scope": scope}
+        params = {
+            "response_type": "code",
+            "client_id": self.client_id,
+            "redirect_uri": redirect_uri,
+            "state": state,
+            "scope": scope,
+        }
         if login_hint:
             params["login_hint"] = login_hint
         if code_challenge:
             params.update(code_challenge=code_challenge, code_challenge_method=code_challenge_method)
-        response = requests.get(f"{self.authorize_url}&{urlencode(params)}", allow_redirects=False,
-                                timeout=30)
+        response = requests.get(f"{self.authorize_url}&{urlencode(params)}", allow_redirects=False, timeout=30)
         if response.status_code != 302:
             raise RuntimeError(f"authorize failed: {response.status_code} {response.text[:300]}")
         query = parse_qs(urlsplit(response.headers["location"]).query)
@@ -278,19 +337,23 @@ class FakeSageServer:
             raise RuntimeError(f"unexpected redirect {response.headers['location']}")
         return query["code"][0]
 
-    def exchange(self, code: str, redirect_uri: str = DEFAULT_REDIRECT_URI,
-                 code_verifier: str | None = None) -> dict[str, Any]:
+    def exchange(
+        self, code: str, redirect_uri: str = DEFAULT_REDIRECT_URI, code_verifier: str | None = None
+    ) -> dict[str, Any]:
         """``POST /token`` with ``grant_type=authorization_code``; returns the token JSON."""
-        data = {"grant_type": "authorization_code", "client_id": self.client_id,
-                "client_secret": self.client_secret, "code": code, "redirect_uri": redirect_uri}
+        data = {
+            "grant_type": "authorization_code",
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+            "code": code,
+            "redirect_uri": redirect_uri,
+        }
         if code_verifier:
             data["code_verifier"] = code_verifier
-        response = requests.post(self.token_url, data=data, headers={"Accept": "application/json"},
-                                 timeout=30)
+        response = requests.post(self.token_url, data=data, headers={"Accept": "application/json"}, timeout=30)
         response.raise_for_status()
         return response.json()
 
-    def issue_tokens(self, login_hint: str | None = None,
-                     redirect_uri: str = DEFAULT_REDIRECT_URI) -> dict[str, Any]:
+    def issue_tokens(self, login_hint: str | None = None, redirect_uri: str = DEFAULT_REDIRECT_URI) -> dict[str, Any]:
         """Authorize and exchange in one go (for demos and tests)."""
         return self.exchange(self.authorize(login_hint, redirect_uri), redirect_uri)

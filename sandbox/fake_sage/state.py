@@ -62,8 +62,7 @@ class SageError(Exception):
 
     def body(self) -> list[dict[str, str]]:
         """The JSON array Sage sends for errors."""
-        return [{"$severity": "error", "$dataCode": self.data_code, "$message": self.message,
-                 "$source": self.source}]
+        return [{"$severity": "error", "$dataCode": self.data_code, "$message": self.message, "$source": self.source}]
 
 
 class OAuthError(Exception):
@@ -305,7 +304,7 @@ class StreamStore:
             # cached: each cursor is asked for once. Without this, a 1M-record company costs the
             # fake a full filter and sort per page, and the benchmark measures the fake.
             base = self.select(replace(query, updated_since=None))
-            return base[bisect_left(base, query.updated_since, key=self.updated.__getitem__):]
+            return base[bisect_left(base, query.updated_since, key=self.updated.__getitem__) :]
         result = array("q", self._compute(query))
         self._cache[query] = result
         while len(self._cache) > self.CACHE_SIZE:
@@ -400,11 +399,9 @@ class Config:
 class Shapes(Protocol):
     """What the state needs from the seed module (injected to keep the modules acyclic)."""
 
-    def build_world(self, seed: int, now: int, scale: float,
-                    volumes: Mapping[str, Mapping[str, int]]) -> World: ...
+    def build_world(self, seed: int, now: int, scale: float, volumes: Mapping[str, Mapping[str, int]]) -> World: ...
 
-    def normalise(self, business: Business, stream: str, record: Record, index: int,
-                  now: int) -> Record: ...
+    def normalise(self, business: Business, stream: str, record: Record, index: int, now: int) -> Record: ...
 
 
 # -------------------------------------------------------------------------------------------- OAuth
@@ -453,12 +450,14 @@ class Auth:
         self.access: dict[str, tuple[str, int]] = {}  # token -> (grant id, expiry)
         self.refresh_tokens: dict[str, tuple[str, int]] = {}
 
-    def issue_code(self, client_id: str, redirect_uri: str, user_id: str, scope: str, *,
-                   challenge: str | None, method: str | None) -> str:
+    def issue_code(
+        self, client_id: str, redirect_uri: str, user_id: str, scope: str, *, challenge: str | None, method: str | None
+    ) -> str:
         """Record a consent and return the code to put on the redirect."""
         code = "GB/" + secrets.token_hex(24)
-        self.codes[code] = AuthCode(client_id, redirect_uri, user_id, scope, challenge, method,
-                                    self.clock.now() + AUTH_CODE_TTL)
+        self.codes[code] = AuthCode(
+            client_id, redirect_uri, user_id, scope, challenge, method, self.clock.now() + AUTH_CODE_TTL
+        )
         return code
 
     def check_client(self, client_id: str | None, client_secret: str | None) -> None:
@@ -702,9 +701,15 @@ class FakeSage:
         """Void a purchase document (status VOID with void_reason, nothing outstanding)."""
         if stream not in VOIDABLE_STREAMS:
             raise SageError(422, "RecordInvalid", f"{stream} cannot be voided.")
-        return self.update(business_id, stream, record_id, {
-            "status": {"id": "VOID"}, "void_reason": reason,
-        })
+        return self.update(
+            business_id,
+            stream,
+            record_id,
+            {
+                "status": {"id": "VOID"},
+                "void_reason": reason,
+            },
+        )
 
     def records(self, business_id: str, stream: str, include_deleted: bool = False) -> list[Record]:
         """Every record of a stream as ``attributes=all`` would show it."""
@@ -714,7 +719,11 @@ class FakeSage:
 
 LINE_KEYS = ("invoice_lines", "credit_note_lines", "payment_lines")
 HEADER_AMOUNTS = (
-    "net_amount", "tax_amount", "total_amount", "base_currency_net_amount", "base_currency_tax_amount",
+    "net_amount",
+    "tax_amount",
+    "total_amount",
+    "base_currency_net_amount",
+    "base_currency_tax_amount",
     "base_currency_total_amount",
 )
 SETTLEMENT = ("outstanding_amount", "total_paid", "base_currency_outstanding_amount")

@@ -63,8 +63,10 @@ class Page:
         """The JSON value of ``expression`` in the page (promises awaited)."""
         result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
         if "exceptionDetails" in result:
-            raise CdpError(f"{expression!r} threw {result['exceptionDetails'].get('text')}: "
-                           f"{result['exceptionDetails'].get('exception', {}).get('description')}")
+            raise CdpError(
+                f"{expression!r} threw {result['exceptionDetails'].get('text')}: "
+                f"{result['exceptionDetails'].get('exception', {}).get('description')}"
+            )
         return result.get("result", {}).get("value")
 
     def wait_for(self, expression: str, what: str, timeout: float = 30.0) -> Any:
@@ -80,8 +82,10 @@ class Page:
                 if last:
                     return last
             time.sleep(0.1)
-        raise CdpError(f"timed out after {timeout}s waiting for {what}; last value {last!r}; "
-                       f"page {self.location()} says:\n{self.text()[:1500]}")
+        raise CdpError(
+            f"timed out after {timeout}s waiting for {what}; last value {last!r}; "
+            f"page {self.location()} says:\n{self.text()[:1500]}"
+        )
 
     def goto(self, url: str) -> None:
         self.call("Page.navigate", url=url)
@@ -102,17 +106,19 @@ class Page:
             f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (!e) return null;"
             " e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();"
             " return r.width && r.height ? {x: r.x + r.width / 2, y: r.y + r.height / 2} : null; })()",
-            f"a visible {selector}")
+            f"a visible {selector}",
+        )
         for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
             self.call("Input.dispatchMouseEvent", type=kind, x=box["x"], y=box["y"], button="left", clickCount=1)
 
     def type_into(self, selector: str, text: str) -> None:
         """Focus the field, clear it, and type ``text`` as keyboard input."""
-        self.wait_for(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (!e) return false;"
-                      " e.focus(); e.select && e.select(); return document.activeElement === e; })()",
-                      f"{selector} focused")
-        self.call("Input.dispatchKeyEvent", type="rawKeyDown", key="Delete", code="Delete",
-                  windowsVirtualKeyCode=46)
+        self.wait_for(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (!e) return false;"
+            " e.focus(); e.select && e.select(); return document.activeElement === e; })()",
+            f"{selector} focused",
+        )
+        self.call("Input.dispatchKeyEvent", type="rawKeyDown", key="Delete", code="Delete", windowsVirtualKeyCode=46)
         self.call("Input.dispatchKeyEvent", type="keyUp", key="Delete", code="Delete", windowsVirtualKeyCode=46)
         self.call("Input.insertText", text=text)
 
@@ -128,12 +134,26 @@ class Page:
 @contextlib.contextmanager
 def chromium(user_data_dir: Path, *, startup_timeout: float = 30.0) -> Iterator[Page]:
     """Headless Chromium with one blank page attached; the whole process group is killed on exit."""
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--disable-dev-shm-usage", "--no-proxy-server", "--window-size=1280,900",
-           f"--user-data-dir={user_data_dir}", "--remote-debugging-port=0", "about:blank"]
-    process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, start_new_session=True)
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--no-proxy-server",
+        "--window-size=1280,900",
+        f"--user-data-dir={user_data_dir}",
+        "--remote-debugging-port=0",
+        "about:blank",
+    ]
+    process = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     log: deque[str] = deque(maxlen=200)
     found = threading.Event()
     url: list[str] = []

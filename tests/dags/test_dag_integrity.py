@@ -17,17 +17,24 @@ DAGS = Path(__file__).resolve().parents[2] / "dags"
 
 def _conn_json(dsn: str) -> str:
     p = psycopg.conninfo.conninfo_to_dict(dsn)
-    return json.dumps({"conn_type": "postgres", "host": p.get("host", "127.0.0.1"),
-                       "port": int(p.get("port", 5432)), "login": p.get("user", "postgres"),
-                       "password": p.get("password"), "schema": p["dbname"]})
+    return json.dumps(
+        {
+            "conn_type": "postgres",
+            "host": p.get("host", "127.0.0.1"),
+            "port": int(p.get("port", 5432)),
+            "login": p.get("user", "postgres"),
+            "password": p.get("password"),
+            "schema": p["dbname"],
+        }
+    )
 
 
 @pytest.fixture
-def two_companies(warehouse: psycopg.Connection, pg_dsn: str, tmp_path: Path,
-                  monkeypatch: pytest.MonkeyPatch) -> Path:
+def two_companies(warehouse: psycopg.Connection, pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     warehouse.execute(
         "insert into sage_control.companies (company_id, company_name, synced_from_quarter) values "
-        "('b1aa', 'Greenleaf Bakery Ltd', '2024-Q1'), ('b2bb', 'Northwind Joinery Ltd', '2024-Q3')")
+        "('b1aa', 'Greenleaf Bakery Ltd', '2024-Q1'), ('b2bb', 'Northwind Joinery Ltd', '2024-Q3')"
+    )
     warehouse.commit()
     snapshot = tmp_path / "companies.json"
     monkeypatch.setenv("AIRFLOW_CONN_SAGE_WAREHOUSE", _conn_json(pg_dsn))
@@ -58,8 +65,16 @@ def test_dags_load_without_errors_and_follow_the_rules(two_companies: Path) -> N
     assert dag.is_paused_upon_creation is False  # a connected company syncs without a manual unpause
     load = dag.get_task("extract_load")  # mapped: one instance per stream
     assert set(load.op_kwargs_expand_input.value["stream"]) == {
-        "purchase_invoices", "purchase_credit_notes", "purchase_quick_entries", "other_payments",
-        "ledger_accounts", "contacts", "tax_rates", "businesses", "financial_settings"}
+        "purchase_invoices",
+        "purchase_credit_notes",
+        "purchase_quick_entries",
+        "other_payments",
+        "ledger_accounts",
+        "contacts",
+        "tax_rates",
+        "businesses",
+        "financial_settings",
+    }
     assert load.pool == "sage_api" and dag.get_task("refresh_auth").pool == "sage_api"
     finish = dag.get_task("finish")
     assert [o.name for o in finish.outlets] == ["sage_raw"]
@@ -87,12 +102,13 @@ def test_transform_starts_unpaused_and_runs_on_new_data_or_daily(two_companies: 
     assert second.run_after - first.run_after == pendulum.duration(days=1)
 
 
-def test_unreachable_warehouse_keeps_the_last_known_dags(two_companies: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_warehouse_keeps_the_last_known_dags(two_companies: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _dagbag()  # a good parse writes the snapshot
     assert json.loads(two_companies.read_text())[0]["company_id"] == "b1aa"
-    monkeypatch.setenv("AIRFLOW_CONN_SAGE_WAREHOUSE", json.dumps(
-        {"conn_type": "postgres", "host": "127.0.0.1", "port": 1, "login": "postgres", "schema": "x"}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SAGE_WAREHOUSE",
+        json.dumps({"conn_type": "postgres", "host": "127.0.0.1", "port": 1, "login": "postgres", "schema": "x"}),
+    )
     bag = _dagbag()
     assert bag.import_errors == {}
     assert {"sage_sync__b1aa", "sage_sync__b2bb"} <= set(bag.dags)
@@ -122,13 +138,16 @@ def test_the_backfill_refuses_a_later_quarter_in_one_line(two_companies: Path) -
     with pytest.raises(AirflowFailException) as refused:
         validate(params={"company_id": "b1aa", "synced_from": "2024-Q2"}, run_id="manual__1")
     message = str(refused.value)
-    assert message == ("Synced From not moved to 2024-Q2: 2024-Q2 is later than the current Synced From "
-                       "2024-Q1: Synced From only moves earlier (use reset to start again)")
+    assert message == (
+        "Synced From not moved to 2024-Q2: 2024-Q2 is later than the current Synced From "
+        "2024-Q1: Synced From only moves earlier (use reset to start again)"
+    )
     assert refused.value.__cause__ is None and refused.value.__suppress_context__  # no chained dump
 
 
-def test_a_refused_grant_fails_every_sage_task_without_retries(two_companies: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_refused_grant_fails_every_sage_task_without_retries(
+    two_companies: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from airflow.sdk.exceptions import AirflowFailException  # noqa: PLC0415
 
     from sage_sync.core.errors import GrantRefused, TransientError  # noqa: PLC0415
@@ -141,13 +160,19 @@ def test_a_refused_grant_fails_every_sage_task_without_retries(two_companies: Pa
     company_dag, backfill_dag = bag.dags["sage_sync__b1aa"], bag.dags["sage_backfill"]
     calls = [
         (company_dag, "refresh_auth", "check_auth", {"company_id": "b1aa", "sync_run_id": "r"}),
-        (company_dag, "extract_load", "sync_stream", {"company_id": "b1aa", "stream": "contacts",
-                                                      "sync_run_id": "r"}),
+        (company_dag, "extract_load", "sync_stream", {"company_id": "b1aa", "stream": "contacts", "sync_run_id": "r"}),
         (company_dag, "record_deletions", "sync_deletions", {"company_id": "b1aa", "sync_run_id": "r"}),
         (backfill_dag, "refresh_auth", "check_auth", {"sync_run_id": "r", "params": {"company_id": "b1aa"}}),
-        (backfill_dag, "backfill_purchase_invoices", "backfill_stream",
-         {"stream": "purchase_invoices", "sync_run_id": "r",
-          "params": {"company_id": "b1aa", "synced_from": "2023-Q4"}}),
+        (
+            backfill_dag,
+            "backfill_purchase_invoices",
+            "backfill_stream",
+            {
+                "stream": "purchase_invoices",
+                "sync_run_id": "r",
+                "params": {"company_id": "b1aa", "synced_from": "2023-Q4"},
+            },
+        ),
     ]
     for dag, task_id, step, kwargs in calls:
         monkeypatch.setattr(sync, step, refused)

@@ -52,17 +52,24 @@ def _passwordless_env(dsn: str, tmp_path: Path) -> dict[str, str]:
     if host.startswith("/"):
         pytest.skip("the test server is reached over a unix socket")
     uri = f"postgresql://{p.get('user') or 'postgres'}@{host}:{p.get('port') or 5432}/{p['dbname']}"
-    return {**_dbt_env(dsn), "AIRFLOW_CONN_SAGE_WAREHOUSE": uri,
-            "SAGE_REGISTRY_SNAPSHOT": str(tmp_path / "companies.json")}
+    return {
+        **_dbt_env(dsn),
+        "AIRFLOW_CONN_SAGE_WAREHOUSE": uri,
+        "SAGE_REGISTRY_SNAPSHOT": str(tmp_path / "companies.json"),
+    }
 
 
 def _fact(conn: psycopg.Connection) -> list[tuple]:
-    return conn.execute("select record_id, line_id, amount, supplier_name from analytics.fct_spend_transactions "
-                        "where company_id = %s order by 1, 2", (GBP_CO,)).fetchall()
+    return conn.execute(
+        "select record_id, line_id, amount, supplier_name from analytics.fct_spend_transactions "
+        "where company_id = %s order by 1, 2",
+        (GBP_CO,),
+    ).fetchall()
 
 
 def test_one_transform_after_a_failed_and_a_skipped_one_builds_both_days(
-        warehouse: psycopg.Connection, pg_dsn: str, tmp_path: Path) -> None:
+    warehouse: psycopg.Connection, pg_dsn: str, tmp_path: Path
+) -> None:
     env = _passwordless_env(pg_dsn, tmp_path)
     warehouse.autocommit = True
     _load_scenario(pg_dsn)
@@ -78,8 +85,10 @@ def test_one_transform_after_a_failed_and_a_skipped_one_builds_both_days(
         failed = _dbt(["run"], {**env, "PGOPTIONS": "-c lock_timeout=2s"}, tmp_path)
         blocker.rollback()
     assert failed.returncode != 0
-    results = {r["unique_id"].split(".")[-1]: r["status"]
-               for r in json.loads((tmp_path / "target" / "run_results.json").read_text())["results"]}
+    results = {
+        r["unique_id"].split(".")[-1]: r["status"]
+        for r in json.loads((tmp_path / "target" / "run_results.json").read_text())["results"]
+    }
     assert results["base_sage__purchase_invoices_latest"] == "success"
     assert results["int_spend_lines_signed"] == "error"
     assert _fact(warehouse) == fact_day1  # nothing of day 2 reached the marts
@@ -90,19 +99,27 @@ def test_one_transform_after_a_failed_and_a_skipped_one_builds_both_days(
         "insert into sage_raw.deletions (company_id, stream, record_id, source_deleted_at, "
         "detection_method, _extracted_at, _sync_run_id) values "
         "(%s, 'purchase_quick_entries', 'qe_inv', '2024-06-03T00:00:00Z', 'deleted_since', %s, 'run1')",
-        (GBP_CO, DAY3))
+        (GBP_CO, DAY3),
+    )
 
     # The transform resumes. First one task of the real DAG (cosmos, through the passwordless
     # connection): the line table picks up the day-2 versions the failed run had already
     # deduplicated. Then the whole build.
-    done = subprocess.run([str(BIN / "airflow"), "tasks", "test", "sage_transform", "int_spend_lines_signed_run"],
-                          env=env, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        [str(BIN / "airflow"), "tasks", "test", "sage_transform", "int_spend_lines_signed_run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
     assert "secret field password" not in output
     assert "OK created sql incremental model sage_intermediate.int_spend_lines_signed" in output, output[-4000:]
-    assert warehouse.execute("select net_amount from sage_intermediate.int_spend_lines_signed "
-                             "where line_id = 'pi_2_l1'").fetchone() == (Decimal("250.00"),)
+    assert warehouse.execute(
+        "select net_amount from sage_intermediate.int_spend_lines_signed where line_id = 'pi_2_l1'"
+    ).fetchone() == (Decimal("250.00"),)
     resumed = _dbt(["build"], env, tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-6000:]
 
@@ -113,8 +130,9 @@ def test_one_transform_after_a_failed_and_a_skipped_one_builds_both_days(
     assert not records & {"pi_void", "pi_deleted", "op_receipt"}  # day 2: void, deletion, receipt
     assert "qe_inv" not in records and "op_b1" not in records  # day 3: deletion; op_b1 is EUR Co's
     assert {row[3] for row in fact if row[3] and row[3].startswith("Acme")} == {"Acme Group plc"}  # day 3
-    eur_fact = warehouse.execute("select record_id from analytics.fct_spend_transactions "
-                                 "where company_id = 'eur_co'").fetchall()
+    eur_fact = warehouse.execute(
+        "select record_id from analytics.fct_spend_transactions where company_id = 'eur_co'"
+    ).fetchall()
     assert ("op_b1",) in eur_fact  # day 3: EUR Co's books turned GBP
 
     caught_up = _snapshot(warehouse)

@@ -47,21 +47,38 @@ def _link(id_: str | None, path: str) -> dict[str, Any] | None:
     return {"id": id_, "displayed_as": id_, "$path": f"/{path}/{id_}"}
 
 
-def _invoice_line(line_id: str, net: Any, tax: Any, tax_rate: str | None, ledger: str,
-                  description: str | None = None) -> dict[str, Any]:
+def _invoice_line(
+    line_id: str, net: Any, tax: Any, tax_rate: str | None, ledger: str, description: str | None = None
+) -> dict[str, Any]:
     total = Decimal(str(net)) + Decimal(str(tax))
     return {
-        "id": line_id, "displayed_as": description, "description": description,
-        "ledger_account": _link(ledger, "ledger_accounts"), "quantity": "1.0", "unit_price": str(net),
-        "net_amount": net, "tax_rate": _link(tax_rate, "tax_rates"), "tax_amount": tax,
-        "total_amount": str(total), "base_currency_net_amount": str(net),
+        "id": line_id,
+        "displayed_as": description,
+        "description": description,
+        "ledger_account": _link(ledger, "ledger_accounts"),
+        "quantity": "1.0",
+        "unit_price": str(net),
+        "net_amount": net,
+        "tax_rate": _link(tax_rate, "tax_rates"),
+        "tax_amount": tax,
+        "total_amount": str(total),
+        "base_currency_net_amount": str(net),
     }
 
 
-def _document(record_id: str, kind: str, lines: list[dict[str, Any]], *, status: str = "UNPAID",
-              currency: str = "GBP", contact: str | None = "c_acme", contact_name: str | None = "Acme (old)",
-              reference: str | None = None, date: str = "2024-05-01",
-              updated_at: str = "2024-05-01T10:00:00Z") -> dict[str, Any]:
+def _document(
+    record_id: str,
+    kind: str,
+    lines: list[dict[str, Any]],
+    *,
+    status: str = "UNPAID",
+    currency: str = "GBP",
+    contact: str | None = "c_acme",
+    contact_name: str | None = "Acme (old)",
+    reference: str | None = None,
+    date: str = "2024-05-01",
+    updated_at: str = "2024-05-01T10:00:00Z",
+) -> dict[str, Any]:
     lines_key, ttype = {
         "invoice": ("invoice_lines", "PURCHASE_INVOICE"),
         "credit_note": ("credit_note_lines", "PURCHASE_CREDIT_NOTE"),
@@ -69,44 +86,78 @@ def _document(record_id: str, kind: str, lines: list[dict[str, Any]], *, status:
     net = sum(Decimal(str(line["net_amount"])) for line in lines)
     tax = sum(Decimal(str(line["tax_amount"])) for line in lines)
     return {
-        "id": record_id, "displayed_as": record_id.upper(), "$path": f"/x/{record_id}",
-        "created_at": "2024-05-01T09:00:00Z", "updated_at": updated_at, "deleted_at": None,
+        "id": record_id,
+        "displayed_as": record_id.upper(),
+        "$path": f"/x/{record_id}",
+        "created_at": "2024-05-01T09:00:00Z",
+        "updated_at": updated_at,
+        "deleted_at": None,
         "transaction_type": _link(ttype, "transaction_types"),
-        "contact": _link(contact, "contacts"), "contact_name": contact_name, "date": date,
-        "due_date": "2024-05-31", "reference": reference or record_id.upper(),
-        "net_amount": str(net), "tax_amount": str(tax), "total_amount": str(net + tax),
-        "currency": _link(currency, "currencies"), "exchange_rate": "1.0",
-        "status": _link(status, "artefact_statuses"), lines_key: lines,
+        "contact": _link(contact, "contacts"),
+        "contact_name": contact_name,
+        "date": date,
+        "due_date": "2024-05-31",
+        "reference": reference or record_id.upper(),
+        "net_amount": str(net),
+        "tax_amount": str(tax),
+        "total_amount": str(net + tax),
+        "currency": _link(currency, "currencies"),
+        "exchange_rate": "1.0",
+        "status": _link(status, "artefact_statuses"),
+        lines_key: lines,
     }
 
 
-def _quick_entry(record_id: str, qe_type: str, net: str, tax: str, tax_rate: str, ledger: str,
-                 details: str, status: str = "UNPAID") -> dict[str, Any]:
+def _quick_entry(
+    record_id: str, qe_type: str, net: str, tax: str, tax_rate: str, ledger: str, details: str, status: str = "UNPAID"
+) -> dict[str, Any]:
     return {
-        "id": record_id, "displayed_as": record_id.upper(), "updated_at": "2024-05-03T10:00:00Z",
+        "id": record_id,
+        "displayed_as": record_id.upper(),
+        "updated_at": "2024-05-03T10:00:00Z",
         "quick_entry_type": _link(qe_type, "quick_entry_types"),
         "transaction_type": _link(f"PURCHASE_QUICK_ENTRY_{qe_type}", "transaction_types"),
-        "contact": _link("c_acme", "contacts"), "contact_name": "Acme (old)", "reference": record_id.upper(),
-        "date": "2024-05-03", "ledger_account": _link(ledger, "ledger_accounts"), "details": details,
-        "tax_rate": _link(tax_rate, "tax_rates"), "net_amount": net, "tax_amount": tax,
-        "total_amount": str(Decimal(net) + Decimal(tax)), "currency": _link("GBP", "currencies"),
+        "contact": _link("c_acme", "contacts"),
+        "contact_name": "Acme (old)",
+        "reference": record_id.upper(),
+        "date": "2024-05-03",
+        "ledger_account": _link(ledger, "ledger_accounts"),
+        "details": details,
+        "tax_rate": _link(tax_rate, "tax_rates"),
+        "net_amount": net,
+        "tax_amount": tax,
+        "total_amount": str(Decimal(net) + Decimal(tax)),
+        "currency": _link("GBP", "currencies"),
         "status": _link(status, "artefact_statuses"),
     }
 
 
-def _other_payment(record_id: str, ttype: str, lines: list[tuple[str, str, str, str | None, str, str]],
-                   contact: str | None = None) -> dict[str, Any]:
+def _other_payment(
+    record_id: str, ttype: str, lines: list[tuple[str, str, str, str | None, str, str]], contact: str | None = None
+) -> dict[str, Any]:
     payment_lines = [
-        {"id": lid, "ledger_account": _link(ledger, "ledger_accounts"), "details": details,
-         "tax_rate": _link(rate, "tax_rates"), "net_amount": net, "tax_amount": tax,
-         "total_amount": str(Decimal(net) + Decimal(tax))}
+        {
+            "id": lid,
+            "ledger_account": _link(ledger, "ledger_accounts"),
+            "details": details,
+            "tax_rate": _link(rate, "tax_rates"),
+            "net_amount": net,
+            "tax_amount": tax,
+            "total_amount": str(Decimal(net) + Decimal(tax)),
+        }
         for lid, net, tax, rate, ledger, details in lines
     ]
     return {
-        "id": record_id, "displayed_as": record_id.upper(), "updated_at": "2024-05-04T10:00:00Z",
-        "transaction_type": _link(ttype, "transaction_types"), "payment_method": _link("CASH", "pm"),
-        "contact": _link(contact, "contacts"), "bank_account": _link("bank1", "bank_accounts"),
-        "date": "2024-05-04", "reference": record_id.upper(), "payment_lines": payment_lines,
+        "id": record_id,
+        "displayed_as": record_id.upper(),
+        "updated_at": "2024-05-04T10:00:00Z",
+        "transaction_type": _link(ttype, "transaction_types"),
+        "payment_method": _link("CASH", "pm"),
+        "contact": _link(contact, "contacts"),
+        "bank_account": _link("bank1", "bank_accounts"),
+        "date": "2024-05-04",
+        "reference": record_id.upper(),
+        "payment_lines": payment_lines,
     }
 
 
@@ -134,60 +185,201 @@ def _scenario() -> list[Row]:
         ("la_materials", "Materials", 5000, "DIRECT_EXPENSES"),
         ("la_equipment", "Office Equipment", 30, "FIXED_ASSETS"),
     ]:
-        rows.append(Row("ledger_accounts", GBP_CO, id_, {
-            "id": id_, "name": name, "displayed_as": f"{name} ({code})", "nominal_code": code,
-            "ledger_account_type": _link(type_, "ledger_account_types"), "included_in_chart": True}))
+        rows.append(
+            Row(
+                "ledger_accounts",
+                GBP_CO,
+                id_,
+                {
+                    "id": id_,
+                    "name": name,
+                    "displayed_as": f"{name} ({code})",
+                    "nominal_code": code,
+                    "ledger_account_type": _link(type_, "ledger_account_types"),
+                    "included_in_chart": True,
+                },
+            )
+        )
     for id_, pct in [("GB_STANDARD", "20.0"), ("GB_LOWER", "5.0"), ("GB_ZERO", "0.0"), ("GB_EXEMPT", "0.0")]:
         rows.append(Row("tax_rates", GBP_CO, id_, {"id": id_, "name": id_, "percentage": pct}))
     rows += [
         # The supplier was renamed after the invoices were raised: the fact shows the current name.
-        Row("contacts", GBP_CO, "c_acme", {"id": "c_acme", "name": "Acme Ltd", "reference": "ACME001",
-            "contact_types": [{"id": "VENDOR"}], "currency": _link("GBP", "currencies"),
-            "updated_at": "2024-05-10T00:00:00Z"}),
-        Row("contacts", GBP_CO, "c_customer", {"id": "c_customer", "name": "A Customer",
-            "contact_types": [{"id": "CUSTOMER"}]}),
-        Row("purchase_invoices", GBP_CO, "pi_1", _document("pi_1", "invoice", [
-            _invoice_line("pi_1_l1", "100.00", "20.00", "GB_STANDARD", "la_office", "Paper"),
-            # a JSON number rather than a decimal string; no description -> the document reference
-            _invoice_line("pi_1_l2", 50.5, 0, "GB_ZERO", "la_materials"),
-        ], reference="REF-1")),
+        Row(
+            "contacts",
+            GBP_CO,
+            "c_acme",
+            {
+                "id": "c_acme",
+                "name": "Acme Ltd",
+                "reference": "ACME001",
+                "contact_types": [{"id": "VENDOR"}],
+                "currency": _link("GBP", "currencies"),
+                "updated_at": "2024-05-10T00:00:00Z",
+            },
+        ),
+        Row(
+            "contacts",
+            GBP_CO,
+            "c_customer",
+            {"id": "c_customer", "name": "A Customer", "contact_types": [{"id": "CUSTOMER"}]},
+        ),
+        Row(
+            "purchase_invoices",
+            GBP_CO,
+            "pi_1",
+            _document(
+                "pi_1",
+                "invoice",
+                [
+                    _invoice_line("pi_1_l1", "100.00", "20.00", "GB_STANDARD", "la_office", "Paper"),
+                    # a JSON number rather than a decimal string; no description -> the document reference
+                    _invoice_line("pi_1_l2", 50.5, 0, "GB_ZERO", "la_materials"),
+                ],
+                reference="REF-1",
+            ),
+        ),
         # Two versions; the later one changed the amount. A stale re-fetch of version 1 landed last.
-        Row("purchase_invoices", GBP_CO, "pi_2", _document("pi_2", "invoice", [
-            _invoice_line("pi_2_l1", "200.00", "40.00", "GB_STANDARD", "la_office", "Rent v1")],
-            updated_at="2024-05-01T10:00:00Z"), "2024-05-01T12:00:00Z"),
-        Row("purchase_invoices", GBP_CO, "pi_deleted", _document("pi_deleted", "invoice", [
-            _invoice_line("pi_deleted_l1", "999.00", "0", "GB_ZERO", "la_office", "Gone")])),
+        Row(
+            "purchase_invoices",
+            GBP_CO,
+            "pi_2",
+            _document(
+                "pi_2",
+                "invoice",
+                [_invoice_line("pi_2_l1", "200.00", "40.00", "GB_STANDARD", "la_office", "Rent v1")],
+                updated_at="2024-05-01T10:00:00Z",
+            ),
+            "2024-05-01T12:00:00Z",
+        ),
+        Row(
+            "purchase_invoices",
+            GBP_CO,
+            "pi_deleted",
+            _document(
+                "pi_deleted", "invoice", [_invoice_line("pi_deleted_l1", "999.00", "0", "GB_ZERO", "la_office", "Gone")]
+            ),
+        ),
         # voided only in phase 2
-        Row("purchase_invoices", GBP_CO, "pi_void", _document("pi_void", "invoice", [
-            _invoice_line("pi_void_l1", "300.00", "60.00", "GB_STANDARD", "la_office", "Void")])),
-        Row("purchase_invoices", GBP_CO, "pi_draft", _document("pi_draft", "invoice", [
-            _invoice_line("pi_draft_l1", "40.00", "8.00", "GB_STANDARD", "la_office", "Draft")],
-            status="DRAFT")),
-        Row("purchase_invoices", GBP_CO, "pi_eur", _document("pi_eur", "invoice", [
-            _invoice_line("pi_eur_l1", "500.00", "0", "GB_ZERO", "la_office", "Euro bill")], currency="EUR")),
+        Row(
+            "purchase_invoices",
+            GBP_CO,
+            "pi_void",
+            _document(
+                "pi_void",
+                "invoice",
+                [_invoice_line("pi_void_l1", "300.00", "60.00", "GB_STANDARD", "la_office", "Void")],
+            ),
+        ),
+        Row(
+            "purchase_invoices",
+            GBP_CO,
+            "pi_draft",
+            _document(
+                "pi_draft",
+                "invoice",
+                [_invoice_line("pi_draft_l1", "40.00", "8.00", "GB_STANDARD", "la_office", "Draft")],
+                status="DRAFT",
+            ),
+        ),
+        Row(
+            "purchase_invoices",
+            GBP_CO,
+            "pi_eur",
+            _document(
+                "pi_eur",
+                "invoice",
+                [_invoice_line("pi_eur_l1", "500.00", "0", "GB_ZERO", "la_office", "Euro bill")],
+                currency="EUR",
+            ),
+        ),
         # No contact link, only the name snapshot; an unknown ledger account; no tax rate.
-        Row("purchase_invoices", GBP_CO, "pi_nocontact", _document("pi_nocontact", "invoice", [
-            _invoice_line("pi_nocontact_l1", "70.00", "0", None, "la_unknown", "Mystery")],
-            contact=None, contact_name="Snapshot Supplies")),
-        Row("purchase_credit_notes", GBP_CO, "pcn_1", _document("pcn_1", "credit_note", [
-            _invoice_line("pcn_1_l1", "30.00", "6.00", "GB_STANDARD", "la_office", "Returned paper")])),
-        Row("purchase_quick_entries", GBP_CO, "qe_inv",
-            _quick_entry("qe_inv", "INVOICE", "80.00", "4.00", "GB_LOWER", "la_materials", "Sand")),
-        Row("purchase_quick_entries", GBP_CO, "qe_cn",
-            _quick_entry("qe_cn", "CREDIT_NOTE", "15.00", "0.00", "GB_EXEMPT", "la_materials", "Sand back")),
-        Row("other_payments", GBP_CO, "op_pay", _other_payment("op_pay", "OTHER_PAYMENT", [
-            ("op_pay_l1", "60.00", "12.00", "GB_STANDARD", "la_equipment", "Laptop"),
-            ("op_pay_l2", "10.00", "0.00", "GB_NO_TAX", "la_office", "Stamps")], contact="c_acme")),
-        Row("other_payments", GBP_CO, "op_refund", _other_payment("op_refund", "OTHER_PAYMENT_REFUND", [
-            ("op_refund_l1", "5.00", "1.00", "GB_SPECIAL", "la_office", "Refund")])),
+        Row(
+            "purchase_invoices",
+            GBP_CO,
+            "pi_nocontact",
+            _document(
+                "pi_nocontact",
+                "invoice",
+                [_invoice_line("pi_nocontact_l1", "70.00", "0", None, "la_unknown", "Mystery")],
+                contact=None,
+                contact_name="Snapshot Supplies",
+            ),
+        ),
+        Row(
+            "purchase_credit_notes",
+            GBP_CO,
+            "pcn_1",
+            _document(
+                "pcn_1",
+                "credit_note",
+                [_invoice_line("pcn_1_l1", "30.00", "6.00", "GB_STANDARD", "la_office", "Returned paper")],
+            ),
+        ),
+        Row(
+            "purchase_quick_entries",
+            GBP_CO,
+            "qe_inv",
+            _quick_entry("qe_inv", "INVOICE", "80.00", "4.00", "GB_LOWER", "la_materials", "Sand"),
+        ),
+        Row(
+            "purchase_quick_entries",
+            GBP_CO,
+            "qe_cn",
+            _quick_entry("qe_cn", "CREDIT_NOTE", "15.00", "0.00", "GB_EXEMPT", "la_materials", "Sand back"),
+        ),
+        Row(
+            "other_payments",
+            GBP_CO,
+            "op_pay",
+            _other_payment(
+                "op_pay",
+                "OTHER_PAYMENT",
+                [
+                    ("op_pay_l1", "60.00", "12.00", "GB_STANDARD", "la_equipment", "Laptop"),
+                    ("op_pay_l2", "10.00", "0.00", "GB_NO_TAX", "la_office", "Stamps"),
+                ],
+                contact="c_acme",
+            ),
+        ),
+        Row(
+            "other_payments",
+            GBP_CO,
+            "op_refund",
+            _other_payment(
+                "op_refund",
+                "OTHER_PAYMENT_REFUND",
+                [("op_refund_l1", "5.00", "1.00", "GB_SPECIAL", "la_office", "Refund")],
+            ),
+        ),
         # first landed as a payment; phase 2 corrects it to a receipt (income, not spend)
-        Row("other_payments", GBP_CO, "op_receipt", _other_payment("op_receipt", "OTHER_PAYMENT", [
-            ("op_receipt_l1", "1000.00", "0.00", "GB_ZERO", "la_office", "Income")])),
-        Row("purchase_invoices", EUR_CO, "pi_b1", _document("pi_b1", "invoice", [
-            _invoice_line("pi_b1_l1", "700.00", "0", None, "la_x", "EUR company bill")],
-            currency="EUR", contact=None)),
-        Row("other_payments", EUR_CO, "op_b1", _other_payment("op_b1", "OTHER_PAYMENT", [
-            ("op_b1_l1", "90.00", "0.00", None, "la_x", "EUR company payment")])),
+        Row(
+            "other_payments",
+            GBP_CO,
+            "op_receipt",
+            _other_payment(
+                "op_receipt", "OTHER_PAYMENT", [("op_receipt_l1", "1000.00", "0.00", "GB_ZERO", "la_office", "Income")]
+            ),
+        ),
+        Row(
+            "purchase_invoices",
+            EUR_CO,
+            "pi_b1",
+            _document(
+                "pi_b1",
+                "invoice",
+                [_invoice_line("pi_b1_l1", "700.00", "0", None, "la_x", "EUR company bill")],
+                currency="EUR",
+                contact=None,
+            ),
+        ),
+        Row(
+            "other_payments",
+            EUR_CO,
+            "op_b1",
+            _other_payment(
+                "op_b1", "OTHER_PAYMENT", [("op_b1_l1", "90.00", "0.00", None, "la_x", "EUR company payment")]
+            ),
+        ),
     ]
     return rows
 
@@ -197,8 +389,14 @@ LATER = "2024-06-02T06:00:00Z"
 RUN1_STATS = {
     "ledger_accounts": {"pages": 1, "rows_seen": 3, "versions_added": 3, "total_reported": 3, "passes": 1},
     # pi_1, pi_2, pi_void, pi_draft, pi_eur, pi_nocontact (pi_deleted is gone): 6 current
-    "purchase_invoices": {"pages": 1, "rows_seen": 7, "versions_added": 7, "total_reported": 6,
-                          "deletions": 1, "passes": 1},
+    "purchase_invoices": {
+        "pages": 1,
+        "rows_seen": 7,
+        "versions_added": 7,
+        "total_reported": 6,
+        "deletions": 1,
+        "passes": 1,
+    },
     # one more than the warehouse holds: not reconciled
     "purchase_credit_notes": {"pages": 1, "rows_seen": 1, "versions_added": 1, "total_reported": 2, "passes": 1},
 }
@@ -206,20 +404,50 @@ RUN1_STATS = {
 
 def _later_rows() -> list[Row]:
     """Phase 2: what the next day's sync lands after the first dbt run."""
-    receipt = _other_payment("op_receipt", "OTHER_RECEIPT", [
-        ("op_receipt_l1", "1000.00", "0.00", "GB_ZERO", "la_office", "Income")])
+    receipt = _other_payment(
+        "op_receipt", "OTHER_RECEIPT", [("op_receipt_l1", "1000.00", "0.00", "GB_ZERO", "la_office", "Income")]
+    )
     receipt["updated_at"] = "2024-05-06T10:00:00Z"
     return [
         # pi_2 edited: version 2 changed the amount. A stale re-fetch of version 1 lands last.
-        Row("purchase_invoices", GBP_CO, "pi_2", _document("pi_2", "invoice", [
-            _invoice_line("pi_2_l1", "250.00", "50.00", "GB_STANDARD", "la_office", "Rent v2")],
-            status="PAID", updated_at="2024-05-02T10:00:00Z"), LATER),
-        Row("purchase_invoices", GBP_CO, "pi_2", _document("pi_2", "invoice", [
-            _invoice_line("pi_2_l1", "200.00", "40.00", "GB_STANDARD", "la_office", "Rent v1")],
-            updated_at="2024-05-01T10:00:00Z"), "2024-06-03T06:00:00Z"),
-        Row("purchase_invoices", GBP_CO, "pi_void", _document("pi_void", "invoice", [
-            _invoice_line("pi_void_l1", "300.00", "60.00", "GB_STANDARD", "la_office", "Void")],
-            status="VOID", updated_at="2024-05-05T10:00:00Z"), LATER),
+        Row(
+            "purchase_invoices",
+            GBP_CO,
+            "pi_2",
+            _document(
+                "pi_2",
+                "invoice",
+                [_invoice_line("pi_2_l1", "250.00", "50.00", "GB_STANDARD", "la_office", "Rent v2")],
+                status="PAID",
+                updated_at="2024-05-02T10:00:00Z",
+            ),
+            LATER,
+        ),
+        Row(
+            "purchase_invoices",
+            GBP_CO,
+            "pi_2",
+            _document(
+                "pi_2",
+                "invoice",
+                [_invoice_line("pi_2_l1", "200.00", "40.00", "GB_STANDARD", "la_office", "Rent v1")],
+                updated_at="2024-05-01T10:00:00Z",
+            ),
+            "2024-06-03T06:00:00Z",
+        ),
+        Row(
+            "purchase_invoices",
+            GBP_CO,
+            "pi_void",
+            _document(
+                "pi_void",
+                "invoice",
+                [_invoice_line("pi_void_l1", "300.00", "60.00", "GB_STANDARD", "la_office", "Void")],
+                status="VOID",
+                updated_at="2024-05-05T10:00:00Z",
+            ),
+            LATER,
+        ),
         Row("other_payments", GBP_CO, "op_receipt", receipt, LATER),
     ]
 
@@ -232,8 +460,14 @@ def _insert_rows(conn: psycopg.Connection, rows: list[Row]) -> None:
                 "insert into sage_raw.{} (company_id, record_id, source_updated_at, payload, "
                 "content_hash, _extracted_at, _sync_run_id) values (%s, %s, %s, %s, %s, %s, 'run1')"
             ).format(sql.Identifier(row.stream)),
-            (row.company_id, row.record_id, row.payload.get("updated_at"), Jsonb(row.payload),
-             hashlib.sha256(canonical.encode()).hexdigest(), row.extracted_at),
+            (
+                row.company_id,
+                row.record_id,
+                row.payload.get("updated_at"),
+                Jsonb(row.payload),
+                hashlib.sha256(canonical.encode()).hexdigest(),
+                row.extracted_at,
+            ),
         )
 
 
@@ -279,27 +513,42 @@ def _load_scenario(dsn: str) -> None:
 def _dbt_env(dsn: str) -> dict[str, str]:
     params = conninfo_to_dict(dsn)
     env = dict(os.environ)
-    env.update({
-        "SAGE_PG_HOST": str(params.get("host") or "127.0.0.1"),
-        "SAGE_PG_PORT": str(params.get("port") or "5432"),
-        "SAGE_PG_USER": str(params.get("user") or "postgres"),
-        "SAGE_PG_PASSWORD": str(params.get("password") or ""),
-        "SAGE_PG_DBNAME": str(params["dbname"]),
-        "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
-    })
+    env.update(
+        {
+            "SAGE_PG_HOST": str(params.get("host") or "127.0.0.1"),
+            "SAGE_PG_PORT": str(params.get("port") or "5432"),
+            "SAGE_PG_USER": str(params.get("user") or "postgres"),
+            "SAGE_PG_PASSWORD": str(params.get("password") or ""),
+            "SAGE_PG_DBNAME": str(params["dbname"]),
+            "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
+        }
+    )
     return env
 
 
 def _dbt_paths(tmp: Path) -> list[str]:
     # Own target and log paths, so parallel runs (and a developer's dbt/target) never collide.
-    return ["--project-dir", str(DBT_PROJECT), "--profiles-dir", str(DBT_PROJECT),
-            "--target-path", str(tmp / "target"), "--log-path", str(tmp / "logs")]
+    return [
+        "--project-dir",
+        str(DBT_PROJECT),
+        "--profiles-dir",
+        str(DBT_PROJECT),
+        "--target-path",
+        str(tmp / "target"),
+        "--log-path",
+        str(tmp / "logs"),
+    ]
 
 
 def _dbt(args: list[str], env: dict[str, str], tmp: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [DBT, *args, *_dbt_paths(tmp)],
-        env=env, cwd=DBT_PROJECT, capture_output=True, text=True, timeout=600, check=False,
+        env=env,
+        cwd=DBT_PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
 
 
@@ -314,11 +563,14 @@ def parse_job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParseJob]:
     """`dbt parse` pointed at an unreachable database, started early so it overlaps the build."""
     tmp = tmp_path_factory.mktemp("dbt_parse")
     # Cosmos builds its DAG from a manifest made by `dbt parse`, possibly where no database is reachable.
-    env = {**os.environ, "SAGE_PG_HOST": "192.0.2.1", "SAGE_PG_PORT": "1",
-           "DBT_SEND_ANONYMOUS_USAGE_STATS": "False"}
+    env = {**os.environ, "SAGE_PG_HOST": "192.0.2.1", "SAGE_PG_PORT": "1", "DBT_SEND_ANONYMOUS_USAGE_STATS": "False"}
     process = subprocess.Popen(
-        [DBT, "parse", *_dbt_paths(tmp)], env=env, cwd=DBT_PROJECT,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [DBT, "parse", *_dbt_paths(tmp)],
+        env=env,
+        cwd=DBT_PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     yield ParseJob(process, tmp / "target")
     if process.poll() is None:
@@ -327,8 +579,11 @@ def parse_job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParseJob]:
 
 
 @pytest.fixture(scope="module")
-def built(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory, parse_job: ParseJob,
-          ) -> Iterator[psycopg.Connection]:
+def built(
+    pg_dsn: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    parse_job: ParseJob,
+) -> Iterator[psycopg.Connection]:
     """The scenario loaded and `dbt build` run; yields a connection to read the marts."""
     env, tmp = _dbt_env(pg_dsn), tmp_path_factory.mktemp("dbt")
     # Start from an empty modelled layer: an earlier module may have built into this session's
@@ -360,43 +615,210 @@ def test_dbt_parse_needs_no_database(parse_job: ParseJob, built: psycopg.Connect
     assert parse_job.process.returncode == 0, output[-3000:]
     manifest = json.loads((parse_job.target / "manifest.json").read_text())
     models = {n["name"] for n in manifest["nodes"].values() if n["resource_type"] == "model"}
-    assert {"fct_spend_transactions", "dim_companies", "dim_suppliers", "rpt_currency_exceptions",
-            "rpt_spend_exceptions", "int_spend_lines_unioned"} <= models
+    assert {
+        "fct_spend_transactions",
+        "dim_companies",
+        "dim_suppliers",
+        "rpt_currency_exceptions",
+        "rpt_spend_exceptions",
+        "int_spend_lines_unioned",
+    } <= models
     unit_tests = {n["name"] for n in manifest.get("unit_tests", {}).values()}
     assert len(unit_tests) >= 3
 
 
 def test_fact_rows_are_exact(built: psycopg.Connection) -> None:
-    rows = _rows(built, """
+    rows = _rows(
+        built,
+        """
         select record_id, line_id, transaction_type, amount, vat_amount, gross_amount, currency,
                nominal_code, nominal_code_name, category, supplier_name, transaction_description, tax_status,
                tax_rate_percentage, document_status, is_fully_paid
         from analytics.fct_spend_transactions where company_id = 'gbp_co' order by record_id, line_id
-    """)
+    """,
+    )
     d = Decimal
     assert rows == [
-        ("op_pay", "op_pay_l1", "OTHER_PAYMENT", d("60.00"), d("12.00"), d("72.00"), "GBP",
-         "0030", "Office Equipment", "capital_expenditure", "Acme Ltd", "Laptop", "standard", d("20.0"),
-         None, True),
-        ("op_pay", "op_pay_l2", "OTHER_PAYMENT", d("10.00"), d("0.00"), d("10.00"), "GBP",
-         "7500", "Office Costs", "office_costs", "Acme Ltd", "Stamps", "outside_scope", None, None, True),
-        ("op_refund", "op_refund_l1", "OTHER_PAYMENT_REFUND", d("-5.00"), d("-1.00"), d("-6.00"), "GBP",
-         "7500", "Office Costs", "office_costs", None, "Refund", "other", None, None, True),
-        ("pcn_1", "pcn_1_l1", "PURCHASE_CREDIT_NOTE", d("-30.00"), d("-6.00"), d("-36.00"), "GBP",
-         "7500", "Office Costs", "office_costs", "Acme Ltd", "Returned paper", "standard", d("20.0"),
-         "UNPAID", False),
-        ("pi_1", "pi_1_l1", "PURCHASE_INVOICE", d("100.00"), d("20.00"), d("120.00"), "GBP",
-         "7500", "Office Costs", "office_costs", "Acme Ltd", "Paper", "standard", d("20.0"), "UNPAID", False),
-        ("pi_1", "pi_1_l2", "PURCHASE_INVOICE", d("50.5"), d("0"), d("50.5"), "GBP",
-         "5000", "Materials", "direct_expenses", "Acme Ltd", "REF-1", "zero_rated", d("0.0"), "UNPAID", False),
-        ("pi_2", "pi_2_l1", "PURCHASE_INVOICE", d("250.00"), d("50.00"), d("300.00"), "GBP",
-         "7500", "Office Costs", "office_costs", "Acme Ltd", "Rent v2", "standard", d("20.0"), "PAID", True),
-        ("pi_nocontact", "pi_nocontact_l1", "PURCHASE_INVOICE", d("70.00"), d("0"), d("70.00"), "GBP",
-         None, None, "uncategorised", "Snapshot Supplies", "Mystery", "no_vat", None, "UNPAID", False),
-        ("qe_cn", "qe_cn", "PURCHASE_QUICK_ENTRY_CREDIT_NOTE", d("-15.00"), d("0.00"), d("-15.00"), "GBP",
-         "5000", "Materials", "direct_expenses", "Acme Ltd", "Sand back", "exempt", d("0.0"), "UNPAID", False),
-        ("qe_inv", "qe_inv", "PURCHASE_QUICK_ENTRY_INVOICE", d("80.00"), d("4.00"), d("84.00"), "GBP",
-         "5000", "Materials", "direct_expenses", "Acme Ltd", "Sand", "reduced", d("5.0"), "UNPAID", False),
+        (
+            "op_pay",
+            "op_pay_l1",
+            "OTHER_PAYMENT",
+            d("60.00"),
+            d("12.00"),
+            d("72.00"),
+            "GBP",
+            "0030",
+            "Office Equipment",
+            "capital_expenditure",
+            "Acme Ltd",
+            "Laptop",
+            "standard",
+            d("20.0"),
+            None,
+            True,
+        ),
+        (
+            "op_pay",
+            "op_pay_l2",
+            "OTHER_PAYMENT",
+            d("10.00"),
+            d("0.00"),
+            d("10.00"),
+            "GBP",
+            "7500",
+            "Office Costs",
+            "office_costs",
+            "Acme Ltd",
+            "Stamps",
+            "outside_scope",
+            None,
+            None,
+            True,
+        ),
+        (
+            "op_refund",
+            "op_refund_l1",
+            "OTHER_PAYMENT_REFUND",
+            d("-5.00"),
+            d("-1.00"),
+            d("-6.00"),
+            "GBP",
+            "7500",
+            "Office Costs",
+            "office_costs",
+            None,
+            "Refund",
+            "other",
+            None,
+            None,
+            True,
+        ),
+        (
+            "pcn_1",
+            "pcn_1_l1",
+            "PURCHASE_CREDIT_NOTE",
+            d("-30.00"),
+            d("-6.00"),
+            d("-36.00"),
+            "GBP",
+            "7500",
+            "Office Costs",
+            "office_costs",
+            "Acme Ltd",
+            "Returned paper",
+            "standard",
+            d("20.0"),
+            "UNPAID",
+            False,
+        ),
+        (
+            "pi_1",
+            "pi_1_l1",
+            "PURCHASE_INVOICE",
+            d("100.00"),
+            d("20.00"),
+            d("120.00"),
+            "GBP",
+            "7500",
+            "Office Costs",
+            "office_costs",
+            "Acme Ltd",
+            "Paper",
+            "standard",
+            d("20.0"),
+            "UNPAID",
+            False,
+        ),
+        (
+            "pi_1",
+            "pi_1_l2",
+            "PURCHASE_INVOICE",
+            d("50.5"),
+            d("0"),
+            d("50.5"),
+            "GBP",
+            "5000",
+            "Materials",
+            "direct_expenses",
+            "Acme Ltd",
+            "REF-1",
+            "zero_rated",
+            d("0.0"),
+            "UNPAID",
+            False,
+        ),
+        (
+            "pi_2",
+            "pi_2_l1",
+            "PURCHASE_INVOICE",
+            d("250.00"),
+            d("50.00"),
+            d("300.00"),
+            "GBP",
+            "7500",
+            "Office Costs",
+            "office_costs",
+            "Acme Ltd",
+            "Rent v2",
+            "standard",
+            d("20.0"),
+            "PAID",
+            True,
+        ),
+        (
+            "pi_nocontact",
+            "pi_nocontact_l1",
+            "PURCHASE_INVOICE",
+            d("70.00"),
+            d("0"),
+            d("70.00"),
+            "GBP",
+            None,
+            None,
+            "uncategorised",
+            "Snapshot Supplies",
+            "Mystery",
+            "no_vat",
+            None,
+            "UNPAID",
+            False,
+        ),
+        (
+            "qe_cn",
+            "qe_cn",
+            "PURCHASE_QUICK_ENTRY_CREDIT_NOTE",
+            d("-15.00"),
+            d("0.00"),
+            d("-15.00"),
+            "GBP",
+            "5000",
+            "Materials",
+            "direct_expenses",
+            "Acme Ltd",
+            "Sand back",
+            "exempt",
+            d("0.0"),
+            "UNPAID",
+            False,
+        ),
+        (
+            "qe_inv",
+            "qe_inv",
+            "PURCHASE_QUICK_ENTRY_INVOICE",
+            d("80.00"),
+            d("4.00"),
+            d("84.00"),
+            "GBP",
+            "5000",
+            "Materials",
+            "direct_expenses",
+            "Acme Ltd",
+            "Sand",
+            "reduced",
+            d("5.0"),
+            "UNPAID",
+            False,
+        ),
     ]
 
 
@@ -408,11 +830,14 @@ def test_fact_total_and_exclusions(built: psycopg.Connection) -> None:
 
 
 def test_fact_keys_and_lineage_columns(built: psycopg.Connection) -> None:
-    rows = _rows(built, """
+    rows = _rows(
+        built,
+        """
         select spend_line_id, company_name, accounts_provider, transaction_date,
                first_synced_at, last_changed_at
         from analytics.fct_spend_transactions where record_id = 'pi_2'
-    """)
+    """,
+    )
     assert len(rows) == 1
     spend_line_id, company_name, provider, txn_date, first_synced, last_changed = rows[0]
     assert spend_line_id == hashlib.md5(b"gbp_co-PURCHASE_INVOICE-pi_2-pi_2_l1").hexdigest()  # noqa: S324
@@ -423,35 +848,68 @@ def test_fact_keys_and_lineage_columns(built: psycopg.Connection) -> None:
 
 
 def test_currency_exceptions(built: psycopg.Connection) -> None:
-    assert _rows(built, """
+    assert _rows(
+        built,
+        """
         select company_id, stream, record_id, transaction_date::text, currency, base_currency, amount, reason
         from analytics.rpt_currency_exceptions order by company_id, record_id
-    """) == [
-        ("eur_co", "other_payments", "op_b1", "2024-05-04", "EUR", "EUR", Decimal("90.00"),
-         "company_base_currency_not_gbp"),
-        ("eur_co", "purchase_invoices", "pi_b1", "2024-05-01", "EUR", "EUR", Decimal("700.00"),
-         "company_base_currency_not_gbp"),
-        ("gbp_co", "purchase_invoices", "pi_eur", "2024-05-01", "EUR", "GBP", Decimal("500.00"),
-         "document_currency_not_gbp"),
+    """,
+    ) == [
+        (
+            "eur_co",
+            "other_payments",
+            "op_b1",
+            "2024-05-04",
+            "EUR",
+            "EUR",
+            Decimal("90.00"),
+            "company_base_currency_not_gbp",
+        ),
+        (
+            "eur_co",
+            "purchase_invoices",
+            "pi_b1",
+            "2024-05-01",
+            "EUR",
+            "EUR",
+            Decimal("700.00"),
+            "company_base_currency_not_gbp",
+        ),
+        (
+            "gbp_co",
+            "purchase_invoices",
+            "pi_eur",
+            "2024-05-01",
+            "EUR",
+            "GBP",
+            Decimal("500.00"),
+            "document_currency_not_gbp",
+        ),
     ]
 
 
 def test_spend_exceptions(built: psycopg.Connection) -> None:
-    assert _rows(built, """
+    assert _rows(
+        built,
+        """
         select company_id, record_id, document_status, amount, reason
         from analytics.rpt_spend_exceptions order by record_id
-    """) == [
+    """,
+    ) == [
         ("gbp_co", "pi_draft", "DRAFT", Decimal("40.00"), "draft"),
         ("gbp_co", "pi_void", "VOID", Decimal("300.00"), "void"),
     ]
 
 
 def test_dim_companies(built: psycopg.Connection) -> None:
-    rows = _rows(built, """
+    rows = _rows(
+        built,
+        """
         select company_id, company_name, accounts_provider, status, synced_from_quarter, base_currency,
                is_gbp, connected_at is not null, last_successful_sync_at
         from analytics.dim_companies order by company_id
-    """)
+    """,
+    )
     assert [r[:8] for r in rows] == [
         ("eur_co", "EUR Co", "sage_accounting", "active", "2024-Q2", "EUR", False, True),
         ("gbp_co", "GBP Co", "sage_accounting", "active", "2024-Q2", "GBP", True, True),
@@ -460,47 +918,63 @@ def test_dim_companies(built: psycopg.Connection) -> None:
     # the later failed run does not count
     assert rows[1][8].isoformat().startswith("2024-06-01T06:05:00")
     # a company with no successful sync yet is still in its initial sync: its data is partial
-    complete = _rows(built, "select company_id, is_initial_sync_complete from analytics.dim_companies "
-                            "order by company_id")
+    complete = _rows(
+        built, "select company_id, is_initial_sync_complete from analytics.dim_companies order by company_id"
+    )
     assert complete == [("eur_co", False), ("gbp_co", True)]
     flags = _rows(built, "select distinct company_id, is_company_data_complete from analytics.fct_spend_transactions")
     assert flags == [("gbp_co", True)]
 
 
 def test_dim_suppliers(built: psycopg.Connection) -> None:
-    assert _rows(built, """
+    assert _rows(
+        built,
+        """
         select company_id, supplier_id, supplier_name, reference, currency, is_deleted
         from analytics.dim_suppliers order by 1, 2
-    """) == [("gbp_co", "c_acme", "Acme Ltd", "ACME001", "GBP", False)]
+    """,
+    ) == [("gbp_co", "c_acme", "Acme Ltd", "ACME001", "GBP", False)]
 
 
 def test_staging_marks_deletions(built: psycopg.Connection) -> None:
-    assert _rows(built, """
+    assert _rows(
+        built,
+        """
         select record_id, is_deleted, deleted_at is not null, deletion_detection_method, version_count
         from sage_staging.stg_sage__purchase_invoices
         where company_id = 'gbp_co' and record_id in ('pi_deleted', 'pi_2') order by 1
-    """) == [("pi_2", False, False, None, 3), ("pi_deleted", True, True, "deleted_since", 1)]
+    """,
+    ) == [("pi_2", False, False, None, 3), ("pi_deleted", True, True, "deleted_since", 1)]
 
 
 def test_incremental_layers_follow_later_changes(built: psycopg.Connection) -> None:
     # pi_deleted (deletion detected after day 1), pi_void (voided on day 2) and op_receipt (re-typed
     # as a receipt on day 2) had lines after day 1; the incremental build removed them.
-    assert _rows(built, """
+    assert _rows(
+        built,
+        """
         select record_id, count(*) from sage_intermediate.int_spend_lines_signed
         where record_id in ('pi_deleted', 'pi_void', 'op_receipt', 'pi_2') group by 1 order by 1
-    """) == [("pi_2", 1), ("pi_void", 1)]
+    """,
+    ) == [("pi_2", 1), ("pi_void", 1)]
     # deleted records stay in history (the latest-version layer and staging), marked deleted
-    assert _rows(built, """
+    assert _rows(
+        built,
+        """
         select record_id, version_count, last_landed_at::text from sage_staging.base_sage__purchase_invoices_latest
         where record_id in ('pi_deleted', 'pi_2') order by 1
-    """) == [("pi_2", 3, "2024-06-03 06:00:00+00"), ("pi_deleted", 1, "2024-06-02 06:00:00+00")]
+    """,
+    ) == [("pi_2", 3, "2024-06-03 06:00:00+00"), ("pi_deleted", 1, "2024-06-02 06:00:00+00")]
 
 
 def test_dim_nominal_accounts(built: psycopg.Connection) -> None:
-    assert _rows(built, """
+    assert _rows(
+        built,
+        """
         select ledger_account_id, nominal_code, nominal_code_name, category, category_source, is_known_account
         from analytics.dim_nominal_accounts where company_id = 'gbp_co' order by 1
-    """) == [
+    """,
+    ) == [
         ("la_equipment", "0030", "Office Equipment", "capital_expenditure", "uk_default_chart", True),
         # renamed from the default chart's "Cost of sales - goods": the type decides
         ("la_materials", "5000", "Materials", "direct_expenses", "ledger_account_type", True),
@@ -510,19 +984,25 @@ def test_dim_nominal_accounts(built: psycopg.Connection) -> None:
 
 
 def test_spend_by_quarter_marts(built: psycopg.Connection) -> None:
-    assert _rows(built, """
+    assert _rows(
+        built,
+        """
         select quarter, category, line_count, amount from analytics.rpt_spend_by_category_quarter
         where company_id = 'gbp_co' order by category
-    """) == [
+    """,
+    ) == [
         ("2024-Q2", "capital_expenditure", 1, Decimal("60.00")),
         ("2024-Q2", "direct_expenses", 3, Decimal("115.50")),
         ("2024-Q2", "office_costs", 5, Decimal("325.00")),
         ("2024-Q2", "uncategorised", 1, Decimal("70.00")),
     ]
-    assert _rows(built, """
+    assert _rows(
+        built,
+        """
         select supplier_key, supplier_name, document_count, amount from analytics.rpt_spend_by_supplier_quarter
         where company_id = 'gbp_co' order by 1
-    """) == [
+    """,
+    ) == [
         ("contact:c_acme", "Acme Ltd", 6, Decimal("505.50")),
         ("name:snapshot supplies", "Snapshot Supplies", 1, Decimal("70.00")),
         ("unknown", "unknown supplier", 1, Decimal("-5.00")),
@@ -530,13 +1010,16 @@ def test_spend_by_quarter_marts(built: psycopg.Connection) -> None:
 
 
 def test_sync_health(built: psycopg.Connection) -> None:
-    rows = _rows(built, """
+    rows = _rows(
+        built,
+        """
         select company_id, stream, freshness_status, last_run_status, total_reported, current_record_count,
                reconciliation_scope, is_reconciled
         from analytics.rpt_sync_health
         where stream in ('ledger_accounts', 'purchase_invoices', 'purchase_credit_notes', 'tax_rates')
         order by 1, 2
-    """)
+    """,
+    )
     assert rows == [
         ("eur_co", "ledger_accounts", "never_synced", None, None, 0, "not_reported", None),
         ("eur_co", "purchase_credit_notes", "never_synced", None, None, 0, "not_reported", None),
@@ -555,9 +1038,15 @@ def test_analyst_role_reads_marts_only(built: psycopg.Connection) -> None:
         conn.execute("set role analyst")
         assert conn.execute("select count(*) from analytics.fct_spend_transactions").fetchone()[0] == 10
         conn.rollback()
-        for forbidden in ("sage_control.oauth_tokens", "sage_control.companies", "sage_control.sync_runs",
-                          "sage_control.pending_authorisations", "sage_raw.purchase_invoices",
-                          "sage_intermediate.int_spend_lines_signed", "sage_staging.stg_sage__purchase_invoices"):
+        for forbidden in (
+            "sage_control.oauth_tokens",
+            "sage_control.companies",
+            "sage_control.sync_runs",
+            "sage_control.pending_authorisations",
+            "sage_raw.purchase_invoices",
+            "sage_intermediate.int_spend_lines_signed",
+            "sage_staging.stg_sage__purchase_invoices",
+        ):
             conn.execute("set role analyst")
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(f"select 1 from {forbidden} limit 1")
@@ -573,19 +1062,47 @@ BUILD_STAMPED = {"dbt_loaded_at", "hours_since_last_success", "freshness_status"
 
 def _day3_rows() -> list[Row]:
     """Changes of every kind an incremental mart must follow, not only new document versions."""
-    moved = _document("pi_1", "invoice", [
-        _invoice_line("pi_1_l1", "100.00", "20.00", "GB_STANDARD", "la_office", "Paper"),
-        _invoice_line("pi_1_l2", 50.5, 0, "GB_ZERO", "la_materials")],
-        reference="REF-1", date="2024-07-15", updated_at="2024-06-03T10:00:00Z")
+    moved = _document(
+        "pi_1",
+        "invoice",
+        [
+            _invoice_line("pi_1_l1", "100.00", "20.00", "GB_STANDARD", "la_office", "Paper"),
+            _invoice_line("pi_1_l2", 50.5, 0, "GB_ZERO", "la_materials"),
+        ],
+        reference="REF-1",
+        date="2024-07-15",
+        updated_at="2024-06-03T10:00:00Z",
+    )
     return [
         Row("purchase_invoices", GBP_CO, "pi_1", moved, DAY3),  # moved to the next quarter
-        Row("contacts", GBP_CO, "c_acme", {"id": "c_acme", "name": "Acme Group plc", "reference": "ACME001",
-            "contact_types": [{"id": "VENDOR"}], "currency": _link("GBP", "currencies"),
-            "updated_at": "2024-06-03T00:00:00Z"}, DAY3),  # supplier renamed
-        Row("ledger_accounts", GBP_CO, "la_materials", {
-            "id": "la_materials", "name": "Raw Materials", "displayed_as": "Raw Materials (5000)",
-            "nominal_code": 5000, "ledger_account_type": _link("DIRECT_EXPENSES", "ledger_account_types"),
-            "included_in_chart": True}, DAY3),  # nominal code renamed
+        Row(
+            "contacts",
+            GBP_CO,
+            "c_acme",
+            {
+                "id": "c_acme",
+                "name": "Acme Group plc",
+                "reference": "ACME001",
+                "contact_types": [{"id": "VENDOR"}],
+                "currency": _link("GBP", "currencies"),
+                "updated_at": "2024-06-03T00:00:00Z",
+            },
+            DAY3,
+        ),  # supplier renamed
+        Row(
+            "ledger_accounts",
+            GBP_CO,
+            "la_materials",
+            {
+                "id": "la_materials",
+                "name": "Raw Materials",
+                "displayed_as": "Raw Materials (5000)",
+                "nominal_code": 5000,
+                "ledger_account_type": _link("DIRECT_EXPENSES", "ledger_account_types"),
+                "included_in_chart": True,
+            },
+            DAY3,
+        ),  # nominal code renamed
         Row("tax_rates", GBP_CO, "GB_LOWER", {"id": "GB_LOWER", "name": "GB_LOWER", "percentage": "6.0"}, DAY3),
         # EUR Co moves its books to GBP: its GBP-denominated spend enters the fact
         Row("financial_settings", EUR_CO, EUR_CO, {"base_currency": _link("GBP", "currencies")}, DAY3),
@@ -603,15 +1120,16 @@ def _snapshot(conn: psycopg.Connection) -> dict[str, list[str]]:
     snapshot = {}
     for schema, table, columns in tables:
         kept = [c for c in columns if c not in BUILD_STAMPED]
-        rows = conn.execute(sql.SQL("select json_build_array({})::text from {}.{}").format(
-            sql.SQL(", ").join(map(sql.Identifier, kept)), sql.Identifier(schema), sql.Identifier(table)
-        )).fetchall()
+        rows = conn.execute(
+            sql.SQL("select json_build_array({})::text from {}.{}").format(
+                sql.SQL(", ").join(map(sql.Identifier, kept)), sql.Identifier(schema), sql.Identifier(table)
+            )
+        ).fetchall()
         snapshot[f"{schema}.{table}"] = sorted(r[0] for r in rows)
     return snapshot
 
 
-def test_incremental_build_equals_a_full_refresh(built: psycopg.Connection, pg_dsn: str,
-                                                 tmp_path: Path) -> None:
+def test_incremental_build_equals_a_full_refresh(built: psycopg.Connection, pg_dsn: str, tmp_path: Path) -> None:
     """Day 3 (runs last: it changes the scenario): renames, a re-categorised account, a tax rate,
     a document moved to another quarter, a deletion and a company turning GBP; the incremental
     `dbt run` must leave every model exactly as `dbt run --full-refresh` builds it, while rewriting
@@ -624,10 +1142,14 @@ def test_incremental_build_equals_a_full_refresh(built: psycopg.Connection, pg_d
             "insert into sage_raw.deletions (company_id, stream, record_id, source_deleted_at, "
             "detection_method, _extracted_at, _sync_run_id) values "
             "(%s, 'purchase_quick_entries', 'qe_inv', '2024-06-03T00:00:00Z', 'deleted_since', %s, 'run1')",
-            (GBP_CO, DAY3))
-        untouched_before = dict(conn.execute(
-            "select line_id, dbt_loaded_at from sage_intermediate.int_spend_lines_signed "
-            "where record_id in ('pi_nocontact', 'op_refund')").fetchall())
+            (GBP_CO, DAY3),
+        )
+        untouched_before = dict(
+            conn.execute(
+                "select line_id, dbt_loaded_at from sage_intermediate.int_spend_lines_signed "
+                "where record_id in ('pi_nocontact', 'op_refund')"
+            ).fetchall()
+        )
         assert untouched_before
 
         result = _dbt(["run"], env, tmp_path)
@@ -639,19 +1161,29 @@ def test_incremental_build_equals_a_full_refresh(built: psycopg.Connection, pg_d
         assert not any('"qe_inv"' in row for row in fact)
         assert any('"op_b1"' in row for row in fact)  # EUR Co's base-currency payment, now GBP
         assert any("2024-Q3" in row for row in incremental["analytics.rpt_spend_by_category_quarter"])
-        assert dict(conn.execute(
-            "select line_id, dbt_loaded_at from sage_intermediate.int_spend_lines_signed "
-            "where record_id in ('pi_nocontact', 'op_refund')").fetchall()) == untouched_before
+        assert (
+            dict(
+                conn.execute(
+                    "select line_id, dbt_loaded_at from sage_intermediate.int_spend_lines_signed "
+                    "where record_id in ('pi_nocontact', 'op_refund')"
+                ).fetchall()
+            )
+            == untouched_before
+        )
 
         result = _dbt(["run", "--full-refresh"], env, tmp_path)
         assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
         full = _snapshot(conn)
     assert set(incremental) == set(full)
     # the emissions models are compared like every other model
-    assert {"analytics.fct_spend_emissions", "analytics.rpt_emissions_by_category_quarter",
-            "analytics.rpt_emissions_by_supplier_quarter", "analytics.rpt_emissions_coverage",
-            "sage_intermediate.int_emission_line_keywords", "sage_intermediate.int_emission_account_mappings",
-            } <= set(full)
+    assert {
+        "analytics.fct_spend_emissions",
+        "analytics.rpt_emissions_by_category_quarter",
+        "analytics.rpt_emissions_by_supplier_quarter",
+        "analytics.rpt_emissions_coverage",
+        "sage_intermediate.int_emission_line_keywords",
+        "sage_intermediate.int_emission_account_mappings",
+    } <= set(full)
     assert any("Acme Group plc" in row for row in incremental["analytics.fct_spend_emissions"])
     differing = [name for name in full if incremental[name] != full[name]]
     assert not differing, {name: (sorted(set(incremental[name]) ^ set(full[name])))[:6] for name in differing}

@@ -77,30 +77,75 @@ def _scenario() -> list[Row]:
     rows = [
         Row("businesses", CO, CO, {"id": CO, "name": "Carbon Co Ltd", "country": _link("GB", "c")}),
         Row("financial_settings", CO, CO, {"base_currency": _link("GBP", "currencies")}),
-        Row("contacts", CO, "c_bg", {"id": "c_bg", "name": "British Gas Business",
-                                     "contact_types": [{"id": "VENDOR"}]}),
+        Row(
+            "contacts", CO, "c_bg", {"id": "c_bg", "name": "British Gas Business", "contact_types": [{"id": "VENDOR"}]}
+        ),
     ]
     for id_, name, code, type_ in ACCOUNTS:
-        rows.append(Row("ledger_accounts", CO, id_, {
-            "id": id_, "name": name, "displayed_as": f"{name} ({code})", "nominal_code": code,
-            "ledger_account_type": _link(type_, "ledger_account_types"), "included_in_chart": True}))
+        rows.append(
+            Row(
+                "ledger_accounts",
+                CO,
+                id_,
+                {
+                    "id": id_,
+                    "name": name,
+                    "displayed_as": f"{name} ({code})",
+                    "nominal_code": code,
+                    "ledger_account_type": _link(type_, "ledger_account_types"),
+                    "included_in_chart": True,
+                },
+            )
+        )
 
     def invoice(record_id: str, ledger: str, net: str, date: str, description: str, **kw: object) -> Row:
-        return Row("purchase_invoices", CO, record_id, _document(record_id, "invoice", [
-            _invoice_line(f"{record_id}_l1", net, "0", "GB_STANDARD", ledger, description)],
-            date=date, contact=None, contact_name=kw.get("contact_name", "Some Supplier")))  # type: ignore[arg-type]
+        return Row(
+            "purchase_invoices",
+            CO,
+            record_id,
+            _document(
+                record_id,
+                "invoice",
+                [_invoice_line(f"{record_id}_l1", net, "0", "GB_STANDARD", ledger, description)],
+                date=date,
+                contact=None,
+                contact_name=kw.get("contact_name", "Some Supplier"),
+            ),
+        )  # type: ignore[arg-type]
 
     rows += [
         invoice("inyear", "la_elec", "1000.00", "2022-03-15", "Electricity Q1"),
         invoice("deflated", "la_elec", "500.00", "2025-06-10", "Electricity June"),
-        Row("purchase_credit_notes", CO, "credit", _document("credit", "credit_note", [
-            _invoice_line("credit_l1", "200.00", "0", "GB_STANDARD", "la_elec", "Overcharge")],
-            date="2023-05-01", contact=None, contact_name="Some Supplier")),
+        Row(
+            "purchase_credit_notes",
+            CO,
+            "credit",
+            _document(
+                "credit",
+                "credit_note",
+                [_invoice_line("credit_l1", "200.00", "0", "GB_STANDARD", "la_elec", "Overcharge")],
+                date="2023-05-01",
+                contact=None,
+                contact_name="Some Supplier",
+            ),
+        ),
         invoice("gas", "la_gas", "300.00", "2023-10-01", "Gas Q3"),
-        Row("other_payments", CO, "wages", _other_payment("wages", "OTHER_PAYMENT", [
-            ("wages_l1", "2500.00", "0.00", "GB_NO_TAX", "la_wages", "May wages")])),
-        Row("other_payments", CO, "bank", _other_payment("bank", "OTHER_PAYMENT", [
-            ("bank_l1", "75.00", "0.00", "GB_NO_TAX", "la_bank", "Transfer to savings")])),
+        Row(
+            "other_payments",
+            CO,
+            "wages",
+            _other_payment(
+                "wages", "OTHER_PAYMENT", [("wages_l1", "2500.00", "0.00", "GB_NO_TAX", "la_wages", "May wages")]
+            ),
+        ),
+        Row(
+            "other_payments",
+            CO,
+            "bank",
+            _other_payment(
+                "bank", "OTHER_PAYMENT", [("bank_l1", "75.00", "0.00", "GB_NO_TAX", "la_bank", "Transfer to savings")]
+            ),
+        ),
         invoice("sundry", "la_general", "80.00", "2023-07-01", "Sundries"),
         invoice("rail", "la_travel", "250.00", "2023-09-01", "Rail to Leeds"),
         invoice("bg", "la_general", "120.00", "2023-08-15", "Monthly bill", contact_name="British Gas Business"),
@@ -111,17 +156,38 @@ def _scenario() -> list[Row]:
 
 def _dbt_env(dsn: str) -> dict[str, str]:
     params = conninfo_to_dict(dsn)
-    return {**os.environ, "SAGE_PG_HOST": str(params.get("host") or "127.0.0.1"),
-            "SAGE_PG_PORT": str(params.get("port") or "5432"), "SAGE_PG_USER": str(params.get("user") or "postgres"),
-            "SAGE_PG_PASSWORD": str(params.get("password") or ""), "SAGE_PG_DBNAME": str(params["dbname"]),
-            "DBT_SEND_ANONYMOUS_USAGE_STATS": "False"}
+    return {
+        **os.environ,
+        "SAGE_PG_HOST": str(params.get("host") or "127.0.0.1"),
+        "SAGE_PG_PORT": str(params.get("port") or "5432"),
+        "SAGE_PG_USER": str(params.get("user") or "postgres"),
+        "SAGE_PG_PASSWORD": str(params.get("password") or ""),
+        "SAGE_PG_DBNAME": str(params["dbname"]),
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
+    }
 
 
 def _dbt(args: list[str], dsn: str, project: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [DBT, *args, "--project-dir", str(project), "--profiles-dir", str(project),
-         "--target-path", str(tmp / "target"), "--log-path", str(tmp / "logs")],
-        env=_dbt_env(dsn), cwd=project, capture_output=True, text=True, timeout=900, check=False)
+        [
+            DBT,
+            *args,
+            "--project-dir",
+            str(project),
+            "--profiles-dir",
+            str(project),
+            "--target-path",
+            str(tmp / "target"),
+            "--log-path",
+            str(tmp / "logs"),
+        ],
+        env=_dbt_env(dsn),
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -133,9 +199,11 @@ def dsn() -> Iterator[str]:
     dsn = make_conninfo(ADMIN_URL, dbname=name)
     with psycopg.connect(dsn) as conn:
         migrate(conn)
-        conn.execute("insert into sage_control.companies (company_id, company_name, status, "
-                     "synced_from_quarter, connected_at) values (%s, 'Carbon Co', 'active', '2013-Q1', now())",
-                     (CO,))
+        conn.execute(
+            "insert into sage_control.companies (company_id, company_name, status, "
+            "synced_from_quarter, connected_at) values (%s, 'Carbon Co', 'active', '2013-Q1', now())",
+            (CO,),
+        )
         _insert_rows(conn, _scenario())
     yield dsn
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
@@ -161,7 +229,9 @@ def built(dsn: str, project: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def _lines(conn: psycopg.Connection) -> dict[str, tuple]:
     rows = conn.execute(
         "select line_id, emission_status, mapping_rule, sic_code, factor_year, kgco2e "
-        "from analytics.fct_spend_emissions where company_id = %s", (CO,)).fetchall()
+        "from analytics.fct_spend_emissions where company_id = %s",
+        (CO,),
+    ).fetchall()
     return {r[0]: tuple(r[1:]) for r in rows}
 
 
@@ -170,9 +240,13 @@ def test_every_case_has_its_hand_computed_kg(built: psycopg.Connection) -> None:
 
 
 def test_flags_and_provenance(built: psycopg.Connection) -> None:
-    rows = {r[0]: r[1:] for r in built.execute(
-        "select line_id, is_upstream_only, scope_coverage, price_adjustment, is_before_factor_years, "
-        "factor_set, out_of_scope_reason, deflator from analytics.fct_spend_emissions").fetchall()}
+    rows = {
+        r[0]: r[1:]
+        for r in built.execute(
+            "select line_id, is_upstream_only, scope_coverage, price_adjustment, is_before_factor_years, "
+            "factor_set, out_of_scope_reason, deflator from analytics.fct_spend_emissions"
+        ).fetchall()
+    }
     assert rows["gas_l1"][:2] == (True, "upstream_only") and rows["bg_l1"][:2] == (True, "upstream_only")
     assert rows["inyear_l1"][:2] == (False, "supply_chain")
     assert rows["deflated_l1"][2] == "cpi_monthly" and rows["deflated_l1"][6] == Decimal("0.939525")
@@ -184,27 +258,58 @@ def test_flags_and_provenance(built: psycopg.Connection) -> None:
 def test_coverage_adds_up(built: psycopg.Connection) -> None:
     q3 = built.execute(
         "select net_gbp, mapped_gbp, unmapped_gbp, out_of_scope_gbp, coverage_share, kgco2e, upstream_only_kgco2e "
-        "from analytics.rpt_emissions_coverage where company_id = %s and quarter = '2023-Q3'", (CO,)).fetchone()
+        "from analytics.rpt_emissions_coverage where company_id = %s and quarter = '2023-Q3'",
+        (CO,),
+    ).fetchone()
     # rail 250 + British Gas 120 mapped, sundries 80 unmapped
-    assert q3 == (Decimal("450.00"), Decimal("370.00"), Decimal("80.00"), Decimal("0"), Decimal("0.8222"),
-                  Decimal("242.459"), Decimal("136.609"))
+    assert q3 == (
+        Decimal("450.00"),
+        Decimal("370.00"),
+        Decimal("80.00"),
+        Decimal("0"),
+        Decimal("0.8222"),
+        Decimal("242.459"),
+        Decimal("136.609"),
+    )
     by_category = built.execute(
-        "select sum(kgco2e) from analytics.rpt_emissions_by_category_quarter where company_id = %s", (CO,)).fetchone()
+        "select sum(kgco2e) from analytics.rpt_emissions_by_category_quarter where company_id = %s", (CO,)
+    ).fetchone()
     assert by_category[0] == sum(v[4] for v in EXPECTED.values() if v[4] is not None)
 
 
 def test_report_command_writes_csv_xlsx_and_png(built: psycopg.Connection, dsn: str, tmp_path: Path) -> None:
     p = conninfo_to_dict(dsn)
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'plugins'}:{REPO}", "AIRFLOW_CONN_SAGE_WAREHOUSE": json.dumps({
-        "conn_type": "postgres", "host": p.get("host", "127.0.0.1"), "port": int(p.get("port", 5432)),
-        "login": p.get("user", "postgres"), "password": p.get("password") or "unused", "schema": p["dbname"]})}
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO / 'plugins'}:{REPO}",
+        "AIRFLOW_CONN_SAGE_WAREHOUSE": json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": p.get("host", "127.0.0.1"),
+                "port": int(p.get("port", 5432)),
+                "login": p.get("user", "postgres"),
+                "password": p.get("password") or "unused",
+                "schema": p["dbname"],
+            }
+        ),
+    }
     out = tmp_path / "report"
-    result = subprocess.run([sys.executable, "-m", "sage_sync", "report", CO, "--from", "2022-Q1",
-                             "--out", str(out)], env=env, capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "sage_sync", "report", CO, "--from", "2022-Q1", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     files = sorted(p.name for p in out.iterdir())
-    assert files == [f"emissions_{CO}.xlsx", f"emissions_{CO}_by_category_quarter.csv",
-                     f"emissions_{CO}_by_quarter.png", f"emissions_{CO}_coverage.csv"]
+    assert files == [
+        f"emissions_{CO}.xlsx",
+        f"emissions_{CO}_by_category_quarter.csv",
+        f"emissions_{CO}_by_quarter.png",
+        f"emissions_{CO}_coverage.csv",
+    ]
     assert (out / f"emissions_{CO}_by_quarter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with (out / f"emissions_{CO}_by_category_quarter.csv").open() as handle:
         category_rows = list(csv.DictReader(handle))
@@ -212,7 +317,9 @@ def test_report_command_writes_csv_xlsx_and_png(built: psycopg.Connection, dsn: 
         coverage_rows = list(csv.DictReader(handle))
     mart_kg, mart_gbp = built.execute(
         "select sum(kgco2e), sum(net_gbp) from analytics.rpt_emissions_coverage "
-        "where company_id = %s and quarter >= '2022-Q1'", (CO,)).fetchone()
+        "where company_id = %s and quarter >= '2022-Q1'",
+        (CO,),
+    ).fetchone()
     assert sum(Decimal(r["kgco2e"]) for r in category_rows) == mart_kg
     assert sum(Decimal(r["kgco2e"]) for r in coverage_rows) == mart_kg
     assert sum(Decimal(r["net_gbp"]) for r in coverage_rows) == mart_gbp
@@ -224,21 +331,38 @@ def test_report_command_writes_csv_xlsx_and_png(built: psycopg.Connection, dsn: 
     assert workbook["coverage"].max_row == len(coverage_rows) + 1
     assert "2023-Q3" in result.stdout
 
-    refused = subprocess.run([sys.executable, "-m", "sage_sync", "report", "nobody", "--out", str(out)],
-                             env=env, capture_output=True, text=True, timeout=300, check=False)
+    refused = subprocess.run(
+        [sys.executable, "-m", "sage_sync", "report", "nobody", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert refused.returncode == 2 and "unknown company 'nobody'" in refused.stderr
 
 
-def test_connections_page_shows_latest_quarters_emissions(built: psycopg.Connection, dsn: str,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_connections_page_shows_latest_quarters_emissions(
+    built: psycopg.Connection, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     plugin = pytest.importorskip("sage_sync.web.app")
     from fastapi import FastAPI  # noqa: PLC0415
     from fastapi.testclient import TestClient  # noqa: PLC0415
 
     p = conninfo_to_dict(dsn)
-    monkeypatch.setenv("AIRFLOW_CONN_SAGE_WAREHOUSE", json.dumps({
-        "conn_type": "postgres", "host": p.get("host", "127.0.0.1"), "port": int(p.get("port", 5432)),
-        "login": p.get("user", "postgres"), "password": p.get("password") or "unused", "schema": p["dbname"]}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SAGE_WAREHOUSE",
+        json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": p.get("host", "127.0.0.1"),
+                "port": int(p.get("port", 5432)),
+                "login": p.get("user", "postgres"),
+                "password": p.get("password") or "unused",
+                "schema": p["dbname"],
+            }
+        ),
+    )
     parent = FastAPI()
     parent.mount("/sage", plugin.app)
     plugin.app.dependency_overrides[plugin.current_user] = lambda: "tester"
@@ -263,18 +387,38 @@ def _write(path: Path, rows: list[str]) -> None:
 SEEDS = "seeds/emission_factors"
 
 
-def test_edits_re_map_history_on_the_next_build(built: psycopg.Connection, dsn: str, project: Path,
-                                                tmp_path: Path) -> None:
+def test_edits_re_map_history_on_the_next_build(
+    built: psycopg.Connection, dsn: str, project: Path, tmp_path: Path
+) -> None:
     """A new keyword rule, a line override and a renamed account all show on the next incremental build."""
     rules = project / SEEDS / "emission_keyword_rules.csv"
     rules.write_text(rules.read_text() + "sundries,5,sundries,32,,low,false\n")
-    _write(project / SEEDS / "emission_line_overrides.csv", [
-        "company_id,record_id,line_id,sic_code,out_of_scope_reason,reason",
-        f"{CO},bg,bg_l1,61,,the British Gas bill is a phone contract"])
-    _insert_rows(built, [Row("ledger_accounts", CO, "la_travel", {
-        "id": "la_travel", "name": "Hotels", "displayed_as": "Hotels (7400)", "nominal_code": 7400,
-        "ledger_account_type": _link("OVERHEADS", "ledger_account_types"), "included_in_chart": True},
-        "2024-07-01T06:00:00Z")])
+    _write(
+        project / SEEDS / "emission_line_overrides.csv",
+        [
+            "company_id,record_id,line_id,sic_code,out_of_scope_reason,reason",
+            f"{CO},bg,bg_l1,61,,the British Gas bill is a phone contract",
+        ],
+    )
+    _insert_rows(
+        built,
+        [
+            Row(
+                "ledger_accounts",
+                CO,
+                "la_travel",
+                {
+                    "id": "la_travel",
+                    "name": "Hotels",
+                    "displayed_as": "Hotels (7400)",
+                    "nominal_code": 7400,
+                    "ledger_account_type": _link("OVERHEADS", "ledger_account_types"),
+                    "included_in_chart": True,
+                },
+                "2024-07-01T06:00:00Z",
+            )
+        ],
+    )
     result = _dbt(["build"], dsn, project, tmp_path)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     lines = _lines(built)
@@ -290,12 +434,18 @@ def test_edits_re_map_history_on_the_next_build(built: psycopg.Connection, dsn: 
     assert fingerprints == (1,)
 
 
-def test_an_override_naming_an_unknown_sic_group_fails_the_build(built: psycopg.Connection, dsn: str,
-                                                                 project: Path, tmp_path: Path) -> None:
+def test_an_override_naming_an_unknown_sic_group_fails_the_build(
+    built: psycopg.Connection, dsn: str, project: Path, tmp_path: Path
+) -> None:
     overrides = project / SEEDS / "emission_account_overrides.csv"
     before = overrides.read_text()
-    _write(overrides, ["company_id,ledger_account_id,nominal_code,sic_code,out_of_scope_reason,reason",
-                       f"{CO},la_general,,99.9,,a group that does not exist"])
+    _write(
+        overrides,
+        [
+            "company_id,ledger_account_id,nominal_code,sic_code,out_of_scope_reason,reason",
+            f"{CO},la_general,,99.9,,a group that does not exist",
+        ],
+    )
     try:
         result = _dbt(["build"], dsn, project, tmp_path)
     finally:
@@ -304,13 +454,17 @@ def test_an_override_naming_an_unknown_sic_group_fails_the_build(built: psycopg.
     assert "Failure in test assert_emission_overrides_use_known_sic_groups" in result.stdout, result.stdout[-4000:]
 
 
-def test_a_factor_set_missing_a_year_the_spend_needs_is_refused(built: psycopg.Connection, dsn: str,
-                                                               project: Path, tmp_path: Path) -> None:
+def test_a_factor_set_missing_a_year_the_spend_needs_is_refused(
+    built: psycopg.Connection, dsn: str, project: Path, tmp_path: Path
+) -> None:
     source = project / SEEDS / "emission_factors__defra_leeds_2023.csv"
     gap = project / SEEDS / "emission_factors__test_without_2022.csv"
     lines = source.read_text().splitlines()
-    _write(gap, [lines[0]] + [line.replace("defra_leeds_2023", "test_without_2022", 1)
-                              for line in lines[1:] if ",2022," not in line])
+    _write(
+        gap,
+        [lines[0]]
+        + [line.replace("defra_leeds_2023", "test_without_2022", 1) for line in lines[1:] if ",2022," not in line],
+    )
     sets = project / SEEDS / "emission_factor_sets.csv"
     before = sets.read_text()
     sets.write_text(before + before.splitlines()[1].replace("defra_leeds_2023", "test_without_2022", 1) + "\n")

@@ -31,7 +31,8 @@ GENERATED_INVOICES = 8_000  # two lines each, per batch
 def _land_invoices(dsn: str, batch: str, extracted_at: str) -> None:
     """Land `GENERATED_INVOICES` two-line GBP invoices of gbp_co, as a sync would (one version each)."""
     with psycopg.connect(dsn) as conn:
-        conn.execute("""
+        conn.execute(
+            """
             insert into sage_raw.purchase_invoices
                 (company_id, record_id, source_updated_at, payload, content_hash, _extracted_at, _sync_run_id)
             select %(company)s, doc.payload ->> 'id', (doc.payload ->> 'updated_at')::timestamptz, doc.payload,
@@ -62,7 +63,9 @@ def _land_invoices(dsn: str, batch: str, extracted_at: str) -> None:
                         'tax_rate', jsonb_build_object('id', 'GB_ZERO'), 'tax_amount', '0',
                         'total_amount', amounts.net_2))
             ) as payload) as doc
-        """, {"company": GBP_CO, "batch": batch, "extracted_at": extracted_at, "count": GENERATED_INVOICES})
+        """,
+            {"company": GBP_CO, "batch": batch, "extracted_at": extracted_at, "count": GENERATED_INVOICES},
+        )
 
 
 @dataclass
@@ -83,17 +86,23 @@ class AnalystLoop:
                 try:
                     missing = conn.execute(
                         "select coalesce(array_agg(name), '{}') from unnest(%s::text[]) as name "
-                        "where to_regclass('analytics.' || quote_ident(name)) is null", (self.marts,)
+                        "where to_regclass('analytics.' || quote_ident(name)) is null",
+                        (self.marts,),
                     ).fetchone()[0]
                     if missing:
                         self.errors.append(f"missing marts: {missing}")
                     for mart in self.marts:  # every mart answers a query
                         conn.execute(f'select 1 from analytics."{mart}" limit 1').fetchall()
-                    self.totals.append(conn.execute(
-                        "select coalesce(sum(amount), 0) from analytics.rpt_spend_by_category_quarter "
-                        "where company_id = %s", (GBP_CO,)).fetchone()[0])
+                    self.totals.append(
+                        conn.execute(
+                            "select coalesce(sum(amount), 0) from analytics.rpt_spend_by_category_quarter "
+                            "where company_id = %s",
+                            (GBP_CO,),
+                        ).fetchone()[0]
+                    )
                     self.company_counts.append(
-                        conn.execute("select count(*) from analytics.dim_companies").fetchone()[0])
+                        conn.execute("select count(*) from analytics.dim_companies").fetchone()[0]
+                    )
                 except psycopg.Error as error:
                     self.errors.append(f"{type(error).__name__}: {error}".strip())
                     time.sleep(0.05)
@@ -119,20 +128,24 @@ def analysts(warehouse: psycopg.Connection, pg_dsn: str) -> Iterator[Callable[[l
 
 def _relation_ids(conn: psycopg.Connection) -> dict[str, int]:
     """The identity (oid) of every relation dbt built: unchanged when replaced in place."""
-    return dict(conn.execute(
-        "select n.nspname || '.' || c.relname, c.oid::int from pg_class as c "
-        "join pg_namespace as n on n.oid = c.relnamespace "
-        "where n.nspname in ('analytics', 'sage_intermediate', 'sage_staging') and c.relkind in ('r', 'v')"
-    ).fetchall())
+    return dict(
+        conn.execute(
+            "select n.nspname || '.' || c.relname, c.oid::int from pg_class as c "
+            "join pg_namespace as n on n.oid = c.relnamespace "
+            "where n.nspname in ('analytics', 'sage_intermediate', 'sage_staging') and c.relkind in ('r', 'v')"
+        ).fetchall()
+    )
 
 
 def _total(conn: psycopg.Connection) -> Decimal:
-    return conn.execute("select coalesce(sum(amount), 0) from analytics.rpt_spend_by_category_quarter "
-                        "where company_id = %s", (GBP_CO,)).fetchone()[0]
+    return conn.execute(
+        "select coalesce(sum(amount), 0) from analytics.rpt_spend_by_category_quarter where company_id = %s", (GBP_CO,)
+    ).fetchone()[0]
 
 
-def _run_while_analysts_query(analysts: Callable[[list[str]], AnalystLoop], marts: list[str], args: list[str], dsn: str,
-                              tmp_path: Path) -> AnalystLoop:
+def _run_while_analysts_query(
+    analysts: Callable[[list[str]], AnalystLoop], marts: list[str], args: list[str], dsn: str, tmp_path: Path
+) -> AnalystLoop:
     loop = analysts(marts)
     while not loop.totals and not loop.errors:  # the loop is querying before the build starts
         time.sleep(0.05)
@@ -144,18 +157,30 @@ def _run_while_analysts_query(analysts: Callable[[list[str]], AnalystLoop], mart
 
 
 def test_marts_stay_whole_during_a_daily_build_and_a_full_refresh(
-        warehouse: psycopg.Connection, pg_dsn: str, analysts: Callable[[list[str]], AnalystLoop],
-        tmp_path: Path) -> None:
+    warehouse: psycopg.Connection, pg_dsn: str, analysts: Callable[[list[str]], AnalystLoop], tmp_path: Path
+) -> None:
     warehouse.autocommit = True
     _load_scenario(pg_dsn)
     _land_invoices(pg_dsn, "a", "2024-06-01T06:00:00Z")
     result = _dbt(["build"], _dbt_env(pg_dsn), tmp_path)  # the first build creates every relation
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-    marts = [r[0] for r in warehouse.execute(
-        "select table_name from information_schema.tables where table_schema = 'analytics' order by 1")]
-    assert {"fct_spend_transactions", "rpt_spend_by_category_quarter", "rpt_spend_by_supplier_quarter",
-            "rpt_spend_exceptions", "rpt_currency_exceptions", "dim_companies", "dim_nominal_accounts",
-            "dim_suppliers", "rpt_sync_health"} <= set(marts)
+    marts = [
+        r[0]
+        for r in warehouse.execute(
+            "select table_name from information_schema.tables where table_schema = 'analytics' order by 1"
+        )
+    ]
+    assert {
+        "fct_spend_transactions",
+        "rpt_spend_by_category_quarter",
+        "rpt_spend_by_supplier_quarter",
+        "rpt_spend_exceptions",
+        "rpt_currency_exceptions",
+        "dim_companies",
+        "dim_nominal_accounts",
+        "dim_suppliers",
+        "rpt_sync_health",
+    } <= set(marts)
     lines = warehouse.execute("select count(*) from sage_intermediate.int_spend_lines_signed").fetchone()[0]
     assert lines > 2 * GENERATED_INVOICES
     before, relation_ids = _total(warehouse), _relation_ids(warehouse)
@@ -181,8 +206,12 @@ def test_marts_stay_whole_during_a_daily_build_and_a_full_refresh(
     assert set(full.totals) == {after}
     assert set(full.company_counts) == {2}
     # seeds are dbt's own (`--full-refresh` re-creates them); every model was replaced in place
-    seeds = {"sage_staging.company_category_overrides", "sage_staging.ledger_account_type_categories",
-             "sage_staging.uk_default_chart_categories"}
+    seeds = {
+        "sage_staging.company_category_overrides",
+        "sage_staging.ledger_account_type_categories",
+        "sage_staging.uk_default_chart_categories",
+    }
     after_full = _relation_ids(warehouse)
     assert {k: v for k, v in after_full.items() if k not in seeds} == {
-        k: v for k, v in relation_ids.items() if k not in seeds}
+        k: v for k, v in relation_ids.items() if k not in seeds
+    }

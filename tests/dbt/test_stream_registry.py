@@ -32,8 +32,12 @@ def _rel(path: Path) -> str:
 
 
 def test_generated_stream_macro_is_current() -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_dbt_streams.py"), "--check"],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_dbt_streams.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -44,16 +48,20 @@ def test_migration_arrays_list_every_stream() -> None:
             arrays[_rel(path)] = set(re.findall(r"'([a-z_]+)'", found))
     assert len(arrays) == 2, f"expected the two stream loops of the migrations, found {sorted(arrays)}"
     for name, streams in arrays.items():
-        assert streams - RAW_EXTRAS == ALL, f"{name}: stream array differs from sage_sync.sage.streams: " \
+        assert streams - RAW_EXTRAS == ALL, (
+            f"{name}: stream array differs from sage_sync.sage.streams: "
             f"missing {sorted(ALL - streams)}, extra {sorted(streams - ALL - RAW_EXTRAS)}"
+        )
 
 
 def test_sources_yaml_has_a_table_per_stream() -> None:
     path = DBT / "models" / "staging" / "sage" / "_sage__sources.yml"
     sources = {s["name"]: s for s in yaml.safe_load(path.read_text())["sources"]}
     tables = {t["name"] for t in sources["sage"]["tables"]}
-    assert tables - RAW_EXTRAS == ALL, f"{_rel(path)}: source sage tables differ from sage_sync.sage.streams: " \
+    assert tables - RAW_EXTRAS == ALL, (
+        f"{_rel(path)}: source sage tables differ from sage_sync.sage.streams: "
         f"missing {sorted(ALL - tables)}, extra {sorted(tables - ALL - RAW_EXTRAS)}"
+    )
 
 
 def _stream_value_lists(node: Any) -> Iterator[list[Any]]:
@@ -79,8 +87,10 @@ def test_accepted_stream_values_match_the_registry() -> None:
             found = set(values)
             # a list of spend streams only must be the spend streams; any other, every stream
             expected = SPEND if found <= SPEND else ALL
-            assert found == expected, f"{_rel(path)}: accepted stream values {sorted(found)} differ from " \
+            assert found == expected, (
+                f"{_rel(path)}: accepted stream values {sorted(found)} differ from "
                 f"sage_sync.sage.streams: missing {sorted(expected - found)}, extra {sorted(found - expected)}"
+            )
     assert checked >= 3, "the stream accepted_values lists were not found: has the YAML layout changed?"
 
 
@@ -91,8 +101,7 @@ def test_every_stream_has_its_staging_models() -> None:
         assert f"stg_sage__{stream.name}" in models, f"{_rel(staging)}: add stg_sage__{stream.name}.sql"
         if stream.line_field:
             lines = f"stg_sage__{stream.name.removesuffix('s')}_lines"
-            assert lines in models, f"{_rel(staging)}: add {lines}.sql " \
-                f"({{{{ sage_document_lines('{stream.name}') }}}})"
+            assert lines in models, f"{_rel(staging)}: add {lines}.sql ({{{{ sage_document_lines('{stream.name}') }}}})"
         if stream.incremental:
             base = f"base_sage__{stream.name}_latest"
             assert base in models, f"{_rel(staging)}/base: add {base}.sql"

@@ -52,15 +52,25 @@ EUR = "atlantic"
 
 
 def _shop(invoices: int) -> dict[str, int]:
-    return {"purchase_invoices": invoices, "purchase_credit_notes": max(1, invoices // 10),
-            "purchase_quick_entries": max(1, invoices // 4), "other_payments": max(1, invoices // 3)}
+    return {
+        "purchase_invoices": invoices,
+        "purchase_credit_notes": max(1, invoices // 10),
+        "purchase_quick_entries": max(1, invoices // 4),
+        "other_payments": max(1, invoices // 3),
+    }
 
 
 # 12 GBP companies of mixed sizes (one large) plus atlantic, whose base currency is EUR.
 VOLUMES: dict[str, dict[str, int]] = {
-    LARGE: {"purchase_invoices": 10000, "purchase_credit_notes": 60, "purchase_quick_entries": 120,
-            "other_payments": 150},
-    "northwind": _shop(240), "harbour": _shop(60), EUR: _shop(120),
+    LARGE: {
+        "purchase_invoices": 10000,
+        "purchase_credit_notes": 60,
+        "purchase_quick_entries": 120,
+        "other_payments": 150,
+    },
+    "northwind": _shop(240),
+    "harbour": _shop(60),
+    EUR: _shop(120),
     **{f"shop{n:02d}": _shop(size) for n, size in enumerate((5, 10, 20, 30, 45, 60, 90, 120, 180), start=1)},
 }
 
@@ -145,10 +155,16 @@ def denv() -> Iterator[Env]:
     with FakeSageServer(seed=97, volumes=VOLUMES) as sage, pytest.MonkeyPatch.context() as mp:
         values = {
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_sa,
-            "AIRFLOW_CONN_SAGE_WAREHOUSE": json.dumps({
-                "conn_type": "postgres", "host": p.get("host", "127.0.0.1"), "port": int(p.get("port", 5432)),
-                "login": p.get("user", "postgres"), "password": p.get("password") or "unused",
-                "schema": warehouse_db}),
+            "AIRFLOW_CONN_SAGE_WAREHOUSE": json.dumps(
+                {
+                    "conn_type": "postgres",
+                    "host": p.get("host", "127.0.0.1"),
+                    "port": int(p.get("port", 5432)),
+                    "login": p.get("user", "postgres"),
+                    "password": p.get("password") or "unused",
+                    "schema": warehouse_db,
+                }
+            ),
             "AIRFLOW_CONN_SAGE_DEFAULT": sage.airflow_conn_json(),
             "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
             "SAGE_PG_DBNAME": warehouse_db,
@@ -157,8 +173,9 @@ def denv() -> Iterator[Env]:
             mp.setenv(key, value)
         # Connecting from this process must not reach into an Airflow: the deployment parses the DAGs.
         mp.setattr(airflow_api, "set_dag_paused", lambda dag_id, *, paused: False)
-        dep = deploy.up(state_dir, workers=2, overrides={**values, **OVERRIDES}, migrate=not copied,
-                        pool_slots=POOL_SLOTS)
+        dep = deploy.up(
+            state_dir, workers=2, overrides={**values, **OVERRIDES}, migrate=not copied, pool_slots=POOL_SLOTS
+        )
         try:
             env = Env(dep, sage, warehouse_dsn, libpq_url(metadata_sa), {}, began)
             print(f"deployment up: {time.monotonic() - began:.0f}s", flush=True)

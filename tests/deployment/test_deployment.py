@@ -45,16 +45,29 @@ from .conftest import EUR, LARGE, POOL_SLOTS, Env, deploy
 pytestmark = [pytest.mark.deployment, pytest.mark.airflow, pytest.mark.dbt, pytest.mark.timeout(2400)]
 WINDOW_START = date(2024, 1, 1)
 DAY_TIMEOUT = 1200.0
-RAW = ("businesses", "financial_settings", "ledger_accounts", "contacts", "tax_rates", "purchase_invoices",
-       "purchase_credit_notes", "purchase_quick_entries", "other_payments")
+RAW = (
+    "businesses",
+    "financial_settings",
+    "ledger_accounts",
+    "contacts",
+    "tax_rates",
+    "purchase_invoices",
+    "purchase_credit_notes",
+    "purchase_quick_entries",
+    "other_payments",
+)
 
 
 # -- what the metadata DB says ---------------------------------------------------------------------
 
+
 def _runs(env: Env) -> dict[str, list[tuple]]:
     """Each company DAG's runs: (run_id, run_type, state, logical_date, start_date, end_date)."""
-    rows = env.meta("select dag_id, run_id, run_type, state, logical_date, start_date, end_date from dag_run "
-                    "where dag_id = any(%s) order by logical_date", (env.dag_ids(),))
+    rows = env.meta(
+        "select dag_id, run_id, run_type, state, logical_date, start_date, end_date from dag_run "
+        "where dag_id = any(%s) order by logical_date",
+        (env.dag_ids(),),
+    )
     runs: dict[str, list[tuple]] = {d: [] for d in env.dag_ids()}
     for dag_id, *rest in rows:
         runs[dag_id].append(tuple(rest))
@@ -65,8 +78,11 @@ def _tries(env: Env, where: str = "true", params: tuple = ()) -> list[tuple]:
     """Every try of every task instance (the live row and the history of earlier tries):
     (dag_id, run_id, task_id, rendered_map_index, try_number, state, hostname, pool, start, end)."""
     cols = "dag_id, run_id, task_id, rendered_map_index, try_number, state, hostname, pool, start_date, end_date"
-    return env.meta(f"select {cols} from task_instance where {where} union all "
-                    f"select {cols} from task_instance_history where {where}", params * 2)
+    return env.meta(
+        f"select {cols} from task_instance where {where} union all "
+        f"select {cols} from task_instance_history where {where}",
+        params * 2,
+    )
 
 
 def _wait_day(env: Env, day: int, watch=None, timeout: float = DAY_TIMEOUT) -> dict[str, list[tuple]]:
@@ -81,16 +97,20 @@ def _wait_day(env: Env, day: int, watch=None, timeout: float = DAY_TIMEOUT) -> d
         if all(len(r) >= day and all(x[2] == "success" for x in r) for r in runs.values()):
             return runs
         time.sleep(0.5 if watch is not None else 1)
-    raise AssertionError(f"day {day} not finished in {timeout:.0f}s: "
-                         f"{ {d: [x[2] for x in r] for d, r in _runs(env).items()} }")
+    raise AssertionError(
+        f"day {day} not finished in {timeout:.0f}s: { {d: [x[2] for x in r] for d, r in _runs(env).items()} }"
+    )
 
 
 def _wait_transform_after(env: Env, after, timeout: float = DAY_TIMEOUT) -> tuple:
     """The first successful sage_transform run that started after ``after``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        rows = env.meta("select run_id, run_type, state, start_date, end_date from dag_run "
-                        "where dag_id = 'sage_transform' and start_date > %s order by start_date", (after,))
+        rows = env.meta(
+            "select run_id, run_type, state, start_date, end_date from dag_run "
+            "where dag_id = 'sage_transform' and start_date > %s order by start_date",
+            (after,),
+        )
         done = [r for r in rows if r[2] == "success"]
         if done:
             return done[0]
@@ -100,8 +120,9 @@ def _wait_transform_after(env: Env, after, timeout: float = DAY_TIMEOUT) -> tupl
 
 
 def _last_finish(env: Env) -> object:
-    return env.meta("select max(end_date) from task_instance where dag_id = any(%s) and task_id = 'finish'",
-                    (env.dag_ids(),))[0][0]
+    return env.meta(
+        "select max(end_date) from task_instance where dag_id = any(%s) and task_id = 'finish'", (env.dag_ids(),)
+    )[0][0]
 
 
 def _figures(env: Env, day: int, transform: tuple) -> str:
@@ -109,11 +130,17 @@ def _figures(env: Env, day: int, transform: tuple) -> str:
     due, first_start = env.meta(
         "select min(r.queued_at), min(t.start_date) from dag_run r join task_instance t using (dag_id, run_id) "
         "where r.dag_id = any(%s) and r.run_id in (select run_id from dag_run d where d.dag_id = r.dag_id "
-        "order by logical_date offset %s limit 1)", (env.dag_ids(), day - 1))[0]
-    return json.dumps({"scheduler_lag_s": round((first_start - due).total_seconds(), 1),
-                       "due_to_last_sync_s": round((_last_finish(env) - due).total_seconds(), 1),
-                       "due_to_marts_s": round((transform[4] - due).total_seconds(), 1),
-                       "sage_requests": len(env.sage.admin.request_log())})
+        "order by logical_date offset %s limit 1)",
+        (env.dag_ids(), day - 1),
+    )[0]
+    return json.dumps(
+        {
+            "scheduler_lag_s": round((first_start - due).total_seconds(), 1),
+            "due_to_last_sync_s": round((_last_finish(env) - due).total_seconds(), 1),
+            "due_to_marts_s": round((transform[4] - due).total_seconds(), 1),
+            "sage_requests": len(env.sage.admin.request_log()),
+        }
+    )
 
 
 def _max_overlap(intervals: list[tuple]) -> int:
@@ -128,9 +155,13 @@ def _max_overlap(intervals: list[tuple]) -> int:
 
 # -- what the warehouse says -----------------------------------------------------------------------
 
+
 def _modelled_spend(env: Env, company: str) -> Decimal:
-    return Decimal(env.wh("select coalesce(sum(amount), 0) from analytics.fct_spend_transactions "
-                          "where company_id = %s", (company,))[0][0])
+    return Decimal(
+        env.wh(
+            "select coalesce(sum(amount), 0) from analytics.fct_spend_transactions where company_id = %s", (company,)
+        )[0][0]
+    )
 
 
 def _versions(env: Env, company: str) -> dict[str, int]:
@@ -147,8 +178,9 @@ def _assert_marts_equal_books(env: Env, keys: list[str], starts: dict[str, date]
     assert env.wh("select count(*) - count(distinct spend_line_id) from analytics.fct_spend_transactions") == [(0,)]
     # atlantic keeps EUR books: none of it is spend, all of it is listed as a currency exception
     assert _modelled_spend(env, env.companies[EUR]) == 0
-    assert env.wh("select count(*) > 0 from analytics.rpt_currency_exceptions where company_id = %s",
-                  (env.companies[EUR],)) == [(True,)]
+    assert env.wh(
+        "select count(*) > 0 from analytics.rpt_currency_exceptions where company_id = %s", (env.companies[EUR],)
+    ) == [(True,)]
 
 
 def _task_log(env: Env, dag_id: str, run_id: str, task_id: str) -> str:
@@ -175,11 +207,15 @@ class WorkerKiller:
 
     def __call__(self) -> None:
         if self.killed is None:
-            rows = self.env.meta("select hostname, try_number from task_instance where dag_id = %s and "
-                                 "task_id = 'extract_load' and map_index = %s and state = 'running' "
-                                 "and hostname like 'worker%%'", (self.dag_id, INVOICES_MAP_INDEX))
-            landed = self.env.wh("select count(*) from sage_raw.purchase_invoices where company_id = %s",
-                                 (self.env.companies[LARGE],))[0][0]
+            rows = self.env.meta(
+                "select hostname, try_number from task_instance where dag_id = %s and "
+                "task_id = 'extract_load' and map_index = %s and state = 'running' "
+                "and hostname like 'worker%%'",
+                (self.dag_id, INVOICES_MAP_INDEX),
+            )
+            landed = self.env.wh(
+                "select count(*) from sage_raw.purchase_invoices where company_id = %s", (self.env.companies[LARGE],)
+            )[0][0]
             if rows and landed > 0:
                 hostname, try_number = rows[0]
                 name = hostname.split("@", 1)[0]
@@ -188,10 +224,12 @@ class WorkerKiller:
         elif not self.restarted:
             # Bring the dead worker back only once its task is running again elsewhere, so the retry
             # can only have gone to the other worker.
-            again = self.env.meta("select hostname from task_instance where dag_id = %s and task_id = "
-                                  "'extract_load' and map_index = %s and try_number > %s "
-                                  "and state in ('running', 'success')",
-                                  (self.dag_id, INVOICES_MAP_INDEX, self.killed[1]))
+            again = self.env.meta(
+                "select hostname from task_instance where dag_id = %s and task_id = "
+                "'extract_load' and map_index = %s and try_number > %s "
+                "and state in ('running', 'success')",
+                (self.dag_id, INVOICES_MAP_INDEX, self.killed[1]),
+            )
             if again:
                 deploy.start_worker(self.env.dep, int(self.killed[0].split("@")[0].removeprefix("worker")))
                 self.restarted = True
@@ -213,8 +251,7 @@ def test_day_one_scheduled_runs_on_both_workers_within_the_pool(denv: Env, day_o
     tries = _tries(denv, "dag_id = any(%s)", (denv.dag_ids(),))
     workers = {deploy.worker_hostname(1), deploy.worker_hostname(2)}
     assert workers <= {t[6] for t in tries}, f"tasks ran on {sorted({t[6] for t in tries})}"
-    pooled = [(t[8], t[9]) for t in _tries(denv, "pool = 'sage_api' and start_date is not null")
-              if t[9] is not None]
+    pooled = [(t[8], t[9]) for t in _tries(denv, "pool = 'sage_api' and start_date is not null") if t[9] is not None]
     assert len(pooled) >= 13 * 11
     peak = _max_overlap(pooled)
     assert peak <= POOL_SLOTS, f"{peak} Sage-calling tasks at once, pool has {POOL_SLOTS}"
@@ -228,8 +265,9 @@ def test_transform_ran_on_the_asset_and_marts_equal_the_books(denv: Env, day_one
     _assert_marts_equal_books(denv, list(denv.companies))
     for company in denv.companies.values():
         assert_warehouse_matches_dsn(denv, company)
-    assert denv.wh("select count(distinct company_id) from sage_control.sync_runs where kind = 'daily' "
-                   "and status = 'success'") == [(13,)]
+    assert denv.wh(
+        "select count(distinct company_id) from sage_control.sync_runs where kind = 'daily' and status = 'success'"
+    ) == [(13,)]
 
 
 def assert_warehouse_matches_dsn(env: Env, company: str) -> None:
@@ -244,10 +282,17 @@ def test_killed_worker_task_retried_on_the_other_and_company_equals_sage(denv: E
     killed_host, killed_try = day_one["killed"]
     assert day_one["restarted"]
     dag_id = airflow_api.dag_id_for(denv.companies[LARGE])
-    tries = sorted(t[4:7] for t in _tries(denv, "dag_id = %s and task_id = 'extract_load' and map_index = %s",
-                                          (dag_id, INVOICES_MAP_INDEX)))
-    assert denv.meta("select rendered_map_index from task_instance where dag_id = %s and task_id = 'extract_load' "
-                     "and map_index = %s", (dag_id, INVOICES_MAP_INDEX)) == [("purchase_invoices",)]
+    tries = sorted(
+        t[4:7]
+        for t in _tries(
+            denv, "dag_id = %s and task_id = 'extract_load' and map_index = %s", (dag_id, INVOICES_MAP_INDEX)
+        )
+    )
+    assert denv.meta(
+        "select rendered_map_index from task_instance where dag_id = %s and task_id = 'extract_load' "
+        "and map_index = %s",
+        (dag_id, INVOICES_MAP_INDEX),
+    ) == [("purchase_invoices",)]
     first = next(t for t in tries if t[0] == killed_try)
     assert first[1] == "failed" and first[2] == killed_host  # failed by the heartbeat timeout
     last = tries[-1]
@@ -262,6 +307,7 @@ def test_killed_worker_task_retried_on_the_other_and_company_equals_sage(denv: E
 
 # -- day two ---------------------------------------------------------------------------------------
 
+
 def _make_next_day_due(env: Env, day: int, timeout: float = 120.0) -> None:
     """Move the scheduler's due time of every company DAG's next run to now, until it made them."""
     deadline = time.monotonic() + timeout
@@ -269,8 +315,11 @@ def _make_next_day_due(env: Env, day: int, timeout: float = 120.0) -> None:
         missing = [d for d, r in _runs(env).items() if len(r) < day]
         if not missing:
             return
-        env.meta("update dag set next_dagrun_create_after = now() where dag_id = any(%s) "
-                 "and next_dagrun_create_after > now()", (missing,))
+        env.meta(
+            "update dag set next_dagrun_create_after = now() where dag_id = any(%s) "
+            "and next_dagrun_create_after > now()",
+            (missing,),
+        )
         time.sleep(3)
     raise AssertionError("the scheduler did not create the next day's runs")
 
@@ -283,8 +332,11 @@ def day_two(denv: Env, day_one: dict) -> dict:
     sage.admin.advance_clock(86400)
     changed: dict[str, dict[str, int]] = {}  # key -> stream -> versions it must add
     for key in ("shop05", "harbour"):
-        docs = [r for r in sage.admin.records(c[key], "purchase_invoices")
-                if r["date"] >= WINDOW_START.isoformat() and r["status"]["id"] not in ("VOID", "DRAFT")]
+        docs = [
+            r
+            for r in sage.admin.records(c[key], "purchase_invoices")
+            if r["date"] >= WINDOW_START.isoformat() and r["status"]["id"] not in ("VOID", "DRAFT")
+        ]
         line = {**docs[0]["invoice_lines"][0], "net_amount": "777.00", "tax_amount": "0.00", "total_amount": "777.00"}
         sage.admin.update(c[key], "purchase_invoices", docs[0]["id"], {"invoice_lines": [line]})
         sage.admin.delete(c[key], "purchase_invoices", docs[1]["id"])
@@ -297,20 +349,42 @@ def day_two(denv: Env, day_one: dict) -> dict:
     # The disconnected company: its day-two run exists and has not imported anything yet.
     connections.disconnect(c[disconnected], pause_dag=False)  # as from a machine that reaches no Airflow
     # The backfill: requested while northwind's daily run holds the company's run slot.
-    _wait_for(lambda: denv.wh("select 1 from sage_control.sync_runs where company_id = %s and kind = 'daily' "
-                              "and status = 'running'", (c[backfilled],)), "northwind's daily run to start")
-    denv.dep.airflow("dags", "trigger", "sage_backfill", "-c",
-                     json.dumps(connections.backfill_conf(c[backfilled], inputs.parse_quarter("2023-Q4"))))
+    _wait_for(
+        lambda: denv.wh(
+            "select 1 from sage_control.sync_runs where company_id = %s and kind = 'daily' and status = 'running'",
+            (c[backfilled],),
+        ),
+        "northwind's daily run to start",
+    )
+    denv.dep.airflow(
+        "dags",
+        "trigger",
+        "sage_backfill",
+        "-c",
+        json.dumps(connections.backfill_conf(c[backfilled], inputs.parse_quarter("2023-Q4"))),
+    )
     # The scheduler restarted while the day's runs go on.
     denv.dep.restart("scheduler")
     runs = _wait_day(denv, 2)
-    backfill = _wait_for(lambda: denv.meta("select run_id, state, start_date, end_date from dag_run where "
-                                           "dag_id = 'sage_backfill' and state in ('success', 'failed')"),
-                         "the backfill run to finish", timeout=DAY_TIMEOUT)
+    backfill = _wait_for(
+        lambda: denv.meta(
+            "select run_id, state, start_date, end_date from dag_run where "
+            "dag_id = 'sage_backfill' and state in ('success', 'failed')"
+        ),
+        "the backfill run to finish",
+        timeout=DAY_TIMEOUT,
+    )
     transform = _wait_transform_after(denv, max(_last_finish(denv), backfill[0][3]))
     print(f"day two: {time.monotonic() - began:.0f}s {_figures(denv, 2, transform)}", flush=True)
-    return {"runs": runs, "before": before, "changed": changed, "disconnected": disconnected,
-            "backfilled": backfilled, "backfill": backfill[0], "transform": transform}
+    return {
+        "runs": runs,
+        "before": before,
+        "changed": changed,
+        "disconnected": disconnected,
+        "backfilled": backfilled,
+        "backfill": backfill[0],
+        "transform": transform,
+    }
 
 
 def _wait_for(probe, what: str, timeout: float = 300.0):
@@ -333,8 +407,9 @@ def test_day_two_is_scheduled_and_adds_only_what_changed(denv: Env, day_two: dic
         added = {s: n - day_two["before"][key][s] for s, n in _versions(denv, company).items()}
         want = {s: day_two["changed"].get(key, {}).get(s, 0) for s in RAW}
         assert added == want, key
-    _assert_marts_equal_books(denv, [k for k in denv.companies if k != day_two["disconnected"]],
-                              {day_two["backfilled"]: date(2023, 10, 1)})
+    _assert_marts_equal_books(
+        denv, [k for k in denv.companies if k != day_two["disconnected"]], {day_two["backfilled"]: date(2023, 10, 1)}
+    )
     assert day_two["transform"][1] == "asset_triggered"
 
 
@@ -342,13 +417,19 @@ def test_company_disconnected_while_queued_skips_with_its_reason(denv: Env, day_
     company = denv.companies[day_two["disconnected"]]
     dag_id = airflow_api.dag_id_for(company)
     run_id = day_two["runs"][dag_id][-1][0]
-    states = dict(denv.meta("select task_id, state from task_instance where dag_id = %s and run_id = %s "
-                            "and map_index < 1", (dag_id, run_id)))
+    states = dict(
+        denv.meta(
+            "select task_id, state from task_instance where dag_id = %s and run_id = %s and map_index < 1",
+            (dag_id, run_id),
+        )
+    )
     skipped_at = next(t for t in ("check_connection", "refresh_auth") if states.get(t) == "skipped")
     assert "disconnected" in _task_log(denv, dag_id, run_id, skipped_at)
     assert states["finish"] == "skipped"
-    assert denv.wh("select count(*) from sage_control.sync_runs where company_id = %s and kind = 'daily' "
-                   "and status = 'success'", (company,)) == [(1,)]  # day one only
+    assert denv.wh(
+        "select count(*) from sage_control.sync_runs where company_id = %s and kind = 'daily' and status = 'success'",
+        (company,),
+    ) == [(1,)]  # day one only
 
 
 def test_backfill_requested_during_the_daily_run_waits_then_runs(denv: Env, day_two: dict) -> None:
@@ -359,7 +440,10 @@ def test_backfill_requested_during_the_daily_run_waits_then_runs(denv: Env, day_
     assert validate_tries >= 2  # it found the daily run holding the company and was retried
     daily_end, backfill_start = denv.wh(
         "select max(ended_at) filter (where kind = 'daily'), max(started_at) filter (where kind = 'backfill') "
-        "from sage_control.sync_runs where company_id = %s", (company,))[0]
+        "from sage_control.sync_runs where company_id = %s",
+        (company,),
+    )[0]
     assert backfill_start >= daily_end
-    assert denv.wh("select synced_from_quarter from sage_control.companies where company_id = %s",
-                   (company,)) == [("2023-Q4",)]
+    assert denv.wh("select synced_from_quarter from sage_control.companies where company_id = %s", (company,)) == [
+        ("2023-Q4",)
+    ]

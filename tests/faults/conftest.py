@@ -30,8 +30,14 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 @pytest.fixture
-def env(sage: FakeSageServer, warehouse: psycopg.Connection, pg_dsn: str, fernet_key: str,
-        monkeypatch: pytest.MonkeyPatch, sleeps: list[float]) -> psycopg.Connection:
+def env(
+    sage: FakeSageServer,
+    warehouse: psycopg.Connection,
+    pg_dsn: str,
+    fernet_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    sleeps: list[float],
+) -> psycopg.Connection:
     """A reset fake, an empty warehouse, env pointing at both; yields the warehouse connection."""
     sage.admin.reset()
     point_env_at(monkeypatch, pg_dsn, sage)

@@ -28,10 +28,18 @@ RAW_STREAMS = ("businesses", "financial_settings", "ledger_accounts", "contacts"
 def point_env_at(monkeypatch: pytest.MonkeyPatch, dsn: str, sage: FakeSageServer) -> None:
     """Make ``config.warehouse_dsn()`` and ``config.sage_settings()`` name this database and fake."""
     params = psycopg.conninfo.conninfo_to_dict(dsn)
-    monkeypatch.setenv("AIRFLOW_CONN_SAGE_WAREHOUSE", json.dumps({
-        "conn_type": "postgres", "host": params.get("host", "127.0.0.1"),
-        "port": int(params.get("port", 5432)), "login": params.get("user", "postgres"),
-        "schema": params["dbname"]}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SAGE_WAREHOUSE",
+        json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": params.get("host", "127.0.0.1"),
+                "port": int(params.get("port", 5432)),
+                "login": params.get("user", "postgres"),
+                "schema": params["dbname"],
+            }
+        ),
+    )
     monkeypatch.setenv("AIRFLOW_CONN_SAGE_DEFAULT", sage.airflow_conn_json())
 
 
@@ -58,7 +66,9 @@ def in_window(record: dict[str, Any]) -> bool:
 def latest(conn: psycopg.Connection, stream: str, company_id: str) -> dict[str, dict[str, Any]]:
     rows = conn.execute(
         f"select distinct on (record_id) record_id, payload from sage_raw.{stream} "
-        "where company_id = %s order by record_id, _extracted_at desc", (company_id,)).fetchall()
+        "where company_id = %s order by record_id, _extracted_at desc",
+        (company_id,),
+    ).fetchall()
     return dict(rows)
 
 
@@ -72,8 +82,9 @@ def expected(sage: FakeSageServer, company_id: str, stream: str) -> dict[str, di
 
 
 def deleted_ids(conn: psycopg.Connection, company_id: str, stream: str) -> set[str]:
-    rows = conn.execute("select record_id from sage_raw.deletions where company_id = %s and stream = %s",
-                        (company_id, stream)).fetchall()
+    rows = conn.execute(
+        "select record_id from sage_raw.deletions where company_id = %s and stream = %s", (company_id, stream)
+    ).fetchall()
     return {r[0] for r in rows}
 
 
@@ -98,12 +109,13 @@ def assert_no_doubles(conn: psycopg.Connection, company_id: str) -> None:
     for stream in RAW_STREAMS:
         doubled = conn.execute(
             f"select record_id, count(*) from sage_raw.{stream} where company_id = %s "
-            "group by record_id, content_hash having count(*) > 1 limit 3", (company_id,)).fetchall()
+            "group by record_id, content_hash having count(*) > 1 limit 3",
+            (company_id,),
+        ).fetchall()
         assert not doubled, f"{stream}: versions doubled: {doubled}"
 
 
-def assert_watermark_not_ahead(sage: FakeSageServer, conn: psycopg.Connection, company_id: str,
-                               stream: str) -> None:
+def assert_watermark_not_ahead(sage: FakeSageServer, conn: psycopg.Connection, company_id: str, stream: str) -> None:
     """Every record Sage holds at or below the stream's watermark is already in the warehouse."""
     from sage_sync.warehouse import watermarks  # noqa: PLC0415
 
@@ -117,13 +129,13 @@ def assert_watermark_not_ahead(sage: FakeSageServer, conn: psycopg.Connection, c
 
 
 def version_counts(conn: psycopg.Connection, stream: str, company_id: str) -> dict[str, int]:
-    rows = conn.execute(f"select record_id, count(*) from sage_raw.{stream} where company_id = %s "
-                        "group by record_id", (company_id,)).fetchall()
+    rows = conn.execute(
+        f"select record_id, count(*) from sage_raw.{stream} where company_id = %s group by record_id", (company_id,)
+    ).fetchall()
     return dict(rows)
 
 
-def hook_pages(monkeypatch: pytest.MonkeyPatch,
-               action: Callable[[str, int, Any], None]) -> list[tuple[str, int]]:
+def hook_pages(monkeypatch: pytest.MonkeyPatch, action: Callable[[str, int, Any], None]) -> list[tuple[str, int]]:
     """Call ``action(path, page_index, page)`` after each page a client yields (1-based, per call).
 
     The action runs after the sync has taken (and committed) the page and asked for the next one,

@@ -44,15 +44,18 @@ def _run_at_most_twice(company: str) -> int:
 
 def _last_run(conn: psycopg.Connection, company: str) -> tuple[str, dict[str, Any]]:
     conn.commit()
-    return conn.execute("select status, stats from sage_control.sync_runs where company_id = %s "
-                        "order by started_at desc limit 1", (company,)).fetchone()
+    return conn.execute(
+        "select status, stats from sage_control.sync_runs where company_id = %s order by started_at desc limit 1",
+        (company,),
+    ).fetchone()
 
 
 # -- 429 storms --------------------------------------------------------------------------------------
 
 
-def test_429_storm_is_absorbed_without_failing_the_run(sage: FakeSageServer, env: psycopg.Connection,
-                                                       sleeps: list[float]) -> None:
+def test_429_storm_is_absorbed_without_failing_the_run(
+    sage: FakeSageServer, env: psycopg.Connection, sleeps: list[float]
+) -> None:
     company = connect(sage)
     sage.admin.add_fault("429", path=INVOICES, count=5, retry_after=7)  # 5 < max_attempts (6)
     sage.admin.add_fault("429", path="/other_payments", count=5)  # no Retry-After: backoff
@@ -67,8 +70,7 @@ def test_429_storm_is_absorbed_without_failing_the_run(sage: FakeSageServer, env
     assert statuses.count(429) == 17
 
 
-def test_429_storm_longer_than_the_retry_budget_heals_on_rerun(sage: FakeSageServer,
-                                                               env: psycopg.Connection) -> None:
+def test_429_storm_longer_than_the_retry_budget_heals_on_rerun(sage: FakeSageServer, env: psycopg.Connection) -> None:
     company = connect(sage)
     # longer than the client's throttling budget (30 attempts a call)
     sage.admin.add_fault("429", path="/purchase_credit_notes", count=40)
@@ -85,8 +87,9 @@ def test_429_storm_longer_than_the_retry_budget_heals_on_rerun(sage: FakeSageSer
 # -- 5xx and dropped connections mid-pagination ------------------------------------------------------
 
 
-def test_5xx_and_drops_mid_pagination_are_retried(sage: FakeSageServer, env: psycopg.Connection,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_5xx_and_drops_mid_pagination_are_retried(
+    sage: FakeSageServer, env: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
     company = connect(sage)
 
     def after(path: str, index: int, _page: Any) -> None:
@@ -105,9 +108,9 @@ def test_5xx_and_drops_mid_pagination_are_retried(sage: FakeSageServer, env: psy
     assert_warehouse_matches(sage, env, company)
 
 
-def test_connection_dropped_for_good_mid_pagination_heals_on_rerun(sage: FakeSageServer,
-                                                                   env: psycopg.Connection,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_connection_dropped_for_good_mid_pagination_heals_on_rerun(
+    sage: FakeSageServer, env: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
     company = connect(sage)
     fired = []
 
@@ -125,8 +128,9 @@ def test_connection_dropped_for_good_mid_pagination_heals_on_rerun(sage: FakeSag
     assert_warehouse_matches(sage, env, company)
 
 
-def test_pages_committed_before_a_failure_survive_it(sage: FakeSageServer, env: psycopg.Connection,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pages_committed_before_a_failure_survive_it(
+    sage: FakeSageServer, env: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
     company = connect(sage)
     fired = []
 
@@ -145,8 +149,9 @@ def test_pages_committed_before_a_failure_survive_it(sage: FakeSageServer, env: 
 # -- timeouts ----------------------------------------------------------------------------------------
 
 
-def test_read_timeouts_are_retried(sage: FakeSageServer, env: psycopg.Connection,
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_read_timeouts_are_retried(
+    sage: FakeSageServer, env: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
     company = connect(sage)
     original = run_env.make_client
     monkeypatch.setattr(run_env, "make_client", lambda e, c, **kw: original(e, c, timeout=(2, 0.3), **kw))
@@ -165,8 +170,9 @@ def test_read_timeouts_are_retried(sage: FakeSageServer, env: psycopg.Connection
 # -- truncated or malformed JSON ---------------------------------------------------------------------
 
 
-def test_truncated_json_bodies_are_retried_or_healed_on_rerun(sage: FakeSageServer, env: psycopg.Connection,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_truncated_json_bodies_are_retried_or_healed_on_rerun(
+    sage: FakeSageServer, env: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
     company = connect(sage)
     sage.admin.add_fault("truncate", path="/ledger_accounts", count=2)
     sage.admin.add_fault("truncate", path="/financial_settings")
@@ -187,7 +193,8 @@ def test_truncated_json_bodies_are_retried_or_healed_on_rerun(sage: FakeSageServ
 
 
 def test_record_edited_on_an_earlier_page_while_paging_is_neither_missed_nor_doubled(
-        sage: FakeSageServer, env: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    sage: FakeSageServer, env: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
     company = connect(sage)
     edited: list[str] = []
 
@@ -209,20 +216,27 @@ def test_record_edited_on_an_earlier_page_while_paging_is_neither_missed_nor_dou
 
 
 def test_record_edited_on_a_later_page_and_created_while_paging(
-        sage: FakeSageServer, env: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    sage: FakeSageServer, env: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
     company = connect(sage)
     done: list[str] = []
     invoices = sorted(expected(sage, company, "purchase_invoices").values(), key=lambda r: r["updated_at"])
     later = invoices[-20]
-    template = {k: v for k, v in invoices[0].items()
-                if k not in ("id", "$path", "displayed_as", "created_at", "updated_at", "deleted_at")}
+    template = {
+        k: v
+        for k, v in invoices[0].items()
+        if k not in ("id", "$path", "displayed_as", "created_at", "updated_at", "deleted_at")
+    }
 
     def after(path: str, index: int, _page: Any) -> None:
         if path == INVOICES and index == 1 and not done:
             sage.admin.advance_clock(60)
             sage.admin.update(company, "purchase_invoices", later["id"], {"vendor_reference": "MOVED"})
-            new = sage.admin.create(company, "purchase_invoices",
-                                    {**template, "date": sage.admin.now()[:10], "reference": "NEW-WHILE-PAGING"})
+            new = sage.admin.create(
+                company,
+                "purchase_invoices",
+                {**template, "date": sage.admin.now()[:10], "reference": "NEW-WHILE-PAGING"},
+            )
             done.append(new["id"])
 
     hook_pages(monkeypatch, after)
@@ -234,7 +248,8 @@ def test_record_edited_on_a_later_page_and_created_while_paging(
 
 
 def test_record_deleted_on_an_earlier_page_while_paging_does_not_hide_another(
-        sage: FakeSageServer, env: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    sage: FakeSageServer, env: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
     company = connect(sage)
     removed: list[str] = []
 
@@ -248,8 +263,9 @@ def test_record_deleted_on_an_earlier_page_while_paging_does_not_hide_another(
     sync.run_company(company)
     sage.admin.advance_clock(3600)
     sync.run_company(company)  # the one re-run allowed
-    assert removed[0] in {r[0] for r in env.execute(
-        "select record_id from sage_raw.deletions where company_id = %s", (company,))}
+    assert removed[0] in {
+        r[0] for r in env.execute("select record_id from sage_raw.deletions where company_id = %s", (company,))
+    }
     assert_warehouse_matches(sage, env, company)
 
 
@@ -257,7 +273,8 @@ def test_record_deleted_on_an_earlier_page_while_paging_does_not_hide_another(
 
 
 def test_invalid_grant_marks_only_that_company_needs_reauth_and_loses_nothing(
-        sage: FakeSageServer, env: psycopg.Connection) -> None:
+    sage: FakeSageServer, env: psycopg.Connection
+) -> None:
     greenleaf = connect(sage, "greenleaf")
     harbour = connect(sage, "harbour")  # another Sage user: its own grant
     sync.run_company(greenleaf)
@@ -267,8 +284,12 @@ def test_invalid_grant_marks_only_that_company_needs_reauth_and_loses_nothing(
     harbour_user = next(b["user"] for b in sage.admin.businesses() if b["id"] == harbour)
     assert sage.admin.revoke_grants(harbour_user) >= 1
     sage.admin.advance_clock(3600)
-    sage.admin.update(greenleaf, "purchase_invoices",
-                      next(iter(expected(sage, greenleaf, "purchase_invoices"))), {"notes": "after revoke"})
+    sage.admin.update(
+        greenleaf,
+        "purchase_invoices",
+        next(iter(expected(sage, greenleaf, "purchase_invoices"))),
+        {"notes": "after revoke"},
+    )
 
     with pytest.raises(ReauthorizationRequired):
         sync.run_company(harbour)
@@ -278,8 +299,10 @@ def test_invalid_grant_marks_only_that_company_needs_reauth_and_loses_nothing(
     statuses = dict(env.execute("select company_id, status from sage_control.companies").fetchall())
     assert statuses == {harbour: "needs_reauth", greenleaf: "active"}
     assert version_counts(env, "purchase_invoices", harbour) == before  # nothing lost
-    assert env.execute("select count(*) from sage_control.oauth_tokens where company_id = %s",
-                       (harbour,)).fetchone()[0] == 1  # kept for diagnosis; a reconnect replaces it
+    assert (
+        env.execute("select count(*) from sage_control.oauth_tokens where company_id = %s", (harbour,)).fetchone()[0]
+        == 1
+    )  # kept for diagnosis; a reconnect replaces it
     assert_warehouse_matches(sage, env, greenleaf)
     with pytest.raises(ReauthorizationRequired):
         sync.begin_run(harbour)  # later runs refuse cleanly until reconnected
@@ -313,8 +336,9 @@ def _killed_child(company: str) -> None:
     os._exit(0)
 
 
-def test_process_killed_before_the_watermark_commit_loses_nothing(sage: FakeSageServer,
-                                                                  env: psycopg.Connection) -> None:
+def test_process_killed_before_the_watermark_commit_loses_nothing(
+    sage: FakeSageServer, env: psycopg.Connection
+) -> None:
     company = connect(sage)
     env.commit()
     child = multiprocessing.get_context("fork").Process(target=_killed_child, args=(company,))
@@ -326,8 +350,10 @@ def test_process_killed_before_the_watermark_commit_loses_nothing(sage: FakeSage
     assert len(loaded) < len(expected(sage, company, "purchase_invoices"))  # the last page died with it
     assert version_counts(env, "tax_rates", company)  # streams before it are committed
     assert "purchase_invoices" not in watermarks.get_watermarks(env, company)
-    assert env.execute("select status from sage_control.sync_runs where company_id = %s",
-                       (company,)).fetchone()[0] == "running"  # the audit row shows the run never ended
+    assert (
+        env.execute("select status from sage_control.sync_runs where company_id = %s", (company,)).fetchone()[0]
+        == "running"
+    )  # the audit row shows the run never ended
     _airflow_like_run(company, "scheduled__2026-11-27")  # the task's retry: same Airflow run
     assert_warehouse_matches(sage, env, company)
 
@@ -335,16 +361,16 @@ def test_process_killed_before_the_watermark_commit_loses_nothing(sage: FakeSage
 # -- two runs of the same company at once ------------------------------------------------------------
 
 
-def _two_overlapping_runs(sage: FakeSageServer, company: str, monkeypatch: pytest.MonkeyPatch
-                          ) -> list[BaseException | str]:
+def _two_overlapping_runs(
+    sage: FakeSageServer, company: str, monkeypatch: pytest.MonkeyPatch
+) -> list[BaseException | str]:
     """Run A pauses after its first invoice page while run B runs; then A finishes."""
     release = threading.Event()
     paused = threading.Event()
     outcomes: list[BaseException | str] = []
 
     def after(path: str, index: int, _page: Any) -> None:
-        if path == INVOICES and index == 1 and threading.current_thread().name == "run-a" \
-                and not paused.is_set():
+        if path == INVOICES and index == 1 and threading.current_thread().name == "run-a" and not paused.is_set():
             paused.set()
             release.wait(4)
 
@@ -368,17 +394,31 @@ def _two_overlapping_runs(sage: FakeSageServer, company: str, monkeypatch: pytes
     return outcomes
 
 
-def test_two_runs_at_once_one_waits_or_skips_never_both_write(sage: FakeSageServer, env: psycopg.Connection,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_runs_at_once_one_waits_or_skips_never_both_write(
+    sage: FakeSageServer, env: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
     company = connect(sage)
     outcomes = _two_overlapping_runs(sage, company, monkeypatch)
     assert len(outcomes) == 2 and sum(isinstance(o, str) for o in outcomes) >= 1, outcomes
     env.commit()
     writers = set()
-    for stream in ("businesses", "financial_settings", "ledger_accounts", "contacts", "tax_rates",
-                   "purchase_invoices", "purchase_credit_notes", "purchase_quick_entries", "other_payments"):
-        writers |= {r[0] for r in env.execute(
-            f"select distinct _sync_run_id from sage_raw.{stream} where company_id = %s", (company,))}
+    for stream in (
+        "businesses",
+        "financial_settings",
+        "ledger_accounts",
+        "contacts",
+        "tax_rates",
+        "purchase_invoices",
+        "purchase_credit_notes",
+        "purchase_quick_entries",
+        "other_payments",
+    ):
+        writers |= {
+            r[0]
+            for r in env.execute(
+                f"select distinct _sync_run_id from sage_raw.{stream} where company_id = %s", (company,)
+            )
+        }
     assert len(writers) == 1, f"{len(writers)} runs wrote rows of the same company at once"
     assert_no_doubles(env, company)
     sync.run_company(company)

@@ -64,13 +64,26 @@ class Cluster:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(_as_postgres_user([self.pg_ctl, "-D", str(self.data), *args]),
-                              check=False, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            _as_postgres_user([self.pg_ctl, "-D", str(self.data), *args]),
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def start(self) -> None:
-        done = self._ctl("-l", str(self.data / "server.log"), "-w", "-t", "30", "start", "-o",
-                         f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data} "
-                         "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+        done = self._ctl(
+            "-l",
+            str(self.data / "server.log"),
+            "-w",
+            "-t",
+            "30",
+            "start",
+            "-o",
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+        )
         assert done.returncode == 0, f"pg_ctl start failed: {done.stdout}{done.stderr}{self.log()}"
 
     def restart(self) -> None:
@@ -99,7 +112,11 @@ def cluster() -> Iterator[Cluster]:
             shutil.chown(root, "postgres")
         done = subprocess.run(
             _as_postgres_user([initdb, "-D", str(data), "--auth=trust", "-U", "postgres", "--no-sync"]),
-            check=False, capture_output=True, text=True, timeout=120)
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if done.returncode != 0:
             pytest.skip(f"initdb could not create a throwaway cluster: {done.stderr.strip()[:500]}")
         made.start()
@@ -110,8 +127,9 @@ def cluster() -> Iterator[Cluster]:
 
 
 @pytest.fixture
-def restart_env(cluster: Cluster, sage: FakeSageServer, fernet_key: str,
-                monkeypatch: pytest.MonkeyPatch, sleeps: list[float]) -> Iterator[str]:
+def restart_env(
+    cluster: Cluster, sage: FakeSageServer, fernet_key: str, monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
+) -> Iterator[str]:
     """A fresh, migrated warehouse on the throwaway cluster, env pointing at it; yields its DSN."""
     name = f"sage_restart_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(cluster.admin_url, autocommit=True) as admin:
@@ -159,8 +177,10 @@ def _restart_after_invoice_page(cluster: Cluster, monkeypatch: pytest.MonkeyPatc
 
 
 def _runs(conn: psycopg.Connection, company: str) -> list[tuple[str, str, str | None]]:
-    return conn.execute("select sync_run_id, status, error from sage_control.sync_runs where company_id = %s "
-                        "order by started_at", (company,)).fetchall()
+    return conn.execute(
+        "select sync_run_id, status, error from sage_control.sync_runs where company_id = %s order by started_at",
+        (company,),
+    ).fetchall()
 
 
 def _assert_survivors(sage: FakeSageServer, conn: psycopg.Connection, company: str, restart: Restart) -> None:
@@ -181,7 +201,8 @@ def _assert_healed(sage: FakeSageServer, conn: psycopg.Connection, company: str)
 
 
 def test_postgres_restarted_mid_run_fails_cleanly_and_one_rerun_heals(
-        sage: FakeSageServer, restart_env: str, cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    sage: FakeSageServer, restart_env: str, cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
     company = connect(sage)
     restart = _restart_after_invoice_page(cluster, monkeypatch)
 
@@ -197,8 +218,9 @@ def test_postgres_restarted_mid_run_fails_cleanly_and_one_rerun_heals(
         # run_steps closed the audit row on a fresh connection: not left 'running'
         assert status == "failed", status
         assert error and str(failure.value)[:200] in error
-        status_row = conn.execute("select status from sage_control.companies where company_id = %s",
-                                  (company,)).fetchone()
+        status_row = conn.execute(
+            "select status from sage_control.companies where company_id = %s", (company,)
+        ).fetchone()
         assert status_row[0] == "initial_sync"  # a failed first sync is retried, not given up on
 
     second_run = sync.run_company(company)  # the one re-run allowed (the hook fires once only)
@@ -206,12 +228,15 @@ def test_postgres_restarted_mid_run_fails_cleanly_and_one_rerun_heals(
     with psycopg.connect(restart_env) as conn:
         _assert_healed(sage, conn, company)
         assert _runs(conn, company) == [(first_run, "failed", error), (second_run, "success", None)]
-        assert conn.execute("select status from sage_control.companies where company_id = %s",
-                            (company,)).fetchone()[0] == "active"
+        assert (
+            conn.execute("select status from sage_control.companies where company_id = %s", (company,)).fetchone()[0]
+            == "active"
+        )
 
 
 def test_postgres_restarted_mid_airflow_task_then_the_task_retry_heals(
-        sage: FakeSageServer, restart_env: str, cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    sage: FakeSageServer, restart_env: str, cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The DAG's steps without ``run_steps``' own failure handling: the row stays 'running' until the
     task's retry (same Airflow run id) re-opens it, and the stale row does not block that retry."""
     company = connect(sage)

@@ -23,15 +23,25 @@ def sage() -> Iterator[FakeSageServer]:
 
 
 @pytest.fixture
-def lenv(sage: FakeSageServer, warehouse: psycopg.Connection, pg_dsn: str, fernet_key: str,
-         monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
+def lenv(
+    sage: FakeSageServer, warehouse: psycopg.Connection, pg_dsn: str, fernet_key: str, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, list]:
     """Settings pointed at the fake and the test warehouse; DAG pausing recorded, not done."""
     sage.admin.reset()
     warehouse.autocommit = True  # test reads must hold no lock across steps
     p = psycopg.conninfo.conninfo_to_dict(pg_dsn)
-    monkeypatch.setenv("AIRFLOW_CONN_SAGE_WAREHOUSE", json.dumps({
-        "conn_type": "postgres", "host": p.get("host", "127.0.0.1"), "port": int(p.get("port", 5432)),
-        "login": p.get("user", "postgres"), "schema": p["dbname"]}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SAGE_WAREHOUSE",
+        json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": p.get("host", "127.0.0.1"),
+                "port": int(p.get("port", 5432)),
+                "login": p.get("user", "postgres"),
+                "schema": p["dbname"],
+            }
+        ),
+    )
     monkeypatch.setenv("AIRFLOW_CONN_SAGE_DEFAULT", sage.airflow_conn_json())
     pauses: list[tuple[str, bool]] = []
 
@@ -60,21 +70,24 @@ def in_window(record: dict, start: date) -> bool:
 def latest(conn: psycopg.Connection, stream: str, company_id: str) -> dict[str, dict]:
     rows = conn.execute(
         f"select distinct on (record_id) record_id, payload from sage_raw.{stream} "
-        "where company_id = %s order by record_id, _extracted_at desc", (company_id,)).fetchall()
+        "where company_id = %s order by record_id, _extracted_at desc",
+        (company_id,),
+    ).fetchall()
     return dict(rows)
 
 
 def deleted(conn: psycopg.Connection, stream: str, company_id: str) -> dict[str, str]:
-    rows = conn.execute("select record_id, detection_method from sage_raw.deletions "
-                        "where company_id = %s and stream = %s", (company_id, stream)).fetchall()
+    rows = conn.execute(
+        "select record_id, detection_method from sage_raw.deletions where company_id = %s and stream = %s",
+        (company_id, stream),
+    ).fetchall()
     return dict(rows)
 
 
 def current(conn: psycopg.Connection, stream: str, company_id: str, start: date) -> dict[str, dict]:
     """What the warehouse holds as current in the window: latest versions not deleted."""
     gone = deleted(conn, stream, company_id)
-    return {k: v for k, v in latest(conn, stream, company_id).items()
-            if k not in gone and in_window(v, start)}
+    return {k: v for k, v in latest(conn, stream, company_id).items() if k not in gone and in_window(v, start)}
 
 
 def expected(sage: FakeSageServer, stream: str, company_id: str, start: date) -> dict[str, dict]:

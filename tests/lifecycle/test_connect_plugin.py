@@ -58,8 +58,9 @@ def _through_sage(client: TestClient, sage: FakeSageServer, url: str, *, tamper:
     return client.get(f"/sage/callback?code={back['code'][0]}&state={state}")
 
 
-def test_connect_status_disconnect_reconnect_backfill_reset(client: TestClient, sage: FakeSageServer,
-                                                            warehouse: psycopg.Connection) -> None:
+def test_connect_status_disconnect_reconnect_backfill_reset(
+    client: TestClient, sage: FakeSageServer, warehouse: psycopg.Connection
+) -> None:
     company = business_id(sage, "northwind")
     assert "No company is connected yet" in client.get("/sage/").text
 
@@ -72,13 +73,20 @@ def test_connect_status_disconnect_reconnect_backfill_reset(client: TestClient, 
     assert "Greenleaf" in form.text and company in form.text
     pending = parse_qs(urlsplit(chosen.headers["location"]).query)["pending"][0]
     csrf = client.cookies.get("sage_csrf")
-    refused = client.post("/sage/register", data={"pending": pending, "business_id": company,
-                                                  "synced_from": "2026-Q9", "csrf": csrf})
+    refused = client.post(
+        "/sage/register", data={"pending": pending, "business_id": company, "synced_from": "2026-Q9", "csrf": csrf}
+    )
     assert refused.status_code == 400 and "malformed quarter" in refused.text
-    assert client.post("/sage/register", data={"pending": pending, "business_id": company,
-                                               "synced_from": "2026-Q1", "csrf": "wrong"}).status_code == 400
-    done = client.post("/sage/register", data={"pending": pending, "business_id": company,
-                                               "synced_from": "2026-Q1", "csrf": csrf})
+    assert (
+        client.post(
+            "/sage/register",
+            data={"pending": pending, "business_id": company, "synced_from": "2026-Q1", "csrf": "wrong"},
+        ).status_code
+        == 400
+    )
+    done = client.post(
+        "/sage/register", data={"pending": pending, "business_id": company, "synced_from": "2026-Q1", "csrf": csrf}
+    )
     assert done.status_code == 303 and "Connected" in done.headers["location"]
     page = client.get("/sage/").text
     assert 'id="status-initial_sync"' in page and f'id="company-{company}"' in page
@@ -99,8 +107,7 @@ def test_connect_status_disconnect_reconnect_backfill_reset(client: TestClient, 
     assert later.status_code == 400 and "later than the current" in later.text
     warning = client.get(f"/sage/synced-from?company_id={company}&synced_from=2025-Q3")
     assert 'id="warning"' in warning.text and "2025-07-01 to 2025-12-31" in warning.text
-    started = _through_sage(client, sage, f"/sage/authorize?purpose=backfill&company_id={company}"
-                                          "&synced_from=2025-Q3")
+    started = _through_sage(client, sage, f"/sage/authorize?purpose=backfill&company_id={company}&synced_from=2025-Q3")
     assert started.status_code == 303 and "Backfill" in started.headers["location"]
     assert client.triggered == [("sage_backfill", {"company_id": company, "synced_from": "2025-Q3"})]
 
@@ -132,8 +139,9 @@ def test_pages_need_an_airflow_login(lenv: dict, monkeypatch: pytest.MonkeyPatch
         assert response.status_code == 303 and response.headers["location"].startswith("/auth/login"), path
 
 
-def test_links_redirects_and_cookies_follow_a_sub_path_base_url(lenv: dict, sage: FakeSageServer,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_links_redirects_and_cookies_follow_a_sub_path_base_url(
+    lenv: dict, sage: FakeSageServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Airflow under a sub-path (``base_url = https://host/airflow``): every link, redirect and
     cookie path carries the prefix, none points at a bare ``/sage``."""
     parent = FastAPI()
@@ -169,8 +177,9 @@ def _connected(sage: FakeSageServer, key: str = "northwind", quarter: str = "202
     return company
 
 
-def test_dashboard_and_company_page_show_runs_with_airflow_links(client: TestClient, sage: FakeSageServer,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dashboard_and_company_page_show_runs_with_airflow_links(
+    client: TestClient, sage: FakeSageServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     company = _connected(sage)
     nightly = datetime(2026, 12, 3, 0, 0, tzinfo=UTC)
     monkeypatch.setattr(airflow_api, "next_runs", lambda caller=None: {f"sage_sync__{company}": nightly})
@@ -181,7 +190,7 @@ def test_dashboard_and_company_page_show_runs_with_airflow_links(client: TestCli
     page = client.get("/sage/").text
     assert "Northwind Joinery Ltd" in page and f'href="/sage/company/{company}"' in page
     assert "2026-12-03 00:00 UTC" in page  # the next scheduled run, from Airflow
-    history = page[page.index(f'id="history-{company}"'):]
+    history = page[page.index(f'id="history-{company}"') :]
     assert history.count('class="run"') == 2 and "run outside Airflow" in history
     airflow_run = "scheduled__2026-12-02T00%3A00%3A00%2B00%3A00"
     assert f'href="/dags/sage_sync__{company}/runs/{airflow_run}"' in history
@@ -190,19 +199,28 @@ def test_dashboard_and_company_page_show_runs_with_airflow_links(client: TestCli
     detail = client.get(f"/sage/company/{company}")
     assert detail.status_code == 200
     text = detail.text
-    for section in ('id="streams"', 'id="history"', 'id="sync-health"', 'id="non-gbp"', 'id="void-draft"',
-                    'id="quarantined"', 'id="stream-purchase_invoices"'):
+    for section in (
+        'id="streams"',
+        'id="history"',
+        'id="sync-health"',
+        'id="non-gbp"',
+        'id="void-draft"',
+        'id="quarantined"',
+        'id="stream-purchase_invoices"',
+    ):
         assert section in text, section
     assert "Not built yet: it appears after the first sage_transform run" in text  # no dbt run here
     assert client.get("/sage/company/no-such-company").status_code == 404
 
 
 def test_progress_compares_each_stream_with_its_own_total() -> None:
-    """ "62 of 60": a stream without $total must not add records to one side only. """
-    stats = {"purchase_invoices": {"pages": 1, "rows_seen": 40, "total_reported": 40},
-             "contacts": {"pages": 1, "rows_seen": 22},  # Sage reported no $total
-             "ledger_accounts": {"pages": 1, "rows_seen": 25, "total_reported": 20},  # a repeated pass
-             "tax_rates": {"pages": 0, "rows_seen": 0, "total_reported": 20}}
+    """ "62 of 60": a stream without $total must not add records to one side only."""
+    stats = {
+        "purchase_invoices": {"pages": 1, "rows_seen": 40, "total_reported": 40},
+        "contacts": {"pages": 1, "rows_seen": 22},  # Sage reported no $total
+        "ledger_accounts": {"pages": 1, "rows_seen": 25, "total_reported": 20},  # a repeated pass
+        "tax_rates": {"pages": 0, "rows_seen": 0, "total_reported": 20},
+    }
     p = dashboard.progress(stats, elapsed_seconds=600)
     assert (p["records_done"], p["total"], p["records_untotalled"]) == (60, 80, 22)
     assert p["share"] == 0.75 and p["eta_seconds"] == 200
@@ -249,8 +267,9 @@ def test_names_are_escaped(client: TestClient, warehouse: psycopg.Connection) ->
         assert "<script>alert" not in text, path
 
 
-def test_a_hex_id_is_never_the_only_name(client: TestClient, sage: FakeSageServer,
-                                         warehouse: psycopg.Connection) -> None:
+def test_a_hex_id_is_never_the_only_name(
+    client: TestClient, sage: FakeSageServer, warehouse: psycopg.Connection
+) -> None:
     company = _connected(sage)
     sync.run_company(company)  # lands the businesses record: Sage's name for it
     warehouse.execute("update sage_control.companies set company_name = company_id")
@@ -277,7 +296,8 @@ def _refuse(token: str) -> str:
 
 
 def test_every_route_is_closed_without_a_login_and_changes_need_the_editor_role(
-        lenv: dict, sage: FakeSageServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    lenv: dict, sage: FakeSageServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("airflow.api_fastapi.app.get_auth_manager", _Manager)
     plugin.app.get("/added-later")(lambda: "open")  # a route added the usual way, nobody thought to protect it
     added = plugin.app.router.routes[-1]
@@ -304,15 +324,18 @@ def test_every_route_is_closed_without_a_login_and_changes_need_the_editor_role(
     assert 'id="connect"' not in page.text and f'id="disconnect-{company}"' not in page.text
     assert viewer.get(f"/sage/company/{company}").status_code == 200
     csrf = viewer.cookies.get("sage_csrf")
-    for method, path, data in (("POST", "/sage/disconnect", {"company_id": company, "csrf": csrf}),
-                               ("POST", "/sage/reset", {"company_id": company, "csrf": csrf, "confirm": "yes"}),
-                               ("GET", "/sage/authorize?purpose=connect", None),
-                               ("GET", f"/sage/synced-from?company_id={company}", None),
-                               ("GET", f"/sage/reset?company_id={company}", None)):
+    for method, path, data in (
+        ("POST", "/sage/disconnect", {"company_id": company, "csrf": csrf}),
+        ("POST", "/sage/reset", {"company_id": company, "csrf": csrf, "confirm": "yes"}),
+        ("GET", "/sage/authorize?purpose=connect", None),
+        ("GET", f"/sage/synced-from?company_id={company}", None),
+        ("GET", f"/sage/reset?company_id={company}", None),
+    ):
         refused = viewer.request(method, path, data=data)
         assert refused.status_code == 403, path
         assert "needs permission to edit DAGs" in refused.text and refused.headers["content-type"].startswith(
-            "text/html"), path
+            "text/html"
+        ), path
     assert connections.require_known(company).status == "initial_sync"  # nothing changed
 
 
@@ -321,8 +344,15 @@ def test_the_status_line_compares_like_with_like(lenv: dict, warehouse: psycopg.
     registry.register_company(warehouse, "c1", "Acme Ltd", "2026-Q1")
     warehouse.execute(
         "insert into sage_control.sync_runs (sync_run_id, company_id, kind, stats) values ('r1', 'c1', 'daily', %s)",
-        (json.dumps({"purchase_invoices": {"pages": 1, "rows_seen": 40, "total_reported": 40},
-                     "ledger_accounts": {"pages": 1, "rows_seen": 20, "total_reported": 20},
-                     "contacts": {"pages": 1, "rows_seen": 2}}),))
+        (
+            json.dumps(
+                {
+                    "purchase_invoices": {"pages": 1, "rows_seen": 40, "total_reported": 40},
+                    "ledger_accounts": {"pages": 1, "rows_seen": 20, "total_reported": 20},
+                    "contacts": {"pages": 1, "rows_seen": 2},
+                }
+            ),
+        ),
+    )
     line = status.describe(status.company_statuses(warehouse)[0])
     assert "62 records (60 of 60 in the streams that report a total)" in line, line

@@ -41,10 +41,12 @@ def _connect(sage: FakeSageServer, key: str = "greenleaf", quarter: Quarter = FR
 
 
 def _snapshot(conn: psycopg.Connection) -> tuple:
-    return (conn.execute("select * from sage_control.companies order by 1").fetchall(),
-            conn.execute("select count(*) from sage_control.connection_events").fetchone(),
-            conn.execute("select count(*) from sage_control.sync_runs").fetchone(),
-            conn.execute("select count(*) from sage_control.oauth_tokens").fetchone())
+    return (
+        conn.execute("select * from sage_control.companies order by 1").fetchall(),
+        conn.execute("select count(*) from sage_control.connection_events").fetchone(),
+        conn.execute("select count(*) from sage_control.sync_runs").fetchone(),
+        conn.execute("select count(*) from sage_control.oauth_tokens").fetchone(),
+    )
 
 
 def _cli(*args: str) -> tuple[int, str]:
@@ -53,12 +55,17 @@ def _cli(*args: str) -> tuple[int, str]:
 
 
 def _events(conn: psycopg.Connection, company: str) -> list[str]:
-    return [r[0] for r in conn.execute("select event_type from sage_control.connection_events "
-                                       "where company_id = %s order by event_id", (company,))]
+    return [
+        r[0]
+        for r in conn.execute(
+            "select event_type from sage_control.connection_events where company_id = %s order by event_id", (company,)
+        )
+    ]
 
 
 def test_every_command_refuses_bad_input_before_changing_anything(
-        sage: FakeSageServer, lenv: dict, warehouse: psycopg.Connection) -> None:
+    sage: FakeSageServer, lenv: dict, warehouse: psycopg.Connection
+) -> None:
     company = _connect(sage)
     sync.run_company(company)
     before = _snapshot(warehouse)
@@ -85,15 +92,17 @@ def test_every_command_refuses_bad_input_before_changing_anything(
         assert output.startswith("error: ") and message in output, (args, output)
         assert len(output.splitlines()) == 1, output
     other = business_id(sage, "harbour")  # a business of another Sage user
-    exit_code, output = _cli("connect", "--code", code, "--code-verifier", verifier, "--business-id", other,
-                             "--synced-from", "2025-Q1")
+    exit_code, output = _cli(
+        "connect", "--code", code, "--code-verifier", verifier, "--business-id", other, "--synced-from", "2025-Q1"
+    )
     assert exit_code == 2 and "not one this user can reach" in output
     assert _snapshot(warehouse) == before
     assert _cli("set-synced-from", company, "2025-Q3", "--check")[0] == 0
 
 
 def test_disconnect_stops_imports_revokes_and_keeps_data(
-        sage: FakeSageServer, lenv: dict, warehouse: psycopg.Connection) -> None:
+    sage: FakeSageServer, lenv: dict, warehouse: psycopg.Connection
+) -> None:
     company = _connect(sage)
     sync.run_company(company)
     rows = latest(warehouse, "purchase_invoices", company)
@@ -105,8 +114,9 @@ def test_disconnect_stops_imports_revokes_and_keeps_data(
     assert warehouse.execute("select status from sage_control.companies").fetchone() == ("disconnected",)
     assert lenv["paused"][-1] == (f"sage_sync__{company}", True)
     assert latest(warehouse, "purchase_invoices", company) == rows
-    details = warehouse.execute("select details from sage_control.connection_events "
-                                "where event_type = 'disconnected'").fetchone()[0]
+    details = warehouse.execute(
+        "select details from sage_control.connection_events where event_type = 'disconnected'"
+    ).fetchone()[0]
     assert details["token_revoked"] is True and details["synced_from_quarter"] == "2026-Q1"
     with pytest.raises(sync.CompanySkipped, match="is disconnected"):
         sync.begin_run(company)
@@ -114,7 +124,8 @@ def test_disconnect_stops_imports_revokes_and_keeps_data(
 
 
 def test_disconnect_mid_run_skips_the_rest_of_the_run(
-        sage: FakeSageServer, lenv: dict, warehouse: psycopg.Connection) -> None:
+    sage: FakeSageServer, lenv: dict, warehouse: psycopg.Connection
+) -> None:
     company = _connect(sage)
     run_id = sync.begin_run(company, airflow_run_id="manual__1")
     lifecycle.disconnect(company)
@@ -125,7 +136,8 @@ def test_disconnect_mid_run_skips_the_rest_of_the_run(
 
 
 def test_reconnect_imports_everything_since_the_watermark_and_sweeps_deletions(
-        sage: FakeSageServer, lenv: dict, warehouse: psycopg.Connection) -> None:
+    sage: FakeSageServer, lenv: dict, warehouse: psycopg.Connection
+) -> None:
     company = _connect(sage)
     sync.run_company(company)
     lifecycle.disconnect(company)
@@ -142,16 +154,19 @@ def test_reconnect_imports_everything_since_the_watermark_and_sweeps_deletions(
     sync.run_company(company)
     for stream in DOCUMENTS:
         assert current(warehouse, stream, company, FROM.start_date) == expected(
-            sage, stream, company, FROM.start_date), stream
+            sage, stream, company, FROM.start_date
+        ), stream
     assert latest(warehouse, "purchase_invoices", company)[invoices[0]]["vendor_reference"] == "WHILE-AWAY"
     assert deleted(warehouse, "purchase_invoices", company)[invoices[1]] == "deleted_since"
-    assert warehouse.execute("select reconcile_requested, last_reconciled_at is not null "
-                             "from sage_control.companies").fetchone() == (False, True)
+    assert warehouse.execute(
+        "select reconcile_requested, last_reconciled_at is not null from sage_control.companies"
+    ).fetchone() == (False, True)
     assert _events(warehouse, company) == ["connected", "initial_sync_completed", "disconnected", "reconnected"]
 
 
 def test_reconciliation_sweep_finds_deletions_the_feed_forgot(
-        sage: FakeSageServer, lenv: dict, warehouse: psycopg.Connection) -> None:
+    sage: FakeSageServer, lenv: dict, warehouse: psycopg.Connection
+) -> None:
     company = _connect(sage)
     sync.run_company(company)
     docs = sorted(expected(sage, "other_payments", company, FROM.start_date))
@@ -174,35 +189,40 @@ def test_reconciliation_sweep_finds_deletions_the_feed_forgot(
 
 
 def test_backfill_moves_synced_from_and_keeps_unchanged_records(
-        sage: FakeSageServer, lenv: dict, warehouse: psycopg.Connection) -> None:
+    sage: FakeSageServer, lenv: dict, warehouse: psycopg.Connection
+) -> None:
     company = _connect(sage)
     sync.run_company(company)
-    first_seen = dict(warehouse.execute("select record_id, _extracted_at from sage_raw.purchase_invoices"
-                                        ).fetchall())
+    first_seen = dict(warehouse.execute("select record_id, _extracted_at from sage_raw.purchase_invoices").fetchall())
     marks = warehouse.execute("select stream, updated_since from sage_control.watermarks order by 1").fetchall()
     code, verifier = fresh_code(sage)
-    exit_code, output = _cli("set-synced-from", company, "2025-Q3", "--yes", "--here", "--code", code,
-                             "--code-verifier", verifier)
+    exit_code, output = _cli(
+        "set-synced-from", company, "2025-Q3", "--yes", "--here", "--code", code, "--code-verifier", verifier
+    )
     assert exit_code == 0, output
     new_from = date(2025, 7, 1)
     for stream in DOCUMENTS:
         assert current(warehouse, stream, company, new_from) == expected(sage, stream, company, new_from), stream
-    after = warehouse.execute("select record_id, count(*), min(_extracted_at) from sage_raw.purchase_invoices "
-                              "group by 1").fetchall()
+    after = warehouse.execute(
+        "select record_id, count(*), min(_extracted_at) from sage_raw.purchase_invoices group by 1"
+    ).fetchall()
     assert all(n == 1 for _, n, _ in after)  # nothing duplicated
     assert all(first_seen[r] == seen for r, _, seen in after if r in first_seen)  # same first-seen time
-    assert warehouse.execute("select stream, updated_since from sage_control.watermarks order by 1"
-                             ).fetchall() == marks
+    assert warehouse.execute("select stream, updated_since from sage_control.watermarks order by 1").fetchall() == marks
     assert warehouse.execute("select synced_from_quarter from sage_control.companies").fetchone() == ("2025-Q3",)
-    moved = warehouse.execute("select details from sage_control.connection_events "
-                              "where event_type = 'synced_from_moved'").fetchone()[0]
+    moved = warehouse.execute(
+        "select details from sage_control.connection_events where event_type = 'synced_from_moved'"
+    ).fetchone()[0]
     assert (moved["previous_synced_from_quarter"], moved["synced_from_quarter"]) == ("2026-Q1", "2025-Q3")
-    assert warehouse.execute("select kind, status from sage_control.sync_runs order by started_at").fetchall(
-        ) == [("manual", "success"), ("backfill", "success")]
+    assert warehouse.execute("select kind, status from sage_control.sync_runs order by started_at").fetchall() == [
+        ("manual", "success"),
+        ("backfill", "success"),
+    ]
 
 
 def test_failed_backfill_leaves_synced_from_and_can_be_rerun(
-        sage: FakeSageServer, lenv: dict, warehouse: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    sage: FakeSageServer, lenv: dict, warehouse: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("sage_sync.sage.client.time.sleep", lambda _s: None)
     company = _connect(sage)
     sync.run_company(company)
@@ -215,8 +235,7 @@ def test_failed_backfill_leaves_synced_from_and_can_be_rerun(
     assert warehouse.execute("select synced_from_quarter from sage_control.companies").fetchone() == ("2025-Q3",)
 
 
-def test_runs_of_one_company_never_overlap(sage: FakeSageServer, lenv: dict,
-                                           warehouse: psycopg.Connection) -> None:
+def test_runs_of_one_company_never_overlap(sage: FakeSageServer, lenv: dict, warehouse: psycopg.Connection) -> None:
     company = _connect(sage)
     daily = sync.begin_run(company, airflow_run_id="scheduled__1", kind="daily")
     with pytest.raises(sync.RunInProgress, match=r"daily run .* is still running"):
@@ -225,8 +244,10 @@ def test_runs_of_one_company_never_overlap(sage: FakeSageServer, lenv: dict,
     with pytest.raises(lifecycle.LifecycleError, match="still running"):
         lifecycle.reset(company, confirm=True)
     # A run whose process died (no progress for hours) is taken over.
-    warehouse.execute("update sage_control.sync_runs set started_at = now() - interval '7 hours', "
-                      "last_progress_at = now() - interval '7 hours'")
+    warehouse.execute(
+        "update sage_control.sync_runs set started_at = now() - interval '7 hours', "
+        "last_progress_at = now() - interval '7 hours'"
+    )
     backfill = sync.begin_run(company, airflow_run_id="manual__b", kind="backfill")
     rows = dict(warehouse.execute("select sync_run_id, status from sage_control.sync_runs").fetchall())
     assert rows == {daily: "failed", backfill: "running"}
@@ -239,34 +260,46 @@ def test_reset_wipes_and_reimports(sage: FakeSageServer, lenv: dict, warehouse: 
     other = _connect(sage, "northwind")
     sync.run_company(company)
     sync.run_company(other)
-    other_rows = warehouse.execute("select count(*) from sage_raw.purchase_invoices where company_id = %s",
-                                   (other,)).fetchone()
-    warehouse.execute("insert into sage_raw.purchase_invoices (company_id, record_id, payload, content_hash, "
-                      "_sync_run_id) values (%s, 'bogus', '{\"date\": \"2026-02-01\"}', 'x', 'x')", (company,))
+    other_rows = warehouse.execute(
+        "select count(*) from sage_raw.purchase_invoices where company_id = %s", (other,)
+    ).fetchone()
+    warehouse.execute(
+        "insert into sage_raw.purchase_invoices (company_id, record_id, payload, content_hash, "
+        "_sync_run_id) values (%s, 'bogus', '{\"date\": \"2026-02-01\"}', 'x', 'x')",
+        (company,),
+    )
     exit_code, output = _cli("reset", company, "--yes")
     assert exit_code == 0, output
     for stream in DOCUMENTS:
         assert current(warehouse, stream, company, FROM.start_date) == expected(
-            sage, stream, company, FROM.start_date), stream
+            sage, stream, company, FROM.start_date
+        ), stream
     assert "bogus" not in latest(warehouse, "purchase_invoices", company)
-    dupes = warehouse.execute("select count(*) - count(distinct record_id) from sage_raw.purchase_invoices "
-                              "where company_id = %s", (company,)).fetchone()
+    dupes = warehouse.execute(
+        "select count(*) - count(distinct record_id) from sage_raw.purchase_invoices where company_id = %s", (company,)
+    ).fetchone()
     assert dupes == (0,)
-    assert warehouse.execute("select count(*) from sage_raw.purchase_invoices where company_id = %s",
-                             (other,)).fetchone() == other_rows
-    assert warehouse.execute("select status from sage_control.companies where company_id = %s",
-                             (company,)).fetchone() == ("active",)
+    assert (
+        warehouse.execute("select count(*) from sage_raw.purchase_invoices where company_id = %s", (other,)).fetchone()
+        == other_rows
+    )
+    assert warehouse.execute(
+        "select status from sage_control.companies where company_id = %s", (company,)
+    ).fetchone() == ("active",)
     assert _events(warehouse, company)[-2:] == ["reset", "initial_sync_completed"]
     exit_code, _ = _cli("reset", company, "--yes", "--no-sync")
     assert exit_code == 0
-    assert warehouse.execute("select count(*) from sage_raw.purchase_invoices where company_id = %s",
-                             (company,)).fetchone() == (0,)
-    assert warehouse.execute("select count(*) from sage_control.watermarks where company_id = %s",
-                             (company,)).fetchone() == (0,)
+    assert warehouse.execute(
+        "select count(*) from sage_raw.purchase_invoices where company_id = %s", (company,)
+    ).fetchone() == (0,)
+    assert warehouse.execute(
+        "select count(*) from sage_control.watermarks where company_id = %s", (company,)
+    ).fetchone() == (0,)
 
 
 def test_expired_refresh_token_needs_reauth_and_status_tells(
-        sage: FakeSageServer, lenv: dict, warehouse: psycopg.Connection) -> None:
+    sage: FakeSageServer, lenv: dict, warehouse: psycopg.Connection
+) -> None:
     company = _connect(sage)
     warehouse.execute("update sage_control.companies set created_at = now() - interval '25 hours'")
     report = {r["company_id"]: r for r in json.loads(_cli("status", "--json")[1])}
@@ -298,12 +331,14 @@ def _pending_id(output: str) -> str:
     return match.group(1)
 
 
-def test_a_wrong_business_id_does_not_burn_the_code(sage: FakeSageServer, lenv: dict,
-                                                    warehouse: psycopg.Connection) -> None:
+def test_a_wrong_business_id_does_not_burn_the_code(
+    sage: FakeSageServer, lenv: dict, warehouse: psycopg.Connection
+) -> None:
     mine, other = business_id(sage, "greenleaf"), business_id(sage, "harbour")
     code, verifier = fresh_code(sage)
-    exit_code, output = _cli("connect", "--code", code, "--code-verifier", verifier, "--business-id", other,
-                             "--synced-from", "2026-Q1")
+    exit_code, output = _cli(
+        "connect", "--code", code, "--code-verifier", verifier, "--business-id", other, "--synced-from", "2026-Q1"
+    )
     assert exit_code == 2 and len(output.splitlines()) == 1, output
     assert f"business {other!r} is not one this user can reach" in output and mine in output  # the valid ids
     pending = _pending_id(output)
@@ -314,8 +349,7 @@ def test_a_wrong_business_id_does_not_burn_the_code(sage: FakeSageServer, lenv: 
     # ...and the pick connects with it: no second code needed.
     exit_code, output = _cli("connect", "--pending", pending, "--business-id", mine, "--synced-from", "2026-Q1")
     assert exit_code == 0 and output.startswith("connected ") and f"({mine})" in output, output
-    status = warehouse.execute("select status from sage_control.companies where company_id = %s",
-                               (mine,)).fetchone()[0]
+    status = warehouse.execute("select status from sage_control.companies where company_id = %s", (mine,)).fetchone()[0]
     assert status == "initial_sync"
     assert warehouse.execute("select count(*) from sage_control.oauth_tokens").fetchone()[0] == 1
     # A held grant serves once.
@@ -323,8 +357,9 @@ def test_a_wrong_business_id_does_not_burn_the_code(sage: FakeSageServer, lenv: 
     assert exit_code == 2 and "expired (15 minutes) or was used" in output
 
 
-def test_connect_without_a_business_id_lists_the_businesses(sage: FakeSageServer, lenv: dict,
-                                                            warehouse: psycopg.Connection) -> None:
+def test_connect_without_a_business_id_lists_the_businesses(
+    sage: FakeSageServer, lenv: dict, warehouse: psycopg.Connection
+) -> None:
     mine = business_id(sage, "greenleaf")
     code, verifier = fresh_code(sage)
     exit_code, output = _cli("connect", "--code", code, "--code-verifier", verifier, "--synced-from", "2026-Q1")
@@ -333,13 +368,13 @@ def test_connect_without_a_business_id_lists_the_businesses(sage: FakeSageServer
     assert _cli("connect", "--pending", pending, "--business-id", mine, "--synced-from", "2026-Q1")[0] == 0
 
 
-def test_connect_accepts_a_url_encoded_code(sage: FakeSageServer, lenv: dict,
-                                            warehouse: psycopg.Connection) -> None:
+def test_connect_accepts_a_url_encoded_code(sage: FakeSageServer, lenv: dict, warehouse: psycopg.Connection) -> None:
     mine = business_id(sage, "greenleaf")
     code, verifier = fresh_code(sage)
     encoded = "".join(f"%{byte:02X}" for byte in code.encode())  # as pasted from the callback URL
-    exit_code, output = _cli("connect", "--code", encoded, "--code-verifier", verifier, "--business-id", mine,
-                             "--synced-from", "2026-Q1")
+    exit_code, output = _cli(
+        "connect", "--code", encoded, "--code-verifier", verifier, "--business-id", mine, "--synced-from", "2026-Q1"
+    )
     assert exit_code == 0, output
     assert warehouse.execute("select count(*) from sage_control.companies").fetchone()[0] == 1
 
@@ -355,14 +390,28 @@ def test_connect_help_points_only_to_commands_that_exist() -> None:
 def test_the_cli_runs_from_a_fresh_shell(pg_dsn: str, warehouse: psycopg.Connection, tmp_path: Path) -> None:
     """`python -m sage_sync` with none of the settings in the environment: the checkout's env file."""
     p = psycopg.conninfo.conninfo_to_dict(pg_dsn)
-    conn = json.dumps({"conn_type": "postgres", "host": p.get("host", "127.0.0.1"),
-                       "port": int(p.get("port", 5432)), "login": p.get("user", "postgres"), "schema": p["dbname"]})
+    conn = json.dumps(
+        {
+            "conn_type": "postgres",
+            "host": p.get("host", "127.0.0.1"),
+            "port": int(p.get("port", 5432)),
+            "login": p.get("user", "postgres"),
+            "schema": p["dbname"],
+        }
+    )
     env_file = tmp_path / "env.sh"
     env_file.write_text(f"export AIRFLOW_CONN_SAGE_WAREHOUSE={shlex.quote(conn)}\n")
     fresh = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SAGE_ENV_FILE": str(env_file)}
     # The venv's python finds the package itself (no PYTHONPATH), from any folder.
-    done = subprocess.run([sys.executable, "-m", "sage_sync", "status"], env=fresh, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "sage_sync", "status"],
+        env=fresh,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "no company connected yet" in done.stdout
 

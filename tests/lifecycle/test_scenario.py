@@ -56,9 +56,23 @@ def _cli(env: dict[str, str], *args: str) -> str:
 
 def _dbt_build(env: dict[str, str], tmp_path: Path) -> None:
     # dbt's unit tests are tests/dbt's business (and one needs a prior build): models and data tests here.
-    _run([str(BIN / "dbt"), "build", "--exclude", "test_type:unit",
-          "--project-dir", str(ROOT / "dbt"), "--profiles-dir", str(ROOT / "dbt"),
-          "--target-path", str(tmp_path / "target"), "--log-path", str(tmp_path / "logs")], env)
+    _run(
+        [
+            str(BIN / "dbt"),
+            "build",
+            "--exclude",
+            "test_type:unit",
+            "--project-dir",
+            str(ROOT / "dbt"),
+            "--profiles-dir",
+            str(ROOT / "dbt"),
+            "--target-path",
+            str(tmp_path / "target"),
+            "--log-path",
+            str(tmp_path / "logs"),
+        ],
+        env,
+    )
 
 
 def _expected_spend(sage: FakeSageServer, company: str, start: date) -> Decimal:
@@ -66,11 +80,16 @@ def _expected_spend(sage: FakeSageServer, company: str, start: date) -> Decimal:
     total = Decimal(0)
 
     def counted(doc: dict) -> bool:
-        return (date.fromisoformat(doc["date"]) >= start and doc["status"]["id"] not in ("VOID", "DRAFT")
-                and doc["currency"]["id"] == "GBP")
+        return (
+            date.fromisoformat(doc["date"]) >= start
+            and doc["status"]["id"] not in ("VOID", "DRAFT")
+            and doc["currency"]["id"] == "GBP"
+        )
 
-    for stream, lines, sign in (("purchase_invoices", "invoice_lines", 1),
-                                ("purchase_credit_notes", "credit_note_lines", -1)):
+    for stream, lines, sign in (
+        ("purchase_invoices", "invoice_lines", 1),
+        ("purchase_credit_notes", "credit_note_lines", -1),
+    ):
         for doc in filter(counted, sage.admin.records(company, stream)):
             total += sign * sum(Decimal(line["net_amount"]) for line in doc[lines])
     for doc in filter(counted, sage.admin.records(company, "purchase_quick_entries")):
@@ -84,22 +103,34 @@ def _expected_spend(sage: FakeSageServer, company: str, start: date) -> Decimal:
 
 
 def _check_models(conn: psycopg.Connection, sage: FakeSageServer, company: str, start: date) -> None:
-    modelled = conn.execute("select coalesce(sum(amount), 0) from analytics.fct_spend_transactions "
-                            "where company_id = %s", (company,)).fetchone()[0]
+    modelled = conn.execute(
+        "select coalesce(sum(amount), 0) from analytics.fct_spend_transactions where company_id = %s", (company,)
+    ).fetchone()[0]
     assert Decimal(modelled) == _expected_spend(sage, company, start)
-    duplicates = conn.execute("select count(*) - count(distinct spend_line_id) "
-                              "from analytics.fct_spend_transactions").fetchone()[0]
+    duplicates = conn.execute(
+        "select count(*) - count(distinct spend_line_id) from analytics.fct_spend_transactions"
+    ).fetchone()[0]
     assert duplicates == 0
 
 
 def _edit_and_delete(sage: FakeSageServer, company: str, start: date, tag: str) -> tuple[str, str]:
-    invoices = [r for r in sage.admin.records(company, "purchase_invoices")
-                if r["date"] >= start.isoformat() and r["status"]["id"] not in ("VOID", "DRAFT")
-                and r["currency"]["id"] == "GBP"]
+    invoices = [
+        r
+        for r in sage.admin.records(company, "purchase_invoices")
+        if r["date"] >= start.isoformat()
+        and r["status"]["id"] not in ("VOID", "DRAFT")
+        and r["currency"]["id"] == "GBP"
+    ]
     sage.admin.advance_clock(86400)
     edited, removed = invoices[0], invoices[1]
-    lines = [{**edited["invoice_lines"][0], "net_amount": f"{len(tag)}11.00", "tax_amount": "0.00",
-              "total_amount": f"{len(tag)}11.00"}]
+    lines = [
+        {
+            **edited["invoice_lines"][0],
+            "net_amount": f"{len(tag)}11.00",
+            "tax_amount": "0.00",
+            "total_amount": f"{len(tag)}11.00",
+        }
+    ]
     sage.admin.update(company, "purchase_invoices", edited["id"], {"invoice_lines": lines, "notes": tag})
     sage.admin.delete(company, "purchase_invoices", removed["id"])
     sage.admin.advance_clock(60)
@@ -110,18 +141,31 @@ def _periods(conn: psycopg.Connection, company: str) -> list[tuple]:
     return conn.execute(
         "select connection_state, synced_from_quarter, period_ended_at is null, records_imported_on_reconnection, "
         "deletions_detected_on_reconnection from analytics.fct_connected_periods where company_id = %s "
-        "order by period_number", (company,)).fetchall()
+        "order by period_number",
+        (company,),
+    ).fetchall()
 
 
-def test_connection_lifecycle_end_to_end(sage: FakeSageServer, env: dict[str, str],
-                                         warehouse: psycopg.Connection, tmp_path: Path) -> None:
+def test_connection_lifecycle_end_to_end(
+    sage: FakeSageServer, env: dict[str, str], warehouse: psycopg.Connection, tmp_path: Path
+) -> None:
     company = business_id(sage, "greenleaf")
     start = date(2026, 1, 1)
 
     # connect, then a daily run by Airflow
     code, verifier = fresh_code(sage)
-    _cli(env, "connect", "--code", code, "--code-verifier", verifier, "--business-id", company,
-         "--synced-from", "2026-Q1")
+    _cli(
+        env,
+        "connect",
+        "--code",
+        code,
+        "--code-verifier",
+        verifier,
+        "--business-id",
+        company,
+        "--synced-from",
+        "2026-Q1",
+    )
     _run([str(BIN / "airflow"), "dags", "test", f"sage_sync__{company}"], env)
     _dbt_build(env, tmp_path)
     _check_models(warehouse, sage, company, start)
@@ -144,21 +188,37 @@ def test_connection_lifecycle_end_to_end(sage: FakeSageServer, env: dict[str, st
     sync.run_company(company, kind="daily")
     _dbt_build(env, tmp_path)
     _check_models(warehouse, sage, company, start)
-    assert removed in {r[0] for r in warehouse.execute(
-        "select record_id from sage_raw.deletions where company_id = %s", (company,))}
-    assert warehouse.execute("select count(*) from analytics.fct_spend_transactions where record_id = %s",
-                             (removed,)).fetchone() == (0,)  # deleted records leave the spend models
-    kept = warehouse.execute("select detection_method, _extracted_at is not null from sage_raw.deletions "
-                             "where record_id = %s", (removed,)).fetchall()
+    assert removed in {
+        r[0] for r in warehouse.execute("select record_id from sage_raw.deletions where company_id = %s", (company,))
+    }
+    assert warehouse.execute(
+        "select count(*) from analytics.fct_spend_transactions where record_id = %s", (removed,)
+    ).fetchone() == (0,)  # deleted records leave the spend models
+    kept = warehouse.execute(
+        "select detection_method, _extracted_at is not null from sage_raw.deletions where record_id = %s", (removed,)
+    ).fetchall()
     assert ("deleted_since", True) in kept  # ... and stay in history with when and how it was detected
-    assert edited in {r[0] for r in warehouse.execute(
-        "select record_id from analytics.fct_spend_transactions where company_id = %s", (company,))}
+    assert edited in {
+        r[0]
+        for r in warehouse.execute(
+            "select record_id from analytics.fct_spend_transactions where company_id = %s", (company,)
+        )
+    }
 
     # Synced From two quarters earlier: validated, re-authorised, the sage_backfill DAG
     code, verifier = fresh_code(sage)
     quarter = lifecycle.authorise_backfill(company, "2025-Q3", code, verifier)
-    _run([str(BIN / "airflow"), "dags", "test", "sage_backfill", "-c",
-          json.dumps(lifecycle.backfill_conf(company, quarter))], env)
+    _run(
+        [
+            str(BIN / "airflow"),
+            "dags",
+            "test",
+            "sage_backfill",
+            "-c",
+            json.dumps(lifecycle.backfill_conf(company, quarter)),
+        ],
+        env,
+    )
     assert warehouse.execute("select synced_from_quarter from sage_control.companies").fetchone() == ("2025-Q3",)
     _dbt_build(env, tmp_path)
     _check_models(warehouse, sage, company, date(2025, 7, 1))

@@ -248,9 +248,7 @@ class LockingStore(MemoryTokenStore):
         return _locked()
 
 
-def test_concurrent_refresh_from_two_managers_refreshes_once(
-    sage: FakeSageServer, oauth: OAuthClient
-) -> None:
+def test_concurrent_refresh_from_two_managers_refreshes_once(sage: FakeSageServer, oauth: OAuthClient) -> None:
     store = LockingStore()
     issued = oauth.exchange_code(sage.authorize(redirect_uri=FAKE_REDIRECT))
     # Stored as already expired, so both workers want to refresh at the same moment.

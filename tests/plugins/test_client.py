@@ -82,6 +82,7 @@ def test_parse_retry_after_seconds_and_dates() -> None:
 
 # -- a scripted transport, for what the fake server cannot be asked to do -----------------------
 
+
 class ScriptedAdapter(BaseAdapter):
     """Answers each request with the next scripted (status, headers, body) and records it."""
 
@@ -548,8 +549,7 @@ def test_a_client_without_a_business_sends_no_x_business_header() -> None:
     adapter = ScriptedAdapter([(200, {}, {"$items": []}), (200, {}, {"$items": []})])
     session = requests.Session()
     session.mount("https://", adapter)
-    SageClient(API, "", StaticTokens(), session=session, sleep=lambda s: None,
-               check_business=False).get("/businesses")
+    SageClient(API, "", StaticTokens(), session=session, sleep=lambda s: None, check_business=False).get("/businesses")
     SageClient(API, BUSINESS, StaticTokens(), session=session, sleep=lambda s: None).get("/contacts")
     assert "X-Business" not in adapter.requests[0].headers
     assert adapter.requests[1].headers["X-Business"] == BUSINESS

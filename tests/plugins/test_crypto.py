@@ -15,9 +15,7 @@ def test_round_trip(fernet_key: str) -> None:
     assert crypto.decrypt(token) == secret
 
 
-def test_rotation_first_key_encrypts_all_keys_decrypt(
-    monkeypatch: pytest.MonkeyPatch, fernet_key: str
-) -> None:
+def test_rotation_first_key_encrypts_all_keys_decrypt(monkeypatch: pytest.MonkeyPatch, fernet_key: str) -> None:
     old_token = crypto.encrypt("old")
     new_key = Fernet.generate_key().decode()
     monkeypatch.setenv("AIRFLOW__CORE__FERNET_KEY", f"{new_key}, {fernet_key}")

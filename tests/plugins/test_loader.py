@@ -16,12 +16,14 @@ CO = "biz-1"
 RUN = "run-1"
 
 
-def invoice(
-    record_id: str, total: Any = "12.00", updated_at: Any = "2024-03-01T10:00:00Z", **extra: Any
-) -> dict:
+def invoice(record_id: str, total: Any = "12.00", updated_at: Any = "2024-03-01T10:00:00Z", **extra: Any) -> dict:
     return {
-        "id": record_id, "displayed_as": f"PI-{record_id}", "$path": f"/purchase_invoices/{record_id}",
-        "updated_at": updated_at, "total_amount": total, "status": {"id": "UNPAID"},
+        "id": record_id,
+        "displayed_as": f"PI-{record_id}",
+        "$path": f"/purchase_invoices/{record_id}",
+        "updated_at": updated_at,
+        "total_amount": total,
+        "status": {"id": "UNPAID"},
         "contact": {"id": "c1", "displayed_as": "Café Müller"},
         "invoice_lines": [{"id": "l1", "net_amount": "10.00", "tax_rate": {"id": "GB_STANDARD"}}],
         **extra,
@@ -57,12 +59,15 @@ def load(conn: psycopg.Connection, records: list[Any], **kwargs: Any) -> LoadRes
 
 
 def test_first_load_stores_everything_with_metadata(warehouse: psycopg.Connection) -> None:
-    records = [invoice("a"), invoice("b", updated_at="2024-03-02T09:30:00+02:00"),
-               invoice("c", updated_at=None)]
+    records = [invoice("a"), invoice("b", updated_at="2024-03-02T09:30:00+02:00"), invoice("c", updated_at=None)]
     result = load(warehouse, records)
-    assert result == LoadResult(rows_seen=3, versions_added=3, quarantined=0,
-                                max_updated_at=datetime(2024, 3, 2, 7, 30, tzinfo=UTC),
-                                record_ids=["a", "b", "c"])
+    assert result == LoadResult(
+        rows_seen=3,
+        versions_added=3,
+        quarantined=0,
+        max_updated_at=datetime(2024, 3, 2, 7, 30, tzinfo=UTC),
+        record_ids=["a", "b", "c"],
+    )
     rows = warehouse.execute(
         f"select record_id, source_updated_at, payload, content_hash, _sync_run_id, "
         f"_extracted_at = (select max(_extracted_at) from sage_raw.{STREAM}) from sage_raw.{STREAM} "
@@ -156,8 +161,7 @@ def test_bad_records_are_quarantined_and_good_ones_load(warehouse: psycopg.Conne
         (["not", "an", "object"], None, "record is an array, not a JSON object"),
         ("a string", None, "record is a string, not a JSON object"),
         (None, None, "record is null, not a JSON object"),
-        (invoice("bad-ts", updated_at="yesterday"), "bad-ts",
-         "'updated_at' is not an ISO 8601 timestamp: 'yesterday'"),
+        (invoice("bad-ts", updated_at="yesterday"), "bad-ts", "'updated_at' is not an ISO 8601 timestamp: 'yesterday'"),
         (invoice("naive-ts", updated_at="2024-03-01T10:00:00"), "naive-ts", "'updated_at' has no UTC offset"),
         (invoice("num-ts", updated_at=1709287200), "num-ts", "'updated_at' is a number, not an ISO 8601"),
         (invoice("nul", notes="a\x00b"), "nul", "NUL character"),
@@ -195,8 +199,7 @@ def test_bad_records_are_quarantined_and_good_ones_load(warehouse: psycopg.Conne
         assert "\x00" not in row[2]
         if isinstance(record, dict) and record.get("id") == "nul":
             assert json.loads(row[2]) == record  # the raw text keeps the record whole
-    source = warehouse.execute(
-        f"select source_updated_at from sage_raw.{STREAM} where record_id = 'offset'").fetchone()
+    source = warehouse.execute(f"select source_updated_at from sage_raw.{STREAM} where record_id = 'offset'").fetchone()
     assert source == (datetime(2024, 3, 1, 6, 30, 0, 123456, tzinfo=UTC),)
 
 
@@ -215,14 +218,14 @@ def test_empty_batch(warehouse: psycopg.Connection) -> None:
 
 
 def test_singleton_uses_the_company_id(warehouse: psycopg.Connection) -> None:
-    settings = {"base_currency": {"id": "GBP"}, "multi_currency_enabled": False,
-                "updated_at": "2024-01-01T00:00:00Z"}
+    settings = {"base_currency": {"id": "GBP"}, "multi_currency_enabled": False, "updated_at": "2024-01-01T00:00:00Z"}
     result = load(warehouse, [settings], stream="financial_settings", record_id_override=CO)
     assert result.record_ids == [CO] and result.versions_added == 1
     again = load(warehouse, [settings], stream="financial_settings", record_id_override=CO)
     assert again.versions_added == 0
-    changed = load(warehouse, [{**settings, "multi_currency_enabled": True}],
-                   stream="financial_settings", record_id_override=CO)
+    changed = load(
+        warehouse, [{**settings, "multi_currency_enabled": True}], stream="financial_settings", record_id_override=CO
+    )
     assert changed.versions_added == 1
     assert len(versions(warehouse, CO, stream="financial_settings")) == 2
 
@@ -243,8 +246,7 @@ def test_rollback_mid_load_leaves_nothing(warehouse: psycopg.Connection) -> None
 
     load_records(warehouse, STREAM, CO, RUN, [invoice("page1"), {"bad": 1}])  # an earlier page, uncommitted
     with pytest.raises(RuntimeError, match="connection lost"):
-        load_records(warehouse, STREAM, CO, RUN,
-                     [invoice(str(i)) for i in range(500)] + [Exploding(id="boom")])
+        load_records(warehouse, STREAM, CO, RUN, [invoice(str(i)) for i in range(500)] + [Exploding(id="boom")])
     warehouse.rollback()
     assert count(warehouse, STREAM) == 0
     assert count(warehouse, "quarantine") == 0
@@ -264,9 +266,7 @@ def test_rollback_when_the_record_source_fails(warehouse: psycopg.Connection) ->
     assert count(warehouse, STREAM) == 0
 
 
-def test_concurrent_loads_of_the_same_record_add_one_version(
-    pg_dsn: str, warehouse: psycopg.Connection
-) -> None:
+def test_concurrent_loads_of_the_same_record_add_one_version(pg_dsn: str, warehouse: psycopg.Connection) -> None:
     barrier = threading.Barrier(2)
     results: list[int] = []
     errors: list[BaseException] = []
@@ -310,11 +310,11 @@ def test_record_deletions_is_idempotent(warehouse: psycopg.Connection) -> None:
     warehouse.commit()
     rows = warehouse.execute(
         "select record_id, source_deleted_at, detection_method, payload from sage_raw.deletions "
-        "where stream = %s and detection_method = 'deleted_since' order by record_id", (STREAM,)
+        "where stream = %s and detection_method = 'deleted_since' order by record_id",
+        (STREAM,),
     ).fetchall()
     assert rows == [
-        ("a", datetime(2024, 4, 1, 10, tzinfo=UTC), "deleted_since",
-         {"id": "a", "deleted_at": "2024-04-01T10:00:00Z"}),
+        ("a", datetime(2024, 4, 1, 10, tzinfo=UTC), "deleted_since", {"id": "a", "deleted_at": "2024-04-01T10:00:00Z"}),
         ("b", None, "deleted_since", {"id": "b", "deleted_at": None}),
         ("c", None, "deleted_since", {"id": "c"}),
         ("e", None, "deleted_since", {"id": "e"}),

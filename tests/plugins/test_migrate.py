@@ -19,14 +19,28 @@ def test_migrate_twice_changes_nothing(warehouse: psycopg.Connection) -> None:
         "values ('b1', 'Acme', '2024-Q1')"
     )
     warehouse.commit()
-    assert migrate(warehouse) == ["001_init.sql", "002_lifecycle.sql", "003_landing_time_indexes.sql",
-                                "004_api_rate_buckets.sql"]
+    assert migrate(warehouse) == [
+        "001_init.sql",
+        "002_lifecycle.sql",
+        "003_landing_time_indexes.sql",
+        "004_api_rate_buckets.sql",
+    ]
     assert _schema_snapshot(warehouse) == before
     assert warehouse.execute("select count(*) from sage_control.companies").fetchone() == (1,)
     tables = {r[1] for r in before if r[0] == "sage_raw"}
-    assert {"purchase_invoices", "purchase_credit_notes", "purchase_quick_entries", "other_payments",
-            "ledger_accounts", "contacts", "tax_rates", "financial_settings", "businesses",
-            "deletions", "quarantine"} <= tables
+    assert {
+        "purchase_invoices",
+        "purchase_credit_notes",
+        "purchase_quick_entries",
+        "other_payments",
+        "ledger_accounts",
+        "contacts",
+        "tax_rates",
+        "financial_settings",
+        "businesses",
+        "deletions",
+        "quarantine",
+    } <= tables
 
 
 def test_synced_from_must_be_a_quarter(warehouse: psycopg.Connection) -> None:

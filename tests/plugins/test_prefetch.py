@@ -114,15 +114,17 @@ def test_a_consumer_error_leaves_nothing_running() -> None:
 
 
 def _page(items: list[dict[str, Any]], *, last: bool = False, number: int = 1) -> Page:
-    return Page(items=items, page=number, total=None, next=None if last else "/more", items_per_page=200,
-                request_id=None)
+    return Page(
+        items=items, page=number, total=None, next=None if last else "/more", items_per_page=200, request_id=None
+    )
 
 
 class _Client:
     """Answers cursor requests from a script; records what was asked."""
 
-    def __init__(self, pages: dict[tuple[str | None, int], Page], fail: set[tuple[str | None, int]] = frozenset()
-                 ) -> None:
+    def __init__(
+        self, pages: dict[tuple[str | None, int], Page], fail: set[tuple[str | None, int]] = frozenset()
+    ) -> None:
         self.pages = pages
         self.fail = fail
         self.asked: list[tuple[str | None, int]] = []
@@ -168,8 +170,12 @@ def test_cursor_pages_are_prefetched_and_match_direct_requests() -> None:
 
 
 def test_a_wrong_guess_is_dropped_and_the_asked_page_fetched() -> None:
-    pages = {(None, 1): _page([_rec("a", T1)]), (T1, 1): _page([_rec("b", T2)]),
-             (T2, 1): _page([], last=True), ("2024-01-01T00:00:00Z", 1): _page([_rec("z", T2)], last=True)}
+    pages = {
+        (None, 1): _page([_rec("a", T1)]),
+        (T1, 1): _page([_rec("b", T2)]),
+        (T2, 1): _page([], last=True),
+        ("2024-01-01T00:00:00Z", 1): _page([_rec("z", T2)], last=True),
+    }
     client = _Client(pages)
     with CursorReadAhead(client) as ahead:  # type: ignore[arg-type]
         ahead.get_page("/x", _params(None))

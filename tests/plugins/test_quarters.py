@@ -23,8 +23,22 @@ def test_parse_and_bounds(text: str, start: date, end: date) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["2024-q1", "2024Q1", "2024-Q0", "2024-Q5", " 2024-Q1", "2024-Q1 ", "24-Q1", "2024-Q1\n",
-             "2024-Q\u0661", "", "2024-01", "Q1-2024", "0000-Q1"],
+    "text",
+    [
+        "2024-q1",
+        "2024Q1",
+        "2024-Q0",
+        "2024-Q5",
+        " 2024-Q1",
+        "2024-Q1 ",
+        "24-Q1",
+        "2024-Q1\n",
+        "2024-Q\u0661",
+        "",
+        "2024-01",
+        "Q1-2024",
+        "0000-Q1",
+    ],
 )
 def test_parse_is_strict(text: str) -> None:
     with pytest.raises(ValueError, match="quarter"):
@@ -42,7 +56,10 @@ def test_previous_next_and_order() -> None:
     assert Quarter(2024, 3).previous() == Quarter(2024, 2)
     assert Quarter(2023, 4) < Quarter(2024, 1) < Quarter(2024, 2)
     assert sorted([Quarter(2024, 2), Quarter(2023, 3), Quarter(2024, 1)]) == [
-        Quarter(2023, 3), Quarter(2024, 1), Quarter(2024, 2)]
+        Quarter(2023, 3),
+        Quarter(2024, 1),
+        Quarter(2024, 2),
+    ]
     assert max(Quarter.parse("2024-Q1"), Quarter.parse("2023-Q4")) == Quarter(2024, 1)
 
 

@@ -40,12 +40,14 @@ def _limiter(made: list[PostgresRateLimiter], dsn: str, waits: list[float], **kw
 
 def _bucket(conn: psycopg.Connection, name: str = "sage_api") -> tuple[float, float, float] | None:
     conn.commit()
-    return conn.execute("select tokens, capacity, rate from sage_control.api_rate_buckets where name = %s",
-                        (name,)).fetchone()
+    return conn.execute(
+        "select tokens, capacity, rate from sage_control.api_rate_buckets where name = %s", (name,)
+    ).fetchone()
 
 
-def test_takers_beyond_the_burst_wait_one_interval_each(pg_dsn: str, warehouse: psycopg.Connection,
-                                                        limiters: list[PostgresRateLimiter]) -> None:
+def test_takers_beyond_the_burst_wait_one_interval_each(
+    pg_dsn: str, warehouse: psycopg.Connection, limiters: list[PostgresRateLimiter]
+) -> None:
     waits: list[float] = []
     limiter = _limiter(limiters, pg_dsn, waits, rate=10.0, burst=3.0)
     for _ in range(8):
@@ -61,8 +63,9 @@ def test_takers_beyond_the_burst_wait_one_interval_each(pg_dsn: str, warehouse: 
     assert tokens < -4  # 5 tokens owed (less the little refilled meanwhile)
 
 
-def test_two_processes_share_one_budget(pg_dsn: str, warehouse: psycopg.Connection,
-                                        limiters: list[PostgresRateLimiter]) -> None:
+def test_two_processes_share_one_budget(
+    pg_dsn: str, warehouse: psycopg.Connection, limiters: list[PostgresRateLimiter]
+) -> None:
     a_waits: list[float] = []
     b_waits: list[float] = []
     a = _limiter(limiters, pg_dsn, a_waits, rate=5.0, burst=2.0)
@@ -77,8 +80,9 @@ def test_two_processes_share_one_budget(pg_dsn: str, warehouse: psycopg.Connecti
     assert b_waits[1] == pytest.approx(3 / 5, abs=0.1)  # five takes at 5/s with 2 in the bucket
 
 
-def test_a_429_pauses_every_process(pg_dsn: str, warehouse: psycopg.Connection,
-                                    limiters: list[PostgresRateLimiter]) -> None:
+def test_a_429_pauses_every_process(
+    pg_dsn: str, warehouse: psycopg.Connection, limiters: list[PostgresRateLimiter]
+) -> None:
     a_waits: list[float] = []
     b_waits: list[float] = []
     a = _limiter(limiters, pg_dsn, a_waits, rate=15.0)
@@ -89,8 +93,9 @@ def test_a_429_pauses_every_process(pg_dsn: str, warehouse: psycopg.Connection,
     assert b_waits and 29 < b_waits[0] <= 30 + 1 / 15 + 1e-6
 
 
-def test_a_wait_beyond_max_wait_is_refused_and_spends_nothing(pg_dsn: str, warehouse: psycopg.Connection,
-                                                              limiters: list[PostgresRateLimiter]) -> None:
+def test_a_wait_beyond_max_wait_is_refused_and_spends_nothing(
+    pg_dsn: str, warehouse: psycopg.Connection, limiters: list[PostgresRateLimiter]
+) -> None:
     waits: list[float] = []
     limiter = _limiter(limiters, pg_dsn, waits, rate=15.0, max_wait=5.0)
     limiter.acquire()
@@ -102,8 +107,9 @@ def test_a_wait_beyond_max_wait_is_refused_and_spends_nothing(pg_dsn: str, wareh
     assert waits == [] and limiter.granted == 1
 
 
-def test_a_bucket_row_that_disappears_comes_back_full(pg_dsn: str, warehouse: psycopg.Connection,
-                                                      limiters: list[PostgresRateLimiter]) -> None:
+def test_a_bucket_row_that_disappears_comes_back_full(
+    pg_dsn: str, warehouse: psycopg.Connection, limiters: list[PostgresRateLimiter]
+) -> None:
     waits: list[float] = []
     limiter = _limiter(limiters, pg_dsn, waits, rate=15.0, burst=4.0)
     limiter.acquire()
@@ -115,10 +121,12 @@ def test_a_bucket_row_that_disappears_comes_back_full(pg_dsn: str, warehouse: ps
     assert capacity == 4.0 and 2.9 < tokens <= 3.0
 
 
-def test_settings_change_rate_and_capacity_but_keep_the_balance(pg_dsn: str, warehouse: psycopg.Connection,
-                                                                limiters: list[PostgresRateLimiter]) -> None:
-    warehouse.execute("insert into sage_control.api_rate_buckets (name, tokens, capacity, rate) "
-                      "values ('sage_api', -3, 30, 15)")
+def test_settings_change_rate_and_capacity_but_keep_the_balance(
+    pg_dsn: str, warehouse: psycopg.Connection, limiters: list[PostgresRateLimiter]
+) -> None:
+    warehouse.execute(
+        "insert into sage_control.api_rate_buckets (name, tokens, capacity, rate) values ('sage_api', -3, 30, 15)"
+    )
     warehouse.commit()
     waits: list[float] = []
     limiter = _limiter(limiters, pg_dsn, waits, rate=2.0, burst=10.0)
@@ -156,9 +164,12 @@ def app_role(pg_dsn: str, warehouse: psycopg.Connection) -> Iterator[tuple[str, 
             admin.execute(sql.SQL("drop role {}").format(ident))
 
 
-def test_a_role_without_create_rights_uses_the_migrated_table(pg_dsn: str, warehouse: psycopg.Connection,
-                                                              app_role: tuple[str, sql.Identifier],
-                                                              limiters: list[PostgresRateLimiter]) -> None:
+def test_a_role_without_create_rights_uses_the_migrated_table(
+    pg_dsn: str,
+    warehouse: psycopg.Connection,
+    app_role: tuple[str, sql.Identifier],
+    limiters: list[PostgresRateLimiter],
+) -> None:
     dsn, role = app_role
     warehouse.execute(sql.SQL("grant select, insert, update on sage_control.api_rate_buckets to {}").format(role))
     warehouse.commit()
@@ -174,8 +185,12 @@ def test_a_role_without_create_rights_uses_the_migrated_table(pg_dsn: str, wareh
 
 
 def test_a_role_not_granted_the_table_sends_unmetered_not_fails(
-        pg_dsn: str, warehouse: psycopg.Connection, app_role: tuple[str, sql.Identifier],
-        limiters: list[PostgresRateLimiter], caplog: pytest.LogCaptureFixture) -> None:
+    pg_dsn: str,
+    warehouse: psycopg.Connection,
+    app_role: tuple[str, sql.Identifier],
+    limiters: list[PostgresRateLimiter],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     dsn, _role = app_role  # usage on the schema, nothing on the table (granted before it existed)
     waits: list[float] = []
     limiter = _limiter(limiters, dsn, waits, rate=15.0)
@@ -220,22 +235,26 @@ def test_shared_limiter_is_one_per_process_and_warehouse(pg_dsn: str, monkeypatc
 # -- the setting -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("env", "extra", "expected"), [
-    (None, None, config.DEFAULT_RATE_LIMIT_PER_S),
-    (None, {}, 12.0),
-    ("5", None, 5.0),
-    ("2.5", {"rate_limit_per_s": 9}, 2.5),  # the environment wins over the connection
-    (None, {"rate_limit_per_s": 9}, 9.0),
-    (None, {"rate_limit_per_s": "9.5"}, 9.5),
-    ("0", None, None),
-    ("off", {"rate_limit_per_s": 9}, None),
-    ("OFF", None, None),
-    (None, {"rate_limit_per_s": 0}, None),
-    (None, {"rate_limit_per_s": "off"}, None),
-    (" ", None, 12.0),  # blank: unset
-])
-def test_rate_limit_setting(monkeypatch: pytest.MonkeyPatch, env: str | None, extra: dict | None,
-                            expected: float | None) -> None:
+@pytest.mark.parametrize(
+    ("env", "extra", "expected"),
+    [
+        (None, None, config.DEFAULT_RATE_LIMIT_PER_S),
+        (None, {}, 12.0),
+        ("5", None, 5.0),
+        ("2.5", {"rate_limit_per_s": 9}, 2.5),  # the environment wins over the connection
+        (None, {"rate_limit_per_s": 9}, 9.0),
+        (None, {"rate_limit_per_s": "9.5"}, 9.5),
+        ("0", None, None),
+        ("off", {"rate_limit_per_s": 9}, None),
+        ("OFF", None, None),
+        (None, {"rate_limit_per_s": 0}, None),
+        (None, {"rate_limit_per_s": "off"}, None),
+        (" ", None, 12.0),  # blank: unset
+    ],
+)
+def test_rate_limit_setting(
+    monkeypatch: pytest.MonkeyPatch, env: str | None, extra: dict | None, expected: float | None
+) -> None:
     if env is None:
         monkeypatch.delenv(config.RATE_LIMIT_ENV, raising=False)
     else:
@@ -252,9 +271,18 @@ def test_a_malformed_rate_limit_is_a_config_error(monkeypatch: pytest.MonkeyPatc
 
 def test_the_sage_connection_extra_sets_the_rate(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(config.RATE_LIMIT_ENV, raising=False)
-    monkeypatch.setenv("AIRFLOW_CONN_SAGE_DEFAULT", json.dumps({
-        "conn_type": "http", "host": "https://sage.example/v3.1", "login": "id", "password": "secret",
-        "extra": {"rate_limit_per_s": 3}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SAGE_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "http",
+                "host": "https://sage.example/v3.1",
+                "login": "id",
+                "password": "secret",
+                "extra": {"rate_limit_per_s": 3},
+            }
+        ),
+    )
     assert config.sage_settings().rate_limit_per_s == 3.0
     monkeypatch.setenv(config.RATE_LIMIT_ENV, "off")
     assert config.sage_settings().rate_limit_per_s is None

@@ -17,8 +17,7 @@ from sage_sync.warehouse.runs import finish_run, start_run
 
 def _events(conn: psycopg.Connection, company_id: str) -> list[tuple[str, dict]]:
     return conn.execute(
-        "select event_type, details from sage_control.connection_events where company_id = %s "
-        "order by event_id",
+        "select event_type, details from sage_control.connection_events where company_id = %s order by event_id",
         (company_id,),
     ).fetchall()
 
@@ -32,8 +31,15 @@ def test_register_new_company(warehouse: psycopg.Connection) -> None:
     assert company.connected_at is not None and company.disconnected_at is None
     assert get_company(warehouse, "biz-1") == company
     assert _events(warehouse, "biz-1") == [
-        ("connected", {"company_name": "Acme Ltd", "reconnected": False, "status": "initial_sync",
-                       "synced_from_quarter": "2024-Q2"}),
+        (
+            "connected",
+            {
+                "company_name": "Acme Ltd",
+                "reconnected": False,
+                "status": "initial_sync",
+                "synced_from_quarter": "2024-Q2",
+            },
+        ),
     ]
 
 
@@ -93,11 +99,11 @@ def test_list_companies(warehouse: psycopg.Connection) -> None:
 
 def test_set_status_and_event(warehouse: psycopg.Connection) -> None:
     register_company(warehouse, "biz-1", "Acme", "2024-Q1")
-    company = set_status(warehouse, "biz-1", "error", last_error="HTTP 500", event_type="sync_failed",
-                         details={"run": "r1"})
+    company = set_status(
+        warehouse, "biz-1", "error", last_error="HTTP 500", event_type="sync_failed", details={"run": "r1"}
+    )
     assert (company.status, company.last_error) == ("error", "HTTP 500")
-    assert _events(warehouse, "biz-1")[-1] == (
-        "sync_failed", {"status": "error", "run": "r1", "error": "HTTP 500"})
+    assert _events(warehouse, "biz-1")[-1] == ("sync_failed", {"status": "error", "run": "r1", "error": "HTTP 500"})
     cleared = set_status(warehouse, "biz-1", "active")
     assert cleared.last_error is None
     assert len(_events(warehouse, "biz-1")) == 2  # no event_type, no event
@@ -110,5 +116,4 @@ def test_set_status_and_event(warehouse: psycopg.Connection) -> None:
 def test_log_event_defaults_and_verbatim_details(warehouse: psycopg.Connection) -> None:
     log_event(warehouse, "biz-1", "reauthorised")
     log_event(warehouse, "biz-1", "note", {"text": "'); drop table x; --", "n": 1})
-    assert _events(warehouse, "biz-1") == [
-        ("reauthorised", {}), ("note", {"text": "'); drop table x; --", "n": 1})]
+    assert _events(warehouse, "biz-1") == [("reauthorised", {}), ("note", {"text": "'); drop table x; --", "n": 1})]

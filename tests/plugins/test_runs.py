@@ -55,16 +55,23 @@ def test_validation(warehouse: psycopg.Connection, company: str) -> None:
 
 def test_stats_add_and_set(warehouse: psycopg.Connection, company: str) -> None:
     run_id = start_run(warehouse, company, "daily")
-    add_stream_stats(warehouse, run_id, "purchase_invoices", pages=1, rows_seen=200, versions_added=150,
-                     total_reported=950)
-    after = add_stream_stats(warehouse, run_id, "purchase_invoices", pages=1, rows_seen=200,
-                             versions_added=0, quarantined=2, total_reported=951)
-    assert after == {"pages": 2, "rows_seen": 400, "versions_added": 150, "quarantined": 2,
-                     "total_reported": 951}
+    add_stream_stats(
+        warehouse, run_id, "purchase_invoices", pages=1, rows_seen=200, versions_added=150, total_reported=950
+    )
+    after = add_stream_stats(
+        warehouse,
+        run_id,
+        "purchase_invoices",
+        pages=1,
+        rows_seen=200,
+        versions_added=0,
+        quarantined=2,
+        total_reported=951,
+    )
+    assert after == {"pages": 2, "rows_seen": 400, "versions_added": 150, "quarantined": 2, "total_reported": 951}
     add_stream_stats(warehouse, run_id, "contacts", deletions=3)
     add_stream_stats(warehouse, run_id, "contacts")  # nothing to add: creates nothing harmful
-    assert get_run(warehouse, run_id)["stats"] == {
-        "purchase_invoices": after, "contacts": {"deletions": 3}}
+    assert get_run(warehouse, run_id)["stats"] == {"purchase_invoices": after, "contacts": {"deletions": 3}}
 
 
 def test_stats_roll_back_with_the_page(warehouse: psycopg.Connection, company: str) -> None:
@@ -100,8 +107,10 @@ def test_concurrent_increments_are_atomic(pg_dsn: str, warehouse: psycopg.Connec
         thread.join(60)
     assert not errors
     stats = get_run(warehouse, run_id)["stats"]
-    assert stats == {"contacts": {"pages": workers * rounds, "rows_seen": 7 * workers * rounds},
-                     "tax_rates": {"pages": workers * rounds}}
+    assert stats == {
+        "contacts": {"pages": workers * rounds, "rows_seen": 7 * workers * rounds},
+        "tax_rates": {"pages": workers * rounds},
+    }
 
 
 def test_last_successful_run(warehouse: psycopg.Connection, company: str) -> None:
@@ -129,7 +138,11 @@ def test_start_run_with_a_given_id_is_restartable(warehouse: psycopg.Connection,
     assert start_run(warehouse, company, "daily", sync_run_id=run_id) == run_id
     run = get_run(warehouse, run_id)
     assert (run["status"], run["error"], run["ended_at"], run["stats"]) == (
-        "running", None, None, {"contacts": {"pages": 1}})
+        "running",
+        None,
+        None,
+        {"contacts": {"pages": 1}},
+    )
     register_company(warehouse, "biz-2", "Other", "2024-Q1")
     with pytest.raises(ValueError, match="another company"):
         start_run(warehouse, "biz-2", "daily", sync_run_id=run_id)

@@ -37,15 +37,24 @@ def sage() -> Iterator[FakeSageServer]:
 
 
 @pytest.fixture
-def company(sage: FakeSageServer, warehouse: psycopg.Connection, pg_dsn: str, fernet_key: str,
-            monkeypatch: pytest.MonkeyPatch) -> str:
+def company(
+    sage: FakeSageServer, warehouse: psycopg.Connection, pg_dsn: str, fernet_key: str, monkeypatch: pytest.MonkeyPatch
+) -> str:
     """The first demo business, connected through the real code exchange."""
     sage.admin.reset()
     params = psycopg.conninfo.conninfo_to_dict(pg_dsn)
-    monkeypatch.setenv("AIRFLOW_CONN_SAGE_WAREHOUSE", json.dumps({
-        "conn_type": "postgres", "host": params.get("host", "127.0.0.1"),
-        "port": int(params.get("port", 5432)), "login": params.get("user", "postgres"),
-        "schema": params["dbname"]}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SAGE_WAREHOUSE",
+        json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": params.get("host", "127.0.0.1"),
+                "port": int(params.get("port", 5432)),
+                "login": params.get("user", "postgres"),
+                "schema": params["dbname"],
+            }
+        ),
+    )
     monkeypatch.setenv("AIRFLOW_CONN_SAGE_DEFAULT", sage.airflow_conn_json())
     business = sage.admin.businesses()[0]
     verifier, challenge = new_pkce_pair()
@@ -62,24 +71,27 @@ def _in_window(record: dict) -> bool:
 def _latest(conn: psycopg.Connection, stream: str, company_id: str) -> dict[str, dict]:
     rows = conn.execute(
         f"select distinct on (record_id) record_id, payload from sage_raw.{stream} "
-        "where company_id = %s order by record_id, _extracted_at desc", (company_id,)).fetchall()
+        "where company_id = %s order by record_id, _extracted_at desc",
+        (company_id,),
+    ).fetchall()
     return dict(rows)
 
 
 def _deleted(conn: psycopg.Connection, stream: str, company_id: str) -> set[str]:
-    rows = conn.execute("select record_id from sage_raw.deletions where company_id = %s and stream = %s",
-                        (company_id, stream)).fetchall()
+    rows = conn.execute(
+        "select record_id from sage_raw.deletions where company_id = %s and stream = %s", (company_id, stream)
+    ).fetchall()
     return {r[0] for r in rows}
 
 
 def _versions(conn: psycopg.Connection) -> int:
-    return sum(conn.execute(f"select count(*) from sage_raw.{s}").fetchone()[0]
-               for s in [*DOCUMENTS, "contacts", "ledger_accounts", "tax_rates", "businesses",
-                         "financial_settings"])
+    return sum(
+        conn.execute(f"select count(*) from sage_raw.{s}").fetchone()[0]
+        for s in [*DOCUMENTS, "contacts", "ledger_accounts", "tax_rates", "businesses", "financial_settings"]
+    )
 
 
-def test_first_sync_lands_what_sage_holds(sage: FakeSageServer, company: str,
-                                          warehouse: psycopg.Connection) -> None:
+def test_first_sync_lands_what_sage_holds(sage: FakeSageServer, company: str, warehouse: psycopg.Connection) -> None:
     run_id = sync.run_company(company)
     for stream in DOCUMENTS:
         expected = {r["id"]: r for r in sage.admin.records(company, stream) if _in_window(r)}
@@ -89,7 +101,8 @@ def test_first_sync_lands_what_sage_holds(sage: FakeSageServer, company: str,
     ledger = {r["id"] for r in sage.admin.records(company, "ledger_accounts")}
     assert set(_latest(warehouse, "ledger_accounts", company)) == ledger
     status, stats = warehouse.execute(
-        "select status, stats from sage_control.sync_runs where sync_run_id = %s", (run_id,)).fetchone()
+        "select status, stats from sage_control.sync_runs where sync_run_id = %s", (run_id,)
+    ).fetchone()
     assert status == "success"
     landed = _latest(warehouse, "purchase_invoices", company)
     assert stats["purchase_invoices"]["versions_added"] == len(landed)
@@ -101,8 +114,12 @@ def test_first_sync_lands_what_sage_holds(sage: FakeSageServer, company: str,
 
 
 def test_each_page_logs_its_progress_and_the_task_returns_the_total(
-        sage: FakeSageServer, company: str, warehouse: psycopg.Connection, caplog: pytest.LogCaptureFixture,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    sage: FakeSageServer,
+    company: str,
+    warehouse: psycopg.Connection,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # Small pages, so a stream takes several requests and several progress lines, as a first
     # sync of thousands of pages does.
     from sage_sync.pipeline import extract  # noqa: PLC0415
@@ -118,14 +135,16 @@ def test_each_page_logs_its_progress_and_the_task_returns_the_total(
     lines = [r.getMessage() for r in caplog.records if r.name == "sage_sync.pipeline.extract"]
     assert len(lines) == result["pages"] >= 2
     last = lines[-1]
-    assert last.startswith(f"purchase_invoices: page {result['pages']}, {result['rows_seen']:,} records of "
-                           f"{expected:,} ($total) (100%), ")
+    assert last.startswith(
+        f"purchase_invoices: page {result['pages']}, {result['rows_seen']:,} records of {expected:,} ($total) (100%), "
+    )
     assert "records/s" in last and "ETA 0s" in last
     assert all("ETA" in line and "($total)" in line for line in lines)
 
 
-def test_a_daily_read_counts_the_whole_window_at_sage(sage: FakeSageServer, company: str,
-                                                      warehouse: psycopg.Connection) -> None:
+def test_a_daily_read_counts_the_whole_window_at_sage(
+    sage: FakeSageServer, company: str, warehouse: psycopg.Connection
+) -> None:
     first = sync.run_company(company)
     sage.admin.advance_clock(86400)
     second = sync.run_company(company)
@@ -142,13 +161,15 @@ def test_progress_line_reads_as_a_person_would_want() -> None:
 
     totals = {**empty_totals(), "pages": 10, "rows_seen": 2000, "total_reported": 200_000}
     assert progress_line("purchase_invoices", totals, elapsed=20.0) == (
-        "purchase_invoices: page 10, 2,000 records of 200,000 ($total) (1%), 100 records/s, ETA 33m00s")
+        "purchase_invoices: page 10, 2,000 records of 200,000 ($total) (1%), 100 records/s, ETA 33m00s"
+    )
     no_total = {**empty_totals(), "pages": 1, "rows_seen": 3}
     assert progress_line("tax_rates", no_total, elapsed=1.0) == "tax_rates: page 1, 3 records, 3 records/s"
 
 
-def test_rerun_adds_nothing_and_edits_add_one_version(sage: FakeSageServer, company: str,
-                                                      warehouse: psycopg.Connection) -> None:
+def test_rerun_adds_nothing_and_edits_add_one_version(
+    sage: FakeSageServer, company: str, warehouse: psycopg.Connection
+) -> None:
     sync.run_company(company)
     before = _versions(warehouse)
     sync.run_company(company)
@@ -159,13 +180,28 @@ def test_rerun_adds_nothing_and_edits_add_one_version(sage: FakeSageServer, comp
     sage.admin.advance_clock(3600)
     sage.admin.update(company, "purchase_invoices", edited["id"], {"vendor_reference": "EDITED-1"})
     sage.admin.delete(company, "purchase_invoices", removed["id"])
-    created = sage.admin.create(company, "other_payments", {
-        "transaction_type": {"id": "OTHER_PAYMENT"}, "date": sage.admin.now()[:10],
-        "reference": "NEW-1", "payment_lines": [{
-            "ledger_account": {"id": sage.admin.records(company, "ledger_accounts")[0]["id"]},
-            "net_amount": "10.00", "tax_amount": "2.00", "total_amount": "12.00",
-            "tax_rate": {"id": "GB_STANDARD"}, "details": "New payment"}],
-        "net_amount": "10.00", "tax_amount": "2.00", "total_amount": "12.00"})
+    created = sage.admin.create(
+        company,
+        "other_payments",
+        {
+            "transaction_type": {"id": "OTHER_PAYMENT"},
+            "date": sage.admin.now()[:10],
+            "reference": "NEW-1",
+            "payment_lines": [
+                {
+                    "ledger_account": {"id": sage.admin.records(company, "ledger_accounts")[0]["id"]},
+                    "net_amount": "10.00",
+                    "tax_amount": "2.00",
+                    "total_amount": "12.00",
+                    "tax_rate": {"id": "GB_STANDARD"},
+                    "details": "New payment",
+                }
+            ],
+            "net_amount": "10.00",
+            "tax_amount": "2.00",
+            "total_amount": "12.00",
+        },
+    )
     sage.admin.advance_clock(60)
     sync.run_company(company)
 
@@ -175,21 +211,22 @@ def test_rerun_adds_nothing_and_edits_add_one_version(sage: FakeSageServer, comp
     assert created["id"] in _latest(warehouse, "other_payments", company)
 
 
-def test_tokens_rotate_and_are_stored_encrypted(sage: FakeSageServer, company: str,
-                                                warehouse: psycopg.Connection, pg_dsn: str) -> None:
+def test_tokens_rotate_and_are_stored_encrypted(
+    sage: FakeSageServer, company: str, warehouse: psycopg.Connection, pg_dsn: str
+) -> None:
     store = PostgresTokenStore(pg_dsn)
     first = store.load(company)
     sage.admin.advance_clock(3600)  # the access token has expired
     sync.run_company(company)
     second = store.load(company)
     assert second.refresh_token != first.refresh_token
-    stored = warehouse.execute("select access_token_enc, refresh_token_enc from sage_control.oauth_tokens"
-                               ).fetchone()
+    stored = warehouse.execute("select access_token_enc, refresh_token_enc from sage_control.oauth_tokens").fetchone()
     assert second.refresh_token not in stored[1] and second.access_token not in stored[0]
 
 
-def test_revoked_grant_marks_company_needs_reauth(sage: FakeSageServer, company: str,
-                                                  warehouse: psycopg.Connection) -> None:
+def test_revoked_grant_marks_company_needs_reauth(
+    sage: FakeSageServer, company: str, warehouse: psycopg.Connection
+) -> None:
     sage.admin.revoke_grants()
     with pytest.raises(ReauthorizationRequired):
         sync.run_company(company)
@@ -201,8 +238,9 @@ def test_revoked_grant_marks_company_needs_reauth(sage: FakeSageServer, company:
         sync.begin_run(company)
 
 
-def test_a_refused_grant_fails_the_task_at_once_with_one_line(sage: FakeSageServer, company: str,
-                                                              warehouse: psycopg.Connection) -> None:
+def test_a_refused_grant_fails_the_task_at_once_with_one_line(
+    sage: FakeSageServer, company: str, warehouse: psycopg.Connection
+) -> None:
     from airflow.sdk.exceptions import AirflowFailException  # noqa: PLC0415
 
     from sage_sync.lifecycle.airflow_api import skips_disconnected  # noqa: PLC0415 - the DAG tasks' wrapper
@@ -214,29 +252,35 @@ def test_a_refused_grant_fails_the_task_at_once_with_one_line(sage: FakeSageServ
     with pytest.raises(AirflowFailException) as failed:  # Airflow does not retry this one
         skips_disconnected(sync.sync_stream)(company, "purchase_invoices", run_id)
     message = str(failed.value)
-    assert message.startswith(f"Sage refused the grant for {name}: re-authorise it on the Sage connections "
-                              f"page or with `python -m sage_sync reconnect {company} --code ...`")
+    assert message.startswith(
+        f"Sage refused the grant for {name}: re-authorise it on the Sage connections "
+        f"page or with `python -m sage_sync reconnect {company} --code ...`"
+    )
     assert "\n" not in message
     # No chained client traceback under it: the task log shows the line, not 20 frames of the client.
     assert failed.value.__cause__ is None and failed.value.__suppress_context__
     status, last_error = warehouse.execute("select status, last_error from sage_control.companies").fetchone()
     assert (status, last_error) == ("needs_reauth", message)  # marked at once, in the same words
     # The run is closed with the reason at once: not "running: 0 pages" until someone looks.
-    run = warehouse.execute("select status, error, ended_at from sage_control.sync_runs where sync_run_id = %s",
-                            (run_id,)).fetchone()
+    run = warehouse.execute(
+        "select status, error, ended_at from sage_control.sync_runs where sync_run_id = %s", (run_id,)
+    ).fetchone()
     assert run[0] == "failed" and run[1] == message and run[2] is not None
     # The DAG's catch-all close afterwards keeps that reason.
     sync.finish_run(company, run_id, status="failed", error="a task of this run failed; see its log in Airflow")
     warehouse.commit()
-    assert warehouse.execute("select error from sage_control.sync_runs where sync_run_id = %s",
-                             (run_id,)).fetchone()[0] == message
+    assert (
+        warehouse.execute("select error from sage_control.sync_runs where sync_run_id = %s", (run_id,)).fetchone()[0]
+        == message
+    )
     # The next run's first task fails the same way, without opening a run.
     with pytest.raises(AirflowFailException, match="needs re-authorisation"):
         skips_disconnected(sync.begin_run)(company)
 
 
-def test_transient_errors_keep_their_retries(sage: FakeSageServer, company: str, warehouse: psycopg.Connection,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_transient_errors_keep_their_retries(
+    sage: FakeSageServer, company: str, warehouse: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from sage_sync.core.errors import TransientError  # noqa: PLC0415
     from sage_sync.lifecycle.airflow_api import skips_disconnected  # noqa: PLC0415
 
@@ -249,9 +293,9 @@ def test_transient_errors_keep_their_retries(sage: FakeSageServer, company: str,
     sage.admin.clear_faults()
 
 
-def test_rate_limits_and_server_errors_are_absorbed(sage: FakeSageServer, company: str,
-                                                    warehouse: psycopg.Connection,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rate_limits_and_server_errors_are_absorbed(
+    sage: FakeSageServer, company: str, warehouse: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("sage_sync.sage.client.time.sleep", lambda _s: None)
     sage.admin.add_fault("429", path="/purchase_invoices", count=2, retry_after=1)
     sage.admin.add_fault("429", path="/other_payments", count=1)
@@ -272,13 +316,14 @@ def _api_requests(sage: FakeSageServer) -> int:
 
 def _bucket(conn: psycopg.Connection) -> tuple[float, float, float] | None:
     conn.commit()
-    return conn.execute("select tokens, capacity, rate from sage_control.api_rate_buckets "
-                        "where name = 'sage_api'").fetchone()
+    return conn.execute(
+        "select tokens, capacity, rate from sage_control.api_rate_buckets where name = 'sage_api'"
+    ).fetchone()
 
 
-def test_every_request_of_a_sync_draws_from_the_shared_bucket(sage: FakeSageServer, company: str,
-                                                              warehouse: psycopg.Connection,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_request_of_a_sync_draws_from_the_shared_bucket(
+    sage: FakeSageServer, company: str, warehouse: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rate = 4.0
     monkeypatch.setenv("SAGE_RATE_LIMIT_PER_S", str(rate))
     waits: list[float] = []  # the client's sleep hook: with no faults, only waits for the budget
@@ -289,8 +334,10 @@ def test_every_request_of_a_sync_draws_from_the_shared_bucket(sage: FakeSageServ
     assert sync.make_client(env, company).limiter is limiter  # one per process and warehouse
     granted = limiter.granted
     # Other workers have just spent the whole budget: every request of this run must wait its turn.
-    warehouse.execute("insert into sage_control.api_rate_buckets (name, tokens, capacity, rate) "
-                      "values ('sage_api', 0, 30, %s)", (rate,))
+    warehouse.execute(
+        "insert into sage_control.api_rate_buckets (name, tokens, capacity, rate) values ('sage_api', 0, 30, %s)",
+        (rate,),
+    )
     warehouse.commit()
     started = time.monotonic()
     sync.run_company(company)
@@ -307,8 +354,9 @@ def test_every_request_of_a_sync_draws_from_the_shared_bucket(sage: FakeSageServ
     assert tokens <= -made + rate * elapsed + 0.05  # the shared balance owes what the run took
 
 
-def test_the_budget_is_on_by_default(sage: FakeSageServer, company: str, warehouse: psycopg.Connection,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_budget_is_on_by_default(
+    sage: FakeSageServer, company: str, warehouse: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("SAGE_RATE_LIMIT_PER_S", raising=False)
     started = time.monotonic()
     sync.run_company(company)
@@ -319,8 +367,9 @@ def test_the_budget_is_on_by_default(sage: FakeSageServer, company: str, warehou
 
 
 @pytest.mark.parametrize("off", ["0", "off"])
-def test_the_budget_can_be_turned_off(sage: FakeSageServer, company: str, warehouse: psycopg.Connection,
-                                      monkeypatch: pytest.MonkeyPatch, off: str) -> None:
+def test_the_budget_can_be_turned_off(
+    sage: FakeSageServer, company: str, warehouse: psycopg.Connection, monkeypatch: pytest.MonkeyPatch, off: str
+) -> None:
     monkeypatch.setenv("SAGE_RATE_LIMIT_PER_S", off)
     assert sync.make_client(sync.SyncEnv.from_config(), company).limiter is None
     sync.run_company(company)

@@ -154,4 +154,3 @@ def test_lock_key_is_stable() -> None:
     assert refresh_lock_key("biz-1") == refresh_lock_key("biz-1")
     assert refresh_lock_key("biz-1") != refresh_lock_key("biz-2")
     assert all(-(2**31) <= part < 2**31 for part in refresh_lock_key("ü" * 1000))
-

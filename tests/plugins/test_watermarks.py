@@ -23,14 +23,17 @@ def test_set_and_get(warehouse: psycopg.Connection, company: str) -> None:
     assert set_watermark(warehouse, company, "contacts", updated_since=T0) == Watermark(T0, None)
     set_watermark(warehouse, company, "purchase_invoices", updated_since=T0, deleted_since=T0)
     assert get_watermarks(warehouse, company) == {
-        "contacts": Watermark(T0, None), "purchase_invoices": Watermark(T0, T0)}
+        "contacts": Watermark(T0, None),
+        "purchase_invoices": Watermark(T0, T0),
+    }
 
 
 def test_never_moves_backwards(warehouse: psycopg.Connection, company: str) -> None:
     set_watermark(warehouse, company, "contacts", updated_since=T0, deleted_since=T0)
     earlier = T0 - timedelta(days=1)
-    assert set_watermark(warehouse, company, "contacts", updated_since=earlier,
-                         deleted_since=earlier) == Watermark(T0, T0)
+    assert set_watermark(warehouse, company, "contacts", updated_since=earlier, deleted_since=earlier) == Watermark(
+        T0, T0
+    )
     # None leaves a value alone; each value moves independently.
     later = T0 + timedelta(seconds=1)
     assert set_watermark(warehouse, company, "contacts", updated_since=later) == Watermark(later, T0)
@@ -40,8 +43,7 @@ def test_never_moves_backwards(warehouse: psycopg.Connection, company: str) -> N
 def test_other_offsets_compare_by_instant(warehouse: psycopg.Connection, company: str) -> None:
     set_watermark(warehouse, company, "contacts", updated_since=T0)
     # Later on the wall clock, one hour earlier on the timeline.
-    set_watermark(warehouse, company, "contacts",
-                  updated_since=datetime.fromisoformat("2024-05-01T12:30:00+01:00"))
+    set_watermark(warehouse, company, "contacts", updated_since=datetime.fromisoformat("2024-05-01T12:30:00+01:00"))
     assert get_watermarks(warehouse, company)["contacts"].updated_since == T0
 
 

@@ -53,13 +53,24 @@ NON_ASCII = [
 # Text PostgreSQL can store: no NUL, no lone surrogates.
 safe_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40)
 special_text = st.sampled_from(SQLISH + NON_ASCII)
-huge_text = st.builds(lambda s, n: (s * (HUGE // len(s) + 1))[:n],
-                      st.sampled_from(["x", "é", "🍰", "ab'c", "\u05d0\u0301"]), st.integers(HUGE - 10, HUGE))
-number_strings = st.one_of(st.decimals(allow_nan=False, allow_infinity=False).map(str),
-                           st.integers().map(str), st.sampled_from(["1e400", "-0", "00012.50", "NaN", "0x1F"]))
+huge_text = st.builds(
+    lambda s, n: (s * (HUGE // len(s) + 1))[:n],
+    st.sampled_from(["x", "é", "🍰", "ab'c", "\u05d0\u0301"]),
+    st.integers(HUGE - 10, HUGE),
+)
+number_strings = st.one_of(
+    st.decimals(allow_nan=False, allow_infinity=False).map(str),
+    st.integers().map(str),
+    st.sampled_from(["1e400", "-0", "00012.50", "NaN", "0x1F"]),
+)
 good_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(10**30), max_value=10**30),
-    st.floats(allow_nan=False, allow_infinity=False), safe_text, special_text, number_strings,
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=False, allow_infinity=False),
+    safe_text,
+    special_text,
+    number_strings,
 )
 good_values = st.recursive(
     good_scalars,
@@ -73,14 +84,30 @@ good_timestamps = st.one_of(
 )
 # Never acceptable: the loader must quarantine these values of updated_at.
 bad_timestamps = st.one_of(
-    st.integers(), st.floats(allow_nan=False), st.booleans(), st.lists(st.integers(), max_size=2),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.lists(st.integers(), max_size=2),
     st.dictionaries(safe_text, st.integers(), max_size=2),
-    st.sampled_from(["yesterday", "", "2024-13-01T00:00:00Z", "2024-05-01T10:00:00", "2024-05-01", "Z",
-                     "'; drop table sage_raw.purchase_invoices; --"]),
+    st.sampled_from(
+        [
+            "yesterday",
+            "",
+            "2024-13-01T00:00:00Z",
+            "2024-05-01T10:00:00",
+            "2024-05-01",
+            "Z",
+            "'; drop table sage_raw.purchase_invoices; --",
+        ]
+    ),
 )
 bad_ids = st.one_of(
-    st.integers(), st.floats(), st.booleans(), st.lists(st.integers(), max_size=2),
-    st.dictionaries(safe_text, st.integers(), max_size=2), st.sampled_from(["", "   ", "\t\n"]),
+    st.integers(),
+    st.floats(),
+    st.booleans(),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(safe_text, st.integers(), max_size=2),
+    st.sampled_from(["", "   ", "\t\n"]),
 )
 poison = st.sampled_from(["a\x00b", "\ud800lone", "tail\udfff", float("nan"), float("inf"), float("-inf")])
 wild_values = st.recursive(
@@ -96,8 +123,10 @@ def _id(tag: str, suffix: str) -> str:
 
 @st.composite
 def good_record(draw: st.DrawFn) -> dict[str, Any]:
-    record: dict[str, Any] = {"id": _id("good", draw(safe_text.filter(lambda s: "\x00" not in s))),
-                              "updated_at": draw(good_timestamps)}
+    record: dict[str, Any] = {
+        "id": _id("good", draw(safe_text.filter(lambda s: "\x00" not in s))),
+        "updated_at": draw(good_timestamps),
+    }
     record["contact_name"] = draw(st.one_of(special_text, safe_text, huge_text))
     record["notes"] = draw(st.one_of(st.none(), special_text, huge_text))
     record["total_amount"] = draw(st.one_of(number_strings, st.floats(allow_nan=False, allow_infinity=False)))
@@ -110,8 +139,12 @@ def good_record(draw: st.DrawFn) -> dict[str, Any]:
 
 @st.composite
 def bad_record(draw: st.DrawFn) -> Any:
-    base: dict[str, Any] = {"id": _id("bad", "x"), "updated_at": "2024-05-01T10:00:00Z",
-                            "contact_name": draw(special_text), "notes": draw(st.one_of(huge_text, special_text))}
+    base: dict[str, Any] = {
+        "id": _id("bad", "x"),
+        "updated_at": "2024-05-01T10:00:00Z",
+        "contact_name": draw(special_text),
+        "notes": draw(st.one_of(huge_text, special_text)),
+    }
     kind = draw(st.sampled_from(["no_id", "null_id", "bad_id", "bad_ts", "poison", "nul_id", "not_object"]))
     if kind == "no_id":
         del base["id"]
@@ -155,11 +188,17 @@ def _same_json(stored: Any, given_value: Any) -> bool:
     if isinstance(given_value, float):
         return isinstance(stored, int | float) and float(stored) == given_value
     if isinstance(given_value, dict):
-        return (isinstance(stored, dict) and stored.keys() == given_value.keys()
-                and all(_same_json(stored[k], v) for k, v in given_value.items()))
+        return (
+            isinstance(stored, dict)
+            and stored.keys() == given_value.keys()
+            and all(_same_json(stored[k], v) for k, v in given_value.items())
+        )
     if isinstance(given_value, list):
-        return (isinstance(stored, list) and len(stored) == len(given_value)
-                and all(_same_json(a, b) for a, b in zip(stored, given_value, strict=True)))
+        return (
+            isinstance(stored, list)
+            and len(stored) == len(given_value)
+            and all(_same_json(a, b) for a, b in zip(stored, given_value, strict=True))
+        )
     return type(stored) is type(given_value) and stored == given_value
 
 
@@ -177,19 +216,25 @@ def _load(conn: psycopg.Connection, stream: str, company: str, run: str, batch: 
 
 
 @SETTINGS
-@given(stream=st.sampled_from(LIST_STREAMS),
-       kinds=st.lists(st.sampled_from(["good", "bad", "wild"]), min_size=1, max_size=8),
-       data=st.data())
-def test_every_record_is_loaded_verbatim_or_quarantined(conn: psycopg.Connection, stream: str,
-                                                        kinds: list[str], data: st.DataObject) -> None:
+@given(
+    stream=st.sampled_from(LIST_STREAMS),
+    kinds=st.lists(st.sampled_from(["good", "bad", "wild"]), min_size=1, max_size=8),
+    data=st.data(),
+)
+def test_every_record_is_loaded_verbatim_or_quarantined(
+    conn: psycopg.Connection, stream: str, kinds: list[str], data: st.DataObject
+) -> None:
     make = {"good": good_record, "bad": bad_record, "wild": wild_record}
     batch = [data.draw(make[kind](), label=kind) for kind in kinds]
     company, run = f"prop-{uuid.uuid4().hex[:12]}", f"run-{uuid.uuid4().hex[:12]}"
     try:
         result = _load(conn, stream, company, run, batch)
         stored = latest(conn, stream, company)
-        quarantine = conn.execute("select record_id, raw_payload, reason from sage_raw.quarantine "
-                                  "where company_id = %s and _sync_run_id = %s", (company, run)).fetchall()
+        quarantine = conn.execute(
+            "select record_id, raw_payload, reason from sage_raw.quarantine "
+            "where company_id = %s and _sync_run_id = %s",
+            (company, run),
+        ).fetchall()
 
         loaded, quarantined = [], []
         for kind, record in zip(kinds, batch, strict=True):
@@ -208,8 +253,9 @@ def test_every_record_is_loaded_verbatim_or_quarantined(conn: psycopg.Connection
         assert set(stored) == {r["id"] for r in loaded}  # nothing stored that was not given
         for rid, raw, _ in quarantine:  # a quarantine row names the record when it has a usable id
             if rid is not None:
-                assert any(isinstance(r, dict) and r.get("id") == rid and _key(r) == _key(json.loads(raw))
-                           for r in quarantined)
+                assert any(
+                    isinstance(r, dict) and r.get("id") == rid and _key(r) == _key(json.loads(raw)) for r in quarantined
+                )
 
         # Re-loading the same batch adds no version.
         count = sql.SQL("select count(*) from {} where company_id = %s").format(sql.Identifier("sage_raw", stream))
@@ -224,8 +270,9 @@ def test_every_record_is_loaded_verbatim_or_quarantined(conn: psycopg.Connection
 
 @SETTINGS
 @given(good=st.lists(good_record(), min_size=1, max_size=4), bad=bad_record(), position=st.integers(0, 4))
-def test_one_bad_record_never_blocks_good_ones(conn: psycopg.Connection, good: list[dict[str, Any]],
-                                               bad: Any, position: int) -> None:
+def test_one_bad_record_never_blocks_good_ones(
+    conn: psycopg.Connection, good: list[dict[str, Any]], bad: Any, position: int
+) -> None:
     batch: list[Any] = [*good]
     batch.insert(min(position, len(batch)), bad)
     company, run = f"prop-{uuid.uuid4().hex[:12]}", f"run-{uuid.uuid4().hex[:12]}"
@@ -250,9 +297,9 @@ def sage() -> Iterator[FakeSageServer]:
         yield server
 
 
-def test_hostile_text_created_in_sage_lands_verbatim(sage: FakeSageServer, warehouse: psycopg.Connection,
-                                                      pg_dsn: str, fernet_key: str,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hostile_text_created_in_sage_lands_verbatim(
+    sage: FakeSageServer, warehouse: psycopg.Connection, pg_dsn: str, fernet_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sage.admin.reset()
     point_env_at(monkeypatch, pg_dsn, sage)
     monkeypatch.setattr("sage_sync.sage.client._sleep", lambda _s: None)
@@ -262,11 +309,26 @@ def test_hostile_text_created_in_sage_lands_verbatim(sage: FakeSageServer, wareh
     account = sage.admin.records(company, "ledger_accounts")[0]
     contact_name = "O'Brien'; drop table sage_raw.purchase_invoices; -- שלום 🍰 e\u0301"
     notes = "\\'; delete from sage_control.companies; --\n\u202eRTL\u202c 👩‍👩‍👧 Z\u0335\u0321 $$ %s {}"
-    created = sage.admin.create(company, "purchase_invoices", {
-        "contact_id": vendor["id"], "contact_name": contact_name, "notes": notes, "date": sage.admin.now()[:10],
-        "vendor_reference": "'; --", "invoice_lines": [{
-            "ledger_account_id": account["id"], "tax_rate_id": "GB_STANDARD", "quantity": "1",
-            "unit_price": "10.00", "description": "ÆØÅ 'quoted' \"double\" ; -- 🍰"}]})
+    created = sage.admin.create(
+        company,
+        "purchase_invoices",
+        {
+            "contact_id": vendor["id"],
+            "contact_name": contact_name,
+            "notes": notes,
+            "date": sage.admin.now()[:10],
+            "vendor_reference": "'; --",
+            "invoice_lines": [
+                {
+                    "ledger_account_id": account["id"],
+                    "tax_rate_id": "GB_STANDARD",
+                    "quantity": "1",
+                    "unit_price": "10.00",
+                    "description": "ÆØÅ 'quoted' \"double\" ; -- 🍰",
+                }
+            ],
+        },
+    )
     assert created["contact_name"] == contact_name and created["notes"] == notes
 
     sync.run_company(company)
@@ -277,6 +339,7 @@ def test_hostile_text_created_in_sage_lands_verbatim(sage: FakeSageServer, wareh
     assert stored[created["id"]]["contact_name"] == contact_name
     assert stored[created["id"]]["notes"] == notes
     assert stored[created["id"]]["invoice_lines"][0]["description"] == "ÆØÅ 'quoted' \"double\" ; -- 🍰"
-    assert warehouse.execute("select count(*) from sage_raw.quarantine where company_id = %s",
-                             (company,)).fetchone() == (0,)
+    assert warehouse.execute(
+        "select count(*) from sage_raw.quarantine where company_id = %s", (company,)
+    ).fetchone() == (0,)
     assert warehouse.execute("select to_regclass('sage_raw.purchase_invoices') is not null").fetchone() == (True,)

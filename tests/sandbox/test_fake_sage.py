@@ -21,8 +21,16 @@ import requests
 from sandbox.fake_sage.server import DEFAULT_REDIRECT_URI, FakeSageServer, pkce_pair
 
 REDIRECT = DEFAULT_REDIRECT_URI
-MONEY_FIELDS = ("net_amount", "tax_amount", "total_amount", "outstanding_amount", "total_paid",
-                "base_currency_net_amount", "base_currency_tax_amount", "base_currency_total_amount")
+MONEY_FIELDS = (
+    "net_amount",
+    "tax_amount",
+    "total_amount",
+    "outstanding_amount",
+    "total_paid",
+    "base_currency_net_amount",
+    "base_currency_tax_amount",
+    "base_currency_total_amount",
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +55,9 @@ def businesses(server: FakeSageServer) -> dict[str, str]:
     return {b["key"]: b["id"] for b in server.admin.businesses()}
 
 
-def api(server: FakeSageServer, token: dict[str, Any], path: str, business: str | None = None,
-        **params: Any) -> requests.Response:
+def api(
+    server: FakeSageServer, token: dict[str, Any], path: str, business: str | None = None, **params: Any
+) -> requests.Response:
     headers = {"Authorization": f"Bearer {token['access_token']}", "Accept": "application/json"}
     if business:
         headers["X-Business"] = business
@@ -63,8 +72,9 @@ def post_token(server: FakeSageServer, **data: str) -> requests.Response:
     return requests.post(server.token_url, data={**base, **data}, timeout=30)
 
 
-def all_pages(server: FakeSageServer, token: dict[str, Any], path: str, business: str | None = None,
-              **params: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def all_pages(
+    server: FakeSageServer, token: dict[str, Any], path: str, business: str | None = None, **params: Any
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Follow $next to the end; returns (items, envelopes)."""
     envelopes: list[dict[str, Any]] = []
     url: str | None = f"{path}?{urlencode(params, safe=':,')}"
@@ -85,9 +95,15 @@ def all_pages(server: FakeSageServer, token: dict[str, Any], path: str, business
 
 def test_code_flow_with_pkce_echoes_state(server: FakeSageServer) -> None:
     verifier, challenge = pkce_pair()
-    params = {"response_type": "code", "client_id": server.client_id, "redirect_uri": REDIRECT,
-              "state": "xyz 123", "scope": "readonly", "code_challenge": challenge,
-              "code_challenge_method": "S256"}
+    params = {
+        "response_type": "code",
+        "client_id": server.client_id,
+        "redirect_uri": REDIRECT,
+        "state": "xyz 123",
+        "scope": "readonly",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
     response = requests.get(f"{server.authorize_url}&{urlencode(params)}", allow_redirects=False, timeout=10)
     assert response.status_code == 302
     location = urlsplit(response.headers["location"])
@@ -96,11 +112,16 @@ def test_code_flow_with_pkce_echoes_state(server: FakeSageServer) -> None:
     assert query["state"] == ["xyz 123"] and query["country"] == ["GB"]
     code = query["code"][0]
 
-    assert post_token(server, grant_type="authorization_code", code=code, redirect_uri=REDIRECT,
-                      code_verifier="wrong").json()["error"] == "invalid_grant"
+    assert (
+        post_token(
+            server, grant_type="authorization_code", code=code, redirect_uri=REDIRECT, code_verifier="wrong"
+        ).json()["error"]
+        == "invalid_grant"
+    )
     code = server.authorize(code_challenge=challenge)
-    body = post_token(server, grant_type="authorization_code", code=code, redirect_uri=REDIRECT,
-                      code_verifier=verifier).json()
+    body = post_token(
+        server, grant_type="authorization_code", code=code, redirect_uri=REDIRECT, code_verifier=verifier
+    ).json()
     assert body["token_type"] == "bearer" and body["expires_in"] == 300
     assert body["refresh_token_expires_in"] == 2678400
     assert len(body["access_token"]) > 1000 and len(body["refresh_token"]) > 1000
@@ -109,8 +130,12 @@ def test_code_flow_with_pkce_echoes_state(server: FakeSageServer) -> None:
 
 def test_code_is_single_use_short_lived_and_bound_to_redirect(server: FakeSageServer) -> None:
     code = server.authorize()
-    assert post_token(server, grant_type="authorization_code", code=code,
-                      redirect_uri="http://elsewhere/cb").json()["error"] == "invalid_grant"
+    assert (
+        post_token(server, grant_type="authorization_code", code=code, redirect_uri="http://elsewhere/cb").json()[
+            "error"
+        ]
+        == "invalid_grant"
+    )
     code = server.authorize()
     first = post_token(server, grant_type="authorization_code", code=code, redirect_uri=REDIRECT)
     assert first.status_code == 200
@@ -124,8 +149,9 @@ def test_code_is_single_use_short_lived_and_bound_to_redirect(server: FakeSageSe
 
 def test_bad_client_is_401_invalid_client(server: FakeSageServer) -> None:
     code = server.authorize()
-    response = post_token(server, grant_type="authorization_code", code=code, redirect_uri=REDIRECT,
-                          client_secret="nope")
+    response = post_token(
+        server, grant_type="authorization_code", code=code, redirect_uri=REDIRECT, client_secret="nope"
+    )
     assert response.status_code == 401 and response.json()["error"] == "invalid_client"
 
 
@@ -147,12 +173,16 @@ def test_refresh_token_expires_after_31_days(server: FakeSageServer, token: dict
 
 
 def test_revoke_kills_grant(server: FakeSageServer, token: dict[str, Any]) -> None:
-    response = requests.post(server.revoke_url, data={"client_id": server.client_id,
-                                                      "client_secret": server.client_secret,
-                                                      "token": token["refresh_token"]}, timeout=10)
+    response = requests.post(
+        server.revoke_url,
+        data={"client_id": server.client_id, "client_secret": server.client_secret, "token": token["refresh_token"]},
+        timeout=10,
+    )
     assert response.json() == {"success": "ok"}
-    assert post_token(server, grant_type="refresh_token",
-                      refresh_token=token["refresh_token"]).json()["error"] == "invalid_grant"
+    assert (
+        post_token(server, grant_type="refresh_token", refresh_token=token["refresh_token"]).json()["error"]
+        == "invalid_grant"
+    )
     assert api(server, token, "/businesses").status_code == 401
 
 
@@ -182,12 +212,14 @@ def test_admin_token_controls(server: FakeSageServer, token: dict[str, Any]) -> 
 # -------------------------------------------------------------------------------------- businesses
 
 
-def test_businesses_and_x_business(server: FakeSageServer, token: dict[str, Any],
-                                   businesses: dict[str, str]) -> None:
+def test_businesses_and_x_business(server: FakeSageServer, token: dict[str, Any], businesses: dict[str, str]) -> None:
     listing = api(server, token, "/businesses").json()
     assert listing["$items_per_page"] == 2147483647 and listing["$next"] is None
     assert [b["displayed_as"] for b in listing["$items"]] == [
-        "Greenleaf Bakery Ltd", "Northwind Joinery Ltd", "Atlantic Trading Ltd"]
+        "Greenleaf Bakery Ltd",
+        "Northwind Joinery Ltd",
+        "Atlantic Trading Ltd",
+    ]
     assert set(listing["$items"][0]) == {"id", "displayed_as", "$path"}
 
     lead = api(server, token, "/financial_settings")
@@ -273,8 +305,7 @@ def test_updated_or_created_since_is_inclusive(server: FakeSageServer, businesse
     assert by_date["$total"] >= 1
 
 
-def test_deleted_since_is_exclusive_and_hides_from_lists(server: FakeSageServer,
-                                                         businesses: dict[str, str]) -> None:
+def test_deleted_since_is_exclusive_and_hides_from_lists(server: FakeSageServer, businesses: dict[str, str]) -> None:
     greenleaf = businesses["greenleaf"]
     server.admin.set_clock("2026-12-01T00:00:00Z")
     token = server.issue_tokens()
@@ -294,8 +325,15 @@ def test_deleted_since_is_exclusive_and_hides_from_lists(server: FakeSageServer,
 
 
 def test_from_and_to_date_filter_document_date(server: FakeSageServer, token: dict[str, Any]) -> None:
-    items, _ = all_pages(server, token, "/purchase_invoices", from_date="2025-01-01", to_date="2025-03-31",
-                         attributes="date", items_per_page=200)
+    items, _ = all_pages(
+        server,
+        token,
+        "/purchase_invoices",
+        from_date="2025-01-01",
+        to_date="2025-03-31",
+        attributes="date",
+        items_per_page=200,
+    )
     assert items and all("2025-01-01" <= i["date"] <= "2025-03-31" for i in items)
     day = items[0]["date"]
     edge = api(server, token, "/purchase_invoices", from_date=day, to_date=day, attributes="date").json()
@@ -307,8 +345,9 @@ def test_sort_and_type_filters(server: FakeSageServer, token: dict[str, Any]) ->
     assert [i["date"] for i in desc] == sorted((i["date"] for i in desc), reverse=True)
     vendors, _ = all_pages(server, token, "/contacts", contact_type_id="VENDOR", attributes="contact_types")
     assert vendors and all(i["contact_types"][0]["id"] == "VENDOR" for i in vendors)
-    receipts = api(server, token, "/other_payments", transaction_type_id="OTHER_RECEIPT",
-                   attributes="transaction_type").json()
+    receipts = api(
+        server, token, "/other_payments", transaction_type_id="OTHER_RECEIPT", attributes="transaction_type"
+    ).json()
     assert receipts["$total"] > 0
     assert all(i["transaction_type"]["id"] == "OTHER_RECEIPT" for i in receipts["$items"])
 
@@ -316,10 +355,12 @@ def test_sort_and_type_filters(server: FakeSageServer, token: dict[str, Any]) ->
 # -------------------------------------------------------------------------------------------- data
 
 
-def test_money_is_strings_and_amounts_add_up(server: FakeSageServer, token: dict[str, Any],
-                                             businesses: dict[str, str]) -> None:
-    items, _ = all_pages(server, token, "/purchase_invoices", businesses["northwind"], attributes="all",
-                         items_per_page=200)
+def test_money_is_strings_and_amounts_add_up(
+    server: FakeSageServer, token: dict[str, Any], businesses: dict[str, str]
+) -> None:
+    items, _ = all_pages(
+        server, token, "/purchase_invoices", businesses["northwind"], attributes="all", items_per_page=200
+    )
     foreign = [i for i in items if i["currency"]["id"] != "GBP"]
     assert {"EUR", "USD"} <= {i["currency"]["id"] for i in foreign}
     for invoice in items:
@@ -337,8 +378,9 @@ def test_money_is_strings_and_amounts_add_up(server: FakeSageServer, token: dict
     statuses = {i["status"]["id"] for i in items}
     assert {"PAID", "DRAFT", "VOID"} <= statuses
     assert all(i["void_reason"] for i in items if i["status"]["id"] == "VOID")
-    quick = api(server, token, "/purchase_quick_entries", attributes="quick_entry_type,total_amount",
-                items_per_page=200).json()["$items"]
+    quick = api(
+        server, token, "/purchase_quick_entries", attributes="quick_entry_type,total_amount", items_per_page=200
+    ).json()["$items"]
     assert {q["quick_entry_type"]["id"] for q in quick} == {"INVOICE", "CREDIT_NOTE"}
     accounts, _ = all_pages(server, token, "/ledger_accounts", attributes="nominal_code,ledger_account_type")
     codes = {a["nominal_code"]: a["ledger_account_type"]["id"] for a in accounts}
@@ -365,15 +407,22 @@ def test_seed_is_deterministic(server: FakeSageServer, businesses: dict[str, str
     server.admin.reset(seed=42)
 
 
-def test_admin_create_update_void(server: FakeSageServer, token: dict[str, Any],
-                                  businesses: dict[str, str]) -> None:
+def test_admin_create_update_void(server: FakeSageServer, token: dict[str, Any], businesses: dict[str, str]) -> None:
     greenleaf = businesses["greenleaf"]
     vendor = server.admin.records(greenleaf, "contacts")[0]
     rent = next(a for a in server.admin.records(greenleaf, "ledger_accounts") if a["nominal_code"] == 7100)
-    created = server.admin.create(greenleaf, "purchase_invoices", {
-        "contact_id": vendor["id"], "date": "2026-11-20", "vendor_reference": "X-1",
-        "invoice_lines": [{"ledger_account_id": rent["id"], "tax_rate_id": "GB_STANDARD",
-                           "quantity": "2", "unit_price": "50.00"}]})
+    created = server.admin.create(
+        greenleaf,
+        "purchase_invoices",
+        {
+            "contact_id": vendor["id"],
+            "date": "2026-11-20",
+            "vendor_reference": "X-1",
+            "invoice_lines": [
+                {"ledger_account_id": rent["id"], "tax_rate_id": "GB_STANDARD", "quantity": "2", "unit_price": "50.00"}
+            ],
+        },
+    )
     assert created["created_at"] == created["updated_at"] == server.admin.now()
     amounts = (created["net_amount"], created["tax_amount"], created["total_amount"])
     assert amounts == ("100.00", "20.00", "120.00")
@@ -440,14 +489,20 @@ def test_fault_truncate_cuts_the_json(server: FakeSageServer, token: dict[str, A
     assert api(server, token, "/purchase_invoices").json()["$total"] > 0
 
 
-def test_request_log_and_request_id(server: FakeSageServer, token: dict[str, Any],
-                                    businesses: dict[str, str]) -> None:
+def test_request_log_and_request_id(server: FakeSageServer, token: dict[str, Any], businesses: dict[str, str]) -> None:
     server.admin.clear_request_log()
     response = api(server, token, "/contacts", businesses["northwind"], page=2)
     assert len(response.headers["x_request_id"]) >= 16
     log = server.admin.request_log()
-    assert log == [{"method": "GET", "path": "/v3.1/contacts", "query": "page=2",
-                    "x_business": businesses["northwind"], "status": 200}]
+    assert log == [
+        {
+            "method": "GET",
+            "path": "/v3.1/contacts",
+            "query": "page=2",
+            "x_business": businesses["northwind"],
+            "status": 200,
+        }
+    ]
 
 
 def test_airflow_connection_json(server: FakeSageServer) -> None:

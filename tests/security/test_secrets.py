@@ -28,9 +28,19 @@ from sage_sync.sage.tokens import TokenSet
 from sage_sync.warehouse.token_store import PostgresTokenStore
 from sandbox.fake_sage.server import FakeSageServer
 
-RAW_TABLES = ("businesses", "financial_settings", "ledger_accounts", "contacts", "tax_rates",
-              "purchase_invoices", "purchase_credit_notes", "purchase_quick_entries", "other_payments",
-              "deletions", "quarantine")
+RAW_TABLES = (
+    "businesses",
+    "financial_settings",
+    "ledger_accounts",
+    "contacts",
+    "tax_rates",
+    "purchase_invoices",
+    "purchase_credit_notes",
+    "purchase_quick_entries",
+    "other_payments",
+    "deletions",
+    "quarantine",
+)
 CLIENT_SECRET = "s3cret-Client-Value-7f1c2e"
 
 
@@ -41,8 +51,9 @@ def sage() -> Iterator[FakeSageServer]:
 
 
 @pytest.fixture
-def env(sage: FakeSageServer, warehouse: psycopg.Connection, pg_dsn: str, fernet_key: str,
-        monkeypatch: pytest.MonkeyPatch) -> psycopg.Connection:
+def env(
+    sage: FakeSageServer, warehouse: psycopg.Connection, pg_dsn: str, fernet_key: str, monkeypatch: pytest.MonkeyPatch
+) -> psycopg.Connection:
     sage.admin.reset()
     point_env_at(monkeypatch, pg_dsn, sage)
     monkeypatch.setattr("sage_sync.sage.client._sleep", lambda _s: None)
@@ -66,9 +77,13 @@ def _texts_of(record: logging.LogRecord) -> list[str]:
     return texts
 
 
-def test_sync_never_logs_or_sends_tokens_in_urls(sage: FakeSageServer, env: psycopg.Connection, pg_dsn: str,
-                                                  monkeypatch: pytest.MonkeyPatch,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_sync_never_logs_or_sends_tokens_in_urls(
+    sage: FakeSageServer,
+    env: psycopg.Connection,
+    pg_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     issued: list[TokenSet] = []
     original_save = PostgresTokenStore.save
 
@@ -121,8 +136,9 @@ def test_token_columns_never_hold_plaintext(sage: FakeSageServer, env: psycopg.C
     stored = PostgresTokenStore(pg_dsn).load(company)
     assert stored is not None
     env.commit()
-    row = env.execute("select access_token_enc, refresh_token_enc from sage_control.oauth_tokens "
-                      "where company_id = %s", (company,)).fetchone()
+    row = env.execute(
+        "select access_token_enc, refresh_token_enc from sage_control.oauth_tokens where company_id = %s", (company,)
+    ).fetchone()
     assert row is not None
     access_enc, refresh_enc = row
     assert stored.access_token not in access_enc and stored.access_token not in refresh_enc
@@ -170,8 +186,9 @@ def test_an_authorization_code_is_single_use(sage: FakeSageServer, env: psycopg.
 def test_a_refresh_token_is_single_use(sage: FakeSageServer, env: psycopg.Connection) -> None:
     oauth = OAuthClient(sage_settings())
     verifier, challenge = new_pkce_pair()
-    first = oauth.exchange_code(sage.authorize(login_hint="demo@example.com", code_challenge=challenge),
-                                code_verifier=verifier)
+    first = oauth.exchange_code(
+        sage.authorize(login_hint="demo@example.com", code_challenge=challenge), code_verifier=verifier
+    )
     second = oauth.refresh(first.refresh_token)
     assert second.refresh_token != first.refresh_token
     with pytest.raises(ReauthorizationRequired) as replay:
@@ -204,8 +221,11 @@ def test_a_sync_writes_only_its_own_company(sage: FakeSageServer, env: psycopg.C
     assert after_a, "the sync of A wrote nothing"
     assert {company for _, company in after_a} == {company_a}
     assert after_a["purchase_invoices", company_a] > 0
-    assert {e["x_business"] for e in sage.admin.request_log() if e["path"].startswith("/v3.1/")
-            and e["path"] != "/v3.1/businesses"} <= {company_a}
+    assert {
+        e["x_business"]
+        for e in sage.admin.request_log()
+        if e["path"].startswith("/v3.1/") and e["path"] != "/v3.1/businesses"
+    } <= {company_a}
 
     sync.run_company(company_b)
     after_b = _counts(env)
@@ -213,10 +233,14 @@ def test_a_sync_writes_only_its_own_company(sage: FakeSageServer, env: psycopg.C
     assert after_b["purchase_invoices", company_b] > 0
     assert {company for _, company in after_b} == {company_a, company_b}
     # B's rows are B's records: no record id of A's invoices appears under B
-    ids_a = {r[0] for r in env.execute("select record_id from sage_raw.purchase_invoices where company_id = %s",
-                                       (company_a,))}
-    ids_b = {r[0] for r in env.execute("select record_id from sage_raw.purchase_invoices where company_id = %s",
-                                       (company_b,))}
+    ids_a = {
+        r[0]
+        for r in env.execute("select record_id from sage_raw.purchase_invoices where company_id = %s", (company_a,))
+    }
+    ids_b = {
+        r[0]
+        for r in env.execute("select record_id from sage_raw.purchase_invoices where company_id = %s", (company_b,))
+    }
     assert not ids_a & ids_b
 
 
@@ -226,28 +250,51 @@ def test_a_sync_writes_only_its_own_company(sage: FakeSageServer, env: psycopg.C
 API = "https://api.accounting.sage.com/v3.1"
 
 
-@pytest.mark.parametrize("link", [
-    "https://evil.example/v3.1/purchase_invoices?page=2",
-    "http://api.accounting.sage.com/v3.1/purchase_invoices?page=2",  # downgraded scheme
-    "https://api.accounting.sage.com.evil.example/v3.1/purchase_invoices",
-    "https://api.accounting.sage.com@evil.example/v3.1/purchase_invoices",
-    "https://api.accounting.sage.com:444/v3.1/purchase_invoices",
-    "https://api.accounting.sage.com/v3.10/purchase_invoices",
-    "https://api.accounting.sage.com/v3.1\\@evil.example/x",
-])
+@pytest.mark.parametrize(
+    "link",
+    [
+        "https://evil.example/v3.1/purchase_invoices?page=2",
+        "http://api.accounting.sage.com/v3.1/purchase_invoices?page=2",  # downgraded scheme
+        "https://api.accounting.sage.com.evil.example/v3.1/purchase_invoices",
+        "https://api.accounting.sage.com@evil.example/v3.1/purchase_invoices",
+        "https://api.accounting.sage.com:444/v3.1/purchase_invoices",
+        "https://api.accounting.sage.com/v3.10/purchase_invoices",
+        "https://api.accounting.sage.com/v3.1\\@evil.example/x",
+    ],
+)
 def test_join_url_refuses_absolute_links_outside_the_api_base(link: str) -> None:
     with pytest.raises(ValueError, match="refusing"):
         join_url(API, link)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(link=st.one_of(
-    st.text(max_size=60),
-    st.builds(lambda p, s: p + s, st.sampled_from([
-        "https://", "http://", "//", "/", "\\\\", "https:evil.example", "HTTPS://evil.example",
-        API, API + "@", API + ".", "/v3.1", "https://evil.example", "@evil.example", "https://x@",
-    ]), st.text(max_size=30)),
-))
+@given(
+    link=st.one_of(
+        st.text(max_size=60),
+        st.builds(
+            lambda p, s: p + s,
+            st.sampled_from(
+                [
+                    "https://",
+                    "http://",
+                    "//",
+                    "/",
+                    "\\\\",
+                    "https:evil.example",
+                    "HTTPS://evil.example",
+                    API,
+                    API + "@",
+                    API + ".",
+                    "/v3.1",
+                    "https://evil.example",
+                    "@evil.example",
+                    "https://x@",
+                ]
+            ),
+            st.text(max_size=30),
+        ),
+    )
+)
 def test_join_url_only_ever_yields_the_api_host(link: str) -> None:
     try:
         url = join_url(API, link)
@@ -273,9 +320,15 @@ class _Transport(requests.adapters.BaseAdapter):
         response.url = request.url or ""
         response.request = request
         response.headers["Content-Type"] = "application/json"
-        response._content = json.dumps({  # a canned response
-            "$items": [{"id": "1"}], "$page": 1, "$total": 400, "$itemsPerPage": 200,
-            "$next": self.next_link}).encode()
+        response._content = json.dumps(
+            {  # a canned response
+                "$items": [{"id": "1"}],
+                "$page": 1,
+                "$total": 400,
+                "$itemsPerPage": 200,
+                "$next": self.next_link,
+            }
+        ).encode()
         return response
 
     def close(self) -> None:
@@ -290,10 +343,13 @@ class _Tokens:
         return "bearer-secret-token-value"
 
 
-@pytest.mark.parametrize("next_link", [
-    "https://evil.example/v3.1/purchase_invoices?page=2",
-    "https://api.accounting.sage.com.evil.example/v3.1/purchase_invoices?page=2",
-])
+@pytest.mark.parametrize(
+    "next_link",
+    [
+        "https://evil.example/v3.1/purchase_invoices?page=2",
+        "https://api.accounting.sage.com.evil.example/v3.1/purchase_invoices?page=2",
+    ],
+)
 def test_client_refuses_a_next_link_to_another_host(next_link: str) -> None:
     transport = _Transport(next_link)
     session = requests.Session()

@@ -73,15 +73,23 @@ def _pick_command(pending_id: str, quarter: object) -> str:
 
 @main.command()
 @click.option("--code", default=None, help="The authorisation code from the callback URL (URL-encoded is fine).")
-@click.option("--pending", "pending_id", default=None,
-              help="An authorisation already exchanged by an earlier `connect` (see `businesses`).")
-@click.option("--business-id", default=None,
-              help="The Sage business to connect. Leave it out to list the user's businesses first: "
-                   "the code is exchanged once and kept for 15 minutes (see `businesses`).")
+@click.option(
+    "--pending",
+    "pending_id",
+    default=None,
+    help="An authorisation already exchanged by an earlier `connect` (see `businesses`).",
+)
+@click.option(
+    "--business-id",
+    default=None,
+    help="The Sage business to connect. Leave it out to list the user's businesses first: "
+    "the code is exchanged once and kept for 15 minutes (see `businesses`).",
+)
 @click.option("--synced-from", required=True, help="First quarter to import, e.g. 2024-Q1.")
 @click.option("--code-verifier", default=None, help="The PKCE verifier printed by authorize-url.")
-def connect(code: str | None, pending_id: str | None, business_id: str | None, synced_from: str,
-            code_verifier: str | None) -> None:
+def connect(
+    code: str | None, pending_id: str | None, business_id: str | None, synced_from: str, code_verifier: str | None
+) -> None:
     """Exchange an authorisation code and register the business with its Synced From quarter.
 
     A code can be used only once, so it is exchanged once: without --business-id, or with one the
@@ -93,13 +101,14 @@ def connect(code: str | None, pending_id: str | None, business_id: str | None, s
         if pending_id:
             auth = authorisation.held(pending_id)
             if auth is None:
-                raise lifecycle.LifecycleError("that authorisation expired (15 minutes) or was used: start again "
-                                               "with `python -m sage_sync authorize-url`")
+                raise lifecycle.LifecycleError(
+                    "that authorisation expired (15 minutes) or was used: start again "
+                    "with `python -m sage_sync authorize-url`"
+                )
         elif code:
             auth = lifecycle.exchange(pasted_code(code), code_verifier)
         else:
-            raise lifecycle.LifecycleError("pass --code (from the callback URL) or --pending (from an earlier "
-                                           "connect)")
+            raise lifecycle.LifecycleError("pass --code (from the callback URL) or --pending (from an earlier connect)")
         reachable = {b.get("id") for b in auth.businesses}
         if business_id not in reachable:
             if not pending_id:
@@ -108,21 +117,27 @@ def connect(code: str | None, pending_id: str | None, business_id: str | None, s
             if business_id is not None:
                 raise lifecycle.LifecycleError(
                     f"business {business_id!r} is not one this user can reach; the authorisation is kept for "
-                    f"15 minutes: run `{_pick_command(pending_id, quarter)}` with one of: {_business_list(auth)}")
+                    f"15 minutes: run `{_pick_command(pending_id, quarter)}` with one of: {_business_list(auth)}"
+                )
             click.echo(f"authorised; the user's businesses: {_business_list(auth)}")
             click.echo(f"pick one within 15 minutes: {_pick_command(pending_id, quarter)}")
             return
         existing = lifecycle.registered(business_id)
         if existing is not None and existing.synced_from != quarter:
             # Moving Synced From is a backfill (set-synced-from), never a side effect of a login.
-            click.echo(f"note: {business_id} keeps Synced From {existing.synced_from_quarter}; "
-                       "moving it earlier is done with set-synced-from", err=True)
+            click.echo(
+                f"note: {business_id} keeps Synced From {existing.synced_from_quarter}; "
+                "moving it earlier is done with set-synced-from",
+                err=True,
+            )
         company = lifecycle.register(auth, business_id, quarter)
         if pending_id:
             authorisation.release(pending_id)
     business = auth.business(business_id)
-    click.echo(f"connected {lifecycle.business_name(business)} ({business_id}), "
-               f"Synced From {company.synced_from_quarter}, status {company.status}")
+    click.echo(
+        f"connected {lifecycle.business_name(business)} ({business_id}), "
+        f"Synced From {company.synced_from_quarter}, status {company.status}"
+    )
 
 
 @main.command()
@@ -133,11 +148,12 @@ def businesses(pending_id: str, as_json: bool) -> None:
     with _refusals():
         auth = authorisation.held(pending_id)
         if auth is None:
-            raise lifecycle.LifecycleError("that authorisation expired (15 minutes) or was used: start again "
-                                           "with `python -m sage_sync authorize-url`")
+            raise lifecycle.LifecycleError(
+                "that authorisation expired (15 minutes) or was used: start again "
+                "with `python -m sage_sync authorize-url`"
+            )
     if as_json:
-        click.echo(json.dumps([{"id": b.get("id"), "name": authorisation.business_name(b)}
-                               for b in auth.businesses]))
+        click.echo(json.dumps([{"id": b.get("id"), "name": authorisation.business_name(b)} for b in auth.businesses]))
         return
     for business in auth.businesses:
         click.echo(f"{business.get('id')}  {authorisation.business_name(business)}")
@@ -171,8 +187,10 @@ def reconnect(company_id: str, code: str, code_verifier: str | None) -> None:
     """Re-authorise a company; its next run imports everything since its last watermark."""
     with _refusals():
         company = lifecycle.reconnect(company_id, pasted_code(code), code_verifier)
-    click.echo(f"reconnected {company.company_name} ({company_id}): status {company.status}; the next run "
-               "imports every change since the last successful sync and sweeps for deletions")
+    click.echo(
+        f"reconnected {company.company_name} ({company_id}): status {company.status}; the next run "
+        "imports every change since the last successful sync and sweeps for deletions"
+    )
 
 
 @main.command("set-synced-from")
@@ -182,25 +200,31 @@ def reconnect(company_id: str, code: str, code_verifier: str | None) -> None:
 @click.option("--code-verifier", default=None, help="The PKCE verifier printed by authorize-url.")
 @click.option("--yes", "confirmed", is_flag=True, help="Confirm: documents from QUARTER on are imported.")
 @click.option("--check", is_flag=True, help="Only validate the move; change nothing.")
-@click.option("--here", is_flag=True, help="Run the backfill in this process instead of triggering "
-              "the sage_backfill DAG.")
-def set_synced_from(company_id: str, quarter: str, code: str | None, code_verifier: str | None,
-                    confirmed: bool, check: bool, here: bool) -> None:
+@click.option(
+    "--here", is_flag=True, help="Run the backfill in this process instead of triggering the sage_backfill DAG."
+)
+def set_synced_from(
+    company_id: str, quarter: str, code: str | None, code_verifier: str | None, confirmed: bool, check: bool, here: bool
+) -> None:
     """Move a company's Synced From earlier: re-authorise, then backfill (Synced From moves on success)."""
     with _refusals():
         company, wanted = lifecycle.prepare_backfill(company_id, quarter)
         start, end = lifecycle.backfill_window(company, wanted)
         if check:
-            click.echo(f"ok: {company_id} can move Synced From {company.synced_from_quarter} -> {wanted} "
-                       f"(documents dated {start} to {end})")
+            click.echo(
+                f"ok: {company_id} can move Synced From {company.synced_from_quarter} -> {wanted} "
+                f"(documents dated {start} to {end})"
+            )
             return
         if not confirmed:
             raise lifecycle.LifecycleError(
-                f"moving Synced From to {wanted} imports every document dated {start} to {end}; "
-                "confirm with --yes")
+                f"moving Synced From to {wanted} imports every document dated {start} to {end}; confirm with --yes"
+            )
         if not code:
-            raise lifecycle.LifecycleError("moving Synced From needs a fresh Authorise Access: pass --code "
-                                           "(and --code-verifier) from `authorize-url`")
+            raise lifecycle.LifecycleError(
+                "moving Synced From needs a fresh Authorise Access: pass --code "
+                "(and --code-verifier) from `authorize-url`"
+            )
         lifecycle.authorise_backfill(company_id, quarter, pasted_code(code), code_verifier)
     conf = lifecycle.backfill_conf(company_id, wanted)
     if here:
@@ -213,16 +237,21 @@ def set_synced_from(company_id: str, quarter: str, code: str | None, code_verifi
     try:
         lifecycle.start_backfill(company_id, wanted)
     except AirflowUnavailable as exc:
-        fail(f"could not trigger {lifecycle.BACKFILL_DAG_ID} ({exc}); "
-             "run again with --here to backfill in this process")
+        fail(
+            f"could not trigger {lifecycle.BACKFILL_DAG_ID} ({exc}); run again with --here to backfill in this process"
+        )
     click.echo(f"triggered {lifecycle.BACKFILL_DAG_ID} with {json.dumps(conf)}; Synced From moves when it succeeds")
 
 
 @main.command()
 @click.argument("company_id")
 @click.option("--yes", "confirmed", is_flag=True, help="Confirm: the company's imported data is wiped.")
-@click.option("--sync/--no-sync", "run_sync", default=True,
-              help="Run the full sync now, in this process (default), or leave it to the next daily run.")
+@click.option(
+    "--sync/--no-sync",
+    "run_sync",
+    default=True,
+    help="Run the full sync now, in this process (default), or leave it to the next daily run.",
+)
 def reset(company_id: str, confirmed: bool, run_sync: bool) -> None:
     """Wipe a company's raw data and watermarks, then re-import everything from its Synced From."""
     with _refusals():
@@ -269,10 +298,16 @@ def sync_cmd(company_id: str) -> None:
 
 @main.command("report")
 @click.argument("company")
-@click.option("--from", "from_quarter", default=None, metavar="YYYY-Qn",
-              help="First quarter to include (default: all).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder to write the files to (created if missing).")
+@click.option(
+    "--from", "from_quarter", default=None, metavar="YYYY-Qn", help="First quarter to include (default: all)."
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write the files to (created if missing).",
+)
 def report_cmd(company: str, from_quarter: str | None, out_dir: Path) -> None:
     """Write a company's kg CO2e by quarter and category, and its coverage: CSV, XLSX and a PNG chart.
 

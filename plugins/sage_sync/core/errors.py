@@ -37,9 +37,11 @@ class GrantRefused(ReauthorizationRequired):
         self.company_id = company_id
         self.company_name = company_name
         self.reason = reason
-        text = (f"Sage refused the grant for {company_name}: re-authorise it on the Sage connections page "
-                f"or with `python -m sage_sync reconnect {company_id} --code ...` (code from "
-                "`python -m sage_sync authorize-url`)")
+        text = (
+            f"Sage refused the grant for {company_name}: re-authorise it on the Sage connections page "
+            f"or with `python -m sage_sync reconnect {company_id} --code ...` (code from "
+            "`python -m sage_sync authorize-url`)"
+        )
         if reason:
             text += f"; Sage said: {reason}"
         super().__init__(text)

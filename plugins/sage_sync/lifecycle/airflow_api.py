@@ -149,14 +149,22 @@ def _token(root: str, token: str | None) -> str | None:
     return str(response.json()["access_token"])
 
 
-def _call(method: str, path: str, body: dict[str, Any] | None, *, base: str | None, token: str | None,
-          params: dict[str, Any] | None = None) -> dict[str, Any]:
+def _call(
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    *,
+    base: str | None,
+    token: str | None,
+    params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     root = api_url(base)
     try:
         bearer = _token(root, token)
         headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
-        response = requests.request(method, f"{root}/api/v2{path}", json=body, params=params, headers=headers,
-                                    timeout=TIMEOUT)
+        response = requests.request(
+            method, f"{root}/api/v2{path}", json=body, params=params, headers=headers, timeout=TIMEOUT
+        )
     except requests.RequestException as exc:
         raise AirflowUnavailable(f"no Airflow api-server answers at {root} ({type(exc).__name__})") from None
     if not response.ok:
@@ -183,8 +191,13 @@ def trigger(dag_id: str, conf: dict[str, Any] | None, caller: Caller | None = No
     caller = caller or Caller()
     set_dag_paused(dag_id, paused=False, base=caller.base_url, token=caller.token)
     run_id = f"manual__sage_{datetime.now(UTC):%Y%m%dT%H%M%S}_{secrets.token_hex(3)}"
-    _call("POST", f"/dags/{dag_id}/dagRuns", {"dag_run_id": run_id, "logical_date": None, "conf": conf or {}},
-          base=caller.base_url, token=caller.token)
+    _call(
+        "POST",
+        f"/dags/{dag_id}/dagRuns",
+        {"dag_run_id": run_id, "logical_date": None, "conf": conf or {}},
+        base=caller.base_url,
+        token=caller.token,
+    )
     return f"{dag_id} run {run_id}"
 
 
@@ -224,8 +237,14 @@ def next_runs(caller: Caller | None = None, page_size: int = 100) -> dict[str, d
     found: dict[str, datetime | None] = {}
     offset = 0
     while True:
-        page = _call("GET", "/dags", None, base=caller.base_url, token=caller.token, params={
-            "dag_id_pattern": DAG_ID_PREFIX, "limit": page_size, "offset": offset})
+        page = _call(
+            "GET",
+            "/dags",
+            None,
+            base=caller.base_url,
+            token=caller.token,
+            params={"dag_id_pattern": DAG_ID_PREFIX, "limit": page_size, "offset": offset},
+        )
         dags = page.get("dags", [])
         for dag in dags:
             when = dag.get("next_dagrun_run_after")

@@ -39,8 +39,7 @@ class Authorisation:
         match = next((b for b in self.businesses if b.get("id") == business_id), None)
         if match is None:
             known = ", ".join(f"{b.get('id')} ({business_name(b)})" for b in self.businesses)
-            raise LifecycleError(f"business {business_id!r} is not one this user can reach; "
-                                 f"theirs: {known or 'none'}")
+            raise LifecycleError(f"business {business_id!r} is not one this user can reach; theirs: {known or 'none'}")
         return match
 
 
@@ -68,8 +67,11 @@ def begin(settings: SageSettings | None = None) -> AuthorisationStart:
 
 def seal_flow(start: AuthorisationStart, **flow: str) -> str:
     """The flow (``start``'s state and verifier plus ``flow``), encrypted for a cookie that expires."""
-    return crypto.encrypt(json.dumps({"state": start.state, "verifier": start.code_verifier, **flow,
-                                      "expires": time.time() + FLOW_SECONDS}))
+    return crypto.encrypt(
+        json.dumps(
+            {"state": start.state, "verifier": start.code_verifier, **flow, "expires": time.time() + FLOW_SECONDS}
+        )
+    )
 
 
 def open_flow(sealed: str, state: str) -> dict[str, Any]:
@@ -113,8 +115,9 @@ def exchange(code: str, code_verifier: str | None, *, settings: SageSettings | N
         tokens = OAuthClient(settings).exchange_code(code.strip(), code_verifier=code_verifier or None)
         businesses = list_businesses(settings, tokens.access_token)
     except ReauthorizationRequired as exc:
-        raise LifecycleError(f"Sage refused the authorisation code (expired, already used or issued for "
-                             f"another redirect): {exc}") from None
+        raise LifecycleError(
+            f"Sage refused the authorisation code (expired, already used or issued for another redirect): {exc}"
+        ) from None
     except SageError as exc:
         raise LifecycleError(f"Sage authorisation failed: {exc}") from None
     return Authorisation(tokens, businesses)

@@ -49,10 +49,31 @@ dag_id_for = airflow_api.dag_id_for
 
 # The names the CLI and the Connect pages use from here, whichever module defines them.
 __all__ = [
-    "BACKFILL_DAG_ID", "Authorisation", "Disconnected", "LifecycleError", "authorise_backfill", "backfill_conf",
-    "backfill_window", "business_name", "close_reset_run", "connect", "connect_company", "dag_id_for",
-    "disconnect", "exchange", "migrate_warehouse", "parse_quarter", "prepare_backfill", "reconnect", "register",
-    "require_known", "reset", "run_backfill_here", "run_reset_sync", "start_backfill", "sync_now",
+    "BACKFILL_DAG_ID",
+    "Authorisation",
+    "Disconnected",
+    "LifecycleError",
+    "authorise_backfill",
+    "backfill_conf",
+    "backfill_window",
+    "business_name",
+    "close_reset_run",
+    "connect",
+    "connect_company",
+    "dag_id_for",
+    "disconnect",
+    "exchange",
+    "migrate_warehouse",
+    "parse_quarter",
+    "prepare_backfill",
+    "reconnect",
+    "register",
+    "require_known",
+    "reset",
+    "run_backfill_here",
+    "run_reset_sync",
+    "start_backfill",
+    "sync_now",
     "trigger_full_sync",
 ]
 
@@ -60,8 +81,9 @@ __all__ = [
 # -- connect ----------------------------------------------------------------------------------------
 
 
-def register(auth: Authorisation, business_id: str, quarter: Quarter | str, *, dsn: str | None = None
-             ) -> registry.Company:
+def register(
+    auth: Authorisation, business_id: str, quarter: Quarter | str, *, dsn: str | None = None
+) -> registry.Company:
     """Register a business the user picked from ``auth`` and store its tokens.
 
     A business that is already registered keeps its Synced From (moving it is a backfill) and
@@ -83,8 +105,15 @@ def register(auth: Authorisation, business_id: str, quarter: Quarter | str, *, d
     return company
 
 
-def connect(code: str, code_verifier: str | None, business_id: str, quarter: Quarter | str, *,
-            dsn: str | None = None, settings: SageSettings | None = None) -> registry.Company:
+def connect(
+    code: str,
+    code_verifier: str | None,
+    business_id: str,
+    quarter: Quarter | str,
+    *,
+    dsn: str | None = None,
+    settings: SageSettings | None = None,
+) -> registry.Company:
     """Exchange ``code`` and register ``business_id`` from ``quarter`` (the CLI's ``connect``)."""
     quarter = parse_quarter(quarter) if isinstance(quarter, str) else quarter
     auth = exchange(code, code_verifier, settings=settings)
@@ -105,8 +134,9 @@ class Disconnected:
     dag_paused: bool
 
 
-def disconnect(company_id: str, *, dsn: str | None = None, settings: SageSettings | None = None,
-               pause_dag: bool = True) -> Disconnected:
+def disconnect(
+    company_id: str, *, dsn: str | None = None, settings: SageSettings | None = None, pause_dag: bool = True
+) -> Disconnected:
     """Stop imports for good until a reconnect: status, event, grant revoked at Sage, DAG paused.
 
     The status goes first (committed), so a run in flight stops at its next step with a clear
@@ -140,10 +170,19 @@ def disconnect(company_id: str, *, dsn: str | None = None, settings: SageSetting
     paused = airflow_api.set_dag_paused(dag_id_for(company_id), paused=True) if pause_dag else False
     with warehouse(dsn) as conn:
         company = require_company(conn, company_id)
-        registry.log_event(conn, company_id, "disconnected", {
-            "status": "disconnected", "previous_status": _previous_status(conn, company_id),
-            "synced_from_quarter": company.synced_from_quarter, "token_revoked": revoked,
-            "revoke_error": revoke_error, "dag_paused": paused})
+        registry.log_event(
+            conn,
+            company_id,
+            "disconnected",
+            {
+                "status": "disconnected",
+                "previous_status": _previous_status(conn, company_id),
+                "synced_from_quarter": company.synced_from_quarter,
+                "token_revoked": revoked,
+                "revoke_error": revoke_error,
+                "dag_paused": paused,
+            },
+        )
         conn.commit()
     return Disconnected(company, revoked, revoke_error, paused)
 
@@ -152,12 +191,19 @@ def _previous_status(conn: psycopg.Connection, company_id: str) -> str | None:
     row = conn.execute(
         "select details ->> 'status' from sage_control.connection_events where company_id = %s "
         "and details ? 'status' and event_type <> 'disconnected' order by event_id desc limit 1",
-        (company_id,)).fetchone()
+        (company_id,),
+    ).fetchone()
     return row[0] if row else None
 
 
-def reconnect(company_id: str, code: str, code_verifier: str | None, *, dsn: str | None = None,
-              settings: SageSettings | None = None) -> registry.Company:
+def reconnect(
+    company_id: str,
+    code: str,
+    code_verifier: str | None,
+    *,
+    dsn: str | None = None,
+    settings: SageSettings | None = None,
+) -> registry.Company:
     """Re-authorise a company (disconnected, needing re-authorisation, or any other status).
 
     Watermarks are kept, so the next run imports everything created or updated since the last
@@ -175,8 +221,9 @@ def reconnect(company_id: str, code: str, code_verifier: str | None, *, dsn: str
 def _reauthorise(company: registry.Company, auth: Authorisation, *, dsn: str, via: str) -> registry.Company:
     PostgresTokenStore(dsn).save(company.company_id, auth.tokens)
     with warehouse(dsn) as conn:
-        updated = registry.reauthorise(conn, company.company_id, details={
-            "previous_status": company.status, "via": via})
+        updated = registry.reauthorise(
+            conn, company.company_id, details={"previous_status": company.status, "via": via}
+        )
         conn.commit()
     airflow_api.set_dag_paused(dag_id_for(company.company_id), paused=False)
     return updated
@@ -185,8 +232,9 @@ def _reauthorise(company: registry.Company, auth: Authorisation, *, dsn: str, vi
 # -- Synced From (backfill) -------------------------------------------------------------------------
 
 
-def prepare_backfill(company_id: str, quarter_text: str, *, dsn: str | None = None, offered_only: bool = False
-                     ) -> tuple[registry.Company, Quarter]:
+def prepare_backfill(
+    company_id: str, quarter_text: str, *, dsn: str | None = None, offered_only: bool = False
+) -> tuple[registry.Company, Quarter]:
     """Refuse an unknown company or a quarter that is not earlier than Synced From.
 
     ``offered_only`` (the Connect pages) also refuses quarters before the floor the pages offer
@@ -201,16 +249,27 @@ def prepare_backfill(company_id: str, quarter_text: str, *, dsn: str | None = No
     return company, quarter
 
 
-def authorise_backfill(company_id: str, quarter_text: str, code: str, code_verifier: str | None, *,
-                       dsn: str | None = None, settings: SageSettings | None = None) -> Quarter:
+def authorise_backfill(
+    company_id: str,
+    quarter_text: str,
+    code: str,
+    code_verifier: str | None,
+    *,
+    dsn: str | None = None,
+    settings: SageSettings | None = None,
+) -> Quarter:
     """Validate the move, then store the grant of the fresh Authorise Access it requires."""
     company, quarter = prepare_backfill(company_id, quarter_text, dsn=dsn)
     auth = exchange(code, code_verifier, settings=settings)
     auth.business(company_id)
     PostgresTokenStore(dsn or dsn_or_refuse()).save(company.company_id, auth.tokens)
     with warehouse(dsn) as conn:
-        registry.log_event(conn, company_id, "backfill_requested", {
-            "synced_from_quarter": company.synced_from_quarter, "requested_synced_from_quarter": str(quarter)})
+        registry.log_event(
+            conn,
+            company_id,
+            "backfill_requested",
+            {"synced_from_quarter": company.synced_from_quarter, "requested_synced_from_quarter": str(quarter)},
+        )
         conn.commit()
     return quarter
 
@@ -234,8 +293,10 @@ def reset(company_id: str, *, confirm: bool, dsn: str | None = None) -> str:
     forget_reset_companies), so nothing here writes to a dbt table.
     """
     if not confirm:
-        raise LifecycleError("reset wipes the company's imported data and re-imports it from Synced From: "
-                             "confirm it explicitly", cli_hint="(--yes)")
+        raise LifecycleError(
+            "reset wipes the company's imported data and re-imports it from Synced From: confirm it explicitly",
+            cli_hint="(--yes)",
+        )
     dsn = dsn or dsn_or_refuse()
     with warehouse(dsn) as conn:
         company = require_company(conn, company_id)
@@ -247,15 +308,28 @@ def reset(company_id: str, *, confirm: bool, dsn: str | None = None) -> str:
             raise LifecycleError(str(exc)) from None
         wiped: dict[str, int] = {}
         for table in sorted(RAW_STREAMS | {"deletions", "quarantine"}):
-            cur = conn.execute(sql.SQL("delete from {} where company_id = %s").format(
-                sql.Identifier("sage_raw", table)), (company_id,))
+            cur = conn.execute(
+                sql.SQL("delete from {} where company_id = %s").format(sql.Identifier("sage_raw", table)), (company_id,)
+            )
             wiped[table] = cur.rowcount
         cleared = watermarks.clear_watermarks(conn, company_id)
-        conn.execute("update sage_control.companies set reconcile_requested = false, last_reconciled_at = null "
-                     "where company_id = %s", (company_id,))
-        registry.set_status(conn, company_id, CompanyStatus.INITIAL_SYNC, event_type="reset", details={
-            "synced_from_quarter": company.synced_from_quarter, "rows_deleted": wiped,
-            "watermarks_cleared": cleared, "sync_run_id": run_id})
+        conn.execute(
+            "update sage_control.companies set reconcile_requested = false, last_reconciled_at = null "
+            "where company_id = %s",
+            (company_id,),
+        )
+        registry.set_status(
+            conn,
+            company_id,
+            CompanyStatus.INITIAL_SYNC,
+            event_type="reset",
+            details={
+                "synced_from_quarter": company.synced_from_quarter,
+                "rows_deleted": wiped,
+                "watermarks_cleared": cleared,
+                "sync_run_id": run_id,
+            },
+        )
         conn.commit()
     return run_id
 

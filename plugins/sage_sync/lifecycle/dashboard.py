@@ -33,8 +33,18 @@ log = logging.getLogger(__name__)
 HISTORY_LENGTH = 10
 EXCEPTIONS_SHOWN = 50
 
-__all__ = ["DISPLAY_ORDER", "HISTORY_LENGTH", "backfill_quarters", "company_page", "connect_quarters",
-           "display_name", "format_duration", "overview", "problem", "progress"]
+__all__ = [
+    "DISPLAY_ORDER",
+    "HISTORY_LENGTH",
+    "backfill_quarters",
+    "company_page",
+    "connect_quarters",
+    "display_name",
+    "format_duration",
+    "overview",
+    "problem",
+    "progress",
+]
 
 
 def display_name(company_id: str, registered: str | None, sage_name: str | None) -> str:
@@ -58,8 +68,17 @@ def progress(stats: dict[str, Any], *, elapsed_seconds: int | None = None) -> di
     for name in [*STREAMS, *sorted(set(stats) - set(STREAMS))]:
         s = stats.get(name)
         if s is None:
-            streams.append({"stream": name, "started": False, "pages": 0, "records": 0, "total": None,
-                            "share": None, "quarantined": 0})
+            streams.append(
+                {
+                    "stream": name,
+                    "started": False,
+                    "pages": 0,
+                    "records": 0,
+                    "total": None,
+                    "share": None,
+                    "quarantined": 0,
+                }
+            )
             continue
         records = int(s.get("rows_seen", 0))
         stream_total = int(s["total_reported"]) if s.get("total_reported") is not None else None
@@ -70,15 +89,31 @@ def progress(stats: dict[str, Any], *, elapsed_seconds: int | None = None) -> di
             share = 1.0 if stream_total == 0 else min(records, stream_total) / stream_total
         else:
             untotalled += records
-        streams.append({"stream": name, "started": True, "pages": int(s.get("pages", 0)), "records": records,
-                        "total": stream_total, "share": share, "quarantined": int(s.get("quarantined", 0))})
+        streams.append(
+            {
+                "stream": name,
+                "started": True,
+                "pages": int(s.get("pages", 0)),
+                "records": records,
+                "total": stream_total,
+                "share": share,
+                "quarantined": int(s.get("quarantined", 0)),
+            }
+        )
     share = done / total if total else None
     eta = None
     if elapsed_seconds is not None and share and share < 1:
         eta = int(elapsed_seconds * (1 - share) / share)
-    return {"streams": streams, "records_done": done, "total": total, "records_untotalled": untotalled,
-            "share": share, "elapsed_seconds": elapsed_seconds, "eta_seconds": eta,
-            "pages": sum(s["pages"] for s in streams)}
+    return {
+        "streams": streams,
+        "records_done": done,
+        "total": total,
+        "records_untotalled": untotalled,
+        "share": share,
+        "elapsed_seconds": elapsed_seconds,
+        "eta_seconds": eta,
+        "pages": sum(s["pages"] for s in streams),
+    }
 
 
 def problem(status: str, last_error: str | None, last_run: dict[str, Any] | None) -> dict[str, str] | None:
@@ -89,22 +124,33 @@ def problem(status: str, last_error: str | None, last_run: dict[str, Any] | None
     """
     detail = f" Sage said: {last_error}" if last_error else ""
     if status == CompanyStatus.NEEDS_REAUTH:
-        return {"words": "Sage no longer accepts this company's authorisation: it was revoked in Sage, "
-                         "or it expired after a long time without a sync." + detail,
-                "fix": "Reconnect the company and authorise access at Sage again; the next run then "
-                       "imports every change since the last successful sync.", "action": "reconnect"}
+        return {
+            "words": "Sage no longer accepts this company's authorisation: it was revoked in Sage, "
+            "or it expired after a long time without a sync." + detail,
+            "fix": "Reconnect the company and authorise access at Sage again; the next run then "
+            "imports every change since the last successful sync.",
+            "action": "reconnect",
+        }
     if status == CompanyStatus.ERROR:
-        return {"words": "Sage refuses access to this business: its Sage subscription is not active." + detail,
-                "fix": "Renew the subscription in Sage (the business owner can); the next daily run picks "
-                       "it up again by itself.", "action": "wait"}
+        return {
+            "words": "Sage refuses access to this business: its Sage subscription is not active." + detail,
+            "fix": "Renew the subscription in Sage (the business owner can); the next daily run picks "
+            "it up again by itself.",
+            "action": "wait",
+        }
     if status == CompanyStatus.DISCONNECTED:
-        return {"words": "Disconnected: nothing is imported; the data already imported is kept.",
-                "fix": "Reconnect to resume the daily sync from where it stopped.", "action": "reconnect"}
+        return {
+            "words": "Disconnected: nothing is imported; the data already imported is kept.",
+            "fix": "Reconnect to resume the daily sync from where it stopped.",
+            "action": "reconnect",
+        }
     if last_run and last_run["status"] == "failed":
-        return {"words": f"The last {last_run['kind']} run failed: {last_run.get('error') or 'see its log'}.",
-                "fix": "Open the run's task log for the cause; once fixed, the next daily run catches up "
-                       "by itself (nothing is lost: watermarks move only after a complete read).",
-                "action": "log"}
+        return {
+            "words": f"The last {last_run['kind']} run failed: {last_run.get('error') or 'see its log'}.",
+            "fix": "Open the run's task log for the cause; once fixed, the next daily run catches up "
+            "by itself (nothing is lost: watermarks move only after a complete read).",
+            "action": "log",
+        }
     return None
 
 
@@ -114,8 +160,11 @@ def _run_row(company_id: str, run: dict[str, Any]) -> dict[str, Any]:
     airflow_run = airflow_run_of(company_id, run["sync_run_id"])
     dag_id = airflow_api.run_dag_id(company_id, run["kind"])
     return {
-        "sync_run_id": run["sync_run_id"], "kind": run["kind"], "status": run["status"],
-        "started_at": run["started_at"], "ended_at": run["ended_at"],
+        "sync_run_id": run["sync_run_id"],
+        "kind": run["kind"],
+        "status": run["status"],
+        "started_at": run["started_at"],
+        "ended_at": run["ended_at"],
         "duration": format_duration(int((end - run["started_at"]).total_seconds())),
         "pages": sum(int(s.get("pages", 0)) for s in stats.values()),
         "records": sum(int(s.get("rows_seen", 0)) for s in stats.values()),
@@ -125,8 +174,9 @@ def _run_row(company_id: str, run: dict[str, Any]) -> dict[str, Any]:
         "error": run["error"],
         "airflow_run_id": airflow_run,
         "run_path": airflow_api.ui_run_path(dag_id, airflow_run) if airflow_run else None,
-        "log_path": (airflow_api.ui_task_path(dag_id, airflow_run, airflow_api.log_task(run["kind"]))
-                     if airflow_run else None),
+        "log_path": (
+            airflow_api.ui_task_path(dag_id, airflow_run, airflow_api.log_task(run["kind"])) if airflow_run else None
+        ),
     }
 
 
@@ -149,9 +199,12 @@ def overview(caller: airflow_api.Caller | None = None, *, dsn: str | None = None
         items = company_statuses(conn)
         names = reports.company_names(conn)
         stats = reports.run_stats(conn, [i["company_id"] for i in items])
-        history = {i["company_id"]: [_run_row(i["company_id"], r)
-                                     for r in reports.recent_runs(conn, i["company_id"], HISTORY_LENGTH)]
-                   for i in items}
+        history = {
+            i["company_id"]: [
+                _run_row(i["company_id"], r) for r in reports.recent_runs(conn, i["company_id"], HISTORY_LENGTH)
+            ]
+            for i in items
+        }
         # last: until the transform has built the emissions marts this rolls the connection back
         emissions = latest_quarters(conn)
     schedule = _next_runs(caller)
@@ -172,8 +225,9 @@ def overview(caller: airflow_api.Caller | None = None, *, dsn: str | None = None
     return items
 
 
-def company_page(company_id: str, caller: airflow_api.Caller | None = None, *, dsn: str | None = None
-                 ) -> dict[str, Any]:
+def company_page(
+    company_id: str, caller: airflow_api.Caller | None = None, *, dsn: str | None = None
+) -> dict[str, Any]:
     """One company: its dashboard entry, streams (progress and watermarks), sync_health and exceptions.
 
     Each mart is None until ``sage_transform`` has built it. Raises :class:`LifecycleError` for
@@ -189,10 +243,20 @@ def company_page(company_id: str, caller: airflow_api.Caller | None = None, *, d
         company = require_company(conn, company_id)
         marks = reports.watermarks(conn, company_id)
         health = reports.mart_rows(conn, reports.SYNC_HEALTH_MART, company_id, order_by="stream", limit=100)
-        currency = reports.mart_rows(conn, reports.CURRENCY_EXCEPTIONS_MART, company_id,
-                                     order_by="-transaction_date,record_id", limit=EXCEPTIONS_SHOWN)
-        spend = reports.mart_rows(conn, reports.SPEND_EXCEPTIONS_MART, company_id,
-                                  order_by="-transaction_date,record_id", limit=EXCEPTIONS_SHOWN)
+        currency = reports.mart_rows(
+            conn,
+            reports.CURRENCY_EXCEPTIONS_MART,
+            company_id,
+            order_by="-transaction_date,record_id",
+            limit=EXCEPTIONS_SHOWN,
+        )
+        spend = reports.mart_rows(
+            conn,
+            reports.SPEND_EXCEPTIONS_MART,
+            company_id,
+            order_by="-transaction_date,record_id",
+            limit=EXCEPTIONS_SHOWN,
+        )
         quarantine_count, quarantine = reports.quarantined(conn, company_id, EXCEPTIONS_SHOWN)
     streams = (item["progress"] or progress({}))["streams"]
     for stream in streams:
@@ -200,10 +264,13 @@ def company_page(company_id: str, caller: airflow_api.Caller | None = None, *, d
         stream["updated_since"] = mark.get("updated_since")
         stream["deleted_since"] = mark.get("deleted_since")
     return {
-        **item, "streams": streams, "company": company,
+        **item,
+        "streams": streams,
+        "company": company,
         "backfill_quarters": [str(q) for q in backfill_quarters(company)],
         "sync_health": health[1] if health else None,
-        "currency_exceptions": currency, "spend_exceptions": spend,
+        "currency_exceptions": currency,
+        "spend_exceptions": spend,
         "quarantine": (quarantine_count, quarantine),
         "as_of": datetime.now(UTC),
     }

@@ -78,11 +78,14 @@ def validate_earlier_quarter(company: registry.Company, text: str, *, today: dat
     if quarter == current:
         raise LifecycleError(f"{company.company_id} already syncs from {current}; pick an earlier quarter")
     if quarter > current:
-        raise LifecycleError(f"{quarter} is later than the current Synced From {current}: Synced From only "
-                             "moves earlier (use reset to start again)")
+        raise LifecycleError(
+            f"{quarter} is later than the current Synced From {current}: Synced From only "
+            "moves earlier (use reset to start again)"
+        )
     if company.status == CompanyStatus.INITIAL_SYNC:
-        raise LifecycleError(f"{company.company_id} is still in its initial sync: move Synced From once it "
-                             "has completed")
+        raise LifecycleError(
+            f"{company.company_id} is still in its initial sync: move Synced From once it has completed"
+        )
     if company.status in NOT_CONNECTED:
         raise LifecycleError(f"{company.company_id} is {company.status}: reconnect it first")
     return quarter

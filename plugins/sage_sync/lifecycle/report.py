@@ -22,15 +22,44 @@ from sage_sync.core.errors import ReportError
 from sage_sync.core.quarters import Quarter
 
 MARTS = "analytics"
-CATEGORY_COLUMNS = ["company_id", "company_name", "quarter", "category", "factor_set", "line_count",
-                    "net_gbp", "mapped_gbp", "unmapped_gbp", "out_of_scope_gbp", "kgco2e",
-                    "upstream_only_kgco2e", "low_confidence_kgco2e", "share_of_quarter_kgco2e"]
-COVERAGE_COLUMNS = ["company_id", "company_name", "quarter", "factor_set", "is_company_data_complete",
-                    "line_count", "net_gbp", "mapped_gbp", "unmapped_gbp", "out_of_scope_gbp",
-                    "in_scope_gbp", "coverage_share", "low_confidence_gbp", "kgco2e", "upstream_only_kgco2e"]
-ATTRIBUTION = ("Emission factors: Defra / University of Leeds, spend-based emissions multipliers "
-               "(UK and England's carbon footprint to 2023). Contains public sector information "
-               "licensed under the Open Government Licence v3.0.")
+CATEGORY_COLUMNS = [
+    "company_id",
+    "company_name",
+    "quarter",
+    "category",
+    "factor_set",
+    "line_count",
+    "net_gbp",
+    "mapped_gbp",
+    "unmapped_gbp",
+    "out_of_scope_gbp",
+    "kgco2e",
+    "upstream_only_kgco2e",
+    "low_confidence_kgco2e",
+    "share_of_quarter_kgco2e",
+]
+COVERAGE_COLUMNS = [
+    "company_id",
+    "company_name",
+    "quarter",
+    "factor_set",
+    "is_company_data_complete",
+    "line_count",
+    "net_gbp",
+    "mapped_gbp",
+    "unmapped_gbp",
+    "out_of_scope_gbp",
+    "in_scope_gbp",
+    "coverage_share",
+    "low_confidence_gbp",
+    "kgco2e",
+    "upstream_only_kgco2e",
+]
+ATTRIBUTION = (
+    "Emission factors: Defra / University of Leeds, spend-based emissions multipliers "
+    "(UK and England's carbon footprint to 2023). Contains public sector information "
+    "licensed under the Open Government Licence v3.0."
+)
 
 
 @dataclass(frozen=True)
@@ -49,17 +78,23 @@ def _rows(conn: psycopg.Connection, query: sql.Composable, params: dict[str, Any
             cur.execute(query, params)
         except psycopg.errors.UndefinedTable as exc:
             conn.rollback()
-            raise ReportError("the emissions marts are not built yet: run the dbt transform "
-                              "(the sage_transform DAG or `dbt build`)") from exc
+            raise ReportError(
+                "the emissions marts are not built yet: run the dbt transform (the sage_transform DAG or `dbt build`)"
+            ) from exc
         return cur.fetchall()
 
 
 def resolve_company(conn: psycopg.Connection, company: str) -> tuple[str, str]:
     """``(company_id, company_name)`` for a company id or name (case-insensitive)."""
-    rows = _rows(conn, sql.SQL(
-        "select company_id, coalesce(company_name, company_id) as company_name "
-        "from {}.dim_companies where company_id = %(c)s or lower(company_name) = lower(%(c)s) "
-        "order by company_id = %(c)s desc").format(sql.Identifier(MARTS)), {"c": company})
+    rows = _rows(
+        conn,
+        sql.SQL(
+            "select company_id, coalesce(company_name, company_id) as company_name "
+            "from {}.dim_companies where company_id = %(c)s or lower(company_name) = lower(%(c)s) "
+            "order by company_id = %(c)s desc"
+        ).format(sql.Identifier(MARTS)),
+        {"c": company},
+    )
     if not rows:
         raise ReportError(f"unknown company {company!r}: give a company id or name from `status`")
     if len(rows) > 1 and rows[0]["company_id"] != company:
@@ -67,34 +102,49 @@ def resolve_company(conn: psycopg.Connection, company: str) -> tuple[str, str]:
     return rows[0]["company_id"], rows[0]["company_name"]
 
 
-def _select(table: str, columns: list[str], company_id: str | None, from_quarter: Quarter | None,
-            extra: str = "") -> sql.Composed:
+def _select(
+    table: str, columns: list[str], company_id: str | None, from_quarter: Quarter | None, extra: str = ""
+) -> sql.Composed:
     where = [sql.SQL("true")]
     if company_id is not None:
         where.append(sql.SQL("company_id = %(company_id)s"))
     if from_quarter is not None:
         where.append(sql.SQL("quarter_start_date >= %(from_date)s"))
     return sql.SQL("select {} from {}.{} where {} order by company_id, quarter{}").format(
-        sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(MARTS), sql.Identifier(table),
-        sql.SQL(" and ").join(where), sql.SQL(extra))
+        sql.SQL(", ").join(map(sql.Identifier, columns)),
+        sql.Identifier(MARTS),
+        sql.Identifier(table),
+        sql.SQL(" and ").join(where),
+        sql.SQL(extra),
+    )
 
 
 def _params(company_id: str | None, from_quarter: Quarter | None) -> dict[str, Any]:
     return {"company_id": company_id, "from_date": from_quarter.start_date if from_quarter else None}
 
 
-def emissions_by_category_quarter(conn: psycopg.Connection, company_id: str | None = None,
-                                  from_quarter: Quarter | None = None) -> list[dict[str, Any]]:
+def emissions_by_category_quarter(
+    conn: psycopg.Connection, company_id: str | None = None, from_quarter: Quarter | None = None
+) -> list[dict[str, Any]]:
     """Rows of ``rpt_emissions_by_category_quarter`` (largest kg first within a quarter)."""
-    return _rows(conn, _select("rpt_emissions_by_category_quarter", CATEGORY_COLUMNS, company_id,
-                               from_quarter, ", kgco2e desc, category"), _params(company_id, from_quarter))
+    return _rows(
+        conn,
+        _select(
+            "rpt_emissions_by_category_quarter", CATEGORY_COLUMNS, company_id, from_quarter, ", kgco2e desc, category"
+        ),
+        _params(company_id, from_quarter),
+    )
 
 
-def emissions_coverage(conn: psycopg.Connection, company_id: str | None = None,
-                       from_quarter: Quarter | None = None) -> list[dict[str, Any]]:
+def emissions_coverage(
+    conn: psycopg.Connection, company_id: str | None = None, from_quarter: Quarter | None = None
+) -> list[dict[str, Any]]:
     """Rows of ``rpt_emissions_coverage``: per company and quarter, kg and the share of £ mapped."""
-    return _rows(conn, _select("rpt_emissions_coverage", COVERAGE_COLUMNS, company_id, from_quarter),
-                 _params(company_id, from_quarter))
+    return _rows(
+        conn,
+        _select("rpt_emissions_coverage", COVERAGE_COLUMNS, company_id, from_quarter),
+        _params(company_id, from_quarter),
+    )
 
 
 def latest_quarters(conn: psycopg.Connection, quarters: int = 4) -> dict[str, list[dict[str, Any]]]:
@@ -120,8 +170,9 @@ def _frame(rows: list[dict[str, Any]], columns: list[str]) -> Any:
     return frame
 
 
-def write_report(conn: psycopg.Connection, company: str, out_dir: Path,
-                 from_quarter: Quarter | None = None) -> ReportFiles:
+def write_report(
+    conn: psycopg.Connection, company: str, out_dir: Path, from_quarter: Quarter | None = None
+) -> ReportFiles:
     """Write the company's quarter/category emissions and coverage as CSV, XLSX and a PNG chart."""
     company_id, company_name = resolve_company(conn, company)
     categories = emissions_by_category_quarter(conn, company_id, from_quarter)
@@ -131,8 +182,12 @@ def write_report(conn: psycopg.Connection, company: str, out_dir: Path,
         raise ReportError(f"{company_name} ({company_id}) has no spend{since} in the emissions marts")
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"emissions_{company_id}"
-    files = ReportFiles(out_dir / f"{stem}_by_category_quarter.csv", out_dir / f"{stem}_coverage.csv",
-                        out_dir / f"{stem}.xlsx", out_dir / f"{stem}_by_quarter.png")
+    files = ReportFiles(
+        out_dir / f"{stem}_by_category_quarter.csv",
+        out_dir / f"{stem}_coverage.csv",
+        out_dir / f"{stem}.xlsx",
+        out_dir / f"{stem}_by_quarter.png",
+    )
     _write_csv(files.category_csv, categories, CATEGORY_COLUMNS)
     _write_csv(files.coverage_csv, coverage, COVERAGE_COLUMNS)
     category_frame = _frame(categories, CATEGORY_COLUMNS)
@@ -142,12 +197,18 @@ def write_report(conn: psycopg.Connection, company: str, out_dir: Path,
     with pd.ExcelWriter(files.workbook, engine="openpyxl") as writer:
         category_frame.to_excel(writer, sheet_name="by category and quarter", index=False)
         coverage_frame.to_excel(writer, sheet_name="coverage", index=False)
-        pd.DataFrame({"about": [f"{company_name} ({company_id})", ATTRIBUTION,
-                                "Unmapped and out-of-scope spend carry no kg (they are not zero "
-                                "emissions): read coverage_share for how much of the spend the kg "
-                                "estimate covers. upstream_only_kgco2e (fuel, gas, heating oil) "
-                                "misses the buyer's own combustion."]}
-                     ).to_excel(writer, sheet_name="about", index=False)
+        pd.DataFrame(
+            {
+                "about": [
+                    f"{company_name} ({company_id})",
+                    ATTRIBUTION,
+                    "Unmapped and out-of-scope spend carry no kg (they are not zero "
+                    "emissions): read coverage_share for how much of the spend the kg "
+                    "estimate covers. upstream_only_kgco2e (fuel, gas, heating oil) "
+                    "misses the buyer's own combustion.",
+                ]
+            }
+        ).to_excel(writer, sheet_name="about", index=False)
     _write_chart(files.chart, category_frame, coverage_frame, company_name)
     return files
 
@@ -169,8 +230,9 @@ def _write_chart(path: Path, categories: Any, coverage: Any, company_name: str) 
     matplotlib.use("Agg")  # no display on a server
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    pivot = categories.pivot_table(index="quarter", columns="category", values="kgco2e",
-                                   aggfunc="sum", fill_value=0).reindex(coverage["quarter"], fill_value=0)
+    pivot = categories.pivot_table(
+        index="quarter", columns="category", values="kgco2e", aggfunc="sum", fill_value=0
+    ).reindex(coverage["quarter"], fill_value=0)
     # largest categories at the bottom of each stack, the rest in the legend's order
     pivot = pivot[pivot.sum().sort_values(ascending=False).index]
     figure, axis = plt.subplots(figsize=(11, 6))
@@ -190,14 +252,18 @@ def _write_chart(path: Path, categories: Any, coverage: Any, company_name: str) 
 
 def format_summary(coverage: list[dict[str, Any]]) -> str:
     """Plain-text table of quarters: kg CO2e, £ net, mapped, unmapped, out of scope, coverage."""
-    header = f"{'quarter':<9} {'kg CO2e':>13} {'net £':>13} {'mapped £':>13} {'unmapped £':>12} " \
-             f"{'out of scope £':>14} {'coverage':>8}"
+    header = (
+        f"{'quarter':<9} {'kg CO2e':>13} {'net £':>13} {'mapped £':>13} {'unmapped £':>12} "
+        f"{'out of scope £':>14} {'coverage':>8}"
+    )
     lines = [header]
     for row in coverage:
         share = "-" if row["coverage_share"] is None else f"{row['coverage_share']:.1%}"
-        lines.append(f"{row['quarter']:<9} {row['kgco2e']:>13,.1f} {row['net_gbp']:>13,.2f} "
-                     f"{row['mapped_gbp']:>13,.2f} {row['unmapped_gbp']:>12,.2f} "
-                     f"{row['out_of_scope_gbp']:>14,.2f} {share:>8}")
+        lines.append(
+            f"{row['quarter']:<9} {row['kgco2e']:>13,.1f} {row['net_gbp']:>13,.2f} "
+            f"{row['mapped_gbp']:>13,.2f} {row['unmapped_gbp']:>12,.2f} "
+            f"{row['out_of_scope_gbp']:>14,.2f} {share:>8}"
+        )
     return "\n".join(lines)
 
 
@@ -208,8 +274,9 @@ def overall_coverage(coverage: list[dict[str, Any]]) -> Decimal | None:
     return None if in_scope == 0 else mapped / in_scope
 
 
-def company_report(company: str, out_dir: Path, from_quarter: Quarter | None = None, *,
-                   dsn: str | None = None) -> tuple[ReportFiles, list[dict[str, Any]]]:
+def company_report(
+    company: str, out_dir: Path, from_quarter: Quarter | None = None, *, dsn: str | None = None
+) -> tuple[ReportFiles, list[dict[str, Any]]]:
     """The use case the CLI calls: write the report files and return them with the coverage rows."""
     from sage_sync.lifecycle.inputs import warehouse  # noqa: PLC0415
 

@@ -18,8 +18,13 @@ from sage_sync.warehouse.migrate import ensure_migrated
 # The first sync of a company is flagged when it has not completed after this long.
 INITIAL_SYNC_OVERDUE = timedelta(hours=24)
 # The order the Connect page lists the statuses in: what needs a human first.
-DISPLAY_ORDER = [CompanyStatus.NEEDS_REAUTH, CompanyStatus.ERROR, CompanyStatus.INITIAL_SYNC,
-                 CompanyStatus.ACTIVE, CompanyStatus.DISCONNECTED]
+DISPLAY_ORDER = [
+    CompanyStatus.NEEDS_REAUTH,
+    CompanyStatus.ERROR,
+    CompanyStatus.INITIAL_SYNC,
+    CompanyStatus.ACTIVE,
+    CompanyStatus.DISCONNECTED,
+]
 
 
 def report(*, migrate: bool = False, dsn: str | None = None) -> list[dict[str, Any]]:
@@ -65,7 +70,9 @@ def company_statuses(conn: psycopg.Connection, now: datetime | None = None) -> l
             # Like with like: a stream's records count against a $total only if that stream reported one.
             totalled = [s for s in stats.values() if s.get("total_reported") is not None]
             last_run = {
-                "sync_run_id": row["sync_run_id"], "kind": row["kind"], "status": row["run_status"],
+                "sync_run_id": row["sync_run_id"],
+                "kind": row["kind"],
+                "status": row["run_status"],
                 "started_at": row["started_at"].isoformat(),
                 "ended_at": row["ended_at"].isoformat() if row["ended_at"] else None,
                 "elapsed_seconds": int((end - row["started_at"]).total_seconds()),
@@ -84,13 +91,19 @@ def company_statuses(conn: psycopg.Connection, now: datetime | None = None) -> l
                 "elapsed_seconds": int(elapsed) if elapsed is not None else None,
                 "overdue": elapsed is not None and elapsed > INITIAL_SYNC_OVERDUE.total_seconds(),
             }
-        report.append({
-            "company_id": row["company_id"], "company_name": row["company_name"], "status": row["status"],
-            "synced_from": row["synced_from_quarter"], "last_error": row["last_error"],
-            "connected_at": row["connected_at"].isoformat() if row["connected_at"] else None,
-            "disconnected_at": row["disconnected_at"].isoformat() if row["disconnected_at"] else None,
-            "initial_sync": initial, "last_run": last_run,
-        })
+        report.append(
+            {
+                "company_id": row["company_id"],
+                "company_name": row["company_name"],
+                "status": row["status"],
+                "synced_from": row["synced_from_quarter"],
+                "last_error": row["last_error"],
+                "connected_at": row["connected_at"].isoformat() if row["connected_at"] else None,
+                "disconnected_at": row["disconnected_at"].isoformat() if row["disconnected_at"] else None,
+                "initial_sync": initial,
+                "last_run": last_run,
+            }
+        )
     return report
 
 
@@ -115,11 +128,16 @@ def describe(item: dict[str, Any]) -> str:
             line += " (NOT COMPLETE AFTER 24 HOURS)"
     run = item["last_run"]
     if run:
-        total = (f" ({run['records_of_total']} of {run['total_reported']} in the streams that report a total)"
-                 if run["total_reported"] is not None else "")
-        line += (f"; last {run['kind']} run {run['status']} at {run['started_at'][:19]} "
-                 f"({format_duration(run['elapsed_seconds'])}): {run['pages']} pages, "
-                 f"{run['records']} records{total}, {run['versions_added']} new versions")
+        total = (
+            f" ({run['records_of_total']} of {run['total_reported']} in the streams that report a total)"
+            if run["total_reported"] is not None
+            else ""
+        )
+        line += (
+            f"; last {run['kind']} run {run['status']} at {run['started_at'][:19]} "
+            f"({format_duration(run['elapsed_seconds'])}): {run['pages']} pages, "
+            f"{run['records']} records{total}, {run['versions_added']} new versions"
+        )
     if item["last_error"]:
         line += f"; last error: {item['last_error']}"
     return line

@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 RECONCILE_EVERY = timedelta(days=7)
 
 
-def read_deletions(conn: psycopg.Connection, client: SageClient, company: registry.Company,
-                   sync_run_id: str) -> dict[str, int]:
+def read_deletions(
+    conn: psycopg.Connection, client: SageClient, company: registry.Company, sync_run_id: str
+) -> dict[str, int]:
     """Every stream's ``deleted_since`` feed, then the reconciliation sweep when it is due."""
     company_id = company.company_id
     found: dict[str, int] = {}
@@ -44,7 +45,11 @@ def read_deletions(conn: psycopg.Connection, client: SageClient, company: regist
 
 
 def _deletions_for(
-    conn: psycopg.Connection, client: SageClient, stream: Stream, company_id: str, sync_run_id: str,
+    conn: psycopg.Connection,
+    client: SageClient,
+    stream: Stream,
+    company_id: str,
+    sync_run_id: str,
     since: datetime,
 ) -> int:
     new = 0
@@ -96,14 +101,18 @@ def reconcile_deletions(
         listed = _listed_ids(client, stream, floor)
         if listed is None:
             complete = False
-            log.warning("%s/%s: the id listing never covered $total; no reconciliation this time",
-                        company.company_id, stream.name)
+            log.warning(
+                "%s/%s: the id listing never covered $total; no reconciliation this time",
+                company.company_id,
+                stream.name,
+            )
             continue
         missing = sorted(_current_ids(conn, stream, company.company_id, floor) - listed)
         gone = [{"id": record_id} for record_id in missing if _is_gone(client, stream, record_id)]
         with conn.transaction():
-            added = loader.record_deletions(conn, stream.name, company.company_id, sync_run_id, gone,
-                                            method="reconciliation")
+            added = loader.record_deletions(
+                conn, stream.name, company.company_id, sync_run_id, gone, method="reconciliation"
+            )
             runs.add_stream_stats(conn, sync_run_id, stream.name, reconciled_deletions=added)
         found[stream.name] = added
     if complete:
@@ -153,6 +162,5 @@ def _is_gone(client: SageClient, stream: Stream, record_id: str) -> bool:
         if exc.status == 404:
             return True
         raise
-    log.info("%s %s is not listed in the window but still exists (date moved?): not deleted",
-             stream.name, record_id)
+    log.info("%s %s is not listed in the window but still exists (date moved?): not deleted", stream.name, record_id)
     return False

@@ -111,13 +111,15 @@ def require_connected(env: SyncEnv, company_id: str) -> registry.Company:
     with connect(env) as conn:
         company = get_company(conn, company_id)
     if company.status == CompanyStatus.DISCONNECTED:
-        raise CompanySkipped(f"{company.company_name} ({company_id}) was disconnected: no import until it "
-                             "is reconnected")
+        raise CompanySkipped(
+            f"{company.company_name} ({company_id}) was disconnected: no import until it is reconnected"
+        )
     return company
 
 
-def _set_status_unless_disconnected(env: SyncEnv, company_id: str, status: CompanyStatus, error: Exception,
-                                    **event: Any) -> None:
+def _set_status_unless_disconnected(
+    env: SyncEnv, company_id: str, status: CompanyStatus, error: Exception, **event: Any
+) -> None:
     with connect(env) as conn:
         company = registry.get_company(conn, company_id)
         if company is None or (status == CompanyStatus.NEEDS_REAUTH and company.status in NOT_CONNECTED):
@@ -145,8 +147,14 @@ def auth_guard(env: SyncEnv, company_id: str) -> Iterator[None]:
             company = registry.get_company(conn, company_id)
         name = company.company_name if company is not None and company.company_name else company_id
         refused = GrantRefused(company_id, name, str(exc))
-        _set_status_unless_disconnected(env, company_id, CompanyStatus.NEEDS_REAUTH, refused,
-                                        event_type="needs_reauth", details={"reason": type(exc).__name__})
+        _set_status_unless_disconnected(
+            env,
+            company_id,
+            CompanyStatus.NEEDS_REAUTH,
+            refused,
+            event_type="needs_reauth",
+            details={"reason": type(exc).__name__},
+        )
         raise refused from exc
     except SubscriptionInactive as exc:
         _set_status_unless_disconnected(env, company_id, CompanyStatus.ERROR, exc, event_type="error")
@@ -156,4 +164,4 @@ def auth_guard(env: SyncEnv, company_id: str) -> Iterator[None]:
 def airflow_run_of(company_id: str, sync_run_id: str) -> str | None:
     """The Airflow run id a sync-run id came from (:func:`run_key`); None for runs started outside Airflow."""
     prefix = f"{company_id}:"
-    return sync_run_id[len(prefix):] if sync_run_id.startswith(prefix) else None
+    return sync_run_id[len(prefix) :] if sync_run_id.startswith(prefix) else None

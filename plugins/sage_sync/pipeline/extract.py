@@ -33,8 +33,7 @@ MAX_PASSES = 3
 
 def empty_totals(passes: int = 0) -> dict[str, int | None]:
     """The counters a stream read returns; ``total_reported`` is Sage's ``$total`` for the window."""
-    return {"pages": 0, "rows_seen": 0, "versions_added": 0, "quarantined": 0, "passes": passes,
-            "total_reported": None}
+    return {"pages": 0, "rows_seen": 0, "versions_added": 0, "quarantined": 0, "passes": passes, "total_reported": None}
 
 
 def _duration(seconds: float) -> str:
@@ -84,10 +83,13 @@ class StreamRead:
     def load_page(self, items: list[Any], *, total_reported: int | None = None) -> loader.LoadResult:
         """Load one page's items and add its counters, in the caller's transaction."""
         result = loader.load_records(self.conn, self.stream.name, self.company_id, self.sync_run_id, items)
-        counters = {"pages": 1, "rows_seen": result.rows_seen, "versions_added": result.versions_added,
-                    "quarantined": result.quarantined}
-        runs.add_stream_stats(self.conn, self.sync_run_id, self.stream.name, total_reported=total_reported,
-                              **counters)
+        counters = {
+            "pages": 1,
+            "rows_seen": result.rows_seen,
+            "versions_added": result.versions_added,
+            "quarantined": result.quarantined,
+        }
+        runs.add_stream_stats(self.conn, self.sync_run_id, self.stream.name, total_reported=total_reported, **counters)
         for key, value in counters.items():
             self.totals[key] = (self.totals[key] or 0) + value
         if total_reported is not None and self.totals["total_reported"] is None:
@@ -106,11 +108,19 @@ def read_singleton(read: StreamRead) -> dict[str, int | None]:
     record = read.client.get(stream.path_for(read.company_id))
     with read.conn.transaction():
         result = loader.load_records(
-            read.conn, stream.name, read.company_id, read.sync_run_id, [record],
+            read.conn,
+            stream.name,
+            read.company_id,
+            read.sync_run_id,
+            [record],
             record_id_override=read.company_id if stream.name == "financial_settings" else None,
         )
-        counters = {"pages": 1, "rows_seen": result.rows_seen, "versions_added": result.versions_added,
-                    "quarantined": result.quarantined}
+        counters = {
+            "pages": 1,
+            "rows_seen": result.rows_seen,
+            "versions_added": result.versions_added,
+            "quarantined": result.quarantined,
+        }
         runs.add_stream_stats(read.conn, read.sync_run_id, stream.name, **counters)
     log.info("%s: 1 record read (a single-record endpoint)", stream.name)
     return {**counters, "total_reported": None}
@@ -144,8 +154,11 @@ def count_window(read: StreamRead, from_date: date | None) -> int | None:
     if total is not None:
         with read.conn.transaction():
             runs.add_stream_stats(read.conn, read.sync_run_id, read.stream.name, window_total=total)
-    log.info("%s: Sage holds %s records in the synced window", read.stream.name,
-             "an unreported number of" if total is None else f"{total:,}")
+    log.info(
+        "%s: Sage holds %s records in the synced window",
+        read.stream.name,
+        "an unreported number of" if total is None else f"{total:,}",
+    )
     return total
 
 
@@ -178,8 +191,9 @@ def read_by_cursor(read: StreamRead, since: datetime | None, from_date: date | N
             return read.totals
         if newest is not None and (cursor is None or newest > cursor):
             cursor, page_number = newest, 1
-            read_at_cursor = {i["id"] for i in page.items
-                              if isinstance(i, dict) and parse_ts(i.get("updated_at")) == newest}
+            read_at_cursor = {
+                i["id"] for i in page.items if isinstance(i, dict) and parse_ts(i.get("updated_at")) == newest
+            }
         else:  # the whole page had one timestamp: step through that timestamp by page number
             page_number += 1
             read_at_cursor |= set(result.record_ids)
@@ -192,8 +206,9 @@ def read_window(read: StreamRead, params: dict[str, Any], *, move_watermark: boo
         read.totals["passes"] = (read.totals["passes"] or 0) + 1
         if _one_pass(read, params, move_watermark=move_watermark):
             return read.totals
-        log.warning("%s/%s: a pass missed records that shifted between pages; reading again",
-                    read.company_id, read.stream.name)
+        log.warning(
+            "%s/%s: a pass missed records that shifted between pages; reading again", read.company_id, read.stream.name
+        )
     raise RuntimeError(
         f"{read.stream.name}: Sage's data kept changing under paging for {MAX_PASSES} passes; "
         "the watermark was not moved, the next run reads the same window again"

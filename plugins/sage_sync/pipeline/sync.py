@@ -35,9 +35,23 @@ log = logging.getLogger(__name__)
 
 # Re-exported for the DAG tasks and the callers that catch them by this module's name.
 __all__ = [
-    "CompanySkipped", "RunInProgress", "SyncEnv", "UnknownCompany", "backfill_stream", "backfill_window",
-    "begin_run", "check_auth", "finish_backfill", "finish_run", "make_client", "run_backfill", "run_company",
-    "run_key", "run_steps", "sync_deletions", "sync_stream",
+    "CompanySkipped",
+    "RunInProgress",
+    "SyncEnv",
+    "UnknownCompany",
+    "backfill_stream",
+    "backfill_window",
+    "begin_run",
+    "check_auth",
+    "finish_backfill",
+    "finish_run",
+    "make_client",
+    "run_backfill",
+    "run_company",
+    "run_key",
+    "run_steps",
+    "sync_deletions",
+    "sync_stream",
 ]
 
 
@@ -51,16 +65,16 @@ def begin_run(
         if company.status == CompanyStatus.DISCONNECTED:
             since = f" since {company.disconnected_at:%Y-%m-%d %H:%M} UTC" if company.disconnected_at else ""
             raise CompanySkipped(
-                f"{company.company_name} ({company_id}) is disconnected{since}: "
-                "no import until it is reconnected"
+                f"{company.company_name} ({company_id}) is disconnected{since}: no import until it is reconnected"
             )
         if company.status == CompanyStatus.NEEDS_REAUTH:
             raise ReauthorizationRequired(
                 f"{company.company_name} ({company_id}) needs re-authorisation: "
                 f"run `python -m sage_sync reconnect {company_id}` or use the Connect page"
             )
-        sync_run_id = runs.open_run(conn, company_id, kind, sync_run_id=(
-            run_key(company_id, airflow_run_id) if airflow_run_id else None))
+        sync_run_id = runs.open_run(
+            conn, company_id, kind, sync_run_id=(run_key(company_id, airflow_run_id) if airflow_run_id else None)
+        )
         conn.commit()
     return sync_run_id
 
@@ -91,13 +105,18 @@ def check_auth(company_id: str, sync_run_id: str, *, env: SyncEnv | None = None)
             # Sage's refresh token dies after 31 days unused: only a new authorisation helps, and
             # saying so beats an opaque invalid_grant.
             raise ReauthorizationRequired(
-                f"the refresh token expired on {expires:%Y-%m-%d} (unused for 31 days): authorise again")
+                f"the refresh token expired on {expires:%Y-%m-%d} (unused for 31 days): authorise again"
+            )
         tokens.refresh()
     log.info("grant of %s refreshed for run %s", company_id, sync_run_id)
 
 
 def sync_stream(
-    company_id: str, stream_name: str, sync_run_id: str, *, env: SyncEnv | None = None,
+    company_id: str,
+    stream_name: str,
+    sync_run_id: str,
+    *,
+    env: SyncEnv | None = None,
     client: SageClient | None = None,
 ) -> dict[str, int | None]:
     """Extract one stream since its watermark into ``sage_raw``.
@@ -108,8 +127,12 @@ def sync_stream(
     env = env or SyncEnv.from_config()
     stream = STREAMS[stream_name]
     run_env.require_connected(env, company_id)
-    with (closes_run_on_refusal(env, company_id, sync_run_id), run_env.client_for(env, company_id, client) as sage,
-          run_env.auth_guard(env, company_id), run_env.connect(env, autocommit=True) as conn):
+    with (
+        closes_run_on_refusal(env, company_id, sync_run_id),
+        run_env.client_for(env, company_id, client) as sage,
+        run_env.auth_guard(env, company_id),
+        run_env.connect(env, autocommit=True) as conn,
+    ):
         company = run_env.get_company(conn, company_id)
         read = StreamRead(conn, sage, stream, company_id, sync_run_id)
         if stream.kind == "singleton":
@@ -117,13 +140,18 @@ def sync_stream(
         return read_since_watermark(read, company)
 
 
-def sync_deletions(company_id: str, sync_run_id: str, *, env: SyncEnv | None = None,
-                   client: SageClient | None = None) -> dict[str, int]:
+def sync_deletions(
+    company_id: str, sync_run_id: str, *, env: SyncEnv | None = None, client: SageClient | None = None
+) -> dict[str, int]:
     """Record what Sage lists under ``deleted_since`` for every stream that has the feed."""
     env = env or SyncEnv.from_config()
     run_env.require_connected(env, company_id)
-    with (closes_run_on_refusal(env, company_id, sync_run_id), run_env.client_for(env, company_id, client) as sage,
-          run_env.auth_guard(env, company_id), run_env.connect(env, autocommit=True) as conn):
+    with (
+        closes_run_on_refusal(env, company_id, sync_run_id),
+        run_env.client_for(env, company_id, client) as sage,
+        run_env.auth_guard(env, company_id),
+        run_env.connect(env, autocommit=True) as conn,
+    ):
         return read_deletions(conn, sage, run_env.get_company(conn, company_id), sync_run_id)
 
 
@@ -141,8 +169,12 @@ def finish_run(
         company = registry.get_company(conn, company_id)
         if company is not None:
             if status == "success" and company.status in (CompanyStatus.INITIAL_SYNC, CompanyStatus.ERROR):
-                registry.set_status(conn, company_id, CompanyStatus.ACTIVE, event_type="sync_succeeded"
-                                    if company.status == CompanyStatus.ERROR else "initial_sync_completed")
+                registry.set_status(
+                    conn,
+                    company_id,
+                    CompanyStatus.ACTIVE,
+                    event_type="sync_succeeded" if company.status == CompanyStatus.ERROR else "initial_sync_completed",
+                )
             elif status == "failed" and company.status in (CompanyStatus.INITIAL_SYNC, CompanyStatus.ACTIVE):
                 registry.set_status(conn, company_id, company.status, last_error=error)
         conn.commit()
@@ -180,8 +212,13 @@ def backfill_window(company: registry.Company, quarter: Quarter) -> tuple[date, 
 
 
 def backfill_stream(
-    company_id: str, stream_name: str, sync_run_id: str, quarter: Quarter | str, *,
-    env: SyncEnv | None = None, client: SageClient | None = None,
+    company_id: str,
+    stream_name: str,
+    sync_run_id: str,
+    quarter: Quarter | str,
+    *,
+    env: SyncEnv | None = None,
+    client: SageClient | None = None,
 ) -> dict[str, int | None]:
     """Load one document stream's older window (``quarter`` to before Synced From).
 
@@ -201,14 +238,19 @@ def backfill_stream(
         # Synced From already moved (a re-run after success): nothing older is left to read.
         return empty_totals()
     start, end = backfill_window(company, quarter)
-    with (closes_run_on_refusal(env, company_id, sync_run_id), run_env.client_for(env, company_id, client) as sage,
-          run_env.auth_guard(env, company_id), run_env.connect(env, autocommit=True) as conn):
+    with (
+        closes_run_on_refusal(env, company_id, sync_run_id),
+        run_env.client_for(env, company_id, client) as sage,
+        run_env.auth_guard(env, company_id),
+        run_env.connect(env, autocommit=True) as conn,
+    ):
         read = StreamRead(conn, sage, stream, company_id, sync_run_id)
         return read_window(read, list_params(stream, from_date=start, to_date=end), move_watermark=False)
 
 
-def finish_backfill(company_id: str, sync_run_id: str, quarter: Quarter | str, *, env: SyncEnv | None = None
-                    ) -> registry.Company:
+def finish_backfill(
+    company_id: str, sync_run_id: str, quarter: Quarter | str, *, env: SyncEnv | None = None
+) -> registry.Company:
     """Close a successful backfill and move Synced From, in one transaction."""
     env = env or SyncEnv.from_config()
     quarter = Quarter.parse(quarter) if isinstance(quarter, str) else quarter
@@ -221,8 +263,9 @@ def finish_backfill(company_id: str, sync_run_id: str, quarter: Quarter | str, *
     return company
 
 
-def run_backfill(company_id: str, quarter: Quarter | str, *, env: SyncEnv | None = None,
-                 sync_run_id: str | None = None) -> str:
+def run_backfill(
+    company_id: str, quarter: Quarter | str, *, env: SyncEnv | None = None, sync_run_id: str | None = None
+) -> str:
     """A whole backfill in one process (the CLI's ``set-synced-from --here``, tests)."""
     env = env or SyncEnv.from_config()
     if sync_run_id is None:

@@ -167,9 +167,7 @@ class OAuthClient:
         try:
             body = response.json()
         except ValueError:
-            raise InvalidResponse(
-                "token endpoint returned a non-JSON body", status=response.status_code
-            ) from None
+            raise InvalidResponse("token endpoint returned a non-JSON body", status=response.status_code) from None
         if not isinstance(body, dict):
             raise InvalidResponse("token endpoint returned JSON that is not an object")
         if body.get("error"):
@@ -227,9 +225,7 @@ class OAuthClient:
                         path=urlsplit(url).path,
                         attempts=attempt,
                     )
-                log.warning(
-                    "Sage OAuth %s answered %s; retrying", urlsplit(url).path, response.status_code
-                )
+                log.warning("Sage OAuth %s answered %s; retrying", urlsplit(url).path, response.status_code)
             self._sleep(min(2.0**attempt, 30.0))
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -248,7 +244,6 @@ class OAuthClient:
             text = "Sage rejected the grant (invalid_grant)"
             raise ReauthorizationRequired(f"{text}: {description}" if description else text)
         raise OAuthError(error or "http_error", response.status_code, description)
-
 
 
 class TokenManager:
@@ -297,9 +292,7 @@ class TokenManager:
         with self.store.refresh_lock(self.company_id):
             current = self._load()
             now = self._clock()
-            if current.access_token != rejected_token and not current.access_expires_within(
-                self.refresh_margin, now
-            ):
+            if current.access_token != rejected_token and not current.access_expires_within(self.refresh_margin, now):
                 log.debug(
                     "company %s: stored access token %s is fresh; not refreshing",
                     self.company_id,

@@ -147,7 +147,6 @@ def _error_list(response: requests.Response) -> list[dict[str, Any]]:
     return [e for e in body if isinstance(e, dict)]
 
 
-
 def _sleep(seconds: float) -> None:
     time.sleep(seconds)
 
@@ -330,9 +329,7 @@ class SageClient:
                 if response.status_code == 401:
                     errors = _error_list(response)
                     if any(_SUBSCRIPTION_MESSAGE in str(e.get("$message", "")).lower() for e in errors):
-                        raise SubscriptionInactive(
-                            str(SageAPIError(401, errors, _request_id(response), path))
-                        )
+                        raise SubscriptionInactive(str(SageAPIError(401, errors, _request_id(response), path)))
                     if refreshed:
                         raise ReauthorizationRequired(
                             "Sage still refuses the access token after a refresh: "
@@ -430,9 +427,7 @@ class SageClient:
             return response.json()
         except ValueError:
             # A body cut short by a proxy or a dropped connection parses as broken JSON.
-            raise _Retryable(
-                "malformed or truncated JSON body", InvalidResponse, status, request_id
-            ) from None
+            raise _Retryable("malformed or truncated JSON body", InvalidResponse, status, request_id) from None
 
     def _delay(self, failures: int, retry_after: float | None) -> float:
         if retry_after is not None:

@@ -46,7 +46,6 @@ def _parse(text: str, original: object) -> Decimal:
         raise ValueError(f"not a money amount: {original!r}") from exc
 
 
-
 def to_int(value: object) -> int | None:
     """An integer from a number or numeric string (``$total``, ``expires_in``); None if absent or not one."""
     if value is None or isinstance(value, bool):

@@ -65,8 +65,9 @@ class ReadAhead(Generic[T]):
         self._finished = False
         context = contextvars.copy_context()
         # The consumer's thread name: log lines of the requests belong to the run that made them.
-        self._thread = threading.Thread(target=context.run, args=(self._produce,), daemon=True,
-                                        name=threading.current_thread().name)
+        self._thread = threading.Thread(
+            target=context.run, args=(self._produce,), daemon=True, name=threading.current_thread().name
+        )
         self._thread.start()
 
     def _produce(self) -> None:
@@ -118,8 +119,9 @@ class ReadAhead(Generic[T]):
     def __enter__(self) -> ReadAhead[T]:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
@@ -150,8 +152,9 @@ def _newest_updated_at(items: list[dict[str, Any]]) -> datetime | None:
     return newest
 
 
-def _cursor_successor(params: dict[str, Any], page: Page, cursor: datetime | None
-                      ) -> tuple[dict[str, Any], datetime | None] | None:
+def _cursor_successor(
+    params: dict[str, Any], page: Page, cursor: datetime | None
+) -> tuple[dict[str, Any], datetime | None] | None:
     """The request the cursor paging of ``sync`` sends after ``page``, and its exact cursor.
 
     None when ``page`` is the last. The cursor moves to the page's newest ``updated_at`` (then

@@ -19,8 +19,12 @@ PARSE_STATEMENT_TIMEOUT_MS = 2000
 
 
 def connect(
-    dsn: str | None = None, *, app: str = "sage_sync", autocommit: bool = False,
-    connect_timeout: int = CONNECT_TIMEOUT_S, statement_timeout_ms: int | None = None,
+    dsn: str | None = None,
+    *,
+    app: str = "sage_sync",
+    autocommit: bool = False,
+    connect_timeout: int = CONNECT_TIMEOUT_S,
+    statement_timeout_ms: int | None = None,
 ) -> psycopg.Connection:
     """A new connection to ``dsn`` (default: the ``sage_warehouse`` connection); use it as a context manager.
 
@@ -29,5 +33,6 @@ def connect(
     """
     options = f"-c statement_timeout={statement_timeout_ms}" if statement_timeout_ms else None
     kwargs: dict[str, object] = {"options": options} if options else {}
-    return psycopg.connect(dsn or warehouse_dsn(), autocommit=autocommit, connect_timeout=connect_timeout,
-                           application_name=app, **kwargs)
+    return psycopg.connect(
+        dsn or warehouse_dsn(), autocommit=autocommit, connect_timeout=connect_timeout, application_name=app, **kwargs
+    )

@@ -130,8 +130,14 @@ def load_records(
         with conn.transaction() if conn.autocommit else nullcontext():
             if candidates:
                 versions_added = _copy_new_versions(
-                    conn, stream=stream, table=table, company_id=company_id, sync_run_id=sync_run_id,
-                    candidates=candidates, rejected=rejected)
+                    conn,
+                    stream=stream,
+                    table=table,
+                    company_id=company_id,
+                    sync_run_id=sync_run_id,
+                    candidates=candidates,
+                    rejected=rejected,
+                )
             if rejected:
                 _quarantine(conn, stream, company_id, sync_run_id, rejected)
     max_updated_at = max((ts for _, ts in candidates.values() if ts is not None), default=None)
@@ -160,8 +166,10 @@ def _copy_new_versions(
     # so that "latest = greatest _extracted_at" stays unambiguous. Otherwise a version's
     # _extracted_at is the transaction timestamp.
     with conn.pipeline():
-        lock = conn.execute("select now() from pg_advisory_xact_lock(%s, hashtext(%s))",
-                            (_LOAD_LOCK_NAMESPACE, f"{company_id}/{stream}"))
+        lock = conn.execute(
+            "select now() from pg_advisory_xact_lock(%s, hashtext(%s))",
+            (_LOAD_LOCK_NAMESPACE, f"{company_id}/{stream}"),
+        )
         lookup = conn.execute(
             sql.SQL(
                 "select distinct on (record_id) record_id, content_hash, "
@@ -176,7 +184,8 @@ def _copy_new_versions(
     now: datetime = row[0]
     # fetchall: iterating the cursor row by row costs more than the query
     latest: dict[str, tuple[str, datetime | None]] = {
-        record_id: (digest, bumped) for record_id, digest, bumped in lookup.fetchall()}
+        record_id: (digest, bumped) for record_id, digest, bumped in lookup.fetchall()
+    }
     invalid: list[str] = []
     versions_added = 0
     sha256 = hashlib.sha256
@@ -205,8 +214,7 @@ def _copy_new_versions(
                 continue
             else:
                 extracted_at = stored[1] or now
-            copy.write_row(
-                (company_id, record_id, updated_at, Jsonb(data, _as_is), digest, extracted_at, sync_run_id))
+            copy.write_row((company_id, record_id, updated_at, Jsonb(data, _as_is), digest, extracted_at, sync_run_id))
             versions_added += 1
     for record_id in invalid:
         del candidates[record_id]
@@ -257,14 +265,24 @@ def record_deletions(
         "  as d (record_id, deleted_at, payload) "
         # Also absorbs an id repeated within this batch: the second one conflicts with the first.
         "on conflict (company_id, stream, record_id, detection_method) do nothing",
-        {"company": company_id, "stream": stream, "method": method, "run": sync_run_id,
-         "ids": ids, "deleted_ats": deleted_ats, "payloads": payloads},
+        {
+            "company": company_id,
+            "stream": stream,
+            "method": method,
+            "run": sync_run_id,
+            "ids": ids,
+            "deleted_ats": deleted_ats,
+            "payloads": payloads,
+        },
     )
     return cur.rowcount
 
 
 def _quarantine(
-    conn: psycopg.Connection, stream: str, company_id: str, sync_run_id: str,
+    conn: psycopg.Connection,
+    stream: str,
+    company_id: str,
+    sync_run_id: str,
     rejected: list[tuple[str | None, str, str]],
 ) -> None:
     conn.execute(
@@ -272,8 +290,14 @@ def _quarantine(
         "select %(company)s, %(stream)s, q.record_id, q.raw_payload, q.reason, %(run)s "
         "from unnest(%(ids)s::text[], %(raws)s::text[], %(reasons)s::text[]) "
         "  as q (record_id, raw_payload, reason)",
-        {"company": company_id, "stream": stream, "run": sync_run_id, "ids": [r[0] for r in rejected],
-         "raws": [r[1] for r in rejected], "reasons": [r[2] for r in rejected]},
+        {
+            "company": company_id,
+            "stream": stream,
+            "run": sync_run_id,
+            "ids": [r[0] for r in rejected],
+            "raws": [r[1] for r in rejected],
+            "reasons": [r[2] for r in rejected],
+        },
     )
 
 
@@ -336,9 +360,7 @@ def _utf8(text: str) -> bytes:
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        raise _Invalid(
-            "payload contains invalid Unicode (an unpaired surrogate), not encodable as UTF-8"
-        ) from None
+        raise _Invalid("payload contains invalid Unicode (an unpaired surrogate), not encodable as UTF-8") from None
 
 
 def _as_is(data: bytes) -> bytes:
@@ -358,8 +380,11 @@ def _raw_text(record: Any) -> str:
 
 
 def _quarantine_id(record: Any, record_id_override: str | None) -> str | None:
-    record_id = record_id_override if record_id_override is not None else (
-        record.get("id") if isinstance(record, dict) else None)
+    record_id = (
+        record_id_override
+        if record_id_override is not None
+        else (record.get("id") if isinstance(record, dict) else None)
+    )
     if not isinstance(record_id, str) or not record_id or "\x00" in record_id:
         return None
     try:
@@ -370,8 +395,15 @@ def _quarantine_id(record: Any, record_id_override: str | None) -> str | None:
 
 
 def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-             int: "a number", float: "a number", type(None): "null"}
+    names = {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }
     return names.get(type(value), f"a {type(value).__name__}")
 
 

@@ -19,35 +19,56 @@ from sage_sync.sage.tokens import TokenSet
 
 
 def _seal(tokens: TokenSet) -> str:
-    return crypto.encrypt(json.dumps({
-        "access_token": tokens.access_token, "refresh_token": tokens.refresh_token,
-        "access_expires_at": tokens.access_expires_at.isoformat(),
-        "refresh_expires_at": tokens.refresh_expires_at.isoformat() if tokens.refresh_expires_at else None}))
+    return crypto.encrypt(
+        json.dumps(
+            {
+                "access_token": tokens.access_token,
+                "refresh_token": tokens.refresh_token,
+                "access_expires_at": tokens.access_expires_at.isoformat(),
+                "refresh_expires_at": tokens.refresh_expires_at.isoformat() if tokens.refresh_expires_at else None,
+            }
+        )
+    )
 
 
 def _unseal(blob: str) -> TokenSet:
     data = json.loads(crypto.decrypt(blob))
     return TokenSet(
-        access_token=data["access_token"], refresh_token=data["refresh_token"],
+        access_token=data["access_token"],
+        refresh_token=data["refresh_token"],
         access_expires_at=datetime.fromisoformat(data["access_expires_at"]),
-        refresh_expires_at=datetime.fromisoformat(data["refresh_expires_at"]) if data["refresh_expires_at"] else None)
+        refresh_expires_at=datetime.fromisoformat(data["refresh_expires_at"]) if data["refresh_expires_at"] else None,
+    )
 
 
-def save(conn: psycopg.Connection, pending_id: str, tokens: TokenSet, businesses: list[dict[str, Any]], *,
-         max_age_minutes: int) -> None:
+def save(
+    conn: psycopg.Connection,
+    pending_id: str,
+    tokens: TokenSet,
+    businesses: list[dict[str, Any]],
+    *,
+    max_age_minutes: int,
+) -> None:
     """Store the grant under ``pending_id`` and drop expired ones; in the caller's transaction."""
-    conn.execute("delete from sage_control.pending_authorisations "
-                 "where created_at < now() - make_interval(mins => %s)", (max_age_minutes,))
-    conn.execute("insert into sage_control.pending_authorisations (pending_id, tokens_enc, businesses) "
-                 "values (%s, %s, %s)", (pending_id, _seal(tokens), Jsonb(businesses)))
+    conn.execute(
+        "delete from sage_control.pending_authorisations where created_at < now() - make_interval(mins => %s)",
+        (max_age_minutes,),
+    )
+    conn.execute(
+        "insert into sage_control.pending_authorisations (pending_id, tokens_enc, businesses) values (%s, %s, %s)",
+        (pending_id, _seal(tokens), Jsonb(businesses)),
+    )
 
 
-def load(conn: psycopg.Connection, pending_id: str, *, max_age_minutes: int
-         ) -> tuple[TokenSet, list[dict[str, Any]]] | None:
+def load(
+    conn: psycopg.Connection, pending_id: str, *, max_age_minutes: int
+) -> tuple[TokenSet, list[dict[str, Any]]] | None:
     """The grant and businesses under ``pending_id``, or None when unknown or older than ``max_age_minutes``."""
-    row = conn.execute("select tokens_enc, businesses from sage_control.pending_authorisations "
-                       "where pending_id = %s and created_at >= now() - make_interval(mins => %s)",
-                       (pending_id, max_age_minutes)).fetchone()
+    row = conn.execute(
+        "select tokens_enc, businesses from sage_control.pending_authorisations "
+        "where pending_id = %s and created_at >= now() - make_interval(mins => %s)",
+        (pending_id, max_age_minutes),
+    ).fetchone()
     if row is None:
         return None
     return _unseal(row[0]), row[1]

@@ -43,8 +43,10 @@ SAGE_MAX_CONCURRENT = 150  # concurrent requests per app
 DEFAULT_RATE = SAGE_DAILY_LIMIT / 86_400  # 15.0 per second
 
 # The table is created by migration 004; a database that was never migrated gets the same DDL here.
-_DDL = "create schema if not exists sage_control;\n" + (
-    Path(__file__).with_name("migrations") / "004_api_rate_buckets.sql").read_text()
+_DDL = (
+    "create schema if not exists sage_control;\n"
+    + (Path(__file__).with_name("migrations") / "004_api_rate_buckets.sql").read_text()
+)
 
 # Is the table there? A catalog lookup needs no privilege on the schema (to_regclass would).
 _TABLE_EXISTS = """
@@ -93,8 +95,16 @@ class PostgresRateLimiter:
     serialised, the sleep is not), so a process needs only one (see :func:`shared_limiter`).
     """
 
-    def __init__(self, dsn: str, name: str = "sage_api", *, rate: float = DEFAULT_RATE, burst: float = 30.0,
-                 max_wait: float | None = 3600.0, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        name: str = "sage_api",
+        *,
+        rate: float = DEFAULT_RATE,
+        burst: float = 30.0,
+        max_wait: float | None = 3600.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError("rate must be > 0 and burst >= 1")
         self.dsn = dsn
@@ -152,14 +162,16 @@ class PostgresRateLimiter:
             # not granted the bucket table) must not fail the sync. Reconnect next time; Sage's own
             # 429s still protect the app. Said once per outage, not once per request.
             (log.debug if self._unavailable else log.warning)(
-                "rate limiter unavailable (%s); sending without it until it is back", type(exc).__name__)
+                "rate limiter unavailable (%s); sending without it until it is back", type(exc).__name__
+            )
             self._unavailable = True
             self.close()
             return
         self._unavailable = False
         if not granted:
-            raise RateLimitTimeout(f"no Sage request budget for {self.max_wait:.0f} s ({self.name}): "
-                                   f"the next token is {wait:.0f} s away")
+            raise RateLimitTimeout(
+                f"no Sage request budget for {self.max_wait:.0f} s ({self.name}): the next token is {wait:.0f} s away"
+            )
         if wait > 0:
             self._sleep(wait)
 
@@ -171,7 +183,9 @@ class PostgresRateLimiter:
                 self._connection().execute(
                     "update sage_control.api_rate_buckets set tokens = least(tokens, 0), "
                     "refilled_at = greatest(refilled_at, clock_timestamp() + make_interval(secs => %s)) "
-                    "where name = %s", (max(0.0, float(seconds)), self.name))
+                    "where name = %s",
+                    (max(0.0, float(seconds)), self.name),
+                )
         except psycopg.OperationalError:
             self.close()
 
@@ -196,8 +210,14 @@ _shared_pid = os.getpid()
 _shared_lock = threading.Lock()
 
 
-def shared_limiter(dsn: str, rate: float = DEFAULT_RATE, *, name: str = "sage_api", burst: float = 30.0,
-                   sleep: Callable[[float], None] = time.sleep) -> PostgresRateLimiter:
+def shared_limiter(
+    dsn: str,
+    rate: float = DEFAULT_RATE,
+    *,
+    name: str = "sage_api",
+    burst: float = 30.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> PostgresRateLimiter:
     """This process's limiter for ``dsn`` (and bucket, rate, burst): one connection per process, not
     one per client or page. A forked child (Airflow runs tasks in forked processes) gets its own: it
     must not use, or close, a connection its parent opened."""
@@ -216,13 +236,21 @@ def shared_limiter(dsn: str, rate: float = DEFAULT_RATE, *, name: str = "sage_ap
         return limiter
 
 
-def initial_syncs_per_day(requests_per_sync: float, daily_limit: int = SAGE_DAILY_LIMIT,
-                          reserve_for_daily: float = 0.0) -> int:
+def initial_syncs_per_day(
+    requests_per_sync: float, daily_limit: int = SAGE_DAILY_LIMIT, reserve_for_daily: float = 0.0
+) -> int:
     """How many companies' initial syncs fit in a day's budget, after ``reserve_for_daily`` requests."""
     if requests_per_sync <= 0:
         raise ValueError("requests_per_sync must be positive")
     return int(max(0.0, daily_limit - reserve_for_daily) // requests_per_sync)
 
 
-__all__ = ["DEFAULT_RATE", "SAGE_DAILY_LIMIT", "SAGE_MAX_CONCURRENT", "PostgresRateLimiter",
-           "RateLimitTimeout", "initial_syncs_per_day", "shared_limiter"]
+__all__ = [
+    "DEFAULT_RATE",
+    "SAGE_DAILY_LIMIT",
+    "SAGE_MAX_CONCURRENT",
+    "PostgresRateLimiter",
+    "RateLimitTimeout",
+    "initial_syncs_per_day",
+    "shared_limiter",
+]

@@ -61,8 +61,7 @@ def register_company(
     """
     if not company_id:
         raise ValueError("company_id must be a non-empty string")
-    quarter = str(Quarter.parse(synced_from_quarter) if isinstance(synced_from_quarter, str)
-                  else synced_from_quarter)
+    quarter = str(Quarter.parse(synced_from_quarter) if isinstance(synced_from_quarter, str) else synced_from_quarter)
     existing = get_company(conn, company_id)
     with conn.cursor(row_factory=class_row(Company)) as cur:
         cur.execute(
@@ -80,12 +79,17 @@ def register_company(
         )
         company = cur.fetchone()
     assert company is not None  # an upsert with RETURNING always yields the row
-    log_event(conn, company_id, "connected", {
-        "company_name": company_name,
-        "reconnected": existing is not None,
-        "status": company.status,
-        "synced_from_quarter": company.synced_from_quarter,
-    })
+    log_event(
+        conn,
+        company_id,
+        "connected",
+        {
+            "company_name": company_name,
+            "reconnected": existing is not None,
+            "status": company.status,
+            "synced_from_quarter": company.synced_from_quarter,
+        },
+    )
     return company
 
 
@@ -124,8 +128,9 @@ def set_status(
     Moving to ``disconnected`` stamps ``disconnected_at``. Raises :class:`UnknownCompanyError`.
     """
     _check_statuses([status])
-    current = conn.execute("select status from sage_control.companies where company_id = %s for update",
-                           (company_id,)).fetchone()
+    current = conn.execute(
+        "select status from sage_control.companies where company_id = %s for update", (company_id,)
+    ).fetchone()
     if current is None:
         raise UnknownCompanyError(f"company {company_id!r} is not registered")
     status = check_transition(current[0], status).value  # the one place the allowed moves are enforced
@@ -170,8 +175,12 @@ def reauthorise(conn: psycopg.Connection, company_id: str, *, details: dict[str,
         company = cur.fetchone()
     if company is None:
         raise UnknownCompanyError(f"company {company_id!r} is not registered")
-    log_event(conn, company_id, "reconnected", {
-        "status": company.status, "synced_from_quarter": company.synced_from_quarter, **(details or {})})
+    log_event(
+        conn,
+        company_id,
+        "reconnected",
+        {"status": company.status, "synced_from_quarter": company.synced_from_quarter, **(details or {})},
+    )
     return company
 
 
@@ -190,9 +199,16 @@ def set_synced_from(
         )
         company = cur.fetchone()
     assert company is not None
-    log_event(conn, company_id, "synced_from_moved", {
-        "previous_synced_from_quarter": before.synced_from_quarter,
-        "synced_from_quarter": str(quarter), **(details or {})})
+    log_event(
+        conn,
+        company_id,
+        "synced_from_moved",
+        {
+            "previous_synced_from_quarter": before.synced_from_quarter,
+            "synced_from_quarter": str(quarter),
+            **(details or {}),
+        },
+    )
     return company
 
 

@@ -39,7 +39,9 @@ def recent_runs(conn: psycopg.Connection, company_id: str, limit: int = 10) -> l
         cur.execute(
             "select sync_run_id, kind, status, started_at, ended_at, stats, error, now() as db_now "
             "from sage_control.sync_runs where company_id = %s order by started_at desc, sync_run_id desc "
-            "limit %s", (company_id, limit))
+            "limit %s",
+            (company_id, limit),
+        )
         return cur.fetchall()
 
 
@@ -48,25 +50,31 @@ def run_stats(conn: psycopg.Connection, company_ids: list[str]) -> dict[str, dic
     rows = conn.execute(
         "select distinct on (company_id) company_id, stats from sage_control.sync_runs "
         "where company_id = any(%s) order by company_id, started_at desc, sync_run_id desc",
-        (company_ids,)).fetchall()
+        (company_ids,),
+    ).fetchall()
     return {company_id: stats or {} for company_id, stats in rows}
 
 
 def watermarks(conn: psycopg.Connection, company_id: str) -> dict[str, dict[str, Any]]:
     """Per stream: how far its change feed (``updated_since``) and deletion feed have been read."""
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute("select stream, updated_since, deleted_since, updated_at from sage_control.watermarks "
-                    "where company_id = %s", (company_id,))
+        cur.execute(
+            "select stream, updated_since, deleted_since, updated_at from sage_control.watermarks "
+            "where company_id = %s",
+            (company_id,),
+        )
         return {row["stream"]: row for row in cur.fetchall()}
 
 
 def quarantined(conn: psycopg.Connection, company_id: str, limit: int = 50) -> tuple[int, list[dict[str, Any]]]:
     """How many records of the company are quarantined, and the newest ``limit`` with their reasons."""
-    total = conn.execute("select count(*) from sage_raw.quarantine where company_id = %s",
-                         (company_id,)).fetchone()
+    total = conn.execute("select count(*) from sage_raw.quarantine where company_id = %s", (company_id,)).fetchone()
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute("select stream, record_id, reason, _extracted_at as landed_at from sage_raw.quarantine "
-                    "where company_id = %s order by _extracted_at desc limit %s", (company_id, limit))
+        cur.execute(
+            "select stream, record_id, reason, _extracted_at as landed_at from sage_raw.quarantine "
+            "where company_id = %s order by _extracted_at desc limit %s",
+            (company_id, limit),
+        )
         return int(total[0]) if total else 0, cur.fetchall()
 
 
@@ -76,8 +84,9 @@ def mart_exists(conn: psycopg.Connection, mart: str) -> bool:
     return bool(row and row[0])
 
 
-def mart_rows(conn: psycopg.Connection, mart: str, company_id: str, *, order_by: str, limit: int = 50
-              ) -> tuple[int, list[dict[str, Any]]] | None:
+def mart_rows(
+    conn: psycopg.Connection, mart: str, company_id: str, *, order_by: str, limit: int = 50
+) -> tuple[int, list[dict[str, Any]]] | None:
     """The company's rows of ``mart`` (count, first ``limit`` by ``order_by``); None if not built yet.
 
     ``order_by`` is a comma-separated list of column names, ``-name`` for descending.
@@ -85,11 +94,16 @@ def mart_rows(conn: psycopg.Connection, mart: str, company_id: str, *, order_by:
     if not mart_exists(conn, mart):
         return None
     table = sql.Identifier(MARTS_SCHEMA, mart)
-    total = conn.execute(sql.SQL("select count(*) from {} where company_id = %s").format(table),
-                         (company_id,)).fetchone()
+    total = conn.execute(
+        sql.SQL("select count(*) from {} where company_id = %s").format(table), (company_id,)
+    ).fetchone()
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(sql.SQL("select * from {} where company_id = %s order by {} limit %s").format(
-            table, sql.SQL(", ").join(_order_term(c) for c in order_by.split(","))), (company_id, limit))
+        cur.execute(
+            sql.SQL("select * from {} where company_id = %s order by {} limit %s").format(
+                table, sql.SQL(", ").join(_order_term(c) for c in order_by.split(","))
+            ),
+            (company_id, limit),
+        )
         return int(total[0]) if total else 0, cur.fetchall()
 
 

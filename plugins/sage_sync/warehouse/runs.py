@@ -69,8 +69,12 @@ def open_run(conn: psycopg.Connection, company_id: str, kind: str, *, sync_run_i
         "error = 'abandoned: no progress for ' || %(hours)s || ' h; taken over by a new run' "
         "where company_id = %(company)s and status = 'running' and sync_run_id is distinct from %(id)s "
         "and coalesce(last_progress_at, started_at) < now() - %(after)s",
-        {"company": company_id, "id": sync_run_id, "after": STALE_RUN_AFTER,
-         "hours": f"{STALE_RUN_AFTER.total_seconds() / 3600:g}"},
+        {
+            "company": company_id,
+            "id": sync_run_id,
+            "after": STALE_RUN_AFTER,
+            "hours": f"{STALE_RUN_AFTER.total_seconds() / 3600:g}",
+        },
     )
     try:
         with conn.transaction():  # a savepoint: the violation must not abort the caller's transaction
@@ -78,11 +82,14 @@ def open_run(conn: psycopg.Connection, company_id: str, kind: str, *, sync_run_i
     except psycopg.errors.UniqueViolation:
         row = conn.execute(
             "select sync_run_id, kind, started_at from sage_control.sync_runs "
-            "where company_id = %s and status = 'running'", (company_id,)).fetchone()
+            "where company_id = %s and status = 'running'",
+            (company_id,),
+        ).fetchone()
         other = f"a {row[1]} run ({row[0]}, started {row[2]:%Y-%m-%d %H:%M} UTC)" if row else "another run"
         raise RunInProgress(
             f"{company_id}: {other} is still running; runs of one company never overlap, "
-            f"so this {kind} run waits (retry later)") from None
+            f"so this {kind} run waits (retry later)"
+        ) from None
 
 
 def skip_running_runs(conn: psycopg.Connection, company_id: str, reason: str) -> None:
@@ -90,12 +97,18 @@ def skip_running_runs(conn: psycopg.Connection, company_id: str, reason: str) ->
     conn.execute(
         "update sage_control.sync_runs set status = 'skipped', ended_at = now(), "
         "error = %s where company_id = %s and status = 'running'",
-        (reason, company_id))
+        (reason, company_id),
+    )
 
 
 def add_stream_stats(
-    conn: psycopg.Connection, sync_run_id: str, stream: str, *, total_reported: int | None = None,
-    window_total: int | None = None, **counters: int,
+    conn: psycopg.Connection,
+    sync_run_id: str,
+    stream: str,
+    *,
+    total_reported: int | None = None,
+    window_total: int | None = None,
+    **counters: int,
 ) -> dict[str, int]:
     """Add ``counters`` (e.g. ``pages=1, rows_seen=200``) to ``stats[stream]``; set the two totals.
 
@@ -104,8 +117,11 @@ def add_stream_stats(
     warehouse's current records must add up to). Both are set, not added.
     One statement, in the caller's transaction; returns the stream's counters after the update.
     """
-    assigned = {name: value for name, value in (("total_reported", total_reported), ("window_total", window_total))
-                if value is not None}
+    assigned = {
+        name: value
+        for name, value in (("total_reported", total_reported), ("window_total", window_total))
+        if value is not None
+    }
     for name, value in {**counters, **assigned}.items():
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"counter {name!r} must be an int, got {type(value).__name__}")

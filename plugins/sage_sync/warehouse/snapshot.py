@@ -63,8 +63,12 @@ def companies_for_dags(dsn: str | None = None) -> list[DagCompany]:
     """Companies from the registry, else from the last snapshot, else none."""
     path = snapshot_path()
     try:
-        with db.connect(dsn, app="sage_sync.dag_parse", connect_timeout=db.PARSE_CONNECT_TIMEOUT_S,
-                        statement_timeout_ms=db.PARSE_STATEMENT_TIMEOUT_MS) as conn:
+        with db.connect(
+            dsn,
+            app="sage_sync.dag_parse",
+            connect_timeout=db.PARSE_CONNECT_TIMEOUT_S,
+            statement_timeout_ms=db.PARSE_STATEMENT_TIMEOUT_MS,
+        ) as conn:
             rows = conn.execute(_QUERY).fetchall()
     except (psycopg.Error, ConfigError) as exc:
         log.warning("registry unreadable (%s); using snapshot %s", type(exc).__name__, path)

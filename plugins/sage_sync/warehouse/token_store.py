@@ -58,8 +58,9 @@ class PostgresTokenStore:
         self._connect_timeout = connect_timeout
 
     def _connect(self, *, autocommit: bool = False) -> psycopg.Connection:
-        return db.connect(self._dsn, app="sage_sync.token_store", autocommit=autocommit,
-                          connect_timeout=self._connect_timeout)
+        return db.connect(
+            self._dsn, app="sage_sync.token_store", autocommit=autocommit, connect_timeout=self._connect_timeout
+        )
 
     def load(self, company_id: str) -> TokenSet | None:
         """The stored pair, decrypted; None if the company has no tokens."""
@@ -100,8 +101,11 @@ class PostgresTokenStore:
                 (company_id, access_enc, refresh_enc, tokens.access_expires_at, tokens.refresh_expires_at),
             )
             conn.commit()
-        log.info("saved OAuth tokens for company %s (access token expires %s)",
-                 company_id, tokens.access_expires_at.isoformat())
+        log.info(
+            "saved OAuth tokens for company %s (access token expires %s)",
+            company_id,
+            tokens.access_expires_at.isoformat(),
+        )
 
     @contextmanager
     def refresh_lock(self, company_id: str) -> Iterator[None]:
@@ -115,8 +119,9 @@ class PostgresTokenStore:
         conn = self._connect(autocommit=True)
         try:
             if self._lock_timeout is not None:
-                conn.execute("select set_config('lock_timeout', %s, false)",
-                             (f"{max(1, round(self._lock_timeout * 1000))}ms",))
+                conn.execute(
+                    "select set_config('lock_timeout', %s, false)", (f"{max(1, round(self._lock_timeout * 1000))}ms",)
+                )
             try:
                 conn.execute("select pg_advisory_lock(%s, %s)", (namespace, key))
             except errors.LockNotAvailable:

@@ -74,8 +74,11 @@ EditRights = Annotated[bool, Depends(edit_rights)]
 async def editor(user: CurrentUser, rights: EditRights) -> Any:
     """The dependency of every route that changes something: the user, if they may edit DAGs."""
     if not rights:
-        raise HTTPException(status_code=403, detail="Changing Sage connections needs permission to edit "
-                                                    "DAGs in Airflow (the User role or above): ask an admin")
+        raise HTTPException(
+            status_code=403,
+            detail="Changing Sage connections needs permission to edit "
+            "DAGs in Airflow (the User role or above): ask an admin",
+        )
     return user
 
 

@@ -41,8 +41,9 @@ EXCEPTION_REASONS = {
 }
 
 # The login is a dependency of the app, not of each route: a route added later is closed too.
-app = FastAPI(title="Sage connections", docs_url=None, redoc_url=None, openapi_url=None,
-              dependencies=[Depends(current_user)])
+app = FastAPI(
+    title="Sage connections", docs_url=None, redoc_url=None, openapi_url=None, dependencies=[Depends(current_user)]
+)
 
 
 # -- authentication -------------------------------------------------------------------------------
@@ -76,9 +77,17 @@ def index(request: Request, can_edit: EditRights, msg: str | None = None) -> HTM
     sections = [(state, [i for i in items if i["status"] == state]) for state in dashboard.DISPLAY_ORDER]
     sections = [(state, found) for state, found in sections if found]
     counts = {state: sum(1 for i in items if i["status"] == state) for state in dashboard.DISPLAY_ORDER}
-    return render(request, "index.html", title="Sage connections", msg=msg, sections=sections, counts=counts,
-                  order=dashboard.DISPLAY_ORDER, can_edit=can_edit,
-                  next_run_known=all(i["next_run_known"] for i in items))
+    return render(
+        request,
+        "index.html",
+        title="Sage connections",
+        msg=msg,
+        sections=sections,
+        counts=counts,
+        order=dashboard.DISPLAY_ORDER,
+        can_edit=can_edit,
+        next_run_known=all(i["next_run_known"] for i in items),
+    )
 
 
 @app.get("/icon.svg")
@@ -86,8 +95,9 @@ def icon() -> Response:
     """The menu entry's icon in Airflow's navigation."""
     from sage_sync.web.pages import TEMPLATES  # noqa: PLC0415
 
-    return Response((TEMPLATES / "icon.svg").read_bytes(), media_type="image/svg+xml",
-                    headers={"Cache-Control": "max-age=86400"})
+    return Response(
+        (TEMPLATES / "icon.svg").read_bytes(), media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"}
+    )
 
 
 @app.get("/company/{company_id}", response_class=HTMLResponse)
@@ -99,13 +109,19 @@ def company(request: Request, company_id: str, can_edit: EditRights, msg: str | 
         found = dashboard.company_page(company_id, caller(request))
     except LifecycleError as exc:
         return error_page(request, exc.message, 404)
-    return render(request, "company.html", title=found["name"], msg=msg, c=found, can_edit=can_edit,
-                  reasons=EXCEPTION_REASONS)
+    return render(
+        request, "company.html", title=found["name"], msg=msg, c=found, can_edit=can_edit, reasons=EXCEPTION_REASONS
+    )
 
 
 @app.get("/authorize")
-def authorize(request: Request, user: Editor, purpose: str, company_id: str = "",  # noqa: ARG001 - the editor check
-              synced_from: str = "") -> Response:
+def authorize(
+    request: Request,
+    user: Editor,  # noqa: ARG001 - the editor check
+    purpose: str,
+    company_id: str = "",
+    synced_from: str = "",
+) -> Response:
     """Send the browser to Sage's authorise page with a fresh state and PKCE pair."""
     from sage_sync.lifecycle import authorisation  # noqa: PLC0415
     from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
@@ -122,14 +138,20 @@ def authorize(request: Request, user: Editor, purpose: str, company_id: str = ""
         return error_page(request, exc.message)
     cookie = authorisation.seal_flow(start, purpose=purpose, company_id=company_id, synced_from=synced_from)
     response = RedirectResponse(start.url, status_code=303)
-    response.set_cookie(OAUTH_COOKIE, cookie, httponly=True, samesite="lax", path=base_path(request),
-                        max_age=authorisation.FLOW_SECONDS)
+    response.set_cookie(
+        OAUTH_COOKIE, cookie, httponly=True, samesite="lax", path=base_path(request), max_age=authorisation.FLOW_SECONDS
+    )
     return response
 
 
 @app.get("/callback")
-def callback(request: Request, user: Editor, code: str = "", state: str = "",  # noqa: ARG001 - the editor check
-             error: str = "") -> Response:
+def callback(
+    request: Request,
+    user: Editor,  # noqa: ARG001 - the editor check
+    code: str = "",
+    state: str = "",
+    error: str = "",
+) -> Response:
     """Sage's redirect: check the state, exchange the code, then act on the flow's purpose."""
     from sage_sync.lifecycle import authorisation, dashboard  # noqa: PLC0415
     from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
@@ -145,15 +167,20 @@ def callback(request: Request, user: Editor, code: str = "", state: str = "",  #
         if purpose == "reconnect":
             reconnected = lifecycle.reconnect(company_id, code, flow["verifier"])
             name = dashboard.display_name(company_id, reconnected.company_name, None)
-            response: Response = back(request, f"Reconnected {name}: the next run imports every change since its "
-                                               "last successful sync")
+            response: Response = back(
+                request, f"Reconnected {name}: the next run imports every change since its last successful sync"
+            )
         elif purpose == "backfill":
             quarter = lifecycle.authorise_backfill(company_id, flow["synced_from"], code, flow["verifier"])
-            run_id = _started(lifecycle.BACKFILL_DAG_ID, lambda: lifecycle.start_backfill(company_id, quarter,
-                                                                                          caller(request)))
+            run_id = _started(
+                lifecycle.BACKFILL_DAG_ID, lambda: lifecycle.start_backfill(company_id, quarter, caller(request))
+            )
             _, name = dashboard.named_company(company_id)
-            response = back(request, f"Backfill of {name} to {quarter} started ({run_id}); Synced From moves "
-                                     "when it succeeds", to=f"/company/{quote(company_id, safe='')}")
+            response = back(
+                request,
+                f"Backfill of {name} to {quarter} started ({run_id}); Synced From moves when it succeeds",
+                to=f"/company/{quote(company_id, safe='')}",
+            )
         else:
             auth = lifecycle.exchange(code, flow["verifier"])
             pending = authorisation.hold(auth)
@@ -175,13 +202,26 @@ def choose(request: Request, user: Editor, pending: str) -> HTMLResponse:  # noq
     quarters = [str(q) for q in dashboard.connect_quarters()]
     businesses = [{"id": b["id"], "name": authorisation.business_name(b)} for b in found.businesses]
     # A year of history by default: enough for a first carbon report, quick to import.
-    return render(request, "choose.html", title="Connect a Sage business", pending=pending, businesses=businesses,
-                  quarters=quarters, default=quarters[min(3, len(quarters) - 1)])
+    return render(
+        request,
+        "choose.html",
+        title="Connect a Sage business",
+        pending=pending,
+        businesses=businesses,
+        quarters=quarters,
+        default=quarters[min(3, len(quarters) - 1)],
+    )
 
 
 @app.post("/register")
-def register_business(request: Request, user: Editor, pending: str = Form(...),  # noqa: ARG001 - the editor check
-                      business_id: str = Form(...), synced_from: str = Form(...), csrf: str = Form("")) -> Response:
+def register_business(
+    request: Request,
+    user: Editor,  # noqa: ARG001 - the editor check
+    pending: str = Form(...),
+    business_id: str = Form(...),
+    synced_from: str = Form(...),
+    csrf: str = Form(""),
+) -> Response:
     """Register the chosen business; its daily DAG appears at the next parse."""
     from sage_sync.lifecycle import authorisation  # noqa: PLC0415
     from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
@@ -196,13 +236,20 @@ def register_business(request: Request, user: Editor, pending: str = Form(...), 
     except LifecycleError as exc:
         return error_page(request, exc.message)
     authorisation.release(pending)
-    return back(request, f"Connected {registered.company_name} from {registered.synced_from_quarter}: its DAG "
-                         f"sage_sync__{registered.company_id} appears within a minute")
+    return back(
+        request,
+        f"Connected {registered.company_name} from {registered.synced_from_quarter}: its DAG "
+        f"sage_sync__{registered.company_id} appears within a minute",
+    )
 
 
 @app.post("/disconnect")
-def disconnect(request: Request, user: Editor, company_id: str = Form(...),  # noqa: ARG001 - the editor check
-               csrf: str = Form("")) -> Response:
+def disconnect(
+    request: Request,
+    user: Editor,  # noqa: ARG001 - the editor check
+    company_id: str = Form(...),
+    csrf: str = Form(""),
+) -> Response:
     """Disconnect: no more imports, grant revoked, DAG paused, data kept."""
     from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
 
@@ -216,8 +263,12 @@ def disconnect(request: Request, user: Editor, company_id: str = Form(...),  # n
 
 
 @app.get("/synced-from", response_class=HTMLResponse)
-def synced_from_form(request: Request, user: Editor, company_id: str,  # noqa: ARG001 - the editor check
-                     synced_from: str = "") -> HTMLResponse:
+def synced_from_form(
+    request: Request,
+    user: Editor,  # noqa: ARG001 - the editor check
+    company_id: str,
+    synced_from: str = "",
+) -> HTMLResponse:
     """Offer the earlier quarters allowed; once one is picked, warn and ask for confirmation."""
     from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
     from sage_sync.lifecycle import dashboard  # noqa: PLC0415
@@ -231,11 +282,20 @@ def synced_from_form(request: Request, user: Editor, company_id: str,  # noqa: A
         return error_page(request, exc.message, back_to=back_to)
     if synced_from:
         start, end = lifecycle.backfill_window(known, quarter)
-        return render(request, "synced_from_confirm.html", title="Move Synced From earlier", company=known,
-                      name=name, quarter=str(quarter), start=start, end=end)
+        return render(
+            request,
+            "synced_from_confirm.html",
+            title="Move Synced From earlier",
+            company=known,
+            name=name,
+            quarter=str(quarter),
+            start=start,
+            end=end,
+        )
     quarters = [str(q) for q in dashboard.backfill_quarters(known)]
-    return render(request, "synced_from.html", title="Move Synced From earlier", company=known, name=name,
-                  quarters=quarters)
+    return render(
+        request, "synced_from.html", title="Move Synced From earlier", company=known, name=name, quarters=quarters
+    )
 
 
 @app.get("/reset", response_class=HTMLResponse)
@@ -251,24 +311,33 @@ def reset_form(request: Request, user: Editor, company_id: str) -> HTMLResponse:
 
 
 @app.post("/reset")
-def reset(request: Request, user: Editor, company_id: str = Form(...), confirm: str = Form(""),  # noqa: ARG001
-          csrf: str = Form("")) -> Response:
+def reset(
+    request: Request,
+    user: Editor,  # noqa: ARG001 - the editor check
+    company_id: str = Form(...),
+    confirm: str = Form(""),
+    csrf: str = Form(""),
+) -> Response:
     """Wipe, then trigger the company's DAG for the full sync."""
     from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
 
     _check_csrf(request, csrf)
     back_to = f"/company/{quote(company_id, safe='')}"
     if confirm != "yes":
-        return error_page(request, "Reset wipes the company's imported data and imports it again from Synced "
-                                   "From: confirm it explicitly by ticking the box", back_to=f"/reset?company_id="
-                                   f"{quote(company_id, safe='')}")
+        return error_page(
+            request,
+            "Reset wipes the company's imported data and imports it again from Synced "
+            "From: confirm it explicitly by ticking the box",
+            back_to=f"/reset?company_id={quote(company_id, safe='')}",
+        )
     try:
         run_id = lifecycle.reset(company_id, confirm=True)
     except LifecycleError as exc:
         return error_page(request, exc.message, back_to=back_to)
     lifecycle.close_reset_run(run_id)
-    dag_run = _started(lifecycle.dag_id_for(company_id),
-                       lambda: lifecycle.trigger_full_sync(company_id, caller(request)))
+    dag_run = _started(
+        lifecycle.dag_id_for(company_id), lambda: lifecycle.trigger_full_sync(company_id, caller(request))
+    )
     return back(request, f"Reset: data wiped; full sync started ({dag_run})", to=back_to)
 
 

@@ -21,8 +21,9 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sage_sync.web.access import CSRF_COOKIE
 
 TEMPLATES = Path(__file__).with_name("templates")
-env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(), trim_blocks=True,
-                  lstrip_blocks=True)
+env = Environment(
+    loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(), trim_blocks=True, lstrip_blocks=True
+)
 
 
 def _when(value: datetime | str | None) -> str:
@@ -67,7 +68,8 @@ def render(request: Request, template: str, *, title: str, status: int = 200, **
     """``template`` with the page's common context (paths, CSRF token, title); sets the CSRF cookie."""
     csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
     html = env.get_template(template).render(
-        base=base_path(request), airflow=home_path(request), csrf=csrf, title=title, **context)
+        base=base_path(request), airflow=home_path(request), csrf=csrf, title=title, **context
+    )
     response = HTMLResponse(html, status_code=status)
     if request.cookies.get(CSRF_COOKIE) != csrf:
         response.set_cookie(CSRF_COOKIE, csrf, httponly=True, samesite="lax", path=base_path(request))
