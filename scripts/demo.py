@@ -175,7 +175,7 @@ def report_emissions(conn: psycopg.Connection, companies: list[tuple[str, str]])
         coverage = emissions_report.emissions_coverage(conn, company_id)
         print(f"\n{name} ({company_id})")
         if not coverage:
-            print("no GBP spend, so no emissions (see currency_exceptions)")
+            print("no GBP spend, so no emissions (see analytics.rpt_currency_exceptions)")
             continue
         print(emissions_report.format_summary(coverage))
         share = emissions_report.overall_coverage(coverage)

@@ -238,9 +238,9 @@ def _write_chart(path: Path, categories: Any, coverage: Any, company_name: str) 
     figure, axis = plt.subplots(figsize=(11, 6))
     pivot.plot.bar(stacked=True, ax=axis, width=0.8, colormap="tab20")
     shares = dict(zip(coverage["quarter"], coverage["coverage_share"], strict=True))
-    labels = [q if pd.isna(shares.get(q)) else f"{q}\n{shares[q]:.0%} mapped" for q in pivot.index]
+    labels = [q if pd.isna(shares.get(q)) else f"{q}\n{shares[q]:.0%}" for q in pivot.index]  # % of £ mapped
     axis.set_xticklabels(labels, rotation=0, fontsize=8)
-    axis.set_xlabel("")
+    axis.set_xlabel("quarter, and the share of its in-scope £ with a factor")
     axis.set_ylabel("kg CO2e")
     axis.set_title(f"{company_name}: kg CO2e by quarter and spend category (spend-based estimate)")
     axis.legend(title="category", bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8)
