@@ -1,4 +1,4 @@
--- kg CO2e per company, calendar quarter and supplier (supplier_key as in spend_by_supplier_quarter:
+-- kg CO2e per company, calendar quarter and supplier (supplier_key as in rpt_spend_by_supplier_quarter:
 -- the contact, else the name on the document, else 'unknown'). A view over fct_spend_emissions.
 {{ config(materialized='view') }}
 
@@ -11,11 +11,7 @@ emissions as (
 keyed as (
     select
         *,
-        case
-            when supplier_id is not null then 'contact:' || supplier_id
-            when supplier_name is not null then 'name:' || lower(supplier_name)
-            else 'unknown'
-        end as supplier_key
+        {{ supplier_key() }} as supplier_key
     from emissions
 ),
 

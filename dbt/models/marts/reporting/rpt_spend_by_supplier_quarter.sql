@@ -12,11 +12,7 @@ spend as (
 keyed as (
     select
         *,
-        case
-            when supplier_id is not null then 'contact:' || supplier_id
-            when supplier_name is not null then 'name:' || lower(supplier_name)
-            else 'unknown'
-        end as supplier_key
+        {{ supplier_key() }} as supplier_key
     from spend
 ),
 
