@@ -3,7 +3,7 @@ builds everything that landed since the last successful build.
 
 Day 1 lands and is built. Day 2 lands and its transform fails midway (the base models are built,
 the line table is not: a lock held on it runs dbt into its lock timeout). Day 3 lands while the
-transform is paused (no run). Then the transform resumes (one task of the real `sage_transform`
+transform is paused (no run). Then the transform resumes (the dbt task of the real `sage_transform`
 DAG, run by Airflow and cosmos, then the whole build): the marts must hold both days' changes,
 exactly as a full refresh builds them.
 That works because every incremental model takes its watermark from what its own table holds.
@@ -102,11 +102,11 @@ def test_one_transform_after_a_failed_and_a_skipped_one_builds_both_days(
         (GBP_CO, DAY3),
     )
 
-    # The transform resumes. First one task of the real DAG (cosmos, through the passwordless
+    # The transform resumes. First the dbt task of the real DAG (cosmos, through the passwordless
     # connection): the line table picks up the day-2 versions the failed run had already
     # deduplicated. Then the whole build.
     done = subprocess.run(
-        [str(BIN / "airflow"), "tasks", "test", "sage_transform", "int_spend_lines_signed_run"],
+        [str(BIN / "airflow"), "tasks", "test", "sage_transform", "dbt_producer_watcher"],
         env=env,
         capture_output=True,
         text=True,
