@@ -5,6 +5,9 @@ parsed JSON objects) and commit once per page, as the sync does. The project sid
 ``loader.load_records`` (identity checks, canonical JSON, sha256, latest-version lookup under an advisory
 lock, binary COPY). The baseline is the least a loader must do to land the same rows in an identical
 table: serialise each payload to JSON, hash it, one binary COPY per page. Page generation is not timed.
+Both sides serialise with orjson (the loader proves per record that its bytes are the canonical form,
+falling back to ``json`` otherwise; the baseline skips that proof), so the ratio is not flattered by
+giving the baseline a slower encoder.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
@@ -87,7 +91,9 @@ def make_page(start: int, rng: random.Random) -> list[dict[str, Any]]:
     return items
 
 
-_CANON = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+# The fastest serialiser that gives the canonical bytes for these pages (they hold no float), with
+# none of the checks the loader needs to prove that for any payload: the least a loader must do.
+_CANON_OPTIONS = orjson.OPT_SORT_KEYS
 
 
 def _bare_copy(conn: psycopg.Connection, company: str, run_id: str, page: list[dict[str, Any]]) -> None:
@@ -101,7 +107,7 @@ def _bare_copy(conn: psycopg.Connection, company: str, run_id: str, page: list[d
         copy.set_types(["text", "text", "timestamptz", "jsonb", "text", "timestamptz", "text"])
         now = datetime.now(UTC)
         for record in page:
-            data = _CANON.encode(record).encode()
+            data = orjson.dumps(record, option=_CANON_OPTIONS)
             copy.write_row(
                 (
                     company,
