@@ -18,19 +18,9 @@
     The lookback (var incremental_lookback) re-reads rows stamped shortly before the watermark:
     the loader stamps _extracted_at at its transaction start, so a page committed while dbt was
     reading can carry a time below the watermark. Re-reading is harmless (same rows again).
-
-    The watermark is the newest last_landed_at *or dbt_loaded_at* here, minus the lookback.
-    dbt_loaded_at is the (database) start of the build that wrote the row, and every raw row
-    committed before it was visible to that build; a row not yet committed then was stamped at
-    most one load transaction (less than the lookback) earlier. So nothing below the watermark is
-    unseen. Why not last_landed_at alone: a whole initial sync lands within the hour, so with
-    last_landed_at the next builds re-read (and join against this table) every version of it
-    until a newer landing moves the watermark: at 5M versions, most of a daily run.
 #}
 {% macro incremental_latest_versions(source_relation, stream) -%}
-{%- set landed_after = incremental_watermark(
-    ['last_landed_at', 'dbt_loaded_at'], var('incremental_lookback', '1 hour')
-) -%}
+{%- set landed_after = incremental_watermark('last_landed_at', var('incremental_lookback', '1 hour')) -%}
 with
 
 {% if is_incremental() -%}

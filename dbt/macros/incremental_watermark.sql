@@ -1,7 +1,6 @@
 {#
     The newest value of `column` in this incremental model's own table (minus `lookback`, an
     interval), rendered as a timestamptz literal; '-infinity' on a first or full-refresh build.
-    `column` may be a list: the newest value of any of them (greatest of the maxima, nulls ignored).
 
     Why a literal and not `where x > (select max(x) from this)`: PostgreSQL plans a subquery's
     value as unknown and assumes a third of the rows match, so it scans the whole (5M-row) table
@@ -10,18 +9,14 @@
     fixture, not a table the macro could query).
 #}
 {% macro incremental_watermark(column, lookback=none) -%}
-    {%- set columns = [column] if column is string else column -%}
-    {%- set newest -%}
-        greatest({% for name in columns %}max({{ name }}){% if not loop.last %}, {% endif %}{% endfor %})
-    {%- endset -%}
     {%- if is_incremental() and model.resource_type == 'unit_test' -%}
         (select coalesce(
-            {{ newest }}{% if lookback %} - interval '{{ lookback }}'{% endif %}, '-infinity'::timestamptz
+            max({{ column }}){% if lookback %} - interval '{{ lookback }}'{% endif %}, '-infinity'::timestamptz
         ) from {{ this }})
     {%- elif execute and is_incremental() -%}
         {%- set query -%}
             select cast(coalesce(
-                {{ newest }}{% if lookback %} - interval '{{ lookback }}'{% endif %},
+                max({{ column }}){% if lookback %} - interval '{{ lookback }}'{% endif %},
                 '-infinity'::timestamptz
             ) as text) as watermark
             from {{ this }}
