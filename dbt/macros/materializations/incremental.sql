@@ -3,7 +3,10 @@
     exists with the model's columns. dbt would build a new table and `drop ... cascade` the old
     one, taking every view downstream with it; here the rows are replaced in place, in one
     transaction (see in_place.sql), and the table keeps its indexes. An incremental run is dbt's
-    own: its strategy already changes the table in one transaction.
+    own: its strategy already changes the table in one transaction, which first creates the
+    configured indexes the table lacks (a deploy that adds one to `indexes`: dbt's own incremental
+    run never does, so it would wait for a full refresh, and a model that relies on it, like the
+    skip scan of dim_nominal_accounts, would scan the whole table meanwhile).
 #}
 {% materialization incremental, adapter='postgres' %}
     {%- set existing_relation = load_cached_relation(this) -%}
@@ -11,6 +14,9 @@
     {%- if should_full_refresh() and existing_relation is not none and existing_relation.is_table
         and can_replace_in_place(target_relation, sql) -%}
         {{ return(materialize_table_in_place(target_relation, existing_relation)) }}
+    {%- endif -%}
+    {%- if existing_relation is not none and existing_relation.is_table and not should_full_refresh() -%}
+        {% do create_missing_indexes(target_relation) %}
     {%- endif -%}
     {{ return(dbt.materialization_incremental_default()) }}
 {% endmaterialization %}

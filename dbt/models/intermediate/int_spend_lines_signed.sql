@@ -15,6 +15,7 @@
         indexes=[
             {'columns': ['company_id', 'stream', 'record_id']},
             {'columns': ['company_id', 'contact_id']},
+            {'columns': ['company_id', 'ledger_account_id']},
             {'columns': ['dbt_loaded_at']},
         ],
     )

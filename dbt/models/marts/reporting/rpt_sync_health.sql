@@ -39,7 +39,10 @@ streams (stream, stream_kind, is_incremental, is_date_filtered) as (
 {%- endfor %}
 
 -- The reference streams are small and read from staging; contacts and the spend streams come from
--- int_sync_records, kept incrementally, so this build does not re-parse every record.
+-- int_sync_records, kept incrementally, so this build does not re-parse every record. Counted per
+-- record date first: the join to the company's window then meets a few thousand groups instead
+-- of every record, and the count over int_sync_records runs as one parallel aggregate (joined
+-- row by row, PostgreSQL walked its 5M rows in index order on one core).
 records as (
     {%- for stream, model in small_record_models %}
         select
@@ -47,8 +50,10 @@ records as (
             company_id,
             cast(null as date) as record_date,
             false as is_gone,
-            last_changed_at
+            count(*) as record_count,
+            max(last_changed_at) as last_changed_at
         from {{ ref(model) }}
+        group by company_id
         union all
     {%- endfor %}
     select
@@ -56,8 +61,10 @@ records as (
         company_id,
         record_date,
         is_gone,
-        last_changed_at
+        count(*) as record_count,
+        max(last_changed_at) as last_changed_at
     from {{ ref('int_sync_records') }}
+    group by stream, company_id, record_date, is_gone
 ),
 
 window_start as (
@@ -76,11 +83,12 @@ record_counts as (
     select
         records.company_id,
         records.stream,
-        count(*) filter (
+        coalesce(cast(sum(records.record_count) filter (
             where not records.is_gone
             and (records.record_date is null or records.record_date >= window_start.synced_from_date)
-        ) as current_record_count,
-        count(*) filter (where records.is_gone) as deleted_record_count,
+        ) as bigint), 0) as current_record_count,
+        coalesce(cast(sum(records.record_count) filter (where records.is_gone) as bigint), 0)
+            as deleted_record_count,
         max(records.last_changed_at) as last_version_landed_at
     from records
     left join window_start
