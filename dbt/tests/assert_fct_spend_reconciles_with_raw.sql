@@ -2,7 +2,27 @@
 -- of the staging and intermediate models: latest version per record, not deleted, not VOID or
 -- DRAFT, GBP documents of GBP companies, credit notes and refunds negative. Returns the
 -- companies where the two disagree.
+--
+-- Only companies at rest are compared: none of their sync runs was landing at or after the
+-- build started (int_build_started). A company still syncing during the build has raw the
+-- models have not read yet; its landing triggers the next build, which reconciles it.
 with
+
+build as (
+    select build_started_at from {{ ref('int_build_started') }}
+),
+
+companies_at_rest as (
+    select companies.company_id
+    from {{ source('sage_control', 'companies') }} as companies
+    where not exists (
+            select 1
+            from {{ source('sage_control', 'sync_runs') }} as runs
+            cross join build
+            where runs.company_id = companies.company_id
+                and (runs.ended_at >= build.build_started_at or (runs.ended_at is null and runs.status = 'running'))
+        )
+),
 
 latest_documents as (
     select
@@ -65,7 +85,7 @@ base_currencies as (
         payload -> 'base_currency' ->> 'id' as base_currency
     from {{ source('sage', 'financial_settings') }}
     -- spend of a company that is not connected has no home in the fact either
-    where company_id in (select companies.company_id from {{ source('sage_control', 'companies') }} as companies)
+    where company_id in (select companies_at_rest.company_id from companies_at_rest)
     order by company_id, source_updated_at desc nulls last, _extracted_at desc
 ),
 
@@ -97,6 +117,7 @@ actual as (
         company_id,
         sum(amount) as amount
     from {{ ref('fct_spend_transactions') }}
+    where company_id in (select companies_at_rest.company_id from companies_at_rest)
     group by company_id
 )
 

@@ -1057,7 +1057,14 @@ def test_analyst_role_reads_marts_only(built: psycopg.Connection) -> None:
 
 DAY3 = "2024-06-04T06:00:00Z"
 # Columns stamped by the build itself or by the clock: they differ between any two builds.
-BUILD_STAMPED = {"dbt_loaded_at", "hours_since_last_success", "freshness_status", "duration_seconds"}
+BUILD_STAMPED = {
+    "dbt_loaded_at",
+    "hours_since_last_success",
+    "freshness_status",
+    "duration_seconds",
+    "invocation_id",
+    "build_started_at",
+}
 
 
 def _day3_rows() -> list[Row]:
@@ -1127,6 +1134,40 @@ def _snapshot(conn: psycopg.Connection) -> dict[str, list[str]]:
         ).fetchall()
         snapshot[f"{schema}.{table}"] = sorted(r[0] for r in rows)
     return snapshot
+
+
+def test_reconciliation_waits_for_a_company_still_landing(
+    built: psycopg.Connection, pg_dsn: str, tmp_path: Path
+) -> None:
+    """A sync landing while dbt builds is not a reconciliation failure; the same raw, landed by a
+    run that had ended before the build, is one. (On the deployment, the syncs of other companies
+    land while the asset-triggered build runs.)"""
+    env = _dbt_env(pg_dsn)
+    built.rollback()
+    line = _invoice_line("pi_in_flight_l1", "50.00", "10.00", None, "la_office")
+    invoice = _document("pi_in_flight", "invoice", [line])
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(
+            "insert into sage_control.sync_runs (sync_run_id, company_id, kind, status, started_at) "
+            "values ('run_live', %s, 'daily', 'running', now())",
+            (GBP_CO,),
+        )
+        _insert_rows(conn, [Row("purchase_invoices", GBP_CO, "pi_in_flight", invoice, LATER)])
+        try:
+            test = ["test", "--select", "assert_fct_spend_reconciles_with_raw"]
+            result = _dbt(test, env, tmp_path)
+            assert result.returncode == 0, result.stdout[-4000:]  # still landing: left to the next build
+            conn.execute(
+                "update sage_control.sync_runs set status = 'success', ended_at = build.build_started_at "
+                "- interval '1 minute' from sage_intermediate.int_build_started as build "
+                "where sync_run_id = 'run_live'"
+            )
+            result = _dbt(test, env, tmp_path)
+            assert result.returncode == 1, result.stdout[-4000:]  # landed before the build, not modelled
+            assert "Got 1 result" in result.stdout, result.stdout[-4000:]
+        finally:
+            conn.execute("delete from sage_raw.purchase_invoices where record_id = 'pi_in_flight'")
+            conn.execute("delete from sage_control.sync_runs where sync_run_id = 'run_live'")
 
 
 def test_incremental_build_equals_a_full_refresh(built: psycopg.Connection, pg_dsn: str, tmp_path: Path) -> None:
