@@ -2,18 +2,19 @@
 ### dbt transform of the Sage warehouse
 
 Runs the dbt project (`dbt/`) that deduplicates the raw versions, applies deletions and builds
-the analyst models. Rendered by astronomer-cosmos from dbt's manifest in its *watcher* mode: one
-task (`dbt_producer_watcher`) runs a single `dbt build` of every model and seed, and each model
-still has its own task in the UI, a deferrable sensor that turns green or red as dbt finishes
-that model. The project's tests run after all models, in one task. dbt connects through the
-Airflow connection `sage_warehouse`; a connection without a password (trust or peer auth) is
-accepted.
+the analyst models: one task, `dbt_build`, runs one `dbt build` of every seed, model and test
+(astronomer-cosmos' `DbtBuildLocalOperator`, in-process through dbt's runner). Its log lists each
+model and test with its status and time, the first error at the end; dbt's `run_results.json` is
+in the task's target folder. dbt connects through the Airflow connection `sage_warehouse`; a
+connection without a password (trust or peer auth) is accepted.
 
-**Why one build, not one task per model.** A task per model paid dbt's import and project
-load in every task process: about 60 s each on two busy cores against about 5 s of SQL, so
-a run of 45 models took 12 minutes and held every worker slot the syncs needed. One build
-pays it once. If the producer dies (a worker lost), its retry does not start a second build:
-the model tasks that had not finished then run their own model, as cosmos' fallback does.
+**Why one task, not one per model.** Measured on the CeleryExecutor deployment (2 cores,
+`tests/deployment`): a task per model paid dbt's import and project load in each task process,
+about 60 s each against about 5 s of SQL; cosmos' watcher mode (one build plus a deferrable
+sensor per model) still cost two task start-ups per model, 264 task runs and 1,830 task-seconds
+for two transform runs, against 774 for the 169 sync tasks of 13 companies that day, and the
+sensors held the worker slots the syncs need. One task costs one start-up and the build itself.
+A retry re-runs the build, which is safe: every model is incremental or replaced in place.
 
 **When it runs.** Whenever any company's sync lands new data (the `sage_raw` Asset), and in any
 case once a day at 06:00 UTC, after the night's syncs. It starts unpaused, like the company DAGs.
@@ -30,8 +31,8 @@ failed transform, the next run builds everything that landed since the last succ
 transaction (macros in `dbt/macros/materializations/`), so no build drops a mart or shows it
 half-built.
 
-If the manifest has not been built yet (`make dbt-parse`), a single `dbt build` task stands in,
-so a fresh deployment still transforms.
+If cosmos cannot be imported, a plain `dbt build` command stands in, so a deployment without it
+still transforms.
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ from sage_sync.lifecycle.airflow_api import TRANSFORM_DAG_ID, sage_raw_asset
 
 SAGE_RAW_ASSET = sage_raw_asset()
 DBT_PROJECT = Path(os.environ.get("SAGE_DBT_PROJECT_DIR", Path(__file__).resolve().parent.parent / "dbt"))
-MANIFEST = DBT_PROJECT / "target" / "manifest.json"
 DBT_EXECUTABLE = os.environ.get("SAGE_DBT_EXECUTABLE", str(Path(sys.executable).parent / "dbt"))
 # The time-based half of the schedule: after the daily company syncs (midnight UTC).
 DAILY_CATCH_UP_CRON = "0 6 * * *"
@@ -95,32 +95,27 @@ def _warehouse_profile_mapping() -> Any:  # a cosmos ProfileMapping; cosmos is i
 
 
 def _cosmos_dag() -> DAG:
-    from cosmos import DbtDag, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig  # noqa: PLC0415
-    from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior  # noqa: PLC0415
+    from cosmos import ProfileConfig  # noqa: PLC0415
+    from cosmos.constants import InvocationMode  # noqa: PLC0415
+    from cosmos.operators.local import DbtBuildLocalOperator  # noqa: PLC0415
 
-    return DbtDag(
-        project_config=ProjectConfig(
-            dbt_project_path=DBT_PROJECT,
-            manifest_path=MANIFEST,
-            project_name="sage_carbon",
-            install_dbt_deps=False,
-        ),
-        profile_config=ProfileConfig(
-            profile_name="sage_carbon",
-            target_name="airflow",
-            profile_mapping=_warehouse_profile_mapping(),
-        ),
-        execution_config=ExecutionConfig(
-            execution_mode=ExecutionMode.WATCHER,
+    with DAG(**DAG_ARGS) as dag:  # noqa: AIR002 - schedule is in DAG_ARGS
+        DbtBuildLocalOperator(
+            task_id="dbt_build",
+            task_display_name="dbt build (every seed, model and test)",
+            project_dir=str(DBT_PROJECT),
+            profile_config=ProfileConfig(
+                profile_name="sage_carbon",
+                target_name="airflow",
+                profile_mapping=_warehouse_profile_mapping(),
+            ),
             dbt_executable_path=DBT_EXECUTABLE,
             invocation_mode=InvocationMode.DBT_RUNNER,
-        ),
-        # Every test in one task at the end: a test spanning several models (the reconciliation)
-        # can only run once all of them are built, and a task per test would double the run's
-        # fixed per-task cost.
-        render_config=RenderConfig(load_method=LoadMode.DBT_MANIFEST, test_behavior=TestBehavior.AFTER_ALL),
-        **DAG_ARGS,
-    )
+            install_deps=False,
+            # The models are the product's tables, not Airflow assets: nothing is scheduled on them.
+            emit_datasets=False,
+        )
+    return dag
 
 
 def _single_task_dag() -> DAG:
@@ -136,4 +131,12 @@ def _single_task_dag() -> DAG:
     return dag
 
 
-sage_transform = _cosmos_dag() if MANIFEST.exists() else _single_task_dag()
+def _transform_dag() -> DAG:
+    try:
+        import cosmos  # noqa: F401, PLC0415
+    except ImportError:
+        return _single_task_dag()
+    return _cosmos_dag()
+
+
+sage_transform = _transform_dag()

@@ -106,7 +106,7 @@ def test_one_transform_after_a_failed_and_a_skipped_one_builds_both_days(
     # connection): the line table picks up the day-2 versions the failed run had already
     # deduplicated. Then the whole build.
     done = subprocess.run(
-        [str(BIN / "airflow"), "tasks", "test", "sage_transform", "dbt_producer_watcher"],
+        [str(BIN / "airflow"), "tasks", "test", "sage_transform", "dbt_build"],
         env=env,
         capture_output=True,
         text=True,

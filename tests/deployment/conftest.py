@@ -105,11 +105,13 @@ class Env:
 
     def meta(self, query: str, params: Any = ()) -> list[tuple]:
         with psycopg.connect(self.metadata_dsn, autocommit=True) as conn:
-            return conn.execute(query, params).fetchall()
+            cursor = conn.execute(query, params)
+            return cursor.fetchall() if cursor.description else []  # an update returns no rows
 
     def wh(self, query: str, params: Any = ()) -> list[tuple]:
         with psycopg.connect(self.warehouse_dsn, autocommit=True) as conn:
-            return conn.execute(query, params).fetchall()
+            cursor = conn.execute(query, params)
+            return cursor.fetchall() if cursor.description else []  # an update returns no rows
 
     def dag_ids(self) -> list[str]:
         return [airflow_api.dag_id_for(c) for c in self.companies.values()]
