@@ -167,11 +167,11 @@ class Edge:
         request_id = uuid.uuid4().hex
         path: str = scope["path"]
         admin = path.startswith("/_admin")
-        fault = None if admin else self.state.faults.take(path)
+        headers = dict(scope.get("headers") or [])
+        business = headers.get(b"x-business", b"").decode("latin-1") or None
+        fault = None if admin else self.state.faults.take(path, business)
         entry: dict[str, Any] | None = None
         if not admin:
-            headers = dict(scope.get("headers") or [])
-            business = headers.get(b"x-business", b"").decode("latin-1") or None
             entry = {
                 "method": scope["method"],
                 "path": path,
@@ -555,6 +555,7 @@ def _install_admin(api: FastAPI, state: FakeSage) -> None:
                 int(data.get("count") or 1),
                 data.get("retry_after"),
                 data.get("delay_ms"),
+                data.get("business"),
             )
             state.faults.add(fault)
         except (KeyError, ValueError) as exc:

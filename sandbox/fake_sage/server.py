@@ -113,18 +113,16 @@ class FakeSageAdmin:
         count: int = 1,
         retry_after: int | None = None,
         delay_ms: int | None = None,
+        business: str | None = None,
     ) -> dict[str, Any]:
         """Schedule a fault: "429" | "500" | "503" | "slow" | "drop" | "truncate".
 
         ``path`` is matched as a substring of the request path (None = any ``/v3.1`` path);
         ``count`` is how many matching requests it hits; ``retry_after`` adds ``Retry-After`` to a
-        429; ``delay_ms`` is the "slow" delay.
+        429; ``delay_ms`` is the "slow" delay; ``business`` limits it to one business's requests.
         """
-        return self._call(
-            "POST",
-            "/faults",
-            {"kind": kind, "path": path, "count": count, "retry_after": retry_after, "delay_ms": delay_ms},
-        )
+        payload = {"kind": kind, "path": path, "count": count, "retry_after": retry_after, "delay_ms": delay_ms}
+        return self._call("POST", "/faults", {**payload, "business": business})
 
     def faults(self) -> list[dict[str, Any]]:
         """Faults still pending."""

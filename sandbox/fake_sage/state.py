@@ -560,9 +560,13 @@ class Fault:
     count: int = 1
     retry_after: int | None = None
     delay_ms: int | None = None
+    business: str | None = None  # only requests with this X-Business (None: any)
 
-    def matches(self, path: str) -> bool:
-        """``path`` None means any API path; otherwise a substring (so also a prefix) of the path."""
+    def matches(self, path: str, business: str | None = None) -> bool:
+        """``path`` None means any API path; otherwise a substring (so also a prefix) of the path.
+        A fault for one business hits only that business's requests (Sage's paths do not name it)."""
+        if self.business is not None and self.business != business:
+            return False
         return path.startswith("/v3.1") if self.path is None else self.path in path
 
 
@@ -580,10 +584,10 @@ class Faults:
             raise ValueError("count must be >= 1")
         self.items.append(fault)
 
-    def take(self, path: str) -> Fault | None:
-        """Consume one use of the first fault matching ``path``."""
+    def take(self, path: str, business: str | None = None) -> Fault | None:
+        """Consume one use of the first fault matching ``path`` (and the request's business)."""
         for fault in self.items:
-            if fault.matches(path):
+            if fault.matches(path, business):
                 fault.count -= 1
                 if fault.count <= 0:
                     self.items.remove(fault)

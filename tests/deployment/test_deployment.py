@@ -344,6 +344,9 @@ def day_two(denv: Env, day_one: dict) -> dict:
     sage.admin.advance_clock(60)
     before = {key: _versions(denv, company) for key, company in c.items()}
     disconnected, backfilled = "shop09", "northwind"
+    # northwind's daily run must still hold the company's run slot when the backfill asks for it:
+    # its first invoice read of the day answers after 20 s (a small daily run is over in seconds).
+    sage.admin.add_fault("slow", path="/purchase_invoices", delay_ms=20_000, business=c[backfilled])
 
     _make_next_day_due(denv, 2)
     # The disconnected company: its day-two run exists and has not imported anything yet.

@@ -454,6 +454,14 @@ def test_fault_server_errors_with_count(server: FakeSageServer, token: dict[str,
     assert [api(server, token, "/contacts").status_code for _ in range(3)] == [int(kind), int(kind), 200]
 
 
+def test_fault_for_one_business_spares_the_others(server: FakeSageServer, token: dict[str, Any]) -> None:
+    # Sage's paths do not name the business (X-Business does), so a fault can be aimed at one.
+    server.admin.add_fault("429", path="/contacts", business="some-other-business")
+    assert api(server, token, "/contacts").status_code == 200  # the token's default business
+    assert api(server, token, "/contacts", business="some-other-business").status_code == 429
+    assert server.admin.faults() == []
+
+
 def test_fault_slow_does_not_block_admin(server: FakeSageServer, token: dict[str, Any]) -> None:
     server.admin.add_fault("slow", path="/purchase_invoices", delay_ms=1500)
     result: dict[str, Any] = {}
