@@ -2,10 +2,12 @@
 
 How the runs become due: the company DAGs keep their real ``@daily`` schedule. A DAG that appears
 with ``catchup=False`` gets today's run at once (its latest due time is already past), so day one
-is due the moment the dag-processor parses the connected companies. Day two is due when the
-scheduler's own "next run due at" (``dag.next_dagrun_create_after``) says so: the test moves that
-clock to now, which is what the passing of a day does, and the scheduler then creates the next
-day's runs itself (``run_type = scheduled``). The dag-processor may recompute the field on a parse
+is due the moment the dag-processor parses the connected companies. Day two is made due by what
+the passing of a day does to the scheduler's own bookkeeping: each company DAG's next run
+(`dag.next_dagrun`, its data interval and `next_dagrun_create_after`) is set to now, and the
+scheduler then creates the runs itself (`run_type = scheduled`). (Moving only the due time is not
+enough: the run's logical date would be tomorrow's midnight, and the scheduler does not schedule a
+run whose logical date is in the future.) The dag-processor may recompute the fields on a parse
 before the scheduler acts, so the move is repeated until the runs exist.
 
 What it proves, from the metadata DB and the warehouse: every company's runs were created by the
@@ -309,15 +311,19 @@ def test_killed_worker_task_retried_on_the_other_and_company_equals_sage(denv: E
 
 
 def _make_next_day_due(env: Env, day: int, timeout: float = 120.0) -> None:
-    """Move the scheduler's due time of every company DAG's next run to now, until it made them."""
+    """Move every company DAG's next run (logical date, data interval, due time) to now, until the
+    scheduler has created them."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         missing = [d for d, r in _runs(env).items() if len(r) < day]
         if not missing:
             return
+        # The next run's logical date and data interval too: the scheduler creates the run at
+        # `next_dagrun` and refuses to schedule one whose logical date is still in the future.
         env.meta(
-            "update dag set next_dagrun_create_after = now() where dag_id = any(%s) "
-            "and next_dagrun_create_after > now()",
+            "update dag set next_dagrun = now(), next_dagrun_data_interval_start = now(), "
+            "next_dagrun_data_interval_end = now(), next_dagrun_create_after = now() "
+            "where dag_id = any(%s) and (next_dagrun_create_after > now() or next_dagrun > now())",
             (missing,),
         )
         time.sleep(3)
