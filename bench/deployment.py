@@ -2,8 +2,9 @@
 
 For each worker count, a fresh deployment (own metadata and warehouse databases, own Redis, the fake
 Sage with N small companies connected through the OAuth flow) runs day one (the first syncs, due
-as soon as the DAGs are parsed) and then day two (made due by moving the scheduler's "next run
-due at" to now, as the test in tests/deployment does). Measured from the metadata DB:
+as soon as the DAGs are parsed) and then day two (made due by moving the scheduler's next run,
+its logical date, data interval and due time, to now, as the test in tests/deployment does).
+Measured from the metadata DB:
 
 * ``due_to_marts_s``: from the runs being due to the end of the last ``sage_transform`` run
   started after the last company finished (all marts built);
@@ -181,10 +182,12 @@ def _day(sage: Any, meta_dsn: str, dag_ids: list[str], day: int, timeout: float)
                 (dag_ids, day),
             )
             if missing:
+                # logical date and data interval too: a run dated tomorrow is not scheduled
                 _meta(
                     meta_dsn,
-                    "update dag set next_dagrun_create_after = now() where dag_id = any(%s) "
-                    "and next_dagrun_create_after > now()",
+                    "update dag set next_dagrun = now(), next_dagrun_data_interval_start = now(), "
+                    "next_dagrun_data_interval_end = now(), next_dagrun_create_after = now() "
+                    "where dag_id = any(%s) and (next_dagrun_create_after > now() or next_dagrun > now())",
                     ([m[0] for m in missing],),
                 )
             return not missing

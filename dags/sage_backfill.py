@@ -175,6 +175,9 @@ with DAG(
     start_date=datetime(2024, 1, 1),
     catchup=False,
     max_active_runs=1,  # backfills are rare and heavy: one at a time, whatever the company
+    # Paused, a run triggered from Airflow's own form or `airflow dags trigger` would wait queued
+    # for a human (the Connections page and the CLI unpause it first; nothing else does).
+    is_paused_upon_creation=False,
     default_args={
         "owner": "data-engineering",
         "retries": 2,

@@ -114,6 +114,13 @@ def test_unreachable_warehouse_keeps_the_last_known_dags(two_companies: Path, mo
     assert {"sage_sync__b1aa", "sage_sync__b2bb"} <= set(bag.dags)
 
 
+def test_the_backfill_starts_unpaused(two_companies: Path) -> None:
+    # A run triggered from Airflow's form or `airflow dags trigger` on a paused DAG waits queued
+    # for a human (seen under the real scheduler in tests/deployment).
+    dag = _dagbag().dags["sage_backfill"]
+    assert dag.is_paused_upon_creation is False and dag.timetable.can_be_scheduled is False
+
+
 def test_the_backfill_form_offers_only_valid_quarters_and_a_valid_default(two_companies: Path) -> None:
     from sage_sync.core.quarters import Quarter  # noqa: PLC0415
 
