@@ -30,9 +30,6 @@ failed transform, the next run builds everything that landed since the last succ
 **Marts stay queryable during a build.** Tables and views are replaced in place, each in one
 transaction (macros in `dbt/macros/materializations/`), so no build drops a mart or shows it
 half-built.
-
-If cosmos cannot be imported, a plain `dbt build` command stands in, so a deployment without it
-still transforms.
 """
 
 from __future__ import annotations
@@ -94,7 +91,7 @@ def _warehouse_profile_mapping() -> Any:  # a cosmos ProfileMapping; cosmos is i
     return OptionalPasswordPostgresMapping(conn_id="sage_warehouse", profile_args={"schema": "analytics"})
 
 
-def _cosmos_dag() -> DAG:
+def _transform_dag() -> DAG:
     from cosmos import ProfileConfig  # noqa: PLC0415
     from cosmos.constants import InvocationMode  # noqa: PLC0415
     from cosmos.operators.local import DbtBuildLocalOperator  # noqa: PLC0415
@@ -116,27 +113,6 @@ def _cosmos_dag() -> DAG:
             emit_datasets=False,
         )
     return dag
-
-
-def _single_task_dag() -> DAG:
-    from airflow.providers.standard.operators.bash import BashOperator  # noqa: PLC0415
-
-    with DAG(**DAG_ARGS) as dag:  # noqa: AIR002 - schedule is in DAG_ARGS
-        BashOperator(
-            task_id="dbt_build",
-            bash_command=f"{DBT_EXECUTABLE} build --project-dir {DBT_PROJECT} --profiles-dir {DBT_PROJECT}",
-            env={"DBT_SEND_ANONYMOUS_USAGE_STATS": "False", "DBT_TARGET": "prod"},  # dbt/profiles.yml
-            append_env=True,
-        )
-    return dag
-
-
-def _transform_dag() -> DAG:
-    try:
-        import cosmos  # noqa: F401, PLC0415
-    except ImportError:
-        return _single_task_dag()
-    return _cosmos_dag()
 
 
 sage_transform = _transform_dag()
