@@ -182,14 +182,7 @@ def _day(sage: Any, meta_dsn: str, dag_ids: list[str], day: int, timeout: float)
                 (dag_ids, day),
             )
             if missing:
-                # logical date and data interval too: a run dated tomorrow is not scheduled
-                _meta(
-                    meta_dsn,
-                    "update dag set next_dagrun = now(), next_dagrun_data_interval_start = now(), "
-                    "next_dagrun_data_interval_end = now(), next_dagrun_create_after = now() "
-                    "where dag_id = any(%s) and (next_dagrun_create_after > now() or next_dagrun > now())",
-                    ([m[0] for m in missing],),
-                )
+                _meta(meta_dsn, deploy.NEXT_RUN_DUE_NOW_SQL, ([m[0] for m in missing],))
             return not missing
 
         _wait(created, f"day {day}'s runs", timeout)

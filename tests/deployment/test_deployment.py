@@ -316,14 +316,7 @@ def _make_next_day_due(env: Env, day: int, timeout: float = 120.0) -> None:
         missing = [d for d, r in _runs(env).items() if len(r) < day]
         if not missing:
             return
-        # The next run's logical date and data interval too: the scheduler creates the run at
-        # `next_dagrun` and refuses to schedule one whose logical date is still in the future.
-        env.meta(
-            "update dag set next_dagrun = now(), next_dagrun_data_interval_start = now(), "
-            "next_dagrun_data_interval_end = now(), next_dagrun_create_after = now() "
-            "where dag_id = any(%s) and (next_dagrun_create_after > now() or next_dagrun > now())",
-            (missing,),
-        )
+        env.meta(deploy.NEXT_RUN_DUE_NOW_SQL, (missing,))
         time.sleep(3)
     raise AssertionError("the scheduler did not create the next day's runs")
 
