@@ -47,6 +47,7 @@ from sage_sync.lifecycle.airflow_api import TRANSFORM_DAG_ID, sage_raw_asset
 SAGE_RAW_ASSET = sage_raw_asset()
 DBT_PROJECT = Path(os.environ.get("SAGE_DBT_PROJECT_DIR", Path(__file__).resolve().parent.parent / "dbt"))
 DBT_EXECUTABLE = os.environ.get("SAGE_DBT_EXECUTABLE", str(Path(sys.executable).parent / "dbt"))
+DBT_THREADS = int(os.environ.get("SAGE_DBT_THREADS", "4"))  # as dbt/profiles.yml
 # The time-based half of the schedule: after the daily company syncs (midnight UTC).
 DAILY_CATCH_UP_CRON = "0 6 * * *"
 
@@ -88,11 +89,17 @@ def _warehouse_profile_mapping() -> Any:  # a cosmos ProfileMapping; cosmos is i
         def mock_profile(self) -> dict[str, Any]:
             return {**super().mock_profile, "password": "mock_value"}  # dbt-postgres requires the key
 
-    return OptionalPasswordPostgresMapping(conn_id="sage_warehouse", profile_args={"schema": "analytics"})
+    # Cosmos writes threads: 1 into the profile it builds unless told otherwise: one model or test
+    # at a time, 327 nodes in a row (about 48 s of a 60 s build on the deployment, against 15 s
+    # with dbt/profiles.yml's 4).
+    return OptionalPasswordPostgresMapping(
+        conn_id="sage_warehouse", profile_args={"schema": "analytics", "threads": DBT_THREADS}
+    )
 
 
 def _transform_dag() -> DAG:
     from cosmos import ProfileConfig  # noqa: PLC0415
+    from cosmos import settings as cosmos_settings  # noqa: PLC0415
     from cosmos.constants import InvocationMode  # noqa: PLC0415
     from cosmos.operators.local import DbtBuildLocalOperator  # noqa: PLC0415
 
@@ -109,6 +116,10 @@ def _transform_dag() -> DAG:
             dbt_executable_path=DBT_EXECUTABLE,
             invocation_mode=InvocationMode.DBT_RUNNER,
             install_deps=False,
+            # Where cosmos keeps dbt's partial-parse file between runs. Each run builds in a fresh
+            # copy of the project, and an operator outside a cosmos DbtDag has no cache dir of its
+            # own: without one every run parsed the whole project again (about 6 s).
+            cache_dir=cosmos_settings.cache_dir / TRANSFORM_DAG_ID,
             # The models are the product's tables, not Airflow assets: nothing is scheduled on them.
             emit_datasets=False,
         )

@@ -31,6 +31,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -458,8 +459,21 @@ def down(state_dir: Path = DEFAULT_STATE_DIR) -> list[str]:
     if dep is None:
         return []
     order = sorted(dep.processes, key=lambda n: (n.startswith("worker") is False, n in ("redis", "fake-sage")))
-    for name in order:
-        dep.stop(name)
+    # In three waves, each wave's processes stopped at once (one at a time took about 30 s):
+    # the workers (so no task starts while the rest goes), then Airflow's other processes, then
+    # what they depend on.
+    waves = [
+        [n for n in order if n.startswith("worker")],
+        [n for n in order if not n.startswith("worker") and n not in ("redis", "fake-sage")],
+        [n for n in order if n in ("redis", "fake-sage")],
+    ]
+    for wave in waves:
+        procs = [dep.processes[n] for n in wave]
+        with ThreadPoolExecutor(max_workers=max(len(procs), 1)) as pool:
+            list(pool.map(lambda proc: _stop_group(proc, signal.SIGTERM, 30.0), procs))
+        for name in wave:
+            dep.processes.pop(name, None)
+        dep.save()
     dep.state_file.unlink(missing_ok=True)
     return order
 

@@ -46,7 +46,7 @@ deploy = _load_script("deployment")
 
 ADMIN_URL = os.environ.get("SAGE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SYNCED_FROM = "2024-Q1"  # faults.kit compares the raw layer over this window
-POOL_SLOTS = 3  # below the task slots (2 workers x 3), so the pool is what bounds the Sage calls
+POOL_SLOTS = 5  # below the task slots (2 workers x 3), so the pool is what bounds the Sage calls
 LARGE = "greenleaf"  # about 50 pages of invoices in its first sync
 EUR = "atlantic"
 
