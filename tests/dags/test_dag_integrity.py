@@ -102,6 +102,20 @@ def test_transform_starts_unpaused_and_runs_on_new_data_or_daily(two_companies: 
     assert second.run_after - first.run_after == pendulum.duration(days=1)
 
 
+def test_the_transform_builds_on_four_threads_from_a_partial_parse(two_companies: Path) -> None:
+    # Cosmos writes the profile the build runs with: without threads in it, dbt ran every one of
+    # the project's 327 nodes in a row (`Concurrency: 1 threads` in the deployment's task log).
+    import yaml  # noqa: PLC0415
+    from cosmos import settings as cosmos_settings  # noqa: PLC0415
+
+    build = _dagbag().dags["sage_transform"].get_task("dbt_build")
+    mapping = build.profile_config.profile_mapping
+    profile = yaml.safe_load(mapping.get_profile_file_contents("sage_carbon", "airflow"))
+    assert profile["sage_carbon"]["outputs"]["airflow"]["threads"] == 4
+    # A cache dir is what lets the next build start from this one's partial parse.
+    assert build.partial_parse and build.cache_dir == cosmos_settings.cache_dir / "sage_transform"
+
+
 def test_unreachable_warehouse_keeps_the_last_known_dags(two_companies: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _dagbag()  # a good parse writes the snapshot
     assert json.loads(two_companies.read_text())[0]["company_id"] == "b1aa"
