@@ -57,7 +57,8 @@ def _drop(name: str) -> None:
 
 def _meta(dsn: str, query: str, params: Any = ()) -> list[tuple]:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        return conn.execute(query, params).fetchall()
+        cursor = conn.execute(query, params)
+        return cursor.fetchall() if cursor.description else []  # an update returns no rows
 
 
 def _max_overlap(intervals: list[tuple]) -> int:
