@@ -90,8 +90,8 @@ def _warehouse_profile_mapping() -> Any:  # a cosmos ProfileMapping; cosmos is i
             return {**super().mock_profile, "password": "mock_value"}  # dbt-postgres requires the key
 
     # Cosmos writes threads: 1 into the profile it builds unless told otherwise: one model or test
-    # at a time, 327 nodes in a row (about 48 s of a 60 s build on the deployment, against 15 s
-    # with dbt/profiles.yml's 4).
+    # at a time, 327 nodes in a row. On the deployment test's busy 2 cores the build after the
+    # last sync took about 60 s (48 s of it dbt); with 4 threads and the partial parse, 35-45 s.
     return OptionalPasswordPostgresMapping(
         conn_id="sage_warehouse", profile_args={"schema": "analytics", "threads": DBT_THREADS}
     )

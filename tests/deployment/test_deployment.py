@@ -350,13 +350,17 @@ def day_two(denv: Env, day_one: dict) -> dict:
     _make_next_day_due(denv, 2)
     # The disconnected company: its day-two run exists and has not imported anything yet.
     connections.disconnect(c[disconnected], pause_dag=False)  # as from a machine that reaches no Airflow
-    # The backfill: requested while northwind's daily run holds the company's run slot.
+    # The backfill: requested while northwind's daily run holds the company's run slot, once that
+    # run is in its slow invoice read. Requested as soon as the run began, the backfill's first task
+    # and its 3 retries (40 s apart here) could all fall inside a daily run slowed by the suite
+    # running alongside: seen once, the last retry failing 5 s before the daily run ended.
     _wait_for(
-        lambda: denv.wh(
-            "select 1 from sage_control.sync_runs where company_id = %s and kind = 'daily' and status = 'running'",
-            (c[backfilled],),
+        lambda: denv.meta(
+            "select 1 from task_instance where dag_id = %s and task_id = 'extract_load' "
+            "and map_index = %s and state = 'running'",
+            (airflow_api.dag_id_for(c[backfilled]), INVOICES_MAP_INDEX),
         ),
-        "northwind's daily run to start",
+        "northwind's daily invoice read to start",
     )
     denv.dep.airflow(
         "dags",
