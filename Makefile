@@ -50,11 +50,11 @@ demo: airflow-db dbt-parse
 # Tests run Airflow against a metadata DB of their own (SAGE_TEST_AIRFLOW_DB_URL).
 TEST_ENV := $(ENV) export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="$$SAGE_TEST_AIRFLOW_DB_URL" &&
 
-# The deployment test (tests/deployment: the CeleryExecutor deployment, its own databases, Redis
-# and processes) runs alongside the rest of the suite, which keeps one of the machine's cores busy
-# most of the time; its log is printed at the end. DEPLOYMENT=0 leaves it out (as does a
-# PYTEST_ARGS that selects no deployment test).
-DEPLOYMENT ?= 1
+# DEPLOYMENT=1 also runs the deployment test (tests/deployment: the CeleryExecutor deployment, its
+# own databases, Redis and processes) alongside the rest of the suite, which keeps one of the
+# machine's cores busy most of the time; its log is printed at the end. Off by default for now:
+# on 2 cores the two together took 22.4 and 24.6 minutes of CI, too close to its 25.
+DEPLOYMENT ?= 0
 DEPLOY_LOG := .local/test-deployment.log
 test: env dbt-parse
 	$(TEST_ENV) $(BIN)/airflow db migrate >/dev/null
