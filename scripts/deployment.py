@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -191,6 +192,29 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def descendants(pid: int) -> set[psutil.Process]:
+    """Every live process below ``pid`` (none when it is gone)."""
+    try:
+        return set(psutil.Process(pid).children(recursive=True))
+    except psutil.Error:
+        return set()
+
+
+def kill_strays(procs: set[psutil.Process]) -> None:
+    """SIGKILL those of ``procs`` still running, and wait for them.
+
+    Why: Airflow's task supervisor puts each task process in a process group of its own
+    (``os.setpgid``), so signalling a worker's (or ``airflow standalone``'s) group leaves a running
+    task behind, reparented and still writing: a dbt build went on creating views in a database the
+    next test had emptied ("relation ... already exists"). ``is_running`` also checks the start time,
+    so a recycled pid is never touched."""
+    alive = [p for p in procs if p.is_running()]
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=10)
+
+
 def _stop_group(proc: dict[str, Any], sig: int, timeout: float) -> None:
     pgid = int(proc["pgid"])
     if not _group_alive(pgid):
@@ -198,22 +222,25 @@ def _stop_group(proc: dict[str, Any], sig: int, timeout: float) -> None:
     if _start_ticks(pgid) is not None and not _is_ours(proc):
         print(f"pid {pgid} is no longer {proc['command'][:3]}: left alone", file=sys.stderr)
         return
+    # The tree is read while its leader lives: once it exits its children are reparented.
+    tree = descendants(int(proc["pid"]))
     try:
         os.killpg(pgid, sig)
     except ProcessLookupError:
+        kill_strays(tree)
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and _group_alive(pgid):
+        tree |= descendants(int(proc["pid"]))
         _reap(int(proc["pid"]))
         time.sleep(0.2)
     if _group_alive(pgid):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
         while _group_alive(pgid) and time.monotonic() < deadline + 10:
             _reap(int(proc["pid"]))
             time.sleep(0.2)
+    kill_strays(tree)
 
 
 def _reap(pid: int) -> None:
@@ -458,7 +485,7 @@ def down(state_dir: Path = DEFAULT_STATE_DIR) -> list[str]:
     dep = load(state_dir)
     if dep is None:
         return []
-    order = sorted(dep.processes, key=lambda n: (n.startswith("worker") is False, n in ("redis", "fake-sage")))
+    order = list(dep.processes)
     # In three waves, each wave's processes stopped at once (one at a time took about 30 s):
     # the workers (so no task starts while the rest goes), then Airflow's other processes, then
     # what they depend on.
@@ -475,7 +502,7 @@ def down(state_dir: Path = DEFAULT_STATE_DIR) -> list[str]:
             dep.processes.pop(name, None)
         dep.save()
     dep.state_file.unlink(missing_ok=True)
-    return order
+    return [name for wave in waves for name in wave]
 
 
 def status(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, Any]:

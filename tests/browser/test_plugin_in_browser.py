@@ -30,6 +30,7 @@ import requests
 from psycopg import sql
 
 from sandbox.fake_sage.server import FakeSageServer, free_port
+from scripts.deployment import descendants, kill_strays
 
 from .cdp import CHROMIUM, Page, chromium
 
@@ -170,17 +171,20 @@ def _wait_until_up(instance: Airflow, process: subprocess.Popen[bytes], started:
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    """Stop standalone and every component it started (they share its process group)."""
+    """Stop standalone, every component it started (they share its process group) and the task
+    processes below them (each in a group of its own: a transform still building would go on
+    writing into the session's warehouse while the next test empties and rebuilds it)."""
+    tree = descendants(process.pid)
     try:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(15)
     except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
         pass
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)  # components that outlived standalone, too
-    process.wait(10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # components that outlived standalone, too
+        process.wait(10)
+    kill_strays(tree)
 
 
 @pytest.fixture
