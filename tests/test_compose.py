@@ -107,3 +107,38 @@ def test_compose_runs_the_processes_of_the_scripted_deployment_and_the_same_pool
     assert pool in services["airflow-init"]["command"]
     makefile = (ROOT / "Makefile").read_text()
     assert f'pools set {settings.POOL_NAME} {settings.POOL_SLOTS} "{settings.POOL_DESCRIPTION}"' in makefile
+
+
+PRELOAD_PROBE = """
+import threading
+from airflow.providers.celery.executors.celery_executor_utils import app
+from airflow.sdk import plugins_manager
+print('PROBE', list(app.conf.imports), app.conf.broker_url)
+before = plugins_manager._get_plugins.cache_info().currsize
+app.loader.import_default_modules()  # what `airflow celery worker` does before it forks its pool
+print('PROBE', before, plugins_manager._get_plugins.cache_info().currsize)
+print('PROBE', sorted(p.name for p in plugins_manager._get_plugins()[0]))
+print('PROBE', 'sage_sync.pipeline.sync' in __import__('sys').modules, threading.active_count())
+"""
+
+
+def test_celery_workers_load_the_plugins_and_the_sync_stack_before_they_fork() -> None:
+    # Every task process is forked from its worker, never exec'd: what the worker loaded once, the
+    # task does not load again (about 1 core-second a task on this machine).
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    settings = _settings()
+    env = {**os.environ, **settings.SHARED, "AIRFLOW__CELERY__BROKER_URL": "redis://127.0.0.1:1/0"}
+    probe = subprocess.run(
+        [sys.executable, "-c", PRELOAD_PROBE], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    lines = [line.removeprefix("PROBE ") for line in probe.stdout.splitlines() if line.startswith("PROBE ")]
+    imports, cache, plugins, stack = lines
+    # the worker's whole config: Airflow's broker with our import (a partial dict fell back to amqp)
+    assert imports == "['sage_sync.lifecycle.worker_preload'] redis://127.0.0.1:1/0"
+    assert cache == "0 1"  # the plugins were loaded by the import, not before
+    assert "sage_connect" in plugins
+    assert stack == "True 1"  # the sync stack is imported, and no thread was started in the parent

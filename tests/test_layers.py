@@ -33,8 +33,17 @@ OUTSIDE: dict[str, set[str]] = {
     "dags/sage_backfill.py": {"core", "sage", "warehouse", "pipeline", "lifecycle"},
     "dags/sage_transform.py": {"core", "lifecycle"},
 }
-# Only these modules may import Airflow (the rest of the package runs without it).
-AIRFLOW_IMPORTERS = {"core/config.py", "lifecycle/airflow_api.py", "web/app.py", "web/access.py"}
+# Only these modules may import Airflow (the rest of the package runs without it). celery_config
+# and worker_preload are read by Celery workers only (Airflow's Celery config, and its plugins
+# loaded before the worker forks).
+AIRFLOW_IMPORTERS = {
+    "core/config.py",
+    "lifecycle/airflow_api.py",
+    "lifecycle/celery_config.py",
+    "lifecycle/worker_preload.py",
+    "web/app.py",
+    "web/access.py",
+}
 
 
 def imported_modules(path: Path) -> list[str]:

@@ -77,13 +77,17 @@ VOLUMES: dict[str, dict[str, int]] = {
 # Test-only knobs (everything else is scripts/deploy_settings.py): a dead worker's task is failed
 # after 20 s without a heartbeat instead of 120 s, and no retry waits more than 40 s (the product's
 # are minutes; a backfill's first task, retried 3 times, can then wait about 2 minutes for a
-# daily run to end).
+# daily run to end). A task message lost with a SIGKILLed worker (taken off Redis, not yet in its
+# unacked set: seen once, the task sat queued until Airflow's 10-minute task_queued_timeout
+# re-sent it) is re-sent after 2 minutes instead.
 OVERRIDES = {
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
     "AIRFLOW__CORE__MAX_TASK_RETRY_DELAY": "40",
     "AIRFLOW__CELERY__WORKER_CONCURRENCY": "3",
     "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
+    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "120",
+    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "30",
 }
 
 
