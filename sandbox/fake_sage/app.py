@@ -12,6 +12,7 @@ request does not hold up others in the single uvicorn process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -198,6 +199,11 @@ class Edge:
     async def _apply(self, fault: Fault, scope: Scope, receive: Receive, raw_send: Send, send: Send) -> None:
         if fault.kind == "slow":
             await asyncio.sleep((fault.delay_ms if fault.delay_ms is not None else 1000) / 1000)
+            await self.app(scope, receive, send)
+        elif fault.kind == "hold":
+            released = self.state.faults.released
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(released.wait(), (fault.delay_ms or 300_000) / 1000)
             await self.app(scope, receive, send)
         elif fault.kind in ("429", "500", "503"):
             codes = {
@@ -561,6 +567,11 @@ def _install_admin(api: FastAPI, state: FakeSage) -> None:
         except (KeyError, ValueError) as exc:
             raise SageError(422, "InvalidParameter", str(exc)) from None
         return _json(fault.__dict__, 201)
+
+    @api.post("/_admin/faults/release")
+    async def release_held() -> Response:
+        state.faults.release()
+        return _json({"ok": True})
 
     @api.delete("/_admin/faults")
     async def clear_faults() -> Response:

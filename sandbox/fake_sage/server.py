@@ -115,11 +115,12 @@ class FakeSageAdmin:
         delay_ms: int | None = None,
         business: str | None = None,
     ) -> dict[str, Any]:
-        """Schedule a fault: "429" | "500" | "503" | "slow" | "drop" | "truncate".
+        """Schedule a fault: "429" | "500" | "503" | "slow" | "hold" | "drop" | "truncate".
 
         ``path`` is matched as a substring of the request path (None = any ``/v3.1`` path);
         ``count`` is how many matching requests it hits; ``retry_after`` adds ``Retry-After`` to a
-        429; ``delay_ms`` is the "slow" delay; ``business`` limits it to one business's requests.
+        429; ``delay_ms`` is the "slow" delay, and the longest a "hold" waits for
+        :meth:`release_held`; ``business`` limits it to one business's requests.
         """
         payload = {"kind": kind, "path": path, "count": count, "retry_after": retry_after, "delay_ms": delay_ms}
         return self._call("POST", "/faults", {**payload, "business": business})
@@ -127,6 +128,10 @@ class FakeSageAdmin:
     def faults(self) -> list[dict[str, Any]]:
         """Faults still pending."""
         return self._call("GET", "/faults")
+
+    def release_held(self) -> None:
+        """Let the requests a "hold" fault keeps waiting go on."""
+        self._call("POST", "/faults/release")
 
     def clear_faults(self) -> None:
         """Drop all pending faults."""

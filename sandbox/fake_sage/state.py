@@ -14,6 +14,7 @@ per (filters, sort, data version) and cached, so paging through them is O(page s
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import hashlib
@@ -31,7 +32,7 @@ Record = dict[str, Any]
 MASK64 = (1 << 64) - 1
 REFRESH_TOKEN_TTL = 2_678_400  # 31 days, Sage's documented refresh_token_expires_in
 AUTH_CODE_TTL = 60  # Sage: the code is single use and expires after 60 seconds
-FAULT_KINDS = ("429", "500", "503", "slow", "drop", "truncate")
+FAULT_KINDS = ("429", "500", "503", "slow", "hold", "drop", "truncate")
 
 # Streams served as lists under /v3.1 and the ones that carry a document `date` and `deleted_since`.
 STREAMS = (
@@ -571,10 +572,19 @@ class Fault:
 
 
 class Faults:
-    """FIFO of faults; the first matching fault is consumed by a request."""
+    """FIFO of faults; the first matching fault is consumed by a request.
+
+    A "hold" fault keeps its request waiting until :meth:`release` (or its ``delay_ms``, a safety
+    cap): a test can keep a run busy for exactly as long as it needs, not for a guessed delay."""
 
     def __init__(self) -> None:
         self.items: list[Fault] = []
+        self.released = asyncio.Event()
+
+    def release(self) -> None:
+        """Let every held request go on; a hold scheduled later waits again."""
+        self.released.set()
+        self.released = asyncio.Event()
 
     def add(self, fault: Fault) -> None:
         """Schedule a fault."""

@@ -481,6 +481,19 @@ def test_fault_slow_does_not_block_admin(server: FakeSageServer, token: dict[str
     assert result["status"] == 200 and result["took"] >= 1.4
 
 
+def test_fault_hold_waits_until_released(server: FakeSageServer, token: dict[str, Any]) -> None:
+    server.admin.add_fault("hold", path="/purchase_invoices", delay_ms=60_000)
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(status=api(server, token, "/purchase_invoices").status_code))
+    thread.start()
+    thread.join(1.0)
+    assert thread.is_alive() and not result  # held: no answer yet
+    assert api(server, token, "/purchase_invoices").status_code == 200  # the hold took only one request
+    server.admin.release_held()
+    thread.join(5.0)
+    assert result == {"status": 200}
+
+
 def test_fault_drop_breaks_the_connection(server: FakeSageServer, token: dict[str, Any]) -> None:
     server.admin.add_fault("drop", path="/ledger_accounts")
     with pytest.raises(requests.exceptions.ConnectionError):
