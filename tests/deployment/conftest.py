@@ -134,6 +134,15 @@ def _create_db(name: str, template: str | None = None) -> bool:
     return bool(template)
 
 
+def _forget_other_runs(name: str) -> None:
+    """Empty what the suite left in the copied metadata DB: its DAGs, runs, asset events and jobs.
+    Left there, the deployment's scheduler went on with them (runs of companies that no longer
+    exist, failing "Dag not found"; a transform run for an old asset event), taking worker slots."""
+    dsn = psycopg.conninfo.make_conninfo(ADMIN_URL, dbname=name)
+    with psycopg.connect(dsn) as conn:
+        conn.execute("truncate dag_run, asset_event, asset_dag_run_queue, dag, job, log cascade")
+
+
 def _drop_db(name: str) -> None:
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
         admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
@@ -150,6 +159,8 @@ def denv() -> Iterator[Env]:
     template = libpq_url(metadata_url).rsplit("/", 1)[1].split("?", 1)[0]
     _create_db(warehouse_db)
     copied = _create_db(metadata_db, template)
+    if copied:
+        _forget_other_runs(metadata_db)
     warehouse_dsn = psycopg.conninfo.make_conninfo(ADMIN_URL, dbname=warehouse_db)
     with psycopg.connect(warehouse_dsn) as conn:
         migrate(conn)
