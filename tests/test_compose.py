@@ -1,5 +1,8 @@
 """docker-compose.yaml describes a deployable stack (no Docker engine here, so check its shape)."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -125,10 +128,6 @@ print('PROBE', 'sage_sync.pipeline.sync' in __import__('sys').modules, threading
 def test_celery_workers_load_the_plugins_and_the_sync_stack_before_they_fork() -> None:
     # Every task process is forked from its worker, never exec'd: what the worker loaded once, the
     # task does not load again (about 1 core-second a task on this machine).
-    import os  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-
     settings = _settings()
     env = {**os.environ, **settings.SHARED, "AIRFLOW__CELERY__BROKER_URL": "redis://127.0.0.1:1/0"}
     probe = subprocess.run(
