@@ -56,6 +56,11 @@ TEST_ENV := $(ENV) export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="$$SAGE_TEST_AIRFL
 # 24.6 minutes of CI, and 25+ on 2026-12-03 (the suite was a third done when the deployment test
 # ended at 13 min), against CI's 25.
 DEPLOYMENT ?= 0
+# The suite runs in TEST_WORKERS pytest-xdist workers, a test file per worker at a time (a file's
+# tests share its fake Sage and run in order); each worker has its own warehouse and metadata DBs
+# (tests/conftest.py). One pytest process left a core idle: 14 min there, 8.5 min in two workers
+# (2026-12-04, 2 cores). TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 DEPLOY_LOG := .local/test-deployment.log
 test: env dbt-parse
 	$(TEST_ENV) $(BIN)/airflow db migrate >/dev/null
@@ -63,7 +68,7 @@ test: env dbt-parse
 	if [ "$(DEPLOYMENT)" = 1 ]; then \
 	  ( $(TEST_ENV) $(BIN)/python -m pytest -m deployment -p no:cacheprovider $(PYTEST_ARGS) >$(DEPLOY_LOG) 2>&1 ) & deploy=$$!; \
 	fi; \
-	suite=0; $(TEST_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS) || suite=$$?; \
+	suite=0; $(TEST_ENV) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) || suite=$$?; \
 	dep=0; if [ "$(DEPLOYMENT)" = 1 ]; then \
 	  echo "== waiting for the deployment test ($(DEPLOY_LOG))"; wait $$deploy || dep=$$?; \
 	  tail -n 40 $(DEPLOY_LOG); [ $$dep = 5 ] && dep=0; \

@@ -3,12 +3,19 @@
 The server comes from ``SAGE_TEST_PG_URL`` (set by ``make test`` to whatever server
 ``scripts/localpg.py`` found or started); a fresh database is created for the session and
 dropped afterwards, so tests never touch a real warehouse.
+
+``make test`` runs the suite in two pytest-xdist workers (one file stays on one worker). Each
+worker is its own session, so it gets its own warehouse database from ``pg_dsn``; it also gets
+its own copy of the migrated Airflow metadata DB (``pytest_configure`` below), so one worker's
+``airflow dags test`` runs, and the tests that empty run tables, never see the other's.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +32,45 @@ from sage_sync.warehouse.migrate import migrate
 os.environ.setdefault("DBT_TARGET", "prod")
 
 ADMIN_URL = os.environ.get("SAGE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+METADATA_ENV = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"
+_WORKER_METADATA_DB = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give an xdist worker its own metadata DB: a copy of the one ``make test`` migrated.
+
+    Runs before any test module imports Airflow (Airflow reads the setting once, at import), and
+    every subprocess the tests start inherits the changed environment."""
+    worker, url = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get(METADATA_ENV, "")
+    if not worker or not url.startswith("postgresql"):
+        return
+    if "airflow.configuration" in sys.modules:
+        raise pytest.UsageError("Airflow was imported before the worker's metadata DB was set")
+    template = url.rsplit("/", 1)[1].split("?", 1)[0]
+    name = f"{template}_{worker}"
+    create = sql.SQL("create database {} template {}").format(sql.Identifier(name), sql.Identifier(template))
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        for attempt in range(40):
+            try:
+                admin.execute(create)
+                break
+            except psycopg.errors.ObjectInUse:  # the other worker's copy is being made from it
+                if attempt == 39:
+                    raise
+                time.sleep(0.5)
+    config.stash[_WORKER_METADATA_DB] = name
+    os.environ[METADATA_ENV] = url.replace(f"/{template}", f"/{name}", 1)
+    if cache := os.environ.get("AIRFLOW__COSMOS__CACHE_DIR"):  # cosmos' dbt ls cache, per worker too
+        os.environ["AIRFLOW__COSMOS__CACHE_DIR"] = str(Path(cache) / worker)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    name = config.stash.get(_WORKER_METADATA_DB, None)
+    if name is None:
+        return
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
 
 
 @pytest.fixture(scope="session")
@@ -103,3 +149,17 @@ def airflow_env(
     for key, value in values.items():
         monkeypatch.setenv(key, value)
     return {**os.environ, **values}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files with Airflow runs first, then files with dbt builds, then the rest, each file's tests
+    in their own order. xdist hands out whole files in this order: a long file collected last
+    left one worker running it alone for minutes while the other sat idle."""
+
+    def weight(item: pytest.Item) -> int:
+        return 0 if item.get_closest_marker("airflow") else 1 if item.get_closest_marker("dbt") else 2
+
+    rank: dict[str, int] = {}
+    for item in items:
+        rank[item.path.as_posix()] = min(rank.get(item.path.as_posix(), 2), weight(item))
+    items.sort(key=lambda item: rank[item.path.as_posix()])  # stable: a file's tests keep their order
