@@ -29,7 +29,7 @@ def _run_one(name: str, args: argparse.Namespace, extract_details: dict) -> list
     if name == "dbt":
         from bench import dbt_build  # noqa: PLC0415
 
-        return [dbt_build.run(args.scale)]
+        return dbt_build.run(args.scale)
     if name == "dagparse":
         from bench import dagparse  # noqa: PLC0415
 

@@ -3,9 +3,11 @@
 A scratch warehouse gets a real initial sync of the fake's greenleaf (every stream, Sage-shaped), then
 its purchase invoices are multiplied server-side to N raw versions (new ids, same shapes), and the
 history is aged two days (it landed on earlier days, as in production). Timed:
-``dbt run --full-refresh`` (baseline), then N/500 records get a new version and ``dbt run`` (project,
-whatever dbt/ holds: incremental models benefit, table models rebuild), then ``dbt run`` once more with
-nothing new (the fixed cost of a daily run). Issue target scale: 5,000,000.
+``dbt run --full-refresh`` (baseline), then two days of N/500 changed records, each followed by ``dbt
+run`` (project: whatever dbt/ holds; incremental models benefit, table models rebuild), then ``dbt
+run`` once more with nothing new (the fixed cost of a daily run). The first day is the first run
+after the initial sync; the second is the nightly steady state (see ``run``). Issue target scale:
+5,000,000.
 The emissions models are part of the project, so both runs include them; their own times and the
 time of one analyst query over the emissions views (a company's coverage by quarter) are reported.
 """
@@ -78,7 +80,33 @@ def _emissions_models(tmp: str) -> dict[str, float]:
     }
 
 
-def run(scale: int = 500_000) -> Result:
+_CHANGE_SQL = (
+    "insert into sage_raw.purchase_invoices select company_id, record_id, source_updated_at "
+    "+ interval '1 day', jsonb_set(payload, '{notes}', to_jsonb(%(note)s::text)), md5(content_hash || %(note)s), "
+    "now() - %(age)s::interval, 'bench-daily' from (select distinct on (record_id) * from sage_raw.purchase_invoices "
+    "where (company_id, record_id) in (select distinct company_id, record_id from sage_raw.purchase_invoices "
+    "order by company_id, record_id limit %(n)s offset %(offset)s) order by record_id, _extracted_at desc) v"
+)
+
+
+def _land_changes(dsn: str, changed: int, *, day: int, age: str) -> None:
+    """A day's sync: `changed` records (a different slice each day) get a new version stamped
+    `age` ago (the loader stamps the landing's transaction time)."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute(_CHANGE_SQL, {"note": f"changed on day {day}", "age": age, "n": changed, "offset": day * changed})
+        conn.commit()
+
+
+def run(scale: int = 500_000) -> list[Result]:
+    """Three builds after the full refresh, each timed:
+
+    - the first daily run after the initial sync (yesterday's changes): the incremental models'
+      watermark is the initial sync's last landing, and their lookback re-reads the tail of that
+      sync, here all of it, since the history was made in one go (as a first sync within an hour);
+    - the nightly run (today's changes): the steady state every later day is in, the watermark at
+      yesterday's landing. Issue target: <= 0.05 of the full refresh at 5M;
+    - a run with nothing new (the fixed cost: start-up, compile, the views, the small tables).
+    """
     from sage_sync.pipeline import sync  # noqa: PLC0415
     from sandbox.fake_sage.server import FakeSageServer  # noqa: PLC0415
 
@@ -92,9 +120,8 @@ def run(scale: int = 500_000) -> Result:
         sync.run_company(company)
         dbname = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
         with psycopg.connect(dsn) as conn:
-            # History landed on earlier days, as in production: the daily run's lookback window
-            # (var incremental_lookback) then holds only the day's changes. Aged before multiplying,
-            # so the copies inherit it and 5M rows are not rewritten.
+            # The initial sync landed two days ago. Aged before multiplying, so the copies inherit
+            # it and 5M rows are not rewritten.
             for (table,) in conn.execute(
                 "select table_name from information_schema.columns where table_schema = 'sage_raw' "
                 "and column_name = '_extracted_at'"
@@ -116,21 +143,13 @@ def run(scale: int = 500_000) -> Result:
         full = _dbt(["run", "--full-refresh"], dbname, tmp)
         full_slowest = _slowest(tmp)
         full_emissions = _emissions_models(tmp)
-        with psycopg.connect(dsn) as conn:
-            conn.execute(
-                "insert into sage_raw.purchase_invoices select company_id, record_id, source_updated_at "
-                "+ interval '1 day', jsonb_set(payload, '{notes}', '\"changed\"'), md5(content_hash || 'c'), "
-                "now(), 'bench-daily' from (select distinct on (record_id) * from sage_raw.purchase_invoices "
-                "where (company_id, record_id) in (select company_id, record_id from sage_raw.purchase_invoices "
-                "order by company_id, record_id limit %s) order by record_id, _extracted_at desc) v",
-                (changed,),
-            )
-            conn.commit()
+        _land_changes(dsn, changed, day=1, age="1 day")
+        first_daily = _dbt(["run"], dbname, tmp)
+        first_daily_slowest = _slowest(tmp)
+        _land_changes(dsn, changed, day=2, age="0 seconds")
         daily = _dbt(["run"], dbname, tmp)
         daily_slowest = _slowest(tmp)
         daily_emissions = _emissions_models(tmp)
-        # The fixed cost: a daily run with nothing landed since the last one (start-up, compile,
-        # the views, the small tables), which no change set makes smaller.
         nothing_new = _dbt(["run"], dbname, tmp)
         nothing_new_slowest = _slowest(tmp)
         with psycopg.connect(dsn) as conn:
@@ -139,28 +158,50 @@ def run(scale: int = 500_000) -> Result:
                 "select count(*) from analytics.rpt_emissions_coverage where company_id = %s", (company,)
             ).fetchone()[0]
             coverage_query = time.perf_counter() - started
+    size = f"{versions:,} raw versions"
     ratio = daily / full
-    return Result(
-        "3 dbt",
-        f"seconds, daily run ({changed:,} changed) vs full refresh, {versions:,} raw versions",
-        daily,
-        full,
-        ratio,
-        "<= 0.10 of full refresh",
-        "PASS" if ratio <= 0.1 else "FAIL",
-        {
-            "raw_versions": versions,
-            "changed": changed,
-            "full_refresh_s": round(full, 1),
-            "daily_s": round(daily, 1),
-            "slowest_models_full": full_slowest,
-            "slowest_models_daily": daily_slowest,
-            "nothing_new_s": round(nothing_new, 1),
-            "slowest_models_nothing_new": nothing_new_slowest,
-            "load_average": [round(load, 2) for load in os.getloadavg()],
-            "emissions_models_full": full_emissions,
-            "emissions_models_daily": daily_emissions,
-            "coverage_query_s": round(coverage_query, 1),
-            "coverage_quarters": quarters,
-        },
-    )
+    first_ratio = first_daily / full
+    return [
+        Result(
+            "3 dbt",
+            f"seconds, nightly run ({changed:,} changed) vs full refresh, {size}",
+            daily,
+            full,
+            ratio,
+            "<= 0.05 of full refresh",
+            "PASS" if ratio <= 0.05 else "FAIL",
+            {
+                "raw_versions": versions,
+                "changed": changed,
+                "full_refresh_s": round(full, 1),
+                "daily_s": round(daily, 1),
+                "slowest_models_full": full_slowest,
+                "slowest_models_daily": daily_slowest,
+                "load_average": [round(load, 2) for load in os.getloadavg()],
+                "emissions_models_full": full_emissions,
+                "emissions_models_daily": daily_emissions,
+                "coverage_query_s": round(coverage_query, 1),
+                "coverage_quarters": quarters,
+            },
+        ),
+        Result(
+            "3 dbt",
+            f"seconds, first daily run after the initial sync ({changed:,} changed) vs full refresh, {size}",
+            first_daily,
+            full,
+            first_ratio,
+            "<= 0.10 of full refresh",
+            "PASS" if first_ratio <= 0.1 else "FAIL",
+            {"first_daily_s": round(first_daily, 1), "slowest_models_first_daily": first_daily_slowest},
+        ),
+        Result(
+            "3 dbt",
+            f"seconds, run with nothing new vs full refresh, {size}",
+            nothing_new,
+            full,
+            nothing_new / full,
+            "none (the fixed cost)",
+            "measured",
+            {"nothing_new_s": round(nothing_new, 1), "slowest_models_nothing_new": nothing_new_slowest},
+        ),
+    ]

@@ -15,12 +15,13 @@
     The model uses delete+insert on (company_id, record_id): every changed key yields exactly one
     row, so a re-run replaces, never duplicates.
 
-    The lookback (var incremental_lookback) re-reads rows stamped shortly before the watermark:
-    the loader stamps _extracted_at at its transaction start, so a page committed while dbt was
-    reading can carry a time below the watermark. Re-reading is harmless (same rows again).
+    The lookback (var incremental_lookback) re-reads rows stamped shortly before the previous
+    build: the loader stamps _extracted_at at its transaction start, so a page committed while dbt
+    was reading can carry a time below the watermark (macro incremental_landing_watermark).
+    Re-reading is harmless (same rows again).
 #}
 {% macro incremental_latest_versions(source_relation, stream) -%}
-{%- set landed_after = incremental_watermark('last_landed_at', var('incremental_lookback', '1 hour')) -%}
+{%- set landed_after = incremental_landing_watermark(var('incremental_lookback', '1 hour')) -%}
 with
 
 {% if is_incremental() -%}

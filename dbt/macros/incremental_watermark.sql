@@ -9,16 +9,37 @@
     fixture, not a table the macro could query).
 #}
 {% macro incremental_watermark(column, lookback=none) -%}
+    {{ watermark_literal('max(' ~ column ~ ')' ~ (" - interval '" ~ lookback ~ "'" if lookback else '')) }}
+{%- endmacro %}
+
+{#
+    The watermark of a latest-version model over an append-only raw stream: read the landings
+    stamped after
+
+        least(max(last_landed_at), greatest(max(last_landed_at), max(dbt_loaded_at)) - lookback)
+
+    Everything stamped after the newest landing this table holds is new. Below it, only a page
+    that committed after the previous build read can be missing, and the loader stamps a page with
+    its transaction's start, which is at most a page transaction (seconds) before its commit, so
+    no later than `lookback` before that build's start (dbt_loaded_at, the build transaction's
+    now(), is no later than its read). So the lookback counts back from the previous build, not
+    from the newest landing: the first build after a long initial sync no longer re-reads the
+    sync's last hour (at 5M versions landed within the hour: all of them). A build that wrote no
+    row leaves an older dbt_loaded_at, which only widens the window.
+#}
+{% macro incremental_landing_watermark(lookback) -%}
+    {{ watermark_literal(
+        "least(max(last_landed_at), greatest(max(last_landed_at), max(dbt_loaded_at)) - interval '"
+        ~ lookback ~ "')"
+    ) }}
+{%- endmacro %}
+
+{% macro watermark_literal(expression) -%}
     {%- if is_incremental() and model.resource_type == 'unit_test' -%}
-        (select coalesce(
-            max({{ column }}){% if lookback %} - interval '{{ lookback }}'{% endif %}, '-infinity'::timestamptz
-        ) from {{ this }})
+        (select coalesce({{ expression }}, '-infinity'::timestamptz) from {{ this }})
     {%- elif execute and is_incremental() -%}
         {%- set query -%}
-            select cast(coalesce(
-                max({{ column }}){% if lookback %} - interval '{{ lookback }}'{% endif %},
-                '-infinity'::timestamptz
-            ) as text) as watermark
+            select cast(coalesce({{ expression }}, '-infinity'::timestamptz) as text) as watermark
             from {{ this }}
         {%- endset -%}
         {%- set watermark = run_query(query).columns[0].values()[0] -%}
