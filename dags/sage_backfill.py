@@ -7,7 +7,8 @@ from this trigger form) with conf `{"company_id": "...", "synced_from": "YYYY-Qn
 1. `validate` refuses, before anything changes, an unknown company, a malformed quarter, or a
    quarter that is not earlier than the company's current Synced From; then it takes the
    company's run slot, so the daily run and a backfill of one company never import at once
-   (whichever comes second waits: its first task fails and Airflow retries it).
+   (a backfill that finds the slot taken waits: it looks again every few minutes, for up to a
+   day, without holding a worker; a daily run that finds it taken fails and Airflow retries it).
 2. `backfill_<stream>` reads every document dated from the new quarter up to the day before
    the current Synced From. Unchanged documents add nothing (same single version, same
    first-seen time); watermarks are not touched.
@@ -18,9 +19,10 @@ from this trigger form) with conf `{"company_id": "...", "synced_from": "YYYY-Qn
 from __future__ import annotations
 
 import logging
+import os
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import DAG, Param, get_parsing_context, task
+from airflow.sdk import DAG, Param, PokeReturnValue, get_parsing_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from sage_sync.core.quarters import QUARTER_PATTERN, Quarter
@@ -107,9 +109,23 @@ def _company_param(companies: list[DagCompany]) -> Param:
     )
 
 
-@task(retries=3, retry_delay=timedelta(minutes=10))
-def validate(**context) -> str:
-    """Refuse a bad request before anything changes, then open the backfill run."""
+# While another run holds the company (its daily run, a reset, a manual sync), `validate` looks
+# again every SLOT_POKE_S seconds, for up to SLOT_WAIT, and holds no worker slot in between
+# (reschedule mode). Three retries gave up after 30 minutes and lost the request.
+SLOT_WAIT = timedelta(hours=24)
+SLOT_POKE_S = float(os.environ.get("SAGE_BACKFILL_SLOT_POKE_S", "300"))
+
+
+@task.sensor(
+    poke_interval=SLOT_POKE_S,
+    timeout=SLOT_WAIT.total_seconds(),
+    mode="reschedule",
+    retries=2,
+    retry_delay=timedelta(minutes=1),
+)
+def validate(**context) -> PokeReturnValue:
+    """Refuse a bad request before anything changes, then open the backfill run once the company's
+    run slot is free."""
     from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415 - keep DAG parsing free of the sync stack
     from sage_sync.pipeline import sync  # noqa: PLC0415
 
@@ -121,7 +137,12 @@ def validate(**context) -> str:
         message = f"Synced From not moved to {params['synced_from']}: {exc}"
         log.error("%s", message)
         raise AirflowFailException(message) from None
-    return sync.begin_run(params["company_id"], airflow_run_id=context["run_id"], kind="backfill")
+    try:
+        run = sync.begin_run(params["company_id"], airflow_run_id=context["run_id"], kind="backfill")
+    except sync.RunInProgress as exc:
+        log.info("%s; looking again in %.0f s", exc, SLOT_POKE_S)
+        return PokeReturnValue(is_done=False)
+    return PokeReturnValue(is_done=True, xcom_value=run)
 
 
 @task(pool=POOL)

@@ -166,6 +166,32 @@ def test_the_backfill_refuses_a_later_quarter_in_one_line(two_companies: Path) -
     assert refused.value.__cause__ is None and refused.value.__suppress_context__  # no chained dump
 
 
+def test_the_backfill_waits_for_the_run_slot_without_holding_a_worker(
+    two_companies: Path, warehouse: psycopg.Connection
+) -> None:
+    """A backfill requested while another run holds the company is not lost after a few retries:
+    `validate` is a reschedule-mode sensor that opens the run once the slot is free."""
+    from sage_sync.pipeline import sync  # noqa: PLC0415
+
+    task = _dagbag().dags["sage_backfill"].get_task("validate")
+    assert task.mode == "reschedule" and task.timeout >= 12 * 3600
+    warehouse.execute("update sage_control.companies set status = 'active' where company_id = 'b1aa'")
+    warehouse.commit()
+    daily = sync.begin_run("b1aa", airflow_run_id="scheduled__1", kind="daily")
+    request = {"params": {"company_id": "b1aa", "synced_from": "2023-Q4"}, "run_id": "manual__2"}
+    waiting = task.python_callable(**request)
+    assert waiting.is_done is False
+    assert warehouse.execute(
+        "select kind from sage_control.sync_runs where company_id = 'b1aa' and status = 'running'"
+    ).fetchall() == [("daily",)]
+    sync.finish_run("b1aa", daily, status="success")
+    opened = task.python_callable(**request)
+    assert opened.is_done is True and opened.xcom_value == sync.run_key("b1aa", "manual__2")
+    assert warehouse.execute(
+        "select sync_run_id, kind from sage_control.sync_runs where company_id = 'b1aa' and status = 'running'"
+    ).fetchall() == [(opened.xcom_value, "backfill")]
+
+
 def test_a_refused_grant_fails_every_sage_task_without_retries(
     two_companies: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -76,11 +76,12 @@ VOLUMES: dict[str, dict[str, int]] = {
 
 # Test-only knobs (everything else is scripts/deploy_settings.py): a dead worker's task is failed
 # after 20 s without a heartbeat instead of 120 s, and no retry waits more than 40 s (the product's
-# are minutes; a backfill's first task, retried 3 times, can then wait about 2 minutes for a
-# daily run to end). A task message lost with a SIGKILLed worker (taken off Redis, not yet in its
+# are minutes). A task message lost with a SIGKILLed worker (taken off Redis, not yet in its
 # unacked set: seen once, the task sat queued until Airflow's 10-minute task_queued_timeout
-# re-sent it) is re-sent after 2 minutes instead.
+# re-sent it) is re-sent after 2 minutes instead. A backfill that finds its company's run slot
+# taken looks again after 15 s (the product: 5 minutes).
 OVERRIDES = {
+    "SAGE_BACKFILL_SLOT_POKE_S": "15",
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
     "AIRFLOW__CORE__MAX_TASK_RETRY_DELAY": "40",
