@@ -44,7 +44,8 @@ class Result:
 
 @contextmanager
 def scratch_db(prefix: str = "sage_bench") -> Iterator[str]:
-    """A new, migrated database on the configured server, dropped afterwards."""
+    """A new, migrated database on the configured server, dropped afterwards (kept, and named on
+    stderr, with SAGE_BENCH_KEEP_DB=1: to look at the plans of what the bench built)."""
     from sage_sync.warehouse.migrate import migrate  # noqa: PLC0415
 
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
@@ -56,8 +57,11 @@ def scratch_db(prefix: str = "sage_bench") -> Iterator[str]:
             migrate(conn)
         yield dsn
     finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        if os.environ.get("SAGE_BENCH_KEEP_DB") == "1":
+            print(f"kept database {name} (SAGE_BENCH_KEEP_DB=1): drop it when done", file=sys.stderr)
+        else:
+            with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+                admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
 
 
 def warehouse_env(dsn: str) -> dict[str, str]:
