@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -154,6 +155,8 @@ def denv() -> Iterator[Env]:
     metadata_url = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "")
     if not metadata_url.startswith("postgresql"):
         pytest.skip("needs Airflow's metadata DB on PostgreSQL: run through `make test`")
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is missing (the Celery broker): run scripts/ensure_redis.sh (as root)")
     began = time.monotonic()
     suffix = uuid.uuid4().hex[:8]
     warehouse_db, metadata_db = f"sage_deploy_wh_{suffix}", f"sage_deploy_meta_{suffix}"
