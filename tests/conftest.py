@@ -24,6 +24,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from sqlalchemy.engine import make_url
 
 from sage_sync.warehouse.migrate import migrate
 
@@ -36,6 +37,11 @@ METADATA_ENV = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"
 _WORKER_METADATA_DB = pytest.StashKey[str]()
 
 
+def database_name(url: str) -> str:
+    """The database of a libpq or SQLAlchemy (``postgresql+psycopg://``) URL."""
+    return str(make_url(url).database)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Give an xdist worker its own metadata DB: a copy of the one ``make test`` migrated.
 
@@ -46,7 +52,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     if "airflow.configuration" in sys.modules:
         raise pytest.UsageError("Airflow was imported before the worker's metadata DB was set")
-    template = url.rsplit("/", 1)[1].split("?", 1)[0]
+    template = database_name(url)
     name = f"{template}_{worker}"
     create = sql.SQL("create database {} template {}").format(sql.Identifier(name), sql.Identifier(template))
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:

@@ -14,13 +14,13 @@ import sys
 import psycopg
 import pytest
 
-from tests.conftest import ADMIN_URL, METADATA_ENV
+from tests.conftest import ADMIN_URL, METADATA_ENV, database_name
 
 
 @pytest.mark.skipif(not os.environ.get("PYTEST_XDIST_WORKER"), reason="one pytest process: one metadata DB")
 def test_each_worker_has_its_own_migrated_metadata_db() -> None:
     worker = os.environ["PYTEST_XDIST_WORKER"]
-    name = os.environ[METADATA_ENV].rsplit("/", 1)[1].split("?", 1)[0]
+    name = database_name(os.environ[METADATA_ENV])
     assert name.endswith(f"_{worker}")
     with psycopg.connect(ADMIN_URL.rsplit("/", 1)[0] + f"/{name}") as conn:
         assert conn.execute("select count(*) from alembic_version").fetchone()[0] == 1
@@ -33,4 +33,4 @@ def test_each_worker_has_its_own_migrated_metadata_db() -> None:
         check=True,
         timeout=120,
     ).stdout.strip()
-    assert seen.rsplit("/", 1)[1].split("?", 1)[0] == name
+    assert database_name(seen) == name

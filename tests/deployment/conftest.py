@@ -29,6 +29,7 @@ from sage_sync.lifecycle import airflow_api, connections
 from sage_sync.sage.auth import new_pkce_pair
 from sage_sync.warehouse.migrate import migrate
 from sandbox.fake_sage.server import FakeSageServer
+from tests.conftest import database_name
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -160,7 +161,7 @@ def denv() -> Iterator[Env]:
     began = time.monotonic()
     suffix = uuid.uuid4().hex[:8]
     warehouse_db, metadata_db = f"sage_deploy_wh_{suffix}", f"sage_deploy_meta_{suffix}"
-    template = libpq_url(metadata_url).rsplit("/", 1)[1].split("?", 1)[0]
+    template = database_name(metadata_url)
     _create_db(warehouse_db)
     copied = _create_db(metadata_db, template)
     if copied:
