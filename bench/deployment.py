@@ -11,7 +11,10 @@ Measured from the metadata DB:
 * ``scheduler_lag_s``: due time to the first task start (and to the median company's first task);
 * ``peak_pool_tasks``: most Sage-calling (pool ``sage_api``) tasks running at once, against the slots;
 * ``sage_requests`` and ``requests_per_s``: the fake's request log over the extraction window,
-  against ``SAGE_RATE_LIMIT_PER_S`` (the shared bucket of plugins/sage_sync/ratelimit.py).
+  against ``SAGE_RATE_LIMIT_PER_S`` (the shared bucket of plugins/sage_sync/ratelimit.py);
+* ``machine_core_s``, ``task_runs`` and ``core_s_per_task``: the whole machine's busy CPU (every
+  process: Airflow, Celery, PostgreSQL, the fake) from the day's start to its marts, over the task
+  runs it held: what sizes a larger deployment. Day one's window includes connecting the companies.
 
 ``python -m bench deployment --deploy-companies 200`` is the issue's size; the default is smaller
 so that a busy machine finishes it.
@@ -29,6 +32,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 from psycopg import sql
 
@@ -68,6 +72,12 @@ def _max_overlap(intervals: list[tuple]) -> int:
         current += step
         peak = max(peak, current)
     return peak
+
+
+def _busy_core_s() -> float:
+    """Core-seconds the whole machine has spent busy since boot (all CPUs, idle and iowait excluded)."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
 def _wait(probe, what: str, timeout: float) -> Any:
@@ -134,6 +144,7 @@ def _one(companies: int, workers: int, timeout: float, days: int = 2) -> dict[st
                 )
                 dep.airflow("dags", "unpause", "sage_transform")
                 ids = []
+                cpu_from, connect_from = _busy_core_s(), time.monotonic()
                 for business in sage.admin.businesses():
                     if business["key"] not in volumes:
                         continue
@@ -141,7 +152,8 @@ def _one(companies: int, workers: int, timeout: float, days: int = 2) -> dict[st
                     code = sage.authorize(login_hint=business["user"], code_challenge=challenge)
                     connections.connect(code, verifier, business["id"], SYNCED_FROM)
                     ids.append(airflow_api.dag_id_for(business["id"]))
-                day1 = _day(sage, meta_dsn, ids, 1, timeout)
+                connect_s = time.monotonic() - connect_from
+                day1 = _day(sage, meta_dsn, ids, 1, timeout, cpu_from)
                 day2: dict[str, Any] = {}
                 if days > 1:
                     # day two: a change in one company in ten, then the scheduler's clock moves a day
@@ -150,7 +162,7 @@ def _one(companies: int, workers: int, timeout: float, days: int = 2) -> dict[st
                         docs = sage.admin.records(business["id"], "purchase_invoices")
                         if docs:
                             sage.admin.update(business["id"], "purchase_invoices", docs[-1]["id"], {"notes": "edited"})
-                    day2 = _day(sage, meta_dsn, ids, 2, timeout)
+                    day2 = _day(sage, meta_dsn, ids, 2, timeout, _busy_core_s())
             finally:
                 deploy.down(state)
     finally:
@@ -158,11 +170,20 @@ def _one(companies: int, workers: int, timeout: float, days: int = 2) -> dict[st
         os.environ.update(saved)
         _drop(wh_db)
         _drop(meta_db)
-    return {"workers": workers, "companies": companies, "deploy_up_s": round(up_s, 1), "day1": day1, "day2": day2}
+    return {
+        "workers": workers,
+        "companies": companies,
+        "deploy_up_s": round(up_s, 1),
+        "connect_s": round(connect_s, 1),
+        "day1": day1,
+        "day2": day2,
+    }
 
 
-def _day(sage: Any, meta_dsn: str, dag_ids: list[str], day: int, timeout: float) -> dict[str, Any]:
-    """Make day ``day`` due (day 1: already due once parsed), wait for it and the marts; its figures."""
+def _day(sage: Any, meta_dsn: str, dag_ids: list[str], day: int, timeout: float, cpu_from: float) -> dict[str, Any]:
+    """Make day ``day`` due (day 1: already due once parsed), wait for it and the marts; its figures.
+
+    ``cpu_from`` is the machine's busy core-seconds when the day's work began."""
     sage.admin.clear_request_log()
     if day == 1:
 
@@ -209,6 +230,12 @@ def _day(sage: Any, meta_dsn: str, dag_ids: list[str], day: int, timeout: float)
         "the transform after the last sync",
         timeout,
     )[0][0]
+    core_s = _busy_core_s() - cpu_from
+    task_runs = _meta(
+        meta_dsn,
+        "select count(*) from task_instance where start_date >= %s and start_date <= %s",
+        (due, transform),
+    )[0][0]
     firsts = [
         r[0]
         for r in _meta(
@@ -236,6 +263,9 @@ def _day(sage: Any, meta_dsn: str, dag_ids: list[str], day: int, timeout: float)
         "sage_requests": requests,
         "requests_per_s": round(requests / window, 2) if window else 0.0,
         "rate_limit_per_s": float(os.environ.get("SAGE_RATE_LIMIT_PER_S") or 12),
+        "machine_core_s": round(core_s, 1),
+        "task_runs": task_runs,
+        "core_s_per_task": round(core_s / task_runs, 2) if task_runs else 0.0,
     }
 
 
