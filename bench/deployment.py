@@ -12,6 +12,8 @@ Measured from the metadata DB:
 * ``peak_pool_tasks``: most Sage-calling (pool ``sage_api``) tasks running at once, against the slots;
 * ``sage_requests`` and ``requests_per_s``: the fake's request log over the extraction window,
   against ``SAGE_RATE_LIMIT_PER_S`` (the shared bucket of plugins/sage_sync/ratelimit.py);
+  ``peak_requests_in_1s`` the most in any one second, against the same limit, and
+  ``peak_requests_in_flight`` the most at once, against the pool's slots (Sage allows 150);
 * ``machine_core_s``, ``task_runs`` and ``core_s_per_task``: the whole machine's busy CPU (every
   process: Airflow, Celery, PostgreSQL, the fake) from the day's start to its marts, over the task
   runs it held: what sizes a larger deployment. Day one's window includes connecting the companies.
@@ -71,6 +73,16 @@ def _max_overlap(intervals: list[tuple]) -> int:
     for _, step in edges:
         current += step
         peak = max(peak, current)
+    return peak
+
+
+def _peak_in_window(times: list[float], width: float) -> int:
+    """Most of the sorted ``times`` inside any window ``width`` long (requests in a second)."""
+    peak = first = 0
+    for last, at in enumerate(times):
+        while at - times[first] >= width:
+            first += 1
+        peak = max(peak, last - first + 1)
     return peak
 
 
@@ -251,7 +263,8 @@ def _day(sage: Any, meta_dsn: str, dag_ids: list[str], day: int, timeout: float,
         (due,),
     )
     window = (max(e for _, e in pooled) - min(s for s, _ in pooled)).total_seconds() if pooled else 0.0
-    requests = len([r for r in sage.admin.request_log() if r["path"].startswith("/v3.1")])
+    log = [r for r in sage.admin.request_log() if r["path"].startswith("/v3.1")]
+    requests = len(log)
     slots = _meta(meta_dsn, "select slots from slot_pool where pool = 'sage_api'")[0][0]
     return {
         "due_to_marts_s": round((transform - due).total_seconds(), 1),
@@ -262,6 +275,8 @@ def _day(sage: Any, meta_dsn: str, dag_ids: list[str], day: int, timeout: float,
         "pool_slots": slots,
         "sage_requests": requests,
         "requests_per_s": round(requests / window, 2) if window else 0.0,
+        "peak_requests_in_flight": _max_overlap([(r["started"], r["ended"] or r["started"]) for r in log]),
+        "peak_requests_in_1s": _peak_in_window(sorted(r["started"] for r in log), 1.0),
         "rate_limit_per_s": float(os.environ.get("SAGE_RATE_LIMIT_PER_S") or 12),
         "machine_core_s": round(core_s, 1),
         "task_runs": task_runs,

@@ -152,7 +152,10 @@ class FakeSageAdmin:
 
     # request log ---------------------------------------------------------------------------------
     def request_log(self) -> list[dict[str, Any]]:
-        """Sage-facing requests seen: ``[{method, path, query, x_business, status[, fault]}]``."""
+        """Sage-facing requests seen: ``[{method, path, query, x_business, status, started, ended[, fault]}]``.
+
+        ``started`` and ``ended`` are epoch seconds (``ended`` is None until the response is sent,
+        and stays None for a dropped connection)."""
         return self._call("GET", "/request_log")
 
     def clear_request_log(self) -> None:

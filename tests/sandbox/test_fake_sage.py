@@ -512,9 +512,13 @@ def test_fault_truncate_cuts_the_json(server: FakeSageServer, token: dict[str, A
 
 def test_request_log_and_request_id(server: FakeSageServer, token: dict[str, Any], businesses: dict[str, str]) -> None:
     server.admin.clear_request_log()
+    before = time.time()
     response = api(server, token, "/contacts", businesses["northwind"], page=2)
+    after = time.time()
     assert len(response.headers["x_request_id"]) >= 16
     log = server.admin.request_log()
+    started, ended = log[0].pop("started"), log[0].pop("ended")
+    assert before <= started <= ended <= after
     assert log == [
         {
             "method": "GET",
