@@ -12,11 +12,16 @@ Measured from the metadata DB:
 * ``peak_pool_tasks``: most Sage-calling (pool ``sage_api``) tasks running at once, against the slots;
 * ``sage_requests`` and ``requests_per_s``: the fake's request log over the extraction window,
   against ``SAGE_RATE_LIMIT_PER_S`` (the shared bucket of plugins/sage_sync/ratelimit.py);
-  ``peak_requests_in_1s`` the most in any one second, against the same limit, and
-  ``peak_requests_in_flight`` the most at once, against the pool's slots (Sage allows 150);
+  ``peak_requests_in_1s``, the most in any one second, and ``max_over_rate``, the most requests
+  any window held beyond the rate: the bucket held if that is within its burst (``bucket_burst``).
+  Requests in flight at once are bounded by the pooled tasks (each sends one at a time, plus one
+  read-ahead page), so ``peak_pool_tasks`` is their bound; the fake serves one at a time, so it
+  cannot count them itself;
 * ``machine_core_s``, ``task_runs`` and ``core_s_per_task``: the whole machine's busy CPU (every
   process: Airflow, Celery, PostgreSQL, the fake) from the day's start to its marts, over the task
   runs it held: what sizes a larger deployment. Day one's window includes connecting the companies.
+  ``core_s_by_role`` splits it by process (scheduler, api-server, dag-processor, triggerer, Celery
+  workers with their task processes, PostgreSQL, redis, the bench with the fake): what bounds it.
 
 ``python -m bench deployment --deploy-companies 200`` is the issue's size; the default is smaller
 so that a busy machine finishes it.
@@ -39,6 +44,7 @@ import psycopg
 from psycopg import sql
 
 from bench.common import ADMIN_URL, ROOT, Result
+from sage_sync.warehouse.ratelimit import DEFAULT_BURST
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import deployment as deploy
@@ -86,10 +92,64 @@ def _peak_in_window(times: list[float], width: float) -> int:
     return peak
 
 
+def _max_over_rate(times: list[float], rate: float) -> float:
+    """Most requests in any window beyond what ``rate`` a second allows in it: the shared token
+    bucket holds when this stays within its burst (every window [a, b] sees at most
+    burst + rate x (b - a) requests). O(n): for each last request, the best first one so far."""
+    best = float("-inf")
+    lowest = float("inf")  # min over first requests i of (i - rate x t_i)
+    for j, at in enumerate(times):
+        lowest = min(lowest, j - rate * at)
+        best = max(best, (j + 1 - rate * at) - lowest)
+    return best if times else 0.0
+
+
 def _busy_core_s() -> float:
     """Core-seconds the whole machine has spent busy since boot (all CPUs, idle and iowait excluded)."""
     times = psutil.cpu_times()
     return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+def _cpu_snapshot(dep: Any) -> dict[tuple[int, float], tuple[str, float]]:
+    """Each process's role and CPU (own plus the children it has reaped), keyed by pid and start.
+
+    The role is the deployment process it descends from (a Celery worker's pool and task processes
+    are the worker's), ``postgres`` for the server's processes (all its databases), this process
+    (the bench and its fake Sage subprocess), or ``other``."""
+    roots = {p["pid"]: ("celery workers" if name.startswith("worker") else name) for name, p in dep.processes.items()}
+    roots[os.getpid()] = "bench and fake Sage"
+    procs = {}
+    for proc in psutil.process_iter(["pid", "ppid", "name", "create_time", "cpu_times"]):
+        info = proc.info
+        if info["cpu_times"] is not None:
+            procs[info["pid"]] = info
+    snapshot = {}
+    for pid, info in procs.items():
+        role, at = "other", pid
+        for _ in range(32):  # walk up to a deployment process
+            if at in roots:
+                role = roots[at]
+                break
+            parent = procs.get(at)
+            if parent is None or not parent["ppid"]:
+                break
+            at = parent["ppid"]
+        if role == "other" and (info["name"] or "").startswith("postgres"):
+            role = "postgres"
+        t = info["cpu_times"]
+        snapshot[(pid, info["create_time"])] = (role, t.user + t.system + t.children_user + t.children_system)
+    return snapshot
+
+
+def _cpu_by_role(start: dict, end: dict) -> dict[str, float]:
+    """Core-seconds each role spent between two snapshots. A process that ended in between is
+    counted in the one that reaped it (a task process in its Celery worker, a PostgreSQL backend
+    in the postmaster)."""
+    roles: dict[str, float] = {}
+    for key, (role, cpu) in end.items():
+        before = start.get(key, (role, 0.0))[1]
+        roles[role] = roles.get(role, 0.0) + max(0.0, cpu - before)
+    return {role: round(v, 1) for role, v in sorted(roles.items(), key=lambda kv: -kv[1]) if v >= 0.5}
 
 
 def _wait(probe, what: str, timeout: float) -> Any:
@@ -156,7 +216,7 @@ def _one(companies: int, workers: int, timeout: float, days: int = 2) -> dict[st
                 )
                 dep.airflow("dags", "unpause", "sage_transform")
                 ids = []
-                cpu_from, connect_from = _busy_core_s(), time.monotonic()
+                cpu_from, connect_from = (_busy_core_s(), _cpu_snapshot(dep)), time.monotonic()
                 for business in sage.admin.businesses():
                     if business["key"] not in volumes:
                         continue
@@ -165,7 +225,7 @@ def _one(companies: int, workers: int, timeout: float, days: int = 2) -> dict[st
                     connections.connect(code, verifier, business["id"], SYNCED_FROM)
                     ids.append(airflow_api.dag_id_for(business["id"]))
                 connect_s = time.monotonic() - connect_from
-                day1 = _day(sage, meta_dsn, ids, 1, timeout, cpu_from)
+                day1 = _day(sage, meta_dsn, ids, 1, timeout, cpu_from, dep)
                 day2: dict[str, Any] = {}
                 if days > 1:
                     # day two: a change in one company in ten, then the scheduler's clock moves a day
@@ -174,7 +234,7 @@ def _one(companies: int, workers: int, timeout: float, days: int = 2) -> dict[st
                         docs = sage.admin.records(business["id"], "purchase_invoices")
                         if docs:
                             sage.admin.update(business["id"], "purchase_invoices", docs[-1]["id"], {"notes": "edited"})
-                    day2 = _day(sage, meta_dsn, ids, 2, timeout, _busy_core_s())
+                    day2 = _day(sage, meta_dsn, ids, 2, timeout, (_busy_core_s(), _cpu_snapshot(dep)), dep)
             finally:
                 deploy.down(state)
     finally:
@@ -192,10 +252,12 @@ def _one(companies: int, workers: int, timeout: float, days: int = 2) -> dict[st
     }
 
 
-def _day(sage: Any, meta_dsn: str, dag_ids: list[str], day: int, timeout: float, cpu_from: float) -> dict[str, Any]:
+def _day(
+    sage: Any, meta_dsn: str, dag_ids: list[str], day: int, timeout: float, cpu_from: tuple[float, dict], dep: Any
+) -> dict[str, Any]:
     """Make day ``day`` due (day 1: already due once parsed), wait for it and the marts; its figures.
 
-    ``cpu_from`` is the machine's busy core-seconds when the day's work began."""
+    ``cpu_from``: the machine's busy core-seconds and the processes' CPU when the day's work began."""
     sage.admin.clear_request_log()
     if day == 1:
 
@@ -242,7 +304,8 @@ def _day(sage: Any, meta_dsn: str, dag_ids: list[str], day: int, timeout: float,
         "the transform after the last sync",
         timeout,
     )[0][0]
-    core_s = _busy_core_s() - cpu_from
+    core_s = _busy_core_s() - cpu_from[0]
+    by_role = _cpu_by_role(cpu_from[1], _cpu_snapshot(dep))
     task_runs = _meta(
         meta_dsn,
         "select count(*) from task_instance where start_date >= %s and start_date <= %s",
@@ -263,8 +326,9 @@ def _day(sage: Any, meta_dsn: str, dag_ids: list[str], day: int, timeout: float,
         (due,),
     )
     window = (max(e for _, e in pooled) - min(s for s, _ in pooled)).total_seconds() if pooled else 0.0
-    log = [r for r in sage.admin.request_log() if r["path"].startswith("/v3.1")]
-    requests = len(log)
+    starts = sorted(r["started"] for r in sage.admin.request_log() if r["path"].startswith("/v3.1"))
+    requests = len(starts)
+    rate = float(os.environ.get("SAGE_RATE_LIMIT_PER_S") or 12)
     slots = _meta(meta_dsn, "select slots from slot_pool where pool = 'sage_api'")[0][0]
     return {
         "due_to_marts_s": round((transform - due).total_seconds(), 1),
@@ -275,12 +339,14 @@ def _day(sage: Any, meta_dsn: str, dag_ids: list[str], day: int, timeout: float,
         "pool_slots": slots,
         "sage_requests": requests,
         "requests_per_s": round(requests / window, 2) if window else 0.0,
-        "peak_requests_in_flight": _max_overlap([(r["started"], r["ended"] or r["started"]) for r in log]),
-        "peak_requests_in_1s": _peak_in_window(sorted(r["started"] for r in log), 1.0),
-        "rate_limit_per_s": float(os.environ.get("SAGE_RATE_LIMIT_PER_S") or 12),
+        "peak_requests_in_1s": _peak_in_window(starts, 1.0),
+        "rate_limit_per_s": rate,
+        "max_over_rate": round(_max_over_rate(starts, rate), 1),
+        "bucket_burst": DEFAULT_BURST,
         "machine_core_s": round(core_s, 1),
         "task_runs": task_runs,
         "core_s_per_task": round(core_s / task_runs, 2) if task_runs else 0.0,
+        "core_s_by_role": by_role,
     }
 
 

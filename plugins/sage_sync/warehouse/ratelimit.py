@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 SAGE_DAILY_LIMIT = 1_296_000  # requests per app per day (Sage's published limit)
 SAGE_MAX_CONCURRENT = 150  # concurrent requests per app
 DEFAULT_RATE = SAGE_DAILY_LIMIT / 86_400  # 15.0 per second
+# Tokens a bucket stores: after a quiet spell, this many requests may go at once, then the rate.
+DEFAULT_BURST = 30.0
 
 # The table is created by migration 004; a database that was never migrated gets the same DDL here.
 _DDL = (
@@ -101,7 +103,7 @@ class PostgresRateLimiter:
         name: str = "sage_api",
         *,
         rate: float = DEFAULT_RATE,
-        burst: float = 30.0,
+        burst: float = DEFAULT_BURST,
         max_wait: float | None = 3600.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -215,7 +217,7 @@ def shared_limiter(
     rate: float = DEFAULT_RATE,
     *,
     name: str = "sage_api",
-    burst: float = 30.0,
+    burst: float = DEFAULT_BURST,
     sleep: Callable[[float], None] = time.sleep,
 ) -> PostgresRateLimiter:
     """This process's limiter for ``dsn`` (and bucket, rate, burst): one connection per process, not
