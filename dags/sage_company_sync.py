@@ -27,11 +27,11 @@ from sage_sync.warehouse.snapshot import DagCompany, companies_for_dags
 
 default_args = {
     "owner": "data-engineering",
-    # The scheduler queues syncs before dbt models when both wait for an executor slot: every
-    # company's landing is short, a cosmos model task is long (about 85 s on 2 busy cores, see
+    # The scheduler queues syncs before the transform when both wait for an executor slot: every
+    # company's landing is short, the transform's dbt build is long (35-60 s on 2 busy cores, see
     # bench/RESULTS.md), and the transform runs again on the Asset anyway. What is already in the
-    # Celery queue still runs first-in first-out; a queue of their own for the dbt tasks would
-    # keep them off the sync workers entirely.
+    # Celery queue still runs first-in first-out; a queue of its own for the dbt task would keep
+    # it off the sync workers entirely.
     "priority_weight": 100,
     "weight_rule": "absolute",
     "retries": 2,
