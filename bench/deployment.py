@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -43,11 +42,9 @@ import psutil
 import psycopg
 from psycopg import sql
 
-from bench.common import ADMIN_URL, ROOT, Result
+from bench.common import ADMIN_URL, Result
 from sage_sync.warehouse.ratelimit import DEFAULT_BURST
-
-sys.path.insert(0, str(ROOT / "scripts"))
-import deployment as deploy
+from scripts import deployment as deploy  # as a package: a top-level `deployment` would shadow tests/deployment
 
 SMALL = {"purchase_invoices": 8, "purchase_credit_notes": 1, "purchase_quick_entries": 2, "other_payments": 3}
 SYNCED_FROM = "2024-Q1"
