@@ -180,10 +180,9 @@ class Edge:
                 "query": scope.get("query_string", b"").decode("latin-1"),
                 "x_business": business,
                 "status": None,
-                # Wall-clock arrival and end of the response: how many requests were in flight at
-                # once, and how many in any one second (bench/deployment.py).
+                # Wall-clock arrival: how many requests came in any window (bench/deployment.py
+                # checks the shared rate limit with it).
                 "started": time.time(),
-                "ended": None,
             }
             if fault is not None:
                 entry["fault"] = fault.kind
@@ -194,8 +193,6 @@ class Edge:
                 message = {**message, "headers": [*message.get("headers", []), (b"x_request_id", request_id.encode())]}
                 if entry is not None:
                     entry["status"] = message["status"]
-            elif message["type"] == "http.response.body" and not message.get("more_body") and entry is not None:
-                entry["ended"] = time.time()
             await send(message)
 
         if fault is None:

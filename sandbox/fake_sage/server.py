@@ -152,10 +152,8 @@ class FakeSageAdmin:
 
     # request log ---------------------------------------------------------------------------------
     def request_log(self) -> list[dict[str, Any]]:
-        """Sage-facing requests seen: ``[{method, path, query, x_business, status, started, ended[, fault]}]``.
-
-        ``started`` and ``ended`` are epoch seconds (``ended`` is None until the response is sent,
-        and stays None for a dropped connection)."""
+        """Sage-facing requests seen: ``[{method, path, query, x_business, status, started[, fault]}]``
+        (``started``: when it arrived, in epoch seconds)."""
         return self._call("GET", "/request_log")
 
     def clear_request_log(self) -> None:
