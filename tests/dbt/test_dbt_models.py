@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -1051,6 +1052,53 @@ def test_analyst_role_reads_marts_only(built: psycopg.Connection) -> None:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(f"select 1 from {forbidden} limit 1")
             conn.rollback()
+
+
+def _readme_queries() -> list[str]:
+    """Every SQL statement of the README's ```sql blocks that an analyst runs for one company."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```sql\n(.*?)```", text, flags=re.S)
+    statements = [s.strip() for block in blocks for s in block.split(";") if s.strip()]
+    # Statements that are only comments, or a role administrator's commands, are not analyst queries.
+    return [s for s in statements if re.search(r"^\s*select\b", s, flags=re.M | re.I)]
+
+
+def test_readme_queries_run_through_psql_as_written(built: psycopg.Connection) -> None:
+    """The README's analyst queries, exactly as printed, through `psql -v company_id=...`.
+
+    They are an analyst's first contact: a query that fails as written (`:company_id` unquoted
+    gives "trailing junk after numeric literal") is the first thing a new user meets.
+    """
+    queries = _readme_queries()
+    assert len(queries) >= 6, "the README's analyst queries were not found"
+    params = conninfo_to_dict(built.info.dsn)
+    env = {**os.environ, "PGHOST": str(params.get("host") or "127.0.0.1"), "PGPORT": str(params.get("port") or 5432)}
+    env["PGUSER"], env["PGDATABASE"] = str(params.get("user") or "postgres"), str(params["dbname"])
+    for query in queries:
+        result = subprocess.run(
+            [
+                "psql",
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-v",
+                f"company_id={GBP_CO}",
+                "-c",
+                "set role analyst",
+                "-f",
+                "-",
+            ],
+            input=query + ";\n",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, f"README query failed as written:\n{query}\n{result.stderr}"
+        if "current_date" not in query:  # the scenario's documents are from 2024: "last four quarters" is empty
+            assert "(0 rows)" not in result.stdout, f"README query found nothing for {GBP_CO}:\n{query}"
 
 
 # --------------------------------------------------------------------------- day 3: incremental == full
