@@ -1054,6 +1054,20 @@ def test_analyst_role_reads_marts_only(built: psycopg.Connection) -> None:
             conn.rollback()
 
 
+def test_docs_generate_before_the_dev_target_was_built(built: psycopg.Connection, tmp_path: Path) -> None:
+    """`make docs` after `make demo` on a fresh checkout: the demo built the prod schemas only.
+
+    `dbt docs generate` compiles every model; a macro that queried a seed at compile time failed
+    with 'relation "dev_sage_staging.emission_keyword_rules" does not exist'.
+    """
+    env = {**_dbt_env(built.info.dsn), "DBT_TARGET": "dev"}
+    with psycopg.connect(built.info.dsn, autocommit=True) as conn:
+        conn.execute("drop schema if exists dev_sage_staging, dev_sage_intermediate, dev_analytics cascade")
+    result = _dbt(["docs", "generate", "--target", "dev"], env, tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert (tmp_path / "target" / "catalog.json").exists()
+
+
 def _readme_queries() -> list[str]:
     """Every SQL statement of the README's ```sql blocks that an analyst runs for one company."""
     text = (REPO / "README.md").read_text(encoding="utf-8")
