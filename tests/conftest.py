@@ -42,6 +42,12 @@ def database_name(url: str) -> str:
     return str(make_url(url).database)
 
 
+def analyst_role(dsn: str) -> str:
+    """The read-only role a dbt build of the warehouse at ``dsn`` grants its marts to (macro
+    ``analyst_role``): ``SAGE_ANALYST_ROLE``, else ``analyst_<database>``."""
+    return os.environ.get("SAGE_ANALYST_ROLE") or f"analyst_{psycopg.conninfo.conninfo_to_dict(dsn)['dbname']}"[:63]
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Give an xdist worker its own metadata DB: a copy of the one ``make test`` migrated.
 

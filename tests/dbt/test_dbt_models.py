@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -28,6 +29,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
+
+from tests.conftest import ADMIN_URL, analyst_role
 
 pytestmark = pytest.mark.dbt
 
@@ -1035,8 +1038,9 @@ def test_sync_health(built: psycopg.Connection) -> None:
 
 
 def test_analyst_role_reads_marts_only(built: psycopg.Connection) -> None:
+    set_role = sql.SQL("set role {}").format(sql.Identifier(analyst_role(built.info.dsn)))
     with psycopg.connect(built.info.dsn) as conn:
-        conn.execute("set role analyst")
+        conn.execute(set_role)
         assert conn.execute("select count(*) from analytics.fct_spend_transactions").fetchone()[0] == 10
         conn.rollback()
         for forbidden in (
@@ -1048,7 +1052,7 @@ def test_analyst_role_reads_marts_only(built: psycopg.Connection) -> None:
             "sage_intermediate.int_spend_lines_signed",
             "sage_staging.stg_sage__purchase_invoices",
         ):
-            conn.execute("set role analyst")
+            conn.execute(set_role)
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(f"select 1 from {forbidden} limit 1")
             conn.rollback()
@@ -1099,7 +1103,7 @@ def test_readme_queries_run_through_psql_as_written(built: psycopg.Connection) -
                 "-v",
                 f"company_id={GBP_CO}",
                 "-c",
-                "set role analyst",
+                f'set role "{analyst_role(built.info.dsn)}"',
                 "-f",
                 "-",
             ],
@@ -1113,6 +1117,39 @@ def test_readme_queries_run_through_psql_as_written(built: psycopg.Connection) -
         assert result.returncode == 0, f"README query failed as written:\n{query}\n{result.stderr}"
         if "current_date" not in query:  # the scenario's documents are from 2024: "last four quarters" is empty
             assert "(0 rows)" not in result.stdout, f"README query found nothing for {GBP_CO}:\n{query}"
+
+
+def test_an_analyst_of_one_warehouse_reads_no_other(built: psycopg.Connection, tmp_path: Path) -> None:
+    """Two warehouses on one server, each built with the project's defaults: each one's analyst
+    role reads its own marts and nothing of the other's (roles are cluster-wide, databases not)."""
+    other = f"sage_test_other_{uuid.uuid4().hex[:8]}"
+    env = {k: v for k, v in _dbt_env(built.info.dsn).items() if k != "SAGE_ANALYST_ROLE"}
+    mine = f"analyst_{conninfo_to_dict(built.info.dsn)['dbname']}"
+    theirs = f"analyst_{other}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(other)))
+    other_dsn = psycopg.conninfo.make_conninfo(built.info.dsn, dbname=other)
+    try:
+        with psycopg.connect(other_dsn, autocommit=True) as conn:
+            conn.execute("create schema analytics")
+            conn.execute("create table analytics.their_marts as select 1 as figure")
+        # Any dbt command ends with the grant hook; a seed is the smallest.
+        result = _dbt(["seed", "--select", "company_category_overrides"], {**env, "SAGE_PG_DBNAME": other}, tmp_path)
+        assert result.returncode == 0, result.stdout[-4000:]
+        with psycopg.connect(other_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("set role {}").format(sql.Identifier(theirs)))
+            assert conn.execute("select figure from analytics.their_marts").fetchone() == (1,)
+            conn.execute(sql.SQL("set role {}").format(sql.Identifier(mine)))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("select figure from analytics.their_marts")
+        with psycopg.connect(built.info.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("set role {}").format(sql.Identifier(theirs)))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("select count(*) from analytics.fct_spend_transactions")
+    finally:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(other)))
+            admin.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(theirs)))
 
 
 # --------------------------------------------------------------------------- day 3: incremental == full

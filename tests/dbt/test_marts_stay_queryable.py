@@ -20,7 +20,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
+from tests.conftest import analyst_role
 from tests.dbt.test_dbt_models import GBP_CO, _dbt, _dbt_env, _load_later, _load_scenario
 
 pytestmark = pytest.mark.dbt
@@ -70,7 +72,7 @@ def _land_invoices(dsn: str, batch: str, extracted_at: str) -> None:
 
 @dataclass
 class AnalystLoop:
-    """Queries the marts as `analyst`, over and over, until stopped; keeps what it saw."""
+    """Queries the marts as the analyst role, over and over, until stopped; keeps what it saw."""
 
     dsn: str
     marts: list[str]
@@ -81,7 +83,7 @@ class AnalystLoop:
 
     def run(self) -> None:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute("set role analyst")
+            conn.execute(sql.SQL("set role {}").format(sql.Identifier(analyst_role(self.dsn))))
             while not self.stop.is_set():
                 try:
                     missing = conn.execute(
