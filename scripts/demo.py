@@ -28,6 +28,7 @@ from sage_sync.lifecycle import report as emissions_report  # noqa: E402
 from sage_sync.sage.auth import OAuthClient, new_pkce_pair  # noqa: E402
 from sage_sync.warehouse.migrate import migrate  # noqa: E402
 from sandbox.fake_sage.server import FakeSageServer  # noqa: E402
+from scripts.checkout_lock import exclusive  # noqa: E402
 
 REDIRECT_URI = "http://localhost:8080/sage/callback"
 SYNCED_FROM = ["2024-Q1", "2024-Q3", "2025-Q1"]
@@ -194,6 +195,13 @@ def report_emissions(conn: psycopg.Connection, companies: list[tuple[str, str]])
 
 
 def main() -> None:
+    # `make airflow` or `make deploy-up` in another terminal would run these companies' DAGs
+    # against its own fake Sage: refuse in one line instead (scripts/checkout_lock.py).
+    with exclusive("make demo"):
+        demo()
+
+
+def demo() -> None:
     port = int(os.environ.get("SAGE_FAKE_PORT", "0"))
     say("starting the fake Sage (seeded: three demo businesses)")
     with FakeSageServer(seed=42, port=port) as sage:

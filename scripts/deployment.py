@@ -40,6 +40,7 @@ import psutil
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import checkout_lock
 import deploy_settings as settings
 from localpg import LOCAL, ROOT
 
@@ -241,6 +242,31 @@ def _stop_group(proc: dict[str, Any], sig: int, timeout: float) -> None:
             _reap(int(proc["pid"]))
             time.sleep(0.2)
     kill_strays(tree)
+
+
+def run_in_foreground(command: list[str], env: dict[str, str], stop_timeout: float = 30.0) -> int:
+    """Run ``command`` in a session of its own until it exits, or until Ctrl-C or SIGTERM stop it,
+    its process group and every task process below it (`make airflow`'s `airflow standalone`).
+
+    Ctrl-C reached standalone's group but not the task processes Airflow moves to groups of their
+    own, and `make airflow` left orphans running; here the stop is :func:`_stop_group`'s.
+    """
+    proc = subprocess.Popen(command, env=env, start_new_session=True)
+    record = {"pid": proc.pid, "pgid": proc.pid, "start_ticks": _start_ticks(proc.pid), "command": command}
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        print("\nstopping Airflow and every process it started ...", file=sys.stderr, flush=True)
+        _stop_group(record, signal.SIGTERM, stop_timeout)
+        proc.wait()
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _reap(pid: int) -> None:
@@ -535,6 +561,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     args = parser.parse_args(argv)
     if args.action == "up":
+        if args.state_dir == DEFAULT_STATE_DIR:
+            # This checkout's own Airflow database: not while `make airflow` or `make demo` runs on
+            # it (a `make demo` started later finds this deployment's process groups and refuses).
+            with checkout_lock.exclusive("make deploy-up", state=args.state_dir / "state.json"):
+                pass
         began = time.monotonic()
         dep = up(args.state_dir, workers=args.workers, pool_slots=args.pool_slots)
         print(
