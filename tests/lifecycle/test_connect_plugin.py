@@ -356,3 +356,17 @@ def test_the_status_line_compares_like_with_like(lenv: dict, warehouse: psycopg.
     )
     line = status.describe(status.company_statuses(warehouse)[0])
     assert "62 records (60 of 60 in the streams that report a total)" in line, line
+
+
+def test_the_status_line_says_one_version_and_gives_times_in_utc(lenv: dict, warehouse: psycopg.Connection) -> None:
+    """ "1 new versions" and a time without its zone were what a new user read first."""
+    registry.register_company(warehouse, "c1", "Acme Ltd", "2026-Q1")
+    warehouse.execute(
+        "insert into sage_control.sync_runs (sync_run_id, company_id, kind, started_at, stats) "
+        "values ('r1', 'c1', 'daily', '2026-12-07 09:30:00+00', %s)",
+        (json.dumps({"purchase_invoices": {"pages": 1, "rows_seen": 1, "versions_added": 1, "total_reported": 1}}),),
+    )
+    warehouse.execute("set timezone = 'America/New_York'")  # the session's zone must not leak into the line
+    line = status.describe(status.company_statuses(warehouse)[0])
+    assert "at 2026-12-07 09:30 UTC" in line, line
+    assert "1 page, 1 record (1 of 1 in the streams that report a total), 1 new version" in line, line

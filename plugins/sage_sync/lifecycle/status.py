@@ -5,7 +5,7 @@ What ``python -m sage_sync status`` prints and the Connect page lists, from one 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -118,6 +118,16 @@ def format_duration(seconds: int | None) -> str:
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 page``, ``2 pages``."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def utc_minute(stamp: str) -> str:
+    """An ISO timestamp as ``2026-12-07 09:30 UTC``: a time without its zone reads as local."""
+    return f"{datetime.fromisoformat(stamp).astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+
+
 def describe(item: dict[str, Any]) -> str:
     """One line of ``status`` for a company."""
     line = f"{item['company_name']} ({item['company_id']}): {item['status']}, Synced From {item['synced_from']}"
@@ -134,9 +144,9 @@ def describe(item: dict[str, Any]) -> str:
             else ""
         )
         line += (
-            f"; last {run['kind']} run {run['status']} at {run['started_at'][:19]} "
-            f"({format_duration(run['elapsed_seconds'])}): {run['pages']} pages, "
-            f"{run['records']} records{total}, {run['versions_added']} new versions"
+            f"; last {run['kind']} run {run['status']} at {utc_minute(run['started_at'])} "
+            f"({format_duration(run['elapsed_seconds'])}): {plural(run['pages'], 'page')}, "
+            f"{plural(run['records'], 'record')}{total}, {plural(run['versions_added'], 'new version')}"
         )
     if item["last_error"]:
         line += f"; last error: {item['last_error']}"
