@@ -10,6 +10,9 @@ Settings (as the package's vars would say them): model types staging (``stg_``),
 primary-key tests are ``unique`` + ``not_null`` on one column or the project's
 ``unique_combination`` test (macros/test_unique_combination.sql).
 
+One rule is ours, not the package's: ``docs_stray_markdown_emphasis`` (a ``*`` outside a code span
+in a model or column description, which dbt docs render as italics).
+
 Exceptions are the package's seed, ``seeds/dbt_project_evaluator_exceptions.csv``
 (``fct_name, column_name, id_to_exclude, comment``; ``id_to_exclude`` is a SQL ``like``
 pattern matched against the finding's resource), each with the reason it is kept.
@@ -116,13 +119,26 @@ def _structure(node: dict[str, Any]) -> Iterator[Finding]:
         yield "fct_test_directories", name
 
 
+def stray_emphasis(description: str) -> bool:
+    """A ``*`` that dbt docs' Markdown renders as italics: outside a code span and not ``**``.
+
+    `round(net_gbp * deflator, 2) * factor` read as "round(net_gbp deflator, 2) factor" with
+    the middle in italics; formulas go in backticks.
+    """
+    return "*" in re.sub(r"\*\*", "", re.sub(r"`[^`]*`", "", description))
+
+
 def _documentation_and_tests(uid: str, node: dict[str, Any], manifest: dict[str, Any]) -> Iterator[Finding]:
     name = node["name"]
     if not node["description"].strip():
         yield "fct_undocumented_models", name
+    if stray_emphasis(node["description"]):
+        yield "docs_stray_markdown_emphasis", name
     for column in node["columns"].values():
         if not (column.get("description") or "").strip():
             yield "fct_undocumented_columns", f"{name}.{column['name']}"
+        if stray_emphasis(column.get("description") or ""):
+            yield "docs_stray_markdown_emphasis", f"{name}.{column['name']}"
     attached = [
         t
         for t in manifest["nodes"].values()
