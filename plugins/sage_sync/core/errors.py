@@ -230,6 +230,10 @@ class LifecycleError(ValueError):
         self.cli_hint = cli_hint
 
 
+class InvalidCompanyId(LifecycleError):
+    """A company id that does not fit the rule of ``core.ids`` (it could not name a DAG, a URL or a file)."""
+
+
 class ReportError(LifecycleError):
     """A report that cannot be made (unknown company, marts not built): one line for the user."""
 

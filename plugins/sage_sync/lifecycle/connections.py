@@ -20,6 +20,7 @@ from psycopg import sql
 
 from sage_sync.core.config import SageSettings
 from sage_sync.core.errors import AirflowUnavailable, CompanySkipped, LifecycleError, RunInProgress, SageError
+from sage_sync.core.ids import check_company_id
 from sage_sync.core.quarters import Quarter
 from sage_sync.core.status import NOT_CONNECTED, CompanyStatus
 from sage_sync.lifecycle import airflow_api
@@ -87,8 +88,10 @@ def register(
     """Register a business the user picked from ``auth`` and store its tokens.
 
     A business that is already registered keeps its Synced From (moving it is a backfill) and
-    is re-authorised instead.
+    is re-authorised instead. An id outside the rule of :mod:`sage_sync.core.ids` is refused
+    before anything is stored, even when Sage lists it: no DAG, URL or file could carry it.
     """
+    check_company_id(business_id)
     quarter = parse_quarter(quarter) if isinstance(quarter, str) else quarter
     business = auth.business(business_id)
     dsn = dsn or dsn_or_refuse()
@@ -115,6 +118,7 @@ def connect(
     settings: SageSettings | None = None,
 ) -> registry.Company:
     """Exchange ``code`` and register ``business_id`` from ``quarter`` (the CLI's ``connect``)."""
+    check_company_id(business_id)  # before the one-time code is spent
     quarter = parse_quarter(quarter) if isinstance(quarter, str) else quarter
     auth = exchange(code, code_verifier, settings=settings)
     auth.business(business_id)  # refuse before anything is stored
