@@ -9,7 +9,7 @@ ENV := . .local/env.sh &&
 # Lint parses dbt without a warehouse (nothing is queried): no .local/env.sh needed.
 ENV_LINT := DBT_SEND_ANONYMOUS_USAGE_STATS=False
 
-.PHONY: help venv env airflow-db dbt-parse demo test test-fast test-deployment lint airflow deploy-up deploy-down deploy-status bench clean cli docs
+.PHONY: help venv env airflow-db warehouse-db dbt-parse demo test test-fast test-deployment lint airflow deploy-up deploy-down deploy-status bench clean cli docs
 
 help:
 	@echo "make demo      run the whole pipeline on the embedded demo (fake Sage, 3 companies)"
@@ -19,6 +19,7 @@ help:
 	@echo "make lint      ruff, sqlfluff, the dbt project rules, ruff format --check"
 	@echo "make bench     benchmarks (figures in bench/RESULTS.md)"
 	@echo "make cli ARGS='status'   the sage_sync CLI (python -m sage_sync) in this checkout's settings"
+	@echo "make warehouse-db        create or update the warehouse schemas (the only step that runs DDL)"
 	@echo "make docs      dbt docs generate, then serve them (DOCS_PORT, default 8081)"
 
 $(BIN)/.installed: requirements.txt
@@ -41,10 +42,15 @@ airflow-db: env
 	$(ENV) $(BIN)/airflow db migrate >/dev/null
 	$(ENV) $(BIN)/airflow pools set sage_api 8 "Concurrent Sage API calls, all companies" >/dev/null
 
+# The warehouse's schemas: set-up is the one step that migrates (reads and syncs never run DDL).
+# It waits a bounded time for each table lock and retries (sage_sync.warehouse.migrate).
+warehouse-db: env
+	$(ENV) $(BIN)/python -m sage_sync migrate
+
 dbt-parse: env
 	$(ENV) $(BIN)/dbt parse --project-dir dbt --quiet
 
-demo: airflow-db dbt-parse
+demo: airflow-db warehouse-db dbt-parse
 	$(ENV) $(BIN)/python scripts/demo.py
 
 # Tests run Airflow against a metadata DB of their own (SAGE_TEST_AIRFLOW_DB_URL).
@@ -92,7 +98,7 @@ lint: venv
 	$(BIN)/python scripts/gen_dbt_streams.py --check
 	$(BIN)/ruff format --check .
 
-airflow: airflow-db dbt-parse
+airflow: airflow-db warehouse-db dbt-parse
 	$(ENV) $(BIN)/python scripts/standalone.py
 
 cli: env

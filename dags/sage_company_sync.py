@@ -12,11 +12,14 @@ unchanged records add no version and watermarks only move with the rows they cov
 All Sage calls from every company share the `sage_api` pool.
 
 A task run builds only its own company's DAG (`get_parsing_context()`), and the registry is read
-once per parse of this file (a snapshot stands in when the warehouse is unreachable).
+once per parse of this file (a snapshot stands in when the warehouse is unreachable). Every
+registered company gets its DAG, with no cap; one company whose row cannot make a DAG (an id
+outside `sage_sync.core.ids`' rule) is skipped with a logged reason, and the others still parse.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, get_parsing_context, task
@@ -24,6 +27,8 @@ from airflow.sdk import DAG, get_parsing_context, task
 from sage_sync.lifecycle.airflow_api import DAG_ID_PREFIX, POOL, dag_id_for, sage_raw_asset, skips_disconnected
 from sage_sync.sage.streams import STREAMS
 from sage_sync.warehouse.snapshot import DagCompany, companies_for_dags
+
+log = logging.getLogger(__name__)
 
 default_args = {
     "owner": "data-engineering",
@@ -144,5 +149,13 @@ def _companies_to_build() -> list[DagCompany]:
     return [c for c in companies if running is None or dag_id_for(c.company_id) == running]
 
 
-for _company in _companies_to_build():
-    globals()[dag_id_for(_company.company_id)] = build_company_dag(_company)
+def _build_all() -> None:
+    """One DAG per company, each on its own: a row that cannot make a DAG costs only its own."""
+    for company in _companies_to_build():
+        try:
+            globals()[dag_id_for(company.company_id)] = build_company_dag(company)
+        except Exception:  # an import error here would drop every company's DAG
+            log.exception("company %r skipped: its DAG could not be built", company.company_id)
+
+
+_build_all()

@@ -114,8 +114,7 @@ def connect(
         reachable = {b.get("id") for b in auth.businesses}
         if business_id not in reachable:
             if not pending_id:
-                lifecycle.migrate_warehouse()  # the held grant waits in the warehouse
-                pending_id = authorisation.hold(auth)
+                pending_id = authorisation.hold(auth)  # the held grant waits in the warehouse
             if business_id is not None:
                 raise lifecycle.LifecycleError(
                     f"business {business_id!r} is not one this user can reach; the authorisation is kept for "
@@ -274,7 +273,7 @@ def reset(company_id: str, confirmed: bool, run_sync: bool) -> None:
 def status(as_json: bool) -> None:
     """Every company: status, initial-sync progress (flagged after 24 h), last run, last error."""
     with _refusals():
-        report = status_report.report(migrate=True)
+        report = status_report.report()
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

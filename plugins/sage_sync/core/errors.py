@@ -195,6 +195,10 @@ class RateLimitTimeout(TimeoutError):
     """No token became available within the limiter's ``max_wait``."""
 
 
+class MigrationLockTimeout(TimeoutError):
+    """A migration could not take its table locks within ``lock_timeout`` (a long reader holds them)."""
+
+
 # -- pipeline --------------------------------------------------------------------------------------
 
 
@@ -228,6 +232,14 @@ class LifecycleError(ValueError):
         super().__init__(f"{message} {cli_hint}" if cli_hint else message)
         self.message = message
         self.cli_hint = cli_hint
+
+
+class InvalidCompanyId(LifecycleError):
+    """A company id that does not fit the rule of ``core.ids`` (it could not name a DAG, a URL or a file)."""
+
+
+class SchemaNotReady(LifecycleError):
+    """The warehouse was never set up, or is older than this code: set-up (``migrate``) has to run."""
 
 
 class ReportError(LifecycleError):

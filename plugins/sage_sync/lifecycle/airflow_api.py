@@ -173,10 +173,16 @@ def _call(
     return response.json() if response.content else {}
 
 
+def _segment(value: str) -> str:
+    """``value`` as one URL path segment: ids are checked where they enter (``core.ids``), and a
+    ``/``, ``?`` or ``#`` that got in anyway must not address another resource."""
+    return quote(value, safe="")
+
+
 def set_dag_paused(dag_id: str, *, paused: bool, base: str | None = None, token: str | None = None) -> bool:
     """Pause or unpause a DAG; False (logged) when no api-server takes the change. See the module docstring."""
     try:
-        _call("PATCH", f"/dags/{dag_id}", {"is_paused": paused}, base=base, token=token)
+        _call("PATCH", f"/dags/{_segment(dag_id)}", {"is_paused": paused}, base=base, token=token)
     except AirflowUnavailable as exc:
         log.info("could not %s %s in Airflow: %s", "pause" if paused else "unpause", dag_id, exc)
         return False
@@ -193,7 +199,7 @@ def trigger(dag_id: str, conf: dict[str, Any] | None, caller: Caller | None = No
     run_id = f"manual__sage_{datetime.now(UTC):%Y%m%dT%H%M%S}_{secrets.token_hex(3)}"
     _call(
         "POST",
-        f"/dags/{dag_id}/dagRuns",
+        f"/dags/{_segment(dag_id)}/dagRuns",
         {"dag_run_id": run_id, "logical_date": None, "conf": conf or {}},
         base=caller.base_url,
         token=caller.token,
@@ -214,12 +220,12 @@ def run_dag_id(company_id: str, kind: str) -> str:
 
 def ui_run_path(dag_id: str, run_id: str) -> str:
     """Airflow 3's UI page of a DAG run, relative to Airflow's base URL (no leading slash)."""
-    return f"dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+    return f"dags/{_segment(dag_id)}/runs/{_segment(run_id)}"
 
 
 def ui_task_path(dag_id: str, run_id: str, task_id: str) -> str:
     """Airflow 3's UI page of a task in a run (its log), relative to Airflow's base URL."""
-    return f"{ui_run_path(dag_id, run_id)}/tasks/{quote(task_id, safe='')}"
+    return f"{ui_run_path(dag_id, run_id)}/tasks/{_segment(task_id)}"
 
 
 def log_task(kind: str) -> str:

@@ -19,7 +19,15 @@ import psycopg
 from psycopg import sql
 
 from sage_sync.core.config import SageSettings
-from sage_sync.core.errors import AirflowUnavailable, CompanySkipped, LifecycleError, RunInProgress, SageError
+from sage_sync.core.errors import (
+    AirflowUnavailable,
+    CompanySkipped,
+    LifecycleError,
+    MigrationLockTimeout,
+    RunInProgress,
+    SageError,
+)
+from sage_sync.core.ids import check_company_id
 from sage_sync.core.quarters import Quarter
 from sage_sync.core.status import NOT_CONNECTED, CompanyStatus
 from sage_sync.lifecycle import airflow_api
@@ -39,7 +47,7 @@ from sage_sync.sage.auth import OAuthClient
 from sage_sync.sage.tokens import TokenSet
 from sage_sync.warehouse import registry, runs, watermarks
 from sage_sync.warehouse.loader import STREAMS as RAW_STREAMS
-from sage_sync.warehouse.migrate import ensure_migrated, migrate
+from sage_sync.warehouse.migrate import migrate
 from sage_sync.warehouse.token_store import PostgresTokenStore
 
 log = logging.getLogger(__name__)
@@ -87,13 +95,14 @@ def register(
     """Register a business the user picked from ``auth`` and store its tokens.
 
     A business that is already registered keeps its Synced From (moving it is a backfill) and
-    is re-authorised instead.
+    is re-authorised instead. An id outside the rule of :mod:`sage_sync.core.ids` is refused
+    before anything is stored, even when Sage lists it: no DAG, URL or file could carry it.
     """
+    check_company_id(business_id)
     quarter = parse_quarter(quarter) if isinstance(quarter, str) else quarter
     business = auth.business(business_id)
     dsn = dsn or dsn_or_refuse()
     with warehouse(dsn) as conn:
-        ensure_migrated(conn)
         existing = registry.get_company(conn, business_id)
     if existing is not None:
         return _reauthorise(existing, auth, dsn=dsn, via="connect")
@@ -115,6 +124,7 @@ def connect(
     settings: SageSettings | None = None,
 ) -> registry.Company:
     """Exchange ``code`` and register ``business_id`` from ``quarter`` (the CLI's ``connect``)."""
+    check_company_id(business_id)  # before the one-time code is spent
     quarter = parse_quarter(quarter) if isinstance(quarter, str) else quarter
     auth = exchange(code, code_verifier, settings=settings)
     auth.business(business_id)  # refuse before anything is stored
@@ -351,22 +361,27 @@ def require_known(company_id: str, *, dsn: str | None = None) -> registry.Compan
 
 
 def registered(company_id: str, *, dsn: str | None = None) -> registry.Company | None:
-    """The company if it is registered (the schema brought up to date first), else None."""
+    """The company if it is registered, else None."""
     with warehouse(dsn) as conn:
-        migrate(conn)
         return registry.get_company(conn, company_id)
 
 
 def migrate_warehouse(*, dsn: str | None = None) -> list[str]:
-    """Create or update the warehouse's schemas (idempotent); the migration files applied."""
-    with warehouse(dsn) as conn:
-        return migrate(conn)
+    """Create or update the warehouse's schemas (idempotent); the migration files applied.
+
+    The set-up and deploy step, and the only use case that runs DDL. Refuses in one line when a
+    long transaction keeps it from its table locks (it waits a bounded time, see ``migrate``).
+    """
+    with warehouse(dsn, setting_up=True) as conn:
+        try:
+            return migrate(conn)
+        except MigrationLockTimeout as exc:
+            raise LifecycleError(str(exc)) from None
 
 
 def connect_company(company_id: str, name: str, quarter: Quarter, tokens: TokenSet) -> registry.Company:
     """Register (or re-register) the company and store its first tokens (tests, the demo, benchmarks)."""
     with warehouse() as conn:
-        ensure_migrated(conn)
         company = registry.register_company(conn, company_id, name, quarter)
         conn.commit()
     PostgresTokenStore(dsn_or_refuse()).save(company_id, tokens)

@@ -26,7 +26,6 @@ from sage_sync.lifecycle.status import DISPLAY_ORDER, company_statuses, format_d
 from sage_sync.pipeline.env import airflow_run_of
 from sage_sync.sage.streams import STREAMS
 from sage_sync.warehouse import reports
-from sage_sync.warehouse.migrate import ensure_migrated
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +193,7 @@ def overview(caller: airflow_api.Caller | None = None, *, dsn: str | None = None
     Raises :class:`LifecycleError` when the warehouse cannot be reached. The next scheduled run
     comes from Airflow; when no api-server answers it is None and ``next_run_known`` False.
     """
-    with warehouse(dsn) as conn:
-        ensure_migrated(conn)
+    with warehouse(dsn) as conn:  # a read: it never migrates (set-up does)
         items = company_statuses(conn)
         names = reports.company_names(conn)
         stats = reports.run_stats(conn, [i["company_id"] for i in items])

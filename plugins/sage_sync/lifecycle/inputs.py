@@ -16,17 +16,24 @@ from sage_sync.core.config import SageSettings, sage_settings, warehouse_dsn
 from sage_sync.core.errors import ConfigError, LifecycleError
 from sage_sync.core.quarters import Quarter
 from sage_sync.core.status import NOT_CONNECTED, CompanyStatus
-from sage_sync.warehouse import db, registry
+from sage_sync.warehouse import db, migrate, registry
 
 
 @contextmanager
-def warehouse(dsn: str | None = None) -> Iterator[psycopg.Connection]:
-    """A warehouse connection, or :class:`LifecycleError` saying it cannot be reached."""
+def warehouse(dsn: str | None = None, *, setting_up: bool = False) -> Iterator[psycopg.Connection]:
+    """A warehouse connection, or :class:`LifecycleError` saying it cannot be reached.
+
+    Unless ``setting_up`` (the ``migrate`` use case itself), a warehouse that was never set up
+    or is older than this code is refused in one line naming the command to run
+    (:class:`~sage_sync.core.errors.SchemaNotReady`): no use case migrates on its own.
+    """
     try:
         conn = db.connect(dsn or warehouse_dsn(), app="sage_lifecycle")
     except (ConfigError, psycopg.Error) as exc:
         raise LifecycleError(f"cannot reach the warehouse: {exc}".splitlines()[0]) from None
     with conn:
+        if not setting_up:
+            migrate.require_current(conn)
         yield conn
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
@@ -170,6 +171,18 @@ def _frame(rows: list[dict[str, Any]], columns: list[str]) -> Any:
     return frame
 
 
+def report_files(out_dir: Path, company_id: str) -> ReportFiles:
+    """The report's file names in ``out_dir``. The id is percent-quoted: ids are checked where they
+    enter (``core.ids``), and a ``/`` or ``..`` that got in anyway must not write outside ``out_dir``."""
+    stem = f"emissions_{quote(company_id, safe='-_')}".replace(".", "%2E")
+    return ReportFiles(
+        out_dir / f"{stem}_by_category_quarter.csv",
+        out_dir / f"{stem}_coverage.csv",
+        out_dir / f"{stem}.xlsx",
+        out_dir / f"{stem}_by_quarter.png",
+    )
+
+
 def write_report(
     conn: psycopg.Connection, company: str, out_dir: Path, from_quarter: Quarter | None = None
 ) -> ReportFiles:
@@ -181,13 +194,7 @@ def write_report(
         since = f" from {from_quarter}" if from_quarter else ""
         raise ReportError(f"{company_name} ({company_id}) has no spend{since} in the emissions marts")
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"emissions_{company_id}"
-    files = ReportFiles(
-        out_dir / f"{stem}_by_category_quarter.csv",
-        out_dir / f"{stem}_coverage.csv",
-        out_dir / f"{stem}.xlsx",
-        out_dir / f"{stem}_by_quarter.png",
-    )
+    files = report_files(out_dir, company_id)
     _write_csv(files.category_csv, categories, CATEGORY_COLUMNS)
     _write_csv(files.coverage_csv, coverage, COVERAGE_COLUMNS)
     category_frame = _frame(categories, CATEGORY_COLUMNS)

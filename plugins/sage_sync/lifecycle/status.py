@@ -13,7 +13,6 @@ from psycopg.rows import dict_row
 
 from sage_sync.core.status import CompanyStatus
 from sage_sync.lifecycle.inputs import warehouse
-from sage_sync.warehouse.migrate import ensure_migrated
 
 # The first sync of a company is flagged when it has not completed after this long.
 INITIAL_SYNC_OVERDUE = timedelta(hours=24)
@@ -27,14 +26,13 @@ DISPLAY_ORDER = [
 ]
 
 
-def report(*, migrate: bool = False, dsn: str | None = None) -> list[dict[str, Any]]:
-    """:func:`company_statuses` on a new connection; ``migrate`` first brings the schema up to date.
+def report(*, dsn: str | None = None) -> list[dict[str, Any]]:
+    """:func:`company_statuses` on a new connection. A read: it never migrates.
 
-    Raises :class:`~sage_sync.core.errors.LifecycleError` when the warehouse cannot be reached.
+    Raises :class:`~sage_sync.core.errors.LifecycleError` when the warehouse cannot be reached,
+    or was never set up (the message names the command that sets it up).
     """
     with warehouse(dsn) as conn:
-        if migrate:
-            ensure_migrated(conn)
         return company_statuses(conn)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from types import MappingProxyType
 from typing import Any, Literal
+from urllib.parse import quote
 
 StreamKind = Literal["document", "reference", "singleton"]
 
@@ -43,8 +44,11 @@ class Stream:
         object.__setattr__(self, "extra_params", MappingProxyType(dict(self.extra_params)))
 
     def path_for(self, business_id: str) -> str:
-        """The API path, with ``{business_id}`` filled in where the path names the business."""
-        return self.path.format(business_id=business_id)
+        """The API path, with ``{business_id}`` filled in where the path names the business.
+
+        Quoted as one path segment: a ``/`` or ``?`` in an id must not address another resource.
+        """
+        return self.path.format(business_id=quote(business_id, safe=""))
 
 
 def _document(name: str, line_field: str | None) -> Stream:

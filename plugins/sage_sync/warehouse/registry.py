@@ -18,6 +18,7 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from sage_sync.core.errors import UnknownCompanyError
+from sage_sync.core.ids import check_company_id
 from sage_sync.core.quarters import Quarter
 from sage_sync.core.status import STATUSES, check_transition
 
@@ -58,9 +59,11 @@ def register_company(
     A re-registration keeps ``synced_from_quarter`` (moving it is a backfill's job, not a login's)
     and goes back to ``initial_sync`` unless a sync has already succeeded, in which case it is
     ``active`` straight away. Logs a ``connected`` event.
+
+    Raises :class:`~sage_sync.core.errors.InvalidCompanyId` for an id outside the rule of
+    :mod:`sage_sync.core.ids`: the registry is what every DAG is built from, so nothing else gets in.
     """
-    if not company_id:
-        raise ValueError("company_id must be a non-empty string")
+    check_company_id(company_id)
     quarter = str(Quarter.parse(synced_from_quarter) if isinstance(synced_from_quarter, str) else synced_from_quarter)
     existing = get_company(conn, company_id)
     with conn.cursor(row_factory=class_row(Company)) as cur:

@@ -3,6 +3,11 @@
 Airflow re-parses DAG files every few seconds, so this does one bounded query (short connect
 and statement timeouts) and keeps a JSON snapshot of the answer. When the warehouse cannot be
 reached, the last snapshot is used: an outage must not make every company's DAG vanish.
+
+Every registered company is read: there is no row cap, since a company past a cap would never get
+a DAG and stay in its initial sync with nothing saying why (10,001 companies are tested). A row
+whose id breaks the rule of :mod:`sage_sync.core.ids` (written before the registry checked ids,
+or by hand) is left out with a logged reason, so the other companies' DAGs still parse.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 import psycopg
 
 from sage_sync.core.errors import ConfigError
+from sage_sync.core.ids import company_id_problem
 from sage_sync.warehouse import db
 
 log = logging.getLogger(__name__)
@@ -25,7 +31,6 @@ _QUERY = """
     select company_id, company_name, status, synced_from_quarter
     from sage_control.companies
     order by company_id
-    limit 5000
 """
 
 
@@ -59,8 +64,20 @@ def _read_snapshot(path: Path) -> list[DagCompany]:
         return []
 
 
+def _valid(companies: list[DagCompany]) -> list[DagCompany]:
+    """The companies whose id can name a DAG; each one left out is logged with the reason."""
+    kept = []
+    for company in companies:
+        problem = company_id_problem(company.company_id)
+        if problem is None:
+            kept.append(company)
+        else:
+            log.warning("company %r skipped: no DAG is built for it (%s)", company.company_id, problem)
+    return kept
+
+
 def companies_for_dags(dsn: str | None = None) -> list[DagCompany]:
-    """Companies from the registry, else from the last snapshot, else none."""
+    """Companies from the registry, else from the last snapshot, else none; only those with a valid id."""
     path = snapshot_path()
     try:
         with db.connect(
@@ -72,8 +89,8 @@ def companies_for_dags(dsn: str | None = None) -> list[DagCompany]:
             rows = conn.execute(_QUERY).fetchall()
     except (psycopg.Error, ConfigError) as exc:
         log.warning("registry unreadable (%s); using snapshot %s", type(exc).__name__, path)
-        return _read_snapshot(path)
-    companies = [DagCompany(*row) for row in rows]
+        return _valid(_read_snapshot(path))
+    companies = _valid([DagCompany(*row) for row in rows])
     try:
         _write_snapshot(path, companies)
     except OSError as exc:  # a read-only filesystem must not break parsing either
