@@ -8,7 +8,7 @@ every company's DAG (the DAG file raised at import):
 - the DAG tag ``company:<id>``: at most 100 characters (``TAG_MAX_LEN``), so an id may have 92;
 - a path segment of Airflow's REST API and of Sage's ``/businesses/{id}``, and report file names.
 
-Sage's business ids are 32 lowercase hex characters in every example (``NOTES.md``), so the
+Sage's business ids are 32 lowercase hex characters in every example (docs/SAGE_API.md), so the
 rule is ASCII letters, digits, ``-`` and ``_``, starting with a letter or a digit (no ``.``/``..``
 path segments, nothing a shell or the CLI reads as an option), at most 64 characters: well
 inside every limit above, with room for ids of other shapes (tests use ``biz-1``).

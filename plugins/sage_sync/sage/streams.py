@@ -2,7 +2,7 @@
 
 Every endpoint fact (path, which change filters the endpoint takes, its line array) lives here
 so the sync code and the DAGs never build a URL or a query string themselves. Capabilities are
-the v3.1 spec's list-operation parameters (see ``shared/sage-api/NOTES.md`` section 3).
+the v3.1 spec's list-operation parameters (see docs/SAGE_API.md, "Change filters and deletions").
 """
 
 from __future__ import annotations
