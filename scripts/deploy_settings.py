@@ -54,6 +54,8 @@ PER_SITE: tuple[str, ...] = (
     "AIRFLOW_CONN_SAGE_WAREHOUSE",
     "AIRFLOW_CONN_SAGE_DEFAULT",
     "SAGE_RATE_LIMIT_PER_S",
+    "SAGE_TOKEN_KEYS",
+    "SAGE_AIRFLOW_API_URL",
 )
 
 # The pool every Sage-calling task takes a slot of (dags/sage_company_sync.py, dags/sage_backfill.py).

@@ -123,6 +123,7 @@ def fernet_key(monkeypatch: pytest.MonkeyPatch) -> str:
 
     key = Fernet.generate_key().decode()
     monkeypatch.setenv("AIRFLOW__CORE__FERNET_KEY", key)
+    monkeypatch.delenv("SAGE_TOKEN_KEYS", raising=False)  # the pipeline's own keys win when set
     return key
 
 

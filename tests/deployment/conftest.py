@@ -194,7 +194,7 @@ def denv() -> Iterator[Env]:
         for key, value in values.items():
             mp.setenv(key, value)
         # Connecting from this process must not reach into an Airflow: the deployment parses the DAGs.
-        mp.setattr(airflow_api, "set_dag_paused", lambda dag_id, *, paused: False)
+        mp.setattr(airflow_api, "set_dag_paused", lambda dag_id, *, paused, caller=None: False)
         dep = deploy.up(
             state_dir, workers=2, overrides={**values, **OVERRIDES}, migrate=not copied, pool_slots=POOL_SLOTS
         )

@@ -45,7 +45,7 @@ def lenv(
     monkeypatch.setenv("AIRFLOW_CONN_SAGE_DEFAULT", sage.airflow_conn_json())
     pauses: list[tuple[str, bool]] = []
 
-    def record(dag_id: str, *, paused: bool) -> bool:
+    def record(dag_id: str, *, paused: bool, caller: object = None) -> bool:
         pauses.append((dag_id, paused))
         return True
 

@@ -40,7 +40,7 @@ def sage() -> Iterator[FakeSageServer]:
 @pytest.fixture
 def env(airflow_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """The shared Airflow/dbt environment (tests/conftest.py); DAG pausing is not this test's business."""
-    monkeypatch.setattr(airflow_api, "set_dag_paused", lambda dag_id, *, paused: False)
+    monkeypatch.setattr(airflow_api, "set_dag_paused", lambda dag_id, *, paused, caller=None: False)
     return airflow_env
 
 

@@ -200,9 +200,28 @@ def _libpq_quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
+TOKEN_KEYS_ENV = "SAGE_TOKEN_KEYS"  # noqa: S105 - the name of a setting, not a secret
+AIRFLOW_FERNET_ENV = "AIRFLOW__CORE__FERNET_KEY"
+
+
+def token_keys() -> tuple[str, str]:
+    """The keys that encrypt Sage's tokens, and the setting they came from.
+
+    ``SAGE_TOKEN_KEYS``: the pipeline's own Fernet keys, comma-separated (the first encrypts,
+    all decrypt). Unset: Airflow's ``AIRFLOW__CORE__FERNET_KEY``, as before it existed. Why a key
+    of its own: Airflow's key opens every connection in Airflow's database and is handed to
+    everything Airflow runs; this one opens only the Sage grants, is given only to the processes
+    that sync, and rotates on its own schedule.
+    """
+    own = os.environ.get(TOKEN_KEYS_ENV, "").strip()
+    if own:
+        return own, TOKEN_KEYS_ENV
+    return fernet_key(), AIRFLOW_FERNET_ENV
+
+
 def fernet_key() -> str:
     """Airflow's Fernet key (comma-separated for rotation); tokens are unreadable without it."""
-    key = os.environ.get("AIRFLOW__CORE__FERNET_KEY", "").strip()
+    key = os.environ.get(AIRFLOW_FERNET_ENV, "").strip()
     if not key:
-        raise ConfigError("AIRFLOW__CORE__FERNET_KEY is not set: tokens cannot be encrypted")
+        raise ConfigError(f"neither {TOKEN_KEYS_ENV} nor {AIRFLOW_FERNET_ENV} is set: tokens cannot be encrypted")
     return key

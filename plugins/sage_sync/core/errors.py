@@ -247,7 +247,14 @@ class ReportError(LifecycleError):
 
 
 class AirflowUnavailable(RuntimeError):
-    """No Airflow api-server took the request (none is running here, or it refused the call)."""
+    """No Airflow api-server took the request (none is running here, or it refused the call).
+
+    ``status`` is Airflow's HTTP status when it answered (None when nothing answered).
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class LoginRequired(Exception):

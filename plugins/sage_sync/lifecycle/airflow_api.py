@@ -9,12 +9,19 @@ task. Not the metadata database (Airflow 3 removed it from the public interface 
 off from it), not ``airflow.api.common.trigger_dag`` (internal, may change in any release), and not
 a shell-out to the ``airflow`` CLI (a second process with the caller's environment, and errors as text).
 
-- Where: ``SAGE_AIRFLOW_API_URL``, else ``AIRFLOW__API__BASE_URL``, else ``http://localhost:8080``.
-  The Connect pages run inside the api-server and pass their own address.
-- As whom: the caller's Airflow JWT when there is one (the Connect pages forward the signed-in
-  user's, so Airflow authorises and records the action as that user); else
-  ``SAGE_AIRFLOW_API_TOKEN``; else ``SAGE_AIRFLOW_API_USERNAME``/``SAGE_AIRFLOW_API_PASSWORD``,
-  exchanged at ``/auth/token``.
+- Where: ``SAGE_AIRFLOW_API_URL``, else this machine's api-server
+  (``http://localhost:<AIRFLOW__API__PORT or 8080><path of AIRFLOW__API__BASE_URL>``). Always
+  from configuration, never from a request: the Connect pages once built it from the request's
+  ``Host`` header, so a forged ``Host`` sent the signed-in user's token to any host:port. Nor
+  the public ``base_url``: behind a proxy that is a detour through the internet, closed where
+  egress is.
+- As whom: the signed-in user's Airflow JWT when the Connect pages act (:class:`Caller`), so
+  Airflow authorises and records the pause, unpause or run as that user, whatever the auth
+  manager; else the service login from configuration (the CLI): ``SAGE_AIRFLOW_API_TOKEN``,
+  else ``SAGE_AIRFLOW_API_USERNAME``/``SAGE_AIRFLOW_API_PASSWORD`` exchanged at the
+  api-server's ``/auth/token`` (SimpleAuthManager's and FAB's token endpoint) for a JWT.
+- What comes back: only the status code reaches a caller's message (and so a page); a body
+  from Airflow is never echoed, only logged in part.
 
 **Where no api-server is up** (the CLI on a machine that only reaches the warehouse, ``make demo``
 and the tests, which run DAGs with ``airflow dags test``): :func:`set_dag_paused` logs and returns
@@ -38,7 +45,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache, wraps
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 
@@ -62,9 +69,8 @@ TIMEOUT = (3.05, 15)  # (connect, read) seconds for every call to the api-server
 
 @dataclass(frozen=True)
 class Caller:
-    """Who asks Airflow, and where: the Connect pages pass the signed-in user's JWT and their server."""
+    """Who asks Airflow: the Connect pages pass the signed-in user's JWT (never where to ask)."""
 
-    base_url: str | None = None
     token: str | None = field(default=None, repr=False)
 
 
@@ -130,37 +136,39 @@ def fails_fast_on_refused_grant(func: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-def api_url(base: str | None = None) -> str:
-    """The api-server's root URL (no trailing slash)."""
-    url = base or os.environ.get("SAGE_AIRFLOW_API_URL") or os.environ.get("AIRFLOW__API__BASE_URL")
-    return (url or "http://localhost:8080").rstrip("/")
+def api_url() -> str:
+    """The api-server's root URL (no trailing slash), from configuration only; see the module docstring."""
+    configured = os.environ.get("SAGE_AIRFLOW_API_URL", "").strip()
+    if configured:
+        return configured.rstrip("/")
+    # This machine's api-server, under the sub-path of a base_url like https://host/airflow.
+    port = os.environ.get("AIRFLOW__API__PORT", "").strip() or "8080"
+    path = urlsplit(os.environ.get("AIRFLOW__API__BASE_URL", "")).path
+    return f"http://localhost:{port}{path}".rstrip("/")
 
 
-def _token(root: str, token: str | None) -> str | None:
-    if token:
-        return token
+def _token(root: str, caller: Caller) -> str | None:
+    if caller.token:
+        return caller.token
     if os.environ.get("SAGE_AIRFLOW_API_TOKEN"):
         return os.environ["SAGE_AIRFLOW_API_TOKEN"]
     user, password = os.environ.get("SAGE_AIRFLOW_API_USERNAME"), os.environ.get("SAGE_AIRFLOW_API_PASSWORD")
     if not (user and password):
         return None
     response = requests.post(f"{root}/auth/token", json={"username": user, "password": password}, timeout=TIMEOUT)
-    response.raise_for_status()
+    if not response.ok:  # 401 for a wrong password: said by status, the body stays out of the message
+        raise AirflowUnavailable(
+            f"Airflow refused the service login SAGE_AIRFLOW_API_USERNAME (HTTP {response.status_code})"
+        )
     return str(response.json()["access_token"])
 
 
 def _call(
-    method: str,
-    path: str,
-    body: dict[str, Any] | None,
-    *,
-    base: str | None,
-    token: str | None,
-    params: dict[str, Any] | None = None,
+    method: str, path: str, body: dict[str, Any] | None, caller: Caller | None, params: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    root = api_url(base)
+    root = api_url()
     try:
-        bearer = _token(root, token)
+        bearer = _token(root, caller or Caller())
         headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
         response = requests.request(
             method, f"{root}/api/v2{path}", json=body, params=params, headers=headers, timeout=TIMEOUT
@@ -168,8 +176,11 @@ def _call(
     except requests.RequestException as exc:
         raise AirflowUnavailable(f"no Airflow api-server answers at {root} ({type(exc).__name__})") from None
     if not response.ok:
-        detail = response.text[:200].replace("\n", " ")
-        raise AirflowUnavailable(f"Airflow answered HTTP {response.status_code} to {method} {path}: {detail}")
+        # The status is enough for a message; the body is not ours to show (a page echoed it once).
+        log.warning("Airflow answered HTTP %s to %s %s: %.200r", response.status_code, method, path, response.text)
+        raise AirflowUnavailable(
+            f"Airflow answered HTTP {response.status_code} to {method} {path}", status=response.status_code
+        )
     return response.json() if response.content else {}
 
 
@@ -179,12 +190,18 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
-def set_dag_paused(dag_id: str, *, paused: bool, base: str | None = None, token: str | None = None) -> bool:
-    """Pause or unpause a DAG; False (logged) when no api-server takes the change. See the module docstring."""
+def set_dag_paused(dag_id: str, *, paused: bool, caller: Caller | None = None) -> bool:
+    """Pause or unpause a DAG; False (logged) when no api-server takes the change. See the module docstring.
+
+    A DAG Airflow does not know yet (404: a company connected since the last parse) counts as
+    unpaused: the company DAG is created unpaused (``is_paused_upon_creation=False``).
+    """
     try:
-        _call("PATCH", f"/dags/{_segment(dag_id)}", {"is_paused": paused}, base=base, token=token)
+        _call("PATCH", f"/dags/{_segment(dag_id)}", {"is_paused": paused}, caller)
     except AirflowUnavailable as exc:
-        log.info("could not %s %s in Airflow: %s", "pause" if paused else "unpause", dag_id, exc)
+        if exc.status == 404 and not paused:
+            return True
+        log.warning("could not %s %s in Airflow: %s", "pause" if paused else "unpause", dag_id, exc)
         return False
     return True
 
@@ -194,15 +211,13 @@ def trigger(dag_id: str, conf: dict[str, Any] | None, caller: Caller | None = No
 
     Raises :class:`AirflowUnavailable` when no api-server takes the run.
     """
-    caller = caller or Caller()
-    set_dag_paused(dag_id, paused=False, base=caller.base_url, token=caller.token)
+    set_dag_paused(dag_id, paused=False, caller=caller)
     run_id = f"manual__sage_{datetime.now(UTC):%Y%m%dT%H%M%S}_{secrets.token_hex(3)}"
     _call(
         "POST",
         f"/dags/{_segment(dag_id)}/dagRuns",
         {"dag_run_id": run_id, "logical_date": None, "conf": conf or {}},
-        base=caller.base_url,
-        token=caller.token,
+        caller,
     )
     return f"{dag_id} run {run_id}"
 
@@ -239,7 +254,6 @@ def next_runs(caller: Caller | None = None, page_size: int = 100) -> dict[str, d
     One paged listing of the ``sage_sync__`` DAGs, not a call per company. Raises
     :class:`AirflowUnavailable` when no api-server answers.
     """
-    caller = caller or Caller()
     found: dict[str, datetime | None] = {}
     offset = 0
     while True:
@@ -247,8 +261,7 @@ def next_runs(caller: Caller | None = None, page_size: int = 100) -> dict[str, d
             "GET",
             "/dags",
             None,
-            base=caller.base_url,
-            token=caller.token,
+            caller,
             params={"dag_id_pattern": DAG_ID_PREFIX, "limit": page_size, "offset": offset},
         )
         dags = page.get("dags", [])

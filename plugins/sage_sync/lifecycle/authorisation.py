@@ -3,11 +3,18 @@
 Starting one (a URL with a fresh CSRF ``state`` and PKCE pair), trading the callback's code for
 tokens and the user's businesses, and, for the Connect pages, sealing the flow in a cookie and
 holding an exchanged grant for the minutes the user takes to pick a business.
+
+A grant nobody uses is revoked at Sage, not just forgotten here: Sage honours a refresh token
+for 31 days, whoever holds a copy. That is a held grant nobody picked a business from (after
+:data:`PENDING_MINUTES`, by :func:`revoke_abandoned`, or at once when the same browser starts
+another, :func:`discard`), and a company's grant a new one replaced
+(``lifecycle.connections``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -21,6 +28,8 @@ from sage_sync.sage.auth import OAuthClient, new_pkce_pair
 from sage_sync.sage.client import SageClient
 from sage_sync.sage.tokens import TokenSet
 from sage_sync.warehouse import pending
+
+log = logging.getLogger(__name__)
 
 # How long an exchanged grant waits for the user to pick a business, and a started flow for Sage.
 PENDING_MINUTES = 15
@@ -124,7 +133,11 @@ def exchange(code: str, code_verifier: str | None, *, settings: SageSettings | N
 
 
 def hold(auth: Authorisation) -> str:
-    """Keep an exchanged grant (encrypted) until the user picks a business; returns its id."""
+    """Keep an exchanged grant (encrypted) until the user picks a business; returns its id.
+
+    Sweeps the expired ones first (:func:`revoke_abandoned`): a new Connect is when they are found.
+    """
+    revoke_abandoned()
     pending_id = secrets.token_urlsafe(24)
     with warehouse() as conn:
         pending.save(conn, pending_id, auth.tokens, auth.businesses, max_age_minutes=PENDING_MINUTES)
@@ -144,3 +157,39 @@ def release(pending_id: str) -> None:
     with warehouse() as conn:
         pending.delete(conn, pending_id)
         conn.commit()
+
+
+def revoke_grant(refresh_token: str, settings: SageSettings | None = None, *, why: str) -> bool:
+    """Revoke a grant nobody holds any more at Sage; best effort (False, logged, when Sage refuses)."""
+    try:
+        OAuthClient(settings_or_refuse(settings)).revoke(refresh_token)
+    except (SageError, LifecycleError) as exc:
+        log.warning("could not revoke %s at Sage: %s", why, exc)
+        return False
+    log.info("revoked %s at Sage", why)
+    return True
+
+
+def discard(pending_id: str, settings: SageSettings | None = None) -> None:
+    """Forget a held grant nobody will pick from (the same browser started another), revoked at Sage."""
+    with warehouse() as conn:
+        tokens = pending.take(conn, pending_id)
+        conn.commit()
+    if tokens is not None:
+        revoke_grant(tokens.refresh_token, settings, why="a pending grant the same browser replaced")
+
+
+def revoke_abandoned(settings: SageSettings | None = None) -> int:
+    """Revoke at Sage, then delete, every held grant older than :data:`PENDING_MINUTES`; how many.
+
+    Each is deleted whatever Sage answers (a refused revoke is logged): retrying a grant Sage
+    keeps refusing would hold the sweep forever, and an unrevoked one dies within 31 days anyway.
+    """
+    with warehouse() as conn:
+        found = pending.expired(conn, max_age_minutes=PENDING_MINUTES)
+        for pending_id, tokens in found:
+            if tokens is not None:
+                revoke_grant(tokens.refresh_token, settings, why="a pending grant nobody picked")
+            pending.delete(conn, pending_id)
+        conn.commit()
+    return len(found)

@@ -22,6 +22,7 @@ from sage_sync.core.config import SageSettings
 from sage_sync.core.errors import (
     AirflowUnavailable,
     CompanySkipped,
+    CryptoError,
     LifecycleError,
     MigrationLockTimeout,
     RunInProgress,
@@ -31,7 +32,7 @@ from sage_sync.core.ids import check_company_id
 from sage_sync.core.quarters import Quarter
 from sage_sync.core.status import NOT_CONNECTED, CompanyStatus
 from sage_sync.lifecycle import airflow_api
-from sage_sync.lifecycle.authorisation import Authorisation, business_name, exchange
+from sage_sync.lifecycle.authorisation import Authorisation, business_name, exchange, revoke_grant
 from sage_sync.lifecycle.inputs import (
     dsn_or_refuse,
     earliest_quarter,
@@ -90,13 +91,19 @@ __all__ = [
 
 
 def register(
-    auth: Authorisation, business_id: str, quarter: Quarter | str, *, dsn: str | None = None
+    auth: Authorisation,
+    business_id: str,
+    quarter: Quarter | str,
+    *,
+    dsn: str | None = None,
+    caller: airflow_api.Caller | None = None,
 ) -> registry.Company:
     """Register a business the user picked from ``auth`` and store its tokens.
 
     A business that is already registered keeps its Synced From (moving it is a backfill) and
     is re-authorised instead. An id outside the rule of :mod:`sage_sync.core.ids` is refused
     before anything is stored, even when Sage lists it: no DAG, URL or file could carry it.
+    ``caller``: who unpauses its DAG in Airflow (the page's user).
     """
     check_company_id(business_id)
     quarter = parse_quarter(quarter) if isinstance(quarter, str) else quarter
@@ -105,12 +112,12 @@ def register(
     with warehouse(dsn) as conn:
         existing = registry.get_company(conn, business_id)
     if existing is not None:
-        return _reauthorise(existing, auth, dsn=dsn, via="connect")
+        return _reauthorise(existing, auth, dsn=dsn, via="connect", caller=caller)
     with warehouse(dsn) as conn:
         company = registry.register_company(conn, business_id, business_name(business), quarter)
         conn.commit()
-    PostgresTokenStore(dsn).save(business_id, auth.tokens)
-    airflow_api.set_dag_paused(dag_id_for(business_id), paused=False)
+    _store_grant(business_id, auth.tokens, dsn=dsn)
+    airflow_api.set_dag_paused(dag_id_for(business_id), paused=False, caller=caller)
     return company
 
 
@@ -145,7 +152,12 @@ class Disconnected:
 
 
 def disconnect(
-    company_id: str, *, dsn: str | None = None, settings: SageSettings | None = None, pause_dag: bool = True
+    company_id: str,
+    *,
+    dsn: str | None = None,
+    settings: SageSettings | None = None,
+    pause_dag: bool = True,
+    caller: airflow_api.Caller | None = None,
 ) -> Disconnected:
     """Stop imports for good until a reconnect: status, event, grant revoked at Sage, DAG paused.
 
@@ -177,7 +189,7 @@ def disconnect(
             except SageError as exc:
                 revoke_error = str(exc)[:300]
         store.delete(company_id)
-    paused = airflow_api.set_dag_paused(dag_id_for(company_id), paused=True) if pause_dag else False
+    paused = airflow_api.set_dag_paused(dag_id_for(company_id), paused=True, caller=caller) if pause_dag else False
     with warehouse(dsn) as conn:
         company = require_company(conn, company_id)
         registry.log_event(
@@ -213,6 +225,7 @@ def reconnect(
     *,
     dsn: str | None = None,
     settings: SageSettings | None = None,
+    caller: airflow_api.Caller | None = None,
 ) -> registry.Company:
     """Re-authorise a company (disconnected, needing re-authorisation, or any other status).
 
@@ -225,18 +238,45 @@ def reconnect(
         company = require_company(conn, company_id)
     auth = exchange(code, code_verifier, settings=settings)
     auth.business(company_id)
-    return _reauthorise(company, auth, dsn=dsn, via="reconnect")
+    return _reauthorise(company, auth, dsn=dsn, via="reconnect", caller=caller, settings=settings)
 
 
-def _reauthorise(company: registry.Company, auth: Authorisation, *, dsn: str, via: str) -> registry.Company:
-    PostgresTokenStore(dsn).save(company.company_id, auth.tokens)
+def _reauthorise(
+    company: registry.Company,
+    auth: Authorisation,
+    *,
+    dsn: str,
+    via: str,
+    caller: airflow_api.Caller | None = None,
+    settings: SageSettings | None = None,
+) -> registry.Company:
+    _store_grant(company.company_id, auth.tokens, dsn=dsn, settings=settings)
     with warehouse(dsn) as conn:
         updated = registry.reauthorise(
             conn, company.company_id, details={"previous_status": company.status, "via": via}
         )
         conn.commit()
-    airflow_api.set_dag_paused(dag_id_for(company.company_id), paused=False)
+    airflow_api.set_dag_paused(dag_id_for(company.company_id), paused=False, caller=caller)
     return updated
+
+
+def _store_grant(company_id: str, tokens: TokenSet, *, dsn: str, settings: SageSettings | None = None) -> None:
+    """Store a company's new grant, then revoke at Sage the grant it replaced.
+
+    Nobody holds a replaced grant any more, yet Sage honours its refresh token for up to 31
+    days: a copy of it (a backup, a log of old) would read the company's books all that time.
+    Read and saved under the refresh lock, so no refresh rotates the old pair in between. The
+    revoke is best effort: the new grant is saved whatever Sage answers.
+    """
+    store = PostgresTokenStore(dsn)
+    with store.refresh_lock(company_id):
+        try:
+            replaced = store.load(company_id)
+        except CryptoError:  # unreadable (a key since removed): nothing left to revoke with
+            replaced = None
+        store.save(company_id, tokens)
+    if replaced is not None and replaced.refresh_token != tokens.refresh_token:
+        revoke_grant(replaced.refresh_token, settings, why=f"the grant {company_id}'s new one replaced")
 
 
 # -- Synced From (backfill) -------------------------------------------------------------------------
@@ -272,7 +312,7 @@ def authorise_backfill(
     company, quarter = prepare_backfill(company_id, quarter_text, dsn=dsn)
     auth = exchange(code, code_verifier, settings=settings)
     auth.business(company_id)
-    PostgresTokenStore(dsn or dsn_or_refuse()).save(company.company_id, auth.tokens)
+    _store_grant(company.company_id, auth.tokens, dsn=dsn or dsn_or_refuse(), settings=settings)
     with warehouse(dsn) as conn:
         registry.log_event(
             conn,

@@ -6,10 +6,17 @@ query always agree. Writes a CSV per table, one Excel workbook with both, and a 
 kg CO2e by quarter stacked by category (pandas + openpyxl + matplotlib, headless).
 
 The SQL lives here, not in the plugin, so the page stays HTTP and HTML only.
+
+**No cell is a formula.** Names come from Sage (a business, a supplier, a category someone typed):
+text starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return would run as a formula
+when the CSV or the workbook opens in a spreadsheet. Every writer passes its text through
+:func:`inert`, which prefixes such text with ``'`` (OWASP's advice for CSV injection); numbers,
+negative ones included, are written as numbers.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -61,6 +68,22 @@ ATTRIBUTION = (
     "(UK and England's carbon footprint to 2023). Contains public sector information "
     "licensed under the Open Government Licence v3.0."
 )
+
+
+# A spreadsheet reads a cell starting with one of these as a formula (tab and CR: Excel trims them first).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def inert(value: Any) -> Any:
+    """``value`` safe for a spreadsheet cell: text that would start a formula gets a leading ``'``.
+
+    Text that is a plain number (``-12.50``) is left alone, it is data and no formula; numbers
+    (``Decimal``, ``float``) are never touched, so a credit note's negative sum stays a number.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS) and not _NUMBER.fullmatch(value):
+        return f"'{value}"
+    return value
 
 
 @dataclass(frozen=True)
@@ -163,7 +186,7 @@ def latest_quarters(conn: psycopg.Connection, quarters: int = 4) -> dict[str, li
 def _frame(rows: list[dict[str, Any]], columns: list[str]) -> Any:
     import pandas as pd  # noqa: PLC0415  (heavy: only when a report is written)
 
-    frame = pd.DataFrame(rows, columns=columns)
+    frame = pd.DataFrame([{c: inert(row[c]) for c in columns} for row in rows], columns=columns)
     # the marts' numerics arrive as Decimal (exact in the CSVs); Excel and the chart take floats
     for column in frame.columns:
         if any(isinstance(value, Decimal) for value in frame[column]):
@@ -207,7 +230,7 @@ def write_report(
         pd.DataFrame(
             {
                 "about": [
-                    f"{company_name} ({company_id})",
+                    inert(f"{company_name} ({company_id})"),
                     ATTRIBUTION,
                     "Unmapped and out-of-scope spend carry no kg (they are not zero "
                     "emissions): read coverage_share for how much of the spend the kg "
@@ -227,7 +250,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> No
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({c: row[c] for c in columns})
+            writer.writerow({c: inert(row[c]) for c in columns})
 
 
 def _write_chart(path: Path, categories: Any, coverage: Any, company_name: str) -> None:

@@ -2,7 +2,8 @@
 
 Between Sage's callback and the user picking a business, the token pair waits here, encrypted
 as one Fernet blob, with the businesses the user may pick from. Rows older than the caller's
-``max_age_minutes`` are never returned, and each save deletes them.
+``max_age_minutes`` are never returned; :func:`expired` hands them to the lifecycle layer, which
+revokes each at Sage before it deletes it (a grant nobody picked must not stay alive there).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from sage_sync.core import crypto
+from sage_sync.core.errors import CryptoError
 from sage_sync.sage.tokens import TokenSet
 
 
@@ -49,11 +51,12 @@ def save(
     *,
     max_age_minutes: int,
 ) -> None:
-    """Store the grant under ``pending_id`` and drop expired ones; in the caller's transaction."""
-    conn.execute(
-        "delete from sage_control.pending_authorisations where created_at < now() - make_interval(mins => %s)",
-        (max_age_minutes,),
-    )
+    """Store the grant under ``pending_id``; in the caller's transaction.
+
+    ``max_age_minutes`` is kept for the callers' symmetry with :func:`load`; expired rows are
+    :func:`expired`'s, so that each is revoked at Sage before it goes.
+    """
+    del max_age_minutes
     conn.execute(
         "insert into sage_control.pending_authorisations (pending_id, tokens_enc, businesses) values (%s, %s, %s)",
         (pending_id, _seal(tokens), Jsonb(businesses)),
@@ -77,3 +80,31 @@ def load(
 def delete(conn: psycopg.Connection, pending_id: str) -> None:
     """Forget the grant under ``pending_id``; in the caller's transaction."""
     conn.execute("delete from sage_control.pending_authorisations where pending_id = %s", (pending_id,))
+
+
+def take(conn: psycopg.Connection, pending_id: str) -> TokenSet | None:
+    """Delete the grant under ``pending_id`` and return its tokens (to revoke it); None if gone.
+
+    In the caller's transaction; ``delete ... returning``, so of two callers only one gets it.
+    """
+    row = conn.execute(
+        "delete from sage_control.pending_authorisations where pending_id = %s returning tokens_enc", (pending_id,)
+    ).fetchone()
+    return None if row is None else _unseal(row[0])
+
+
+def expired(conn: psycopg.Connection, *, max_age_minutes: int, limit: int = 100) -> list[tuple[str, TokenSet | None]]:
+    """Grants older than ``max_age_minutes``, locked for the caller's transaction (``skip locked``:
+    two sweeps never revoke the same one); tokens None when they no longer decrypt."""
+    rows = conn.execute(
+        "select pending_id, tokens_enc from sage_control.pending_authorisations "
+        "where created_at < now() - make_interval(mins => %s) order by created_at limit %s for update skip locked",
+        (max_age_minutes, limit),
+    ).fetchall()
+    found: list[tuple[str, TokenSet | None]] = []
+    for pending_id, blob in rows:
+        try:
+            found.append((pending_id, _unseal(blob)))
+        except CryptoError:  # sealed with a key since removed: nothing to revoke with, only to delete
+            found.append((pending_id, None))
+    return found

@@ -32,13 +32,15 @@ def jwt(request: Request) -> str | None:
 
 
 def caller(request: Request) -> Any:
-    """Who asks Airflow for a run: the signed-in user, at the api-server serving this request."""
+    """Who asks Airflow for a pause or a run: the signed-in user (their JWT).
+
+    Not where: the api-server's address is configuration (``lifecycle.airflow_api.api_url``).
+    Anything taken from the request (``Host``, ``X-Forwarded-*``) is the caller's to forge, and
+    the user's token would follow it to whatever host:port it names.
+    """
     from sage_sync.lifecycle.airflow_api import Caller  # noqa: PLC0415
 
-    # Airflow's root: this app's mount path (``/sage``, ``/airflow/sage``) less its last segment.
-    # Not ``request.base_url``: inside the api-server it is the server's root, not the mount's.
-    mount = (request.scope.get("root_path") or "/sage").rstrip("/")
-    return Caller(base_url=f"{request.url.scheme}://{request.url.netloc}{mount.rsplit('/', 1)[0]}", token=jwt(request))
+    return Caller(token=jwt(request))
 
 
 async def current_user(request: Request) -> Any:
@@ -83,6 +85,15 @@ async def editor(user: CurrentUser, rights: EditRights) -> Any:
 
 
 Editor = Annotated[Any, Depends(editor)]
+
+
+def is_https(request: Request) -> bool:
+    """Whether the browser reaches the pages over HTTPS (their cookies are then ``Secure``): the
+    request's scheme (behind a TLS proxy, the api-server sees ``https`` only with
+    ``--proxy-headers``), or Airflow's public ``[api] base_url``."""
+    from airflow.configuration import conf  # noqa: PLC0415 - the pages run inside the api-server
+
+    return request.url.scheme == "https" or conf.get("api", "base_url", fallback="").startswith("https://")
 
 
 def check_csrf(request: Request, token: str) -> None:

@@ -8,32 +8,50 @@ first Synced From quarter), disconnects, reconnects, moves Synced From earlier (
 confirmation, a fresh Authorise Access, then the ``sage_backfill`` DAG) and resets a company.
 All logic is the lifecycle layer's (``sage_sync.lifecycle``), the same functions the CLI calls; this
 file is HTTP only: no SQL, no token handling, no Airflow call of its own, no HTML (``web/templates``).
-About 350 lines on purpose: one short handler per route of the Connect flow, kept side by side so
+About 400 lines on purpose: one short handler per route of the Connect flow, kept side by side so
 the order of checks (login, editor, CSRF, then the use case) can be read in one place.
 
 Authentication is the app's: :func:`~sage_sync.web.access.current_user` is a dependency of the
 whole app, so every route, a new one included, needs an Airflow login (a browser without one is
 sent to Airflow's login page). Routes that change things also take ``Editor`` (permission to edit
-DAGs), and every form carries a CSRF token bound to a cookie.
+DAGs), and every flow that changes something starts from a POST carrying a CSRF token bound to a
+cookie: a link (``GET /authorize?purpose=backfill``) starts nothing. The one GET that acts,
+``/callback``, is Sage's redirect and acts only for the browser holding the sealed flow whose
+``state`` it carries. Every answer forbids framing by other sites, MIME sniffing and caching
+(:class:`SecurityHeaders`); banners are the app's own sentences, named by key (``pages.banner``).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sage_sync.core.errors import LifecycleError, LoginRequired
 from sage_sync.web.access import Editor, EditRights, caller, current_user, edit_rights, editor
 from sage_sync.web.access import check_csrf as _check_csrf
-from sage_sync.web.pages import back, base_path, error_page, render
+from sage_sync.web.pages import back, base_path, delete_cookie, error_page, render, set_cookie
 
 log = logging.getLogger(__name__)
 
 OAUTH_COOKIE = "sage_oauth"
+# The grant this browser holds while its user picks a business: a newer one replaces (and revokes) it.
+PENDING_COOKIE = "sage_pending"
+# Every answer: no framing but by Airflow's own UI (same origin), no MIME sniffing, and no copy of
+# a page with company data in a browser's or a proxy's cache (a route may set its own caching).
+SECURITY_HEADERS = {
+    "X-Frame-Options": "SAMEORIGIN",
+    "Content-Security-Policy": "frame-ancestors 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
 # The exception lists' reasons, in the pages' words.
 EXCEPTION_REASONS = {
     "document_currency_not_gbp": "the document is not in GBP",
@@ -46,6 +64,30 @@ EXCEPTION_REASONS = {
 app = FastAPI(
     title="Sage connections", docs_url=None, redoc_url=None, openapi_url=None, dependencies=[Depends(current_user)]
 )
+
+
+class SecurityHeaders:
+    """ASGI middleware adding :data:`SECURITY_HEADERS` to every answer, refusals and redirects too."""
+
+    def __init__(self, inner: ASGIApp) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.inner(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.inner(scope, receive, send_with_headers)
+
+
+app.add_middleware(SecurityHeaders)
 
 
 # -- authentication -------------------------------------------------------------------------------
@@ -68,7 +110,7 @@ async def _refused(request: Request, exc: HTTPException) -> Response:
 
 
 @app.get("/", response_class=HTMLResponse)
-def index(request: Request, can_edit: EditRights, msg: str | None = None) -> HTMLResponse:
+def index(request: Request, can_edit: EditRights) -> HTMLResponse:
     """The dashboard: every company by status, what needs a person first."""
     from sage_sync.lifecycle import dashboard  # noqa: PLC0415
 
@@ -83,7 +125,6 @@ def index(request: Request, can_edit: EditRights, msg: str | None = None) -> HTM
         request,
         "index.html",
         title="Sage connections",
-        msg=msg,
         sections=sections,
         counts=counts,
         order=dashboard.DISPLAY_ORDER,
@@ -103,7 +144,7 @@ def icon() -> Response:
 
 
 @app.get("/company/{company_id}", response_class=HTMLResponse)
-def company(request: Request, company_id: str, can_edit: EditRights, msg: str | None = None) -> HTMLResponse:
+def company(request: Request, company_id: str, can_edit: EditRights) -> HTMLResponse:
     """One company: its state, streams, run history, sync health and exceptions."""
     from sage_sync.lifecycle import dashboard  # noqa: PLC0415
 
@@ -111,23 +152,27 @@ def company(request: Request, company_id: str, can_edit: EditRights, msg: str | 
         found = dashboard.company_page(company_id, caller(request))
     except LifecycleError as exc:
         return error_page(request, exc.message, 404)
-    return render(
-        request, "company.html", title=found["name"], msg=msg, c=found, can_edit=can_edit, reasons=EXCEPTION_REASONS
-    )
+    return render(request, "company.html", title=found["name"], c=found, can_edit=can_edit, reasons=EXCEPTION_REASONS)
 
 
-@app.get("/authorize")
+@app.post("/authorize")
 def authorize(
     request: Request,
     user: Editor,  # noqa: ARG001 - the editor check
-    purpose: str,
-    company_id: str = "",
-    synced_from: str = "",
+    purpose: str = Form(...),
+    company_id: str = Form(""),
+    synced_from: str = Form(""),
+    csrf: str = Form(""),
 ) -> Response:
-    """Send the browser to Sage's authorise page with a fresh state and PKCE pair."""
+    """Send the browser to Sage's authorise page with a fresh state and PKCE pair.
+
+    A POST with the CSRF token: a backfill starts from here once Sage consents, so a link (a GET
+    from another site, an e-mail) must not skip the warning and confirmation page before it.
+    """
     from sage_sync.lifecycle import authorisation  # noqa: PLC0415
     from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
 
+    _check_csrf(request, csrf)
     if purpose not in ("connect", "reconnect", "backfill"):
         return error_page(request, "This link is not one of the pages' own: start again from the dashboard")
     try:
@@ -140,9 +185,7 @@ def authorize(
         return error_page(request, exc.message)
     cookie = authorisation.seal_flow(start, purpose=purpose, company_id=company_id, synced_from=synced_from)
     response = RedirectResponse(start.url, status_code=303)
-    response.set_cookie(
-        OAUTH_COOKIE, cookie, httponly=True, samesite="lax", path=base_path(request), max_age=authorisation.FLOW_SECONDS
-    )
+    set_cookie(request, response, OAUTH_COOKIE, cookie, max_age=authorisation.FLOW_SECONDS)
     return response
 
 
@@ -155,7 +198,7 @@ def callback(
     error: str = "",
 ) -> Response:
     """Sage's redirect: check the state, exchange the code, then act on the flow's purpose."""
-    from sage_sync.lifecycle import authorisation, dashboard  # noqa: PLC0415
+    from sage_sync.lifecycle import authorisation  # noqa: PLC0415
     from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
 
     try:
@@ -163,33 +206,33 @@ def callback(
     except LifecycleError as exc:
         return error_page(request, exc.message)
     if error or not code:
-        return error_page(request, f"Sage did not authorise access ({error or 'no code'}): nothing changed")
+        # An OAuth error code (access_denied) is shown; anything else in the URL is not ours to show.
+        said = error if re.fullmatch(r"[a-z_]{1,40}", error) else "no code"
+        return error_page(request, f"Sage did not authorise access ({said}): nothing changed")
     purpose, company_id = flow["purpose"], flow["company_id"]
     try:
         if purpose == "reconnect":
-            reconnected = lifecycle.reconnect(company_id, code, flow["verifier"])
-            name = dashboard.display_name(company_id, reconnected.company_name, None)
-            response: Response = back(
-                request, f"Reconnected {name}: the next run imports every change since its last successful sync"
-            )
+            lifecycle.reconnect(company_id, code, flow["verifier"], caller=caller(request))
+            response: Response = back(request, "reconnected", company_id)
         elif purpose == "backfill":
             quarter = lifecycle.authorise_backfill(company_id, flow["synced_from"], code, flow["verifier"])
-            run_id = _started(
+            started = _started(
                 lifecycle.BACKFILL_DAG_ID, lambda: lifecycle.start_backfill(company_id, quarter, caller(request))
             )
-            _, name = dashboard.named_company(company_id)
             response = back(
-                request,
-                f"Backfill of {name} to {quarter} started ({run_id}); Synced From moves when it succeeds",
-                to=f"/company/{quote(company_id, safe='')}",
+                request, "backfill", company_id, notes=(started,), quarter=str(quarter), to=_company_path(company_id)
             )
         else:
             auth = lifecycle.exchange(code, flow["verifier"])
             pending = authorisation.hold(auth)
+            replaced = request.cookies.get(PENDING_COOKIE)
+            if replaced and replaced != pending:
+                authorisation.discard(replaced)  # this browser's earlier grant: nobody will pick from it now
             response = RedirectResponse(f"{base_path(request)}/choose?pending={pending}", status_code=303)
+            set_cookie(request, response, PENDING_COOKIE, pending, max_age=authorisation.PENDING_MINUTES * 60)
     except LifecycleError as exc:
         response = error_page(request, exc.message)
-    response.delete_cookie(OAUTH_COOKIE, path=base_path(request))
+    delete_cookie(request, response, OAUTH_COOKIE)
     return response
 
 
@@ -234,15 +277,13 @@ def register_business(
         return error_page(request, "This authorisation expired or was already used: connect again")
     try:
         quarter = lifecycle.parse_quarter(synced_from)
-        registered = lifecycle.register(found, business_id, quarter)
+        registered = lifecycle.register(found, business_id, quarter, caller=caller(request))
     except LifecycleError as exc:
         return error_page(request, exc.message)
     authorisation.release(pending)
-    return back(
-        request,
-        f"Connected {registered.company_name} from {registered.synced_from_quarter}: its DAG "
-        f"sage_sync__{registered.company_id} appears within a minute",
-    )
+    response = back(request, "connected", registered.company_id, quarter=registered.synced_from_quarter)
+    delete_cookie(request, response, PENDING_COOKIE)
+    return response
 
 
 @app.post("/disconnect")
@@ -257,11 +298,15 @@ def disconnect(
 
     _check_csrf(request, csrf)
     try:
-        done = lifecycle.disconnect(company_id)
+        done = lifecycle.disconnect(company_id, caller=caller(request))
     except LifecycleError as exc:
         return error_page(request, exc.message)
-    revoked = "grant revoked at Sage" if done.token_revoked else f"grant not revoked ({done.revoke_error})"
-    return back(request, f"Disconnected {done.company.company_name}: {revoked}; data kept")
+    if not done.token_revoked:
+        log.warning("disconnect of %s: grant not revoked at Sage: %s", company_id, done.revoke_error)
+    revoked = "revoked" if done.token_revoked else "not_revoked"
+    return back(
+        request, "disconnected", company_id, notes=(revoked, "paused" if done.dag_paused else "not_paused", "data_kept")
+    )
 
 
 @app.get("/synced-from", response_class=HTMLResponse)
@@ -337,24 +382,30 @@ def reset(
     except LifecycleError as exc:
         return error_page(request, exc.message, back_to=back_to)
     lifecycle.close_reset_run(run_id)
-    dag_run = _started(
+    started = _started(
         lifecycle.dag_id_for(company_id), lambda: lifecycle.trigger_full_sync(company_id, caller(request))
     )
-    return back(request, f"Reset: data wiped; full sync started ({dag_run})", to=back_to)
+    return back(request, "reset", company_id, notes=(started,), to=back_to)
 
 
 # -- helpers --------------------------------------------------------------------------------------
 
 
 def _started(dag_id: str, start: Any) -> str:
-    """What ``start()`` (a lifecycle trigger) started, or why it did not: the action itself is done."""
+    """The banner's note on ``start()`` (a lifecycle trigger): ``started``, or ``not_started`` with
+    the reason in the server log only (the action itself is done either way)."""
     from sage_sync.core.errors import AirflowUnavailable  # noqa: PLC0415
 
     try:
-        return str(start())
+        log.info("started %s", start())
     except AirflowUnavailable as exc:
         log.warning("could not trigger %s: %s", dag_id, exc)
-        return f"trigger of {dag_id} failed: {exc}; trigger it by hand"
+        return "not_started"
+    return "started"
+
+
+def _company_path(company_id: str) -> str:
+    return f"/company/{quote(company_id, safe='')}"
 
 
 # The dependencies a test or a host app may override: the login, the edit check, the editor.

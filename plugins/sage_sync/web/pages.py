@@ -4,21 +4,28 @@ Every value reaches the HTML through a template, escaped by Jinja2 (``select_aut
 on for ``.html``), never through string formatting. Every link, redirect and cookie path is built
 from the mount path the server reports, so the pages work under a sub-path ``base_url`` as well as
 at ``/sage``.
+
+The banner after an action is one of :data:`MESSAGES` with :data:`NOTES`, named by key in the
+redirect (``?msg=disconnected&company_id=...&note=revoked``) and filled from the warehouse (the
+company's name): never text from the URL, which anyone can put in a link and which the page
+would show as its own words. Cookies are ``Secure`` when the pages are served over HTTPS.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import urlencode
 
 from fastapi import Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from sage_sync.web.access import CSRF_COOKIE
+from sage_sync.core.quarters import QUARTER_PATTERN
+from sage_sync.web.access import CSRF_COOKIE, is_https
 
 TEMPLATES = Path(__file__).with_name("templates")
 env = Environment(
@@ -64,15 +71,34 @@ def home_path(request: Request) -> str:
     return base_path(request).rsplit("/", 1)[0] + "/"
 
 
+def set_cookie(request: Request, response: Response, name: str, value: str, *, max_age: int | None = None) -> None:
+    """One of the pages' cookies: HttpOnly, SameSite=Lax, the mount path, ``Secure`` under HTTPS."""
+    response.set_cookie(
+        name,
+        value,
+        httponly=True,
+        samesite="lax",
+        secure=is_https(request),
+        path=base_path(request),
+        max_age=max_age,
+    )
+
+
+def delete_cookie(request: Request, response: Response, name: str) -> None:
+    response.delete_cookie(name, path=base_path(request), secure=is_https(request), httponly=True, samesite="lax")
+
+
 def render(request: Request, template: str, *, title: str, status: int = 200, **context: Any) -> HTMLResponse:
-    """``template`` with the page's common context (paths, CSRF token, title); sets the CSRF cookie."""
+    """``template`` with the page's common context (paths, CSRF token, title, the banner named by
+    ``?msg=``); sets the CSRF cookie."""
     csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
+    context.setdefault("msg", banner(request))
     html = env.get_template(template).render(
         base=base_path(request), airflow=home_path(request), csrf=csrf, title=title, **context
     )
     response = HTMLResponse(html, status_code=status)
     if request.cookies.get(CSRF_COOKIE) != csrf:
-        response.set_cookie(CSRF_COOKIE, csrf, httponly=True, samesite="lax", path=base_path(request))
+        set_cookie(request, response, CSRF_COOKIE, csrf)
     return response
 
 
@@ -81,6 +107,63 @@ def error_page(request: Request, message: str, status: int = 400, *, back_to: st
     return render(request, "error.html", title="Not done", message=message, status=status, back_to=back_to)
 
 
-def back(request: Request, message: str, *, to: str = "/") -> RedirectResponse:
-    """Back to a page (the dashboard by default) with a message for its banner."""
-    return RedirectResponse(f"{base_path(request)}{to}?msg={quote(message)}", status_code=303)
+# What the pages say after an action: {name} is the company's name from the warehouse, {quarter}
+# a quarter (checked against the pattern), {dag_id} the company's DAG. Nothing else is filled in.
+MESSAGES = {
+    "connected": "Connected {name} from {quarter}: its DAG {dag_id} appears within a minute",
+    "reconnected": "Reconnected {name}: the next run imports every change since its last successful sync",
+    "disconnected": "Disconnected {name}",
+    "backfill": "Backfill of {name} to {quarter} authorised; Synced From moves when it succeeds",
+    "reset": "Reset {name}: data wiped",
+}
+NOTES = {
+    "revoked": "grant revoked at Sage",
+    "not_revoked": "grant not revoked at Sage (the server log says why); its tokens are deleted here",
+    "paused": "DAG paused",
+    "not_paused": "DAG not paused in Airflow (the server log says why); its runs skip anyway",
+    "not_unpaused": "{dag_id} could not be unpaused in Airflow (the server log says why): unpause it there",
+    "data_kept": "data kept",
+    "started": "{run} started",
+    "not_started": "Airflow did not take the run (the server log says why): trigger it by hand in Airflow",
+}
+_RUNS = {"backfill": "the backfill run", "reset": "full sync"}
+
+
+def banner(request: Request) -> str | None:
+    """The banner ``?msg=`` names, from :data:`MESSAGES` and :data:`NOTES` only; None for anything else."""
+    from sage_sync.core.errors import LifecycleError  # noqa: PLC0415
+    from sage_sync.lifecycle import dashboard  # noqa: PLC0415
+    from sage_sync.lifecycle.airflow_api import dag_id_for  # noqa: PLC0415
+
+    key = request.query_params.get("msg", "")
+    if key not in MESSAGES:
+        return None
+    company_id = request.query_params.get("company_id", "")
+    try:
+        company, name = dashboard.named_company(company_id)
+    except LifecycleError:  # not a company of ours: say nothing rather than echo the id
+        return None
+    quarter = request.query_params.get("quarter", "")
+    if not re.fullmatch(QUARTER_PATTERN, quarter):
+        quarter = company.synced_from_quarter
+    values = {"name": name, "quarter": quarter, "dag_id": dag_id_for(company.company_id), "run": _RUNS.get(key, "")}
+    notes = [NOTES[n].format(**values) for n in request.query_params.getlist("note") if n in NOTES]
+    return "; ".join([MESSAGES[key].format(**values), *notes])
+
+
+def back(
+    request: Request,
+    message: str,
+    company_id: str,
+    *,
+    notes: tuple[str, ...] = (),
+    quarter: str | None = None,
+    to: str = "/",
+) -> RedirectResponse:
+    """Back to a page (the dashboard by default) with the banner :data:`MESSAGES` ``[message]``."""
+    if message not in MESSAGES or not set(notes) <= NOTES.keys():
+        raise ValueError(f"not one of the pages' messages: {message} {notes}")  # a bug here, not user input
+    query = [("msg", message), ("company_id", company_id), *(("note", n) for n in notes)]
+    if quarter:
+        query.append(("quarter", quarter))
+    return RedirectResponse(f"{base_path(request)}{to}?{urlencode(query)}", status_code=303)
