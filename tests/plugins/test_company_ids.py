@@ -118,10 +118,11 @@ def api_server() -> Iterator[str]:
     server.server_close()
 
 
-def test_airflow_rest_paths_quote_the_dag_id(api_server: str) -> None:
+def test_airflow_rest_paths_quote_the_dag_id(api_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAGE_AIRFLOW_API_URL", api_server)  # the api-server's address is configuration
     dag_id = airflow_api.dag_id_for("a b/c?d#e")
-    assert airflow_api.set_dag_paused(dag_id, paused=True, base=api_server, token="t") is True
-    airflow_api.trigger(dag_id, None, airflow_api.Caller(base_url=api_server, token="t"))
+    assert airflow_api.set_dag_paused(dag_id, paused=True, caller=airflow_api.Caller(token="t")) is True
+    airflow_api.trigger(dag_id, None, airflow_api.Caller(token="t"))
     quoted = "sage_sync__a%20b%2Fc%3Fd%23e"
     assert _Recorder.paths == [
         f"/api/v2/dags/{quoted}",
