@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import DAG, Param, PokeReturnValue, get_parsing_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
+from sage_sync.core.config import task_timeout
 from sage_sync.core.quarters import QUARTER_PATTERN, Quarter
 from sage_sync.lifecycle.airflow_api import BACKFILL_DAG_ID, POOL, fails_fast_on_refused_grant, sage_raw_asset
 from sage_sync.sage.streams import DOCUMENT_STREAMS
@@ -145,7 +146,11 @@ def validate(**context) -> PokeReturnValue:
     return PokeReturnValue(is_done=True, xcom_value=run)
 
 
-@task(pool=POOL)
+# Every task that talks to Sage stops after SAGE_TASK_TIMEOUT_HOURS (default 12).
+SAGE_TASK_TIMEOUT = task_timeout()
+
+
+@task(pool=POOL, execution_timeout=SAGE_TASK_TIMEOUT)
 @fails_fast_on_refused_grant
 def refresh_auth(sync_run_id: str, **context) -> None:
     """Make sure the grant is alive before reading Sage."""
@@ -154,7 +159,7 @@ def refresh_auth(sync_run_id: str, **context) -> None:
     sync.check_auth(context["params"]["company_id"], sync_run_id)
 
 
-@task(pool=POOL)
+@task(pool=POOL, execution_timeout=SAGE_TASK_TIMEOUT)
 @fails_fast_on_refused_grant
 def backfill(stream: str, sync_run_id: str, **context) -> dict:
     """Read one document stream's older window into sage_raw (new versions only)."""

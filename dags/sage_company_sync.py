@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, get_parsing_context, task
 
+from sage_sync.core.config import task_timeout
 from sage_sync.lifecycle.airflow_api import DAG_ID_PREFIX, POOL, dag_id_for, sage_raw_asset, skips_disconnected
 from sage_sync.sage.streams import STREAMS
 from sage_sync.warehouse.snapshot import DagCompany, companies_for_dags
@@ -43,6 +44,9 @@ default_args = {
     "retry_delay": timedelta(minutes=5),
     "retry_exponential_backoff": True,
 }
+# Every task that talks to Sage stops after SAGE_TASK_TIMEOUT_HOURS (default 12): a backstop to the
+# client's page cap, long enough for a big first sync sharing the request budget.
+SAGE_TASK_TIMEOUT = task_timeout()
 
 
 @task
@@ -56,7 +60,7 @@ def check_connection(company_id: str, **context) -> str:
     return sync.begin_run(company_id, airflow_run_id=context["run_id"], kind="daily")
 
 
-@task(pool=POOL)
+@task(pool=POOL, execution_timeout=SAGE_TASK_TIMEOUT)
 @skips_disconnected
 def refresh_auth(company_id: str, sync_run_id: str) -> str:
     """Make sure the grant is alive (and rotated tokens stored) before any extraction; passes the run id on."""
@@ -69,7 +73,7 @@ def refresh_auth(company_id: str, sync_run_id: str) -> str:
 # One task mapped over the streams rather than one task per stream: the UI still shows one
 # instance per stream (named by map_index_template), and a 1,000-company deployment parses in
 # a fraction of the time, since building operators is what DAG parsing spends its time on.
-@task(pool=POOL, map_index_template="{{ stream }}")
+@task(pool=POOL, map_index_template="{{ stream }}", execution_timeout=SAGE_TASK_TIMEOUT)
 @skips_disconnected
 def extract_load(company_id: str, stream: str, sync_run_id: str, **context) -> dict:
     """Extract one stream since its watermark and append new versions to sage_raw."""
@@ -79,7 +83,7 @@ def extract_load(company_id: str, stream: str, sync_run_id: str, **context) -> d
     return sync.sync_stream(company_id, stream, sync_run_id)
 
 
-@task(pool=POOL)
+@task(pool=POOL, execution_timeout=SAGE_TASK_TIMEOUT)
 @skips_disconnected
 def record_deletions(company_id: str, sync_run_id: str) -> dict:
     """Read Sage's deleted_since feed, plus an id reconciliation sweep after a reconnect or weekly."""

@@ -66,7 +66,10 @@ def main(argv: list[str] | None = None) -> None:
         f"listening on http://{args.host}:{args.port}",
         flush=True,
     )
-    uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="warning", access_log=False)
+    # date_header off: the app sends `Date` from the fake clock, the one its records are stamped by.
+    uvicorn.run(
+        create_app(state), host=args.host, port=args.port, log_level="warning", access_log=False, date_header=False
+    )
 
 
 if __name__ == "__main__":

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
+from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -26,6 +28,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sandbox.fake_sage.state import (
+    ENVELOPE_FAULTS,
     STREAMS,
     Business,
     FakeSage,
@@ -190,7 +193,11 @@ class Edge:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), (b"x_request_id", request_id.encode())]}
+                # `Date` is the server's clock (RFC 9110), here the fake clock its timestamps come from;
+                # uvicorn's own (the host's wall clock) is turned off in __main__.
+                date = formatdate(self.state.clock.now(), usegmt=True).encode()
+                extra = [(b"x_request_id", request_id.encode()), (b"date", date)]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
                 if entry is not None:
                     entry["status"] = message["status"]
             await send(message)
@@ -221,6 +228,8 @@ class Edge:
             await response(scope, receive, send)
         elif fault.kind == "truncate":
             await self._truncated(scope, receive, send)
+        elif fault.kind in ENVELOPE_FAULTS:
+            await self._misreported(fault.kind, scope, receive, send)
         else:  # drop
             await self._drop(raw_send, send)
 
@@ -241,6 +250,41 @@ class Edge:
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _misreported(self, kind: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer a list request with a lying envelope (see ``state.ENVELOPE_FAULTS``); others as usual."""
+        raw_query = scope.get("query_string", b"").decode("latin-1")
+        asked = dict(parse_qsl(raw_query))
+        if kind == "endless":  # a server that ignores `page`
+            kept = "&".join(p for p in raw_query.split("&") if p and p.split("=", 1)[0] != "page")
+            scope = {**scope, "query_string": kept.encode("latin-1")}
+        chunks: list[bytes] = []
+        start: Message = {}
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            else:
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, capture)
+        body = b"".join(chunks)
+        envelope = json.loads(body) if start.get("status") == 200 and body else None
+        if isinstance(envelope, dict) and isinstance(envelope.get("$items"), list):
+            path = scope["path"].removeprefix("/v3.1")
+            if kind == "short_total":
+                envelope["$total"] = max(0, envelope["$total"] - envelope["$itemsPerPage"])
+            elif kind == "next_back" and envelope["$next"] is not None:
+                envelope["$next"] = page_link(path, raw_query, max(1, envelope["$page"] - 1))
+            elif kind == "endless":
+                del envelope["$total"], envelope["$page"]
+                page = int(asked.get("page") or 1)
+                envelope["$next"] = page_link(path, raw_query, page + 1)
+            body = json.dumps(envelope).encode()
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": start.get("status", 200), "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     @staticmethod

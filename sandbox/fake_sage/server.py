@@ -115,7 +115,8 @@ class FakeSageAdmin:
         delay_ms: int | None = None,
         business: str | None = None,
     ) -> dict[str, Any]:
-        """Schedule a fault: "429" | "500" | "503" | "slow" | "hold" | "drop" | "truncate".
+        """Schedule a fault: "429" | "500" | "503" | "slow" | "hold" | "drop" | "truncate", or a lying
+        list envelope: "short_total" | "next_back" | "endless" (see ``state.ENVELOPE_FAULTS``).
 
         ``path`` is matched as a substring of the request path (None = any ``/v3.1`` path);
         ``count`` is how many matching requests it hits; ``retry_after`` adds ``Retry-After`` to a

@@ -32,7 +32,12 @@ Record = dict[str, Any]
 MASK64 = (1 << 64) - 1
 REFRESH_TOKEN_TTL = 2_678_400  # 31 days, Sage's documented refresh_token_expires_in
 AUTH_CODE_TTL = 60  # Sage: the code is single use and expires after 60 seconds
-FAULT_KINDS = ("429", "500", "503", "slow", "hold", "drop", "truncate")
+FAULT_KINDS = ("429", "500", "503", "slow", "hold", "drop", "truncate", "short_total", "next_back", "endless")
+# Faults that answer a list request with a well-formed but lying envelope (a misbehaving server):
+# short_total: `$total` one page smaller than the truth; next_back: `$next` points one page back;
+# endless: `page` is ignored (page 1 every time), `$total` and `$page` are left out and `$next`
+# always names the page after the one asked for.
+ENVELOPE_FAULTS = ("short_total", "next_back", "endless")
 
 # Streams served as lists under /v3.1 and the ones that carry a document `date` and `deleted_since`.
 STREAMS = (

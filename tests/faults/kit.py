@@ -47,15 +47,15 @@ def business(sage: FakeSageServer, key: str) -> dict[str, Any]:
     return next(b for b in sage.admin.businesses() if b["key"] == key)
 
 
-def connect(sage: FakeSageServer, key: str = "greenleaf") -> str:
-    """Connect the fake business ``key`` through the real authorise + PKCE code exchange."""
+def connect(sage: FakeSageServer, key: str = "greenleaf", quarter: Quarter = SYNCED_FROM) -> str:
+    """Connect the fake business ``key`` (Synced From ``quarter``) through the real authorise + PKCE exchange."""
     from sage_sync.lifecycle.connections import connect_company  # noqa: PLC0415 - needs the env set first
 
     found = business(sage, key)
     verifier, challenge = new_pkce_pair()
     code = sage.authorize(login_hint=found["user"], code_challenge=challenge)
     tokens = OAuthClient(sage_settings()).exchange_code(code, code_verifier=verifier)
-    connect_company(found["id"], found["name"], SYNCED_FROM, tokens)
+    connect_company(found["id"], found["name"], quarter, tokens)
     return found["id"]
 
 

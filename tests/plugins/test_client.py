@@ -19,7 +19,9 @@ from requests.structures import CaseInsensitiveDict
 from sage_sync.core.config import SageSettings
 from sage_sync.core.errors import (
     BusinessMismatch,
+    IncompleteListing,
     InvalidResponse,
+    PageLimitExceeded,
     RateLimited,
     ReauthorizationRequired,
     SageAPIError,
@@ -27,7 +29,7 @@ from sage_sync.core.errors import (
     TransientError,
 )
 from sage_sync.sage.auth import OAuthClient, TokenManager
-from sage_sync.sage.client import SageClient, join_url, parse_retry_after
+from sage_sync.sage.client import SageClient, join_url, page_cap, parse_retry_after
 from sage_sync.sage.money import to_decimal
 from sage_sync.sage.streams import STREAMS, deleted_params, list_params
 from sage_sync.sage.tokens import MemoryTokenStore
@@ -145,35 +147,85 @@ def _envelope(page: int, per_page: int, total: int, next_link: str | None, n: in
     }
 
 
-def test_stops_when_the_page_number_does_not_advance() -> None:
-    # A server that never sets $next to null and answers past the end with the last page.
+def test_a_page_that_does_not_advance_is_an_incomplete_listing_not_the_end() -> None:
+    # Sage answers a page past the end with the last page again (a deletion shifted the pages):
+    # the page after page 2 never came, so the listing is incomplete, not finished.
     client, adapter = _scripted(
         [
             (200, {}, _envelope(1, 2, 99, "/contacts?page=2&items_per_page=2")),
             (200, {}, _envelope(2, 2, 99, "/contacts?page=3&items_per_page=2")),
-            (200, {}, _envelope(2, 2, 99, "/contacts?page=3&items_per_page=2")),
+            (200, {}, _envelope(2, 2, 99, None)),
         ]
     )
-    pages = list(client.iter_pages("/contacts", {"items_per_page": 2}))
-    assert [p.page for p in pages] == [1, 2]
+    pages = client.iter_pages("/contacts", {"items_per_page": 2})
+    assert [p.page for p in (next(pages), next(pages))] == [1, 2]
+    with pytest.raises(IncompleteListing, match="page 2 again after page 2"):
+        next(pages)
     assert len(adapter.requests) == 3
 
 
-def test_stops_when_next_repeats_the_page_just_fetched() -> None:
+def test_a_next_that_repeats_the_page_just_fetched_is_an_incomplete_listing() -> None:
     client, adapter = _scripted([(200, {}, _envelope(1, 2, 99, "/contacts?items_per_page=2&page=1"))])
-    pages = list(client.iter_pages("/contacts", {"page": 1, "items_per_page": 2}))
-    assert len(pages) == 1 and len(adapter.requests) == 1
+    with pytest.raises(IncompleteListing, match="repeats the page just fetched"):
+        list(client.iter_pages("/contacts", {"page": 1, "items_per_page": 2}))
+    assert len(adapter.requests) == 1
 
 
-def test_stops_when_total_is_reached_even_if_next_is_set() -> None:
+def test_a_next_that_goes_back_is_an_incomplete_listing() -> None:
+    client, adapter = _scripted(
+        [
+            (200, {}, _envelope(1, 2, 6, "/contacts?page=2&items_per_page=2")),
+            (200, {}, _envelope(2, 2, 6, "/contacts?page=1&items_per_page=2")),
+        ]
+    )
+    with pytest.raises(IncompleteListing, match="goes back to page 1"):
+        list(client.iter_pages("/contacts", {"items_per_page": 2}))
+    assert len(adapter.requests) == 2
+
+
+def test_an_empty_page_that_is_not_the_last_is_an_incomplete_listing() -> None:
+    client, _ = _scripted([(200, {}, _envelope(1, 2, 6, "/contacts?page=2&items_per_page=2", n=0))])
+    with pytest.raises(IncompleteListing, match="empty page"):
+        list(client.iter_pages("/contacts", {"items_per_page": 2}))
+
+
+def test_a_total_too_small_does_not_end_paging_before_next_is_null() -> None:
+    # $total says 3, Sage goes on: only a null $next ends a listing (400 of 600 read was reported
+    # as success while $total could stop it).
     client, adapter = _scripted(
         [
             (200, {}, _envelope(1, 2, 3, "/contacts?page=2&items_per_page=2")),
-            (200, {}, _envelope(2, 2, 3, "/contacts?page=3&items_per_page=2", n=1)),
+            (200, {}, _envelope(2, 2, 3, "/contacts?page=3&items_per_page=2")),
+            (200, {}, _envelope(3, 2, 3, None, n=1)),
         ]
     )
-    assert [len(p.items) for p in client.iter_pages("/contacts", {"items_per_page": 2})] == [2, 1]
-    assert len(adapter.requests) == 2
+    assert [len(p.items) for p in client.iter_pages("/contacts", {"items_per_page": 2})] == [2, 2, 1]
+    assert len(adapter.requests) == 3
+
+
+def test_paging_far_past_what_total_allows_ends_at_a_cap_from_total() -> None:
+    endless = [(200, {}, _envelope(n, 2, 4, f"/contacts?page={n + 1}&items_per_page=2")) for n in range(1, 50)]
+    client, adapter = _scripted(endless)
+    with pytest.raises(PageLimitExceeded, match=r"\$total of 4") as info:
+        list(client.iter_pages("/contacts", {"items_per_page": 2}))
+    assert len(adapter.requests) == info.value.pages == page_cap(4, 2) < 10
+    assert "/v3.1/contacts" in str(info.value)
+
+
+def test_paging_without_total_ends_at_the_hard_cap() -> None:
+    bodies = [{"$next": f"/contacts?page={n + 1}", "$items": [{"id": "a"}]} for n in range(1, 31)]
+    client, adapter = _scripted([(200, {}, body) for body in bodies], max_pages=7)
+    with pytest.raises(PageLimitExceeded, match="no \\$total") as info:
+        list(client.iter_pages("/contacts"))
+    assert len(adapter.requests) == info.value.pages == 7
+
+
+def test_a_page_carries_the_servers_date() -> None:
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    body = _envelope(1, 2, 2, None)
+    client, _ = _scripted([(200, {"Date": format_datetime(when, usegmt=True)}, body), (200, {}, body)])
+    assert client.get_page("/contacts").server_time == when
+    assert client.get_page("/contacts").server_time is None  # no Date header: unknown, not "now"
 
 
 def test_next_is_followed_without_re_adding_params() -> None:
@@ -447,6 +499,28 @@ def test_persistent_failures_end_in_typed_errors(sage: FakeSageServer) -> None:
     sage.admin.add_fault("truncate", count=3)
     with pytest.raises(InvalidResponse):
         c.client.get("/tax_rates")
+
+
+def test_a_misbehaving_servers_paging_ends_with_a_reason(sage: FakeSageServer) -> None:
+    """Over HTTP: `$next` going back, and a server that ignores `page` and never ends."""
+    c = _connect(sage, max_pages=25)
+    params = list_params(STREAMS["purchase_invoices"], page_size=20)
+    sage.admin.add_fault("next_back", path="/purchase_invoices", count=2)
+    with pytest.raises(IncompleteListing, match="goes back"):
+        list(c.client.iter_pages("/purchase_invoices", params))
+    sage.admin.clear_faults()
+    sage.admin.add_fault("endless", path="/purchase_invoices", count=1000)
+    sage.admin.clear_request_log()
+    with pytest.raises(PageLimitExceeded, match="25 pages"):
+        list(c.client.iter_pages("/purchase_invoices", params))
+    assert len(_api_log(sage)) == 25  # stopped, instead of 349 requests in 20 s and counting
+    sage.admin.clear_faults()
+
+
+def test_a_page_carries_sages_date(sage: FakeSageServer) -> None:
+    c = _connect(sage)
+    page = c.client.get_page("/tax_rates")
+    assert page.server_time == datetime.fromisoformat(sage.admin.now())
 
 
 def test_not_found_is_a_sage_api_error_at_once(sage: FakeSageServer) -> None:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -534,3 +535,37 @@ def test_airflow_connection_json(server: FakeSageServer) -> None:
     assert conn["host"] == server.api_url and conn["login"] == "demo-client"
     assert conn["extra"]["authorize_url"].endswith("/oauth2/auth/central?filter=apiv3.1")
     assert conn["extra"]["redirect_uri"] == "http://localhost:8080/cb"
+
+
+def test_date_header_is_the_fake_clock(server: FakeSageServer, token: dict[str, Any]) -> None:
+    # Sage's `Date` and its records' timestamps come from one clock; so do the fake's.
+    server.admin.advance_clock(3600)
+    response = api(server, token, "/contacts")
+    assert parsedate_to_datetime(response.headers["Date"]) == datetime.fromisoformat(server.admin.now())
+    assert "," not in response.headers["Date"].split(",", 1)[1]  # one Date header, not the host's as well
+
+
+def test_fault_short_total_reports_one_page_less(server: FakeSageServer, token: dict[str, Any]) -> None:
+    truth = api(server, token, "/purchase_invoices", items_per_page=50).json()
+    server.admin.add_fault("short_total", path="/purchase_invoices")
+    lying = api(server, token, "/purchase_invoices", items_per_page=50).json()
+    assert lying["$total"] == truth["$total"] - 50
+    assert lying["$items"] == truth["$items"] and lying["$next"] == truth["$next"]
+
+
+def test_fault_next_back_points_one_page_back(server: FakeSageServer, token: dict[str, Any]) -> None:
+    server.admin.add_fault("next_back", path="/purchase_invoices")
+    body = api(server, token, "/purchase_invoices", items_per_page=50, page=3).json()
+    assert body["$page"] == 3
+    assert body["$next"] == "/purchase_invoices?page=2&items_per_page=50"
+
+
+def test_fault_endless_ignores_page_and_never_ends(server: FakeSageServer, token: dict[str, Any]) -> None:
+    first = api(server, token, "/contacts", items_per_page=5).json()
+    server.admin.add_fault("endless", path="/contacts", count=2)
+    for page in (7, 99):
+        body = api(server, token, "/contacts", items_per_page=5, page=page).json()
+        assert "$total" not in body and "$page" not in body
+        assert body["$items"] == first["$items"]  # `page` ignored
+        assert body["$next"] == f"/contacts?page={page + 1}&items_per_page=5"
+    assert api(server, token, "/contacts", items_per_page=5, page=99).json()["$next"] is None  # fault used up

@@ -12,6 +12,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -177,6 +178,42 @@ def rate_limit_per_s(extra: dict[str, Any] | None = None) -> float | None:
     if not math.isfinite(rate) or rate < 0:
         raise ConfigError(f"{source} must be a finite number >= 0; got {raw!r}")
     return rate or None
+
+
+# Pages one list may take when Sage sends no $total to derive a cap from (a $total always gives
+# one: what it needs plus slack, see sage_sync.sage.client.page_cap). 10,000 pages of 200 is 2M
+# records; Sage always sends $total, so this only stops a server paging for ever.
+MAX_PAGES_ENV = "SAGE_MAX_PAGES"
+DEFAULT_MAX_PAGES = 10_000
+# The longest one try of a Sage task (a stream's read, the deletions, a backfill stream) may run
+# before Airflow stops it (execution_timeout). A first sync of 1M records is about 5,000 requests:
+# 7 minutes alone at Sage's rate, hours when 10,000 companies share the budget. Cursor reads keep
+# their progress, so the retry resumes where the timed-out try stopped.
+TASK_TIMEOUT_ENV = "SAGE_TASK_TIMEOUT_HOURS"
+DEFAULT_TASK_TIMEOUT_HOURS = 12.0
+
+
+def _positive_number(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number; got {raw!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a finite number > 0; got {raw!r}")
+    return value
+
+
+def max_pages() -> int:
+    """``SAGE_MAX_PAGES``: the most pages of one list without a ``$total`` (default 10,000)."""
+    return int(_positive_number(MAX_PAGES_ENV, DEFAULT_MAX_PAGES))
+
+
+def task_timeout() -> timedelta:
+    """``SAGE_TASK_TIMEOUT_HOURS``: ``execution_timeout`` of the Sage tasks (default 12 hours)."""
+    return timedelta(hours=_positive_number(TASK_TIMEOUT_ENV, DEFAULT_TASK_TIMEOUT_HOURS))
 
 
 def warehouse_dsn(conn_id: str = WAREHOUSE_CONN_ID) -> str:

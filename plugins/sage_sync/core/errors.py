@@ -151,6 +151,30 @@ class InvalidResponse(TransientError):
     """Sage's body was malformed or truncated JSON (or not the expected shape) after retries."""
 
 
+class IncompleteListing(TransientError):
+    """A list stopped without Sage ending it (``$next: null``), or ended short of its ``$total``.
+
+    Page-offset paging over live data shifts when a record is deleted: Sage then serves its last
+    page again, or a server's ``$next`` goes back. Such a read may have skipped a live record, so
+    it never counts as complete: the pass is read again, and if it stays incomplete the run fails
+    with this reason and no watermark or Synced From moves.
+    """
+
+
+class PageLimitExceeded(SageError):
+    """A list went on for more pages than its ``$total`` allows (or than the hard cap, without one).
+
+    A server that keeps sending ``$next`` would otherwise hold a task, and the deployment's shared
+    request budget, for ever.
+    """
+
+    def __init__(self, reason: str, *, pages: int, path: str | None = None) -> None:
+        self.reason = reason
+        self.pages = pages
+        self.path = path
+        super().__init__(f"{reason} on {path}" if path else reason)
+
+
 class BusinessMismatch(SageError):
     """Sage answered for a different business than the ``X-Business`` we sent.
 

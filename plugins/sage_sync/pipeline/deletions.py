@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from sage_sync.core.errors import SageAPIError
+from sage_sync.core.errors import IncompleteListing, SageAPIError
 from sage_sync.core.status import CompanyStatus
 from sage_sync.pipeline.extract import MAX_PASSES, OVERLAP, parse_ts
 from sage_sync.sage.client import SageClient
@@ -55,12 +55,13 @@ def _deletions_for(
     new = 0
     newest: datetime | None = None
     for page in client.iter_pages(stream.path, deleted_params(stream, since)):
+        ceiling = page.stamp_ceiling  # a deletion stamped past Sage's clock is recorded, never a watermark
         with conn.transaction():
             added = loader.record_deletions(conn, stream.name, company_id, sync_run_id, page.items)
             new += added
             for item in page.items:
                 stamp = parse_ts(item.get("deleted_at")) if isinstance(item, dict) else None
-                if stamp and (newest is None or stamp > newest):
+                if stamp and stamp <= ceiling and (newest is None or stamp > newest):
                     newest = stamp
             runs.add_stream_stats(conn, sync_run_id, stream.name, deletions=added)
             if page.next is None and newest is not None:
@@ -84,7 +85,8 @@ def reconciliation_due(company: registry.Company, now: datetime | None = None) -
 def reconcile_deletions(
     conn: psycopg.Connection, client: SageClient, company: registry.Company, sync_run_id: str
 ) -> dict[str, int]:
-    """Mark deleted the records the warehouse holds as current that Sage no longer lists.
+    """Compare each document stream's ids both ways: mark deleted what Sage no longer lists, and
+    fetch what Sage lists that the warehouse lacks.
 
     Sage's ``deleted_since`` feed may not remember deletions made long ago (e.g. while a company
     was disconnected), so for each document stream the ids Sage lists now over the Synced From
@@ -92,7 +94,9 @@ def reconcile_deletions(
     warehouse's current records in that window. A stream is judged only from a complete listing
     (distinct ids cover ``$total``), and each missing id is confirmed with a GET that answers 404:
     a record whose date merely moved out of the window is not deleted. Confirmed ones go to
-    ``sage_raw.deletions`` with ``detection_method = 'reconciliation'``.
+    ``sage_raw.deletions`` with ``detection_method = 'reconciliation'``. An id Sage lists that
+    the warehouse does not hold as current (a read that lost it, whatever the cause) is fetched
+    by id and loaded like any page, and counted as ``reconciled_fetched``.
     """
     floor = company.synced_from.start_date
     found: dict[str, int] = {}
@@ -107,13 +111,23 @@ def reconcile_deletions(
                 stream.name,
             )
             continue
-        missing = sorted(_current_ids(conn, stream, company.company_id, floor) - listed)
+        held = _current_ids(conn, stream, company.company_id, floor)
+        missing = sorted(held - listed)
         gone = [{"id": record_id} for record_id in missing if _is_gone(client, stream, record_id)]
+        lacking = _fetch(client, stream, sorted(listed - held - _deleted_ids(conn, stream, company.company_id)))
         with conn.transaction():
             added = loader.record_deletions(
                 conn, stream.name, company.company_id, sync_run_id, gone, method="reconciliation"
             )
-            runs.add_stream_stats(conn, sync_run_id, stream.name, reconciled_deletions=added)
+            loaded = loader.load_records(conn, stream.name, company.company_id, sync_run_id, lacking)
+            runs.add_stream_stats(
+                conn,
+                sync_run_id,
+                stream.name,
+                reconciled_deletions=added,
+                reconciled_fetched=len(lacking),
+                versions_added=loaded.versions_added,
+            )
         found[stream.name] = added
     if complete:
         with conn.transaction():
@@ -130,9 +144,14 @@ def _listed_ids(client: SageClient, stream: Stream, floor: date) -> set[str] | N
     for _ in range(MAX_PASSES):
         this_pass: set[str] = set()
         total: int | None = None
-        for page in client.iter_pages(stream.path, params):
-            this_pass.update(str(item["id"]) for item in page.items if isinstance(item, dict) and item.get("id"))
-            total = page.total
+        try:
+            for page in client.iter_pages(stream.path, params):
+                this_pass.update(str(item["id"]) for item in page.items if isinstance(item, dict) and item.get("id"))
+                total = page.total
+        except IncompleteListing as exc:  # pages shifted under a change: list again
+            log.warning("%s: id listing incomplete (%s); listing again", stream.name, exc)
+            seen |= this_pass
+            continue
         # Ids from an earlier pass are kept: a record listed a moment ago is not one to mark deleted.
         seen |= this_pass
         if total is None or len(this_pass) >= total:
@@ -153,6 +172,30 @@ def _current_ids(conn: psycopg.Connection, stream: Stream, company_id: str, floo
         {"company": company_id, "floor": floor.isoformat(), "stream": stream.name},
     ).fetchall()
     return {r[0] for r in rows}
+
+
+def _deleted_ids(conn: psycopg.Connection, stream: Stream, company_id: str) -> set[str]:
+    rows = conn.execute(
+        "select record_id from sage_raw.deletions where company_id = %s and stream = %s", (company_id, stream.name)
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def _fetch(client: SageClient, stream: Stream, record_ids: list[str]) -> list[dict[str, Any]]:
+    """Each listed record the warehouse lacks, by id; one deleted meanwhile is skipped."""
+    records: list[dict[str, Any]] = []
+    for record_id in record_ids:
+        try:
+            record = client.get(f"{stream.path}/{record_id}")
+        except SageAPIError as exc:
+            if exc.status == 404:
+                continue
+            raise
+        if isinstance(record, dict):
+            records.append(record)
+    if records:
+        log.warning("%s: %d records Sage lists were missing from the warehouse; fetched", stream.name, len(records))
+    return records
 
 
 def _is_gone(client: SageClient, stream: Stream, record_id: str) -> bool:

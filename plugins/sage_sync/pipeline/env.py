@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from sage_sync.core.config import SageSettings, sage_settings, warehouse_dsn
+from sage_sync.core.config import SageSettings, max_pages, sage_settings, warehouse_dsn
 from sage_sync.core.errors import (
     CompanySkipped,
     GrantRefused,
@@ -85,6 +85,7 @@ def make_client(env: SyncEnv, company_id: str, **kwargs: Any) -> SageClient:
     settings = env.settings
     if "limiter" not in kwargs and settings.rate_limit_per_s:
         kwargs["limiter"] = ratelimit.shared_limiter(env.dsn, settings.rate_limit_per_s, sleep=_limiter_sleep)
+    kwargs.setdefault("max_pages", max_pages())
     return SageClient(settings.api_url, company_id, token_manager(env, company_id), **kwargs)
 
 

@@ -26,9 +26,9 @@ from sage_sync.core.status import CompanyStatus
 from sage_sync.pipeline import env as run_env
 from sage_sync.pipeline.deletions import read_deletions
 from sage_sync.pipeline.env import SyncEnv, make_client, run_key
-from sage_sync.pipeline.extract import StreamRead, empty_totals, read_since_watermark, read_singleton, read_window
+from sage_sync.pipeline.extract import StreamRead, empty_totals, read_backfill, read_since_watermark, read_singleton
 from sage_sync.sage.client import SageClient
-from sage_sync.sage.streams import DOCUMENT_STREAMS, STREAMS, list_params
+from sage_sync.sage.streams import DOCUMENT_STREAMS, STREAMS
 from sage_sync.warehouse import registry, runs
 
 log = logging.getLogger(__name__)
@@ -244,8 +244,7 @@ def backfill_stream(
         run_env.auth_guard(env, company_id),
         run_env.connect(env, autocommit=True) as conn,
     ):
-        read = StreamRead(conn, sage, stream, company_id, sync_run_id)
-        return read_window(read, list_params(stream, from_date=start, to_date=end), move_watermark=False)
+        return read_backfill(StreamRead(conn, sage, stream, company_id, sync_run_id), start, end)
 
 
 def finish_backfill(

@@ -6,7 +6,7 @@ and the one token refresh a 401 deserves. The retry loop is written out rather t
 to a retry library because its branches differ in kind (a 401 is not a retry, a 429 may name
 its own delay) and that reads more plainly as code than as a policy object.
 
-About 440 lines, one room on purpose: the session, paging, the retry loop and the error mapping
+About 560 lines, one room on purpose: the session, paging, the retry loop and the error mapping
 are one HTTP contract; split, each part would need the others to be read.
 """
 
@@ -18,16 +18,19 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import requests
 
+from sage_sync.core.config import DEFAULT_MAX_PAGES  # without a $total, at most this many pages
 from sage_sync.core.errors import (
     BusinessMismatch,
+    IncompleteListing,
     InvalidResponse,
+    PageLimitExceeded,
     RateLimited,
     ReauthorizationRequired,
     SageAPIError,
@@ -48,6 +51,13 @@ _TRANSPORT_ERRORS = (
 _BODY_ERRORS = (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)
 _SUBSCRIPTION_MESSAGE = "no active subscription"
 
+# A list may take this many pages more than its $total needs (plus a tenth): records created while
+# it pages, and a $total a page too small, must not end a read that Sage itself has not ended.
+PAGE_CAP_SLACK = 3
+# Sage's record timestamps and its `Date` header agree to within seconds; a record stamped later
+# than the answer's `Date` plus this comes from a clock glitch and must never become a cursor.
+CLOCK_TOLERANCE = timedelta(minutes=5)
+
 
 class TokenSource(Protocol):
     """What the client needs from ``auth.TokenManager``."""
@@ -67,13 +77,129 @@ class Page:
     next: str | None
     items_per_page: int | None
     request_id: str | None
+    server_time: datetime | None = None  # Sage's `Date` header: its clock when it answered
 
     @property
     def is_last(self) -> bool:
-        """No page follows: ``$next`` is null, the page is empty, or it reaches ``$total``."""
-        if self.next is None or not self.items:
+        """Sage ended the list: ``$next`` is null. Nothing else ends one (``$total`` may be wrong)."""
+        return self.next is None
+
+    @property
+    def stamp_ceiling(self) -> datetime:
+        """The latest ``updated_at`` a record of this page can honestly carry.
+
+        Sage's clock (``Date``) when it answered, else the local one, plus ``CLOCK_TOLERANCE``: a
+        record stamped later is loaded but never moves a watermark or a cursor.
+        """
+        return (self.server_time or datetime.now(UTC)) + CLOCK_TOLERANCE
+
+    def cursor_stamp(self) -> tuple[datetime | None, int]:
+        """The newest ``updated_at`` this page may move a cursor or watermark to, and how many of its
+        records are stamped past :attr:`stamp_ceiling` (loaded and counted, never a cursor)."""
+        return newest_stamp(self.items, self.stamp_ceiling)
+
+    def served_all(self) -> bool:
+        """The pages up to this one hold at least ``$total`` records (unknown ``$total``: True)."""
+        if self.total is None:
             return True
-        return bool(self.total is not None and self.items_per_page and self.page * self.items_per_page >= self.total)
+        return (self.page - 1) * (self.items_per_page or 0) + len(self.items) >= self.total
+
+
+def parse_stamp(value: object) -> datetime | None:
+    """An ISO 8601 timestamp with its zone (``Z`` or an offset), else None: a naive one is a guess."""
+    if not isinstance(value, str):
+        return None
+    try:
+        stamp = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return stamp if stamp.utcoffset() is not None else None
+
+
+def newest_stamp(items: list[dict[str, Any]], ceiling: datetime) -> tuple[datetime | None, int]:
+    """The greatest ``updated_at`` not past ``ceiling`` among records with an id, and how many are past it.
+
+    Mirrors what the loader accepts (a non-empty string id, a zoned timestamp), so the read-ahead
+    predicts the same cursor the read then takes.
+    """
+    newest: datetime | None = None
+    future = 0
+    for item in items:
+        record_id, stamp = item.get("id"), parse_stamp(item.get("updated_at"))
+        if not (isinstance(record_id, str) and record_id.strip()) or stamp is None:
+            continue
+        if stamp > ceiling:
+            future += 1
+        elif newest is None or stamp > newest:
+            newest = stamp
+    return newest, future
+
+
+def page_cap(total: int, per_page: int) -> int:
+    """The most pages a list of ``total`` records may take: what it needs, a tenth more, and slack."""
+    needed = math.ceil(total / per_page) if per_page > 0 else 0
+    return needed + needed // 10 + PAGE_CAP_SLACK
+
+
+class PageBudget:
+    """Counts one read's pages and ends it, with the reason, past what Sage's ``$total`` allows.
+
+    Offset paging (:meth:`spend`): at most :func:`page_cap` of the largest ``$total`` seen, or
+    ``max_pages`` while no page carried one. A cursor read (:meth:`spend_cursor`) re-reads the
+    records at its cursor on every request, so its pages are not a fixed count: it may load at
+    most as many records as its ``$total`` allows (plus slack), and only a few requests that
+    bring nothing new (a server that ignores the cursor or ``page``).
+    """
+
+    # Requests of a cursor read that bring no record not read before (after Sage served a page
+    # again, the read starts its timestamp over from page 1).
+    MAX_STALLS = 10
+
+    def __init__(self, max_pages: int, path: str | None = None) -> None:
+        self.max_pages = max_pages
+        self.path = path
+        self.pages = 0
+        self.stalls = 0
+        self.expected: int | None = None
+        self.per_page: int | None = None
+
+    def _observe(self, page: Page, already_read: int) -> None:
+        self.pages += 1
+        if page.total is not None and page.items_per_page:
+            self.expected = max(self.expected or 0, already_read + page.total)
+            self.per_page = page.items_per_page
+
+    def _fail(self, reason: str) -> None:
+        raise PageLimitExceeded(reason, pages=self.pages, path=self.path)
+
+    def _without_total(self) -> None:
+        if self.expected is None and self.pages >= self.max_pages:
+            self._fail(f"Sage went on past {self.max_pages} pages with no $total (SAGE_MAX_PAGES)")
+
+    def spend(self, page: Page) -> None:
+        """Count an offset page; raise :class:`PageLimitExceeded` when another would be one too many."""
+        self._observe(page, 0)
+        if page.is_last:
+            return
+        self._without_total()
+        if self.expected is not None and self.per_page:
+            limit = page_cap(self.expected, self.per_page)
+            if self.pages >= limit:
+                self._fail(f"Sage went on past {limit} pages, more than its $total of {self.expected:,} allows")
+
+    def spend_cursor(self, page: Page, already_read: int, fresh: int) -> None:
+        """Count a cursor read's page that brought ``fresh`` records after ``already_read``."""
+        self._observe(page, already_read)
+        self.stalls += 0 if fresh else 1
+        if page.is_last:
+            return
+        self._without_total()
+        if self.stalls > self.MAX_STALLS:
+            self._fail(f"Sage served {self.stalls} pages of records already read")
+        if self.expected is not None and self.per_page:
+            allowed = page_cap(self.expected, self.per_page) * self.per_page
+            if already_read + fresh >= allowed:
+                self._fail(f"Sage went on past {allowed:,} records, more than its $total of {self.expected:,} allows")
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -132,6 +258,18 @@ def _canonical(url: str) -> tuple[str, tuple[tuple[str, str], ...]]:
 def _request_id(response: requests.Response) -> str | None:
     # Sage documents the header as ``x_request_id`` (underscore); proxies may rewrite it.
     return response.headers.get("x_request_id") or response.headers.get("x-request-id")
+
+
+def _server_time(response: requests.Response) -> datetime | None:
+    """Sage's clock from the ``Date`` header (RFC 9110 requires one), or None when absent or junk."""
+    value = response.headers.get("Date")
+    try:
+        when = parsedate_to_datetime(value) if value else None
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is not None and when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when
 
 
 def _error_list(response: requests.Response) -> list[dict[str, Any]]:
@@ -205,6 +343,7 @@ class SageClient:
         sleep: Callable[[float], None] | None = None,
         check_business: bool = True,
         limiter: RequestLimiter | None = None,
+        max_pages: int = DEFAULT_MAX_PAGES,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -223,6 +362,7 @@ class SageClient:
         self._sleep = sleep or _sleep
         self.check_business = check_business
         self.limiter = limiter
+        self.max_pages = max_pages
         self.request_count = 0
         self.retry_count = 0
 
@@ -250,40 +390,45 @@ class SageClient:
         return self._page(body, response, default_page=to_int((params or {}).get("page")) or 1)
 
     def iter_pages(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[Page]:
-        """Yield every page of a list, following ``$next`` until Sage says there is no more.
+        """Yield every page of a list, following ``$next`` until Sage ends it with ``$next: null``.
 
         ``$next`` already carries the whole query string, so ``params`` are sent with the first
-        request only. Sage answers a page past the end with the last page again instead of an
-        empty one, so paging also stops when ``$next`` points at the page just fetched, when
-        the page number fails to advance (that page is not yielded twice), when
-        ``page * items_per_page`` reaches ``$total``, or on an empty page.
+        request only. Nothing but a null ``$next`` ends a list (a server's ``$total`` may be too
+        small). Any other stop raises :class:`IncompleteListing` after the pages before it were
+        yielded: a page served again (Sage answers a page past the end with its last page, which
+        is what a deletion during paging leads to), a ``$next`` that repeats the page or goes back,
+        an empty page that is not the last. :class:`PageLimitExceeded` ends a list that goes on
+        past what its ``$total`` allows, or past ``max_pages`` without one.
         """
+        budget = PageBudget(self.max_pages, urlsplit(join_url(self.api_url, path)).path)
         target: str = path
         query: Mapping[str, Any] | None = params
         previous: int | None = None
         while True:
             body, response = self._get(target, query)
             page = self._page(body, response, default_page=(previous or 0) + 1)
+            where = urlsplit(response.url).path
             if previous is not None and page.page <= previous:
-                log.warning(
-                    "Sage returned page %s after page %s for %s; treating it as the end",
-                    page.page,
-                    previous,
-                    urlsplit(path).path,
+                raise IncompleteListing(
+                    f"Sage served page {page.page} again after page {previous} (the pages shifted under a change)",
+                    path=where,
+                    request_id=page.request_id,
                 )
-                return
             yield page
-            if page.next is None or not page.items:
+            if page.is_last:
                 return
+            if not page.items:
+                raise IncompleteListing(f"Sage sent an empty page {page.page} that is not the last", path=where)
+            budget.spend(page)
             try:
-                next_url = join_url(self.api_url, page.next)
+                next_url = join_url(self.api_url, page.next)  # type: ignore[arg-type] - not None here
             except ValueError as exc:
-                raise InvalidResponse(str(exc), path=urlsplit(path).path) from None
+                raise InvalidResponse(str(exc), path=where) from None
             if _canonical(next_url) == _canonical(response.url):
-                log.warning("Sage's $next repeats the page just fetched (%s); stopping", page.page)
-                return
-            if page.total is not None and page.items_per_page and page.page * page.items_per_page >= page.total:
-                return
+                raise IncompleteListing(f"Sage's $next repeats the page just fetched ({page.page})", path=where)
+            asked = to_int(dict(parse_qsl(urlsplit(next_url).query)).get("page"))
+            if asked is not None and asked <= page.page:
+                raise IncompleteListing(f"Sage's $next goes back to page {asked} after page {page.page}", path=where)
             previous = page.page
             target, query = next_url, None
 
@@ -314,6 +459,7 @@ class SageClient:
             next=next_link or None,
             items_per_page=to_int(per_page),
             request_id=request_id,
+            server_time=_server_time(response),
         )
 
     def _get(self, target: str, params: Mapping[str, Any] | None) -> tuple[Any, requests.Response]:

@@ -31,6 +31,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from sage_sync.core.config import DEFAULT_MAX_PAGES
 from sage_sync.sage.client import Page, SageClient
 from sage_sync.sage.streams import sage_datetime
 
@@ -136,22 +137,6 @@ def read_ahead_pages() -> int:
     return depth
 
 
-def _newest_updated_at(items: list[dict[str, Any]]) -> datetime | None:
-    """The greatest ``updated_at`` of the records the loader would accept (id a non-empty string)."""
-    newest: datetime | None = None
-    for item in items:
-        record_id, value = item.get("id"), item.get("updated_at")
-        if not (isinstance(record_id, str) and record_id.strip() and isinstance(value, str)):
-            continue
-        try:
-            stamp = datetime.fromisoformat(value)
-        except ValueError:
-            continue
-        if stamp.utcoffset() is not None and (newest is None or stamp > newest):
-            newest = stamp
-    return newest
-
-
 def _cursor_successor(
     params: dict[str, Any], page: Page, cursor: datetime | None
 ) -> tuple[dict[str, Any], datetime | None] | None:
@@ -164,7 +149,7 @@ def _cursor_successor(
     """
     if page.is_last:
         return None
-    newest = _newest_updated_at(page.items)
+    newest, _future = page.cursor_stamp()  # the same rule as the read: a future stamp is no cursor
     if cursor is None and params.get("updated_or_created_since"):
         cursor = datetime.fromisoformat(params["updated_or_created_since"])
     if newest is not None and (cursor is None or newest > cursor):
@@ -184,6 +169,7 @@ class CursorReadAhead:
     def __init__(self, client: SageClient, depth: int | None = None) -> None:
         self.client = client
         self.depth = read_ahead_pages() if depth is None else depth
+        self.max_pages = getattr(client, "max_pages", DEFAULT_MAX_PAGES)  # the read's page budget
         self._ahead: ReadAhead[tuple[str, dict[str, Any], Page | BaseException]] | None = None
         self.mispredicted = 0
 

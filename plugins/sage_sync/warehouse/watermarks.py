@@ -6,7 +6,8 @@ for: a crash before commit loses both, and the next run re-reads from the old wa
 in Sage's clock (timestamps seen in payloads), never the local one.
 
 Watermarks only move forward (``greatest()``), so a late or repeated page can't rewind them; the
-single way back is :func:`clear_watermarks`, used by a reset.
+ways back are :func:`clear_watermarks`, used by a reset, and :func:`forget_updated_since`, for a
+watermark a future-stamped record pushed past Sage's clock before stamps were bounded.
 """
 
 from __future__ import annotations
@@ -64,6 +65,19 @@ def set_watermark(
     ).fetchone()
     assert row is not None  # an upsert with RETURNING always yields the row
     return Watermark(row[0], row[1])
+
+
+def forget_updated_since(conn: psycopg.Connection, company_id: str, stream: str) -> None:
+    """Drop one stream's ``updated_since`` (its ``deleted_since`` stays), in the caller's transaction.
+
+    Only for a watermark past Sage's own clock: nothing after the last honest one is known to be
+    read, so the stream is read in full again.
+    """
+    conn.execute(
+        "update sage_control.watermarks set updated_since = null, updated_at = now() "
+        "where company_id = %s and stream = %s",
+        (company_id, stream),
+    )
 
 
 def clear_watermarks(conn: psycopg.Connection, company_id: str, streams: Iterable[str] | None = None) -> int:
