@@ -142,6 +142,9 @@ def validate(**context) -> PokeReturnValue:
     except sync.RunInProgress as exc:
         log.info("%s; looking again in %.0f s", exc, SLOT_POKE_S)
         return PokeReturnValue(is_done=False)
+    except sync.RunFenced as exc:  # this request predates a reset or disconnect: ask again
+        log.error("%s", exc)
+        raise AirflowFailException(str(exc)) from None
     return PokeReturnValue(is_done=True, xcom_value=run)
 
 
