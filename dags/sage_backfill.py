@@ -168,8 +168,11 @@ def backfill(stream: str, sync_run_id: str, **context) -> dict:
 
 
 @task(outlets=[sage_raw_asset()])
+@fails_fast_on_refused_grant
 def finish(sync_run_id: str, **context) -> None:
-    """Close the run and move Synced From in one transaction; the outlet schedules the transform."""
+    """Close the run and move Synced From in one transaction; the outlet schedules the transform.
+
+    A run closed meanwhile is not turned into a success (RunFenced, without retries)."""
     from sage_sync.pipeline import sync  # noqa: PLC0415
 
     params = context["params"]
