@@ -143,6 +143,9 @@ def validate(**context) -> PokeReturnValue:
     except sync.RunInProgress as exc:
         log.info("%s; looking again in %.0f s", exc, SLOT_POKE_S)
         return PokeReturnValue(is_done=False)
+    except sync.RunFenced as exc:  # this request predates a reset or disconnect: ask again
+        log.error("%s", exc)
+        raise AirflowFailException(str(exc)) from None
     return PokeReturnValue(is_done=True, xcom_value=run)
 
 
@@ -170,8 +173,11 @@ def backfill(stream: str, sync_run_id: str, **context) -> dict:
 
 
 @task(outlets=[sage_raw_asset()])
+@fails_fast_on_refused_grant
 def finish(sync_run_id: str, **context) -> None:
-    """Close the run and move Synced From in one transaction; the outlet schedules the transform."""
+    """Close the run and move Synced From in one transaction; the outlet schedules the transform.
+
+    A run closed meanwhile is not turned into a success (RunFenced, without retries)."""
     from sage_sync.pipeline import sync  # noqa: PLC0415
 
     params = context["params"]

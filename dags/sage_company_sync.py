@@ -93,8 +93,12 @@ def record_deletions(company_id: str, sync_run_id: str) -> dict:
 
 
 @task(outlets=[sage_raw_asset()])
+@skips_disconnected
 def finish(company_id: str, sync_run_id: str) -> None:
-    """Close the audit row as a success; the outlet tells sage_transform there is new data."""
+    """Close the audit row as a success; the outlet tells sage_transform there is new data.
+
+    A run closed meanwhile (a disconnect skipped it, a newer run took it over) is not turned
+    into a success: RunFenced, without retries."""
     from sage_sync.pipeline import sync  # noqa: PLC0415
 
     sync.finish_run(company_id, sync_run_id, status="success")

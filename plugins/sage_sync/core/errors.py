@@ -234,6 +234,22 @@ class RunInProgress(RuntimeError):
     """Another run of the same company is still running; runs of one company never overlap."""
 
 
+class RunFenced(RuntimeError):
+    """A write (or a re-open) under a run that is no longer the company's live run; nothing of it was kept.
+
+    The run was closed (a sibling task failed, a newer run took over an abandoned one, a
+    disconnect skipped it), or the company was reset or disconnected since it opened (its
+    generation is older than the company's). Retrying cannot help: the run's work is over, and
+    the next run reads from the watermarks the committed pages left. ``run_status`` is the run's
+    status when it was fenced (``skipped`` after a disconnect: the DAG tasks skip rather than fail).
+    """
+
+    def __init__(self, message: str, *, sync_run_id: str, run_status: str | None = None) -> None:
+        super().__init__(message)
+        self.sync_run_id = sync_run_id
+        self.run_status = run_status
+
+
 class UnknownCompany(LookupError):
     """No such company in the registry."""
 

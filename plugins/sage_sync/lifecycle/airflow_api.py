@@ -49,7 +49,7 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from sage_sync.core.errors import AirflowUnavailable, CompanySkipped, ReauthorizationRequired
+from sage_sync.core.errors import AirflowUnavailable, CompanySkipped, ReauthorizationRequired, RunFenced
 
 if TYPE_CHECKING:
     from airflow.sdk import Asset
@@ -98,6 +98,9 @@ def skips_disconnected(func: _F) -> _F:
       the company ``needs_reauth`` and closed the run) fails the task at once, without retries
       (only a person can fix it), as one line: ``from None`` drops the client's frames from the
       task log's traceback.
+    - :class:`RunFenced` (the task's run is no longer the company's live run: closed, or the
+      company reset since) fails the task at once, without retries, as one line; a run a
+      disconnect skipped skips the task instead, with the reason.
     - Anything else (5xx, timeouts, a run in progress) propagates, and the task's retries apply.
 
     Put it under ``@task``: the signature is kept (``functools.wraps``), so TaskFlow still sees the
@@ -112,6 +115,11 @@ def skips_disconnected(func: _F) -> _F:
             return func(*args, **kwargs)
         except CompanySkipped as skipped:
             raise AirflowSkipException(str(skipped)) from skipped
+        except RunFenced as fenced:
+            if fenced.run_status == "skipped":
+                raise AirflowSkipException(str(fenced)) from None
+            log.error("%s", fenced)
+            raise AirflowFailException(str(fenced)) from None
         except ReauthorizationRequired as refused:
             log.error("%s", refused)
             raise AirflowFailException(str(refused)) from None
@@ -120,8 +128,9 @@ def skips_disconnected(func: _F) -> _F:
 
 
 def fails_fast_on_refused_grant(func: _F) -> _F:
-    """Only the refused-grant half of :func:`skips_disconnected` (the backfill DAG's tasks, where
-    a skip would leave the run open and a disconnected company fails ``validate`` instead)."""
+    """Only the fail-fast half of :func:`skips_disconnected`, a refused grant or a fenced run (the
+    backfill DAG's tasks, where a skip would leave the run open and a disconnected company fails
+    ``validate`` instead)."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -129,7 +138,7 @@ def fails_fast_on_refused_grant(func: _F) -> _F:
 
         try:
             return func(*args, **kwargs)
-        except ReauthorizationRequired as refused:
+        except (ReauthorizationRequired, RunFenced) as refused:
             log.error("%s", refused)
             raise AirflowFailException(str(refused)) from None
 

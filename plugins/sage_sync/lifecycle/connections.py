@@ -25,6 +25,7 @@ from sage_sync.core.errors import (
     CryptoError,
     LifecycleError,
     MigrationLockTimeout,
+    RunFenced,
     RunInProgress,
     SageError,
 )
@@ -163,8 +164,13 @@ def disconnect(
 
     The status goes first (committed), so a run in flight stops at its next step with a clear
     skip reason instead of tripping over the deleted tokens; its open run row is closed as
-    skipped. Data is kept. A revoke Sage cannot answer is reported in the event, not fatal: the
-    tokens are deleted here either way, so the grant is unusable and dies within 31 days.
+    skipped and the company's generation moves on, in the same transaction, under the run
+    fence's company lock (``warehouse.runs``): a page in flight commits before it, and no page
+    of that run (or of any earlier one) commits after it, so nothing can land once the
+    disconnect is done. That is why a disconnect needs no refusal while a run is running,
+    unlike a reset: it is what stops the run's writes. Data is kept. A revoke Sage cannot answer
+    is reported in the event, not fatal: the tokens are deleted here either way, so the grant is
+    unusable and dies within 31 days.
     """
     dsn = dsn or dsn_or_refuse()
     with warehouse(dsn) as conn:
@@ -338,7 +344,12 @@ def reset(company_id: str, *, confirm: bool, dsn: str | None = None) -> str:
     Returns the id of the ``reset`` run opened for it: the caller either runs the full sync
     under it (:func:`sage_sync.pipeline.sync.run_steps`) or closes it (:func:`close_reset_run`) and lets
     the next daily run do the full sync. Opening the run takes the company's run slot, so a
-    reset never interleaves with a daily run or a backfill. The modelled rows are dbt's: its
+    reset is refused, with the running run named, while a daily run, a backfill or a manual sync
+    runs. It also starts a new generation of the company, under the run fence's company lock
+    (``warehouse.runs``): a page of an earlier, closed run still in flight (a sibling task of a
+    run closed as failed at once) commits before the wipe, or is refused after it and keeps
+    nothing; and no earlier Airflow run can re-open its run afterwards. So the re-import reads
+    from watermarks nothing older can move. The modelled rows are dbt's: its
     incremental models drop the rows of a company older than its last ``reset`` event (macro
     forget_reset_companies), so nothing here writes to a dbt table.
     """
@@ -353,7 +364,7 @@ def reset(company_id: str, *, confirm: bool, dsn: str | None = None) -> str:
         if company.status in NOT_CONNECTED:
             raise LifecycleError(f"{company_id} is {company.status}: reconnect it before a reset")
         try:
-            run_id = runs.open_run(conn, company_id, "reset")
+            run_id = runs.open_run(conn, company_id, "reset", new_generation=True)
         except RunInProgress as exc:
             raise LifecycleError(str(exc)) from None
         wiped: dict[str, int] = {}
@@ -454,5 +465,5 @@ def sync_now(company_id: str) -> str:
 
 
 # Failures of the in-process runs above that the CLI reports in one line (the rest are bugs).
-RUN_FAILURES: tuple[type[Exception], ...] = (RunInProgress, CompanySkipped, SageError)
+RUN_FAILURES: tuple[type[Exception], ...] = (RunInProgress, RunFenced, CompanySkipped, SageError)
 __all__ += ["RUN_FAILURES", "AirflowUnavailable", "registered"]

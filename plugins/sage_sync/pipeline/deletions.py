@@ -131,6 +131,7 @@ def reconcile_deletions(
         found[stream.name] = added
     if complete:
         with conn.transaction():
+            runs.fence(conn, sync_run_id, for_change=True)  # a write under the run like any page's
             registry.mark_reconciled(conn, company.company_id)
     log.info("%s: reconciliation sweep found %s deletions", company.company_id, found)
     return found

@@ -17,6 +17,7 @@ from sage_sync.core.errors import (
     CompanySkipped,
     GrantRefused,
     ReauthorizationRequired,
+    RunFenced,
     RunInProgress,
     UnknownCompany,
     UnknownRunError,
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 # Re-exported for the DAG tasks and the callers that catch them by this module's name.
 __all__ = [
     "CompanySkipped",
+    "RunFenced",
     "RunInProgress",
     "SyncEnv",
     "UnknownCompany",
@@ -58,7 +60,11 @@ __all__ = [
 def begin_run(
     company_id: str, *, airflow_run_id: str | None = None, kind: str = "daily", env: SyncEnv | None = None
 ) -> str:
-    """Open (or re-open, on a retry) the run's audit row; refuse companies that must not sync."""
+    """Open (or re-open, on a retry) the run's audit row; refuse companies that must not sync.
+
+    A retry of an Airflow run opened before the company's last reset or disconnect raises
+    :class:`RunFenced`: that run's work is over, the next one starts from the current state.
+    """
     env = env or SyncEnv.from_config()
     with run_env.connect(env) as conn:
         company = run_env.get_company(conn, company_id)
@@ -77,6 +83,17 @@ def begin_run(
         )
         conn.commit()
     return sync_run_id
+
+
+def _require_live(env: SyncEnv, sync_run_id: str) -> None:
+    """Refuse at once a task whose run may no longer write (:class:`RunFenced`), before it reads Sage.
+
+    Only a fail-fast: the guarantee is every page transaction's own fence (``runs.add_stream_stats``),
+    since the run may be closed, or the company reset, while the task reads.
+    """
+    with run_env.connect(env) as conn:
+        runs.fence(conn, sync_run_id)
+        conn.rollback()
 
 
 @contextmanager
@@ -127,6 +144,7 @@ def sync_stream(
     env = env or SyncEnv.from_config()
     stream = STREAMS[stream_name]
     run_env.require_connected(env, company_id)
+    _require_live(env, sync_run_id)
     with (
         closes_run_on_refusal(env, company_id, sync_run_id),
         run_env.client_for(env, company_id, client) as sage,
@@ -146,6 +164,7 @@ def sync_deletions(
     """Record what Sage lists under ``deleted_since`` for every stream that has the feed."""
     env = env or SyncEnv.from_config()
     run_env.require_connected(env, company_id)
+    _require_live(env, sync_run_id)
     with (
         closes_run_on_refusal(env, company_id, sync_run_id),
         run_env.client_for(env, company_id, client) as sage,
@@ -158,15 +177,20 @@ def sync_deletions(
 def finish_run(
     company_id: str, sync_run_id: str, *, status: str, error: str | None = None, env: SyncEnv | None = None
 ) -> None:
-    """Close the audit row; a first successful sync makes the company ``active``."""
+    """Close the audit row; a first successful sync makes the company ``active``.
+
+    Only the call that closes the run touches the company: a run closed already (a sibling task
+    failed, a disconnect skipped it) keeps its first status, and a success is refused
+    (:class:`RunFenced`) for a run closed otherwise or superseded by a reset.
+    """
     env = env or SyncEnv.from_config()
     with run_env.connect(env) as conn:
         try:
-            runs.finish_run(conn, sync_run_id, status, error)
+            closed = runs.finish_run(conn, sync_run_id, status, error)
         except UnknownRunError:
             log.warning("run %s was never opened; nothing to close", sync_run_id)
             return
-        company = registry.get_company(conn, company_id)
+        company = registry.get_company(conn, company_id) if closed else None
         if company is not None:
             if status == "success" and company.status in (CompanyStatus.INITIAL_SYNC, CompanyStatus.ERROR):
                 registry.set_status(
@@ -237,6 +261,7 @@ def backfill_stream(
     if quarter >= company.synced_from:
         # Synced From already moved (a re-run after success): nothing older is left to read.
         return empty_totals()
+    _require_live(env, sync_run_id)
     start, end = backfill_window(company, quarter)
     with (
         closes_run_on_refusal(env, company_id, sync_run_id),
@@ -250,7 +275,10 @@ def backfill_stream(
 def finish_backfill(
     company_id: str, sync_run_id: str, quarter: Quarter | str, *, env: SyncEnv | None = None
 ) -> registry.Company:
-    """Close a successful backfill and move Synced From, in one transaction."""
+    """Close a successful backfill and move Synced From, in one transaction.
+
+    A backfill run closed as failed (or fenced by a reset) raises :class:`RunFenced` and moves nothing.
+    """
     env = env or SyncEnv.from_config()
     quarter = Quarter.parse(quarter) if isinstance(quarter, str) else quarter
     with run_env.connect(env) as conn:
