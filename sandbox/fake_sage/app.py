@@ -188,9 +188,12 @@ class Edge:
                 entry["fault"] = fault.kind
             self.state.log.append(entry)
 
+        hide_business = self.state.foreign_business_as_lead and not admin
+
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), (b"x_request_id", request_id.encode())]}
+                headers = [(k, v) for k, v in message.get("headers", []) if not (hide_business and k == b"x-business")]
+                message = {**message, "headers": [*headers, (b"x_request_id", request_id.encode())]}
                 if entry is not None:
                     entry["status"] = message["status"]
             await send(message)
@@ -209,8 +212,9 @@ class Edge:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(released.wait(), (fault.delay_ms or 300_000) / 1000)
             await self.app(scope, receive, send)
-        elif fault.kind in ("429", "500", "503"):
+        elif fault.kind in ("401", "429", "500", "503"):
             codes = {
+                "401": ("AuthorizationFailure", "The access token is invalid."),
                 "429": ("TooManyRequests", "Rate limit exceeded. Please retry later."),
                 "500": ("UnexpectedError", "An unexpected error occurred."),
                 "503": ("ServiceUnavailable", "The service is temporarily unavailable."),
@@ -221,6 +225,8 @@ class Edge:
             await response(scope, receive, send)
         elif fault.kind == "truncate":
             await self._truncated(scope, receive, send)
+        elif fault.kind == "lose":
+            await self._lost(scope, receive, raw_send, send)
         else:  # drop
             await self._drop(raw_send, send)
 
@@ -242,6 +248,15 @@ class Edge:
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+    async def _lost(self, scope: Scope, receive: Receive, raw_send: Send, send: Send) -> None:
+        """Handle the request in full (a refresh rotates the token), then drop the answer unsent."""
+
+        async def discard(message: Message) -> None:
+            return None
+
+        await self.app(scope, receive, discard)
+        await self._drop(raw_send, send)
 
     @staticmethod
     async def _drop(raw_send: Send, send: Send) -> None:
@@ -586,6 +601,26 @@ def _install_admin(api: FastAPI, state: FakeSage) -> None:
     async def token_ttl(request: Request) -> Response:
         state.auth.token_ttl = int((await body(request))["seconds"])
         return _json({"token_ttl": state.auth.token_ttl})
+
+    @api.put("/_admin/clock/running")
+    async def clock_running(request: Request) -> Response:
+        return _json({"now": iso(state.clock.run(bool((await body(request))["running"])))})
+
+    @api.post("/_admin/token_state")
+    async def token_state(request: Request) -> Response:
+        return _json({"state": state.auth.token_state(str((await body(request)).get("refresh_token") or ""))})
+
+    @api.put("/_admin/misbehave")
+    async def misbehave(request: Request) -> Response:
+        state.foreign_business_as_lead = bool((await body(request)).get("foreign_business_as_lead"))
+        return _json({"foreign_business_as_lead": state.foreign_business_as_lead})
+
+    @api.delete("/_admin/users/{user}/businesses/{business_id}")
+    async def remove_access(user: str, business_id: str) -> Response:
+        try:
+            return _json({"business_ids": state.remove_access(user, business_id)})
+        except KeyError:
+            raise SageError(404, "RecordNotFound", f"Unknown user {user!r}.") from None
 
     @api.post("/_admin/expire_access_tokens")
     async def expire() -> Response:
