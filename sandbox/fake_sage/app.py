@@ -286,6 +286,7 @@ def create_app(state: FakeSage) -> Edge:
     _install_error_handlers(api)
     _install_oauth(api, state)
     _install_admin(api, state)
+    _install_admin_grants(api, state)
     _install_api(api, state)
     return Edge(api, state)
 
@@ -602,26 +603,6 @@ def _install_admin(api: FastAPI, state: FakeSage) -> None:
         state.auth.token_ttl = int((await body(request))["seconds"])
         return _json({"token_ttl": state.auth.token_ttl})
 
-    @api.put("/_admin/clock/running")
-    async def clock_running(request: Request) -> Response:
-        return _json({"now": iso(state.clock.run(bool((await body(request))["running"])))})
-
-    @api.post("/_admin/token_state")
-    async def token_state(request: Request) -> Response:
-        return _json({"state": state.auth.token_state(str((await body(request)).get("refresh_token") or ""))})
-
-    @api.put("/_admin/misbehave")
-    async def misbehave(request: Request) -> Response:
-        state.foreign_business_as_lead = bool((await body(request)).get("foreign_business_as_lead"))
-        return _json({"foreign_business_as_lead": state.foreign_business_as_lead})
-
-    @api.delete("/_admin/users/{user}/businesses/{business_id}")
-    async def remove_access(user: str, business_id: str) -> Response:
-        try:
-            return _json({"business_ids": state.remove_access(user, business_id)})
-        except KeyError:
-            raise SageError(404, "RecordNotFound", f"Unknown user {user!r}.") from None
-
     @api.post("/_admin/expire_access_tokens")
     async def expire() -> Response:
         state.auth.expire_access_tokens()
@@ -649,3 +630,31 @@ def _install_admin(api: FastAPI, state: FakeSage) -> None:
     async def reset(request: Request) -> Response:
         state.reset((await body(request)).get("seed"))
         return _json({"ok": True, "seed": state.config.seed, "now": iso(state.clock.now())})
+
+
+def _install_admin_grants(api: FastAPI, state: FakeSage) -> None:
+    """Admin controls of grants and access (the token chaos test's world), beside ``_install_admin``."""
+
+    async def body(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        return (await request.json()) if raw else {}
+
+    @api.put("/_admin/clock/running")
+    async def clock_running(request: Request) -> Response:
+        return _json({"now": iso(state.clock.run(bool((await body(request))["running"])))})
+
+    @api.post("/_admin/token_state")
+    async def token_state(request: Request) -> Response:
+        return _json({"state": state.auth.token_state(str((await body(request)).get("refresh_token") or ""))})
+
+    @api.put("/_admin/misbehave")
+    async def misbehave(request: Request) -> Response:
+        state.foreign_business_as_lead = bool((await body(request)).get("foreign_business_as_lead"))
+        return _json({"foreign_business_as_lead": state.foreign_business_as_lead})
+
+    @api.delete("/_admin/users/{user}/businesses/{business_id}")
+    async def remove_access(user: str, business_id: str) -> Response:
+        try:
+            return _json({"business_ids": state.remove_access(user, business_id)})
+        except KeyError:
+            raise SageError(404, "RecordNotFound", f"Unknown user {user!r}.") from None
