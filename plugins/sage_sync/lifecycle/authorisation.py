@@ -139,6 +139,14 @@ def held(pending_id: str) -> Authorisation | None:
     return None if found is None else Authorisation(*found)
 
 
+def take(pending_id: str) -> Authorisation | None:
+    """The grant :func:`hold` kept, removed as it is read: only one caller ever gets it."""
+    with warehouse() as conn:
+        found = pending.take(conn, pending_id, max_age_minutes=PENDING_MINUTES)
+        conn.commit()
+    return None if found is None else Authorisation(*found)
+
+
 def release(pending_id: str) -> None:
     """Forget a held grant (it was used)."""
     with warehouse() as conn:
