@@ -431,6 +431,8 @@ def _install_api(api: FastAPI, state: FakeSage) -> None:
     @api.get("/v3.1/businesses/{business_id}")
     async def business(business_id: str, request: Request) -> Response:
         u = state.user(user_of(request))
+        if business_id not in u.business_ids and state.foreign_business_as_lead and u.business_ids:
+            return _json(state.world.businesses[u.business_ids[0]].business)  # misbehaving: the lead
         found = state.business(business_id)
         if found.id not in u.business_ids:
             raise SageError(403, "AccessDenied", "You do not have access to this business.")

@@ -14,15 +14,24 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
 from sage_sync.core.config import SageSettings
-from sage_sync.core.errors import AirflowUnavailable, CompanySkipped, LifecycleError, RunInProgress, SageError
+from sage_sync.core.errors import (
+    AirflowUnavailable,
+    CompanySkipped,
+    CryptoError,
+    GrantReplaced,
+    LifecycleError,
+    RunInProgress,
+    SageError,
+)
 from sage_sync.core.quarters import Quarter
 from sage_sync.core.status import NOT_CONNECTED, CompanyStatus
-from sage_sync.lifecycle import airflow_api
+from sage_sync.lifecycle import airflow_api, authorisation
 from sage_sync.lifecycle.authorisation import Authorisation, business_name, exchange
 from sage_sync.lifecycle.inputs import (
     dsn_or_refuse,
@@ -40,7 +49,7 @@ from sage_sync.sage.tokens import TokenSet
 from sage_sync.warehouse import registry, runs, watermarks
 from sage_sync.warehouse.loader import STREAMS as RAW_STREAMS
 from sage_sync.warehouse.migrate import ensure_migrated, migrate
-from sage_sync.warehouse.token_store import PostgresTokenStore
+from sage_sync.warehouse.token_store import PostgresTokenStore, read_recovery_record
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +77,10 @@ __all__ = [
     "prepare_backfill",
     "reconnect",
     "register",
+    "register_held",
     "require_known",
     "reset",
+    "restore_tokens",
     "run_backfill_here",
     "run_reset_sync",
     "start_backfill",
@@ -100,9 +111,33 @@ def register(
     with warehouse(dsn) as conn:
         company = registry.register_company(conn, business_id, business_name(business), quarter)
         conn.commit()
-    PostgresTokenStore(dsn).save(business_id, auth.tokens)
+    PostgresTokenStore(dsn).replace(business_id, auth.tokens)
     airflow_api.set_dag_paused(dag_id_for(business_id), paused=False)
     return company
+
+
+def register_held(
+    pending_id: str, business_id: str, quarter: Quarter | str, *, dsn: str | None = None
+) -> registry.Company:
+    """Register ``business_id`` from the grant :func:`~sage_sync.lifecycle.authorisation.hold` kept.
+
+    The input is checked against the held grant first (a refusal leaves it held for another try);
+    then the grant is taken out of the holding table atomically, so a double click or a second
+    browser tab can never give one refresh token to two companies (the first refresh of one
+    would kill the other).
+    """
+    quarter = parse_quarter(quarter) if isinstance(quarter, str) else quarter
+    found = authorisation.held(pending_id)
+    if found is None:
+        raise LifecycleError(_PENDING_GONE)
+    found.business(business_id)
+    taken = authorisation.take(pending_id)
+    if taken is None:
+        raise LifecycleError(_PENDING_GONE)
+    return register(taken, business_id, quarter, dsn=dsn)
+
+
+_PENDING_GONE = "This authorisation expired or was already used: connect again"
 
 
 def connect(
@@ -219,14 +254,50 @@ def reconnect(
 
 
 def _reauthorise(company: registry.Company, auth: Authorisation, *, dsn: str, via: str) -> registry.Company:
-    PostgresTokenStore(dsn).save(company.company_id, auth.tokens)
-    with warehouse(dsn) as conn:
-        updated = registry.reauthorise(
-            conn, company.company_id, details={"previous_status": company.status, "via": via}
-        )
-        conn.commit()
+    # The new grant and the status it brings are written under the refresh lock: a refresh of the
+    # old grant in flight can then neither overwrite the new grant nor mark the company
+    # needs_reauth after it was reconnected (pipeline.env.auth_guard marks under the same lock).
+    with PostgresTokenStore(dsn).refresh_lock(company.company_id) as held:
+        held.save(auth.tokens)
+        with warehouse(dsn) as conn:
+            updated = registry.reauthorise(
+                conn, company.company_id, details={"previous_status": company.status, "via": via}
+            )
+            conn.commit()
     airflow_api.set_dag_paused(dag_id_for(company.company_id), paused=False)
     return updated
+
+
+def restore_tokens(path: Path, *, force: bool = False, dsn: str | None = None) -> registry.Company:
+    """Put back a refreshed pair the warehouse could not take (a recovery record; see token_store).
+
+    Refused when the store no longer holds the refresh token the pair replaced (the company was
+    reconnected since: its new grant wins) unless ``force``. A company marked ``needs_reauth``
+    meanwhile is re-authorised by it. The record is deleted once the pair is stored.
+    """
+    try:
+        company_id, tokens, replacing = read_recovery_record(path)
+    except (OSError, ValueError, KeyError, CryptoError) as exc:
+        raise LifecycleError(f"{path} is not a recovery record this key can read ({type(exc).__name__})") from None
+    dsn = dsn or dsn_or_refuse()
+    with warehouse(dsn) as conn:
+        company = require_company(conn, company_id)
+    with PostgresTokenStore(dsn).refresh_lock(company_id) as held:
+        try:
+            held.save(tokens, replacing=None if force else replacing)
+        except GrantReplaced:
+            raise LifecycleError(
+                f"{company_id} holds another grant since this record was written (reconnected?): nothing restored",
+                cli_hint="(--force restores it anyway)",
+            ) from None
+        if company.status == CompanyStatus.NEEDS_REAUTH:
+            with warehouse(dsn) as conn:
+                company = registry.reauthorise(
+                    conn, company_id, details={"previous_status": company.status, "via": "restore-tokens"}
+                )
+                conn.commit()
+    path.unlink()
+    return company
 
 
 # -- Synced From (backfill) -------------------------------------------------------------------------
@@ -262,7 +333,7 @@ def authorise_backfill(
     company, quarter = prepare_backfill(company_id, quarter_text, dsn=dsn)
     auth = exchange(code, code_verifier, settings=settings)
     auth.business(company_id)
-    PostgresTokenStore(dsn or dsn_or_refuse()).save(company.company_id, auth.tokens)
+    PostgresTokenStore(dsn or dsn_or_refuse()).replace(company.company_id, auth.tokens)
     with warehouse(dsn) as conn:
         registry.log_event(
             conn,
@@ -369,7 +440,7 @@ def connect_company(company_id: str, name: str, quarter: Quarter, tokens: TokenS
         ensure_migrated(conn)
         company = registry.register_company(conn, company_id, name, quarter)
         conn.commit()
-    PostgresTokenStore(dsn_or_refuse()).save(company_id, tokens)
+    PostgresTokenStore(dsn_or_refuse()).replace(company_id, tokens)
     return company
 
 
