@@ -469,7 +469,7 @@ class Auth:
         self.grants: dict[str, Grant] = {}
         self.access: dict[str, tuple[str, int]] = {}  # token -> (grant id, expiry)
         self.refresh_tokens: dict[str, tuple[str, int]] = {}
-        self.spent: dict[str, str] = {}  # rotated-away refresh token -> grant id (for token_state)
+        self.spent: dict[str, str] = {}  # rotated-away or revoked refresh token -> grant id (token_state)
 
     def issue_code(
         self, client_id: str, redirect_uri: str, user_id: str, scope: str, *, challenge: str | None, method: str | None
@@ -561,6 +561,7 @@ class Auth:
 
     def _kill(self, grant_id: str) -> None:
         self.grants[grant_id].revoked = True
+        self.spent.update({t: e[0] for t, e in self.refresh_tokens.items() if e[0] == grant_id})  # for token_state
         self.refresh_tokens = {t: e for t, e in self.refresh_tokens.items() if e[0] != grant_id}
         self.access = {t: e for t, e in self.access.items() if e[0] != grant_id}
 

@@ -318,12 +318,24 @@ class TokenManager:
         self._clock = clock
         self.settings = settings or GrantSettings.from_env()
         self._tokens: TokenSet | None = None
+        self._lifetime: timedelta | None = None  # of the access tokens this manager got from Sage
         self.refresh_count = 0
 
+    @property
+    def margin(self) -> timedelta:
+        """``refresh_margin``, but at most a third of an access token's life once one was seen.
+
+        Sage's tokens live 300 s against a 60 s margin; a token that lives less than the margin
+        would otherwise be "about to expire" from birth, and every request would refresh.
+        """
+        if self._lifetime is None:
+            return self.refresh_margin
+        return min(self.refresh_margin, self._lifetime / 3)
+
     def access_token(self) -> str:
-        """A current access token, refreshed first if it expires within ``refresh_margin``."""
+        """A current access token, refreshed first if it expires within :attr:`margin`."""
         tokens = self._tokens or self._load()
-        if tokens.access_expires_within(self.refresh_margin, self._clock()):
+        if tokens.access_expires_within(self.margin, self._clock()):
             return self.refresh(rejected_token=tokens.access_token)
         self._tokens = tokens
         return tokens.access_token
@@ -342,7 +354,7 @@ class TokenManager:
             grant: LockedGrant = held if held is not None else StoredGrant(self.store, self.company_id)
             current = self._load(grant)
             now = self._clock()
-            if current.access_token != rejected_token and not current.access_expires_within(self.refresh_margin, now):
+            if current.access_token != rejected_token and not current.access_expires_within(self.margin, now):
                 log.debug(
                     "company %s: stored access token %s is fresh; not refreshing",
                     self.company_id,
@@ -351,6 +363,7 @@ class TokenManager:
                 self._tokens = current
                 return current.access_token
             new = self._rotate(grant, current)
+            self._lifetime = max(new.access_expires_at - now, timedelta(0))
             try:
                 grant.save(new, replacing=current.refresh_token)
             except GrantReplaced:
