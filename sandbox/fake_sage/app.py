@@ -647,7 +647,9 @@ def _install_admin_grants(api: FastAPI, state: FakeSage) -> None:
 
     @api.post("/_admin/token_state")
     async def token_state(request: Request) -> Response:
-        return _json({"state": state.auth.token_state(str((await body(request)).get("refresh_token") or ""))})
+        data = await body(request)
+        found = state.auth.token_state(str(data.get("refresh_token") or ""), str(data.get("fingerprint") or ""))
+        return _json({"state": found})
 
     @api.put("/_admin/misbehave")
     async def misbehave(request: Request) -> Response:

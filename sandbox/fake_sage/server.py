@@ -153,9 +153,10 @@ class FakeSageAdmin:
         """Every current access token is expired now (refresh tokens still work)."""
         self._call("POST", "/expire_access_tokens")
 
-    def token_state(self, refresh_token: str) -> str:
-        """What a refresh token is at the fake, without spending it: live, spent, revoked, expired, unknown."""
-        return self._call("POST", "/token_state", {"refresh_token": refresh_token})["state"]
+    def token_state(self, refresh_token: str = "", *, fingerprint: str = "") -> str:
+        """What a refresh token (or the token with this fingerprint) is at the fake, without spending
+        it: live, spent, revoked, expired or unknown."""
+        return self._call("POST", "/token_state", {"refresh_token": refresh_token, "fingerprint": fingerprint})["state"]
 
     def misbehave(self, *, foreign_business_as_lead: bool) -> None:
         """Answer an unreachable X-Business with the lead business, naming no business in any answer."""

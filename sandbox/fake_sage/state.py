@@ -527,12 +527,16 @@ class Auth:
             self._kill(grant_id)
         return len(ids)
 
-    def token_state(self, refresh_token: str) -> str:
+    def token_state(self, refresh_token: str = "", fingerprint: str = "") -> str:
         """Admin: what a refresh token is now, without spending it.
 
         ``live`` (it would refresh), ``spent`` (rotated away; its grant lives on in a newer token),
-        ``revoked`` (its grant was revoked), ``expired`` or ``unknown``.
+        ``revoked`` (its grant was revoked), ``expired`` or ``unknown``. ``fingerprint`` (the
+        first 8 hex digits of its SHA-256, what the pipeline records) finds a token it never saw.
         """
+        if fingerprint:
+            known = (*self.refresh_tokens, *self.spent)
+            refresh_token = next((t for t in known if hashlib.sha256(t.encode()).hexdigest()[:8] == fingerprint), "")
         entry = self.refresh_tokens.get(refresh_token)
         grant_id = entry[0] if entry else self.spent.get(refresh_token)
         grant = self.grants.get(grant_id) if grant_id else None

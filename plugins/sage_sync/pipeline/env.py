@@ -157,7 +157,8 @@ def _mark_refused(env: SyncEnv, company_id: str, exc: ReauthorizationRequired) -
             CompanyStatus.NEEDS_REAUTH,
             refused,
             event_type="needs_reauth",
-            details={"reason": type(exc).__name__},
+            # The refused refresh token's fingerprint (never the token): which grant Sage refused.
+            details={"reason": type(exc).__name__, "refused": exc.refused},
         )
     return refused
 
