@@ -191,13 +191,16 @@ class Edge:
                 entry["fault"] = fault.kind
             self.state.log.append(entry)
 
+        hide_business = self.state.foreign_business_as_lead and not admin
+
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 # `Date` is the server's clock (RFC 9110), here the fake clock its timestamps come from;
                 # uvicorn's own (the host's wall clock) is turned off in __main__.
                 date = formatdate(self.state.clock.now(), usegmt=True).encode()
+                headers = [(k, v) for k, v in message.get("headers", []) if not (hide_business and k == b"x-business")]
                 extra = [(b"x_request_id", request_id.encode()), (b"date", date)]
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
+                message = {**message, "headers": [*headers, *extra]}
                 if entry is not None:
                     entry["status"] = message["status"]
             await send(message)
@@ -216,8 +219,9 @@ class Edge:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(released.wait(), (fault.delay_ms or 300_000) / 1000)
             await self.app(scope, receive, send)
-        elif fault.kind in ("429", "500", "503"):
+        elif fault.kind in ("401", "429", "500", "503"):
             codes = {
+                "401": ("AuthorizationFailure", "The access token is invalid."),
                 "429": ("TooManyRequests", "Rate limit exceeded. Please retry later."),
                 "500": ("UnexpectedError", "An unexpected error occurred."),
                 "503": ("ServiceUnavailable", "The service is temporarily unavailable."),
@@ -230,6 +234,8 @@ class Edge:
             await self._truncated(scope, receive, send)
         elif fault.kind in ENVELOPE_FAULTS:
             await self._misreported(fault.kind, scope, receive, send)
+        elif fault.kind == "lose":
+            await self._lost(scope, receive, raw_send, send)
         else:  # drop
             await self._drop(raw_send, send)
 
@@ -287,6 +293,15 @@ class Edge:
         await send({"type": "http.response.start", "status": start.get("status", 200), "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
+    async def _lost(self, scope: Scope, receive: Receive, raw_send: Send, send: Send) -> None:
+        """Handle the request in full (a refresh rotates the token), then drop the answer unsent."""
+
+        async def discard(message: Message) -> None:
+            return None
+
+        await self.app(scope, receive, discard)
+        await self._drop(raw_send, send)
+
     @staticmethod
     async def _drop(raw_send: Send, send: Send) -> None:
         """Close the connection with no (valid) HTTP response at all."""
@@ -315,6 +330,7 @@ def create_app(state: FakeSage) -> Edge:
     _install_error_handlers(api)
     _install_oauth(api, state)
     _install_admin(api, state)
+    _install_admin_grants(api, state)
     _install_api(api, state)
     return Edge(api, state)
 
@@ -459,6 +475,8 @@ def _install_api(api: FastAPI, state: FakeSage) -> None:
     @api.get("/v3.1/businesses/{business_id}")
     async def business(business_id: str, request: Request) -> Response:
         u = state.user(user_of(request))
+        if business_id not in u.business_ids and state.foreign_business_as_lead and u.business_ids:
+            return _json(state.world.businesses[u.business_ids[0]].business)  # misbehaving: the lead
         found = state.business(business_id)
         if found.id not in u.business_ids:
             raise SageError(403, "AccessDenied", "You do not have access to this business.")
@@ -658,3 +676,33 @@ def _install_admin(api: FastAPI, state: FakeSage) -> None:
     async def reset(request: Request) -> Response:
         state.reset((await body(request)).get("seed"))
         return _json({"ok": True, "seed": state.config.seed, "now": iso(state.clock.now())})
+
+
+def _install_admin_grants(api: FastAPI, state: FakeSage) -> None:
+    """Admin controls of grants and access (the token chaos test's world), beside ``_install_admin``."""
+
+    async def body(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        return (await request.json()) if raw else {}
+
+    @api.put("/_admin/clock/running")
+    async def clock_running(request: Request) -> Response:
+        return _json({"now": iso(state.clock.run(bool((await body(request))["running"])))})
+
+    @api.post("/_admin/token_state")
+    async def token_state(request: Request) -> Response:
+        data = await body(request)
+        found = state.auth.token_state(str(data.get("refresh_token") or ""), str(data.get("fingerprint") or ""))
+        return _json({"state": found})
+
+    @api.put("/_admin/misbehave")
+    async def misbehave(request: Request) -> Response:
+        state.foreign_business_as_lead = bool((await body(request)).get("foreign_business_as_lead"))
+        return _json({"foreign_business_as_lead": state.foreign_business_as_lead})
+
+    @api.delete("/_admin/users/{user}/businesses/{business_id}")
+    async def remove_access(user: str, business_id: str) -> Response:
+        try:
+            return _json({"business_ids": state.remove_access(user, business_id)})
+        except KeyError:
+            raise SageError(404, "RecordNotFound", f"Unknown user {user!r}.") from None

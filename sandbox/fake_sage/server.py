@@ -105,6 +105,10 @@ class FakeSageAdmin:
         """Jump the fake clock to an ISO instant."""
         return self._call("PUT", "/clock", {"now": iso})["now"]
 
+    def run_clock(self, running: bool = True) -> str:
+        """Let the fake clock follow the wall clock (tokens then really expire), or freeze it."""
+        return self._call("PUT", "/clock/running", {"running": running})["now"]
+
     # faults --------------------------------------------------------------------------------------
     def add_fault(
         self,
@@ -115,8 +119,12 @@ class FakeSageAdmin:
         delay_ms: int | None = None,
         business: str | None = None,
     ) -> dict[str, Any]:
-        """Schedule a fault: "429" | "500" | "503" | "slow" | "hold" | "drop" | "truncate", or a lying
-        list envelope: "short_total" | "next_back" | "endless" (see ``state.ENVELOPE_FAULTS``).
+        """Schedule a fault: "401" | "429" | "500" | "503" | "slow" | "hold" | "drop" | "lose" |
+        "truncate", or a lying list envelope: "short_total" | "next_back" | "endless" (see
+        ``state.ENVELOPE_FAULTS``).
+
+        "drop" closes the connection before the request is handled; "lose" handles it (a refresh
+        rotates the token at the fake) and closes the connection instead of answering.
 
         ``path`` is matched as a substring of the request path (None = any ``/v3.1`` path);
         ``count`` is how many matching requests it hits; ``retry_after`` adds ``Retry-After`` to a
@@ -146,6 +154,19 @@ class FakeSageAdmin:
     def expire_access_tokens(self) -> None:
         """Every current access token is expired now (refresh tokens still work)."""
         self._call("POST", "/expire_access_tokens")
+
+    def token_state(self, refresh_token: str = "", *, fingerprint: str = "") -> str:
+        """What a refresh token (or the token with this fingerprint) is at the fake, without spending
+        it: live, spent, revoked, expired or unknown."""
+        return self._call("POST", "/token_state", {"refresh_token": refresh_token, "fingerprint": fingerprint})["state"]
+
+    def misbehave(self, *, foreign_business_as_lead: bool) -> None:
+        """Answer an unreachable X-Business with the lead business, naming no business in any answer."""
+        self._call("PUT", "/misbehave", {"foreign_business_as_lead": foreign_business_as_lead})
+
+    def remove_access(self, user: str, business_id: str) -> list[str]:
+        """The user (login or id) can no longer reach the business; returns the ids still reachable."""
+        return self._call("DELETE", f"/users/{user}/businesses/{business_id}")["business_ids"]
 
     def revoke_grants(self, user: str | None = None) -> int:
         """Revoke all grants (of one user, by login or id); returns how many."""

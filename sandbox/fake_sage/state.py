@@ -19,6 +19,7 @@ import base64
 import copy
 import hashlib
 import secrets
+import time
 from array import array
 from bisect import bisect_left
 from collections import OrderedDict, deque
@@ -32,7 +33,23 @@ Record = dict[str, Any]
 MASK64 = (1 << 64) - 1
 REFRESH_TOKEN_TTL = 2_678_400  # 31 days, Sage's documented refresh_token_expires_in
 AUTH_CODE_TTL = 60  # Sage: the code is single use and expires after 60 seconds
-FAULT_KINDS = ("429", "500", "503", "slow", "hold", "drop", "truncate", "short_total", "next_back", "endless")
+# "drop" closes the connection before the request is handled (Sage never saw it); "lose" handles
+# it (a token endpoint rotates the refresh token) and then closes the connection before the answer.
+# "401" refuses a valid access token once, as a Sage node that has not yet seen a fresh token might.
+FAULT_KINDS = (
+    "401",
+    "429",
+    "500",
+    "503",
+    "slow",
+    "hold",
+    "drop",
+    "lose",
+    "truncate",
+    "short_total",
+    "next_back",
+    "endless",
+)
 # Faults that answer a list request with a well-formed but lying envelope (a misbehaving server):
 # short_total: `$total` one page smaller than the truth; next_back: `$next` points one page back;
 # endless: `page` is ignored (page 1 every time), `$total` and `$page` are left out and `$next`
@@ -115,23 +132,38 @@ def day_text(day: int) -> str:
 
 
 class Clock:
-    """The fake "now". Fixed at start for determinism; moved only by the admin API."""
+    """The fake "now". Fixed at start for determinism; moved only by the admin API.
+
+    ``run(True)`` lets it follow the wall clock from its current value (tokens that really expire
+    while several processes sync: the token chaos test); ``run(False)`` freezes it again.
+    """
 
     def __init__(self, start: int) -> None:
         self._now = start
+        self._running_since: float | None = None
 
     def now(self) -> int:
         """Current fake time, epoch seconds."""
+        if self._running_since is not None:
+            return self._now + int(time.time() - self._running_since)
         return self._now
 
     def advance(self, seconds: float) -> int:
         """Move forward (or back, if negative) and return the new time."""
         self._now += round(seconds)
-        return self._now
+        return self.now()
 
     def set(self, when: str) -> int:
         """Jump to an ISO instant."""
         self._now = parse_instant(when)
+        if self._running_since is not None:
+            self._running_since = time.time()
+        return self._now
+
+    def run(self, running: bool) -> int:
+        """Follow the wall clock (True) or stand still (False) from the current fake time."""
+        self._now = self.now()
+        self._running_since = time.time() if running else None
         return self._now
 
 
@@ -455,6 +487,7 @@ class Auth:
         self.grants: dict[str, Grant] = {}
         self.access: dict[str, tuple[str, int]] = {}  # token -> (grant id, expiry)
         self.refresh_tokens: dict[str, tuple[str, int]] = {}
+        self.spent: dict[str, str] = {}  # rotated-away or revoked refresh token -> grant id (token_state)
 
     def issue_code(
         self, client_id: str, redirect_uri: str, user_id: str, scope: str, *, challenge: str | None, method: str | None
@@ -496,6 +529,7 @@ class Auth:
         if grant.client_id != form.get("client_id"):
             raise OAuthError(400, "invalid_grant", "The refresh token was issued to another client")
         del self.refresh_tokens[token]
+        self.spent[token] = grant.id
         return self._issue(grant)
 
     def revoke(self, token: str) -> None:
@@ -510,6 +544,27 @@ class Auth:
         for grant_id in ids:
             self._kill(grant_id)
         return len(ids)
+
+    def token_state(self, refresh_token: str = "", fingerprint: str = "") -> str:
+        """Admin: what a refresh token is now, without spending it.
+
+        ``live`` (it would refresh), ``spent`` (rotated away; its grant lives on in a newer token),
+        ``revoked`` (its grant was revoked), ``expired`` or ``unknown``. ``fingerprint`` (the
+        first 8 hex digits of its SHA-256, what the pipeline records) finds a token it never saw.
+        """
+        if fingerprint:
+            known = (*self.refresh_tokens, *self.spent)
+            refresh_token = next((t for t in known if hashlib.sha256(t.encode()).hexdigest()[:8] == fingerprint), "")
+        entry = self.refresh_tokens.get(refresh_token)
+        grant_id = entry[0] if entry else self.spent.get(refresh_token)
+        grant = self.grants.get(grant_id) if grant_id else None
+        if grant is None:
+            return "unknown"
+        if grant.revoked:
+            return "revoked"
+        if entry is None:
+            return "spent"
+        return "live" if entry[1] > self.clock.now() else "expired"
 
     def expire_access_tokens(self) -> None:
         """Admin: every access token is now expired (refresh tokens still work)."""
@@ -528,6 +583,7 @@ class Auth:
 
     def _kill(self, grant_id: str) -> None:
         self.grants[grant_id].revoked = True
+        self.spent.update({t: e[0] for t, e in self.refresh_tokens.items() if e[0] == grant_id})  # for token_state
         self.refresh_tokens = {t: e for t, e in self.refresh_tokens.items() if e[0] != grant_id}
         self.access = {t: e for t, e in self.access.items() if e[0] != grant_id}
 
@@ -631,6 +687,10 @@ class FakeSage:
         self.clock = Clock(parse_instant(cfg.start))
         self.auth = Auth(self.clock, cfg.client_id, cfg.client_secret, cfg.token_ttl)
         self.faults = Faults()
+        # A misbehaving server (admin "misbehave"): an X-Business the user cannot reach is answered
+        # with the user's lead business, and no response names the business it used. Real Sage is
+        # not known to do this; the pipeline must not mix two businesses' books if it ever does.
+        self.foreign_business_as_lead = False
         self.log: deque[dict[str, Any]] = deque(maxlen=self.LOG_SIZE)
         self.world = self.shapes.build_world(cfg.seed, self.clock.now(), cfg.scale, cfg.volumes)
 
@@ -662,8 +722,17 @@ class FakeSage:
         if not header:
             return self.world.businesses[user.business_ids[0]]
         if header not in user.business_ids:
+            if self.foreign_business_as_lead and user.business_ids:
+                return self.world.businesses[user.business_ids[0]]
             raise SageError(403, "AccessDenied", "You do not have access to this business.", "X-Business")
         return self.world.businesses[header]
+
+    def remove_access(self, user_key: str, business_id: str) -> list[str]:
+        """Admin: the user can no longer reach the business (removed from it in Sage); their ids left."""
+        user = self.user(user_key)
+        if business_id in user.business_ids:
+            user.business_ids.remove(business_id)
+        return list(user.business_ids)
 
     def store(self, business_id: str, stream: str) -> tuple[Business, StreamStore]:
         """A business's store of one stream, or a 404."""

@@ -329,12 +329,20 @@ def test_exhausted_retries_raise_typed_errors() -> None:
         client.get("/contacts")
 
 
-def test_second_401_after_refresh_needs_reauthorisation_scripted() -> None:
-    client, adapter = _scripted([(401, {}, []), (401, {}, [])])
-    with pytest.raises(ReauthorizationRequired):
+def test_401s_after_a_refresh_are_retried_then_transient_scripted() -> None:
+    # Was ..._needs_reauthorisation_scripted: a 401 on a just-refreshed token is not a dead grant.
+    client, adapter = _scripted([(401, {}, [])] * 4)
+    with pytest.raises(TransientError, match="refused freshly issued access tokens") as info:
         client.get("/contacts")
-    assert client.tokens.refreshes == ["tok-0"]  # type: ignore[attr-defined]
-    assert [r.headers["Authorization"] for r in adapter.requests] == ["Bearer tok-0", "Bearer tok-1"]
+    assert not isinstance(info.value, ReauthorizationRequired)
+    # A refresh, the same fresh token once more, then the token store asked again (bounded).
+    assert client.tokens.refreshes == ["tok-0", "tok-1"]  # type: ignore[attr-defined]
+    assert [r.headers["Authorization"] for r in adapter.requests] == [
+        "Bearer tok-0",
+        "Bearer tok-1",
+        "Bearer tok-1",
+        "Bearer tok-2",
+    ]
 
 
 # -- real HTTP against the fake Sage server ---------------------------------------------------
@@ -550,13 +558,34 @@ def test_401_refreshes_exactly_once_then_succeeds(sage: FakeSageServer) -> None:
     assert new.refresh_token != old.refresh_token and new.access_token != old.access_token
 
 
-def test_second_401_after_refresh_needs_reauthorisation(sage: FakeSageServer) -> None:
+def test_a_401_right_after_a_refresh_is_retried_not_taken_for_a_refused_grant(sage: FakeSageServer) -> None:
+    # Was test_second_401_after_refresh_needs_reauthorisation, which pinned the opposite: only
+    # invalid_grant from the token endpoint says a grant is dead; a 401 on a token issued seconds
+    # ago (a Sage node that has not seen it yet) is transient.
+    c = _connect(sage)
+    # The first 401 costs a refresh; the second falls on the token that refresh just issued.
+    sage.admin.add_fault("401", path="/tax_rates", count=2)
+    sage.admin.clear_request_log()
+    assert c.client.get("/tax_rates")["$total"] == 5  # type: ignore[index]
+    assert [(e["path"], e["status"]) for e in sage.admin.request_log()] == [
+        ("/v3.1/tax_rates", 401),
+        ("/token", 200),
+        ("/v3.1/tax_rates", 401),
+        ("/v3.1/tax_rates", 200),
+    ]
+    assert c.manager.refresh_count == 1  # the retry reused the fresh token: no second rotation
+
+
+def test_401s_that_persist_after_refreshes_are_transient_and_bounded(sage: FakeSageServer) -> None:
     c = _connect(sage)
     sage.admin.set_token_ttl(0)  # every refreshed token is born expired
     sage.admin.expire_access_tokens()
-    with pytest.raises(ReauthorizationRequired, match="after a refresh"):
+    with pytest.raises(TransientError, match="refused freshly issued access tokens") as info:
         c.client.get("/tax_rates")
-    assert c.manager.refresh_count == 1
+    assert not isinstance(info.value, ReauthorizationRequired)
+    assert 1 < c.manager.refresh_count <= 3
+    stored = c.store.load("co-1")
+    assert stored is not None and sage.admin.token_state(stored.refresh_token) == "live"
 
 
 def test_rotation_kills_the_old_refresh_token_and_the_store_keeps_the_new(sage: FakeSageServer) -> None:
@@ -594,7 +623,7 @@ def test_no_token_text_in_logs_or_errors(sage: FakeSageServer, caplog: pytest.Lo
     errors: list[BaseException] = []
     sage.admin.set_token_ttl(0)
     sage.admin.expire_access_tokens()
-    with pytest.raises(ReauthorizationRequired) as second_401:
+    with pytest.raises(TransientError) as second_401:
         c.client.get("/tax_rates")
     errors.append(second_401.value)
     tokens = c.store.load("co-1")

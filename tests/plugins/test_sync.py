@@ -110,7 +110,11 @@ def test_first_sync_lands_what_sage_holds(sage: FakeSageServer, company: str, wa
     assert warehouse.execute("select status from sage_control.companies").fetchone() == ("active",)
     requests_made = sage.admin.request_log()
     api_calls = [r for r in requests_made if r["path"].startswith("/v3.1/")]
-    assert api_calls and all(r["x_business"] == company for r in api_calls)
+    # One call lists the grant's businesses (no X-Business: it asks for them all) to check the
+    # company's is still among them; every other call names the company's business.
+    listing = [r for r in api_calls if r["path"] == "/v3.1/businesses"]
+    assert [r["x_business"] for r in listing] == [None]
+    assert api_calls and all(r["x_business"] == company for r in api_calls if r not in listing)
 
 
 def test_each_page_logs_its_progress_and_the_task_returns_the_total(

@@ -1,12 +1,20 @@
 """PostgresTokenStore: durable, encrypted at rest, and one refresh per company at a time."""
 
+import json
 import threading
 import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg
 import pytest
+from click.testing import CliRunner
+from psycopg import sql
 
+from sage_sync.cli.commands import main as cli
+from sage_sync.core.errors import ReauthorizationRequired, TransientError
+from sage_sync.sage.auth import TokenManager
 from sage_sync.sage.tokens import TokenSet
 from sage_sync.warehouse.registry import register_company
 from sage_sync.warehouse.token_store import PostgresTokenStore, TokenLockTimeout, refresh_lock_key
@@ -154,3 +162,126 @@ def test_lock_key_is_stable() -> None:
     assert refresh_lock_key("biz-1") == refresh_lock_key("biz-1")
     assert refresh_lock_key("biz-1") != refresh_lock_key("biz-2")
     assert all(-(2**31) <= part < 2**31 for part in refresh_lock_key("ü" * 1000))
+
+
+# -- the rotated pair never vanishes at the save -----------------------------------------------------
+
+
+class _RotatingOAuth:
+    """Sage's token endpoint as the store sees it: ``during`` runs while the POST is in flight."""
+
+    def __init__(self, during: Callable[[], None]) -> None:
+        self.during = during
+        self.issued: list[TokenSet] = []
+
+    def refresh(self, refresh_token: str) -> TokenSet:
+        self.during()
+        self.issued.append(_tokens(f"-rotated-{len(self.issued)}"))
+        return self.issued[-1]
+
+
+def _refuse_new_connections(conn: psycopg.Connection, *, refuse: bool) -> None:
+    """What a fail-over, a restart or max_connections look like to a new connection."""
+    name = conn.warehouse_name  # type: ignore[attr-defined]
+    conn.execute(
+        sql.SQL("alter database {} with allow_connections {}").format(
+            sql.Identifier(name), sql.SQL("false" if refuse else "true")
+        )
+    )
+
+
+def _drop_lock_connections(conn: psycopg.Connection) -> None:
+    conn.execute(
+        "select pg_terminate_backend(pid) from pg_stat_activity where datname = %s "
+        "and application_name = 'sage_sync.token_store'",
+        (conn.warehouse_name,),  # type: ignore[attr-defined]
+    )
+
+
+@pytest.fixture
+def admin(pg_dsn: str) -> Iterator[psycopg.Connection]:
+    """A connection (to another database) that can refuse the warehouse's new connections, and
+    always lets them in again at the end."""
+    params = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+    with psycopg.connect(psycopg.conninfo.make_conninfo(pg_dsn, dbname="postgres"), autocommit=True) as conn:
+        conn.warehouse_name = params["dbname"]  # type: ignore[attr-defined]
+        try:
+            yield conn
+        finally:
+            _refuse_new_connections(conn, refuse=False)
+
+
+def test_a_refresh_saves_on_the_locked_connection_while_new_connections_are_refused(
+    pg_dsn: str, company: str, fernet_key: str, admin: psycopg.Connection
+) -> None:
+    store = PostgresTokenStore(pg_dsn)
+    store.save(company, _tokens())
+    oauth = _RotatingOAuth(lambda: _refuse_new_connections(admin, refuse=True))
+    manager = TokenManager(company, store, oauth)  # type: ignore[arg-type]
+    assert manager.refresh(rejected_token=ACCESS) == oauth.issued[0].access_token
+    _refuse_new_connections(admin, refuse=False)
+    assert store.load(company) == oauth.issued[0]
+
+
+def test_a_save_whose_connection_dies_is_retried_until_the_warehouse_is_back(
+    pg_dsn: str, company: str, fernet_key: str, admin: psycopg.Connection, tmp_path: Path
+) -> None:
+    store = PostgresTokenStore(pg_dsn, save_retry_seconds=60, recovery_dir=tmp_path)
+    store.save(company, _tokens())
+
+    def fail_over() -> None:
+        _refuse_new_connections(admin, refuse=True)
+        _drop_lock_connections(admin)
+        threading.Timer(1.5, _refuse_new_connections, (admin,), {"refuse": False}).start()
+
+    oauth = _RotatingOAuth(fail_over)
+    manager = TokenManager(company, store, oauth)  # type: ignore[arg-type]
+    assert manager.refresh(rejected_token=ACCESS) == oauth.issued[0].access_token
+    assert store.load(company) == oauth.issued[0]
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_save_that_keeps_failing_leaves_an_encrypted_recovery_record_and_a_command_restores_it(
+    pg_dsn: str,
+    company: str,
+    fernet_key: str,
+    admin: psycopg.Connection,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = PostgresTokenStore(pg_dsn, save_retry_seconds=1, recovery_dir=tmp_path)
+    store.save(company, _tokens())
+
+    def outage() -> None:
+        _refuse_new_connections(admin, refuse=True)
+        _drop_lock_connections(admin)
+
+    oauth = _RotatingOAuth(outage)
+    manager = TokenManager(company, store, oauth)  # type: ignore[arg-type]
+    with pytest.raises(TransientError, match="restore-tokens") as info:
+        manager.refresh(rejected_token=ACCESS)
+    assert not isinstance(info.value, ReauthorizationRequired)
+    [record] = list(tmp_path.iterdir())
+    assert str(record) in str(info.value)
+    text = record.read_text()
+    assert ACCESS not in text and REFRESH not in text and "rotated" not in text
+    _refuse_new_connections(admin, refuse=False)
+    assert store.load(company) == _tokens()  # the warehouse still holds the spent pair
+
+    params = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SAGE_WAREHOUSE",
+        json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": params.get("host", "127.0.0.1"),
+                "port": int(params.get("port", 5432)),
+                "login": params.get("user", "postgres"),
+                "schema": params["dbname"],
+            }
+        ),
+    )
+    result = CliRunner().invoke(cli, ["restore-tokens", str(record)])
+    assert result.exit_code == 0, result.output
+    assert store.load(company) == oauth.issued[0]
+    assert not record.exists()

@@ -25,6 +25,7 @@ from sage_sync.pipeline import sync
 from sage_sync.sage.auth import OAuthClient, new_pkce_pair
 from sage_sync.sage.client import SageClient, join_url
 from sage_sync.sage.tokens import TokenSet
+from sage_sync.warehouse import token_store
 from sage_sync.warehouse.token_store import PostgresTokenStore
 from sandbox.fake_sage.server import FakeSageServer
 
@@ -85,13 +86,14 @@ def test_sync_never_logs_or_sends_tokens_in_urls(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     issued: list[TokenSet] = []
-    original_save = PostgresTokenStore.save
+    original_upsert = token_store._upsert
 
-    def spy_save(self: PostgresTokenStore, company_id: str, tokens: TokenSet) -> None:
+    # Every pair the store writes passes here (a plain save, and a save under the refresh lock).
+    def spy_upsert(conn: psycopg.Connection, company_id: str, tokens: TokenSet) -> None:
         issued.append(tokens)
-        original_save(self, company_id, tokens)
+        original_upsert(conn, company_id, tokens)
 
-    monkeypatch.setattr(PostgresTokenStore, "save", spy_save)
+    monkeypatch.setattr(token_store, "_upsert", spy_upsert)
     caplog.set_level(logging.DEBUG)  # the root logger: every logger propagating to it
     for name in ("sage_sync", "urllib3", "requests", "psycopg"):
         caplog.set_level(logging.DEBUG, logger=name)

@@ -131,9 +131,10 @@ def connect(
                 "moving it earlier is done with set-synced-from",
                 err=True,
             )
-        company = lifecycle.register(auth, business_id, quarter)
         if pending_id:
-            authorisation.release(pending_id)
+            company = lifecycle.register_held(pending_id, business_id, quarter)  # taken atomically: used once
+        else:
+            company = lifecycle.register(auth, business_id, quarter)
     business = auth.business(business_id)
     click.echo(
         f"connected {lifecycle.business_name(business)} ({business_id}), "
@@ -192,6 +193,16 @@ def reconnect(company_id: str, code: str, code_verifier: str | None) -> None:
         f"reconnected {company.company_name} ({company_id}): status {company.status}; the next run "
         "imports every change since the last successful sync and sweeps for deletions"
     )
+
+
+@main.command("restore-tokens")
+@click.argument("record", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Restore even if the company was reconnected since the record was written.")
+def restore_tokens(record: Path, force: bool) -> None:
+    """Put back refreshed Sage tokens the warehouse could not take (the file a failed save names)."""
+    with _refusals():
+        company = lifecycle.restore_tokens(record, force=force)
+    click.echo(f"restored the Sage tokens of {company.company_name} ({company.company_id}): status {company.status}")
 
 
 @main.command("set-synced-from")

@@ -20,10 +20,17 @@ class SageError(Exception):
 
 
 class ReauthorizationRequired(SageError):
-    """The grant is gone (revoked, expired, rotated away, or rejected after a refresh).
+    """The grant is gone (revoked, expired, rotated away, or lost in transit).
 
-    No retry can fix this: a user of the business must authorise the app again.
+    No retry can fix this: a user of the business must authorise the app again. ``refused`` is
+    the fingerprint of the refresh token Sage refused, when one was: before a company is marked,
+    the store is read again under the refresh lock, and a different token there (a reconnect
+    saved a new grant meanwhile) means the company is not dead at all.
     """
+
+    def __init__(self, *args: object, refused: str | None = None) -> None:
+        super().__init__(*args)
+        self.refused = refused
 
 
 class GrantRefused(ReauthorizationRequired):
@@ -173,6 +180,30 @@ class PageLimitExceeded(SageError):
         self.pages = pages
         self.path = path
         super().__init__(f"{reason} on {path}" if path else reason)
+
+
+class RefreshInDoubt(TransientError):
+    """A refresh POST may have reached Sage but its answer did not arrive (read timeout, a reset
+    after sending, 500/502/504): Sage may have rotated the refresh token in an answer we never saw."""
+
+
+class TokensNotSaved(TransientError):
+    """A refreshed pair could not be saved to the warehouse in time; it waits in a recovery record."""
+
+
+class GrantReplaced(TransientError):
+    """The stored grant changed (a reconnect saved a new one) while a step was using the old one.
+
+    Not a dead grant: the step's next try uses the new one.
+    """
+
+
+class BusinessMissing(SageError):
+    """The company's business is no longer among ``/businesses`` for its grant: nothing is written.
+
+    Sage might answer an ``X-Business`` the user can no longer reach with another business (its
+    lead business); storing that under this company would mix two businesses' books.
+    """
 
 
 class BusinessMismatch(SageError):

@@ -21,6 +21,9 @@ class CompanyStatus(StrEnum):
     ERROR = "error"  # Sage refused for a reason a retry will not fix (e.g. a lapsed subscription)
     NEEDS_REAUTH = "needs_reauth"  # the grant is dead: a user must authorise access again
     DISCONNECTED = "disconnected"  # a user stopped imports; only a re-authorisation brings it back
+    # The grant no longer reaches the company's business (not among /businesses): runs stop before
+    # writing anything, and each run checks again; a successful run makes it active once more.
+    BUSINESS_MISSING = "business_missing"
 
 
 STATUSES = frozenset(CompanyStatus)
@@ -36,6 +39,7 @@ ALLOWED_TRANSITIONS: dict[CompanyStatus, frozenset[CompanyStatus]] = {
     CompanyStatus.ERROR: frozenset(CompanyStatus),
     CompanyStatus.NEEDS_REAUTH: frozenset(CompanyStatus),
     CompanyStatus.DISCONNECTED: frozenset({CompanyStatus.INITIAL_SYNC, CompanyStatus.ACTIVE}),
+    CompanyStatus.BUSINESS_MISSING: frozenset(CompanyStatus),
 }
 REAUTHORISED = frozenset({CompanyStatus.INITIAL_SYNC, CompanyStatus.ACTIVE})
 

@@ -152,6 +152,14 @@ def held(pending_id: str) -> Authorisation | None:
     return None if found is None else Authorisation(*found)
 
 
+def take(pending_id: str) -> Authorisation | None:
+    """The grant :func:`hold` kept, removed as it is read: only one caller ever gets it."""
+    with warehouse() as conn:
+        found = pending.take(conn, pending_id, max_age_minutes=PENDING_MINUTES)
+        conn.commit()
+    return None if found is None else Authorisation(*found)
+
+
 def release(pending_id: str) -> None:
     """Forget a held grant (it was used)."""
     with warehouse() as conn:
@@ -173,7 +181,7 @@ def revoke_grant(refresh_token: str, settings: SageSettings | None = None, *, wh
 def discard(pending_id: str, settings: SageSettings | None = None) -> None:
     """Forget a held grant nobody will pick from (the same browser started another), revoked at Sage."""
     with warehouse() as conn:
-        tokens = pending.take(conn, pending_id)
+        tokens = pending.remove(conn, pending_id)
         conn.commit()
     if tokens is not None:
         revoke_grant(tokens.refresh_token, settings, why="a pending grant the same browser replaced")

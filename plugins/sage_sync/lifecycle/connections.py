@@ -1,6 +1,6 @@
 """A company connection's use cases: connect, disconnect, reconnect, move Synced From, reset.
 
-About 400 lines (formatted) on purpose: the use cases share their refusals and their order of steps, and
+About 550 lines (formatted) on purpose: the use cases share their refusals and their order of steps, and
 reading them side by side is how one checks that they agree.
 
 The CLI (``python -m sage_sync ...``) and the Connect pages (``sage_sync.web``) both call these
@@ -13,7 +13,10 @@ it act. Airflow is reached only through ``lifecycle.airflow_api``; Sage's author
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 from psycopg import sql
@@ -23,6 +26,7 @@ from sage_sync.core.errors import (
     AirflowUnavailable,
     CompanySkipped,
     CryptoError,
+    GrantReplaced,
     LifecycleError,
     MigrationLockTimeout,
     RunFenced,
@@ -32,7 +36,7 @@ from sage_sync.core.errors import (
 from sage_sync.core.ids import check_company_id
 from sage_sync.core.quarters import Quarter
 from sage_sync.core.status import NOT_CONNECTED, CompanyStatus
-from sage_sync.lifecycle import airflow_api
+from sage_sync.lifecycle import airflow_api, authorisation
 from sage_sync.lifecycle.authorisation import Authorisation, business_name, exchange, revoke_grant
 from sage_sync.lifecycle.inputs import (
     dsn_or_refuse,
@@ -50,9 +54,10 @@ from sage_sync.sage.tokens import TokenSet
 from sage_sync.warehouse import registry, runs, watermarks
 from sage_sync.warehouse.loader import STREAMS as RAW_STREAMS
 from sage_sync.warehouse.migrate import migrate
-from sage_sync.warehouse.token_store import PostgresTokenStore
+from sage_sync.warehouse.token_store import PostgresTokenStore, read_recovery_record
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 BACKFILL_DAG_ID = airflow_api.BACKFILL_DAG_ID
 dag_id_for = airflow_api.dag_id_for
@@ -78,8 +83,10 @@ __all__ = [
     "prepare_backfill",
     "reconnect",
     "register",
+    "register_held",
     "require_known",
     "reset",
+    "restore_tokens",
     "run_backfill_here",
     "run_reset_sync",
     "start_backfill",
@@ -120,6 +127,35 @@ def register(
     _store_grant(business_id, auth.tokens, dsn=dsn)
     airflow_api.set_dag_paused(dag_id_for(business_id), paused=False, caller=caller)
     return company
+
+
+def register_held(
+    pending_id: str,
+    business_id: str,
+    quarter: Quarter | str,
+    *,
+    dsn: str | None = None,
+    caller: airflow_api.Caller | None = None,
+) -> registry.Company:
+    """Register ``business_id`` from the grant :func:`~sage_sync.lifecycle.authorisation.hold` kept.
+
+    The input is checked against the held grant first (a refusal leaves it held for another try);
+    then the grant is taken out of the holding table atomically, so a double click or a second
+    browser tab can never give one refresh token to two companies (the first refresh of one
+    would kill the other).
+    """
+    quarter = parse_quarter(quarter) if isinstance(quarter, str) else quarter
+    found = authorisation.held(pending_id)
+    if found is None:
+        raise LifecycleError(_PENDING_GONE)
+    found.business(business_id)
+    taken = authorisation.take(pending_id)
+    if taken is None:
+        raise LifecycleError(_PENDING_GONE)
+    return register(taken, business_id, quarter, dsn=dsn, caller=caller)
+
+
+_PENDING_GONE = "This authorisation expired or was already used: connect again"
 
 
 def connect(
@@ -256,33 +292,83 @@ def _reauthorise(
     caller: airflow_api.Caller | None = None,
     settings: SageSettings | None = None,
 ) -> registry.Company:
-    _store_grant(company.company_id, auth.tokens, dsn=dsn, settings=settings)
-    with warehouse(dsn) as conn:
-        updated = registry.reauthorise(
-            conn, company.company_id, details={"previous_status": company.status, "via": via}
-        )
-        conn.commit()
+    # The new grant and the status it brings are written under the refresh lock: a refresh of the
+    # old grant in flight can then neither overwrite the new grant nor mark the company
+    # needs_reauth after it was reconnected (pipeline.env.auth_guard marks under the same lock).
+    def mark_reauthorised() -> registry.Company:
+        with warehouse(dsn) as conn:
+            updated = registry.reauthorise(
+                conn, company.company_id, details={"previous_status": company.status, "via": via}
+            )
+            conn.commit()
+        return updated
+
+    updated = _store_grant(company.company_id, auth.tokens, dsn=dsn, settings=settings, under_lock=mark_reauthorised)
     airflow_api.set_dag_paused(dag_id_for(company.company_id), paused=False, caller=caller)
     return updated
 
 
-def _store_grant(company_id: str, tokens: TokenSet, *, dsn: str, settings: SageSettings | None = None) -> None:
-    """Store a company's new grant, then revoke at Sage the grant it replaced.
+def _store_grant(
+    company_id: str,
+    tokens: TokenSet,
+    *,
+    dsn: str,
+    settings: SageSettings | None = None,
+    under_lock: Callable[[], _T] | None = None,
+) -> _T | None:
+    """Store a company's new grant under the refresh lock, then revoke at Sage the grant it replaced.
 
+    Under the lock, a refresh of the old grant in flight either finishes before (and is
+    overwritten) or starts after (and refreshes the new grant); it never overwrites it.
+    ``under_lock`` runs before the lock is released (the status the new grant brings).
     Nobody holds a replaced grant any more, yet Sage honours its refresh token for up to 31
     days: a copy of it (a backup, a log of old) would read the company's books all that time.
-    Read and saved under the refresh lock, so no refresh rotates the old pair in between. The
-    revoke is best effort: the new grant is saved whatever Sage answers.
+    The revoke is best effort: the new grant is saved whatever Sage answers.
     """
-    store = PostgresTokenStore(dsn)
-    with store.refresh_lock(company_id):
+    result = None
+    with PostgresTokenStore(dsn).refresh_lock(company_id) as held:
         try:
-            replaced = store.load(company_id)
+            replaced = held.load()
         except CryptoError:  # unreadable (a key since removed): nothing left to revoke with
             replaced = None
-        store.save(company_id, tokens)
+        held.save(tokens)
+        if under_lock is not None:
+            result = under_lock()
     if replaced is not None and replaced.refresh_token != tokens.refresh_token:
         revoke_grant(replaced.refresh_token, settings, why=f"the grant {company_id}'s new one replaced")
+    return result
+
+
+def restore_tokens(path: Path, *, force: bool = False, dsn: str | None = None) -> registry.Company:
+    """Put back a refreshed pair the warehouse could not take (a recovery record; see token_store).
+
+    Refused when the store no longer holds the refresh token the pair replaced (the company was
+    reconnected since: its new grant wins) unless ``force``. A company marked ``needs_reauth``
+    meanwhile is re-authorised by it. The record is deleted once the pair is stored.
+    """
+    try:
+        company_id, tokens, replacing = read_recovery_record(path)
+    except (OSError, ValueError, KeyError, CryptoError) as exc:
+        raise LifecycleError(f"{path} is not a recovery record this key can read ({type(exc).__name__})") from None
+    dsn = dsn or dsn_or_refuse()
+    with warehouse(dsn) as conn:
+        company = require_company(conn, company_id)
+    with PostgresTokenStore(dsn).refresh_lock(company_id) as held:
+        try:
+            held.save(tokens, replacing=None if force else replacing)
+        except GrantReplaced:
+            raise LifecycleError(
+                f"{company_id} holds another grant since this record was written (reconnected?): nothing restored",
+                cli_hint="(--force restores it anyway)",
+            ) from None
+        if company.status == CompanyStatus.NEEDS_REAUTH:
+            with warehouse(dsn) as conn:
+                company = registry.reauthorise(
+                    conn, company_id, details={"previous_status": company.status, "via": "restore-tokens"}
+                )
+                conn.commit()
+    path.unlink()
+    return company
 
 
 # -- Synced From (backfill) -------------------------------------------------------------------------
@@ -435,7 +521,7 @@ def connect_company(company_id: str, name: str, quarter: Quarter, tokens: TokenS
     with warehouse() as conn:
         company = registry.register_company(conn, company_id, name, quarter)
         conn.commit()
-    PostgresTokenStore(dsn_or_refuse()).save(company_id, tokens)
+    PostgresTokenStore(dsn_or_refuse()).replace(company_id, tokens)
     return company
 
 

@@ -130,6 +130,14 @@ def problem(status: str, last_error: str | None, last_run: dict[str, Any] | None
             "imports every change since the last successful sync.",
             "action": "reconnect",
         }
+    if status == CompanyStatus.BUSINESS_MISSING:
+        return {
+            "words": "The Sage login this company was connected with no longer reaches its business, so "
+            "nothing is imported (another business's data is never stored in its place)." + detail,
+            "fix": "Give that Sage user access to the business again, or reconnect the company with a user "
+            "who has it; the next run checks again by itself.",
+            "action": "reconnect",
+        }
     if status == CompanyStatus.ERROR:
         return {
             "words": "Sage refuses access to this business: its Sage subscription is not active." + detail,

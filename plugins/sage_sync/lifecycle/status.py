@@ -19,6 +19,7 @@ INITIAL_SYNC_OVERDUE = timedelta(hours=24)
 # The order the Connect page lists the statuses in: what needs a human first.
 DISPLAY_ORDER = [
     CompanyStatus.NEEDS_REAUTH,
+    CompanyStatus.BUSINESS_MISSING,
     CompanyStatus.ERROR,
     CompanyStatus.INITIAL_SYNC,
     CompanyStatus.ACTIVE,

@@ -16,15 +16,17 @@ import psycopg
 
 from sage_sync.core.config import SageSettings, max_pages, sage_settings, warehouse_dsn
 from sage_sync.core.errors import (
+    BusinessMissing,
     CompanySkipped,
     GrantRefused,
+    GrantReplaced,
     ReauthorizationRequired,
     SubscriptionInactive,
     UnknownCompany,
 )
 from sage_sync.core.status import NOT_CONNECTED, CompanyStatus
 from sage_sync.sage import client as client_module
-from sage_sync.sage.auth import OAuthClient, TokenManager
+from sage_sync.sage.auth import OAuthClient, TokenManager, fingerprint
 from sage_sync.sage.client import SageClient
 from sage_sync.warehouse import db, ratelimit, registry
 from sage_sync.warehouse.token_store import PostgresTokenStore
@@ -131,19 +133,21 @@ def _set_status_unless_disconnected(
         conn.commit()
 
 
-@contextmanager
-def auth_guard(env: SyncEnv, company_id: str) -> Iterator[None]:
-    """Turn a dead grant into the company status a user can act on, then raise it as one line.
+def _mark_refused(env: SyncEnv, company_id: str, exc: ReauthorizationRequired) -> GrantRefused:
+    """Mark the company ``needs_reauth``, unless the grant Sage refused is no longer the stored one.
 
-    A refused grant becomes :class:`GrantRefused` (still a ``ReauthorizationRequired``): who, and
-    how to re-authorise, without the client's frames (only a person can fix it, so the DAG does
-    not retry it).
+    Under the refresh lock, which a reconnect also holds while it saves a new grant and sets the
+    status: either the reconnect came first (the store holds another refresh token, and the step
+    is retried instead: :class:`GrantReplaced`), or it comes after and sets the status back.
     """
-    try:
-        yield
-    except GrantRefused:
-        raise
-    except ReauthorizationRequired as exc:
+    store = PostgresTokenStore(env.dsn)
+    with store.refresh_lock(company_id) as held:
+        stored = held.load()
+        if exc.refused is not None and stored is not None and fingerprint(stored.refresh_token) != exc.refused:
+            raise GrantReplaced(
+                f"the grant of company {company_id} was replaced (reconnected) while this step used the old one; "
+                "the next try uses the new one"
+            ) from exc
         with connect(env) as conn:
             company = registry.get_company(conn, company_id)
         name = company.company_name if company is not None and company.company_name else company_id
@@ -154,12 +158,58 @@ def auth_guard(env: SyncEnv, company_id: str) -> Iterator[None]:
             CompanyStatus.NEEDS_REAUTH,
             refused,
             event_type="needs_reauth",
-            details={"reason": type(exc).__name__},
+            # The refused refresh token's fingerprint (never the token): which grant Sage refused.
+            details={"reason": type(exc).__name__, "refused": exc.refused},
         )
-        raise refused from exc
+    return refused
+
+
+@contextmanager
+def auth_guard(env: SyncEnv, company_id: str) -> Iterator[None]:
+    """Turn a dead grant into the company status a user can act on, then raise it as one line.
+
+    A refused grant becomes :class:`GrantRefused` (still a ``ReauthorizationRequired``): who, and
+    how to re-authorise, without the client's frames (only a person can fix it, so the DAG does
+    not retry it). A business the grant no longer reaches becomes ``business_missing``.
+    """
+    try:
+        yield
+    except GrantRefused:
+        raise
+    except ReauthorizationRequired as exc:
+        raise _mark_refused(env, company_id, exc) from exc
     except SubscriptionInactive as exc:
         _set_status_unless_disconnected(env, company_id, CompanyStatus.ERROR, exc, event_type="error")
         raise
+    except BusinessMissing as exc:
+        _set_status_unless_disconnected(
+            env, company_id, CompanyStatus.BUSINESS_MISSING, exc, event_type="business_missing"
+        )
+        raise
+
+
+def check_business(env: SyncEnv, company_id: str, tokens: TokenManager) -> None:
+    """Fail closed unless the company's business is still among ``/businesses`` for its grant.
+
+    ``X-Business`` names the business on every call, but what Sage does with one the user can no
+    longer reach is not documented; it might answer with another business (the lead) and not say
+    so. Listing the grant's businesses first (no ``X-Business``) means a run writes nothing
+    rather than one business's books under another's company id. Raises :class:`BusinessMissing`.
+    """
+    settings = env.settings
+    limiter = (
+        ratelimit.shared_limiter(env.dsn, settings.rate_limit_per_s, sleep=_limiter_sleep)
+        if settings.rate_limit_per_s
+        else None
+    )
+    with SageClient(settings.api_url, "", tokens, check_business=False, limiter=limiter) as client:
+        reachable = {str(b.get("id")) for b in client.iter_items("/businesses") if isinstance(b, dict)}
+    if company_id not in reachable:
+        raise BusinessMissing(
+            f"business {company_id} is no longer among the businesses its Sage grant reaches "
+            f"({len(reachable)} others): nothing was imported; give the Sage user access again or reconnect it "
+            "with a user who has it"
+        )
 
 
 def airflow_run_of(company_id: str, sync_run_id: str) -> str | None:

@@ -125,6 +125,7 @@ def check_auth(company_id: str, sync_run_id: str, *, env: SyncEnv | None = None)
                 f"the refresh token expired on {expires:%Y-%m-%d} (unused for 31 days): authorise again"
             )
         tokens.refresh()
+        run_env.check_business(env, company_id, tokens)
     log.info("grant of %s refreshed for run %s", company_id, sync_run_id)
 
 
@@ -192,7 +193,11 @@ def finish_run(
             return
         company = registry.get_company(conn, company_id) if closed else None
         if company is not None:
-            if status == "success" and company.status in (CompanyStatus.INITIAL_SYNC, CompanyStatus.ERROR):
+            if status == "success" and company.status in (
+                CompanyStatus.INITIAL_SYNC,
+                CompanyStatus.ERROR,
+                CompanyStatus.BUSINESS_MISSING,
+            ):
                 registry.set_status(
                     conn,
                     company_id,

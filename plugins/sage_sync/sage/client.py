@@ -2,11 +2,11 @@
 
 It knows Sage's contract and nothing about the warehouse: ``X-Business`` on every call, the
 list envelope and its ``$next`` links, the JSON error array, which failures are worth a retry,
-and the one token refresh a 401 deserves. The retry loop is written out rather than delegated
-to a retry library because its branches differ in kind (a 401 is not a retry, a 429 may name
+and the token refresh a 401 deserves. The retry loop is written out rather than delegated
+to a retry library because its branches differ in kind (a 401 costs a refresh, a 429 may name
 its own delay) and that reads more plainly as code than as a policy object.
 
-About 560 lines, one room on purpose: the session, paging, the retry loop and the error mapping
+About 610 lines, one room on purpose: the session, paging, the retry loop and the error mapping
 are one HTTP contract; split, each part would need the others to be read.
 """
 
@@ -32,7 +32,6 @@ from sage_sync.core.errors import (
     InvalidResponse,
     PageLimitExceeded,
     RateLimited,
-    ReauthorizationRequired,
     SageAPIError,
     SubscriptionInactive,
     TransientError,
@@ -42,6 +41,8 @@ from sage_sync.sage.money import to_int
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# 401s tolerated on a token a refresh has just issued, before the request fails as transient.
+FRESH_401_RETRIES = 2
 _TRANSPORT_ERRORS = (
     requests.ConnectionError,  # refused, reset, dropped mid-response
     requests.Timeout,  # connect and read timeouts
@@ -319,7 +320,7 @@ class RequestLimiter(Protocol):
 
 
 class SageClient:
-    """GETs against one Sage business, with retries, one refresh on 401, and paging.
+    """GETs against one Sage business, with retries, a refresh on 401, and paging.
 
     ``backoff`` is the first retry delay in seconds (doubled per retry, with jitter, up to
     ``max_backoff``); a ``Retry-After`` header overrides it, capped at ``retry_after_cap``.
@@ -463,12 +464,12 @@ class SageClient:
         )
 
     def _get(self, target: str, params: Mapping[str, Any] | None) -> tuple[Any, requests.Response]:
-        """One logical GET: retries transient failures, refreshes once on 401."""
+        """One logical GET: retries transient failures; a 401 refreshes, a 401 on a fresh token is retried."""
         url = join_url(self.api_url, target)
         path = urlsplit(url).path
         token = self.tokens.access_token()
         refreshed = False
-        failures = throttles = 0
+        failures = throttles = fresh_401s = 0
         while True:
             try:
                 response = self._send(url, params, token)
@@ -477,11 +478,10 @@ class SageClient:
                     if any(_SUBSCRIPTION_MESSAGE in str(e.get("$message", "")).lower() for e in errors):
                         raise SubscriptionInactive(str(SageAPIError(401, errors, _request_id(response), path)))
                     if refreshed:
-                        raise ReauthorizationRequired(
-                            "Sage still refuses the access token after a refresh: "
-                            + str(SageAPIError(401, errors, _request_id(response), path))
-                        )
-                    log.info("Sage answered 401 on %s; refreshing the access token once", path)
+                        token = self._after_fresh_401(path, response, errors, token, fresh_401s)
+                        fresh_401s += 1
+                        continue
+                    log.info("Sage answered 401 on %s; refreshing the access token", path)
                     token = self.tokens.refresh(rejected_token=token)
                     refreshed = True
                     continue
@@ -517,6 +517,34 @@ class SageClient:
                     delay,
                 )
                 self._sleep(delay)
+
+    def _after_fresh_401(
+        self, path: str, response: requests.Response, errors: list[dict[str, Any]], token: str, seen: int
+    ) -> str:
+        """The token to retry with after a 401 on a token a refresh issued seconds ago.
+
+        Such a 401 does not say the grant is dead (only ``invalid_grant`` from the token endpoint
+        does): a Sage node may not know a fresh token yet. So wait and retry, first with the same
+        token (no needless rotation), then through ``refresh(rejected_token=...)``, which takes a
+        newer token another process stored or asks the token endpoint, the one authority on
+        whether the grant lives. Bounded: after ``FRESH_401_RETRIES`` it is a transient failure,
+        and the task's next try starts over.
+        """
+        if seen >= FRESH_401_RETRIES:
+            raise TransientError(
+                f"Sage refused freshly issued access tokens {seen + 1} times (the grant itself refreshes): "
+                + str(SageAPIError(401, errors, _request_id(response), path)),
+                status=401,
+                path=path,
+                attempts=seen + 2,
+            )
+        delay = self._delay(seen + 1, None)
+        self.retry_count += 1
+        log.warning("Sage answered 401 on %s with a fresh access token; retry %d in %.1fs", path, seen + 1, delay)
+        self._sleep(delay)
+        if seen + 1 < FRESH_401_RETRIES:
+            return self.tokens.access_token()  # the same token unless it is about to expire
+        return self.tokens.refresh(rejected_token=token)
 
     def _send(self, url: str, params: Mapping[str, Any] | None, token: str) -> requests.Response:
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}

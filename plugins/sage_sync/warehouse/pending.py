@@ -77,13 +77,32 @@ def load(
     return _unseal(row[0]), row[1]
 
 
+def take(
+    conn: psycopg.Connection, pending_id: str, *, max_age_minutes: int
+) -> tuple[TokenSet, list[dict[str, Any]]] | None:
+    """Remove the grant under ``pending_id`` and return it; None when gone, expired or taken already.
+
+    One ``delete ... returning``: of two callers at once (a double click), exactly one gets the
+    row, so one pending grant can only ever give one company. In the caller's transaction.
+    """
+    row = conn.execute(
+        "delete from sage_control.pending_authorisations where pending_id = %s "
+        "and created_at >= now() - make_interval(mins => %s) returning tokens_enc, businesses",
+        (pending_id, max_age_minutes),
+    ).fetchone()
+    if row is None:
+        return None
+    return _unseal(row[0]), row[1]
+
+
 def delete(conn: psycopg.Connection, pending_id: str) -> None:
     """Forget the grant under ``pending_id``; in the caller's transaction."""
     conn.execute("delete from sage_control.pending_authorisations where pending_id = %s", (pending_id,))
 
 
-def take(conn: psycopg.Connection, pending_id: str) -> TokenSet | None:
-    """Delete the grant under ``pending_id`` and return its tokens (to revoke it); None if gone.
+def remove(conn: psycopg.Connection, pending_id: str) -> TokenSet | None:
+    """Delete the grant under ``pending_id``, expired or not, and return its tokens (to revoke it);
+    None if gone.
 
     In the caller's transaction; ``delete ... returning``, so of two callers only one gets it.
     """

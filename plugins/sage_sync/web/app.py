@@ -268,19 +268,15 @@ def register_business(
     csrf: str = Form(""),
 ) -> Response:
     """Register the chosen business; its daily DAG appears at the next parse."""
-    from sage_sync.lifecycle import authorisation  # noqa: PLC0415
     from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
 
     _check_csrf(request, csrf)
-    found = authorisation.held(pending)
-    if found is None:
-        return error_page(request, "This authorisation expired or was already used: connect again")
     try:
         quarter = lifecycle.parse_quarter(synced_from)
-        registered = lifecycle.register(found, business_id, quarter, caller=caller(request))
+        # Takes the held grant atomically: a double click or a second tab cannot register it twice.
+        registered = lifecycle.register_held(pending, business_id, quarter, caller=caller(request))
     except LifecycleError as exc:
         return error_page(request, exc.message)
-    authorisation.release(pending)
     response = back(request, "connected", registered.company_id, quarter=registered.synced_from_quarter)
     delete_cookie(request, response, PENDING_COOKIE)
     return response
