@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import smtplib
 import ssl
@@ -115,8 +116,13 @@ def _clip(text: str) -> str:
     return text if len(text) <= REASON_LIMIT else text[: REASON_LIMIT - 1] + "…"
 
 
+def _airflow_url() -> str:
+    """Airflow's address as people reach it (``AIRFLOW__API__BASE_URL``), for the links in a notice."""
+    return (os.environ.get("AIRFLOW__API__BASE_URL") or airflow_api.api_url()).rstrip("/")
+
+
 def _page(company_id: str) -> str:
-    return f"{airflow_api.api_url()}/sage/company/{company_id}"
+    return f"{_airflow_url()}/sage/company/{company_id}"
 
 
 def _sage_reason(last_error: str | None) -> str:
@@ -129,7 +135,7 @@ def _sage_reason(last_error: str | None) -> str:
 
 def needs_reauth_message(company: registry.Company, secrets: Iterable[str]) -> str:
     """The notice of a refused grant."""
-    since = f" since {company.updated_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC" if company.updated_at else ""
+    since = f" at {company.updated_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC" if company.updated_at else ""
     return "\n".join(
         [
             f"{PREFIX} {company.company_name} ({company.company_id}) needs re-authorisation",
@@ -150,16 +156,16 @@ def failed_run_message(company: registry.Company, failure: Failure, reason: str)
     """The notice of a failed sync or backfill."""
     what = "backfill (Move Synced From)" if failure.kind == "backfill" else "sync"
     where = f" in task {failure.task}" if failure.task else ""
-    url = f"{airflow_api.api_url()}/{airflow_api.ui_run_path(failure.dag_id, failure.run_id)}"
+    url = f"{_airflow_url()}/{airflow_api.ui_run_path(failure.dag_id, failure.run_id)}"
     if failure.kind == "backfill":
         todo = (
-            "Synced From was not moved. Read the task log, fix the cause, then move Synced From again on "
+            "Synced From was not moved; read the task log, fix the cause, then move Synced From again on "
             f"the Sage connections page ({_page(company.company_id)}) or with "
             f"`python -m sage_sync set-synced-from {company.company_id} <quarter>`."
         )
     else:
         todo = (
-            "Read the task log, fix the cause if it is ours (Sage answering 5xx for hours clears by "
+            "read the task log, fix the cause if it is ours (Sage answering 5xx for hours clears by "
             "itself), then clear the failed tasks in Airflow, or run "
             f"`python -m sage_sync sync {company.company_id}`; otherwise tomorrow's run tries again. "
             f"`python -m sage_sync status` shows every company's last run."
@@ -185,7 +191,7 @@ def overdue_message(company: registry.Company, started_at: datetime, hours: floa
             f"Company: {company.company_name}, id {company.company_id}",
             f"What happened: the first sync started {started_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC and has "
             f"not completed after {hours:.0f} h; the company's emissions stay empty until it does.",
-            f"What to do: look at its runs in Airflow ({airflow_api.api_url()}/dags/{dag_id}) and on the Sage "
+            f"What to do: look at its runs in Airflow ({_airflow_url()}/dags/{dag_id}) and on the Sage "
             f"connections page ({_page(company.company_id)}): a run still reading is slow (its progress "
             "shows there), a failed run says why in its task log, and no run at all means the DAG is "
             "paused or not scheduled. `python -m sage_sync status` prints the first sync's progress.",

@@ -39,6 +39,11 @@ class SageNotifier(BaseNotifier):
             raise ValueError(f"unknown notifier event {event!r}; expected one of {EVENTS}")
         self.event = event
 
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        """Nothing to render: this notifier has no template fields. Airflow 3.3's ``dags test``
+        passes its run callbacks the serialized DAG, which has no Jinja environment, and
+        ``BaseNotifier`` would fail building one before ``notify`` is reached."""
+
     def notify(self, context: Any) -> None:
         """Never raises: a notice that cannot go out must not fail a task or hide the run's own error."""
         try:
