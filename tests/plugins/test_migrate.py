@@ -24,6 +24,7 @@ def test_migrate_twice_changes_nothing(warehouse: psycopg.Connection) -> None:
         "002_lifecycle.sql",
         "003_landing_time_indexes.sql",
         "004_api_rate_buckets.sql",
+        "011_notices.sql",
     ]
     assert _schema_snapshot(warehouse) == before
     assert warehouse.execute("select count(*) from sage_control.companies").fetchone() == (1,)
