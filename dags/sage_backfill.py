@@ -28,6 +28,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from sage_sync.core.config import task_timeout
 from sage_sync.core.quarters import QUARTER_PATTERN, Quarter
 from sage_sync.lifecycle.airflow_api import BACKFILL_DAG_ID, POOL, fails_fast_on_refused_grant, sage_raw_asset
+from sage_sync.lifecycle.notifier import SageNotifier
 from sage_sync.sage.streams import DOCUMENT_STREAMS
 from sage_sync.warehouse.snapshot import DagCompany, companies_for_dags
 
@@ -215,7 +216,10 @@ with DAG(
         "retries": 2,
         "retry_delay": timedelta(minutes=5),
         "retry_exponential_backoff": True,
+        "on_failure_callback": SageNotifier("task_failed"),  # a task's last try: one notice per backfill
     },
+    on_success_callback=SageNotifier("run_succeeded"),
+    on_failure_callback=SageNotifier("run_failed"),
     tags=["sage", "backfill"],
     params={
         "company_id": _company_param(_companies := _form_companies()),

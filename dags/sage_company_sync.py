@@ -26,6 +26,7 @@ from airflow.sdk import DAG, get_parsing_context, task
 
 from sage_sync.core.config import task_timeout
 from sage_sync.lifecycle.airflow_api import DAG_ID_PREFIX, POOL, dag_id_for, sage_raw_asset, skips_disconnected
+from sage_sync.lifecycle.notifier import SageNotifier
 from sage_sync.sage.streams import STREAMS
 from sage_sync.warehouse.snapshot import DagCompany, companies_for_dags
 
@@ -43,6 +44,9 @@ default_args = {
     "retries": 2,
     "retry_delay": timedelta(minutes=5),
     "retry_exponential_backoff": True,
+    # A task's last failed try (not a retry) reports the run's failure, with its exception as the
+    # reason; every failed task of a run reaches the same incident, so one notice goes out.
+    "on_failure_callback": SageNotifier("task_failed"),
 }
 # Every task that talks to Sage stops after SAGE_TASK_TIMEOUT_HOURS (default 12): a backstop to the
 # client's page cap, long enough for a big first sync sharing the request budget.
@@ -133,6 +137,10 @@ def build_company_dag(company: DagCompany) -> DAG:
         # would leave it paused until someone finds it). A disconnect pauses it; that sticks.
         is_paused_upon_creation=False,
         default_args=default_args,
+        # A success closes the company's failed-run incident; the run's failure is a backstop for
+        # one no task reported (and sends a notice a dead webhook kept back).
+        on_success_callback=SageNotifier("run_succeeded"),
+        on_failure_callback=SageNotifier("run_failed"),
         tags=["sage", "sync", f"company:{company.company_id}"],
     ) as dag:
         company_id = company.company_id

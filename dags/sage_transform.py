@@ -43,6 +43,7 @@ from typing import Any, ClassVar
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable
 
 from sage_sync.lifecycle.airflow_api import TRANSFORM_DAG_ID, sage_raw_asset
+from sage_sync.lifecycle.notifier import SageNotifier
 
 SAGE_RAW_ASSET = sage_raw_asset()
 DBT_PROJECT = Path(os.environ.get("SAGE_DBT_PROJECT_DIR", Path(__file__).resolve().parent.parent / "dbt"))
@@ -66,6 +67,11 @@ DAG_ARGS = {
     "is_paused_upon_creation": False,
     "default_args": {"owner": "data-engineering", "retries": 1, "retry_delay": timedelta(minutes=2)},
     "tags": ["sage", "dbt", "transform"],
+    # The daily check of every company (refused grants, first syncs past 24 h): this DAG runs at
+    # least once a day whatever the company DAGs do, and a late first sync is the case where the
+    # company's own DAG is stuck. Whichever way the build ends.
+    "on_success_callback": SageNotifier("check_all"),
+    "on_failure_callback": SageNotifier("check_all"),
 }
 
 

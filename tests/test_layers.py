@@ -40,6 +40,7 @@ AIRFLOW_IMPORTERS = {
     "core/config.py",
     "lifecycle/airflow_api.py",
     "lifecycle/celery_config.py",
+    "lifecycle/notifier.py",
     "lifecycle/worker_preload.py",
     "web/app.py",
     "web/access.py",

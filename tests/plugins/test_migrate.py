@@ -26,6 +26,7 @@ def test_migrate_twice_changes_nothing(warehouse: psycopg.Connection) -> None:
         "004_api_rate_buckets.sql",
         "005_run_fencing.sql",
         "009_grants.sql",
+        "011_notices.sql",
     ]
     assert _schema_snapshot(warehouse) == before
     assert warehouse.execute("select count(*) from sage_control.companies").fetchone() == (1,)

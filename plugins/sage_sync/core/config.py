@@ -262,3 +262,68 @@ def fernet_key() -> str:
     if not key:
         raise ConfigError(f"neither {TOKEN_KEYS_ENV} nor {AIRFLOW_FERNET_ENV} is set: tokens cannot be encrypted")
     return key
+
+
+# Notices (sage_sync.lifecycle.notices): where a refused grant, a failed run or a late first sync is
+# reported. Each channel is on only when configured; with neither, no notice is built or sent.
+NOTIFY_WEBHOOK_ENV = "SAGE_NOTIFY_WEBHOOK_URL"
+NOTIFY_EMAIL_TO_ENV = "SAGE_NOTIFY_EMAIL_TO"
+SMTP_CONN_ID = "sage_smtp"
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """The mail server notices go through (connection ``sage_smtp``; password out of repr)."""
+
+    host: str = "localhost"
+    port: int = 25
+    login: str | None = None
+    password: str | None = field(default=None, repr=False)
+    sender: str = "sage-sync@localhost"
+    starttls: bool = False
+    ssl: bool = False
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """Who hears about incidents: a webhook (Slack's incoming webhook, or any URL taking
+    ``{"text": ...}``) and/or e-mail recipients. The webhook URL is a secret (Slack's carries its
+    key): it stays out of repr and out of every log line."""
+
+    webhook_url: str | None = field(default=None, repr=False)
+    email_to: tuple[str, ...] = ()
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.webhook_url or self.email_to)
+
+
+def _flag(value: Any) -> bool:
+    return str(value).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def notify_settings() -> NotifySettings:
+    """``SAGE_NOTIFY_WEBHOOK_URL``, ``SAGE_NOTIFY_EMAIL_TO`` (comma-separated) and, for e-mail, the
+    connection ``sage_smtp`` (host, port, login, password; extra ``from``, ``starttls``, ``ssl``);
+    without that connection mail goes to an MTA on localhost:25."""
+    webhook = os.environ.get(NOTIFY_WEBHOOK_ENV, "").strip() or None
+    email_to = tuple(a.strip() for a in os.environ.get(NOTIFY_EMAIL_TO_ENV, "").split(",") if a.strip())
+    smtp = SmtpSettings()
+    if email_to:
+        try:
+            conn = get_connection(SMTP_CONN_ID)
+        except ConfigError:
+            conn = None
+        if conn is not None:
+            extra = conn.extra
+            smtp = SmtpSettings(
+                host=conn.host or smtp.host,
+                port=conn.port or (465 if _flag(extra.get("ssl")) else smtp.port),
+                login=conn.login,
+                password=conn.password,
+                sender=str(extra.get("from") or conn.login or smtp.sender),
+                starttls=_flag(extra.get("starttls", False)),
+                ssl=_flag(extra.get("ssl", False)),
+            )
+    return NotifySettings(webhook_url=webhook, email_to=email_to, smtp=smtp)
