@@ -221,6 +221,8 @@ class Edge:
             await response(scope, receive, send)
         elif fault.kind == "truncate":
             await self._truncated(scope, receive, send)
+        elif fault.kind == "lost":
+            await self._lost(scope, receive, raw_send, send)
         else:  # drop
             await self._drop(raw_send, send)
 
@@ -242,6 +244,15 @@ class Edge:
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+    async def _lost(self, scope: Scope, receive: Receive, raw_send: Send, send: Send) -> None:
+        """Let the request take effect (a refresh rotates the grant), then drop the answer."""
+
+        async def discard(message: Message) -> None:
+            return None
+
+        await self.app(scope, receive, discard)
+        await self._drop(raw_send, send)
 
     @staticmethod
     async def _drop(raw_send: Send, send: Send) -> None:

@@ -115,7 +115,10 @@ class FakeSageAdmin:
         delay_ms: int | None = None,
         business: str | None = None,
     ) -> dict[str, Any]:
-        """Schedule a fault: "429" | "500" | "503" | "slow" | "hold" | "drop" | "truncate".
+        """Schedule a fault: "429" | "500" | "503" | "slow" | "hold" | "drop" | "lost" | "truncate".
+
+        "drop" closes the connection before the server acts; "lost" lets it act (a token refresh
+        rotates the grant) and then closes the connection instead of answering.
 
         ``path`` is matched as a substring of the request path (None = any ``/v3.1`` path);
         ``count`` is how many matching requests it hits; ``retry_after`` adds ``Retry-After`` to a

@@ -32,7 +32,9 @@ Record = dict[str, Any]
 MASK64 = (1 << 64) - 1
 REFRESH_TOKEN_TTL = 2_678_400  # 31 days, Sage's documented refresh_token_expires_in
 AUTH_CODE_TTL = 60  # Sage: the code is single use and expires after 60 seconds
-FAULT_KINDS = ("429", "500", "503", "slow", "hold", "drop", "truncate")
+# "drop" closes the connection before Sage acts; "lost" lets Sage act (a refresh rotates the token)
+# and then loses the response on the way back, as a network cut after the server committed does.
+FAULT_KINDS = ("429", "500", "503", "slow", "hold", "drop", "lost", "truncate")
 
 # Streams served as lists under /v3.1 and the ones that carry a document `date` and `deleted_since`.
 STREAMS = (
