@@ -85,7 +85,7 @@ class Hooks:
     counts: Counter[str] = field(default_factory=Counter)
     page_path: str | None = None
     page_at: int = 0
-    page_action: Callable[[], None] | None = None
+    page_action: Callable[[list[Any]], None] | None = None
     pages: Counter[str] = field(default_factory=Counter)
 
     def clear(self) -> None:
@@ -99,11 +99,11 @@ class Hooks:
             self.kill_kind = None
             raise Killed(f"killed at {kind} #{self.kill_at}")
 
-    def page_arrived(self, path: str) -> None:
+    def page_arrived(self, path: str, items: list[Any]) -> None:
         self.pages[path] += 1
         if self.page_action is not None and self.page_path == path and self.pages[path] == self.page_at:
             action, self.page_action = self.page_action, None
-            action()
+            action(items)
 
 
 def install_hooks(monkeypatch: pytest.MonkeyPatch, hooks: Hooks) -> None:
@@ -132,17 +132,19 @@ def install_hooks(monkeypatch: pytest.MonkeyPatch, hooks: Hooks) -> None:
         hooks.checkpoint("request")
         body, response = original_get(self, target, params)
         if isinstance(body, dict) and "$items" in body:
-            hooks.page_arrived(response.request.path_url.split("?")[0].removeprefix("/v3.1"))
+            hooks.page_arrived(response.request.path_url.split("?")[0].removeprefix("/v3.1"), body["$items"])
         return body, response
 
     monkeypatch.setattr(SageClient, "_get", get)
 
 
 def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Spend streams in pages of PAGE_SIZE (the reference streams keep Sage's 200)."""
-    from sage_sync.pipeline import extract  # noqa: PLC0415
+    """Spend streams in pages of PAGE_SIZE (the reference streams keep Sage's 200), in daily
+    reads (``extract``) and backfills (``sync``)."""
+    from sage_sync.pipeline import extract, sync  # noqa: PLC0415
+    from sage_sync.sage import streams  # noqa: PLC0415
 
-    original = extract.list_params
+    original = streams.list_params
 
     def list_params(stream: Any, **kwargs: Any) -> dict[str, Any]:
         if stream.name in DOCUMENTS and "page_size" not in kwargs:
@@ -150,6 +152,7 @@ def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
         return original(stream, **kwargs)
 
     monkeypatch.setattr(extract, "list_params", list_params)
+    monkeypatch.setattr(sync, "list_params", list_params)
 
 
 @dataclass
@@ -220,15 +223,26 @@ class SyncWorld:
             records = [r for r in records if (r.get("status") or {}).get("id") != "VOID"]
         return records[pick % len(records)] if records else None
 
+    def _target(
+        self, company: Company, stream: str, op: str, pick: int, among: list[Any] | None
+    ) -> dict[str, Any] | None:
+        target = self._pick(company, stream, pick, voidable=op == "void")
+        ids = [i.get("id") for i in among or [] if isinstance(i, dict)]
+        if ids and op != "create":
+            # A record of the page the run just read: a deletion there shifts offset paging.
+            live = {r["id"]: r for r in self.live(company, stream)}
+            target = live.get(ids[pick % len(ids)], target)
+        return target
+
     # -- Sage-side changes ---------------------------------------------------------------------------
 
-    def sage_change(self, key: str, stream: str, op: str, pick: int) -> None:
+    def sage_change(self, key: str, stream: str, op: str, pick: int, *, among: list[Any] | None = None) -> None:
         """create | edit | amount | redate | delete | void one record of ``stream`` in Sage."""
         company = self.companies[key]
         cid = company.company_id
         if op == "void" and stream not in VOIDABLE:
             op = "edit"
-        target = self._pick(company, stream, pick, voidable=op == "void")
+        target = self._target(company, stream, op, pick, among)
         if target is None:
             self.note(f"sage {op} {key}/{stream}: nothing to change")
             return
@@ -296,7 +310,7 @@ class SyncWorld:
         if interrupt is not None:
             stream, page, what = interrupt
             self.hooks.page_path, self.hooks.page_at = f"/{stream}", page
-            self.hooks.page_action = lambda: self.interrupt(company, airflow_run_id, stream, what, page)
+            self.hooks.page_action = lambda items: self.interrupt(company, airflow_run_id, stream, what, page, items)
         if kill is not None:
             self.hooks.kill_kind, self.hooks.kill_at = kill
             self.hooks.counts.clear()
@@ -366,7 +380,9 @@ class SyncWorld:
         sync.finish_run(cid, run_id, status="success")
         return "success"
 
-    def interrupt(self, company: Company, airflow_run_id: str, stream: str, what: str, page: int) -> None:
+    def interrupt(
+        self, company: Company, airflow_run_id: str, stream: str, what: str, page: int, items: list[Any]
+    ) -> None:
         """What happens between two pages of a run in flight (in Sage, or to the company)."""
         from sage_sync.pipeline import sync  # noqa: PLC0415
 
@@ -375,7 +391,7 @@ class SyncWorld:
         if what.startswith("sibling_fails"):
             self.sibling_failed = True
         if what in ("create", "edit", "amount", "redate", "delete", "void"):
-            self.sage_change(key, stream, what, page * 7)
+            self.sage_change(key, stream, what, page * 7, among=items)
         elif what == "sibling_fails":
             # Another stream task of the same run failed for good: record_failure closes the run.
             sync.finish_run(company.company_id, sync.run_key(company.company_id, airflow_run_id), status="failed")
@@ -437,7 +453,11 @@ class SyncWorld:
 
         company = self.companies[key]
         code, verifier = self._code(company)
-        connections.reconnect(company.company_id, code, verifier, dsn=self.dsn)
+        try:
+            connections.reconnect(company.company_id, code, verifier, dsn=self.dsn)
+        except LifecycleError as exc:  # e.g. Sage's token endpoint failing: the user tries again later
+            self.note(f"reconnect {key}: refused ({exc})")
+            return "refused"
         company.connected = True
         self.note(f"reconnect {key}")
         return "reconnected"
@@ -451,21 +471,21 @@ class SyncWorld:
             stream, page, what = interrupt
             self.hooks.pages.clear()
             self.hooks.page_path, self.hooks.page_at = f"/{stream}", page
-            self.hooks.page_action = lambda: self._backfill_change(company, stream, what, page)
+            self.hooks.page_action = lambda items: self._backfill_change(company, stream, what, page, items)
         try:
             return self._backfill(company, quarters)
         finally:
             if interrupt is not None:
                 self.hooks.clear()
 
-    def _backfill_change(self, company: Company, stream: str, what: str, page: int) -> None:
+    def _backfill_change(self, company: Company, stream: str, what: str, page: int, items: list[Any]) -> None:
         self.note(f"  while {stream} page {page} of a backfill: {what}")
-        # A record of the older window the backfill is reading (the live window's would not shift it).
-        start = company.synced_from.start_date.isoformat()
-        older = [r for r in self.sage.admin.records(company.company_id, stream) if r["date"] < start]
-        if not older:
+        # A record of the page the backfill just read (older than Synced From): deleting it shifts
+        # every later record one place up.
+        ids = [i["id"] for i in items if isinstance(i, dict) and i.get("id")]
+        if not ids:
             return
-        target = older[(page * 7) % len(older)]
+        target = {"id": ids[(page * 7) % len(ids)]}
         if what == "delete":
             self.sage.admin.delete(company.company_id, stream, target["id"])
         else:

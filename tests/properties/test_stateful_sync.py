@@ -258,3 +258,43 @@ def test_any_history_leaves_the_warehouse_equal_to_sage(world_context: type[Cont
             run_state_machine_as_test(SyncMachine, settings=settings(max_examples=5, **common))
     finally:
         _report(started, "soak" if SOAK else "ci")
+
+
+# -- examples the machine shrank to, kept as regression tests ----------------------------------------
+
+
+@pytest.fixture
+def world(world_context: type[Context]) -> SyncWorld:
+    """A fresh example, as the machine starts one."""
+    return SyncWorld(Context.sage, Context.dsn, Context.hooks, Context.dbt, marts_every=MARTS_EVERY)
+
+
+def test_reset_after_a_sibling_task_failed_while_a_stream_still_pages(world: SyncWorld) -> None:
+    """Issue 22 item 1 (run fencing): the run is closed as failed while its invoice task still
+    pages, the reset is accepted and wipes, the old task then writes its watermark; the next daily
+    run (the reset's re-import) must still import every invoice."""
+    world.daily("greenleaf", interrupt=("purchase_invoices", 2, "sibling_fails_then_reset"))
+    world.transform(marts=False)
+
+
+def test_deletion_while_a_backfill_pages(world: SyncWorld) -> None:
+    """Issue 22 item 2 (pass completeness): a document of the older window is deleted after the
+    backfill's first page; offset paging then skips a live one, and Synced From must not move
+    past a window that was not read in full."""
+    world.daily("greenleaf")
+    world.backfill("greenleaf", 2, interrupt=("purchase_invoices", 1, "delete"))
+    world.transform(marts=False)
+
+
+def test_an_edit_stamped_by_a_clock_two_years_ahead(world: SyncWorld) -> None:
+    """Issue 22 item 3 (watermark bounds): Sage's clock runs two years ahead for one edit and is
+    then corrected; later edits and new documents must still be imported."""
+    world.daily("greenleaf")
+    world.clock(2 * 365 * 86_400)
+    world.sage_change("greenleaf", "purchase_invoices", "edit", 1)
+    world.clock(-2 * 365 * 86_400)
+    world.transform(marts=False)  # the edit is imported; its stamp must not become the cursor
+    world.clock(86_400)
+    world.sage_change("greenleaf", "purchase_invoices", "create", 2)
+    world.sage_change("greenleaf", "purchase_invoices", "amount", 3)
+    world.transform(marts=False)
