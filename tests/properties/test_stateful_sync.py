@@ -33,9 +33,14 @@ company, against the fake Sage's own records (its truth) in the company's Synced
   ``rpt_spend_by_supplier_quarter`` sum to the same total, and no sum is non-finite.
 - Synced From in the warehouse is where the successful backfills moved it, no further.
 
-Budget: ``make test`` runs ``CI_EXAMPLES`` examples of at most ``CI_STEPS`` steps (about 2.5
-minutes on 2 cores). ``SOAK=1`` runs batches of examples until ``SOAK_MINUTES`` (default 30) have
-passed; either prints, and writes to ``.local/stateful_sync.json``, how many examples and steps ran.
+Budget: ``make test`` runs ``CI_EXAMPLES`` (8) examples of at most ``CI_STEPS`` (14) steps: 112
+steps and 3 dbt builds in 90 s here on 2 shared cores (2026-12-07; 10 x 16 took 196 s, over the
+3 minutes allowed). ``STATEFUL_EXAMPLES`` / ``STATEFUL_STEPS`` change them. ``SOAK=1`` runs batches
+of examples until ``SOAK_MINUTES`` (default 30) have passed. Either prints, and writes to
+``.local/stateful_sync.json``, how many examples and steps ran; ``STATEFUL_TRACE=1`` prints each step.
+
+Examples this machine expresses that fail on the code this test was written against are kept
+below as plain tests (issue 22 items 1-3); the invariant was not loosened for them.
 
 Runs with the read-ahead thread off (``SAGE_READ_AHEAD_PAGES=0``: a change between two pages
 must land at the same point of the run on every replay; tests/plugins/test_prefetch.py holds the
@@ -66,9 +71,9 @@ from .sync_world import COMPANIES, DOCUMENTS, DbtRunner, Hooks, SyncWorld, insta
 pytestmark = pytest.mark.dbt
 
 ROOT = Path(__file__).resolve().parents[2]
-CI_EXAMPLES = int(os.environ.get("STATEFUL_EXAMPLES", "5"))
+CI_EXAMPLES = int(os.environ.get("STATEFUL_EXAMPLES", "8"))
 CI_STEPS = int(os.environ.get("STATEFUL_STEPS", "14"))
-MARTS_EVERY = 3
+MARTS_EVERY = 4
 SOAK = os.environ.get("SOAK") == "1"
 SOAK_MINUTES = float(os.environ.get("SOAK_MINUTES", "30"))
 
