@@ -502,6 +502,15 @@ def test_fault_drop_breaks_the_connection(server: FakeSageServer, token: dict[st
     assert api(server, token, "/ledger_accounts").status_code == 200
 
 
+def test_fault_lose_acts_then_drops_the_answer(server: FakeSageServer, token: dict[str, Any]) -> None:
+    # A refresh whose answer is lost still rotated the grant: the old refresh token is dead.
+    server.admin.add_fault("lose", path="/token")
+    with pytest.raises(requests.exceptions.ConnectionError):
+        post_token(server, grant_type="refresh_token", refresh_token=token["refresh_token"])
+    again = post_token(server, grant_type="refresh_token", refresh_token=token["refresh_token"])
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+
+
 def test_fault_truncate_cuts_the_json(server: FakeSageServer, token: dict[str, Any]) -> None:
     server.admin.add_fault("truncate", path="/purchase_invoices")
     response = api(server, token, "/purchase_invoices", attributes="all")
