@@ -32,7 +32,7 @@ from sandbox.fake_sage.server import FakeSageServer
 @pytest.fixture(autouse=True)
 def _no_airflow(monkeypatch: pytest.MonkeyPatch) -> None:
     # Connect and reconnect unpause the company's DAG through Airflow's API; none runs here.
-    monkeypatch.setattr(airflow_api, "set_dag_paused", lambda dag_id, *, paused: True)
+    monkeypatch.setattr(airflow_api, "set_dag_paused", lambda dag_id, *, paused, caller=None: True)
 
 
 def _status(conn: psycopg.Connection, company: str) -> str:

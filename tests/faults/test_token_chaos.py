@@ -162,7 +162,7 @@ def _judge_marks(sage: FakeSageServer, conn: psycopg.Connection, revoked_company
 def test_token_chaos_never_kills_a_live_grant(
     sage: FakeSageServer, env: psycopg.Connection, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(airflow_api, "set_dag_paused", lambda dag_id, *, paused: True)
+    monkeypatch.setattr(airflow_api, "set_dag_paused", lambda dag_id, *, paused, caller=None: True)
     # Real waits here (the fixture ``sleeps`` records them instead): the processes back off as in production.
     monkeypatch.setattr("sage_sync.sage.client._sleep", time.sleep)
     monkeypatch.setattr("sage_sync.sage.auth._sleep", time.sleep)
