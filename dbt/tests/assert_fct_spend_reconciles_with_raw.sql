@@ -1,6 +1,7 @@
 -- Per company, the fact's net spend equals the spend computed straight from raw, independently
 -- of the staging and intermediate models: latest version per record, not deleted, not VOID or
--- DRAFT, GBP documents of GBP companies, credit notes and refunds negative. Returns the
+-- DRAFT, GBP documents of GBP companies, credit notes and refunds negative, no field breaking
+-- its declared type (macro sage_invalid_fields: such a document keeps no line). Returns the
 -- companies where the two disagree.
 --
 -- Only companies at rest are compared: none of their sync runs was landing at or after the
@@ -31,7 +32,8 @@ latest_documents as (
         record_id,
         payload,
         'invoice_lines' as lines_key,
-        1 as sign
+        1 as sign,
+        {{ sage_invalid_fields('purchase_invoices', 'payload') }} is null as is_sound
     from (
         select distinct on (company_id, record_id) *
         from {{ source('sage', 'purchase_invoices') }}
@@ -44,7 +46,8 @@ latest_documents as (
         record_id,
         payload,
         'credit_note_lines',
-        -1
+        -1,
+        {{ sage_invalid_fields('purchase_credit_notes', 'payload') }} is null
     from (
         select distinct on (company_id, record_id) *
         from {{ source('sage', 'purchase_credit_notes') }}
@@ -58,7 +61,8 @@ latest_documents as (
         -- the header is the line
         payload || jsonb_build_object('quick_lines', jsonb_build_array(payload)),
         'quick_lines',
-        case when payload -> 'quick_entry_type' ->> 'id' = 'CREDIT_NOTE' then -1 else 1 end
+        case when payload -> 'quick_entry_type' ->> 'id' = 'CREDIT_NOTE' then -1 else 1 end,
+        {{ sage_invalid_fields('purchase_quick_entries', 'payload') }} is null
     from (
         select distinct on (company_id, record_id) *
         from {{ source('sage', 'purchase_quick_entries') }}
@@ -71,12 +75,24 @@ latest_documents as (
         record_id,
         payload,
         'payment_lines',
-        case payload -> 'transaction_type' ->> 'id' when 'OTHER_PAYMENT' then 1 when 'OTHER_PAYMENT_REFUND' then -1 end
+        case payload -> 'transaction_type' ->> 'id' when 'OTHER_PAYMENT' then 1 when 'OTHER_PAYMENT_REFUND' then -1 end,
+        {{ sage_invalid_fields('other_payments', 'payload') }} is null
     from (
         select distinct on (company_id, record_id) *
         from {{ source('sage', 'other_payments') }}
         order by company_id, record_id, source_updated_at desc nulls last, _extracted_at desc
     ) as other_payments
+),
+
+-- a document that is not sound may not even have an array of lines
+sound_documents as (
+    select
+        *,
+        case
+            when is_sound and jsonb_typeof(payload -> lines_key) = 'array' then payload -> lines_key
+            else '[]'
+        end as lines
+    from latest_documents
 ),
 
 base_currencies as (
@@ -92,11 +108,14 @@ base_currencies as (
 expected as (
     select
         documents.company_id,
-        sum(documents.sign * cast(line.value ->> 'net_amount' as numeric)) as amount
-    from latest_documents as documents
+        -- a blank amount is no amount (sound documents hold no other kind of invalid text)
+        sum(documents.sign * case
+            when line.value ->> 'net_amount' !~ '^[ \t\n\r\f\v]*$' then cast(line.value ->> 'net_amount' as numeric)
+        end) as amount
+    from sound_documents as documents
     inner join base_currencies
         on documents.company_id = base_currencies.company_id
-    cross join lateral jsonb_array_elements(documents.payload -> documents.lines_key) as line (value)
+    cross join lateral jsonb_array_elements(documents.lines) as line (value)
     where documents.sign is not null
         and base_currencies.base_currency = 'GBP'
         and coalesce(documents.payload -> 'currency' ->> 'id', 'GBP') = 'GBP'

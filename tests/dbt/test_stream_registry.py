@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from sage_sync.sage.schema import SCHEMAS
 from sage_sync.sage.streams import DOCUMENT_STREAMS, STREAMS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,3 +106,46 @@ def test_every_stream_has_its_staging_models() -> None:
         if stream.incremental:
             base = f"base_sage__{stream.name}_latest"
             assert base in models, f"{_rel(staging)}/base: add {base}.sql"
+
+
+# -- typed fields: what the staging models cast is what the loader validates (sage.schema) ---------
+
+_TYPED_READ = re.compile(
+    r"sage_(amount|date|timestamp|boolean|integer|link_id)\('(?:latest\.)?(payload|line)', '(\w+)'\)"
+)
+_KIND = {"amount": "amount", "date": "date", "timestamp": "timestamp", "boolean": "boolean"}
+_KIND |= {"integer": "integer", "link_id": "link"}
+
+
+def _typed_reads(text: str) -> set[tuple[str, str, str]]:
+    """(payload or line, field, type) of every typed read macro in ``text``."""
+    return {(where, field, _KIND[macro]) for macro, where, field in _TYPED_READ.findall(text)}
+
+
+def test_every_typed_read_in_staging_is_declared_in_the_schema() -> None:
+    """A field dbt casts but the loader does not validate could fail or poison a build again."""
+    staging = DBT / "models" / "staging" / "sage"
+    default_lines = _typed_reads((DBT / "macros" / "sage_document_lines.sql").read_text())
+    checked = 0
+    for stream in STREAMS.values():
+        declared = {("payload", f, t) for f, t in SCHEMAS[stream.name].fields.items()}
+        declared |= {("line", f, t) for f, t in SCHEMAS[stream.name].line_fields.items()}
+        header = staging / f"stg_sage__{stream.name}.sql"
+        reads = {r for r in _typed_reads(header.read_text()) if r[0] == "payload"}
+        if stream.line_field:
+            lines = (staging / f"stg_sage__{stream.name.removesuffix('s')}_lines.sql").read_text()
+            reads |= _typed_reads(lines) if "columns=" in lines else default_lines
+        undeclared = reads - declared
+        assert not undeclared, (
+            f"{_rel(header)} and its lines read {sorted(undeclared)}: declare them in "
+            "plugins/sage_sync/sage/schema.py (then run scripts/gen_dbt_streams.py)"
+        )
+        checked += len(reads)
+    assert checked > 50, "the typed reads were not found: have the staging macros been renamed?"
+
+
+def test_staging_never_casts_payload_text_unguarded() -> None:
+    """Casts of payload text go through the guarded macros of sage_parsing.sql, never a bare cast."""
+    for path in sorted((DBT / "models" / "staging").rglob("*.sql")):
+        bare = re.findall(r"cast\(\s*(?:nullif\(|trim\()*[^()]*->>[^()]*", path.read_text())
+        assert not bare, f"{_rel(path)}: unguarded cast {bare}; use the sage_* macros of sage_parsing.sql"

@@ -169,7 +169,8 @@ def test_bad_records_are_quarantined_and_good_ones_load(warehouse: psycopg.Conne
         ({"id": "nul-in-id\x00"}, None, "NUL character"),
         (invoice("surrogate", notes="\ud800"), "surrogate", "unpaired surrogate"),
         ({"id": "\udfff"}, None, "unpaired surrogate"),
-        (invoice("nan", total=float("nan")), "nan", "not valid JSON"),
+        (invoice("nan", total=float("nan")), "nan", "'total_amount' is not a finite money amount"),
+        (invoice("nan-untyped", weird=float("nan")), "nan-untyped", "not valid JSON"),
         (invoice("object", when=datetime(2024, 1, 1)), "object", "not JSON-serialisable"),
     ]
     records: list[Any] = []
@@ -325,3 +326,126 @@ def test_record_deletions_is_idempotent(warehouse: psycopg.Connection) -> None:
     with pytest.raises(ValueError, match="detection method"):
         record_deletions(warehouse, STREAM, CO, RUN, [{"id": "a"}], method="guess")
     assert record_deletions(warehouse, STREAM, CO, RUN, []) == 0
+
+
+# -- typed fields (issue 22, items 5 and 6) ---------------------------------------------------------
+# What dbt casts (sage_sync.sage.schema.SCHEMAS) is validated at load: one impossible date or
+# non-finite amount must be quarantined with its reason, never stored for dbt to choke on (one
+# failing cast stopped every company's marts) or to sum (one NaN made every total NaN).
+
+LINE = {"id": "l1", "net_amount": "10.00", "tax_rate": {"id": "GB_STANDARD"}}
+NON_FINITE = ["NaN", "nan", "Infinity", "-Infinity", "inf", "1e400", "-1e400", "1e99999", "sNaN"]
+
+
+@pytest.mark.parametrize(
+    ("stream", "changes", "reason"),
+    [
+        # dates
+        (STREAM, {"date": "0000-00-00"}, "'date' is not a calendar date YYYY-MM-DD: '0000-00-00'"),
+        (STREAM, {"date": "2026-02-30"}, "'date' is not a calendar date"),
+        (STREAM, {"date": "2026-13-01"}, "'date' is not a calendar date"),
+        (STREAM, {"due_date": "0001-00-01"}, "'due_date' is not a calendar date"),
+        (STREAM, {"date": "20260101"}, "'date' is not a calendar date"),
+        (STREAM, {"date": "2026-01-01T00:00:00Z"}, "'date' is not a calendar date"),
+        (STREAM, {"date": " 2026-01-01"}, "'date' is not a calendar date"),
+        (STREAM, {"date": 20260101}, "'date' is a number, not a YYYY-MM-DD date"),
+        (STREAM, {"date": True}, "'date' is a boolean"),
+        ("purchase_credit_notes", {"original_invoice_date": "yesterday"}, "'original_invoice_date' is not a calendar"),
+        ("financial_settings", {"year_end_date": "2025-02-29"}, "'year_end_date' is not a calendar date"),
+        # timestamps dbt casts (updated_at is parsed by the loader itself)
+        (STREAM, {"created_at": "2024-03-01 10:00"}, "'created_at' is not an ISO 8601 timestamp"),
+        (STREAM, {"created_at": "2024-02-30T10:00:00Z"}, "'created_at' is not an ISO 8601 timestamp"),
+        (STREAM, {"deleted_at": "2024-03-01T25:00:00Z"}, "'deleted_at' is not an ISO 8601 timestamp"),
+        (STREAM, {"deleted_at": 1709287200}, "'deleted_at' is a number, not an ISO 8601 timestamp"),
+        # amounts, header and nested lines
+        *[(STREAM, {"total_amount": value}, "'total_amount' is not a") for value in NON_FINITE],
+        *[
+            (STREAM, {"invoice_lines": [{**LINE, "net_amount": v}]}, "'invoice_lines[1].net_amount' is not a")
+            for v in NON_FINITE
+        ],
+        (STREAM, {"total_amount": float("inf")}, "'total_amount' is not a finite money amount"),
+        (STREAM, {"total_amount": float("-inf")}, "'total_amount' is not a finite money amount"),
+        (STREAM, {"total_amount": 10**400}, "'total_amount' is not a money amount below 10^15"),
+        (STREAM, {"total_amount": "1,234.00"}, "'total_amount' is not a money amount: '1,234.00'"),
+        (STREAM, {"total_amount": "0x10"}, "'total_amount' is not a money amount"),
+        (STREAM, {"total_amount": "12 GBP"}, "'total_amount' is not a money amount"),
+        (STREAM, {"total_amount": "\u0661\u0662"}, "'total_amount' is not a money amount"),  # Arabic-Indic digits
+        (STREAM, {"total_amount": "0." + "0" * 40 + "1"}, "'total_amount' is not a money amount of at most 30"),
+        (STREAM, {"total_amount": True}, "'total_amount' is not a money amount: True"),
+        (STREAM, {"total_amount": {"value": "1"}}, "'total_amount' is not a money amount"),
+        (STREAM, {"exchange_rate": [1]}, "'exchange_rate' is not a money amount"),
+        (STREAM, {"invoice_lines": [{**LINE, "quantity": False}]}, "'invoice_lines[1].quantity' is not a money"),
+        ("other_payments", {"payment_lines": [{"id": "p", "tax_amount": "NaN"}]}, "'payment_lines[1].tax_amount'"),
+        ("purchase_quick_entries", {"net_amount": "Infinity"}, "'net_amount' is not a money amount: 'Infinity'"),
+        ("tax_rates", {"percentage": "twenty"}, "'percentage' is not a money amount"),
+        # ids of links, lines and the line array itself
+        (STREAM, {"contact": {"id": 42}}, "'contact' has an 'id' that is a number 42"),
+        (STREAM, {"contact": {"id": ""}}, "'contact' has an 'id' that is a string ''"),
+        (STREAM, {"contact": "c1"}, "'contact' is a string, not a link object"),
+        (
+            STREAM,
+            {"invoice_lines": [{**LINE, "ledger_account": {"id": 7500}}]},
+            "'invoice_lines[1].ledger_account' has",
+        ),
+        (STREAM, {"invoice_lines": [{**LINE, "ledger_account": {"displayed_as": "x"}}]}, "has an 'id' that is null"),
+        (STREAM, {"invoice_lines": [{**LINE, "id": 1}]}, "'invoice_lines[1].id' is a number"),
+        (STREAM, {"invoice_lines": [{**LINE, "id": " "}]}, "'invoice_lines[1].id' is a string"),
+        (STREAM, {"invoice_lines": [LINE, LINE]}, "'invoice_lines[2].id' repeats the id of an earlier line: 'l1'"),
+        (STREAM, {"invoice_lines": {"id": "l1"}}, "'invoice_lines' is an object, not an array of lines"),
+        (STREAM, {"invoice_lines": ["l1"]}, "'invoice_lines[1]' is a string, not a line object"),
+        # flags and integers
+        ("ledger_accounts", {"nominal_code": "7500a"}, "'nominal_code' is a string '7500a', not an integer"),
+        ("ledger_accounts", {"nominal_code": 7500.0}, "'nominal_code' is a number 7500.0, not an integer"),
+        ("ledger_accounts", {"nominal_code": 10**12}, "'nominal_code' is a number"),
+        ("ledger_accounts", {"included_in_chart": "maybe"}, "'included_in_chart' is a string 'maybe', not a boolean"),
+        ("tax_rates", {"is_visible": 1}, "'is_visible' is a number 1, not a boolean"),
+        ("financial_settings", {"multi_currency_enabled": "yes"}, "'multi_currency_enabled' is a string 'yes'"),
+    ],
+)
+def test_a_bad_typed_field_is_quarantined_with_its_reason(
+    warehouse: psycopg.Connection, stream: str, changes: dict[str, Any], reason: str
+) -> None:
+    bad = {**invoice("bad"), **changes}
+    singleton = stream == "financial_settings"
+    good = {**invoice("good"), "date": "2024-02-29"}
+    batch = [bad] if singleton else [good, bad]
+    result = load(warehouse, batch, stream=stream, record_id_override=CO if singleton else None)
+    assert (result.versions_added, result.quarantined) == (len(batch) - 1, 1)
+    assert result.record_ids == ([] if singleton else ["good"])
+    ((record_id, why, raw),) = quarantined(warehouse)
+    assert reason in why
+    assert record_id == (CO if singleton else "bad")
+    assert json.loads(raw) == bad
+
+
+@pytest.mark.parametrize(
+    ("stream", "changes"),
+    [
+        # Money as Sage sends it: a decimal string, sometimes a JSON number; absent, null or empty.
+        (STREAM, {"total_amount": "55.55", "net_amount": 55.55, "tax_amount": 0, "outstanding_amount": None}),
+        (STREAM, {"total_amount": "-430035.84", "net_amount": "0.0", "tax_amount": "", "total_paid": "   "}),
+        (STREAM, {"total_amount": " 12.50 ", "net_amount": "+7", "tax_amount": "1e3", "exchange_rate": "1.0000001"}),
+        (STREAM, {"total_amount": "00012.50", "net_amount": "-0", "tax_amount": ".5", "exchange_rate": 1.2345678e-07}),
+        (STREAM, {"total_amount": "999999999999999.99", "net_amount": -999999999999999, "tax_amount": 1e14}),
+        (
+            STREAM,
+            {"invoice_lines": [{"id": "a", "quantity": "1.0", "unit_price": 3, "net_amount": "3.00"}, {"id": "b"}]},
+        ),
+        (STREAM, {"invoice_lines": [{"net_amount": "1"}, {"net_amount": "2"}], "currency": None}),  # no line ids
+        (STREAM, {"invoice_lines": None, "contact": None, "date": "", "due_date": None}),
+        (STREAM, {"invoice_lines": [], "date": "2024-02-29", "due_date": "9999-12-31"}),
+        (STREAM, {"created_at": "2021-09-09T14:36:01Z", "deleted_at": "2024-03-01T12:00:00.123+05:30"}),
+        (STREAM, {"created_at": "2024-03-01T12:00:00.123456-0800", "deleted_at": None}),
+        (STREAM, {"contact": {"id": "4c3f", "displayed_as": "A", "$path": "/contacts/4c3f"}}),
+        ("ledger_accounts", {"nominal_code": 7500, "included_in_chart": False}),
+        ("ledger_accounts", {"nominal_code": "0030", "included_in_chart": True}),
+        ("tax_rates", {"percentage": "20.0", "is_visible": True}),
+        ("financial_settings", {"multi_currency_enabled": False, "year_end_date": "2024-12-31"}),
+    ],
+)
+def test_every_form_sage_sends_loads(warehouse: psycopg.Connection, stream: str, changes: dict[str, Any]) -> None:
+    record = {**invoice("ok"), **changes}
+    singleton = stream == "financial_settings"
+    result = load(warehouse, [record], stream=stream, record_id_override=CO if singleton else None)
+    assert (result.versions_added, result.quarantined) == (1, 0), quarantined(warehouse)
+    assert versions(warehouse, stream=stream) == [record]

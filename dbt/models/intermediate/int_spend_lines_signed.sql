@@ -7,6 +7,10 @@
 -- replaces all lines of each such document (strategy replace_documents). A changed document with
 -- no spend lines left (deleted, voided into nothing, now a receipt) emits one marker row with a
 -- null line_id, so its old lines are removed. A re-run with nothing new changes nothing.
+--
+-- A document with a field that breaks its type (staging `invalid_fields`: an impossible date, a
+-- NaN amount, a malformed line; the loader quarantines these, so only rows landed before it can
+-- have them) keeps no line: its figures would be wrong or partial. rpt_invalid_values lists it.
 {{
     config(
         materialized='incremental',
@@ -72,6 +76,7 @@ invoice_lines as (
         on headers.company_id = lines.company_id
             and headers.record_id = lines.record_id
             and not headers.is_deleted
+            and headers.invalid_fields is null
 ),
 
 credit_note_lines as (
@@ -106,6 +111,7 @@ credit_note_lines as (
         on headers.company_id = lines.company_id
             and headers.record_id = lines.record_id
             and not headers.is_deleted
+            and headers.invalid_fields is null
 ),
 
 -- A quick entry has no lines: the header is the line.
@@ -115,7 +121,7 @@ quick_entry_lines as (
         'purchase_quick_entries' as stream,
         transaction_type,
         record_id,
-        case when not is_deleted then record_id end as line_id,
+        case when not is_deleted and invalid_fields is null then record_id end as line_id,
         1 as line_number,
         document_number,
         transaction_date,
@@ -176,6 +182,7 @@ payment_lines as (
         on headers.company_id = lines.company_id
             and headers.record_id = lines.record_id
             and not headers.is_deleted
+            and headers.invalid_fields is null
             and headers.transaction_type in ('OTHER_PAYMENT', 'OTHER_PAYMENT_REFUND')
 ),
 

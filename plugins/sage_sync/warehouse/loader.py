@@ -11,7 +11,9 @@ Why it is shaped like this:
   With an autocommit connection the load runs in a transaction of its own instead.
 * **Validate in Python, never fail the page for one record.** Anything PostgreSQL would reject is
   caught before it reaches the server (an error there would abort the whole transaction) and goes
-  to ``sage_raw.quarantine`` with a precise reason and the record's JSON text.
+  to ``sage_raw.quarantine`` with a precise reason and the record's JSON text. So does a record
+  whose typed fields (those dbt casts, declared in ``sage.schema``) break their type: an impossible
+  date failed every company's dbt build, and a ``"NaN"`` amount turned every sum it met into NaN.
   A NUL character (``\\u0000``) in any string is quarantined, not stripped: jsonb cannot store it, and
   silently changing a payload would make its hash lie about what Sage sent.
 * **Speed: one lookup + one COPY straight into the raw table, no per-row round trip.** One query
@@ -55,6 +57,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from sage_sync.sage.schema import invalid_field
 from sage_sync.sage.streams import STREAMS as _REGISTRY
 
 # The raw tables this loader writes: one per stream of the registry (migrations create them).
@@ -139,6 +142,12 @@ def load_records(
             record_id, updated_at = _identity(record, record_id_override)
         except _Invalid as exc:
             rejected.append((_quarantine_id(record, record_id_override), _raw_text(record), str(exc)))
+            continue
+        # The fields dbt casts (sage.schema): a value its cast would choke on, or a NaN it would
+        # sum, is refused here, with the field named, rather than stored for dbt to meet.
+        if (reason := invalid_field(stream, record)) is not None:
+            rejected.append((_quarantine_id(record, record_id_override), _raw_text(record), reason))
+            candidates.pop(record_id, None)  # this record's last occurrence is the bad one
             continue
         candidates[record_id] = (record, updated_at)
 

@@ -17,7 +17,8 @@ renamed as (
         {{ sage_timestamp('payload', 'created_at') }} as created_at,
         source_updated_at as updated_at,
         first_synced_at,
-        _extracted_at as last_changed_at
+        _extracted_at as last_changed_at,
+        {{ sage_invalid_fields('businesses', 'payload') }} as invalid_fields
     from latest
 ),
 

@@ -24,7 +24,8 @@ renamed as (
         {{ sage_deletion_columns() }},
         latest.first_synced_at,
         latest._extracted_at as last_changed_at,
-        latest.dbt_loaded_at
+        latest.dbt_loaded_at,
+        {{ sage_invalid_fields('contacts', 'latest.payload') }} as invalid_fields
     from latest
     left join deletions
         on latest.company_id = deletions.company_id

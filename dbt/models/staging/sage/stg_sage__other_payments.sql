@@ -25,14 +25,15 @@ renamed as (
         {{ sage_amount('latest.payload', 'net_amount') }} as net_amount,
         {{ sage_amount('latest.payload', 'tax_amount') }} as tax_amount,
         {{ sage_amount('latest.payload', 'total_amount') }} as total_amount,
-        jsonb_array_length(coalesce(latest.payload -> 'payment_lines', '[]'::jsonb)) as line_count,
+        {{ sage_array_length('latest.payload', 'payment_lines') }} as line_count,
         {{ sage_timestamp('latest.payload', 'created_at') }} as created_at,
         latest.source_updated_at as updated_at,
         {{ sage_deletion_columns() }},
         latest.version_count,
         latest.first_synced_at,
         latest._extracted_at as last_changed_at,
-        latest.dbt_loaded_at
+        latest.dbt_loaded_at,
+        {{ sage_invalid_fields('other_payments', 'latest.payload') }} as invalid_fields
     from latest
     left join deletions
         on latest.company_id = deletions.company_id

@@ -35,14 +35,15 @@ renamed as (
         {{ sage_amount('latest.payload', 'base_currency_total_amount') }} as base_currency_total_amount,
         {{ sage_link_id('latest.payload', 'status') }} as document_status,
         {{ sage_text('latest.payload', 'void_reason') }} as void_reason,
-        jsonb_array_length(coalesce(latest.payload -> 'invoice_lines', '[]'::jsonb)) as line_count,
+        {{ sage_array_length('latest.payload', 'invoice_lines') }} as line_count,
         {{ sage_timestamp('latest.payload', 'created_at') }} as created_at,
         latest.source_updated_at as updated_at,
         {{ sage_deletion_columns() }},
         latest.version_count,
         latest.first_synced_at,
         latest._extracted_at as last_changed_at,
-        latest.dbt_loaded_at
+        latest.dbt_loaded_at,
+        {{ sage_invalid_fields('purchase_invoices', 'latest.payload') }} as invalid_fields
     from latest
     left join deletions
         on latest.company_id = deletions.company_id

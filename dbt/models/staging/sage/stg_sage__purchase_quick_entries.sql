@@ -44,7 +44,8 @@ renamed as (
         latest.version_count,
         latest.first_synced_at,
         latest._extracted_at as last_changed_at,
-        latest.dbt_loaded_at
+        latest.dbt_loaded_at,
+        {{ sage_invalid_fields('purchase_quick_entries', 'latest.payload') }} as invalid_fields
     from latest
     left join deletions
         on latest.company_id = deletions.company_id

@@ -14,11 +14,12 @@ renamed as (
         record_id as tax_rate_id,
         {{ sage_text('payload', 'name') }} as tax_rate_name,
         {{ sage_amount('payload', 'percentage') }} as tax_rate_percentage,
-        cast(payload ->> 'is_visible' as boolean) as is_visible,
+        {{ sage_boolean('payload', 'is_visible') }} as is_visible,
         {{ sage_timestamp('payload', 'created_at') }} as created_at,
         source_updated_at as updated_at,
         first_synced_at,
-        _extracted_at as last_changed_at
+        _extracted_at as last_changed_at,
+        {{ sage_invalid_fields('tax_rates', 'payload') }} as invalid_fields
     from latest
 ),
 
