@@ -2,7 +2,15 @@
 ### Sage backfill: move a company's Synced From earlier
 
 Triggered (by the Sage connections page, by `python -m sage_sync set-synced-from`, or by hand
-from this trigger form) with conf `{"company_id": "...", "synced_from": "YYYY-Qn"}`.
+from this trigger form) with conf `{"company_id": "...", "synced_from": "YYYY-Qn"}`. The quarters
+offered and accepted are the one Synced From policy of the page and the CLI: earlier than the
+company's own, not before six years back.
+
+**Why this form asks for no re-authorisation.** The page and the CLI have a user of the business
+authorise access again before Synced From moves, as Sage's own product does: a person of the
+business agrees to share older books. This form is for an Airflow operator (DAG edit rights)
+acting on the grant the company already gave, whose read-only scope covers documents of every
+date; when the business should confirm, use Move Synced From on the Sage connections page.
 
 1. `validate` refuses, before anything changes, an unknown company, a malformed quarter, or a
    quarter that is not earlier than the company's current Synced From; then it takes the
@@ -26,17 +34,13 @@ from airflow.sdk import DAG, Param, PokeReturnValue, get_parsing_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from sage_sync.core.config import task_timeout
-from sage_sync.core.quarters import QUARTER_PATTERN, Quarter
+from sage_sync.core.quarters import QUARTER_PATTERN, SYNCED_FROM, Quarter
 from sage_sync.lifecycle.airflow_api import BACKFILL_DAG_ID, POOL, fails_fast_on_refused_grant, sage_raw_asset
 from sage_sync.lifecycle.notifier import SageNotifier
 from sage_sync.sage.streams import DOCUMENT_STREAMS
 from sage_sync.warehouse.snapshot import DagCompany, companies_for_dags
 
 log = logging.getLogger(__name__)
-
-# How far back the quarter dropdown goes: UK businesses keep their records for six years, so
-# seven years before today covers every quarter a carbon report could still need.
-FLOOR_YEARS = 7
 
 
 def _form_companies() -> list[DagCompany]:
@@ -46,29 +50,25 @@ def _form_companies() -> list[DagCompany]:
 
 
 def valid_quarters(companies: list[DagCompany], today: datetime | None = None) -> list[str]:
-    """Every quarter some company could move Synced From to, latest first, down to the floor.
+    """Every quarter some company may move Synced From to (the one policy, ``SYNCED_FROM``: earlier
+    than its own, not before the floor), latest first.
 
     One list for the whole form (a trigger form cannot make one field depend on another);
     `validate` refuses, in one line, a quarter that is not earlier than the chosen company's.
     """
-    now = Quarter.containing((today or datetime.now(UTC)).date())
-    latest = max((Quarter.parse(c.synced_from_quarter).previous() for c in companies), default=now.previous())
-    floor = min(
-        Quarter(now.year - FLOOR_YEARS, 1), *(Quarter.parse(c.synced_from_quarter).previous() for c in companies)
-    )
-    quarters, quarter = [], latest
-    while quarter >= floor:
-        quarters.append(str(quarter))
-        quarter = quarter.previous()
-    return quarters
+    day = (today or datetime.now(UTC)).date()
+    found = {q for c in companies for q in SYNCED_FROM.earlier_quarters(Quarter.parse(c.synced_from_quarter), day)}
+    return [str(q) for q in sorted(found, reverse=True)]
 
 
 def _quarter_param(companies: list[DagCompany]) -> Param:
     description = (
-        "A quarter earlier than the company's current Synced From (shown beside the company); "
-        "documents dated from its first day are imported"
+        "A quarter earlier than the company's current Synced From (shown beside the company), not "
+        "before six years back; documents dated from its first day are imported. Uses the grant the "
+        "company already gave (no re-authorisation: use the Sage connections page for that)"
     )
-    if not companies:
+    quarters = valid_quarters(companies)
+    if not quarters:  # no company (yet), or none that may move: free text, checked by `validate`
         return Param(
             str(Quarter.containing(datetime.now(UTC).date()).previous()),
             type="string",
@@ -76,9 +76,9 @@ def _quarter_param(companies: list[DagCompany]) -> Param:
             title="New Synced From",
             description=description,
         )
-    quarters = valid_quarters(companies)
-    # The default is the quarter just before the default company's Synced From: always valid for it.
-    default = str(Quarter.parse(companies[0].synced_from_quarter).previous())
+    # The default is the latest quarter the default company may move to, when it may move at all.
+    own = SYNCED_FROM.earlier_quarters(Quarter.parse(companies[0].synced_from_quarter), datetime.now(UTC).date())
+    default = str(own[0]) if own else quarters[0]
     return Param(
         default,
         type="string",

@@ -7,6 +7,7 @@ come from the last snapshot instead of disappearing.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -136,7 +137,7 @@ def test_the_backfill_starts_unpaused(two_companies: Path) -> None:
 
 
 def test_the_backfill_form_offers_only_valid_quarters_and_a_valid_default(two_companies: Path) -> None:
-    from sage_sync.core.quarters import Quarter  # noqa: PLC0415
+    from sage_sync.core.quarters import SYNCED_FROM, Quarter  # noqa: PLC0415
 
     dag = _dagbag().dags["sage_backfill"]
     company, quarter = dag.params.get_param("company_id"), dag.params.get_param("synced_from")
@@ -145,7 +146,8 @@ def test_the_backfill_form_offers_only_valid_quarters_and_a_valid_default(two_co
     # Latest first: the quarter before the latest Synced From (b2bb's 2024-Q3), down to the floor.
     assert choices[0] == "2024-Q2" and "2024-Q3" not in choices
     assert choices == sorted(choices, reverse=True) and len(choices) == len(set(choices))
-    assert Quarter.parse(choices[-1]).year <= 2019
+    # Down to the one Synced From policy's floor, as the page and the CLI (was 7 years, the page 6).
+    assert Quarter.parse(choices[-1]) == SYNCED_FROM.floor(datetime.now(UTC).date())
     # The default is valid for the default company (b1aa syncs from 2024-Q1), and offered.
     assert quarter.value == "2023-Q4" and quarter.value in choices
     assert quarter.schema["values_display"]["2023-Q4"] == "2023-Q4 (from 1 Oct 2023)"

@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from sage_sync.core.quarters import Quarter
+from sage_sync.core.quarters import Quarter, quarters_between
 from sage_sync.lifecycle import airflow_api, connections, dashboard, inputs, status
 from sage_sync.pipeline import sync
 from sage_sync.warehouse import registry
@@ -267,7 +267,7 @@ def test_move_synced_from_offers_only_the_allowed_quarters(client: TestClient, s
     offered = re.findall(r'<option value="([0-9]{4}-Q[1-4])">', form.text)
     floor = inputs.earliest_quarter()
     assert offered[0] == "2025-Q4" and offered[-1] == str(floor) and "2026-Q1" not in offered
-    assert len(offered) == len(set(offered)) == len(inputs.quarters_between(Quarter.parse("2025-Q4"), floor))
+    assert len(offered) == len(set(offered)) == len(quarters_between(Quarter.parse("2025-Q4"), floor))
     too_early = client.get(f"/sage/synced-from?company_id={company}&synced_from={floor.previous()}")
     assert too_early.status_code == 400 and "the earliest Synced From offered" in too_early.text
 

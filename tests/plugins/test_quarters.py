@@ -1,10 +1,10 @@
 """Quarter parsing is strict and the calendar arithmetic is right at the year edges."""
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 import pytest
 
-from sage_sync.core.quarters import Quarter
+from sage_sync.core.quarters import SYNCED_FROM, Quarter
 
 
 @pytest.mark.parametrize(
@@ -80,3 +80,42 @@ def test_leap_year_q1_end_is_march_31() -> None:
 def test_constructor_validates() -> None:
     with pytest.raises(ValueError, match="1 to 4"):
         Quarter(2024, 5)
+
+
+# -- the one Synced From policy -----------------------------------------------------------------
+
+
+def test_the_synced_from_floor_is_six_years_back_from_the_current_quarter() -> None:
+    assert SYNCED_FROM.floor(date(2026, 12, 7)) == Quarter(2020, 4)
+    assert SYNCED_FROM.connect_quarters(date(2026, 12, 7))[0] == Quarter(2026, 4)
+    assert SYNCED_FROM.connect_quarters(date(2026, 12, 7))[-1] == Quarter(2020, 4)
+    assert SYNCED_FROM.earlier_quarters(Quarter(2024, 1), date(2026, 12, 7))[0] == Quarter(2023, 4)
+    assert SYNCED_FROM.earlier_quarters(Quarter(2020, 4), date(2026, 12, 7)) == []
+
+
+def test_the_policy_refuses_the_future_later_quarters_and_anything_before_the_floor() -> None:
+    today = date(2026, 12, 7)
+    assert SYNCED_FROM.problem(Quarter(2026, 4), today) is None
+    assert "future" in (SYNCED_FROM.problem(Quarter(2027, 1), today) or "")
+    assert "before 2020-Q4" in (SYNCED_FROM.problem(Quarter(1990, 1), today) or "")
+    assert "only moves earlier" in (SYNCED_FROM.problem(Quarter(2024, 2), today, current=Quarter(2024, 1)) or "")
+    assert SYNCED_FROM.problem(Quarter(2023, 4), today, current=Quarter(2024, 1)) is None
+
+
+def test_the_page_the_cli_and_the_dag_form_share_one_floor() -> None:
+    """The page offered 6 years, the CLI took 1990-Q1 and the backfill form offered 7."""
+    from dags.sage_backfill import valid_quarters  # noqa: PLC0415
+    from sage_sync.core.errors import LifecycleError  # noqa: PLC0415
+    from sage_sync.lifecycle import inputs  # noqa: PLC0415
+    from sage_sync.warehouse.snapshot import DagCompany  # noqa: PLC0415
+
+    now = datetime.now(UTC)
+    floor = SYNCED_FROM.floor(now.date())
+    assert inputs.connect_quarters(today=now)[-1] == floor  # the page's Connect list
+    assert inputs.parse_quarter(str(floor), today=now) == floor  # the CLI's connect
+    with pytest.raises(LifecycleError, match="earliest Synced From"):
+        inputs.parse_quarter(str(floor.previous()), today=now)
+    with pytest.raises(LifecycleError, match="earliest Synced From"):
+        inputs.parse_quarter("1990-Q1", today=now)
+    company = DagCompany(company_id="c1", company_name="C1", status="active", synced_from_quarter="2025-Q1")
+    assert valid_quarters([company], now)[-1] == str(floor)  # the backfill DAG's form

@@ -73,3 +73,62 @@ class Quarter:
 
     def __str__(self) -> str:
         return f"{self.year:04d}-Q{self.quarter}"
+
+
+@dataclass(frozen=True)
+class SyncedFromPolicy:
+    """Which quarters a company's Synced From may be: the one rule the Connect pages, the CLI, the
+    backfill DAG's form and its ``validate`` task all ask.
+
+    The floor is the current quarter ``years_back`` years ago. UK businesses must keep their
+    accounting records for six years (HMRC, for VAT and corporation tax), so books older than that
+    may be incomplete in Sage, and a carbon baseline year is chosen within that span. A fixed year
+    (say 2015) would keep growing the list and offer quarters nobody's books still hold. Before
+    this one rule the page offered 6 years, the CLI took 1990-Q1 and the DAG form offered 7.
+    """
+
+    years_back: int = 6
+
+    def floor(self, today: date) -> Quarter:
+        """The earliest Synced From allowed on ``today``."""
+        current = Quarter.containing(today)
+        return Quarter(current.year - self.years_back, current.quarter)
+
+    def connect_quarters(self, today: date) -> list[Quarter]:
+        """What a new connection may start from: the current quarter down to the floor, newest first."""
+        return quarters_between(Quarter.containing(today), self.floor(today))
+
+    def earlier_quarters(self, current: Quarter, today: date) -> list[Quarter]:
+        """What Synced From may move to from ``current``: strictly earlier, down to the floor."""
+        return quarters_between(current.previous(), self.floor(today))
+
+    def problem(self, quarter: Quarter, today: date, *, current: Quarter | None = None) -> str | None:
+        """Why ``quarter`` may not be a Synced From (moving from ``current``, if given), or None."""
+        if quarter.start_date > today:
+            return f"Synced From {quarter} is in the future"
+        if current is not None and quarter == current:
+            return f"Synced From is {current} already; pick an earlier quarter"
+        if current is not None and quarter > current:
+            return (
+                f"{quarter} is later than the current Synced From {current}: Synced From only moves "
+                "earlier (use reset to start again)"
+            )
+        floor = self.floor(today)
+        if quarter < floor:
+            return (
+                f"{quarter} is before {floor}, the earliest Synced From offered ({self.years_back} years "
+                "back: UK books are kept for six years)"
+            )
+        return None
+
+
+def quarters_between(newest: Quarter, oldest: Quarter) -> list[Quarter]:
+    """``newest`` down to ``oldest``, newest first (empty when ``newest`` is older)."""
+    found = []
+    while newest >= oldest:
+        found.append(newest)
+        newest = newest.previous()
+    return found
+
+
+SYNCED_FROM = SyncedFromPolicy()

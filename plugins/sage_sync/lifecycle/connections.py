@@ -40,7 +40,6 @@ from sage_sync.lifecycle import airflow_api, authorisation
 from sage_sync.lifecycle.authorisation import Authorisation, business_name, exchange, revoke_grant
 from sage_sync.lifecycle.inputs import (
     dsn_or_refuse,
-    earliest_quarter,
     parse_quarter,
     require_company,
     settings_or_refuse,
@@ -374,21 +373,12 @@ def restore_tokens(path: Path, *, force: bool = False, dsn: str | None = None) -
 # -- Synced From (backfill) -------------------------------------------------------------------------
 
 
-def prepare_backfill(
-    company_id: str, quarter_text: str, *, dsn: str | None = None, offered_only: bool = False
-) -> tuple[registry.Company, Quarter]:
-    """Refuse an unknown company or a quarter that is not earlier than Synced From.
-
-    ``offered_only`` (the Connect pages) also refuses quarters before the floor the pages offer
-    (:func:`~sage_sync.lifecycle.inputs.earliest_quarter`, six years back).
-    """
+def prepare_backfill(company_id: str, quarter_text: str, *, dsn: str | None = None) -> tuple[registry.Company, Quarter]:
+    """Refuse an unknown company, or a quarter the Synced From policy does not allow it to move to
+    (:data:`~sage_sync.core.quarters.SYNCED_FROM`: earlier than now, not before the floor)."""
     with warehouse(dsn) as conn:
         company = require_company(conn, company_id)
-    quarter = validate_earlier_quarter(company, quarter_text)
-    floor = earliest_quarter()
-    if offered_only and quarter < floor:
-        raise LifecycleError(f"{quarter} is before {floor}, the earliest Synced From offered (six years back)")
-    return company, quarter
+    return company, validate_earlier_quarter(company, quarter_text)
 
 
 def authorise_backfill(

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import psycopg
 
 from sage_sync.core.config import SageSettings, sage_settings, warehouse_dsn
 from sage_sync.core.errors import ConfigError, LifecycleError
-from sage_sync.core.quarters import Quarter
+from sage_sync.core.quarters import SYNCED_FROM, Quarter
 from sage_sync.core.status import NOT_CONNECTED, CompanyStatus
 from sage_sync.warehouse import db, migrate, registry
 
@@ -56,14 +56,20 @@ def dsn_or_refuse() -> str:
 
 
 def parse_quarter(text: str, *, today: datetime | None = None) -> Quarter:
-    """``YYYY-Qn`` as a :class:`Quarter`; refuses malformed and future quarters."""
+    """``YYYY-Qn`` as a :class:`Quarter` a Synced From may be (:data:`SYNCED_FROM`); refuses a
+    malformed quarter, a future one and one before the floor."""
     try:
         quarter = Quarter.parse(text)
     except ValueError as exc:
         raise LifecycleError(str(exc)) from None
-    if quarter.start_date > (today or datetime.now(UTC)).date():
-        raise LifecycleError(f"Synced From {quarter} is in the future")
+    problem = SYNCED_FROM.problem(quarter, _today(today))
+    if problem is not None:
+        raise LifecycleError(problem)
     return quarter
+
+
+def _today(today: datetime | None) -> date:
+    return (today or datetime.now(UTC)).date()
 
 
 def require_company(conn: psycopg.Connection, company_id: str) -> registry.Company:
@@ -75,20 +81,21 @@ def require_company(conn: psycopg.Connection, company_id: str) -> registry.Compa
 
 
 def validate_earlier_quarter(company: registry.Company, text: str, *, today: datetime | None = None) -> Quarter:
-    """The quarter a backfill may move Synced From to: strictly earlier than the current one.
+    """The quarter a backfill may move Synced From to (:data:`SYNCED_FROM`): strictly earlier than
+    the current one, not before the floor.
 
     Also refuses companies that can't be backfilled now: still in their first sync (their
     window isn't complete yet) or without a live grant.
     """
-    quarter = parse_quarter(text, today=today)
-    current = company.synced_from
-    if quarter == current:
-        raise LifecycleError(f"{company.company_id} already syncs from {current}; pick an earlier quarter")
-    if quarter > current:
-        raise LifecycleError(
-            f"{quarter} is later than the current Synced From {current}: Synced From only "
-            "moves earlier (use reset to start again)"
-        )
+    try:
+        quarter = Quarter.parse(text)
+    except ValueError as exc:
+        raise LifecycleError(str(exc)) from None
+    if quarter == company.synced_from:
+        raise LifecycleError(f"{company.company_id} already syncs from {quarter}; pick an earlier quarter")
+    problem = SYNCED_FROM.problem(quarter, _today(today), current=company.synced_from)
+    if problem is not None:
+        raise LifecycleError(problem)
     if company.status == CompanyStatus.INITIAL_SYNC:
         raise LifecycleError(
             f"{company.company_id} is still in its initial sync: move Synced From once it has completed"
@@ -98,33 +105,16 @@ def validate_earlier_quarter(company: registry.Company, text: str, *, today: dat
     return quarter
 
 
-# How far back Synced From may go: six years. UK businesses must keep their accounting records
-# for six years (HMRC, for VAT and corporation tax), so books older than that may be incomplete
-# in Sage, and a carbon baseline year is chosen within that span. A fixed year (say 2015) would
-# keep growing the list and offer quarters nobody's books still hold.
-SYNCED_FROM_YEARS_BACK = 6
-
-
 def earliest_quarter(*, today: datetime | None = None) -> Quarter:
-    """The earliest Synced From the pages offer: the current quarter, six years back."""
-    current = Quarter.containing((today or datetime.now(UTC)).date())
-    return Quarter(current.year - SYNCED_FROM_YEARS_BACK, current.quarter)
-
-
-def quarters_between(newest: Quarter, oldest: Quarter) -> list[Quarter]:
-    """``newest`` down to ``oldest``, newest first (empty when ``newest`` is older)."""
-    found = []
-    while newest >= oldest:
-        found.append(newest)
-        newest = newest.previous()
-    return found
+    """The earliest Synced From allowed (:data:`SYNCED_FROM`'s floor)."""
+    return SYNCED_FROM.floor(_today(today))
 
 
 def connect_quarters(*, today: datetime | None = None) -> list[Quarter]:
     """The quarters a new connection may start from: the current one down to the floor."""
-    return quarters_between(Quarter.containing((today or datetime.now(UTC)).date()), earliest_quarter(today=today))
+    return SYNCED_FROM.connect_quarters(_today(today))
 
 
 def backfill_quarters(company: registry.Company, *, today: datetime | None = None) -> list[Quarter]:
     """The quarters Move Synced From offers: strictly earlier than the current one, down to the floor."""
-    return quarters_between(company.synced_from.previous(), earliest_quarter(today=today))
+    return SYNCED_FROM.earlier_quarters(company.synced_from, _today(today))

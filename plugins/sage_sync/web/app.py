@@ -179,7 +179,7 @@ def authorize(
         if purpose == "reconnect":
             lifecycle.require_known(company_id)
         if purpose == "backfill":
-            lifecycle.prepare_backfill(company_id, synced_from, offered_only=True)
+            lifecycle.prepare_backfill(company_id, synced_from)
         start = authorisation.begin()
     except LifecycleError as exc:
         return error_page(request, exc.message)
@@ -320,7 +320,7 @@ def synced_from_form(
     try:
         known, name = dashboard.named_company(company_id)
         if synced_from:
-            known, quarter = lifecycle.prepare_backfill(company_id, synced_from, offered_only=True)
+            known, quarter = lifecycle.prepare_backfill(company_id, synced_from)
     except LifecycleError as exc:
         return error_page(request, exc.message, back_to=back_to)
     if synced_from:
