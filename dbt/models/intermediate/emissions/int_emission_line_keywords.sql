@@ -63,9 +63,11 @@ keyword_rules as (
 ),
 
 texts as (
-    select description as text_value from spend_lines where description is not null
+    select description as text_value from spend_lines
+    where description is not null
     union
-    select contact_name from spend_lines where contact_name is not null
+    select contact_name from spend_lines
+    where contact_name is not null
 ),
 
 matched_texts as (
