@@ -140,8 +140,8 @@ def install_hooks(monkeypatch: pytest.MonkeyPatch, hooks: Hooks) -> None:
 
 def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
     """Spend streams in pages of PAGE_SIZE (the reference streams keep Sage's 200), in daily
-    reads (``extract``) and backfills (``sync``)."""
-    from sage_sync.pipeline import extract, sync  # noqa: PLC0415
+    reads and backfills (both build their requests in ``extract``)."""
+    from sage_sync.pipeline import extract  # noqa: PLC0415
     from sage_sync.sage import streams  # noqa: PLC0415
 
     original = streams.list_params
@@ -152,7 +152,6 @@ def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
         return original(stream, **kwargs)
 
     monkeypatch.setattr(extract, "list_params", list_params)
-    monkeypatch.setattr(sync, "list_params", list_params)
 
 
 @dataclass
