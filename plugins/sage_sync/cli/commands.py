@@ -3,7 +3,7 @@
 Every command validates its input before changing anything and fails with one line and a
 non-zero exit. Settings come from the same Airflow connections the DAGs use (run as
 ``python -m sage_sync``, the checkout's ``.local/env.sh`` fills in any that are not set).
-About 320 lines on purpose: one small click command per use case, each only parsing its options
+Long on purpose: one small click command per use case, each only parsing its options
 and printing what the lifecycle layer returns; splitting them would scatter the CLI's one page of help.
 """
 

@@ -1,6 +1,6 @@
 """A company connection's use cases: connect, disconnect, reconnect, move Synced From, reset.
 
-About 550 lines (formatted) on purpose: the use cases share their refusals and their order of steps, and
+Long on purpose: the use cases share their refusals and their order of steps, and
 reading them side by side is how one checks that they agree.
 
 The CLI (``python -m sage_sync ...``) and the Connect pages (``sage_sync.web``) both call these

@@ -11,7 +11,7 @@ handed out. Only ``invalid_grant`` from the token endpoint says a grant is dead,
 only for the refresh token the store still holds; a refresh whose answer may have been lost
 is never retried as if nothing had happened (see :class:`~sage_sync.sage.tokens.GrantSettings`).
 
-About 460 lines: the OAuth client and the token manager share the retry and error rules of
+One module: the OAuth client and the token manager share the retry and error rules of
 Sage's token endpoint, so they stay together.
 """
 

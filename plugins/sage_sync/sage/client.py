@@ -6,7 +6,7 @@ and the token refresh a 401 deserves. The retry loop is written out rather than 
 to a retry library because its branches differ in kind (a 401 costs a refresh, a 429 may name
 its own delay) and that reads more plainly as code than as a policy object.
 
-About 610 lines, one room on purpose: the session, paging, the retry loop and the error mapping
+One room on purpose: the session, paging, the retry loop and the error mapping
 are one HTTP contract; split, each part would need the others to be read.
 """
 

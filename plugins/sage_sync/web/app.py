@@ -8,7 +8,7 @@ first Synced From quarter), disconnects, reconnects, moves Synced From earlier (
 confirmation, a fresh Authorise Access, then the ``sage_backfill`` DAG) and resets a company.
 All logic is the lifecycle layer's (``sage_sync.lifecycle``), the same functions the CLI calls; this
 file is HTTP only: no SQL, no token handling, no Airflow call of its own, no HTML (``web/templates``).
-About 400 lines on purpose: one short handler per route of the Connect flow, kept side by side so
+Long on purpose: one short handler per route of the Connect flow, kept side by side so
 the order of checks (login, editor, CSRF, then the use case) can be read in one place.
 
 Authentication is the app's: :func:`~sage_sync.web.access.current_user` is a dependency of the
