@@ -29,6 +29,7 @@ from sage_sync.core.errors import SageAPIError
 from sage_sync.lifecycle import connections, notices
 from sage_sync.lifecycle.notifier import SageNotifier
 from sage_sync.sage.auth import new_pkce_pair
+from sage_sync.sage.streams import STREAMS
 from sage_sync.warehouse.token_store import PostgresTokenStore
 from sandbox.fake_sage.server import FakeSageServer
 
@@ -238,9 +239,11 @@ def test_a_failed_run_is_noticed_once_across_its_retries_and_failed_tasks(
     name = warehouse.execute("select company_name from sage_control.companies").fetchone()[0]
     dag_id = f"sage_sync__{company}"
 
-    # Sage answers 503 to every API call of this business: each of the nine stream tasks fails
-    # after the client's 6 attempts, three times (Airflow's 2 retries), and the run fails.
-    sage.admin.add_fault("503", count=10_000, retry_after=0, business=company)
+    # Sage answers 503 to every stream's calls for this business: each of the nine stream tasks
+    # fails after the client's 6 attempts, three times (Airflow's 2 retries), and the run fails.
+    # The grant's check of /businesses itself is left alone, so the run gets as far as the streams.
+    for stream in STREAMS.values():
+        sage.admin.add_fault("503", path=stream.path_for(company), count=10_000, retry_after=0, business=company)
     _dags_test(env, dag_id)
     faulted = sum(1 for r in sage.admin.request_log() if r.get("fault") == "503")
     assert faulted >= 9 * 3 * 6, f"the tasks were not retried ({faulted} requests answered 503)"
