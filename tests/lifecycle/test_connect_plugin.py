@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from sage_sync.core.quarters import Quarter
 from sage_sync.lifecycle import airflow_api, connections, dashboard, inputs, status
 from sage_sync.pipeline import sync
+from sage_sync.sage.streams import STREAMS
 from sage_sync.warehouse import registry
 from sage_sync.web import pages
 from sandbox.fake_sage.server import FakeSageServer
@@ -113,12 +114,26 @@ def test_connect_status_disconnect_reconnect_backfill_reset(
     page = client.get("/sage/").text
     assert 'id="status-active"' in page and "pages" in page
 
-    out = client.post("/sage/disconnect", data={"company_id": company, "csrf": client.cookies.get("sage_csrf")})
+    # Disconnect revokes the grant at Sage: a page says so and asks first; a bare POST does nothing.
+    button = client.get("/sage/").text
+    assert f'href="/sage/disconnect?company_id={company}"' in button
+    unconfirmed = client.post("/sage/disconnect", data={"company_id": company, "csrf": client.cookies.get("sage_csrf")})
+    assert unconfirmed.status_code == 400 and "confirm it on the Disconnect page" in unconfirmed.text
+    assert warehouse.execute("select status from sage_control.companies").fetchone() == ("active",)
+    confirm = client.get(f"/sage/disconnect?company_id={company}").text
+    assert "revokes its grant at Sage" in confirm and 'id="do-disconnect"' in confirm and 'name="confirm"' in confirm
+    out = client.post(
+        "/sage/disconnect", data={"company_id": company, "csrf": client.cookies.get("sage_csrf"), "confirm": "yes"}
+    )
     assert "grant revoked at Sage" in _banner(client, out)
     assert 'id="status-disconnected"' in client.get("/sage/").text
 
+    # Reconnect starts the catch-up run at once (not at the next scheduled run).
     back = _through_sage(client, sage, f"/sage/authorize?purpose=reconnect&company_id={company}")
-    assert "Reconnected Northwind Joinery Ltd" in _banner(client, back)
+    banner = _banner(client, back)
+    assert "Reconnected Northwind Joinery Ltd" in banner and "the catch-up run started" in banner, banner
+    assert client.triggered == [(f"sage_sync__{company}", None)]
+    client.triggered.clear()
     assert warehouse.execute("select status from sage_control.companies").fetchone() == ("active",)
 
     later = client.get(f"/sage/synced-from?company_id={company}&synced_from=2026-Q2")
@@ -213,7 +228,9 @@ def test_dashboard_and_company_page_show_runs_with_airflow_links(
     assert history.count('class="run"') == 2 and "run outside Airflow" in history
     airflow_run = "scheduled__2026-12-02T00%3A00%3A00%2B00%3A00"
     assert f'href="/dags/sage_sync__{company}/runs/{airflow_run}"' in history
-    assert f'href="/dags/sage_sync__{company}/runs/{airflow_run}/tasks/extract_load"' in history
+    # extract_load is mapped over the streams: the run's stream tasks, never the unmapped instance (a 404)
+    assert f'href="/dags/sage_sync__{company}/runs/{airflow_run}/tasks/extract_load/mapped"' in history
+    assert '/tasks/extract_load"' not in history
 
     detail = client.get(f"/sage/company/{company}")
     assert detail.status_code == 200
@@ -242,7 +259,8 @@ def test_progress_compares_each_stream_with_its_own_total() -> None:
     }
     p = dashboard.progress(stats, elapsed_seconds=600)
     assert (p["records_done"], p["total"], p["records_untotalled"]) == (60, 80, 22)
-    assert p["share"] == 0.75 and p["eta_seconds"] == 200
+    # The share counts every stream: two of nine read in full, five not started yet (it said 75%).
+    assert p["share"] == 2 / 9 and p["eta_seconds"] == 2100
     by_name = {s["stream"]: s for s in p["streams"]}
     assert by_name["contacts"]["total"] is None and by_name["ledger_accounts"]["share"] == 1.0
     assert by_name["purchase_credit_notes"]["started"] is False
@@ -344,7 +362,8 @@ def test_every_route_is_closed_without_a_login_and_changes_need_the_editor_role(
     assert viewer.get(f"/sage/company/{company}").status_code == 200
     csrf = viewer.cookies.get("sage_csrf")
     for method, path, data in (
-        ("POST", "/sage/disconnect", {"company_id": company, "csrf": csrf}),
+        ("POST", "/sage/disconnect", {"company_id": company, "csrf": csrf, "confirm": "yes"}),
+        ("GET", f"/sage/disconnect?company_id={company}", None),
         ("POST", "/sage/reset", {"company_id": company, "csrf": csrf, "confirm": "yes"}),
         ("POST", "/sage/authorize", {"purpose": "connect", "csrf": csrf}),
         ("GET", f"/sage/synced-from?company_id={company}", None),
@@ -389,3 +408,55 @@ def test_the_status_line_says_one_version_and_gives_times_in_utc(lenv: dict, war
     line = status.describe(status.company_statuses(warehouse)[0])
     assert "at 2026-12-07 09:30 UTC" in line, line
     assert "1 page, 1 record (1 of 1 in the streams that report a total), 1 new version" in line, line
+
+
+def test_a_stream_waiting_for_its_retry_is_visible_and_unstarted_streams_count(
+    client: TestClient, sage: FakeSageServer, warehouse: psycopg.Connection
+) -> None:
+    """Sage answering 503 on one stream once read "running ... 59 of 59 records (100 %)" for five
+    minutes. Each stream now says where it stands, and the share counts the streams not started."""
+    from sage_sync.warehouse import stream_states  # noqa: PLC0415
+
+    company = _connected(sage)
+    run_id = sync.begin_run(company, airflow_run_id="scheduled__2026-12-02T00:00:00+00:00", kind="daily")
+    warehouse.execute(
+        "update sage_control.sync_runs set stats = %s where sync_run_id = %s",
+        (json.dumps({"ledger_accounts": {"pages": 1, "rows_seen": 59, "total_reported": 59}}), run_id),
+    )
+    retry_at = datetime(2026, 12, 2, 13, 15, tzinfo=UTC)
+    stream_states.set_state(warehouse, run_id, "ledger_accounts", "done", try_number=1)
+    stream_states.set_state(warehouse, run_id, "businesses", "done", try_number=1)
+    stream_states.set_state(warehouse, run_id, "contacts", "reading", try_number=1)
+    stream_states.set_state(
+        warehouse, run_id, "purchase_invoices", "retrying", error="Sage answered 503", try_number=1, retry_at=retry_at
+    )
+
+    page = client.get("/sage/").text
+    progress = page[page.index(f'id="company-{company}"') :]
+    progress = progress[
+        progress.index('class="progress"') : progress.index("</td>", progress.index('class="progress"'))
+    ]
+    progress = re.sub(r"<[^>]+>", "", progress)
+    assert "2 of 9 streams done (22%)" in progress and "5 not started yet" in progress, progress
+    assert "1 retrying" in progress and "100%" not in progress, progress
+    assert "purchase_invoices retrying at 13:15 UTC after &#34;Sage answered 503&#34;" in progress, progress
+
+    detail = client.get(f"/sage/company/{company}").text
+    row = detail[detail.index('id="stream-purchase_invoices"') :]
+    assert "retrying at 13:15 UTC after &#34;Sage answered 503&#34;" in row[: row.index("</tr>")]
+    for stream, state in (("contacts", "reading"), ("ledger_accounts", "done"), ("tax_rates", "waiting")):
+        row = detail[detail.index(f'id="stream-{stream}"') :]
+        assert f">{state}</span>" in row[: row.index("</tr>")], (stream, row[: row.index("</tr>")])
+    # Each stream links its own mapped instance: map index = its place in the list the DAG expands over.
+    airflow_run = "scheduled__2026-12-02T00%3A00%3A00%2B00%3A00"
+    index = list(STREAMS).index("purchase_invoices")
+    assert f"runs/{airflow_run}/tasks/extract_load/mapped/{index}" in detail
+    # The history's task log opens the stream in trouble.
+    history = detail[detail.index('id="history-') :]
+    assert (
+        f'class="log-link" href="/dags/sage_sync__{company}/runs/{airflow_run}/tasks/extract_load/mapped/{index}"'
+        in history
+    )
+
+    line = status.describe(status.company_statuses(warehouse)[0])
+    assert 'purchase_invoices retrying at 13:15 UTC after "Sage answered 503"' in line and "5 waiting" in line, line
