@@ -460,3 +460,128 @@ def test_a_stream_waiting_for_its_retry_is_visible_and_unstarted_streams_count(
 
     line = status.describe(status.company_statuses(warehouse)[0])
     assert 'purchase_invoices retrying at 13:15 UTC after "Sage answered 503"' in line and "5 waiting" in line, line
+
+
+# -- what a new user tripped over (issue 24) -------------------------------------------------------
+
+
+def test_one_wording_for_a_status_people_read(
+    client: TestClient, sage: FakeSageServer, warehouse: psycopg.Connection
+) -> None:
+    """`needs_reauth` and "needs reauth" were both shown: people read one label, machines the enum."""
+    company = _connected(sage)
+    warehouse.execute("update sage_control.companies set status = 'needs_reauth' where company_id = %s", (company,))
+
+    def words(html: str) -> str:  # what a person reads: the page's main part, without its markup
+        return re.sub(r"<[^>]+>", " ", html.split("<main>", 1)[1])
+
+    text = words(client.get("/sage/").text)
+    assert "Needs re-authorisation" in text and "needs_reauth" not in text and "needs reauth" not in text.lower()
+    detail = words(client.get(f"/sage/company/{company}").text)
+    assert "Needs re-authorisation" in detail and "needs_reauth" not in detail
+    item = status.company_statuses(warehouse)[0]
+    assert item["status"] == "needs_reauth"  # `status --json`: the enum value
+    assert ": needs re-authorisation, Synced From" in status.describe(item)
+
+
+def test_none_never_reads_as_python_none() -> None:
+    """The exception list's Status column showed Python's `None`."""
+    rendered = pages.env.from_string("<td>{{ e.document_status }}</td><td>{{ e.gone }}</td>").render(
+        e={"document_status": None}
+    )
+    assert rendered == "<td>-</td><td></td>" and "None" not in rendered
+
+
+def test_a_company_not_in_gbp_says_so_instead_of_looking_late(
+    client: TestClient, sage: FakeSageServer, warehouse: psycopg.Connection
+) -> None:
+    """Atlantic (base EUR) showed "no emissions yet", as if it were merely late."""
+    company = _connected(sage, key="atlantic", quarter="2026-Q1")
+    sync.run_company(company)
+    note = "base currency EUR: not counted (GBP only)"
+    cell = client.get("/sage/").text.split(f'id="emissions-{company}">', 1)[1].split("</div>", 1)[0]
+    assert note in cell and "no emissions yet" not in cell, cell
+    assert note in client.get(f"/sage/company/{company}").text
+    assert note in status.describe(status.company_statuses(warehouse)[0])
+
+
+def test_after_a_reconnect_the_old_failure_is_not_the_current_problem(
+    client: TestClient, sage: FakeSageServer, warehouse: psycopg.Connection
+) -> None:
+    """ "last run failed: Sage refused the grant" stayed, with its advice, after the reconnect."""
+    company = _connected(sage)
+    run_id = sync.begin_run(company, kind="daily")
+    warehouse.execute(
+        "update sage_control.sync_runs set status = 'failed', ended_at = now(), error = 'Sage refused the grant' "
+        "where sync_run_id = %s",
+        (run_id,),
+    )
+    assert "Sage refused the grant" in client.get("/sage/").text.split(f'id="problem-{company}"', 1)[1]
+    code, verifier = fresh_code(sage)
+    connections.reconnect(company, code, verifier)
+    page = client.get("/sage/").text
+    assert f'id="problem-{company}"' not in page, page[page.index(f'id="company-{company}"') :][:2000]
+
+
+def test_the_connect_form_marks_connected_businesses_and_offers_the_move(
+    client: TestClient, sage: FakeSageServer, warehouse: psycopg.Connection
+) -> None:
+    """The form listed businesses already connected and dropped a different quarter silently."""
+    company = _connected(sage, quarter="2026-Q1")
+    sync.run_company(company)  # active: its Synced From can move
+    chosen = _through_sage(client, sage, "/sage/authorize?purpose=connect")
+    form = client.get(chosen.headers["location"]).text
+    option = re.search(rf'<option value="{company}"[^>]*>([^<]*)</option>', form)
+    assert option and "(connected already, Synced From 2026-Q1)" in option.group(1), form
+    assert "keeps its Synced From" in form
+    others = re.findall(r'<option value="[0-9a-f]{32}"[^>]*>([^<]*)</option>', form)
+    assert others[0].endswith("Ltd"), others  # a new business first
+    pending = parse_qs(urlsplit(chosen.headers["location"]).query)["pending"][0]
+    done = client.post(
+        "/sage/register",
+        data={
+            "pending": pending,
+            "business_id": company,
+            "synced_from": "2025-Q1",
+            "csrf": client.cookies["sage_csrf"],
+        },
+    )
+    assert done.status_code == 303 and done.headers["location"].startswith("/sage/synced-from?"), done.headers
+    move = client.get(done.headers["location"]).text
+    assert "keeps Synced From 2026-Q1" in move and "To import from 2025-Q1" in move, move
+    assert 'id="warning"' in move and "2025-01-01 to 2025-12-31" in move  # the move's own confirmation
+    assert warehouse.execute("select synced_from_quarter from sage_control.companies").fetchone() == ("2026-Q1",)
+
+
+def test_runs_say_what_they_did_and_sync_health_says_what_it_compared(
+    client: TestClient, sage: FakeSageServer, warehouse: psycopg.Connection
+) -> None:
+    """The first sync and a reset's full sync read `daily`; "Sage's $total 1" sat beside "held 228"."""
+    company = _connected(sage)
+    sync.run_company(company, kind="daily")
+    sync.run_company(company, kind="daily")
+    run_id = connections.reset(company, confirm=True)
+    connections.close_reset_run(run_id)
+    sync.run_company(company, kind="daily")
+    labels = [r["label"] for r in dashboard.company_page(company)["history"]]
+    assert labels == ["full re-import", "reset", "daily", "first sync"], labels
+    assert "last run (full re-import) success" in status.describe(status.company_statuses(warehouse)[0])
+
+    window = dashboard._health_row(
+        {"reconciliation_scope": "window_count", "total_reported": 1, "window_total": 228, "current_record_count": 228}
+    )
+    assert window["compared_with"] == 228 and window["compared"] == "Sage's count of the whole synced window"
+    full = dashboard._health_row({"reconciliation_scope": "full_read", "total_reported": 50, "window_total": None})
+    assert full["compared_with"] == 50
+    detail = client.get(f"/sage/company/{company}").text
+    assert "Deletions listed" in detail and "Deletions checked" in detail
+    row = detail[detail.index('id="stream-purchase_invoices"') :]
+    assert "newest deletion" in row[: row.index("</tr>")] or "UTC" in row[: row.index("</tr>")]
+
+
+def test_the_menu_entry_fits_airflows_navigation() -> None:
+    """ "Sage con…": Airflow's navigation cuts labels longer than about ten characters."""
+    from sage_connect_plugin import SageConnectPlugin  # noqa: PLC0415
+
+    (view,) = SageConnectPlugin.external_views
+    assert len(view["name"]) <= 10, view["name"]

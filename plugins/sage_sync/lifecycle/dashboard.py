@@ -178,7 +178,7 @@ def problem(
     stale = bool(connected_at and last_run and last_run.get("ended_at") and last_run["ended_at"] < connected_at)
     if last_run and last_run["status"] == "failed" and not stale:
         return {
-            "words": f"The last {last_run.get('label', last_run['kind'])} run failed: "
+            "words": f"The last run ({last_run.get('label', last_run['kind'])}) failed: "
             f"{last_run.get('error') or 'see its log'}.",
             "fix": "Open the run's task log for the cause; once fixed, the next daily run catches up "
             "by itself (nothing is lost: watermarks move only after a complete read).",

@@ -223,7 +223,7 @@ def describe(item: dict[str, Any]) -> str:
             else ""
         )
         line += (
-            f"; last {run.get('label', run['kind'])} run {run['status']} at {utc_minute(run['started_at'])} "
+            f"; last run ({run.get('label', run['kind'])}) {run['status']} at {utc_minute(run['started_at'])} "
             f"({format_duration(run['elapsed_seconds'])}): {plural(run['pages'], 'page')}, "
             f"{plural(run['records'], 'record')}{total}, {plural(run['versions_added'], 'new version')}"
         )
