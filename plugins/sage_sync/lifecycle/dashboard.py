@@ -71,6 +71,7 @@ def progress(
     *,
     states: dict[str, dict[str, Any]] | None = None,
     run_status: str | None = "running",
+    kind: str | None = None,
     elapsed_seconds: int | None = None,
 ) -> dict[str, Any]:
     """Per-stream progress of a run from its ``stats`` and its streams' states, and totals that add up.
@@ -85,15 +86,22 @@ def progress(
     under way counts its records against its own ``$total``, and a stream not started yet (or
     one without a total still reading) counts nothing. So "59 of 59 records" in the one stream
     read so far is not 100 % while eight streams wait. The ETA extrapolates the elapsed time over
-    that share: an estimate that firms up as the sync runs.
+    that share: an estimate that firms up as the sync runs, and none while a stream waits for a
+    retry (the retry's time is the better estimate). A backfill (``kind``) reads the document
+    streams only: the others are ``not read`` and not part of its share.
     """
     states = states or {}
     streams = []
     done = total = untotalled = 0
     parts = 0.0
+    in_run = 0
     for name in [*STREAMS, *sorted(set(stats) - set(STREAMS))]:
         s = stats.get(name) or {}
-        state = stream_state(name, stats, states, run_status)
+        if kind is not None and name not in stats and airflow_api.stream_task(kind, name) is None:
+            state = {"state": "not read", "error": None, "retry_at": None}
+        else:
+            state = stream_state(name, stats, states, run_status)
+            in_run += 1
         records = int(s.get("rows_seen", 0))
         stream_total = int(s["total_reported"]) if s.get("total_reported") is not None else None
         share = None
@@ -103,11 +111,12 @@ def progress(
             share = 1.0 if stream_total == 0 else min(records, stream_total) / stream_total
         else:
             untotalled += records
-        parts += 1.0 if state["state"] == "done" else (share or 0.0)
+        if state["state"] != "not read":
+            parts += 1.0 if state["state"] == "done" else (share or 0.0)
         streams.append(
             {
                 "stream": name,
-                "started": name in stats or state["state"] != "waiting",
+                "started": name in stats or state["state"] in ("reading", "retrying", "failed", "done"),
                 "pages": int(s.get("pages", 0)),
                 "records": records,
                 "total": stream_total,
@@ -117,9 +126,10 @@ def progress(
                 "described": describe_state(state),
             }
         )
-    share = parts / len(streams) if streams else None
+    share = parts / in_run if in_run else None
+    troubled = [x for x in streams if x["state"] in ("retrying", "failed")]
     eta = None
-    if elapsed_seconds is not None and share and share < 1:
+    if elapsed_seconds is not None and share and share < 1 and not troubled:
         eta = int(elapsed_seconds * (1 - share) / share)
     counts = {
         key: sum(1 for x in streams if x["state"] == key)
@@ -132,7 +142,8 @@ def progress(
         "records_untotalled": untotalled,
         "share": share,
         "counts": counts,
-        "troubled": [x for x in streams if x["state"] in ("retrying", "failed")],
+        "troubled": troubled,
+        "in_run": in_run,
         "elapsed_seconds": elapsed_seconds,
         "eta_seconds": eta,
         "pages": sum(x["pages"] for x in streams),
@@ -291,6 +302,7 @@ def overview(caller: airflow_api.Caller | None = None, *, dsn: str | None = None
                 found["stats"],
                 states=states.get(found["sync_run_id"], {}),
                 run_status=found["status"],
+                kind=found["kind"],
                 elapsed_seconds=elapsed,
             )
             if found

@@ -77,10 +77,11 @@ def base_currencies(conn: psycopg.Connection) -> dict[str, str | None]:
 
 
 def last_success_ended(conn: psycopg.Connection, company_id: str) -> Any:
-    """When the company's last successful run ended (every stream, deletions included, checked then)."""
+    """When the company's last successful sync ended: every stream, Sage's deletion list included,
+    was read then (a backfill reads older documents only, not the deletion list)."""
     row = conn.execute(
         "select max(coalesce(ended_at, started_at)) from sage_control.sync_runs "
-        "where company_id = %s and status = 'success'",
+        "where company_id = %s and status = 'success' and kind <> 'backfill'",
         (company_id,),
     ).fetchone()
     return row[0] if row else None

@@ -217,7 +217,7 @@ def callback(
             started = _started(
                 lifecycle.dag_id_for(company_id), lambda: lifecycle.start_catch_up(company_id, caller(request))
             )
-            note = "started" if started == "started" else "catch_up_not_started"
+            note = "catch_up_started" if started == "started" else "catch_up_not_started"
             response: Response = back(request, "reconnected", company_id, notes=(note,))
         elif purpose == "backfill":
             quarter = lifecycle.authorise_backfill(company_id, flow["synced_from"], code, flow["verifier"])

@@ -132,7 +132,7 @@ def error_page(request: Request, message: str, status: int = 400, *, back_to: st
 # a quarter (checked against the pattern), {dag_id} the company's DAG. Nothing else is filled in.
 MESSAGES = {
     "connected": "Connected {name} from {quarter}: its DAG {dag_id} appears within a minute",
-    "reconnected": "Reconnected {name}: a catch-up run imports every change since its last successful sync",
+    "reconnected": "Reconnected {name}",
     "disconnected": "Disconnected {name}",
     "backfill": "Backfill of {name} to {quarter} authorised; Synced From moves when it succeeds",
     "reset": "Reset {name}: data wiped",
@@ -149,11 +149,12 @@ NOTES = {
     "not_unpaused": "{dag_id} could not be unpaused in Airflow (the server log says why): unpause it there",
     "data_kept": "data kept",
     "started": "{run} started",
+    "catch_up_started": "the catch-up run started: it imports every change since the last successful sync",
     "catch_up_not_started": "Airflow did not take the catch-up run (the server log says why): "
-    "the next daily run catches up",
+    "the next daily run imports every change since the last successful sync",
     "not_started": "Airflow did not take the run (the server log says why): trigger it by hand in Airflow",
 }
-_RUNS = {"backfill": "the backfill run", "reset": "full sync", "reconnected": "the catch-up run"}
+_RUNS = {"backfill": "the backfill run", "reset": "full sync"}
 
 
 def banner(request: Request) -> str | None:
