@@ -227,7 +227,10 @@ def not_counted(conn: psycopg.Connection, company_id: str) -> str | None:
     for a GBP company."""
     rows = _rows(
         conn,
-        sql.SQL("select base_currency from {}.dim_companies where company_id = %(c)s").format(sql.Identifier(MARTS)),
+        # to_jsonb: a dim_companies built before base_currency existed reads as "not known", not an error
+        sql.SQL(
+            "select to_jsonb(d) ->> 'base_currency' as base_currency from {}.dim_companies d where company_id = %(c)s"
+        ).format(sql.Identifier(MARTS)),
         {"c": company_id},
     )
     currency = rows[0]["base_currency"] if rows else None
