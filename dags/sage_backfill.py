@@ -35,7 +35,13 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from sage_sync.core.config import task_timeout
 from sage_sync.core.quarters import QUARTER_PATTERN, SYNCED_FROM, Quarter
-from sage_sync.lifecycle.airflow_api import BACKFILL_DAG_ID, POOL, fails_fast_on_refused_grant, sage_raw_asset
+from sage_sync.lifecycle.airflow_api import (
+    BACKFILL_DAG_ID,
+    POOL,
+    fails_fast_on_refused_grant,
+    records_stream_state,
+    sage_raw_asset,
+)
 from sage_sync.lifecycle.notifier import SageNotifier
 from sage_sync.sage.streams import DOCUMENT_STREAMS
 from sage_sync.warehouse.snapshot import DagCompany, companies_for_dags
@@ -165,6 +171,7 @@ def refresh_auth(sync_run_id: str, **context) -> None:
 
 @task(pool=POOL, execution_timeout=SAGE_TASK_TIMEOUT)
 @fails_fast_on_refused_grant
+@records_stream_state  # where the stream stands, for the pages
 def backfill(stream: str, sync_run_id: str, **context) -> dict:
     """Read one document stream's older window into sage_raw (new versions only)."""
     from sage_sync.pipeline import sync  # noqa: PLC0415

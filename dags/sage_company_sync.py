@@ -25,7 +25,14 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, get_parsing_context, task
 
 from sage_sync.core.config import task_timeout
-from sage_sync.lifecycle.airflow_api import DAG_ID_PREFIX, POOL, dag_id_for, sage_raw_asset, skips_disconnected
+from sage_sync.lifecycle.airflow_api import (
+    DAG_ID_PREFIX,
+    POOL,
+    dag_id_for,
+    records_stream_state,
+    sage_raw_asset,
+    skips_disconnected,
+)
 from sage_sync.lifecycle.notifier import SageNotifier
 from sage_sync.sage.streams import STREAMS
 from sage_sync.warehouse.snapshot import DagCompany, companies_for_dags
@@ -79,6 +86,7 @@ def refresh_auth(company_id: str, sync_run_id: str) -> str:
 # a fraction of the time, since building operators is what DAG parsing spends its time on.
 @task(pool=POOL, map_index_template="{{ stream }}", execution_timeout=SAGE_TASK_TIMEOUT)
 @skips_disconnected
+@records_stream_state  # reading / retrying at HH:MM after "Sage answered 503" / failed / done, for the pages
 def extract_load(company_id: str, stream: str, sync_run_id: str, **context) -> dict:
     """Extract one stream since its watermark and append new versions to sage_raw."""
     from sage_sync.pipeline import sync  # noqa: PLC0415

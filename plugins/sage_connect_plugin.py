@@ -21,9 +21,10 @@ class SageConnectPlugin(AirflowPlugin):
     # A top-level entry of Airflow's navigation. With ``url_route`` Airflow 3 shows the page inside
     # its own UI (at /plugin/sage-connections, in a frame under Airflow's menu) instead of leaving it.
     # No leading slash: the UI resolves the links against its base URL, so a sub-path base_url works.
+    # "Sage": Airflow's navigation cuts a longer label ("Sage con..."); the page's title says the rest.
     external_views: ClassVar[list[dict[str, Any]]] = [
         {
-            "name": "Sage connections",
+            "name": "Sage",
             "href": "sage/",
             "destination": "nav",
             "url_route": "sage-connections",

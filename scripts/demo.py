@@ -17,7 +17,6 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import psycopg
-import requests
 from tabulate import tabulate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,10 +26,13 @@ from sage_sync.core.config import sage_settings, warehouse_dsn  # noqa: E402
 from sage_sync.lifecycle import report as emissions_report  # noqa: E402
 from sage_sync.sage.auth import OAuthClient, new_pkce_pair  # noqa: E402
 from sage_sync.warehouse.migrate import migrate  # noqa: E402
-from sandbox.fake_sage.server import FakeSageServer  # noqa: E402
+from sandbox.fake_sage.server import FakeSageServer, consent_redirect  # noqa: E402
 from scripts.checkout_lock import exclusive  # noqa: E402
 
 REDIRECT_URI = "http://localhost:8080/sage/callback"
+# The fake's first user, whose three businesses the demo connects; its second user's business
+# (Harbour Cafe Ltd, other@example.com) stays unconnected, for a connect walked in the browser.
+DEMO_USER = "demo@example.com"
 SYNCED_FROM = ["2024-Q1", "2024-Q3", "2025-Q1"]
 LOGS = ROOT / ".local" / "demo-logs"
 REPORTS = ROOT / ".local" / "demo-reports"
@@ -42,9 +44,9 @@ def say(text: str) -> None:
 
 
 def browser_consent(authorize_url: str, state: str) -> str:
-    """What the user's browser does: open Sage's page, consent, follow the redirect to us."""
-    answer = requests.get(authorize_url, allow_redirects=False, timeout=10)
-    location = answer.headers.get("Location", "")
+    """What the user's browser does: open Sage's page, consent as the demo user, follow the
+    redirect to us (the fake's consent page, if it shows one, is answered with Allow)."""
+    location = consent_redirect(authorize_url, DEMO_USER)
     query = parse_qs(urlsplit(location).query)
     if query.get("state") != [state]:
         raise SystemExit("OAuth state mismatch: refusing the callback")
@@ -88,7 +90,7 @@ def run_parallel(commands: dict[str, list[str]]) -> float:
 def connect_all(sage: FakeSageServer) -> list[tuple[str, str]]:
     oauth = OAuthClient(sage_settings())
     companies = []
-    mine = [b for b in sage.admin.businesses() if b["user"] == "demo@example.com"]
+    mine = [b for b in sage.admin.businesses() if b["user"] == DEMO_USER]
     for business, quarter in zip(mine, SYNCED_FROM, strict=True):
         state = secrets.token_urlsafe(16)
         verifier, challenge = new_pkce_pair()

@@ -42,6 +42,12 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="exact count, e.g. greenleaf:purchase_invoices=1000000 (repeatable)",
     )
+    parser.add_argument(
+        "--consent",
+        choices=("instant", "screen"),
+        default="instant",
+        help="instant: authorise at once; screen: a consent page with Allow / Deny, as Sage's",
+    )
     parser.add_argument("--start", default="2026-11-27T06:00:00Z", help="fake clock start (ISO UTC)")
     args = parser.parse_args(argv)
 
@@ -58,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
             client_secret=args.client_secret,
             scale=args.scale,
             volumes=volumes,
+            consent=args.consent,
         ),
         seed,
     )

@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import json
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sandbox.fake_sage.state import (
@@ -361,40 +362,104 @@ def _install_error_handlers(api: FastAPI) -> None:
 # -------------------------------------------------------------------------------------------- OAuth
 
 
+def consent_page(state: FakeSage, params: Mapping[str, str]) -> str:
+    """Sage's authorise page, reduced to what a user decides: who signs in, and Allow or Deny.
+
+    Every query parameter goes back in the form, so the answer is decided on exactly the request
+    the client made (its ``state``, PKCE challenge and redirect).
+    """
+    hint = params.get("login_hint")
+    chosen = hint if any(hint in (u.login, u.id) for u in state.users) else state.users[0].login
+    hidden = "".join(
+        f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">' for k, v in params.items()
+    )
+    users = "".join(
+        f'<label class="user"><input type="radio" name="login" value="{html.escape(u.login)}"'
+        f"{' checked' if chosen in (u.login, u.id) else ''}> <strong>{html.escape(u.first_name)} "
+        f"{html.escape(u.last_name)}</strong> <span>{html.escape(u.login)} &middot; "
+        f"{len(u.business_ids)} business{'es' if len(u.business_ids) != 1 else ''}</span></label>"
+        for u in state.users
+    )
+    client = html.escape(params.get("client_id", ""))
+    scope = html.escape(params.get("scope") or "full_access")
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>Sage Accounting: allow access?</title><style>
+body {{ font-family: Arial, sans-serif; background: #f2f5f6; margin: 0; color: #1f2a30; }}
+.box {{ max-width: 460px; margin: 48px auto; background: #fff; border-radius: 8px; padding: 28px 32px;
+        box-shadow: 0 1px 4px rgba(0,0,0,.15); }}
+.logo {{ color: #00a65d; font-weight: 700; font-size: 22px; }} .fake {{ color: #8a969c; font-size: 12px; }}
+.user {{ display: block; padding: 10px; border: 1px solid #d6dde0; border-radius: 6px; margin: 8px 0;
+         cursor: pointer; }}
+.user span {{ color: #5b6a72; font-size: 13px; }}
+button {{ font: inherit; padding: 9px 22px; border-radius: 20px; border: 1px solid #00a65d; cursor: pointer; }}
+#allow {{ background: #00a65d; color: #fff; }} #deny {{ background: #fff; color: #00a65d; margin-left: 8px; }}
+</style></head><body><div class="box">
+<div class="logo">Sage Accounting</div><div class="fake">the demo's fake Sage: no real account is used</div>
+<h1 style="font-size: 20px">Allow <em>{client}</em> to access your Sage data?</h1>
+<p>It asks for <strong>{scope}</strong> access to the businesses of the account you sign in with.</p>
+<form method="post" action="">{hidden}<div id="users">{users}</div>
+<p><button id="allow" name="decision" value="allow">Allow</button>
+<button id="deny" name="decision" value="deny">Deny</button></p></form></div></body></html>"""
+
+
+def _check_client(state: FakeSage, params: Mapping[str, str]) -> str:
+    """Errors Sage shows on its own page (no redirect): an unknown client, no redirect_uri."""
+    if params.get("client_id") != state.auth.client_id:
+        raise OAuthError(400, "invalid_client", "Unknown client_id")
+    redirect_uri = params.get("redirect_uri")
+    if not redirect_uri:
+        raise OAuthError(400, "invalid_request", "redirect_uri is required")
+    return redirect_uri
+
+
+def _decide(state: FakeSage, params: Mapping[str, str], login: str | None, *, allowed: bool = True) -> Response:
+    """Redirect back to the client with a code (or the OAuth error) and its ``state``."""
+    redirect_uri = _check_client(state, params)
+    back: dict[str, str] = {}
+    method = params.get("code_challenge_method")
+    if params.get("response_type") != "code":
+        back["error"] = "unsupported_response_type"
+    elif method not in (None, "S256", "plain"):
+        back["error"] = "invalid_request"
+    elif not allowed:
+        back["error"] = "access_denied"
+    else:
+        try:
+            user = state.user(login)
+        except KeyError:
+            raise OAuthError(400, "invalid_request", "Unknown login_hint") from None
+        back["code"] = state.auth.issue_code(
+            params["client_id"],
+            redirect_uri,
+            user.id,
+            params.get("scope") or "full_access",
+            challenge=params.get("code_challenge"),
+            method=method,
+        )
+        back["country"] = "GB"
+    if params.get("state") is not None:
+        back["state"] = params["state"]
+    separator = "&" if "?" in redirect_uri else "?"
+    return RedirectResponse(redirect_uri + separator + urlencode(back), status_code=302)
+
+
 def _install_oauth(api: FastAPI, state: FakeSage) -> None:
     @api.get("/oauth2/auth/central")
     async def authorize(request: Request) -> Response:
-        """The browser step: consent at once (as ``login_hint`` or the first user) and redirect."""
-        params = request.query_params
-        redirect_uri = params.get("redirect_uri")
-        if params.get("client_id") != state.auth.client_id:
-            raise OAuthError(400, "invalid_client", "Unknown client_id")
-        if not redirect_uri:
-            raise OAuthError(400, "invalid_request", "redirect_uri is required")
-        back: dict[str, str] = {}
-        method = params.get("code_challenge_method")
-        if params.get("response_type") != "code":
-            back["error"] = "unsupported_response_type"
-        elif method not in (None, "S256", "plain"):
-            back["error"] = "invalid_request"
-        else:
-            try:
-                user = state.user(params.get("login_hint"))
-            except KeyError:
-                raise OAuthError(400, "invalid_request", "Unknown login_hint") from None
-            back["code"] = state.auth.issue_code(
-                params["client_id"],
-                redirect_uri,
-                user.id,
-                params.get("scope") or "full_access",
-                challenge=params.get("code_challenge"),
-                method=method,
-            )
-            back["country"] = "GB"
-        if params.get("state") is not None:
-            back["state"] = params["state"]
-        separator = "&" if "?" in redirect_uri else "?"
-        return RedirectResponse(redirect_uri + separator + urlencode(back), status_code=302)
+        """The browser step: Sage's sign-in and consent page, or (``consent="instant"``, for
+        tests and scripts) consent at once as ``login_hint`` or the first user."""
+        params = dict(request.query_params)
+        _check_client(state, params)
+        if state.config.consent != "screen":
+            return _decide(state, params, params.get("login_hint"))
+        return HTMLResponse(consent_page(state, params), headers={"Cache-Control": "no-store"})
+
+    @api.post("/oauth2/auth/central")
+    async def consent(request: Request) -> Response:
+        """The consent page's answer: Allow as the chosen user, or Deny (``access_denied``)."""
+        answer = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+        login, decision = answer.pop("login", None), answer.pop("decision", "")
+        return _decide(state, answer, login, allowed=decision == "allow")
 
     async def form(request: Request) -> dict[str, str]:
         content_type = request.headers.get("content-type", "")

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import json
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -197,6 +199,26 @@ def pkce_pair() -> tuple[str, str]:
     return verifier, challenge
 
 
+def consent_redirect(authorize_url: str, login: str | None = None, *, allow: bool = True) -> str:
+    """What a user's browser does at the authorise URL: consent (as ``login``, else the page's
+    choice) and return the redirect back to the client (the ``Location``).
+
+    Works with either consent mode: an instant consent redirects at once; the consent page is
+    answered with its form (every field it carries, the user, Allow or Deny), as a browser would.
+    """
+    response = requests.get(authorize_url, allow_redirects=False, timeout=30)
+    if response.status_code == 200:
+        fields = dict(re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)">', response.text))
+        fields = {html.unescape(k): html.unescape(v) for k, v in fields.items()}
+        chosen = re.search(r'name="login" value="([^"]*)" checked', response.text)
+        fields["login"] = login or (html.unescape(chosen.group(1)) if chosen else "")
+        fields["decision"] = "allow" if allow else "deny"
+        response = requests.post(authorize_url.split("?", 1)[0], data=fields, allow_redirects=False, timeout=30)
+    if response.status_code != 302:
+        raise RuntimeError(f"authorize failed: {response.status_code} {response.text[:300]}")
+    return response.headers["location"]
+
+
 class FakeSageServer:
     """Context manager: ``python -m sandbox.fake_sage`` as a subprocess, ready when entered."""
 
@@ -213,6 +235,7 @@ class FakeSageServer:
         host: str = "127.0.0.1",
         start: str | None = None,
         startup_timeout: float = 120.0,
+        consent: str = "instant",
     ) -> None:
         self.seed = seed
         self.host = host
@@ -224,6 +247,7 @@ class FakeSageServer:
         self.volumes = dict(volumes or {})
         self.start_at = start
         self.startup_timeout = startup_timeout
+        self.consent = consent
         self.base_url = f"http://{host}:{self.port}"
         self.api_url = f"{self.base_url}/v3.1"
         self.authorize_url = f"{self.base_url}/oauth2/auth/central?filter=apiv3.1"
@@ -254,6 +278,8 @@ class FakeSageServer:
             self.client_secret,
             "--scale",
             str(self.scale),
+            "--consent",
+            self.consent,
         ]
         if self.start_at:
             cmd += ["--start", self.start_at]
@@ -355,12 +381,10 @@ class FakeSageServer:
             params["login_hint"] = login_hint
         if code_challenge:
             params.update(code_challenge=code_challenge, code_challenge_method=code_challenge_method)
-        response = requests.get(f"{self.authorize_url}&{urlencode(params)}", allow_redirects=False, timeout=30)
-        if response.status_code != 302:
-            raise RuntimeError(f"authorize failed: {response.status_code} {response.text[:300]}")
-        query = parse_qs(urlsplit(response.headers["location"]).query)
+        location = consent_redirect(f"{self.authorize_url}&{urlencode(params)}", login_hint)
+        query = parse_qs(urlsplit(location).query)
         if query.get("state") != [state] or "code" not in query:
-            raise RuntimeError(f"unexpected redirect {response.headers['location']}")
+            raise RuntimeError(f"unexpected redirect {location}")
         return query["code"][0]
 
     def exchange(

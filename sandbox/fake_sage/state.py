@@ -432,6 +432,9 @@ class Config:
     client_secret: str = "demo-secret"
     scale: float = 1.0
     volumes: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    # "instant": the authorise page consents at once (tests and scripts need no browser);
+    # "screen": it is a page with a sign-in choice and Allow / Deny, as Sage's is (the demo).
+    consent: str = "instant"
 
 
 class Shapes(Protocol):

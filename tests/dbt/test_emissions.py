@@ -42,6 +42,7 @@ from tests.dbt.test_dbt_models import (
 pytestmark = pytest.mark.dbt
 
 CO = "carbon_co"
+EU = "euro_co"  # books in EUR: its spend is not counted (GBP only), and the report and page say so
 ACCOUNTS = [  # id, name, nominal code, ledger_account_type
     ("la_elec", "Electricity", 7200, "OVERHEADS"),
     ("la_gas", "Gas", 7201, "OVERHEADS"),
@@ -154,6 +155,21 @@ def _scenario() -> list[Row]:
     return rows
 
 
+def _euro_company() -> list[Row]:
+    """A company whose base currency is EUR, with one invoice: kept out of every GBP figure."""
+    line = _invoice_line("eu_inv_l1", "100.00", "0", "GB_STANDARD", "la_elec", "Electricity")
+    return [
+        Row("businesses", EU, EU, {"id": EU, "name": "Euro Co", "country": _link("IE", "c")}),
+        Row("financial_settings", EU, EU, {"base_currency": _link("EUR", "currencies")}),
+        Row(
+            "purchase_invoices",
+            EU,
+            "eu_inv",
+            _document("eu_inv", "invoice", [line], date="2023-03-01", contact=None, contact_name="ESB"),
+        ),  # type: ignore[arg-type]
+    ]
+
+
 def _dbt_env(dsn: str) -> dict[str, str]:
     params = conninfo_to_dict(dsn)
     return {
@@ -204,7 +220,12 @@ def dsn() -> Iterator[str]:
             "synced_from_quarter, connected_at) values (%s, 'Carbon Co', 'active', '2013-Q1', now())",
             (CO,),
         )
-        _insert_rows(conn, _scenario())
+        conn.execute(
+            "insert into sage_control.companies (company_id, company_name, status, "
+            "synced_from_quarter, connected_at) values (%s, 'Euro Co', 'active', '2013-Q1', now())",
+            (EU,),
+        )
+        _insert_rows(conn, _scenario() + _euro_company())
     yield dsn
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
         admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
@@ -341,6 +362,23 @@ def test_report_command_writes_csv_xlsx_and_png(built: psycopg.Connection, dsn: 
     )
     assert refused.returncode == 2 and "unknown company 'nobody'" in refused.stderr
 
+    # A company whose books are in EUR is not "late": the report says why there is none, and succeeds.
+    euro = subprocess.run(
+        [sys.executable, "-m", "sage_sync", "report", EU, "--out", str(tmp_path / "euro")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert euro.returncode == 0, euro.stdout + euro.stderr
+    assert "Euro Co (euro_co): base currency EUR: not counted (GBP only); no report written" in euro.stdout
+    assert not (tmp_path / "euro").exists()
+    # Shares are written to 4 places, not the marts' 20 decimals.
+    shares = [r["coverage_share"] for r in coverage_rows if r["coverage_share"]]
+    shares += [r["share_of_quarter_kgco2e"] for r in category_rows if r["share_of_quarter_kgco2e"]]
+    assert shares and all(len(x.split(".")[-1]) <= 4 for x in shares), shares
+
 
 def test_connections_page_shows_latest_quarters_emissions(
     built: psycopg.Connection, dsn: str, monkeypatch: pytest.MonkeyPatch
@@ -373,11 +411,15 @@ def test_connections_page_shows_latest_quarters_emissions(
         plugin.app.dependency_overrides.clear()
     cell = page.split(f'id="emissions-{CO}">', 1)[1].split("</table>", 1)[0]
     # the latest four quarters, oldest first: kg rounded, coverage = share of in-scope £ mapped
-    assert "<td>2023-Q3</td><td>242</td><td>82%</td>" in cell
-    assert "<td>2023-Q4</td><td>342</td><td>100%</td>" in cell
-    assert "<td>2024-Q2</td><td>0</td><td>-</td>" in cell  # only payroll and a bank transfer: out of scope
-    assert "<td>2025-Q2</td><td>553</td><td>100%</td>" in cell
+    assert '<td>2023-Q3</td><td class="num">242</td><td class="num">82%</td>' in cell
+    assert '<td>2023-Q4</td><td class="num">342</td><td class="num">100%</td>' in cell
+    # only payroll and a bank transfer: out of scope
+    assert '<td>2024-Q2</td><td class="num">0</td><td class="num">-</td>' in cell
+    assert '<td>2025-Q2</td><td class="num">553</td><td class="num">100%</td>' in cell
     assert "2023-Q2" not in cell
+    # EUR books: said where the emissions would show, not "no emissions yet" (which reads as late)
+    euro = page.split(f'id="emissions-{EU}">', 1)[1].split("</div>", 1)[0]
+    assert "base currency EUR: not counted (GBP only)" in euro and "no emissions yet" not in euro, euro
 
 
 def _write(path: Path, rows: list[str]) -> None:

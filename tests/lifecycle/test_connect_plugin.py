@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from sage_sync.core.quarters import Quarter, quarters_between
 from sage_sync.lifecycle import airflow_api, connections, dashboard, inputs, status
 from sage_sync.pipeline import sync
+from sage_sync.sage.streams import STREAMS
 from sage_sync.warehouse import registry
 from sage_sync.web import pages
 from sandbox.fake_sage.server import FakeSageServer
@@ -113,12 +114,26 @@ def test_connect_status_disconnect_reconnect_backfill_reset(
     page = client.get("/sage/").text
     assert 'id="status-active"' in page and "pages" in page
 
-    out = client.post("/sage/disconnect", data={"company_id": company, "csrf": client.cookies.get("sage_csrf")})
+    # Disconnect revokes the grant at Sage: a page says so and asks first; a bare POST does nothing.
+    button = client.get("/sage/").text
+    assert f'href="/sage/disconnect?company_id={company}"' in button
+    unconfirmed = client.post("/sage/disconnect", data={"company_id": company, "csrf": client.cookies.get("sage_csrf")})
+    assert unconfirmed.status_code == 400 and "confirm it on the Disconnect page" in unconfirmed.text
+    assert warehouse.execute("select status from sage_control.companies").fetchone() == ("active",)
+    confirm = client.get(f"/sage/disconnect?company_id={company}").text
+    assert "revokes its grant at Sage" in confirm and 'id="do-disconnect"' in confirm and 'name="confirm"' in confirm
+    out = client.post(
+        "/sage/disconnect", data={"company_id": company, "csrf": client.cookies.get("sage_csrf"), "confirm": "yes"}
+    )
     assert "grant revoked at Sage" in _banner(client, out)
     assert 'id="status-disconnected"' in client.get("/sage/").text
 
+    # Reconnect starts the catch-up run at once (not at the next scheduled run).
     back = _through_sage(client, sage, f"/sage/authorize?purpose=reconnect&company_id={company}")
-    assert "Reconnected Northwind Joinery Ltd" in _banner(client, back)
+    banner = _banner(client, back)
+    assert "Reconnected Northwind Joinery Ltd" in banner and "the catch-up run started" in banner, banner
+    assert client.triggered == [(f"sage_sync__{company}", None)]
+    client.triggered.clear()
     assert warehouse.execute("select status from sage_control.companies").fetchone() == ("active",)
 
     later = client.get(f"/sage/synced-from?company_id={company}&synced_from=2026-Q2")
@@ -208,12 +223,14 @@ def test_dashboard_and_company_page_show_runs_with_airflow_links(
 
     page = client.get("/sage/").text
     assert "Northwind Joinery Ltd" in page and f'href="/sage/company/{company}"' in page
-    assert "2026-12-03 00:00 UTC" in page  # the next scheduled run, from Airflow
+    assert "2026-12-03 00:00 UTC" in re.sub(r"<[^>]+>", "", page)  # the next scheduled run, from Airflow
     history = page[page.index(f'id="history-{company}"') :]
     assert history.count('class="run"') == 2 and "run outside Airflow" in history
     airflow_run = "scheduled__2026-12-02T00%3A00%3A00%2B00%3A00"
     assert f'href="/dags/sage_sync__{company}/runs/{airflow_run}"' in history
-    assert f'href="/dags/sage_sync__{company}/runs/{airflow_run}/tasks/extract_load"' in history
+    # extract_load is mapped over the streams: the run's stream tasks, never the unmapped instance (a 404)
+    assert f'href="/dags/sage_sync__{company}/runs/{airflow_run}/tasks/extract_load/mapped"' in history
+    assert '/tasks/extract_load"' not in history
 
     detail = client.get(f"/sage/company/{company}")
     assert detail.status_code == 200
@@ -242,7 +259,8 @@ def test_progress_compares_each_stream_with_its_own_total() -> None:
     }
     p = dashboard.progress(stats, elapsed_seconds=600)
     assert (p["records_done"], p["total"], p["records_untotalled"]) == (60, 80, 22)
-    assert p["share"] == 0.75 and p["eta_seconds"] == 200
+    # The share counts every stream: two of nine read in full, five not started yet (it said 75%).
+    assert p["share"] == 2 / 9 and p["eta_seconds"] == 2100
     by_name = {s["stream"]: s for s in p["streams"]}
     assert by_name["contacts"]["total"] is None and by_name["ledger_accounts"]["share"] == 1.0
     assert by_name["purchase_credit_notes"]["started"] is False
@@ -344,7 +362,8 @@ def test_every_route_is_closed_without_a_login_and_changes_need_the_editor_role(
     assert viewer.get(f"/sage/company/{company}").status_code == 200
     csrf = viewer.cookies.get("sage_csrf")
     for method, path, data in (
-        ("POST", "/sage/disconnect", {"company_id": company, "csrf": csrf}),
+        ("POST", "/sage/disconnect", {"company_id": company, "csrf": csrf, "confirm": "yes"}),
+        ("GET", f"/sage/disconnect?company_id={company}", None),
         ("POST", "/sage/reset", {"company_id": company, "csrf": csrf, "confirm": "yes"}),
         ("POST", "/sage/authorize", {"purpose": "connect", "csrf": csrf}),
         ("GET", f"/sage/synced-from?company_id={company}", None),
@@ -389,3 +408,180 @@ def test_the_status_line_says_one_version_and_gives_times_in_utc(lenv: dict, war
     line = status.describe(status.company_statuses(warehouse)[0])
     assert "at 2026-12-07 09:30 UTC" in line, line
     assert "1 page, 1 record (1 of 1 in the streams that report a total), 1 new version" in line, line
+
+
+def test_a_stream_waiting_for_its_retry_is_visible_and_unstarted_streams_count(
+    client: TestClient, sage: FakeSageServer, warehouse: psycopg.Connection
+) -> None:
+    """Sage answering 503 on one stream once read "running ... 59 of 59 records (100 %)" for five
+    minutes. Each stream now says where it stands, and the share counts the streams not started."""
+    from sage_sync.warehouse import stream_states  # noqa: PLC0415
+
+    company = _connected(sage)
+    run_id = sync.begin_run(company, airflow_run_id="scheduled__2026-12-02T00:00:00+00:00", kind="daily")
+    warehouse.execute(
+        "update sage_control.sync_runs set stats = %s where sync_run_id = %s",
+        (json.dumps({"ledger_accounts": {"pages": 1, "rows_seen": 59, "total_reported": 59}}), run_id),
+    )
+    retry_at = datetime(2026, 12, 2, 13, 15, tzinfo=UTC)
+    stream_states.set_state(warehouse, run_id, "ledger_accounts", "done", try_number=1)
+    stream_states.set_state(warehouse, run_id, "businesses", "done", try_number=1)
+    stream_states.set_state(warehouse, run_id, "contacts", "reading", try_number=1)
+    stream_states.set_state(
+        warehouse, run_id, "purchase_invoices", "retrying", error="Sage answered 503", try_number=1, retry_at=retry_at
+    )
+
+    page = client.get("/sage/").text
+    progress = page[page.index(f'id="company-{company}"') :]
+    progress = progress[
+        progress.index('class="progress"') : progress.index("</td>", progress.index('class="progress"'))
+    ]
+    progress = re.sub(r"<[^>]+>", "", progress)
+    assert "2 of 9 streams done (22%)" in progress and "5 not started yet" in progress, progress
+    assert "1 retrying" in progress and "100%" not in progress, progress
+    assert "purchase_invoices retrying at 13:15 UTC after &#34;Sage answered 503&#34;" in progress, progress
+
+    detail = client.get(f"/sage/company/{company}").text
+    row = detail[detail.index('id="stream-purchase_invoices"') :]
+    assert "retrying at 13:15 UTC after &#34;Sage answered 503&#34;" in row[: row.index("</tr>")]
+    for stream, state in (("contacts", "reading"), ("ledger_accounts", "done"), ("tax_rates", "waiting")):
+        row = detail[detail.index(f'id="stream-{stream}"') :]
+        assert f">{state}</span>" in row[: row.index("</tr>")], (stream, row[: row.index("</tr>")])
+    # Each stream links its own mapped instance: map index = its place in the list the DAG expands over.
+    airflow_run = "scheduled__2026-12-02T00%3A00%3A00%2B00%3A00"
+    index = list(STREAMS).index("purchase_invoices")
+    assert f"runs/{airflow_run}/tasks/extract_load/mapped/{index}" in detail
+    # The history's task log opens the stream in trouble.
+    history = detail[detail.index('id="history-') :]
+    assert (
+        f'class="log-link" href="/dags/sage_sync__{company}/runs/{airflow_run}/tasks/extract_load/mapped/{index}"'
+        in history
+    )
+
+    line = status.describe(status.company_statuses(warehouse)[0])
+    assert 'purchase_invoices retrying at 13:15 UTC after "Sage answered 503"' in line and "5 waiting" in line, line
+
+
+# -- what a new user tripped over (issue 24) -------------------------------------------------------
+
+
+def test_one_wording_for_a_status_people_read(
+    client: TestClient, sage: FakeSageServer, warehouse: psycopg.Connection
+) -> None:
+    """`needs_reauth` and "needs reauth" were both shown: people read one label, machines the enum."""
+    company = _connected(sage)
+    warehouse.execute("update sage_control.companies set status = 'needs_reauth' where company_id = %s", (company,))
+
+    def words(html: str) -> str:  # what a person reads: the page's main part, without its markup
+        return re.sub(r"<[^>]+>", " ", html.split("<main>", 1)[1])
+
+    text = words(client.get("/sage/").text)
+    assert "Needs re-authorisation" in text and "needs_reauth" not in text and "needs reauth" not in text.lower()
+    detail = words(client.get(f"/sage/company/{company}").text)
+    assert "Needs re-authorisation" in detail and "needs_reauth" not in detail
+    item = status.company_statuses(warehouse)[0]
+    assert item["status"] == "needs_reauth"  # `status --json`: the enum value
+    assert ": needs re-authorisation, Synced From" in status.describe(item)
+
+
+def test_none_never_reads_as_python_none() -> None:
+    """The exception list's Status column showed Python's `None`."""
+    rendered = pages.env.from_string("<td>{{ e.document_status }}</td><td>{{ e.gone }}</td>").render(
+        e={"document_status": None}
+    )
+    assert rendered == "<td>-</td><td></td>" and "None" not in rendered
+
+
+def test_a_company_not_in_gbp_says_so_instead_of_looking_late(
+    client: TestClient, sage: FakeSageServer, warehouse: psycopg.Connection
+) -> None:
+    """Atlantic (base EUR) showed "no emissions yet", as if it were merely late."""
+    company = _connected(sage, key="atlantic", quarter="2026-Q1")
+    sync.run_company(company)
+    note = "base currency EUR: not counted (GBP only)"
+    cell = client.get("/sage/").text.split(f'id="emissions-{company}">', 1)[1].split("</div>", 1)[0]
+    assert note in cell and "no emissions yet" not in cell, cell
+    assert note in client.get(f"/sage/company/{company}").text
+    assert note in status.describe(status.company_statuses(warehouse)[0])
+
+
+def test_after_a_reconnect_the_old_failure_is_not_the_current_problem(
+    client: TestClient, sage: FakeSageServer, warehouse: psycopg.Connection
+) -> None:
+    """ "last run failed: Sage refused the grant" stayed, with its advice, after the reconnect."""
+    company = _connected(sage)
+    run_id = sync.begin_run(company, kind="daily")
+    warehouse.execute(
+        "update sage_control.sync_runs set status = 'failed', ended_at = now(), error = 'Sage refused the grant' "
+        "where sync_run_id = %s",
+        (run_id,),
+    )
+    assert "Sage refused the grant" in client.get("/sage/").text.split(f'id="problem-{company}"', 1)[1]
+    code, verifier = fresh_code(sage)
+    connections.reconnect(company, code, verifier)
+    page = client.get("/sage/").text
+    assert f'id="problem-{company}"' not in page, page[page.index(f'id="company-{company}"') :][:2000]
+
+
+def test_the_connect_form_marks_connected_businesses_and_offers_the_move(
+    client: TestClient, sage: FakeSageServer, warehouse: psycopg.Connection
+) -> None:
+    """The form listed businesses already connected and dropped a different quarter silently."""
+    company = _connected(sage, quarter="2026-Q1")
+    sync.run_company(company)  # active: its Synced From can move
+    chosen = _through_sage(client, sage, "/sage/authorize?purpose=connect")
+    form = client.get(chosen.headers["location"]).text
+    option = re.search(rf'<option value="{company}"[^>]*>([^<]*)</option>', form)
+    assert option and "(connected already, Synced From 2026-Q1)" in option.group(1), form
+    assert "keeps its Synced From" in form
+    others = re.findall(r'<option value="[0-9a-f]{32}"[^>]*>([^<]*)</option>', form)
+    assert others[0].endswith("Ltd"), others  # a new business first
+    pending = parse_qs(urlsplit(chosen.headers["location"]).query)["pending"][0]
+    done = client.post(
+        "/sage/register",
+        data={
+            "pending": pending,
+            "business_id": company,
+            "synced_from": "2025-Q1",
+            "csrf": client.cookies["sage_csrf"],
+        },
+    )
+    assert done.status_code == 303 and done.headers["location"].startswith("/sage/synced-from?"), done.headers
+    move = client.get(done.headers["location"]).text
+    assert "keeps Synced From 2026-Q1" in move and "To import from 2025-Q1" in move, move
+    assert 'id="warning"' in move and "2025-01-01 to 2025-12-31" in move  # the move's own confirmation
+    assert warehouse.execute("select synced_from_quarter from sage_control.companies").fetchone() == ("2026-Q1",)
+
+
+def test_runs_say_what_they_did_and_sync_health_says_what_it_compared(
+    client: TestClient, sage: FakeSageServer, warehouse: psycopg.Connection
+) -> None:
+    """The first sync and a reset's full sync read `daily`; "Sage's $total 1" sat beside "held 228"."""
+    company = _connected(sage)
+    sync.run_company(company, kind="daily")
+    sync.run_company(company, kind="daily")
+    run_id = connections.reset(company, confirm=True)
+    connections.close_reset_run(run_id)
+    sync.run_company(company, kind="daily")
+    labels = [r["label"] for r in dashboard.company_page(company)["history"]]
+    assert labels == ["full re-import", "reset", "daily", "first sync"], labels
+    assert "last run (full re-import) success" in status.describe(status.company_statuses(warehouse)[0])
+
+    window = dashboard._health_row(
+        {"reconciliation_scope": "window_count", "total_reported": 1, "window_total": 228, "current_record_count": 228}
+    )
+    assert window["compared_with"] == 228 and window["compared"] == "Sage's count of the whole synced window"
+    full = dashboard._health_row({"reconciliation_scope": "full_read", "total_reported": 50, "window_total": None})
+    assert full["compared_with"] == 50
+    detail = client.get(f"/sage/company/{company}").text
+    assert "Deletions listed" in detail and "Deletions checked" in detail
+    row = detail[detail.index('id="stream-purchase_invoices"') :]
+    assert "newest deletion" in row[: row.index("</tr>")] or "UTC" in row[: row.index("</tr>")]
+
+
+def test_the_menu_entry_fits_airflows_navigation() -> None:
+    """ "Sage con…": Airflow's navigation cuts labels longer than about ten characters."""
+    from sage_connect_plugin import SageConnectPlugin  # noqa: PLC0415
+
+    (view,) = SageConnectPlugin.external_views
+    assert len(view["name"]) <= 10, view["name"]

@@ -318,7 +318,9 @@ def test_expired_refresh_token_needs_reauth_and_status_tells(
     with pytest.raises(ReauthorizationRequired, match="unused for 31 days"):
         sync.check_auth(company, "r")
     assert warehouse.execute("select status from sage_control.companies").fetchone() == ("needs_reauth",)
-    assert "needs_reauth" in _cli("status")[1]
+    # One wording for people (issue 24); the enum value in machine output only.
+    assert "needs re-authorisation" in _cli("status")[1]
+    assert '"status": "needs_reauth"' in _cli("status", "--json")[1]
     assert set(STREAMS) >= set(DOCUMENTS)
 
 
@@ -425,3 +427,26 @@ def test_the_env_file_fills_in_only_what_is_missing(tmp_path: Path) -> None:
     assert load_missing(environ, env_file) == ["B"]
     assert environ == {"A": "set-by-user", "B": "two words"}
     assert load_missing({}, tmp_path / "missing.sh") == []
+
+
+def test_set_synced_from_checks_for_airflow_before_it_spends_the_code(
+    sage: FakeSageServer, lenv: dict, warehouse: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without an api-server the trigger failed after the one-time code was spent, and the advice
+    ("run again with --here") then needed a new one. Airflow is checked first; the code still works."""
+    from sandbox.fake_sage.server import free_port  # noqa: PLC0415
+
+    monkeypatch.setenv("SAGE_AIRFLOW_API_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    company = _connect(sage)
+    sync.run_company(company)
+    code, verifier = fresh_code(sage)
+    exit_code, output = _cli(
+        "set-synced-from", company, "2025-Q3", "--yes", "--code", code, "--code-verifier", verifier
+    )
+    assert exit_code == 2 and "the code is unused" in output and "--here" in output, output
+    assert not [e for e in _events(warehouse, company) if e == "backfill_requested"]
+    exit_code, output = _cli(
+        "set-synced-from", company, "2025-Q3", "--yes", "--here", "--code", code, "--code-verifier", verifier
+    )
+    assert exit_code == 0, output  # the same code: it was never exchanged
+    assert warehouse.execute("select synced_from_quarter from sage_control.companies").fetchone() == ("2025-Q3",)

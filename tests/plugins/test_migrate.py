@@ -25,8 +25,9 @@ def test_migrate_twice_changes_nothing(warehouse: psycopg.Connection) -> None:
         "003_landing_time_indexes.sql",
         "004_api_rate_buckets.sql",
         "005_run_fencing.sql",
-        "009_grants.sql",
-        "011_notices.sql",
+        "006_grants.sql",
+        "007_notices.sql",
+        "008_sync_stream_states.sql",
     ]
     assert _schema_snapshot(warehouse) == before
     assert warehouse.execute("select count(*) from sage_control.companies").fetchone() == (1,)

@@ -314,7 +314,7 @@ def _walk(
     # 2. Disconnect on the page pauses the DAG in Airflow, as the signed-in user.
     out = admin.post(
         f"{server.url}/sage/disconnect",
-        data={"company_id": company, "csrf": _csrf(server, admin)},
+        data={"company_id": company, "csrf": _csrf(server, admin), "confirm": "yes"},
         allow_redirects=False,
         timeout=30,
     )
@@ -335,9 +335,20 @@ def _walk(
     monkeypatch.setenv("SAGE_AIRFLOW_API_PASSWORD", "wrong")
     assert airflow_api.set_dag_paused(dag_id, paused=False) is False  # refused: logged, not raised
 
-    # Reconnect on the page unpauses the DAG the CLI paused.
+    # Reconnect on the page unpauses the DAG the CLI paused, and starts the catch-up run at once.
+    def runs() -> int:
+        found = requests.get(
+            f"{server.url}/api/v2/dags/{dag_id}/dagRuns",
+            headers={"Authorization": f"Bearer {server.token('admin')}"},
+            timeout=30,
+        )
+        return int(found.json()["total_entries"])
+
+    before = runs()
     back = _authorise(server, admin, {"purpose": "reconnect", "company_id": company})
-    assert "Reconnected" in _banner(server, admin, back)
+    banner = _banner(server, admin, back)
+    assert "Reconnected" in banner and "the catch-up run started" in banner, banner
     assert server.dag(dag_id)["is_paused"] is False
+    assert runs() == before + 1
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         assert conn.execute("select status from sage_control.companies").fetchone() == ("initial_sync",)

@@ -189,9 +189,13 @@ def reconnect(company_id: str, code: str, code_verifier: str | None) -> None:
     """Re-authorise a company; its next run imports everything since its last watermark."""
     with _refusals():
         company = lifecycle.reconnect(company_id, pasted_code(code), code_verifier)
+    try:
+        started = f"catch-up run started ({lifecycle.start_catch_up(company_id)})"
+    except AirflowUnavailable as exc:
+        started = f"no catch-up run started ({exc}): the next daily run catches up"
     click.echo(
-        f"reconnected {company.company_name} ({company_id}): status {company.status}; the next run "
-        "imports every change since the last successful sync and sweeps for deletions"
+        f"reconnected {company.company_name} ({company_id}): status {status_report.status_label(company.status)}; "
+        f"{started}; it imports every change since the last successful sync and sweeps for deletions"
     )
 
 
@@ -237,6 +241,16 @@ def set_synced_from(
                 "moving Synced From needs a fresh Authorise Access: pass --code "
                 "(and --code-verifier) from `authorize-url`"
             )
+        if not here:
+            # Before the one-time code is spent: a trigger that fails afterwards would leave the
+            # user a retry (--here) that needs a new code.
+            try:
+                lifecycle.check_can_trigger(lifecycle.BACKFILL_DAG_ID)
+            except AirflowUnavailable as exc:
+                raise lifecycle.LifecycleError(
+                    f"cannot trigger {lifecycle.BACKFILL_DAG_ID} ({exc}); nothing was done and the code is "
+                    "unused: run the same command again with --here to backfill in this process"
+                ) from None
         lifecycle.authorise_backfill(company_id, quarter, pasted_code(code), code_verifier)
     conf = lifecycle.backfill_conf(company_id, wanted)
     if here:
@@ -330,9 +344,13 @@ def report_cmd(company: str, from_quarter: str | None, out_dir: Path) -> None:
     except ValueError as exc:
         fail(f"--from: {exc}")
     try:
-        files, coverage = emissions_report.company_report(company, out_dir, quarter)
+        done = emissions_report.company_report(company, out_dir, quarter)
     except lifecycle.LifecycleError as exc:  # a ReportError is one too
         fail(str(exc))
-    click.echo(emissions_report.format_summary(coverage))
+    if done.files is None:  # a company whose base currency is not counted: said, not failed
+        click.echo(done.note)
+        return
+    click.echo(emissions_report.format_summary(done.coverage))
+    files = done.files
     for path in (files.category_csv, files.coverage_csv, files.workbook, files.chart):
         click.echo(f"wrote {path}")

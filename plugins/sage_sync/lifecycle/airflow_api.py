@@ -215,6 +215,12 @@ def set_dag_paused(dag_id: str, *, paused: bool, caller: Caller | None = None) -
     return True
 
 
+def check_dag(dag_id: str, caller: Caller | None = None) -> None:
+    """Raise :class:`AirflowUnavailable` unless the api-server answers for ``dag_id`` with this
+    caller's login: the address, the login and the DAG, all that a trigger needs."""
+    _call("GET", f"/dags/{_segment(dag_id)}", None, caller)
+
+
 def trigger(dag_id: str, conf: dict[str, Any] | None, caller: Caller | None = None) -> str:
     """Unpause ``dag_id`` and start a run of it with ``conf``; returns ``"<dag id> run <run id>"``.
 
@@ -231,10 +237,12 @@ def trigger(dag_id: str, conf: dict[str, Any] | None, caller: Caller | None = No
     return f"{dag_id} run {run_id}"
 
 
-# The task whose log a run's history row links to: where a daily run reads Sage (one mapped
-# instance per stream), and a backfill's first stream (each stream is its own task there).
+# The tasks that read Sage, one per stream: in a daily run one task mapped over the streams
+# (``extract_load``, map index = the stream's position in ``STREAMS``, the list the DAG expands
+# over); in a backfill one task per document stream (``backfill_<stream>``, not mapped).
 LOG_TASK_DAILY = "extract_load"
-LOG_TASK_BACKFILL = "backfill_purchase_invoices"
+BACKFILL_TASK_PREFIX = "backfill_"
+LOG_TASK_BACKFILL = f"{BACKFILL_TASK_PREFIX}purchase_invoices"
 
 
 def run_dag_id(company_id: str, kind: str) -> str:
@@ -247,14 +255,146 @@ def ui_run_path(dag_id: str, run_id: str) -> str:
     return f"dags/{_segment(dag_id)}/runs/{_segment(run_id)}"
 
 
-def ui_task_path(dag_id: str, run_id: str, task_id: str) -> str:
-    """Airflow 3's UI page of a task in a run (its log), relative to Airflow's base URL."""
-    return f"{ui_run_path(dag_id, run_id)}/tasks/{_segment(task_id)}"
+def ui_task_path(dag_id: str, run_id: str, task_id: str, map_index: int | None = None) -> str:
+    """Airflow 3's UI page of a task instance in a run (its log), relative to Airflow's base URL.
+
+    A mapped task's instance is ``.../tasks/<task>/mapped/<index>``; without the index Airflow
+    looks for map index -1, which a mapped task has not, and its page is a 404.
+    """
+    path = f"{ui_run_path(dag_id, run_id)}/tasks/{_segment(task_id)}"
+    return path if map_index is None else f"{path}/mapped/{int(map_index)}"
+
+
+def ui_mapped_path(dag_id: str, run_id: str, task_id: str) -> str:
+    """Airflow 3's UI list of a mapped task's instances in a run (one per stream)."""
+    return f"{ui_task_path(dag_id, run_id, task_id)}/mapped"
+
+
+def stream_task(kind: str, stream: str) -> tuple[str, int | None] | None:
+    """The task (and map index) that read ``stream`` in a run of ``kind``; None if no task did.
+
+    Daily, manual and reset runs under Airflow read every stream in the mapped ``extract_load``;
+    a backfill reads only the document streams, each in its own task.
+    """
+    from sage_sync.sage.streams import DOCUMENT_STREAMS, STREAMS  # noqa: PLC0415
+
+    if kind == "backfill":
+        names = {s.name for s in DOCUMENT_STREAMS}
+        return (f"{BACKFILL_TASK_PREFIX}{stream}", None) if stream in names else None
+    if stream not in STREAMS:
+        return None
+    return LOG_TASK_DAILY, list(STREAMS).index(stream)
 
 
 def log_task(kind: str) -> str:
     """The task of a run of ``kind`` whose log the history links to."""
     return LOG_TASK_BACKFILL if kind == "backfill" else LOG_TASK_DAILY
+
+
+# -- each stream's state, written by its own task ---------------------------------------------------
+
+
+def describe_failure(exc: BaseException) -> str:
+    """What went wrong in words a page may show: Sage's status, or our own one-line message.
+
+    Errors of ours carry only Sage's codes, paths and our sentences (never a token); anything
+    else (a bug, a driver error) is named by its type only, and its text stays in the task log.
+    """
+    from sage_sync.core.errors import LifecycleError, RunInProgress, SageError  # noqa: PLC0415
+
+    status = getattr(exc, "status", None)
+    if isinstance(exc, SageError) and isinstance(status, int):
+        return f"Sage answered {status}"
+    if isinstance(exc, (SageError, LifecycleError, RunInProgress)):
+        return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+    return f"{type(exc).__name__} (see the task log)"
+
+
+def next_try_at(ti: Any, failed_at: datetime) -> datetime | None:
+    """When Airflow starts the next try of the task instance ``ti`` failing at ``failed_at``;
+    None when it has no try left.
+
+    Airflow's own rule (``TaskInstance.next_retry_datetime``: the retry delay, the backoff and
+    its per-instance spread) applied to the running instance's settings, so the page says the
+    time the scheduler will use, to within its loop.
+    """
+    if ti.try_number > ti.max_tries:
+        return None
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from airflow.models.taskinstance import TaskInstance  # noqa: PLC0415 - the rule, not the table
+
+    probe = SimpleNamespace(
+        retry_delay_override=None,
+        end_date=failed_at,
+        task=ti.task,
+        try_number=ti.try_number,
+        dag_id=ti.dag_id,
+        task_id=ti.task_id,
+        logical_date=getattr(ti, "logical_date", None),
+        log=log,
+    )
+    return TaskInstance.next_retry_datetime(probe)  # type: ignore[arg-type]
+
+
+def _retry_time(ti: Any) -> datetime | None:
+    try:
+        return next_try_at(ti, datetime.now(UTC))
+    except Exception as exc:  # noqa: BLE001 - an unknown time is shown as such, the retry still happens
+        log.warning("next try time of %s unknown: %s", ti.task_id, type(exc).__name__)
+        return None
+
+
+def _write_state(run_id: str, stream: str, state: str, **details: Any) -> None:
+    """Best effort: the state is for people to read, and a warehouse hiccup here must not fail the read."""
+    from sage_sync.warehouse import db, stream_states  # noqa: PLC0415
+
+    try:
+        with db.connect(app="sage_stream_state", autocommit=True) as conn:
+            stream_states.set_state(conn, run_id, stream, state, **details)
+    except Exception as exc:  # noqa: BLE001 - display only; the task's own outcome stands
+        log.warning("could not record %s of %s in run %s: %s", state, stream, run_id, type(exc).__name__)
+
+
+def records_stream_state(func: _F) -> _F:
+    """A stream task that says where it stands: ``reading`` when it starts, ``done`` when it
+    returns, and on an error ``retrying`` (with the time of the next try) or ``failed``.
+
+    The task takes ``stream`` and ``sync_run_id`` arguments and ``**context`` (its ``ti``). A
+    skip (the company was disconnected) records nothing: the run is closed as skipped.
+    """
+    import inspect  # noqa: PLC0415
+
+    signature = inspect.signature(func)
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind_partial(*args, **kwargs).arguments
+        stream, run_id = bound.get("stream"), bound.get("sync_run_id")
+        ti = kwargs.get("ti")
+        if not (stream and run_id):
+            return func(*args, **kwargs)
+        try_number = getattr(ti, "try_number", None)
+        _write_state(run_id, stream, "reading", try_number=try_number)
+        try:
+            result = func(*args, **kwargs)
+        except CompanySkipped:
+            raise
+        except Exception as exc:
+            retrying = ti is not None and not isinstance(exc, ReauthorizationRequired) and ti.try_number <= ti.max_tries
+            _write_state(
+                run_id,
+                stream,
+                "retrying" if retrying else "failed",
+                error=describe_failure(exc),
+                try_number=try_number,
+                retry_at=_retry_time(ti) if retrying else None,
+            )
+            raise
+        _write_state(run_id, stream, "done", try_number=try_number)
+        return result
+
+    return wrapper  # type: ignore[return-value]
 
 
 def next_runs(caller: Caller | None = None, page_size: int = 100) -> dict[str, datetime | None]:

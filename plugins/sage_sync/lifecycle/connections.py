@@ -71,6 +71,7 @@ __all__ = [
     "backfill_conf",
     "backfill_window",
     "business_name",
+    "check_can_trigger",
     "close_reset_run",
     "connect",
     "connect_company",
@@ -89,6 +90,7 @@ __all__ = [
     "run_backfill_here",
     "run_reset_sync",
     "start_backfill",
+    "start_catch_up",
     "sync_now",
     "trigger_full_sync",
 ]
@@ -518,6 +520,18 @@ def connect_company(company_id: str, name: str, quarter: Quarter, tokens: TokenS
 def start_backfill(company_id: str, quarter: Quarter, caller: airflow_api.Caller | None = None) -> str:
     """Trigger the ``sage_backfill`` DAG for the move; raises :class:`AirflowUnavailable`."""
     return airflow_api.trigger(BACKFILL_DAG_ID, backfill_conf(company_id, quarter), caller)
+
+
+def check_can_trigger(dag_id: str, caller: airflow_api.Caller | None = None) -> None:
+    """Raise :class:`AirflowUnavailable` unless Airflow's api-server answers for ``dag_id`` (checked
+    before a one-time authorisation code is spent on a move that then needs a trigger)."""
+    airflow_api.check_dag(dag_id, caller)
+
+
+def start_catch_up(company_id: str, caller: airflow_api.Caller | None = None) -> str:
+    """Trigger the company's daily DAG right after a reconnect, so the catch-up does not wait for
+    the next scheduled run; raises :class:`AirflowUnavailable` (the daily run then catches up)."""
+    return airflow_api.trigger(dag_id_for(company_id), None, caller)
 
 
 def trigger_full_sync(company_id: str, caller: airflow_api.Caller | None = None) -> str:

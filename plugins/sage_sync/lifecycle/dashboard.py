@@ -7,7 +7,9 @@ web layer only renders. The rules a reader must be able to trust live here:
   id, the business name Sage holds for it (its ``businesses`` record) is used.
 - **Progress compares like with like, per stream.** A stream's records read are set against the
   ``$total`` Sage reported *for that stream*; streams that report no ``$total`` are listed apart
-  and never added to one side of a sum only. "Share done" is over the streams with a total.
+  and never added to one side of a sum only. "Share done" counts every stream, those not
+  started yet included, and each stream says where it stands (waiting, reading, retrying at
+  a time after Sage's answer, failed, done).
 - **Errors come with the action that fixes them** (:func:`problem`).
 """
 
@@ -22,10 +24,19 @@ from sage_sync.core.status import CompanyStatus
 from sage_sync.lifecycle import airflow_api
 from sage_sync.lifecycle.inputs import backfill_quarters, connect_quarters, require_company, warehouse
 from sage_sync.lifecycle.report import latest_quarters
-from sage_sync.lifecycle.status import DISPLAY_ORDER, company_statuses, format_duration
+from sage_sync.lifecycle.status import (
+    DISPLAY_ORDER,
+    company_statuses,
+    currency_note,
+    describe_state,
+    format_duration,
+    run_label,
+    status_label,
+    stream_state,
+)
 from sage_sync.pipeline.env import airflow_run_of
 from sage_sync.sage.streams import STREAMS
-from sage_sync.warehouse import reports
+from sage_sync.warehouse import reports, stream_states
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +54,8 @@ __all__ = [
     "overview",
     "problem",
     "progress",
+    "registered_businesses",
+    "status_label",
 ]
 
 
@@ -53,32 +66,42 @@ def display_name(company_id: str, registered: str | None, sage_name: str | None)
     return sage_name or registered or company_id
 
 
-def progress(stats: dict[str, Any], *, elapsed_seconds: int | None = None) -> dict[str, Any]:
-    """Per-stream progress of a run from its ``stats``, and totals that add up.
+def progress(
+    stats: dict[str, Any],
+    *,
+    states: dict[str, dict[str, Any]] | None = None,
+    run_status: str | None = "running",
+    kind: str | None = None,
+    elapsed_seconds: int | None = None,
+) -> dict[str, Any]:
+    """Per-stream progress of a run from its ``stats`` and its streams' states, and totals that add up.
 
-    ``streams``: every registered stream with pages, records read, Sage's ``$total`` (None when it
-    reported none) and its share done. ``records_done``/``total`` sum only the streams with a
-    ``$total`` (each stream's records capped at its own total: a repeated pass re-reads records);
-    ``records_untotalled`` are the records of streams without one. The ETA extrapolates the
-    elapsed time over the share done, so it is an estimate that firms up as the sync runs.
+    ``streams``: every registered stream with its state (:func:`~sage_sync.lifecycle.status.stream_state`:
+    waiting, reading, retrying, failed, done), pages, records read, Sage's ``$total`` (None when
+    it reported none) and its share done. ``records_done``/``total`` sum only the streams with a
+    ``$total`` (each stream's records capped at its own total: a repeated pass re-reads
+    records); ``records_untotalled`` are the records of streams without one.
+
+    ``share`` is over **every** stream, each counting for its own part: done is whole, a stream
+    under way counts its records against its own ``$total``, and a stream not started yet (or
+    one without a total still reading) counts nothing. So "59 of 59 records" in the one stream
+    read so far is not 100 % while eight streams wait. The ETA extrapolates the elapsed time over
+    that share: an estimate that firms up as the sync runs, and none while a stream waits for a
+    retry (the retry's time is the better estimate). A backfill (``kind``) reads the document
+    streams only: the others are ``not read`` and not part of its share.
     """
+    states = states or {}
     streams = []
     done = total = untotalled = 0
+    parts = 0.0
+    in_run = 0
     for name in [*STREAMS, *sorted(set(stats) - set(STREAMS))]:
-        s = stats.get(name)
-        if s is None:
-            streams.append(
-                {
-                    "stream": name,
-                    "started": False,
-                    "pages": 0,
-                    "records": 0,
-                    "total": None,
-                    "share": None,
-                    "quarantined": 0,
-                }
-            )
-            continue
+        s = stats.get(name) or {}
+        if kind is not None and name not in stats and airflow_api.stream_task(kind, name) is None:
+            state = {"state": "not read", "error": None, "retry_at": None}
+        else:
+            state = stream_state(name, stats, states, run_status)
+            in_run += 1
         records = int(s.get("rows_seen", 0))
         stream_total = int(s["total_reported"]) if s.get("total_reported") is not None else None
         share = None
@@ -88,45 +111,65 @@ def progress(stats: dict[str, Any], *, elapsed_seconds: int | None = None) -> di
             share = 1.0 if stream_total == 0 else min(records, stream_total) / stream_total
         else:
             untotalled += records
+        if state["state"] != "not read":
+            parts += 1.0 if state["state"] == "done" else (share or 0.0)
         streams.append(
             {
                 "stream": name,
-                "started": True,
+                "started": name in stats or state["state"] in ("reading", "retrying", "failed", "done"),
                 "pages": int(s.get("pages", 0)),
                 "records": records,
                 "total": stream_total,
                 "share": share,
                 "quarantined": int(s.get("quarantined", 0)),
+                **state,
+                "described": describe_state(state),
             }
         )
-    share = done / total if total else None
+    share = parts / in_run if in_run else None
+    troubled = [x for x in streams if x["state"] in ("retrying", "failed")]
     eta = None
-    if elapsed_seconds is not None and share and share < 1:
+    if elapsed_seconds is not None and share and share < 1 and not troubled:
         eta = int(elapsed_seconds * (1 - share) / share)
+    counts = {
+        key: sum(1 for x in streams if x["state"] == key)
+        for key in ("done", "reading", "retrying", "failed", "waiting")
+    }
     return {
         "streams": streams,
         "records_done": done,
         "total": total,
         "records_untotalled": untotalled,
         "share": share,
+        "counts": counts,
+        "troubled": troubled,
+        "in_run": in_run,
         "elapsed_seconds": elapsed_seconds,
         "eta_seconds": eta,
-        "pages": sum(s["pages"] for s in streams),
+        "pages": sum(x["pages"] for x in streams),
     }
 
 
-def problem(status: str, last_error: str | None, last_run: dict[str, Any] | None) -> dict[str, str] | None:
+def problem(
+    status: str,
+    last_error: str | None,
+    last_run: dict[str, Any] | None,
+    *,
+    connected_at: datetime | None = None,
+) -> dict[str, str] | None:
     """The company's current problem in words and the action that fixes it; None when all is well.
 
     ``action`` is one of ``reconnect``, ``log`` (read the failed run's task log) or ``wait``;
-    ``fix`` says in words what to do.
+    ``fix`` says in words what to do. A failed run that ended before the company was last
+    (re)connected is not a problem any more: the reconnect's catch-up run covers it, and its
+    advice ("Sage refused the grant: reconnect") would only mislead.
     """
     detail = f" Sage said: {last_error}" if last_error else ""
     if status == CompanyStatus.NEEDS_REAUTH:
         return {
             "words": "Sage no longer accepts this company's authorisation: it was revoked in Sage, "
             "or it expired after a long time without a sync." + detail,
-            "fix": "Reconnect the company and authorise access at Sage again; the next run then "
+            "fix": "Reconnect the company and authorise access at Sage again; a catch-up run then "
             "imports every change since the last successful sync.",
             "action": "reconnect",
         }
@@ -151,9 +194,11 @@ def problem(status: str, last_error: str | None, last_run: dict[str, Any] | None
             "fix": "Reconnect to resume the daily sync from where it stopped.",
             "action": "reconnect",
         }
-    if last_run and last_run["status"] == "failed":
+    stale = bool(connected_at and last_run and last_run.get("ended_at") and last_run["ended_at"] < connected_at)
+    if last_run and last_run["status"] == "failed" and not stale:
         return {
-            "words": f"The last {last_run['kind']} run failed: {last_run.get('error') or 'see its log'}.",
+            "words": f"The last run ({last_run.get('label', last_run['kind'])}) failed: "
+            f"{last_run.get('error') or 'see its log'}.",
             "fix": "Open the run's task log for the cause; once fixed, the next daily run catches up "
             "by itself (nothing is lost: watermarks move only after a complete read).",
             "action": "log",
@@ -161,14 +206,45 @@ def problem(status: str, last_error: str | None, last_run: dict[str, Any] | None
     return None
 
 
-def _run_row(company_id: str, run: dict[str, Any]) -> dict[str, Any]:
+def _stream_links(company_id: str, kind: str, airflow_run: str | None) -> dict[str, str]:
+    """Per stream, Airflow's page of the task instance that read it in this run (its log)."""
+    if not airflow_run:
+        return {}
+    dag_id = airflow_api.run_dag_id(company_id, kind)
+    links = {}
+    for name in STREAMS:
+        task = airflow_api.stream_task(kind, name)
+        if task is not None:
+            links[name] = airflow_api.ui_task_path(dag_id, airflow_run, *task)
+    return links
+
+
+def _log_path(company_id: str, run: dict[str, Any], airflow_run: str, states: dict[str, Any]) -> str:
+    """The history's "task log" link: the first stream in trouble (its own instance), else
+    Airflow's list of the run's stream tasks (a daily run maps one task over the streams)."""
+    dag_id = airflow_api.run_dag_id(company_id, run["kind"])
+    for name in STREAMS:
+        task = airflow_api.stream_task(run["kind"], name)
+        if task is not None and states.get(name, {}).get("state") in ("retrying", "failed"):
+            return airflow_api.ui_task_path(dag_id, airflow_run, *task)
+    task_id = airflow_api.log_task(run["kind"])
+    if run["kind"] == "backfill":
+        return airflow_api.ui_task_path(dag_id, airflow_run, task_id)
+    return airflow_api.ui_mapped_path(dag_id, airflow_run, task_id)
+
+
+def _run_row(company_id: str, run: dict[str, Any], states: dict[str, Any] | None = None) -> dict[str, Any]:
     stats = run["stats"] or {}
+    states = states or {}
     end = run["ended_at"] or run["db_now"]
     airflow_run = airflow_run_of(company_id, run["sync_run_id"])
     dag_id = airflow_api.run_dag_id(company_id, run["kind"])
     return {
         "sync_run_id": run["sync_run_id"],
         "kind": run["kind"],
+        "label": run_label(
+            run["kind"], is_full_read=run.get("is_full_read", False), after_reset=run.get("after_reset", False)
+        ),
         "status": run["status"],
         "started_at": run["started_at"],
         "ended_at": run["ended_at"],
@@ -181,9 +257,8 @@ def _run_row(company_id: str, run: dict[str, Any]) -> dict[str, Any]:
         "error": run["error"],
         "airflow_run_id": airflow_run,
         "run_path": airflow_api.ui_run_path(dag_id, airflow_run) if airflow_run else None,
-        "log_path": (
-            airflow_api.ui_task_path(dag_id, airflow_run, airflow_api.log_task(run["kind"])) if airflow_run else None
-        ),
+        "log_path": _log_path(company_id, run, airflow_run, states) if airflow_run else None,
+        "stream_paths": _stream_links(company_id, run["kind"], airflow_run),
     }
 
 
@@ -204,12 +279,12 @@ def overview(caller: airflow_api.Caller | None = None, *, dsn: str | None = None
     with warehouse(dsn) as conn:  # a read: it never migrates (set-up does)
         items = company_statuses(conn)
         names = reports.company_names(conn)
-        stats = reports.run_stats(conn, [i["company_id"] for i in items])
+        latest = reports.latest_runs(conn, [i["company_id"] for i in items])
+        runs = {i["company_id"]: reports.recent_runs(conn, i["company_id"], HISTORY_LENGTH) for i in items}
+        states = stream_states.states_of(conn, [r["sync_run_id"] for found in runs.values() for r in found])
         history = {
-            i["company_id"]: [
-                _run_row(i["company_id"], r) for r in reports.recent_runs(conn, i["company_id"], HISTORY_LENGTH)
-            ]
-            for i in items
+            company_id: [_run_row(company_id, r, states.get(r["sync_run_id"])) for r in found]
+            for company_id, found in runs.items()
         }
         # last: until the transform has built the emissions marts this rolls the connection back
         emissions = latest_quarters(conn)
@@ -218,23 +293,37 @@ def overview(caller: airflow_api.Caller | None = None, *, dsn: str | None = None
         company_id = item["company_id"]
         item["name"] = display_name(company_id, item["company_name"], names.get(company_id))
         item["history"] = history[company_id]
-        item["emissions"] = emissions.get(company_id, [])
+        item["currency_note"] = currency_note(item["base_currency"])
+        item["emissions"] = [] if item["currency_note"] else emissions.get(company_id, [])
         last = item["history"][0] if item["history"] else None
-        item["problem"] = problem(item["status"], item["last_error"], last)
+        connected = datetime.fromisoformat(item["connected_at"]) if item["connected_at"] else None
+        item["problem"] = problem(item["status"], item["last_error"], last, connected_at=connected)
         item["next_run_known"] = schedule is not None
         item["next_run"] = (schedule or {}).get(airflow_api.dag_id_for(company_id))
         if item["status"] in (CompanyStatus.DISCONNECTED,):
             item["next_run"] = None
         run = item["last_run"]
         elapsed = run["elapsed_seconds"] if run and run["status"] == "running" else None
-        item["progress"] = progress(stats.get(company_id, {}), elapsed_seconds=elapsed) if run else None
+        found = latest.get(company_id)
+        item["progress"] = (
+            progress(
+                found["stats"],
+                states=states.get(found["sync_run_id"], {}),
+                run_status=found["status"],
+                kind=found["kind"],
+                elapsed_seconds=elapsed,
+            )
+            if found
+            else None
+        )
     return items
 
 
 def company_page(
     company_id: str, caller: airflow_api.Caller | None = None, *, dsn: str | None = None
 ) -> dict[str, Any]:
-    """One company: its dashboard entry, streams (progress and watermarks), sync_health and exceptions.
+    """One company: its dashboard entry, streams (state, progress, links, what was read when),
+    sync_health and exceptions.
 
     Each mart is None until ``sage_transform`` has built it. Raises :class:`LifecycleError` for
     an unknown company.
@@ -248,6 +337,7 @@ def company_page(
     with warehouse(dsn) as conn:
         company = require_company(conn, company_id)
         marks = reports.watermarks(conn, company_id)
+        checked = reports.last_success_ended(conn, company_id)
         health = reports.mart_rows(conn, reports.SYNC_HEALTH_MART, company_id, order_by="stream", limit=100)
         currency = reports.mart_rows(
             conn,
@@ -264,22 +354,55 @@ def company_page(
             limit=EXCEPTIONS_SHOWN,
         )
         quarantine_count, quarantine = reports.quarantined(conn, company_id, EXCEPTIONS_SHOWN)
-    streams = (item["progress"] or progress({}))["streams"]
+    streams = (item["progress"] or progress({}, run_status=None))["streams"]
+    last = item["history"][0] if item["history"] else None
     for stream in streams:
         mark = marks.get(stream["stream"]) or {}
         stream["updated_since"] = mark.get("updated_since")
         stream["deleted_since"] = mark.get("deleted_since")
+        stream["has_deletions"] = stream["stream"] in STREAMS and STREAMS[stream["stream"]].deletes
+        stream["deletions_checked_at"] = checked if stream["has_deletions"] else None
+        stream["log_path"] = (last or {}).get("stream_paths", {}).get(stream["stream"])
     return {
         **item,
         "streams": streams,
         "company": company,
         "backfill_quarters": [str(q) for q in backfill_quarters(company)],
-        "sync_health": health[1] if health else None,
+        "sync_health": [_health_row(h) for h in health[1]] if health else None,
         "currency_exceptions": currency,
         "spend_exceptions": spend,
         "quarantine": (quarantine_count, quarantine),
         "as_of": datetime.now(UTC),
     }
+
+
+# What a sync-health row compared, in words: the count Sage gave for the same records as "held".
+COMPARED = {
+    "full_read": "Sage's $total of the last full read",
+    "window_count": "Sage's count of the whole synced window",
+    "changes_only": "not compared: the last run read changes only",
+    "not_reported": "not compared: Sage reported no total",
+}
+
+
+def _health_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A ``rpt_sync_health`` row with the number it was reconciled against, and what that was.
+
+    A daily run's ``$total`` counts only the changes it listed (often 1); the warehouse's records
+    are compared with Sage's count of the whole window instead, and that is the number to show
+    beside "Records held".
+    """
+    scope = row.get("reconciliation_scope")
+    compared_with = {"full_read": row.get("total_reported"), "window_count": row.get("window_total")}.get(scope)
+    return {**row, "compared_with": compared_with, "compared": COMPARED.get(scope, scope)}
+
+
+def registered_businesses(business_ids: list[str], *, dsn: str | None = None) -> dict[str, dict[str, str]]:
+    """Which of ``business_ids`` are registered already: ``{id: {status, synced_from}}`` (the
+    Connect form marks them, so a user sees which business is new)."""
+    with warehouse(dsn) as conn:
+        found = {i["company_id"]: i for i in company_statuses(conn) if i["company_id"] in set(business_ids)}
+    return {cid: {"status": i["status"], "synced_from": i["synced_from"]} for cid, i in found.items()}
 
 
 def named_company(company_id: str, *, dsn: str | None = None) -> tuple[Any, str]:

@@ -70,6 +70,21 @@ ATTRIBUTION = (
 )
 
 
+# Shares (0..1) are exact numerics in the marts, 20 decimals deep: 4 places (0.01 %) is what a
+# report shows, in the CSVs and the workbook alike.
+SHARE_COLUMNS = frozenset({"coverage_share", "share_of_quarter_kgco2e"})
+SHARE_PLACES = Decimal("0.0001")
+# Spend and emissions are counted in pounds only (the marts convert nothing).
+COUNTED_CURRENCY = "GBP"
+
+
+def shown(column: str, value: Any) -> Any:
+    """``value`` as the report writes it: a share rounded to :data:`SHARE_PLACES`, text made inert."""
+    if column in SHARE_COLUMNS and value is not None:
+        return Decimal(str(value)).quantize(SHARE_PLACES)
+    return inert(value)
+
+
 # A spreadsheet reads a cell starting with one of these as a formula (tab and CR: Excel trims them first).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
@@ -186,7 +201,7 @@ def latest_quarters(conn: psycopg.Connection, quarters: int = 4) -> dict[str, li
 def _frame(rows: list[dict[str, Any]], columns: list[str]) -> Any:
     import pandas as pd  # noqa: PLC0415  (heavy: only when a report is written)
 
-    frame = pd.DataFrame([{c: inert(row[c]) for c in columns} for row in rows], columns=columns)
+    frame = pd.DataFrame([{c: shown(c, row[c]) for c in columns} for row in rows], columns=columns)
     # the marts' numerics arrive as Decimal (exact in the CSVs); Excel and the chart take floats
     for column in frame.columns:
         if any(isinstance(value, Decimal) for value in frame[column]):
@@ -206,11 +221,35 @@ def report_files(out_dir: Path, company_id: str) -> ReportFiles:
     )
 
 
+def not_counted(conn: psycopg.Connection, company_id: str) -> str | None:
+    """``base currency EUR: not counted (GBP only)`` for a company whose books are not in pounds
+    (its spend is kept out of every mart, so it has no emissions: it is not merely late); None
+    for a GBP company."""
+    rows = _rows(
+        conn,
+        # to_jsonb: a dim_companies built before base_currency existed reads as "not known", not an error
+        sql.SQL(
+            "select to_jsonb(d) ->> 'base_currency' as base_currency from {}.dim_companies d where company_id = %(c)s"
+        ).format(sql.Identifier(MARTS)),
+        {"c": company_id},
+    )
+    currency = rows[0]["base_currency"] if rows else None
+    if currency is None or currency == COUNTED_CURRENCY:
+        return None
+    return f"base currency {currency}: not counted ({COUNTED_CURRENCY} only)"
+
+
 def write_report(
     conn: psycopg.Connection, company: str, out_dir: Path, from_quarter: Quarter | None = None
 ) -> ReportFiles:
-    """Write the company's quarter/category emissions and coverage as CSV, XLSX and a PNG chart."""
+    """Write the company's quarter/category emissions and coverage as CSV, XLSX and a PNG chart.
+
+    Refuses (:class:`ReportError`, in words) a company with no spend, one whose base currency is
+    not GBP saying so."""
     company_id, company_name = resolve_company(conn, company)
+    note = not_counted(conn, company_id)
+    if note:
+        raise ReportError(f"{company_name} ({company_id}): {note}, so it has no emissions report")
     categories = emissions_by_category_quarter(conn, company_id, from_quarter)
     coverage = emissions_coverage(conn, company_id, from_quarter)
     if not coverage:
@@ -250,7 +289,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> No
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({c: inert(row[c]) for c in columns})
+            writer.writerow({c: shown(c, row[c]) for c in columns})
 
 
 def _write_chart(path: Path, categories: Any, coverage: Any, company_name: str) -> None:
@@ -304,13 +343,30 @@ def overall_coverage(coverage: list[dict[str, Any]]) -> Decimal | None:
     return None if in_scope == 0 else mapped / in_scope
 
 
+@dataclass(frozen=True)
+class CompanyReport:
+    """What the ``report`` command did: the files and coverage rows, or why there is no report
+    (``note``: a base currency that is not counted; not a failure)."""
+
+    files: ReportFiles | None
+    coverage: list[dict[str, Any]]
+    note: str | None = None
+
+
 def company_report(
     company: str, out_dir: Path, from_quarter: Quarter | None = None, *, dsn: str | None = None
-) -> tuple[ReportFiles, list[dict[str, Any]]]:
-    """The use case the CLI calls: write the report files and return them with the coverage rows."""
+) -> CompanyReport:
+    """The use case the CLI calls: write the report files and return them with the coverage rows.
+
+    A company whose base currency is not GBP gets no files and the note that says why.
+    """
     from sage_sync.lifecycle.inputs import warehouse  # noqa: PLC0415
 
     with warehouse(dsn) as conn:
+        company_id, company_name = resolve_company(conn, company)
+        note = not_counted(conn, company_id)
+        if note:
+            return CompanyReport(None, [], f"{company_name} ({company_id}): {note}; no report written")
         files = write_report(conn, company, out_dir, from_quarter)
-        coverage = emissions_coverage(conn, resolve_company(conn, company)[0], from_quarter)
-    return files, coverage
+        coverage = emissions_coverage(conn, company_id, from_quarter)
+    return CompanyReport(files, coverage)

@@ -1,6 +1,11 @@
 """The status report: every company, its status, its last run's progress, the 24-hour flag.
 
-What ``python -m sage_sync status`` prints and the Connect page lists, from one query.
+What ``python -m sage_sync status`` prints and the Connect page lists, from one query. The
+words people read are defined here once and shared by the pages and the CLI's text: a status
+as a label (``Needs re-authorisation``; the enum value ``needs_reauth`` only in ``--json``), a
+run's kind as what it did (a daily run that read everything is the ``first sync`` or a
+``full re-import`` after a reset), where each stream stands, and a base currency other than
+GBP, whose spend is not counted.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ from psycopg.rows import dict_row
 
 from sage_sync.core.status import CompanyStatus
 from sage_sync.lifecycle.inputs import warehouse
+from sage_sync.sage.streams import STREAMS
+from sage_sync.warehouse import stream_states
+from sage_sync.warehouse.reports import BASE_CURRENCY_SQL, RUN_FLAGS_SQL
 
 # The first sync of a company is flagged when it has not completed after this long.
 INITIAL_SYNC_OVERDUE = timedelta(hours=24)
@@ -25,6 +33,67 @@ DISPLAY_ORDER = [
     CompanyStatus.ACTIVE,
     CompanyStatus.DISCONNECTED,
 ]
+# A status in people's words (pages, the CLI's text); machine output keeps the enum value.
+STATUS_LABELS = {
+    CompanyStatus.NEEDS_REAUTH: "Needs re-authorisation",
+    CompanyStatus.ERROR: "Error at Sage",
+    CompanyStatus.INITIAL_SYNC: "First sync",
+    CompanyStatus.ACTIVE: "Active",
+    CompanyStatus.DISCONNECTED: "Disconnected",
+}
+# Spend and emissions are counted in pounds only: other base currencies are listed, not converted.
+COUNTED_CURRENCY = "GBP"
+
+
+def status_label(status: str) -> str:
+    """``needs_reauth`` as people read it: ``Needs re-authorisation``."""
+    return STATUS_LABELS.get(status, status.replace("_", " ").capitalize())
+
+
+def run_label(kind: str, *, is_full_read: bool = False, after_reset: bool = False) -> str:
+    """A run's kind as what it did: ``first sync`` / ``full re-import`` for a daily or manual run
+    that read everything, else the kind (``daily``, ``backfill``, ``reset``, ``manual``)."""
+    if kind in ("daily", "manual") and is_full_read:
+        return "full re-import" if after_reset else "first sync"
+    return kind
+
+
+def currency_note(base_currency: str | None) -> str | None:
+    """``base currency EUR: not counted (GBP only)``, or None for GBP (or not known yet)."""
+    if base_currency is None or base_currency == COUNTED_CURRENCY:
+        return None
+    return f"base currency {base_currency}: not counted ({COUNTED_CURRENCY} only)"
+
+
+def stream_state(
+    stream: str, stats: dict[str, Any], states: dict[str, dict[str, Any]], run_status: str | None
+) -> dict[str, Any]:
+    """Where ``stream`` stands in a run: ``waiting`` (not started), ``reading``, ``retrying`` (with
+    the time and Sage's answer), ``failed``, ``done``; ``not read`` when the run ended without it.
+
+    The stream's own task records its state (``warehouse.stream_states``); a run from before
+    that is read from its counters and its status.
+    """
+    found = states.get(stream)
+    if found is not None:
+        retry_at = found["retry_at"].isoformat() if found["retry_at"] else None
+        return {"state": found["state"], "error": found["error"], "retry_at": retry_at}
+    if run_status in (None, "running"):
+        state = "reading" if stream in stats else "waiting"
+    else:
+        state = "done" if run_status == "success" else "not read"
+    return {"state": state, "error": None, "retry_at": None}
+
+
+def describe_state(state: dict[str, Any]) -> str:
+    """``retrying at 13:15 UTC after "Sage answered 503"`` and the like, for the CLI and the pages."""
+    text = state["state"]
+    if state["state"] == "retrying":
+        when = f" at {datetime.fromisoformat(state['retry_at']).astimezone(UTC):%H:%M} UTC" if state["retry_at"] else ""
+        text = f"retrying{when}"
+    if state["error"]:
+        text += f' after "{state["error"]}"' if state["state"] == "retrying" else f': "{state["error"]}"'
+    return text
 
 
 def report(*, dsn: str | None = None) -> list[dict[str, Any]]:
@@ -45,6 +114,7 @@ def company_statuses(conn: psycopg.Connection, now: datetime | None = None) -> l
             select c.company_id, c.company_name, c.status, c.synced_from_quarter, c.last_error,
                    c.connected_at, c.disconnected_at, c.created_at, now() as db_now,
                    r.sync_run_id, r.kind, r.status as run_status, r.started_at, r.ended_at, r.stats,
+                   r.is_full_read, r.after_reset, {base_currency} as base_currency,
                    (select min(f.started_at) from sage_control.sync_runs f
                     where f.company_id = c.company_id and f.started_at >= coalesce(
                         (select max(e.occurred_at) from sage_control.connection_events e
@@ -52,13 +122,14 @@ def company_statuses(conn: psycopg.Connection, now: datetime | None = None) -> l
                    ) as initial_sync_started_at
             from sage_control.companies c
             left join lateral (
-                select * from sage_control.sync_runs r
+                select r.*, {run_flags} from sage_control.sync_runs r
                 where r.company_id = c.company_id order by r.started_at desc limit 1
             ) r on true
             order by c.company_name, c.company_id
-            """
+            """.format(run_flags=RUN_FLAGS_SQL.format(run="r"), base_currency=BASE_CURRENCY_SQL.format(company="c"))
         )
         rows = cur.fetchall()
+    states = stream_states.states_of(conn, [r["sync_run_id"] for r in rows if r["sync_run_id"]])
     report = []
     for row in rows:
         now_ = now or row["db_now"]
@@ -68,9 +139,11 @@ def company_statuses(conn: psycopg.Connection, now: datetime | None = None) -> l
             end = row["ended_at"] or now_
             # Like with like: a stream's records count against a $total only if that stream reported one.
             totalled = [s for s in stats.values() if s.get("total_reported") is not None]
+            run_states = states.get(row["sync_run_id"], {})
             last_run = {
                 "sync_run_id": row["sync_run_id"],
                 "kind": row["kind"],
+                "label": run_label(row["kind"], is_full_read=row["is_full_read"], after_reset=row["after_reset"]),
                 "status": row["run_status"],
                 "started_at": row["started_at"].isoformat(),
                 "ended_at": row["ended_at"].isoformat() if row["ended_at"] else None,
@@ -80,6 +153,7 @@ def company_statuses(conn: psycopg.Connection, now: datetime | None = None) -> l
                 "versions_added": sum(int(s.get("versions_added", 0)) for s in stats.values()),
                 "total_reported": sum(int(s["total_reported"]) for s in totalled) if totalled else None,
                 "records_of_total": sum(min(int(s.get("rows_seen", 0)), int(s["total_reported"])) for s in totalled),
+                "streams": {name: stream_state(name, stats, run_states, row["run_status"]) for name in STREAMS},
             }
         initial = None
         if row["status"] == CompanyStatus.INITIAL_SYNC:
@@ -95,6 +169,8 @@ def company_statuses(conn: psycopg.Connection, now: datetime | None = None) -> l
                 "company_id": row["company_id"],
                 "company_name": row["company_name"],
                 "status": row["status"],
+                "status_label": status_label(row["status"]),
+                "base_currency": row["base_currency"],
                 "synced_from": row["synced_from_quarter"],
                 "last_error": row["last_error"],
                 "connected_at": row["connected_at"].isoformat() if row["connected_at"] else None,
@@ -129,7 +205,12 @@ def utc_minute(stamp: str) -> str:
 
 def describe(item: dict[str, Any]) -> str:
     """One line of ``status`` for a company."""
-    line = f"{item['company_name']} ({item['company_id']}): {item['status']}, Synced From {item['synced_from']}"
+    label = status_label(item["status"])
+    line = f"{item['company_name']} ({item['company_id']}): {label[0].lower()}{label[1:]}"
+    line += f", Synced From {item['synced_from']}"
+    note = currency_note(item.get("base_currency"))
+    if note:
+        line += f"; {note}"
     initial = item.get("initial_sync")
     if initial and initial["started_at"]:
         line += f"; initial sync running for {format_duration(initial['elapsed_seconds'])}"
@@ -143,10 +224,23 @@ def describe(item: dict[str, Any]) -> str:
             else ""
         )
         line += (
-            f"; last {run['kind']} run {run['status']} at {utc_minute(run['started_at'])} "
+            f"; last run ({run.get('label', run['kind'])}) {run['status']} at {utc_minute(run['started_at'])} "
             f"({format_duration(run['elapsed_seconds'])}): {plural(run['pages'], 'page')}, "
             f"{plural(run['records'], 'record')}{total}, {plural(run['versions_added'], 'new version')}"
         )
+        if run["status"] == "running" and run.get("streams"):
+            line += f"; streams: {describe_streams(run['streams'])}"
     if item["last_error"]:
         line += f"; last error: {item['last_error']}"
     return line
+
+
+def describe_streams(streams: dict[str, dict[str, Any]]) -> str:
+    """``2 done, 1 reading, purchase_invoices retrying at 13:15 UTC after "Sage answered 503", 6 waiting``."""
+    parts = []
+    for state in ("done", "reading", "waiting", "not read"):
+        count = sum(1 for s in streams.values() if s["state"] == state)
+        if count:
+            parts.append(f"{count} {state}")
+    parts += [f"{name} {describe_state(s)}" for name, s in streams.items() if s["state"] in ("retrying", "failed")]
+    return ", ".join(parts)

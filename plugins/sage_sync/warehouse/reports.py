@@ -19,6 +19,24 @@ SYNC_HEALTH_MART = "rpt_sync_health"
 CURRENCY_EXCEPTIONS_MART = "rpt_currency_exceptions"
 SPEND_EXCEPTIONS_MART = "rpt_spend_exceptions"
 
+# A run that is a full read, whichever its kind: none succeeded before it since the company was
+# created or last reset (then its watermarks are empty and every stream is read from Synced From).
+RUN_FLAGS_SQL = """
+    not exists (select 1 from sage_control.sync_runs p
+                where p.company_id = {run}.company_id and p.status = 'success' and p.started_at < {run}.started_at
+                  and p.started_at >= coalesce((select max(e.occurred_at) from sage_control.connection_events e
+                      where e.company_id = {run}.company_id and e.event_type = 'reset'
+                        and e.occurred_at <= {run}.started_at), '-infinity')) as is_full_read,
+    exists (select 1 from sage_control.connection_events e where e.company_id = {run}.company_id
+            and e.event_type = 'reset' and e.occurred_at <= {run}.started_at) as after_reset
+"""
+# The base currency Sage holds for the company: its latest financial_settings.
+BASE_CURRENCY_SQL = """
+    (select f.payload -> 'base_currency' ->> 'id' from sage_raw.financial_settings f
+     where f.company_id = {company}.company_id order by f._extracted_at desc limit 1)
+"""
+
+
 # The latest version of the company's ``businesses`` record: the name Sage shows for it.
 _SAGE_NAME = """
     (select coalesce(nullif(b.payload ->> 'name', ''), nullif(b.payload ->> 'displayed_as', ''))
@@ -34,25 +52,55 @@ def company_names(conn: psycopg.Connection) -> dict[str, str | None]:
 
 
 def recent_runs(conn: psycopg.Connection, company_id: str, limit: int = 10) -> list[dict[str, Any]]:
-    """The company's last ``limit`` runs, newest first, with their per-stream counters."""
+    """The company's last ``limit`` runs, newest first, with their per-stream counters and
+    whether each was a full read (:data:`RUN_FLAGS_SQL`)."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            "select sync_run_id, kind, status, started_at, ended_at, stats, error, now() as db_now "
-            "from sage_control.sync_runs where company_id = %s order by started_at desc, sync_run_id desc "
-            "limit %s",
+            sql.SQL(
+                "select r.sync_run_id, r.kind, r.status, r.started_at, r.ended_at, r.stats, r.error, "
+                "now() as db_now, {} from sage_control.sync_runs r where r.company_id = %s "
+                "order by r.started_at desc, r.sync_run_id desc limit %s"
+            ).format(sql.SQL(RUN_FLAGS_SQL.format(run="r"))),
             (company_id, limit),
         )
         return cur.fetchall()
 
 
+def base_currencies(conn: psycopg.Connection) -> dict[str, str | None]:
+    """Per company, the base currency Sage holds for it (its latest ``financial_settings``)."""
+    rows = conn.execute(
+        sql.SQL("select c.company_id, {} from sage_control.companies c").format(
+            sql.SQL(BASE_CURRENCY_SQL.format(company="c"))
+        )
+    ).fetchall()
+    return {company_id: currency for company_id, currency in rows}
+
+
+def last_success_ended(conn: psycopg.Connection, company_id: str) -> Any:
+    """When the company's last successful sync ended: every stream, Sage's deletion list included,
+    was read then (a backfill reads older documents only, not the deletion list)."""
+    row = conn.execute(
+        "select max(coalesce(ended_at, started_at)) from sage_control.sync_runs "
+        "where company_id = %s and status = 'success' and kind <> 'backfill'",
+        (company_id,),
+    ).fetchone()
+    return row[0] if row else None
+
+
 def run_stats(conn: psycopg.Connection, company_ids: list[str]) -> dict[str, dict[str, Any]]:
     """The stats of each company's latest run (by ``started_at``): ``{company_id: stats}``."""
-    rows = conn.execute(
-        "select distinct on (company_id) company_id, stats from sage_control.sync_runs "
-        "where company_id = any(%s) order by company_id, started_at desc, sync_run_id desc",
-        (company_ids,),
-    ).fetchall()
-    return {company_id: stats or {} for company_id, stats in rows}
+    return {company_id: run["stats"] for company_id, run in latest_runs(conn, company_ids).items()}
+
+
+def latest_runs(conn: psycopg.Connection, company_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Each company's latest run (by ``started_at``): ``{company_id: {sync_run_id, kind, status, stats}}``."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "select distinct on (company_id) company_id, sync_run_id, kind, status, stats from sage_control.sync_runs "
+            "where company_id = any(%s) order by company_id, started_at desc, sync_run_id desc",
+            (company_ids,),
+        )
+        return {row["company_id"]: {**row, "stats": row["stats"] or {}} for row in cur.fetchall()}
 
 
 def watermarks(conn: psycopg.Connection, company_id: str) -> dict[str, dict[str, Any]]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from fastapi import Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -213,7 +213,12 @@ def callback(
     try:
         if purpose == "reconnect":
             lifecycle.reconnect(company_id, code, flow["verifier"], caller=caller(request))
-            response: Response = back(request, "reconnected", company_id)
+            # The catch-up now, not at midnight; if Airflow does not take it, the daily run will.
+            started = _started(
+                lifecycle.dag_id_for(company_id), lambda: lifecycle.start_catch_up(company_id, caller(request))
+            )
+            note = "catch_up_started" if started == "started" else "catch_up_not_started"
+            response: Response = back(request, "reconnected", company_id, notes=(note,))
         elif purpose == "backfill":
             quarter = lifecycle.authorise_backfill(company_id, flow["synced_from"], code, flow["verifier"])
             started = _started(
@@ -245,7 +250,13 @@ def choose(request: Request, user: Editor, pending: str) -> HTMLResponse:  # noq
     if found is None:
         return error_page(request, "This authorisation expired or was already used: connect again")
     quarters = [str(q) for q in dashboard.connect_quarters()]
-    businesses = [{"id": b["id"], "name": authorisation.business_name(b)} for b in found.businesses]
+    connected = dashboard.registered_businesses([b["id"] for b in found.businesses])
+    businesses = [
+        {"id": b["id"], "name": authorisation.business_name(b), "connected": connected.get(b["id"])}
+        for b in found.businesses
+    ]
+    # New businesses first (the one a user came to connect), then those connected already.
+    businesses.sort(key=lambda b: b["connected"] is not None)
     # A year of history by default: enough for a first carbon report, quick to import.
     return render(
         request,
@@ -273,13 +284,49 @@ def register_business(
     _check_csrf(request, csrf)
     try:
         quarter = lifecycle.parse_quarter(synced_from)
+        existing = lifecycle.registered(business_id)
         # Takes the held grant atomically: a double click or a second tab cannot register it twice.
         registered = lifecycle.register_held(pending, business_id, quarter, caller=caller(request))
     except LifecycleError as exc:
         return error_page(request, exc.message)
-    response = back(request, "connected", registered.company_id, quarter=registered.synced_from_quarter)
+    if existing is None:
+        response = back(request, "connected", registered.company_id, quarter=registered.synced_from_quarter)
+    else:
+        response = _kept_synced_from(request, existing, quarter)
     delete_cookie(request, response, PENDING_COOKIE)
     return response
+
+
+def _kept_synced_from(request: Request, existing: Any, chosen: Any) -> RedirectResponse:
+    """A business that was connected already is re-authorised and keeps its Synced From: a login
+    never moves it. When the quarter chosen is earlier, the page says so and offers the move
+    (a backfill, with its warning and confirmation); otherwise the dashboard says it was kept."""
+    from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
+
+    company_id, quarter = existing.company_id, str(chosen)
+    if chosen < existing.synced_from:
+        try:
+            lifecycle.prepare_backfill(company_id, quarter, offered_only=True)
+        except LifecycleError:
+            pass  # not movable now (e.g. still in its first sync): the dashboard says what was kept
+        else:
+            to = f"/synced-from?{urlencode({'company_id': company_id, 'synced_from': quarter})}"
+            return back(request, "kept_synced_from_move", company_id, quarter=quarter, to=to)
+    if chosen == existing.synced_from:
+        return back(request, "reconnected", company_id)
+    return back(request, "kept_synced_from", company_id, quarter=quarter)
+
+
+@app.get("/disconnect", response_class=HTMLResponse)
+def disconnect_form(request: Request, user: Editor, company_id: str) -> HTMLResponse:  # noqa: ARG001 - the editor check
+    """Say what a disconnect does (it revokes the grant at Sage) and ask for confirmation."""
+    from sage_sync.lifecycle import dashboard  # noqa: PLC0415
+
+    try:
+        known, name = dashboard.named_company(company_id)
+    except LifecycleError as exc:
+        return error_page(request, exc.message)
+    return render(request, "disconnect.html", title="Disconnect a company", company=known, name=name)
 
 
 @app.post("/disconnect")
@@ -287,12 +334,19 @@ def disconnect(
     request: Request,
     user: Editor,  # noqa: ARG001 - the editor check
     company_id: str = Form(...),
+    confirm: str = Form(""),
     csrf: str = Form(""),
 ) -> Response:
-    """Disconnect: no more imports, grant revoked, DAG paused, data kept."""
+    """Disconnect: no more imports, grant revoked, DAG paused, data kept (after its confirmation page)."""
     from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
 
     _check_csrf(request, csrf)
+    if confirm != "yes":
+        return error_page(
+            request,
+            "Disconnect revokes the company's grant at Sage: confirm it on the Disconnect page",
+            back_to=f"/disconnect?company_id={quote(company_id, safe='')}",
+        )
     try:
         done = lifecycle.disconnect(company_id, caller=caller(request))
     except LifecycleError as exc:

@@ -28,8 +28,19 @@ from sage_sync.core.quarters import QUARTER_PATTERN
 from sage_sync.web.access import CSRF_COOKIE, is_https
 
 TEMPLATES = Path(__file__).with_name("templates")
+
+
+def _finalize(value: Any) -> Any:
+    """What a template prints for a value: None reads ``-``, never Python's ``None``."""
+    return "-" if value is None else value
+
+
 env = Environment(
-    loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(), trim_blocks=True, lstrip_blocks=True
+    loader=FileSystemLoader(TEMPLATES),
+    autoescape=select_autoescape(),
+    trim_blocks=True,
+    lstrip_blocks=True,
+    finalize=_finalize,
 )
 
 
@@ -49,14 +60,24 @@ def _duration(seconds: int | None) -> str:
 
 
 def _percent(share: float | None) -> str:
-    return "-" if share is None else f"{share * 100:.0f}%"
+    # 99.6 % of the streams is not "100%" while one still reads: round down near the end.
+    if share is None:
+        return "-"
+    shown = round(share * 100)
+    return f"{99 if shown == 100 and share < 1 else shown}%"
 
 
 def _number(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
 
 
-env.filters.update(when=_when, duration=_duration, percent=_percent, n=_number)
+def _status(status: str) -> str:
+    from sage_sync.lifecycle.status import status_label  # noqa: PLC0415
+
+    return status_label(status)
+
+
+env.filters.update(when=_when, duration=_duration, percent=_percent, n=_number, status=_status)
 
 
 def base_path(request: Request) -> str:
@@ -111,10 +132,14 @@ def error_page(request: Request, message: str, status: int = 400, *, back_to: st
 # a quarter (checked against the pattern), {dag_id} the company's DAG. Nothing else is filled in.
 MESSAGES = {
     "connected": "Connected {name} from {quarter}: its DAG {dag_id} appears within a minute",
-    "reconnected": "Reconnected {name}: the next run imports every change since its last successful sync",
+    "reconnected": "Reconnected {name}",
     "disconnected": "Disconnected {name}",
     "backfill": "Backfill of {name} to {quarter} authorised; Synced From moves when it succeeds",
     "reset": "Reset {name}: data wiped",
+    "kept_synced_from": "Re-authorised {name}, which was connected already: it keeps Synced From {synced_from} "
+    "(you chose {quarter}; documents already imported stay)",
+    "kept_synced_from_move": "Re-authorised {name}, which was connected already: it keeps Synced From "
+    "{synced_from}. To import from {quarter}, move Synced From earlier: a backfill, confirm it below",
 }
 NOTES = {
     "revoked": "grant revoked at Sage",
@@ -124,6 +149,9 @@ NOTES = {
     "not_unpaused": "{dag_id} could not be unpaused in Airflow (the server log says why): unpause it there",
     "data_kept": "data kept",
     "started": "{run} started",
+    "catch_up_started": "the catch-up run started: it imports every change since the last successful sync",
+    "catch_up_not_started": "Airflow did not take the catch-up run (the server log says why): "
+    "the next daily run imports every change since the last successful sync",
     "not_started": "Airflow did not take the run (the server log says why): trigger it by hand in Airflow",
 }
 _RUNS = {"backfill": "the backfill run", "reset": "full sync"}
@@ -146,7 +174,13 @@ def banner(request: Request) -> str | None:
     quarter = request.query_params.get("quarter", "")
     if not re.fullmatch(QUARTER_PATTERN, quarter):
         quarter = company.synced_from_quarter
-    values = {"name": name, "quarter": quarter, "dag_id": dag_id_for(company.company_id), "run": _RUNS.get(key, "")}
+    values = {
+        "name": name,
+        "quarter": quarter,
+        "synced_from": company.synced_from_quarter,
+        "dag_id": dag_id_for(company.company_id),
+        "run": _RUNS.get(key, ""),
+    }
     notes = [NOTES[n].format(**values) for n in request.query_params.getlist("note") if n in NOTES]
     return "; ".join([MESSAGES[key].format(**values), *notes])
 
@@ -166,4 +200,5 @@ def back(
     query = [("msg", message), ("company_id", company_id), *(("note", n) for n in notes)]
     if quarter:
         query.append(("quarter", quarter))
-    return RedirectResponse(f"{base_path(request)}{to}?{urlencode(query)}", status_code=303)
+    separator = "&" if "?" in to else "?"  # ``to`` may carry its own query (a form to fill in)
+    return RedirectResponse(f"{base_path(request)}{to}{separator}{urlencode(query)}", status_code=303)
