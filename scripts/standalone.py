@@ -27,10 +27,10 @@ sys.path[:0] = [str(ROOT / "plugins"), str(ROOT), str(ROOT / "scripts")]
 
 from checkout_lock import exclusive  # noqa: E402
 from demo import REDIRECT_URI, connect_all  # noqa: E402
-from deployment import run_in_foreground  # noqa: E402
 
 from sage_sync.cli.localenv import DEMO_SAGE_FILE  # noqa: E402
 from sandbox.fake_sage.server import FakeSageServer  # noqa: E402
+from scripts.deployment import run_in_foreground  # noqa: E402
 
 FAKE_PORT = int(os.environ.get("SAGE_FAKE_PORT", "8765"))
 

@@ -239,14 +239,16 @@ def test_a_failed_run_is_noticed_once_across_its_retries_and_failed_tasks(
     name = warehouse.execute("select company_name from sage_control.companies").fetchone()[0]
     dag_id = f"sage_sync__{company}"
 
-    # Sage answers 503 to every stream's calls for this business: each of the nine stream tasks
-    # fails after the client's 6 attempts, three times (Airflow's 2 retries), and the run fails.
-    # The grant's check of /businesses itself is left alone, so the run gets as far as the streams.
+    # Sage answers 503 to every stream's calls for this business: a stream task fails after the
+    # client's 6 attempts, three times (Airflow's 2 retries), and the run fails. Once one stream has
+    # failed for good the run is closed and its siblings are fenced (they fail without retries), so
+    # at least one task's three tries are certain, not all nine's. The grant's check of /businesses
+    # is left alone, so the run gets as far as the streams.
     for stream in STREAMS.values():
         sage.admin.add_fault("503", path=stream.path_for(company), count=10_000, retry_after=0, business=company)
     _dags_test(env, dag_id)
     faulted = sum(1 for r in sage.admin.request_log() if r.get("fault") == "503")
-    assert faulted >= 9 * 3 * 6, f"the tasks were not retried ({faulted} requests answered 503)"
+    assert faulted >= 3 * 6, f"the tasks were not retried ({faulted} requests answered 503)"
     assert _last_run_status(warehouse, company) == "failed"
     assert len(hook.texts) == 1 and len(sink.messages) == 1, hook.texts
     text = hook.texts[0]

@@ -306,7 +306,7 @@ def _kept_synced_from(request: Request, existing: Any, chosen: Any) -> RedirectR
     company_id, quarter = existing.company_id, str(chosen)
     if chosen < existing.synced_from:
         try:
-            lifecycle.prepare_backfill(company_id, quarter, offered_only=True)
+            lifecycle.prepare_backfill(company_id, quarter)
         except LifecycleError:
             pass  # not movable now (e.g. still in its first sync): the dashboard says what was kept
         else:
