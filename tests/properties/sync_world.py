@@ -35,6 +35,7 @@ from sage_sync.core.errors import (
     CompanySkipped,
     LifecycleError,
     ReauthorizationRequired,
+    RunFenced,
     SageError,
 )
 from sage_sync.core.quarters import Quarter
@@ -350,6 +351,10 @@ class SyncWorld:
                     return call()
                 except CompanySkipped:
                     return None  # skips_disconnected: the task is skipped
+                except RunFenced as exc:  # skips_disconnected: no retries; skipped after a disconnect
+                    if exc.run_status != "skipped":
+                        failed.append(f"{name}: RunFenced")
+                    return None
                 except ReauthorizationRequired as exc:  # no retries
                     failed.append(f"{name}: {type(exc).__name__}")
                     return None
@@ -376,7 +381,10 @@ class SyncWorld:
         if failed:
             sync.finish_run(cid, run_id, status="failed", error="a task of this run failed")
             return "failed: " + "; ".join(failed)
-        sync.finish_run(cid, run_id, status="success")
+        try:  # the DAG's `finish` task, under skips_disconnected like the others
+            sync.finish_run(cid, run_id, status="success")
+        except RunFenced as exc:
+            return f"{'skipped' if exc.run_status == 'skipped' else 'failed'}: finish fenced ({exc.run_status})"
         return "success"
 
     def interrupt(
