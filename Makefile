@@ -58,8 +58,8 @@ TEST_ENV := $(ENV) export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="$$SAGE_TEST_AIRFL
 
 # The deployment test (tests/deployment: the CeleryExecutor deployment, its own databases, Redis
 # and processes) runs alongside the rest of the suite, in a pytest process of its own; its log is
-# printed at the end. DEPLOYMENT=0 leaves it out. CI on a clean clone with both: 12 min 26 s on
-# 2026-12-04 (suite 690 s in two workers, deployment test 445 s beside it), against CI's 25.
+# printed at the end. DEPLOYMENT=0 leaves it out. CI on a clean clone with both: 22 min 51 s on
+# 2026-12-07 (suite 1,190 s in two workers, deployment test 676 s beside it), against CI's 25.
 DEPLOYMENT ?= 1
 # The suite runs in TEST_WORKERS pytest-xdist workers, a test file per worker at a time (a file's
 # tests share its fake Sage and run in order); each worker has its own warehouse and metadata DBs
