@@ -144,7 +144,7 @@ _NOT_BLANK = re.compile(r"[^ \t\n\r\f\v]")
 def check_date(value: Any) -> None:
     """A calendar date ``YYYY-MM-DD`` (years 0001-9999); ``""`` is no date."""
     if not isinstance(value, str):
-        raise ValueError(f"is {_json_type(value)}, not a YYYY-MM-DD date")
+        raise ValueError(f"is {json_type(value)}, not a YYYY-MM-DD date")
     if value and not (_DATE.fullmatch(value) and _real_date(value)):
         raise ValueError(f"is not a calendar date YYYY-MM-DD: {_clip(value)}")
 
@@ -152,7 +152,7 @@ def check_date(value: Any) -> None:
 def check_timestamp(value: Any) -> None:
     """An ISO 8601 date-time with a UTC offset, as Sage writes them; ``""`` is no time."""
     if not isinstance(value, str):
-        raise ValueError(f"is {_json_type(value)}, not an ISO 8601 timestamp")
+        raise ValueError(f"is {json_type(value)}, not an ISO 8601 timestamp")
     if value and not ((match := _TIMESTAMP.fullmatch(value)) and _real_date(match.group(1))):
         raise ValueError(f"is not an ISO 8601 timestamp with a UTC offset: {_clip(value)}")
 
@@ -161,7 +161,7 @@ def check_boolean(value: Any) -> None:
     """A JSON boolean (or the text PostgreSQL reads the same way: ``"true"``, ``"false"``)."""
     if value is True or value is False or value in ("true", "false"):
         return
-    raise ValueError(f"is {_json_type(value)} {_clip(value)}, not a boolean")
+    raise ValueError(f"is {json_type(value)} {_clip(value)}, not a boolean")
 
 
 def check_integer(value: Any) -> None:
@@ -171,16 +171,16 @@ def check_integer(value: Any) -> None:
             return
     elif isinstance(value, str) and (not value or _INTEGER.fullmatch(value)):
         return
-    raise ValueError(f"is {_json_type(value)} {_clip(value)}, not an integer of at most 9 digits")
+    raise ValueError(f"is {json_type(value)} {_clip(value)}, not an integer of at most 9 digits")
 
 
 def check_link(value: Any) -> None:
     """A link object ``{"id": "<non-blank string>", ...}``."""
     if not isinstance(value, dict):
-        raise ValueError(f"is {_json_type(value)}, not a link object with an 'id'")
+        raise ValueError(f"is {json_type(value)}, not a link object with an 'id'")
     link_id = value.get("id")
     if not isinstance(link_id, str) or not _NOT_BLANK.search(link_id):
-        raise ValueError(f"has an 'id' that is {_json_type(link_id)} {_clip(link_id)}, not a non-blank string")
+        raise ValueError(f"has an 'id' that is {json_type(link_id)} {_clip(link_id)}, not a non-blank string")
 
 
 def _check_amount(value: Any) -> None:
@@ -262,12 +262,12 @@ def invalid_field(stream: str, record: dict[str, Any]) -> str | None:
     if lines is None:
         return None
     if not isinstance(lines, list):
-        return f"{plan.line_field!r} is {_json_type(lines)}, not an array of lines"
+        return f"{plan.line_field!r} is {json_type(lines)}, not an array of lines"
     line_ids: set[str] = set()
     for number, line in enumerate(lines, start=1):
         where = f"{plan.line_field}[{number}]"
         if not isinstance(line, dict):
-            return f"{where!r} is {_json_type(line)}, not a line object"
+            return f"{where!r} is {json_type(line)}, not a line object"
         reason = _line_id_problem(line.get("id"), line_ids, where) or _first_bad(plan.line_checks, line, where + ".")
         if reason is not None:
             return reason
@@ -297,14 +297,15 @@ def _line_id_problem(line_id: Any, seen: set[str], where: str) -> str | None:
     if line_id is None:
         return None
     if not isinstance(line_id, str) or not _NOT_BLANK.search(line_id):
-        return f"{where + '.id'!r} is {_json_type(line_id)} {_clip(line_id)}, not a non-blank string"
+        return f"{where + '.id'!r} is {json_type(line_id)} {_clip(line_id)}, not a non-blank string"
     if line_id in seen:
         return f"{where + '.id'!r} repeats the id of an earlier line: {_clip(line_id)}"
     seen.add(line_id)
     return None
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """What a JSON value is, in a quarantine reason's words (``an object``, ``null``, ...)."""
     names = {
         dict: "an object",
         list: "an array",

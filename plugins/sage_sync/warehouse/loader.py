@@ -57,7 +57,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from sage_sync.sage.schema import invalid_field
+from sage_sync.sage.schema import invalid_field, json_type
 from sage_sync.sage.streams import STREAMS as _REGISTRY
 
 # The raw tables this loader writes: one per stream of the registry (migrations create them).
@@ -336,7 +336,7 @@ def _raw_table(stream: str) -> sql.Identifier:
 def _identity(record: Any, record_id_override: str | None) -> tuple[str, datetime | None]:
     """(record id, parsed updated_at) of a record, or :class:`_Invalid` with the reason."""
     if not isinstance(record, dict):
-        raise _Invalid(f"record is {_json_type(record)}, not a JSON object")
+        raise _Invalid(f"record is {json_type(record)}, not a JSON object")
     if record_id_override is not None:
         record_id = record_id_override
     else:
@@ -344,7 +344,7 @@ def _identity(record: Any, record_id_override: str | None) -> tuple[str, datetim
         if record_id is None:
             raise _Invalid("missing 'id'" if "id" not in record else "'id' is null")
         if not isinstance(record_id, str):
-            raise _Invalid(f"'id' is {_json_type(record_id)}, not a string")
+            raise _Invalid(f"'id' is {json_type(record_id)}, not a string")
         if not record_id.strip():
             raise _Invalid("'id' is an empty string")
     # Checked here, not only with the payload: the id goes to the server (version lookup) first.
@@ -359,7 +359,7 @@ def _timestamp(record: dict[str, Any], key: str) -> datetime | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise _Invalid(f"{key!r} is {_json_type(value)}, not an ISO 8601 timestamp string")
+        raise _Invalid(f"{key!r} is {json_type(value)}, not an ISO 8601 timestamp string")
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
@@ -449,19 +449,6 @@ def _quarantine_id(record: Any, record_id_override: str | None) -> str | None:
     except UnicodeEncodeError:
         return None
     return record_id
-
-
-def _json_type(value: Any) -> str:
-    names = {
-        dict: "an object",
-        list: "an array",
-        str: "a string",
-        bool: "a boolean",
-        int: "a number",
-        float: "a number",
-        type(None): "null",
-    }
-    return names.get(type(value), f"a {type(value).__name__}")
 
 
 def _clip(value: str) -> str:
