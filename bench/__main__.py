@@ -1,4 +1,4 @@
-"""``python -m bench [load|extract|dbt|dagparse|budget|deployment|all] [options]``: the benchmarks.
+"""``python -m bench [load|extract|dbt|dagparse|budget|deployment|marts|all] [options]``: the benchmarks.
 
 Each benchmark measures the project and a baseline in the same run and prints the ratio, the target
 and a verdict. Traffic goes only to 127.0.0.1 (the fake Sage and PostgreSQL). See bench/RESULTS.md.
@@ -7,40 +7,32 @@ and a verdict. Traffic goes only to 127.0.0.1 (the fake Sage and PostgreSQL). Se
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 
 from bench.common import Result
 
 
 def _run_one(name: str, args: argparse.Namespace, extract_details: dict) -> list[Result]:
     """One benchmark by name (imported on demand: each pulls in its own stack)."""
-    if name == "load":
-        from bench import load  # noqa: PLC0415
-
-        return [load.run(args.records)]
-    if name == "extract":
-        from bench import extract  # noqa: PLC0415
-
-        return extract.run(args.extract_records, args.extract_small)
-    if name == "dbt":
-        from bench import dbt_build  # noqa: PLC0415
-
-        return dbt_build.run(args.scale)
-    if name == "dagparse":
-        from bench import dagparse  # noqa: PLC0415
-
-        return [dagparse.run([int(n) for n in args.companies.split(",")])]
-    if name == "budget":
-        from bench import budget  # noqa: PLC0415
-
-        return [budget.run(extract_details.get("requests_per_1000"))]
-    from bench import deployment  # noqa: PLC0415
-
-    return deployment.run(args.deploy_companies, days=args.deploy_days)
+    module = importlib.import_module(f"bench.{'dbt_build' if name == 'dbt' else name}")
+    runs: dict[str, Callable[[], list[Result]]] = {
+        "load": lambda: [module.run(args.records)],
+        "extract": lambda: module.run(args.extract_records, args.extract_small),
+        "dbt": lambda: module.run(args.scale),
+        "dagparse": lambda: [module.run([int(n) for n in args.companies.split(",")])],
+        "budget": lambda: [module.run(extract_details.get("requests_per_1000"))],
+        "deployment": lambda: module.run(args.deploy_companies, days=args.deploy_days),
+        "marts": lambda: module.run(
+            [int(n) for n in args.marts_lines.split(",") if n], args.portfolio_lines, args.portfolio_companies
+        ),
+    }
+    return runs[name]()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         "which",
         nargs="*",
         default=["all"],
-        choices=["all", "load", "extract", "dbt", "dagparse", "budget", "deployment"],
+        choices=["all", "load", "extract", "dbt", "dagparse", "budget", "deployment", "marts"],
     )
     parser.add_argument("--records", type=int, default=1_000_000, help="load: records to land")
     parser.add_argument(
@@ -76,9 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         choices=[1, 2],
         help="deployment: 1 = first syncs only, 2 = then a daily run",
     )
+    parser.add_argument(
+        "--marts-lines", default="1000000,5000000", help="marts: spend lines of the one company, per size"
+    )
+    parser.add_argument("--portfolio-lines", type=int, default=5_000_000, help="marts: lines of the portfolio")
+    parser.add_argument("--portfolio-companies", type=int, default=500, help="marts: companies sharing them")
     parser.add_argument("--json", dest="json_out", help="also write the results as JSON here")
     args = parser.parse_args(argv)
-    names = ("load", "extract", "dbt", "dagparse", "budget", "deployment")
+    names = ("load", "extract", "dbt", "dagparse", "budget", "deployment", "marts")
     which = set(names) if "all" in args.which else set(args.which)
 
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}", flush=True)
