@@ -159,7 +159,8 @@ def _one(companies: int, workers: int, timeout: float, days: int = 2) -> dict[st
     """One deployment with ``workers`` workers; both days' figures."""
     from cryptography.fernet import Fernet  # noqa: PLC0415
 
-    from sage_sync.lifecycle import airflow_api, connections  # noqa: PLC0415
+    from sage_sync.lifecycle import connections  # noqa: PLC0415
+    from sage_sync.orchestration import airflow_api  # noqa: PLC0415
     from sage_sync.sage.auth import new_pkce_pair  # noqa: PLC0415
     from sage_sync.warehouse.migrate import migrate  # noqa: PLC0415
     from sandbox.fake_sage.server import FakeSageServer  # noqa: PLC0415

@@ -37,8 +37,8 @@ SHARED: dict[str, str] = {
     "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
     # Each Celery worker imports the plugins and the sync stack once, before it forks its pool, so
     # a task process does not (about 1 core-second a task on 2 busy cores): see
-    # plugins/sage_sync/lifecycle/worker_preload.py.
-    "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "sage_sync.lifecycle.celery_config.CELERY_CONFIG",
+    # plugins/sage_sync/orchestration/worker_preload.py.
+    "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "sage_sync.orchestration.celery_config.CELERY_CONFIG",
     "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
     "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
 }

@@ -137,7 +137,7 @@ def test_celery_workers_load_the_plugins_and_the_sync_stack_before_they_fork() -
     lines = [line.removeprefix("PROBE ") for line in probe.stdout.splitlines() if line.startswith("PROBE ")]
     imports, cache, plugins, stack = lines
     # the worker's whole config: Airflow's broker with our import (a partial dict fell back to amqp)
-    assert imports == "['sage_sync.lifecycle.worker_preload'] redis://127.0.0.1:1/0"
+    assert imports == "['sage_sync.orchestration.worker_preload'] redis://127.0.0.1:1/0"
     assert cache == "0 1"  # the plugins were loaded by the import, not before
     assert "sage_connect" in plugins
     assert stack == "True 1"  # the sync stack is imported, and no thread was started in the parent

@@ -38,7 +38,7 @@ def caller(request: Request) -> Any:
     Anything taken from the request (``Host``, ``X-Forwarded-*``) is the caller's to forge, and
     the user's token would follow it to whatever host:port it names.
     """
-    from sage_sync.lifecycle.airflow_api import Caller  # noqa: PLC0415
+    from sage_sync.orchestration.airflow_api import Caller  # noqa: PLC0415
 
     return Caller(token=jwt(request))
 

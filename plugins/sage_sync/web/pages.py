@@ -54,7 +54,7 @@ def _when(value: datetime | str | None) -> str:
 
 
 def _duration(seconds: int | None) -> str:
-    from sage_sync.lifecycle.status import format_duration  # noqa: PLC0415
+    from sage_sync.reporting.status import format_duration  # noqa: PLC0415
 
     return format_duration(seconds)
 
@@ -72,7 +72,7 @@ def _number(value: int | None) -> str:
 
 
 def _status(status: str) -> str:
-    from sage_sync.lifecycle.status import status_label  # noqa: PLC0415
+    from sage_sync.reporting.status import status_label  # noqa: PLC0415
 
     return status_label(status)
 
@@ -160,8 +160,8 @@ _RUNS = {"backfill": "the backfill run", "reset": "full sync"}
 def banner(request: Request) -> str | None:
     """The banner ``?msg=`` names, from :data:`MESSAGES` and :data:`NOTES` only; None for anything else."""
     from sage_sync.core.errors import LifecycleError  # noqa: PLC0415
-    from sage_sync.lifecycle import dashboard  # noqa: PLC0415
-    from sage_sync.lifecycle.airflow_api import dag_id_for  # noqa: PLC0415
+    from sage_sync.orchestration.airflow_api import dag_id_for  # noqa: PLC0415
+    from sage_sync.reporting import dashboard  # noqa: PLC0415
 
     key = request.query_params.get("msg", "")
     if key not in MESSAGES:
