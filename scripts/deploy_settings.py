@@ -58,11 +58,6 @@ PER_SITE: tuple[str, ...] = (
     "SAGE_AIRFLOW_API_URL",
 )
 
-# The pool every Sage-calling task takes a slot of (dags/sage_company_sync.py, dags/sage_backfill.py).
-POOL_NAME = "sage_api"
-POOL_SLOTS = 8
-POOL_DESCRIPTION = "Concurrent Sage API calls, all companies"
-
 # The processes of one deployment: (name, airflow sub-command). Compose has one service per entry
 # (airflow-apiserver, ...); the script runs each once, plus `WORKERS` Celery workers.
 PROCESSES: tuple[tuple[str, tuple[str, ...]], ...] = (
