@@ -19,6 +19,10 @@ cookie: a link (``GET /authorize?purpose=backfill``) starts nothing. The one GET
 ``/callback``, is Sage's redirect and acts only for the browser holding the sealed flow whose
 ``state`` it carries. Every answer forbids framing by other sites, MIME sniffing and caching
 (:class:`SecurityHeaders`); banners are the app's own sentences, named by key (``pages.banner``).
+
+The use cases, the read side and Airflow's names are imported inside the routes: Airflow loads
+this module with the plugins in every one of its processes (scheduler, DAG processor, each task),
+which never serve a page and need not load what the pages call.
 """
 
 from __future__ import annotations
@@ -95,7 +99,7 @@ app.add_middleware(SecurityHeaders)
 
 @app.exception_handler(LoginRequired)
 async def _to_login(_: Request, exc: LoginRequired) -> Response:
-    from airflow.api_fastapi.app import get_auth_manager  # noqa: PLC0415
+    from airflow.api_fastapi.app import get_auth_manager
 
     return RedirectResponse(get_auth_manager().get_url_login(next_url=exc.next_url), status_code=303)
 
@@ -112,7 +116,7 @@ async def _refused(request: Request, exc: HTTPException) -> Response:
 @app.get("/", response_class=HTMLResponse)
 def index(request: Request, can_edit: EditRights) -> HTMLResponse:
     """The dashboard: every company by status, what needs a person first."""
-    from sage_sync.reporting import dashboard, status  # noqa: PLC0415
+    from sage_sync.reporting import dashboard, status
 
     try:
         items = dashboard.overview(caller(request))
@@ -136,7 +140,7 @@ def index(request: Request, can_edit: EditRights) -> HTMLResponse:
 @app.get("/icon.svg")
 def icon() -> Response:
     """The menu entry's icon in Airflow's navigation."""
-    from sage_sync.web.pages import TEMPLATES  # noqa: PLC0415
+    from sage_sync.web.pages import TEMPLATES
 
     return Response(
         (TEMPLATES / "icon.svg").read_bytes(), media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"}
@@ -146,7 +150,7 @@ def icon() -> Response:
 @app.get("/company/{company_id}", response_class=HTMLResponse)
 def company(request: Request, company_id: str, can_edit: EditRights) -> HTMLResponse:
     """One company: its state, streams, run history, sync health and exceptions."""
-    from sage_sync.reporting import dashboard  # noqa: PLC0415
+    from sage_sync.reporting import dashboard
 
     try:
         found = dashboard.company_page(company_id, caller(request))
@@ -169,8 +173,8 @@ def authorize(
     A POST with the CSRF token: a backfill starts from here once Sage consents, so a link (a GET
     from another site, an e-mail) must not skip the warning and confirmation page before it.
     """
-    from sage_sync.lifecycle import authorisation  # noqa: PLC0415
-    from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
+    from sage_sync.lifecycle import authorisation
+    from sage_sync.lifecycle import connections as lifecycle
 
     _check_csrf(request, csrf)
     if purpose not in ("connect", "reconnect", "backfill"):
@@ -198,9 +202,9 @@ def callback(
     error: str = "",
 ) -> Response:
     """Sage's redirect: check the state, exchange the code, then act on the flow's purpose."""
-    from sage_sync.lifecycle import authorisation  # noqa: PLC0415
-    from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
-    from sage_sync.orchestration import airflow_api  # noqa: PLC0415
+    from sage_sync.lifecycle import authorisation
+    from sage_sync.lifecycle import connections as lifecycle
+    from sage_sync.orchestration import airflow_api
 
     try:
         flow = authorisation.open_flow(request.cookies.get(OAUTH_COOKIE, ""), state)
@@ -245,8 +249,8 @@ def callback(
 @app.get("/choose", response_class=HTMLResponse)
 def choose(request: Request, user: Editor, pending: str) -> HTMLResponse:  # noqa: ARG001 - the editor check
     """Pick the business to connect and its first Synced From quarter (from the quarters allowed)."""
-    from sage_sync.lifecycle import authorisation, inputs  # noqa: PLC0415
-    from sage_sync.reporting import dashboard  # noqa: PLC0415
+    from sage_sync.lifecycle import authorisation, inputs
+    from sage_sync.reporting import dashboard
 
     found = authorisation.held(pending)
     if found is None:
@@ -281,8 +285,8 @@ def register_business(
     csrf: str = Form(""),
 ) -> Response:
     """Register the chosen business; its daily DAG appears at the next parse."""
-    from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
-    from sage_sync.lifecycle import inputs  # noqa: PLC0415
+    from sage_sync.lifecycle import connections as lifecycle
+    from sage_sync.lifecycle import inputs
 
     _check_csrf(request, csrf)
     try:
@@ -304,7 +308,7 @@ def _kept_synced_from(request: Request, existing: Any, chosen: Any) -> RedirectR
     """A business that was connected already is re-authorised and keeps its Synced From: a login
     never moves it. When the quarter chosen is earlier, the page says so and offers the move
     (a backfill, with its warning and confirmation); otherwise the dashboard says it was kept."""
-    from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
+    from sage_sync.lifecycle import connections as lifecycle
 
     company_id, quarter = existing.company_id, str(chosen)
     if chosen < existing.synced_from:
@@ -323,7 +327,7 @@ def _kept_synced_from(request: Request, existing: Any, chosen: Any) -> RedirectR
 @app.get("/disconnect", response_class=HTMLResponse)
 def disconnect_form(request: Request, user: Editor, company_id: str) -> HTMLResponse:  # noqa: ARG001 - the editor check
     """Say what a disconnect does (it revokes the grant at Sage) and ask for confirmation."""
-    from sage_sync.reporting import dashboard  # noqa: PLC0415
+    from sage_sync.reporting import dashboard
 
     try:
         known, name = dashboard.named_company(company_id)
@@ -341,7 +345,7 @@ def disconnect(
     csrf: str = Form(""),
 ) -> Response:
     """Disconnect: no more imports, grant revoked, DAG paused, data kept (after its confirmation page)."""
-    from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
+    from sage_sync.lifecycle import connections as lifecycle
 
     _check_csrf(request, csrf)
     if confirm != "yes":
@@ -370,9 +374,9 @@ def synced_from_form(
     synced_from: str = "",
 ) -> HTMLResponse:
     """Offer the earlier quarters allowed; once one is picked, warn and ask for confirmation."""
-    from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
-    from sage_sync.lifecycle import inputs  # noqa: PLC0415
-    from sage_sync.reporting import dashboard  # noqa: PLC0415
+    from sage_sync.lifecycle import connections as lifecycle
+    from sage_sync.lifecycle import inputs
+    from sage_sync.reporting import dashboard
 
     back_to = f"/company/{quote(company_id, safe='')}"
     try:
@@ -402,7 +406,7 @@ def synced_from_form(
 @app.get("/reset", response_class=HTMLResponse)
 def reset_form(request: Request, user: Editor, company_id: str) -> HTMLResponse:  # noqa: ARG001 - the editor check
     """Explain the reset and ask for explicit confirmation."""
-    from sage_sync.reporting import dashboard  # noqa: PLC0415
+    from sage_sync.reporting import dashboard
 
     try:
         known, name = dashboard.named_company(company_id)
@@ -420,8 +424,8 @@ def reset(
     csrf: str = Form(""),
 ) -> Response:
     """Wipe, then trigger the company's DAG for the full sync."""
-    from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
-    from sage_sync.orchestration import airflow_api  # noqa: PLC0415
+    from sage_sync.lifecycle import connections as lifecycle
+    from sage_sync.orchestration import airflow_api
 
     _check_csrf(request, csrf)
     back_to = f"/company/{quote(company_id, safe='')}"
@@ -449,7 +453,7 @@ def reset(
 def _started(dag_id: str, start: Any) -> str:
     """The banner's note on ``start()`` (a lifecycle trigger): ``started``, or ``not_started`` with
     the reason in the server log only (the action itself is done either way)."""
-    from sage_sync.core.errors import AirflowUnavailable  # noqa: PLC0415
+    from sage_sync.core.errors import AirflowUnavailable
 
     try:
         log.info("started %s", start())
