@@ -40,7 +40,7 @@ env: venv
 
 airflow-db: env
 	$(ENV) $(BIN)/airflow db migrate >/dev/null
-	$(ENV) $(BIN)/airflow pools set sage_api 8 "Concurrent Sage API calls, all companies" >/dev/null
+	$(ENV) $(BIN)/python -m sage_sync.orchestration.pools
 
 # The warehouse's schemas: set-up is the one step that migrates (reads and syncs never run DDL).
 # It waits a bounded time for each table lock and retries (sage_sync.warehouse.migrate).
@@ -69,7 +69,7 @@ TEST_WORKERS ?= 2
 DEPLOY_LOG := .local/test-deployment.log
 test: env dbt-parse
 	$(TEST_ENV) $(BIN)/airflow db migrate >/dev/null
-	$(TEST_ENV) $(BIN)/airflow pools set sage_api 8 "Concurrent Sage API calls, all companies" >/dev/null
+	$(TEST_ENV) $(BIN)/python -m sage_sync.orchestration.pools
 	if [ "$(DEPLOYMENT)" = 1 ]; then \
 	  ( $(TEST_ENV) $(BIN)/python -m pytest -m deployment -p no:cacheprovider $(PYTEST_ARGS) >$(DEPLOY_LOG) 2>&1 ) & deploy=$$!; \
 	fi; \

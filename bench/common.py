@@ -93,8 +93,8 @@ def connect_company(sage: Any, dsn: str, key: str) -> str:
     os.environ["AIRFLOW_CONN_SAGE_DEFAULT"] = sage.airflow_conn_json()
     from sage_sync.core.config import sage_settings  # noqa: PLC0415
     from sage_sync.core.quarters import Quarter  # noqa: PLC0415
-    from sage_sync.lifecycle.connections import connect_company as connect  # noqa: PLC0415
     from sage_sync.sage.auth import OAuthClient, new_pkce_pair  # noqa: PLC0415
+    from tests.helpers import connect_company as connect  # noqa: PLC0415
 
     found = next(b for b in sage.admin.businesses() if b["key"] == key)
     verifier, challenge = new_pkce_pair()

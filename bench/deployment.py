@@ -9,7 +9,7 @@ Measured from the metadata DB:
 * ``due_to_marts_s``: from the runs being due to the end of the last ``sage_transform`` run
   started after the last company finished (all marts built);
 * ``scheduler_lag_s``: due time to the first task start (and to the median company's first task);
-* ``peak_pool_tasks``: most Sage-calling (pool ``sage_api``) tasks running at once, against the slots;
+* ``peak_pool_tasks``: most Sage-calling (pool ``sage_api``, ``core.pools``) tasks running at once, against the slots;
 * ``sage_requests`` and ``requests_per_s``: the fake's request log over the extraction window,
   against ``SAGE_RATE_LIMIT_PER_S`` (the shared bucket of plugins/sage_sync/ratelimit.py);
   ``peak_requests_in_1s``, the most in any one second, and ``max_over_rate``, the most requests
@@ -44,6 +44,7 @@ from psycopg import sql
 
 from bench.common import ADMIN_URL, Result
 from sage_sync.core import config
+from sage_sync.core.pools import POOL
 from sage_sync.warehouse.ratelimit import DEFAULT_BURST
 from scripts import deployment as deploy  # as a package: a top-level `deployment` would shadow tests/deployment
 
@@ -159,7 +160,8 @@ def _one(companies: int, workers: int, timeout: float, days: int = 2) -> dict[st
     """One deployment with ``workers`` workers; both days' figures."""
     from cryptography.fernet import Fernet  # noqa: PLC0415
 
-    from sage_sync.lifecycle import airflow_api, connections  # noqa: PLC0415
+    from sage_sync.lifecycle import connections  # noqa: PLC0415
+    from sage_sync.orchestration import airflow_api  # noqa: PLC0415
     from sage_sync.sage.auth import new_pkce_pair  # noqa: PLC0415
     from sage_sync.warehouse.migrate import migrate  # noqa: PLC0415
     from sandbox.fake_sage.server import FakeSageServer  # noqa: PLC0415
@@ -314,15 +316,14 @@ def _day(
     ]
     pooled = _meta(
         meta_dsn,
-        "select start_date, end_date from task_instance where pool = 'sage_api' and "
-        "start_date >= %s and end_date is not null",
-        (due,),
+        "select start_date, end_date from task_instance where pool = %s and start_date >= %s and end_date is not null",
+        (POOL, due),
     )
     window = (max(e for _, e in pooled) - min(s for s, _ in pooled)).total_seconds() if pooled else 0.0
     starts = sorted(r["started"] for r in sage.admin.request_log() if r["path"].startswith("/v3.1"))
     requests = len(starts)
     rate = config.rate_limit_per_s()  # as the workers read it; None: the shared limiter is off
-    slots = _meta(meta_dsn, "select slots from slot_pool where pool = 'sage_api'")[0][0]
+    slots = _meta(meta_dsn, "select slots from slot_pool where pool = %s", (POOL,))[0][0]
     return {
         "due_to_marts_s": round((transform - due).total_seconds(), 1),
         "due_to_last_sync_s": round((last_finish - due).total_seconds(), 1),

@@ -28,93 +28,21 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
-from airflow.sdk import DAG, Param, PokeReturnValue, get_parsing_context, task
+from airflow.sdk import DAG, PokeReturnValue, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from sage_sync.core.config import task_timeout
-from sage_sync.core.quarters import QUARTER_PATTERN, SYNCED_FROM, Quarter
-from sage_sync.lifecycle.airflow_api import (
-    BACKFILL_DAG_ID,
-    POOL,
-    fails_fast_on_refused_grant,
-    records_stream_state,
-    sage_raw_asset,
-)
-from sage_sync.lifecycle.notifier import SageNotifier
-from sage_sync.sage.streams import DOCUMENT_STREAMS
-from sage_sync.warehouse.snapshot import DagCompany, companies_for_dags
+from sage_sync.orchestration import backfill_form
+from sage_sync.orchestration.airflow_api import BACKFILL_DAG_ID, BACKFILL_TASK_PREFIX, backfill_streams
+from sage_sync.orchestration.defaults import DEFAULT_ARGS, SAGE_RAW, START_DATE, sage_task_args
+from sage_sync.orchestration.notifier import SageNotifier
+from sage_sync.orchestration.tasks import fails_fast_on_refused_grant, records_stream_state
+
+# Only `orchestration` is imported to parse this file; each task imports the pipeline (and
+# `validate` the use cases) in its body, so a parse never loads the sync stack.
 
 log = logging.getLogger(__name__)
-
-
-def _form_companies() -> list[DagCompany]:
-    # The lists are for the trigger form; a task run (parsing context set) skips the registry
-    # read and checks the request in `validate` instead.
-    return [] if get_parsing_context().dag_id is not None else companies_for_dags()
-
-
-def valid_quarters(companies: list[DagCompany], today: datetime | None = None) -> list[str]:
-    """Every quarter some company may move Synced From to (the one policy, ``SYNCED_FROM``: earlier
-    than its own, not before the floor), latest first.
-
-    One list for the whole form (a trigger form cannot make one field depend on another);
-    `validate` refuses, in one line, a quarter that is not earlier than the chosen company's.
-    """
-    day = (today or datetime.now(UTC)).date()
-    found = {q for c in companies for q in SYNCED_FROM.earlier_quarters(Quarter.parse(c.synced_from_quarter), day)}
-    return [str(q) for q in sorted(found, reverse=True)]
-
-
-def _quarter_param(companies: list[DagCompany]) -> Param:
-    description = (
-        "A quarter earlier than the company's current Synced From (shown beside the company), not "
-        "before six years back; documents dated from its first day are imported. Uses the grant the "
-        "company already gave (no re-authorisation: use the Sage connections page for that)"
-    )
-    quarters = valid_quarters(companies)
-    if not quarters:  # no company (yet), or none that may move: free text, checked by `validate`
-        return Param(
-            str(Quarter.containing(datetime.now(UTC).date()).previous()),
-            type="string",
-            pattern=f"^{QUARTER_PATTERN}$",
-            title="New Synced From",
-            description=description,
-        )
-    # The default is the latest quarter the default company may move to, when it may move at all.
-    own = SYNCED_FROM.earlier_quarters(Quarter.parse(companies[0].synced_from_quarter), datetime.now(UTC).date())
-    default = str(own[0]) if own else quarters[0]
-    return Param(
-        default,
-        type="string",
-        enum=quarters,
-        title="New Synced From",
-        description=description,
-        values_display={q: f"{q} (from {Quarter.parse(q).start_date:%-d %b %Y})" for q in quarters},
-    )
-
-
-def _company_param(companies: list[DagCompany]) -> Param:
-    if not companies:
-        # No registry (yet): a free-text id, checked by `validate` at run time.
-        return Param(
-            "",
-            type="string",
-            minLength=1,
-            title="Company",
-            description="Sage business id of a connected company (none is connected yet)",
-        )
-    return Param(
-        companies[0].company_id,
-        type="string",
-        title="Company",
-        enum=[c.company_id for c in companies],
-        values_display={
-            c.company_id: f"{c.company_name} ({c.status}, from {c.synced_from_quarter})" for c in companies
-        },
-        description="The connected company whose Synced From moves earlier",
-    )
 
 
 # While another run holds the company (its daily run, a reset, a manual sync), `validate` looks
@@ -134,8 +62,8 @@ SLOT_POKE_S = float(os.environ.get("SAGE_BACKFILL_SLOT_POKE_S", "300"))
 def validate(**context) -> PokeReturnValue:
     """Refuse a bad request before anything changes, then open the backfill run once the company's
     run slot is free."""
-    from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415 - keep DAG parsing free of the sync stack
-    from sage_sync.pipeline import sync  # noqa: PLC0415
+    from sage_sync.lifecycle import connections as lifecycle
+    from sage_sync.pipeline import sync
 
     params = context["params"]
     try:
@@ -156,37 +84,37 @@ def validate(**context) -> PokeReturnValue:
     return PokeReturnValue(is_done=True, xcom_value=run)
 
 
-# Every task that talks to Sage stops after SAGE_TASK_TIMEOUT_HOURS (default 12).
-SAGE_TASK_TIMEOUT = task_timeout()
+# Every task that talks to Sage takes a slot of the Sage pool and stops after SAGE_TASK_TIMEOUT_HOURS.
+SAGE_TASK = sage_task_args()
 
 
-@task(pool=POOL, execution_timeout=SAGE_TASK_TIMEOUT)
+@task(**SAGE_TASK)
 @fails_fast_on_refused_grant
 def refresh_auth(sync_run_id: str, **context) -> None:
     """Make sure the grant is alive before reading Sage."""
-    from sage_sync.pipeline import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync
 
     sync.check_auth(context["params"]["company_id"], sync_run_id)
 
 
-@task(pool=POOL, execution_timeout=SAGE_TASK_TIMEOUT)
+@task(**SAGE_TASK)
 @fails_fast_on_refused_grant
 @records_stream_state  # where the stream stands, for the pages
 def backfill(stream: str, sync_run_id: str, **context) -> dict:
     """Read one document stream's older window into sage_raw (new versions only)."""
-    from sage_sync.pipeline import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync
 
     params = context["params"]
     return sync.backfill_stream(params["company_id"], stream, sync_run_id, params["synced_from"])
 
 
-@task(outlets=[sage_raw_asset()])
+@task(outlets=[SAGE_RAW])
 @fails_fast_on_refused_grant
 def finish(sync_run_id: str, **context) -> None:
     """Close the run and move Synced From in one transaction; the outlet schedules the transform.
 
     A run closed meanwhile is not turned into a success (RunFenced, without retries)."""
-    from sage_sync.pipeline import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync
 
     params = context["params"]
     sync.finish_backfill(params["company_id"], sync_run_id, params["synced_from"])
@@ -195,7 +123,7 @@ def finish(sync_run_id: str, **context) -> None:
 @task(trigger_rule="one_failed", retries=0)
 def record_failure(**context) -> None:
     """Close the run as failed; Synced From stays where it was."""
-    from sage_sync.pipeline import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync
 
     params = context["params"]
     sync.finish_run(
@@ -212,30 +140,23 @@ with DAG(
     description="Imports a company's older documents and moves its Synced From earlier",
     doc_md=__doc__,
     schedule=None,
-    start_date=datetime(2024, 1, 1),
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=1,  # backfills are rare and heavy: one at a time, whatever the company
     # Paused, a run triggered from Airflow's own form or `airflow dags trigger` would wait queued
     # for a human (the Connections page and the CLI unpause it first; nothing else does).
     is_paused_upon_creation=False,
-    default_args={
-        "owner": "data-engineering",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=5),
-        "retry_exponential_backoff": True,
-        "on_failure_callback": SageNotifier("task_failed"),  # a task's last try: one notice per backfill
-    },
+    default_args=DEFAULT_ARGS,  # a task's last failed try: one notice per backfill
     on_success_callback=SageNotifier("run_succeeded"),
     on_failure_callback=SageNotifier("run_failed"),
     tags=["sage", "backfill"],
-    params={
-        "company_id": _company_param(_companies := _form_companies()),
-        "synced_from": _quarter_param(_companies),
-    },
+    params=backfill_form.params(),
 ) as dag:
     run_id = validate()
     auth = refresh_auth(run_id)
-    loads = [backfill.override(task_id=f"backfill_{stream.name}")(stream.name, run_id) for stream in DOCUMENT_STREAMS]
+    loads = [
+        backfill.override(task_id=f"{BACKFILL_TASK_PREFIX}{stream}")(stream, run_id) for stream in backfill_streams()
+    ]
     done = finish(run_id)
     failed = record_failure()
     auth >> loads  # type: ignore[operator]

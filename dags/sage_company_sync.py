@@ -20,27 +20,22 @@ outside `sage_sync.core.ids`' rule) is skipped with a logged reason, and the oth
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, get_parsing_context, task
+from airflow.sdk import DAG, task
 
-from sage_sync.core.config import task_timeout
-from sage_sync.lifecycle.airflow_api import (
-    DAG_ID_PREFIX,
-    POOL,
-    dag_id_for,
-    records_stream_state,
-    sage_raw_asset,
-    skips_disconnected,
-)
-from sage_sync.lifecycle.notifier import SageNotifier
-from sage_sync.sage.streams import STREAMS
-from sage_sync.warehouse.snapshot import DagCompany, companies_for_dags
+from sage_sync.orchestration.airflow_api import dag_id_for, daily_streams
+from sage_sync.orchestration.companies import companies_to_build as _companies_to_build
+from sage_sync.orchestration.defaults import DEFAULT_ARGS, SAGE_RAW, START_DATE, sage_task_args
+from sage_sync.orchestration.notifier import SageNotifier
+from sage_sync.orchestration.tasks import records_stream_state, skips_disconnected
+
+# Only `orchestration` is imported to parse this file; each task imports the pipeline in its
+# body, so a parse never loads the sync stack.
 
 log = logging.getLogger(__name__)
 
 default_args = {
-    "owner": "data-engineering",
+    **DEFAULT_ARGS,
     # The scheduler queues syncs before the transform when both wait for an executor slot: every
     # company's landing is short, the transform's dbt build is long (35-60 s on 2 busy cores, see
     # bench/RESULTS.md), and the transform runs again on the Asset anyway. What is already in the
@@ -48,34 +43,27 @@ default_args = {
     # it off the sync workers entirely.
     "priority_weight": 100,
     "weight_rule": "absolute",
-    "retries": 2,
-    "retry_delay": timedelta(minutes=5),
-    "retry_exponential_backoff": True,
-    # A task's last failed try (not a retry) reports the run's failure, with its exception as the
-    # reason; every failed task of a run reaches the same incident, so one notice goes out.
-    "on_failure_callback": SageNotifier("task_failed"),
 }
-# Every task that talks to Sage stops after SAGE_TASK_TIMEOUT_HOURS (default 12): a backstop to the
-# client's page cap, long enough for a big first sync sharing the request budget.
-SAGE_TASK_TIMEOUT = task_timeout()
+# Every task that talks to Sage takes a slot of the Sage pool and stops after SAGE_TASK_TIMEOUT_HOURS.
+SAGE_TASK = sage_task_args()
 
 
 @task
 @skips_disconnected
 def check_connection(company_id: str, **context) -> str:
     """Open this run's audit row; skip (with the reason) when the company is disconnected."""
-    from sage_sync.pipeline import sync  # noqa: PLC0415 - keep DAG parsing free of the sync stack
+    from sage_sync.pipeline import sync
 
     # A backfill or reset of the same company still running raises RunInProgress: the task fails
     # and Airflow retries it later, so the two never import at once.
     return sync.begin_run(company_id, airflow_run_id=context["run_id"], kind="daily")
 
 
-@task(pool=POOL, execution_timeout=SAGE_TASK_TIMEOUT)
+@task(**SAGE_TASK)
 @skips_disconnected
 def refresh_auth(company_id: str, sync_run_id: str) -> str:
     """Make sure the grant is alive (and rotated tokens stored) before any extraction; passes the run id on."""
-    from sage_sync.pipeline import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync
 
     sync.check_auth(company_id, sync_run_id)
     return sync_run_id
@@ -84,34 +72,34 @@ def refresh_auth(company_id: str, sync_run_id: str) -> str:
 # One task mapped over the streams rather than one task per stream: the UI still shows one
 # instance per stream (named by map_index_template), and a 1,000-company deployment parses in
 # a fraction of the time, since building operators is what DAG parsing spends its time on.
-@task(pool=POOL, map_index_template="{{ stream }}", execution_timeout=SAGE_TASK_TIMEOUT)
+@task(**SAGE_TASK, map_index_template="{{ stream }}")
 @skips_disconnected
 @records_stream_state  # reading / retrying at HH:MM after "Sage answered 503" / failed / done, for the pages
 def extract_load(company_id: str, stream: str, sync_run_id: str, **context) -> dict:
     """Extract one stream since its watermark and append new versions to sage_raw."""
-    from sage_sync.pipeline import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync
 
     context["stream"] = stream  # names this mapped instance in the UI
     return sync.sync_stream(company_id, stream, sync_run_id)
 
 
-@task(pool=POOL, execution_timeout=SAGE_TASK_TIMEOUT)
+@task(**SAGE_TASK)
 @skips_disconnected
 def record_deletions(company_id: str, sync_run_id: str) -> dict:
     """Read Sage's deleted_since feed, plus an id reconciliation sweep after a reconnect or weekly."""
-    from sage_sync.pipeline import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync
 
     return sync.sync_deletions(company_id, sync_run_id)
 
 
-@task(outlets=[sage_raw_asset()])
+@task(outlets=[SAGE_RAW])
 @skips_disconnected
 def finish(company_id: str, sync_run_id: str) -> None:
     """Close the audit row as a success; the outlet tells sage_transform there is new data.
 
     A run closed meanwhile (a disconnect skipped it, a newer run took it over) is not turned
     into a success: RunFenced, without retries."""
-    from sage_sync.pipeline import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync
 
     sync.finish_run(company_id, sync_run_id, status="success")
 
@@ -119,7 +107,7 @@ def finish(company_id: str, sync_run_id: str) -> None:
 @task(trigger_rule="one_failed", retries=0)
 def record_failure(company_id: str, **context) -> None:
     """Close the audit row as failed so `status` and the health model show it."""
-    from sage_sync.pipeline import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync
 
     # No XCom to read here: check_connection itself may be the task that failed.
     sync.finish_run(
@@ -130,15 +118,15 @@ def record_failure(company_id: str, **context) -> None:
     )
 
 
-def build_company_dag(company: DagCompany) -> DAG:
+def build_company_dag(company_id: str, company_name: str) -> DAG:
     """The daily DAG of one company."""
     with DAG(
-        dag_id=dag_id_for(company.company_id),
-        dag_display_name=f"Sage sync: {company.company_name}",
-        description=f"Daily one-way sync of {company.company_name}'s Sage spend into the warehouse",
+        dag_id=dag_id_for(company_id),
+        dag_display_name=f"Sage sync: {company_name}",
+        description=f"Daily one-way sync of {company_name}'s Sage spend into the warehouse",
         doc_md=__doc__,
         schedule="@daily",
-        start_date=datetime(2024, 1, 1),
+        start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
         # Connecting a company asks for its daily sync: its DAG starts unpaused (Airflow's default
@@ -149,13 +137,12 @@ def build_company_dag(company: DagCompany) -> DAG:
         # one no task reported (and sends a notice a dead webhook kept back).
         on_success_callback=SageNotifier("run_succeeded"),
         on_failure_callback=SageNotifier("run_failed"),
-        tags=["sage", "sync", f"company:{company.company_id}"],
+        tags=["sage", "sync", f"company:{company_id}"],
     ) as dag:
-        company_id = company.company_id
         checked = check_connection(company_id)
         # The run id flows as XCom: check_connection -> refresh_auth -> the loads, deletions, finish.
         auth = refresh_auth(company_id, checked)
-        loads = extract_load.partial(company_id=company_id, sync_run_id=auth).expand(stream=list(STREAMS))
+        loads = extract_load.partial(company_id=company_id, sync_run_id=auth).expand(stream=daily_streams())
         deletions = record_deletions(company_id, auth)
         done = finish(company_id, auth)
         failed = record_failure(company_id)
@@ -164,20 +151,11 @@ def build_company_dag(company: DagCompany) -> DAG:
     return dag
 
 
-def _companies_to_build() -> list[DagCompany]:
-    """Every company when the scheduler parses; only the one being run when a task runs."""
-    running = get_parsing_context().dag_id
-    if running is not None and not running.startswith(DAG_ID_PREFIX):
-        return []  # a task of another DAG: no registry read at all
-    companies = companies_for_dags()
-    return [c for c in companies if running is None or dag_id_for(c.company_id) == running]
-
-
 def _build_all() -> None:
     """One DAG per company, each on its own: a row that cannot make a DAG costs only its own."""
     for company in _companies_to_build():
         try:
-            globals()[dag_id_for(company.company_id)] = build_company_dag(company)
+            globals()[dag_id_for(company.company_id)] = build_company_dag(company.company_id, company.company_name)
         except Exception:  # an import error here would drop every company's DAG
             log.exception("company %r skipped: its DAG could not be built", company.company_id)
 

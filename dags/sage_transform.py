@@ -36,16 +36,21 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable
+from cosmos import ProfileConfig
+from cosmos import settings as cosmos_settings
+from cosmos.constants import InvocationMode
+from cosmos.operators.local import DbtBuildLocalOperator
+from cosmos.profiles import PostgresUserPasswordProfileMapping
 
-from sage_sync.lifecycle.airflow_api import TRANSFORM_DAG_ID, sage_raw_asset
-from sage_sync.lifecycle.notifier import SageNotifier
+from sage_sync.orchestration.airflow_api import TRANSFORM_DAG_ID
+from sage_sync.orchestration.defaults import DEFAULT_ARGS, SAGE_RAW, START_DATE
+from sage_sync.orchestration.notifier import SageNotifier
 
-SAGE_RAW_ASSET = sage_raw_asset()
 DBT_PROJECT = Path(os.environ.get("SAGE_DBT_PROJECT_DIR", Path(__file__).resolve().parent.parent / "dbt"))
 DBT_EXECUTABLE = os.environ.get("SAGE_DBT_EXECUTABLE", str(Path(sys.executable).parent / "dbt"))
 DBT_THREADS = int(os.environ.get("SAGE_DBT_THREADS", "4"))  # as dbt/profiles.yml
@@ -58,14 +63,23 @@ DAG_ARGS = {
     "description": "Builds the analyst models from the raw Sage tables",
     "doc_md": __doc__,
     "schedule": AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable(DAILY_CATCH_UP_CRON, timezone="UTC"), assets=[SAGE_RAW_ASSET]
+        timetable=CronTriggerTimetable(DAILY_CATCH_UP_CRON, timezone="UTC"), assets=[SAGE_RAW]
     ),
-    "start_date": datetime(2024, 1, 1),
+    "start_date": START_DATE,
     "catchup": False,
     "max_active_runs": 1,
     # Paused on creation, asset events would queue no run (see above) and new data would wait.
     "is_paused_upon_creation": False,
-    "default_args": {"owner": "data-engineering", "retries": 1, "retry_delay": timedelta(minutes=2)},
+    # One retry after 2 minutes, without backoff: a build is safe to re-run and the daily run
+    # catches up anyway. A failure reaches the notices through the DAG's callbacks below, which
+    # check every company; a task notice would name no company.
+    "default_args": {
+        **DEFAULT_ARGS,
+        "retries": 1,
+        "retry_delay": timedelta(minutes=2),
+        "retry_exponential_backoff": 0,
+        "on_failure_callback": None,
+    },
     "tags": ["sage", "dbt", "transform"],
     # The daily check of every company (refused grants, first syncs past 24 h): this DAG runs at
     # least once a day whatever the company DAGs do, and a late first sync is the case where the
@@ -75,26 +89,27 @@ DAG_ARGS = {
 }
 
 
-def _warehouse_profile_mapping() -> Any:  # a cosmos ProfileMapping; cosmos is imported lazily
+class OptionalPasswordPostgresMapping(PostgresUserPasswordProfileMapping):
     """The dbt profile from the `sage_warehouse` connection, with the password optional.
 
     Cosmos' Postgres mapping requires one and fails every dbt task with "Could not find a value
     for secret field password" on a connection without it (trust or peer auth, as the CLI and
     the sync accept). Without one, dbt gets an empty password, which libpq ignores.
     """
-    from cosmos.profiles import PostgresUserPasswordProfileMapping  # noqa: PLC0415
 
-    class OptionalPasswordPostgresMapping(PostgresUserPasswordProfileMapping):
-        required_fields: ClassVar[list[str]] = ["host", "user", "dbname"]
+    required_fields: ClassVar[list[str]] = ["host", "user", "dbname"]
 
-        def get_dbt_value(self, name: str) -> Any:
-            value = super().get_dbt_value(name)
-            return "" if name == "password" and value is None else value
+    def get_dbt_value(self, name: str) -> Any:
+        value = super().get_dbt_value(name)
+        return "" if name == "password" and value is None else value
 
-        @property
-        def mock_profile(self) -> dict[str, Any]:
-            return {**super().mock_profile, "password": "mock_value"}  # dbt-postgres requires the key
+    @property
+    def mock_profile(self) -> dict[str, Any]:
+        return {**super().mock_profile, "password": "mock_value"}  # dbt-postgres requires the key
 
+
+def _warehouse_profile_mapping() -> OptionalPasswordPostgresMapping:
+    """The profile mapping of the build: the password optional, and dbt's threads."""
     # Cosmos writes threads: 1 into the profile it builds unless told otherwise: one model or test
     # at a time, 327 nodes in a row. On the deployment test's busy 2 cores the build after the
     # last sync took about 60 s (48 s of it dbt); with 4 threads and the partial parse, 35-45 s.
@@ -104,11 +119,6 @@ def _warehouse_profile_mapping() -> Any:  # a cosmos ProfileMapping; cosmos is i
 
 
 def _transform_dag() -> DAG:
-    from cosmos import ProfileConfig  # noqa: PLC0415
-    from cosmos import settings as cosmos_settings  # noqa: PLC0415
-    from cosmos.constants import InvocationMode  # noqa: PLC0415
-    from cosmos.operators.local import DbtBuildLocalOperator  # noqa: PLC0415
-
     with DAG(**DAG_ARGS) as dag:  # noqa: AIR002 - schedule is in DAG_ARGS
         DbtBuildLocalOperator(
             task_id="dbt_build",

@@ -34,4 +34,4 @@ class SageConnectPlugin(AirflowPlugin):
     ]
 
 
-__all__ = ["SageConnectPlugin", "app"]
+__all__ = ["SageConnectPlugin"]

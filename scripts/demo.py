@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
 
 from sage_sync.core.config import sage_settings, warehouse_dsn  # noqa: E402
-from sage_sync.lifecycle import report as emissions_report  # noqa: E402
+from sage_sync.reporting import report as emissions_report  # noqa: E402
 from sage_sync.sage.auth import OAuthClient, new_pkce_pair  # noqa: E402
 from sage_sync.warehouse.migrate import migrate  # noqa: E402
 from sandbox.fake_sage.server import FakeSageServer, consent_redirect  # noqa: E402

@@ -37,8 +37,8 @@ SHARED: dict[str, str] = {
     "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
     # Each Celery worker imports the plugins and the sync stack once, before it forks its pool, so
     # a task process does not (about 1 core-second a task on 2 busy cores): see
-    # plugins/sage_sync/lifecycle/worker_preload.py.
-    "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "sage_sync.lifecycle.celery_config.CELERY_CONFIG",
+    # plugins/sage_sync/orchestration/worker_preload.py.
+    "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "sage_sync.orchestration.celery_config.CELERY_CONFIG",
     "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
     "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
 }
@@ -57,11 +57,6 @@ PER_SITE: tuple[str, ...] = (
     "SAGE_TOKEN_KEYS",
     "SAGE_AIRFLOW_API_URL",
 )
-
-# The pool every Sage-calling task takes a slot of (dags/sage_company_sync.py, dags/sage_backfill.py).
-POOL_NAME = "sage_api"
-POOL_SLOTS = 8
-POOL_DESCRIPTION = "Concurrent Sage API calls, all companies"
 
 # The processes of one deployment: (name, airflow sub-command). Compose has one service per entry
 # (airflow-apiserver, ...); the script runs each once, plus `WORKERS` Celery workers.

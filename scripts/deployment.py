@@ -44,6 +44,8 @@ import checkout_lock
 import deploy_settings as settings
 from localpg import LOCAL, ROOT
 
+from sage_sync.core.pools import SAGE_API
+
 BIN = Path(sys.executable).parent
 DEFAULT_STATE_DIR = LOCAL / "deploy"
 CELERY_APP = "airflow.providers.celery.executors.celery_executor_utils.app"
@@ -353,15 +355,13 @@ def _prepare(dep: Deployment, migrate: bool, pool_slots: int) -> None:
     """What compose's airflow-init does: metadata schema, the pool, the warehouse schemas."""
     if migrate:
         dep.airflow("db", "migrate", timeout=600)
-    dep.airflow("pools", "set", settings.POOL_NAME, str(pool_slots), settings.POOL_DESCRIPTION)
-    subprocess.run(
-        [str(BIN / "python"), "-m", "sage_sync", "migrate"],
-        env=dep.env,
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    for module in (
+        ["sage_sync.orchestration.pools", "--slots", f"{SAGE_API.name}={pool_slots}"],
+        ["sage_sync", "migrate"],
+    ):
+        subprocess.run(
+            [str(BIN / "python"), "-m", *module], env=dep.env, cwd=ROOT, check=True, capture_output=True, timeout=300
+        )
 
 
 def health(dep: Deployment) -> dict[str, Any]:
@@ -445,7 +445,7 @@ def up(
     overrides: dict[str, str] | None = None,
     migrate: bool = True,
     timeout: float = 240.0,
-    pool_slots: int = settings.POOL_SLOTS,
+    pool_slots: int = SAGE_API.slots,
 ) -> Deployment:
     """Start the whole deployment and wait until it is healthy; returns it."""
     existing = load(state_dir)
@@ -556,8 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pool-slots",
         type=int,
-        default=settings.POOL_SLOTS,
-        help=f"slots of the {settings.POOL_NAME} pool (concurrent Sage-calling tasks)",
+        default=SAGE_API.slots,
+        help=f"slots of the {SAGE_API.name} pool (concurrent Sage-calling tasks)",
     )
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     args = parser.parse_args(argv)

@@ -1,5 +1,6 @@
 """docker-compose.yaml describes a deployable stack (no Docker engine here, so check its shape)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -106,10 +107,31 @@ def test_compose_runs_the_processes_of_the_scripted_deployment_and_the_same_pool
     for _name, command in settings.PROCESSES:
         assert " ".join(command) in commands
     assert " ".join(settings.WORKER_COMMAND) == services["airflow-worker"]["command"]
-    pool = f"pools set {settings.POOL_NAME} {settings.POOL_SLOTS} '{settings.POOL_DESCRIPTION}'"
-    assert pool in services["airflow-init"]["command"]
+    # The pools are declared once (sage_sync.core.pools): compose, the Makefile (the dev metadata DB
+    # and the tests') and scripts/deployment.py all set them with the one module, none by hand.
+    setter = "python -m sage_sync.orchestration.pools"
+    assert setter in services["airflow-init"]["command"]
     makefile = (ROOT / "Makefile").read_text()
-    assert f'pools set {settings.POOL_NAME} {settings.POOL_SLOTS} "{settings.POOL_DESCRIPTION}"' in makefile
+    assert makefile.count(setter.replace("python", "$(BIN)/python")) == 2
+    deployment = (ROOT / "scripts" / "deployment.py").read_text()
+    assert '"sage_sync.orchestration.pools"' in deployment
+    for text in (str(services["airflow-init"]["command"]), makefile, deployment):
+        assert "pools set" not in text and '"pools", "set"' not in text
+
+
+def test_the_pools_module_sets_every_declared_pool() -> None:
+    from sage_sync.core.pools import POOLS  # noqa: PLC0415
+
+    run = [sys.executable, "-m", "sage_sync.orchestration.pools"]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    probe = (
+        "import json; from airflow.models.pool import Pool; "
+        "print(json.dumps([[p.pool, p.slots, p.description] for p in Pool.get_pools()]))"
+    )
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    in_airflow = {tuple(p) for p in json.loads(found.stdout.strip().splitlines()[-1])}
+    assert {(p.name, p.slots, p.description) for p in POOLS} <= in_airflow
 
 
 PRELOAD_PROBE = """
@@ -137,7 +159,7 @@ def test_celery_workers_load_the_plugins_and_the_sync_stack_before_they_fork() -
     lines = [line.removeprefix("PROBE ") for line in probe.stdout.splitlines() if line.startswith("PROBE ")]
     imports, cache, plugins, stack = lines
     # the worker's whole config: Airflow's broker with our import (a partial dict fell back to amqp)
-    assert imports == "['sage_sync.lifecycle.worker_preload'] redis://127.0.0.1:1/0"
+    assert imports == "['sage_sync.orchestration.worker_preload'] redis://127.0.0.1:1/0"
     assert cache == "0 1"  # the plugins were loaded by the import, not before
     assert "sage_connect" in plugins
     assert stack == "True 1"  # the sync stack is imported, and no thread was started in the parent

@@ -16,7 +16,7 @@ from types import ModuleType
 import psycopg
 import pytest
 
-from sage_sync.lifecycle.airflow_api import dag_id_for
+from sage_sync.orchestration.airflow_api import dag_id_for
 from sage_sync.warehouse.snapshot import companies_for_dags
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"

@@ -45,7 +45,7 @@ import os
 
 from airflow.sdk import DAG, task
 
-from sage_sync.lifecycle.airflow_api import records_stream_state
+from sage_sync.orchestration.tasks import records_stream_state
 
 
 @task(retries=1, retry_delay=timedelta(seconds=3))

@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from sage_sync.lifecycle.airflow_api import POOL
+from sage_sync.core.pools import POOL
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 

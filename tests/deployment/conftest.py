@@ -25,7 +25,8 @@ import pytest
 from cryptography.fernet import Fernet
 from psycopg import sql
 
-from sage_sync.lifecycle import airflow_api, connections
+from sage_sync.lifecycle import connections
+from sage_sync.orchestration import airflow_api
 from sage_sync.sage.auth import new_pkce_pair
 from sage_sync.warehouse.migrate import migrate
 from sandbox.fake_sage.server import FakeSageServer

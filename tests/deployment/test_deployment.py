@@ -42,7 +42,8 @@ import pytest
 from faults.kit import assert_no_doubles, assert_warehouse_matches
 from lifecycle.test_scenario import _expected_spend
 
-from sage_sync.lifecycle import airflow_api, connections, inputs
+from sage_sync.lifecycle import connections, inputs
+from sage_sync.orchestration import airflow_api
 
 from .conftest import EUR, LARGE, POOL_SLOTS, Env, deploy
 

@@ -49,7 +49,7 @@ def business(sage: FakeSageServer, key: str) -> dict[str, Any]:
 
 def connect(sage: FakeSageServer, key: str = "greenleaf", quarter: Quarter = SYNCED_FROM) -> str:
     """Connect the fake business ``key`` (Synced From ``quarter``) through the real authorise + PKCE exchange."""
-    from sage_sync.lifecycle.connections import connect_company  # noqa: PLC0415 - needs the env set first
+    from tests.helpers import connect_company  # noqa: PLC0415 - needs the env set first
 
     found = business(sage, key)
     verifier, challenge = new_pkce_pair()

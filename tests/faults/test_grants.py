@@ -20,8 +20,9 @@ from fastapi.testclient import TestClient
 from faults.kit import business, connect, latest
 from sage_sync.core.config import sage_settings
 from sage_sync.core.errors import ReauthorizationRequired
-from sage_sync.lifecycle import airflow_api, authorisation
+from sage_sync.lifecycle import authorisation
 from sage_sync.lifecycle import connections as lifecycle
+from sage_sync.orchestration import airflow_api
 from sage_sync.pipeline import env as run_env
 from sage_sync.pipeline import sync
 from sage_sync.sage.auth import OAuthClient, new_pkce_pair
@@ -150,7 +151,7 @@ def test_one_pending_grant_gives_exactly_one_company(
 ) -> None:
     app = pytest.importorskip("sage_sync.web.app")
     code, verifier = _code(sage, "greenleaf")
-    auth = lifecycle.exchange(code, verifier)
+    auth = authorisation.exchange(code, verifier)
     lifecycle.migrate_warehouse()
     pending = authorisation.hold(auth)
     first, second = business(sage, "greenleaf")["id"], business(sage, "northwind")["id"]

@@ -107,7 +107,7 @@ def test_a_disconnect_mid_page_keeps_no_write_of_the_run(
 ) -> None:
     from airflow.sdk.exceptions import AirflowSkipException  # noqa: PLC0415
 
-    from sage_sync.lifecycle.airflow_api import skips_disconnected  # noqa: PLC0415 - the DAG tasks' wrapper
+    from sage_sync.orchestration.tasks import skips_disconnected  # noqa: PLC0415 - the DAG tasks' wrapper
 
     company = connect(sage)
     daily = sync.begin_run(company, airflow_run_id="scheduled__2026-01-06", kind="daily")
@@ -212,7 +212,7 @@ def test_an_old_airflow_run_retried_after_a_reset_does_not_reopen(
 ) -> None:
     from airflow.sdk.exceptions import AirflowFailException  # noqa: PLC0415
 
-    from sage_sync.lifecycle.airflow_api import skips_disconnected  # noqa: PLC0415 - the DAG tasks' wrapper
+    from sage_sync.orchestration.tasks import skips_disconnected  # noqa: PLC0415 - the DAG tasks' wrapper
 
     company = connect(sage)
     old = sync.begin_run(company, airflow_run_id="scheduled__2026-01-09", kind="daily")

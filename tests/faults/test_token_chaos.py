@@ -34,8 +34,8 @@ import pytest
 from faults.kit import connect
 from sage_sync.core.config import sage_settings
 from sage_sync.core.errors import SageError
-from sage_sync.lifecycle import airflow_api
 from sage_sync.lifecycle import connections as lifecycle
+from sage_sync.orchestration import airflow_api
 from sage_sync.pipeline import sync
 from sage_sync.sage.auth import OAuthClient, new_pkce_pair
 from sage_sync.warehouse import db

@@ -9,7 +9,7 @@ from datetime import date
 import psycopg
 import pytest
 
-from sage_sync.lifecycle import airflow_api
+from sage_sync.orchestration import airflow_api
 from sage_sync.sage.auth import new_pkce_pair
 from sandbox.fake_sage.server import FakeSageServer
 

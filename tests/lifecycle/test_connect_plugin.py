@@ -21,8 +21,10 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from sage_sync.core.quarters import Quarter, quarters_between
-from sage_sync.lifecycle import airflow_api, connections, dashboard, inputs, status
+from sage_sync.lifecycle import connections, inputs
+from sage_sync.orchestration import airflow_api
 from sage_sync.pipeline import sync
+from sage_sync.reporting import dashboard, status
 from sage_sync.sage.streams import STREAMS
 from sage_sync.warehouse import registry
 from sage_sync.web import pages

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from sage_sync.cli.commands import main
-from sage_sync.core.errors import ReauthorizationRequired
+from sage_sync.core.errors import LifecycleError, ReauthorizationRequired
 from sage_sync.core.quarters import Quarter
 from sage_sync.lifecycle import connections as lifecycle
 from sage_sync.pipeline import deletions, sync
@@ -241,7 +241,7 @@ def test_runs_of_one_company_never_overlap(sage: FakeSageServer, lenv: dict, war
     with pytest.raises(sync.RunInProgress, match=r"daily run .* is still running"):
         sync.begin_run(company, airflow_run_id="manual__b", kind="backfill")
     assert sync.begin_run(company, airflow_run_id="scheduled__1", kind="daily") == daily  # a retry re-opens
-    with pytest.raises(lifecycle.LifecycleError, match="still running"):
+    with pytest.raises(LifecycleError, match="still running"):
         lifecycle.reset(company, confirm=True)
     # A run whose process died (no progress for hours) is taken over.
     warehouse.execute(

@@ -26,8 +26,9 @@ from faults.kit import connect
 
 from sage_sync.core.config import notify_settings
 from sage_sync.core.errors import SageAPIError
-from sage_sync.lifecycle import connections, notices
-from sage_sync.lifecycle.notifier import SageNotifier
+from sage_sync.lifecycle import connections
+from sage_sync.orchestration import notices
+from sage_sync.orchestration.notifier import SageNotifier
 from sage_sync.sage.auth import new_pkce_pair
 from sage_sync.sage.streams import STREAMS
 from sage_sync.warehouse.token_store import PostgresTokenStore

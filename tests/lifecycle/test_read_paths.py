@@ -23,8 +23,8 @@ import pytest
 from psycopg import sql
 
 from sage_sync.core.errors import LifecycleError, MigrationLockTimeout
-from sage_sync.lifecycle import dashboard
-from sage_sync.lifecycle import status as status_report
+from sage_sync.reporting import dashboard
+from sage_sync.reporting import status as status_report
 from sage_sync.warehouse.migrate import migrate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,7 +78,7 @@ def _run(code: str, dsn: str) -> subprocess.CompletedProcess[str]:
 
 STATUS_CLI = "from sage_sync.cli.commands import main; main(['status', '--json'])"
 DASHBOARD = (
-    "import json; from sage_sync.lifecycle import dashboard; "
+    "import json; from sage_sync.reporting import dashboard; "
     "print(json.dumps([i['company_id'] for i in dashboard.overview()]))"
 )
 

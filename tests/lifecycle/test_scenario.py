@@ -19,8 +19,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from sage_sync.lifecycle import airflow_api
 from sage_sync.lifecycle import connections as lifecycle
+from sage_sync.orchestration import airflow_api
 from sage_sync.pipeline import sync
 from sandbox.fake_sage.server import FakeSageServer
 

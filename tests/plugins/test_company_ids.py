@@ -18,8 +18,8 @@ import pytest
 
 from sage_sync.core.errors import InvalidCompanyId, LifecycleError
 from sage_sync.core.ids import COMPANY_ID_MAX_LENGTH, check_company_id, company_id_problem
-from sage_sync.lifecycle import airflow_api
-from sage_sync.lifecycle.report import report_files
+from sage_sync.orchestration import airflow_api
+from sage_sync.reporting.report import report_files
 from sage_sync.sage.streams import STREAMS
 from sage_sync.warehouse import registry
 

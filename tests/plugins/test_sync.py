@@ -19,12 +19,12 @@ from sage_sync.core import config
 from sage_sync.core.config import sage_settings
 from sage_sync.core.errors import ReauthorizationRequired
 from sage_sync.core.quarters import Quarter
-from sage_sync.lifecycle.connections import connect_company
 from sage_sync.pipeline import sync
 from sage_sync.sage.auth import OAuthClient, new_pkce_pair
 from sage_sync.warehouse import ratelimit
 from sage_sync.warehouse.token_store import PostgresTokenStore
 from sandbox.fake_sage.server import FakeSageServer
+from tests.helpers import connect_company
 
 DOCUMENTS = ["purchase_invoices", "purchase_credit_notes", "purchase_quick_entries", "other_payments"]
 SYNCED_FROM = Quarter.parse("2024-Q1")
@@ -247,7 +247,7 @@ def test_a_refused_grant_fails_the_task_at_once_with_one_line(
 ) -> None:
     from airflow.sdk.exceptions import AirflowFailException  # noqa: PLC0415
 
-    from sage_sync.lifecycle.airflow_api import skips_disconnected  # noqa: PLC0415 - the DAG tasks' wrapper
+    from sage_sync.orchestration.tasks import skips_disconnected  # noqa: PLC0415 - the DAG tasks' wrapper
 
     name = warehouse.execute("select company_name from sage_control.companies").fetchone()[0]
     run_id = sync.begin_run(company, airflow_run_id="scheduled__2026-01-01")
@@ -286,7 +286,7 @@ def test_transient_errors_keep_their_retries(
     sage: FakeSageServer, company: str, warehouse: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from sage_sync.core.errors import TransientError  # noqa: PLC0415
-    from sage_sync.lifecycle.airflow_api import skips_disconnected  # noqa: PLC0415
+    from sage_sync.orchestration.tasks import skips_disconnected  # noqa: PLC0415
 
     monkeypatch.setattr("sage_sync.sage.client.time.sleep", lambda _s: None)
     run_id = sync.begin_run(company)

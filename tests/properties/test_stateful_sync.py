@@ -213,7 +213,9 @@ def world_context(
     monkeypatch.setenv("SAGE_RATE_LIMIT_PER_S", "off")
     monkeypatch.setattr("sage_sync.sage.client._sleep", lambda _s: None)
     monkeypatch.setattr("sage_sync.sage.auth._sleep", lambda _s: None)
-    monkeypatch.setattr("sage_sync.lifecycle.airflow_api.set_dag_paused", lambda dag_id, *, paused, caller=None: False)
+    monkeypatch.setattr(
+        "sage_sync.orchestration.airflow_api.set_dag_paused", lambda dag_id, *, paused, caller=None: False
+    )
     hooks = Hooks()
     install_hooks(monkeypatch, hooks)
     small_pages(monkeypatch)

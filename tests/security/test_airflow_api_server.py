@@ -323,7 +323,7 @@ def _walk(
     assert server.dag(dag_id)["is_paused"] is True
 
     # The CLI's service login (SimpleAuthManager's /auth/token) unpauses and pauses too.
-    from sage_sync.lifecycle import airflow_api  # noqa: PLC0415
+    from sage_sync.orchestration import airflow_api  # noqa: PLC0415
 
     monkeypatch.setenv("SAGE_AIRFLOW_API_URL", server.url)
     monkeypatch.setenv("SAGE_AIRFLOW_API_USERNAME", "sage_sync")

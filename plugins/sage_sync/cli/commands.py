@@ -19,12 +19,13 @@ from urllib.parse import unquote
 
 import click
 
-from sage_sync.core.errors import AirflowUnavailable
+from sage_sync.core.errors import AirflowUnavailable, LifecycleError
 from sage_sync.core.quarters import Quarter
-from sage_sync.lifecycle import authorisation
+from sage_sync.lifecycle import authorisation, inputs
 from sage_sync.lifecycle import connections as lifecycle
-from sage_sync.lifecycle import report as emissions_report
-from sage_sync.lifecycle import status as status_report
+from sage_sync.orchestration import airflow_api
+from sage_sync.reporting import report as emissions_report
+from sage_sync.reporting import status as status_report
 
 
 def fail(message: str) -> NoReturn:
@@ -99,24 +100,24 @@ def connect(
     listed; pick one with `connect --pending ID --business-id ... --synced-from ...`.
     """
     with _refusals():
-        quarter = lifecycle.parse_quarter(synced_from)
+        quarter = inputs.parse_quarter(synced_from)
         if pending_id:
             auth = authorisation.held(pending_id)
             if auth is None:
-                raise lifecycle.LifecycleError(
+                raise LifecycleError(
                     "that authorisation expired (15 minutes) or was used: start again "
                     "with `python -m sage_sync authorize-url`"
                 )
         elif code:
-            auth = lifecycle.exchange(pasted_code(code), code_verifier)
+            auth = authorisation.exchange(pasted_code(code), code_verifier)
         else:
-            raise lifecycle.LifecycleError("pass --code (from the callback URL) or --pending (from an earlier connect)")
+            raise LifecycleError("pass --code (from the callback URL) or --pending (from an earlier connect)")
         reachable = {b.get("id") for b in auth.businesses}
         if business_id not in reachable:
             if not pending_id:
                 pending_id = authorisation.hold(auth)  # the held grant waits in the warehouse
             if business_id is not None:
-                raise lifecycle.LifecycleError(
+                raise LifecycleError(
                     f"business {business_id!r} is not one this user can reach; the authorisation is kept for "
                     f"15 minutes: run `{_pick_command(pending_id, quarter)}` with one of: {_business_list(auth)}"
                 )
@@ -137,7 +138,7 @@ def connect(
             company = lifecycle.register(auth, business_id, quarter)
     business = auth.business(business_id)
     click.echo(
-        f"connected {lifecycle.business_name(business)} ({business_id}), "
+        f"connected {authorisation.business_name(business)} ({business_id}), "
         f"Synced From {company.synced_from_quarter}, status {company.status}"
     )
 
@@ -150,7 +151,7 @@ def businesses(pending_id: str, as_json: bool) -> None:
     with _refusals():
         auth = authorisation.held(pending_id)
         if auth is None:
-            raise lifecycle.LifecycleError(
+            raise LifecycleError(
                 "that authorisation expired (15 minutes) or was used: start again "
                 "with `python -m sage_sync authorize-url`"
             )
@@ -166,7 +167,7 @@ def _refusals() -> Iterator[None]:
     """Turn a lifecycle refusal into the one-line error and exit code 2."""
     try:
         yield
-    except lifecycle.LifecycleError as exc:
+    except LifecycleError as exc:
         fail(str(exc))
 
 
@@ -225,7 +226,7 @@ def set_synced_from(
     """Move a company's Synced From earlier: re-authorise, then backfill (Synced From moves on success)."""
     with _refusals():
         company, wanted = lifecycle.prepare_backfill(company_id, quarter)
-        start, end = lifecycle.backfill_window(company, wanted)
+        start, end = lifecycle.backfill_dates(company, wanted)
         if check:
             click.echo(
                 f"ok: {company_id} can move Synced From {company.synced_from_quarter} -> {wanted} "
@@ -233,11 +234,11 @@ def set_synced_from(
             )
             return
         if not confirmed:
-            raise lifecycle.LifecycleError(
+            raise LifecycleError(
                 f"moving Synced From to {wanted} imports every document dated {start} to {end}; confirm with --yes"
             )
         if not code:
-            raise lifecycle.LifecycleError(
+            raise LifecycleError(
                 "moving Synced From needs a fresh Authorise Access: pass --code "
                 "(and --code-verifier) from `authorize-url`"
             )
@@ -245,10 +246,10 @@ def set_synced_from(
             # Before the one-time code is spent: a trigger that fails afterwards would leave the
             # user a retry (--here) that needs a new code.
             try:
-                lifecycle.check_can_trigger(lifecycle.BACKFILL_DAG_ID)
+                lifecycle.check_can_trigger(airflow_api.BACKFILL_DAG_ID)
             except AirflowUnavailable as exc:
-                raise lifecycle.LifecycleError(
-                    f"cannot trigger {lifecycle.BACKFILL_DAG_ID} ({exc}); nothing was done and the code is "
+                raise LifecycleError(
+                    f"cannot trigger {airflow_api.BACKFILL_DAG_ID} ({exc}); nothing was done and the code is "
                     "unused: run the same command again with --here to backfill in this process"
                 ) from None
         lifecycle.authorise_backfill(company_id, quarter, pasted_code(code), code_verifier)
@@ -264,9 +265,10 @@ def set_synced_from(
         lifecycle.start_backfill(company_id, wanted)
     except AirflowUnavailable as exc:
         fail(
-            f"could not trigger {lifecycle.BACKFILL_DAG_ID} ({exc}); run again with --here to backfill in this process"
+            f"could not trigger {airflow_api.BACKFILL_DAG_ID} ({exc}); "
+            "run again with --here to backfill in this process"
         )
-    click.echo(f"triggered {lifecycle.BACKFILL_DAG_ID} with {json.dumps(conf)}; Synced From moves when it succeeds")
+    click.echo(f"triggered {airflow_api.BACKFILL_DAG_ID} with {json.dumps(conf)}; Synced From moves when it succeeds")
 
 
 @main.command()
@@ -345,7 +347,7 @@ def report_cmd(company: str, from_quarter: str | None, out_dir: Path) -> None:
         fail(f"--from: {exc}")
     try:
         done = emissions_report.company_report(company, out_dir, quarter)
-    except lifecycle.LifecycleError as exc:  # a ReportError is one too
+    except LifecycleError as exc:  # a ReportError is one too
         fail(str(exc))
     if done.files is None:  # a company whose base currency is not counted: said, not failed
         click.echo(done.note)

@@ -264,7 +264,7 @@ def fernet_key() -> str:
     return key
 
 
-# Notices (sage_sync.lifecycle.notices): where a refused grant, a failed run or a late first sync is
+# Notices (sage_sync.orchestration.notices): where a refused grant, a failed run or a late first sync is
 # reported. Each channel is on only when configured; with neither, no notice is built or sent.
 NOTIFY_WEBHOOK_ENV = "SAGE_NOTIFY_WEBHOOK_URL"
 NOTIFY_EMAIL_TO_ENV = "SAGE_NOTIFY_EMAIL_TO"

@@ -1,1 +1,1 @@
-"""The use cases the CLI and the Connect pages share, and the one Airflow adapter (``airflow_api``)."""
+"""The use cases the CLI and the Connect pages share: connect, disconnect, reconnect, move Synced From, reset."""

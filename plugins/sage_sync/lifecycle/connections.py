@@ -6,8 +6,8 @@ reading them side by side is how one checks that they agree.
 The CLI (``python -m sage_sync ...``) and the Connect pages (``sage_sync.web``) both call these
 functions, so the two paths behave the same. Every function checks its input first and raises
 :class:`LifecycleError` (a one-line, user-facing refusal) before changing anything; only then does
-it act. Airflow is reached only through ``lifecycle.airflow_api``; Sage's authorisation is
-``lifecycle.authorisation``'s; the status report is ``lifecycle.status``'s.
+it act. Airflow is reached only through ``orchestration.airflow_api``; Sage's authorisation is
+``lifecycle.authorisation``'s; the status report is ``reporting.status``'s.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import TypeVar
 
@@ -23,7 +24,6 @@ from psycopg import sql
 
 from sage_sync.core.config import SageSettings
 from sage_sync.core.errors import (
-    AirflowUnavailable,
     CompanySkipped,
     CryptoError,
     GrantReplaced,
@@ -36,7 +36,7 @@ from sage_sync.core.errors import (
 from sage_sync.core.ids import check_company_id
 from sage_sync.core.quarters import Quarter
 from sage_sync.core.status import NOT_CONNECTED, CompanyStatus
-from sage_sync.lifecycle import airflow_api, authorisation
+from sage_sync.lifecycle import authorisation
 from sage_sync.lifecycle.authorisation import Authorisation, business_name, exchange, revoke_grant
 from sage_sync.lifecycle.inputs import (
     dsn_or_refuse,
@@ -46,8 +46,9 @@ from sage_sync.lifecycle.inputs import (
     validate_earlier_quarter,
     warehouse,
 )
+from sage_sync.orchestration import airflow_api
+from sage_sync.orchestration.airflow_api import BACKFILL_DAG_ID, dag_id_for
 from sage_sync.pipeline import sync
-from sage_sync.pipeline.sync import backfill_window
 from sage_sync.sage.auth import OAuthClient
 from sage_sync.sage.tokens import TokenSet
 from sage_sync.warehouse import registry, runs, watermarks
@@ -57,44 +58,6 @@ from sage_sync.warehouse.token_store import PostgresTokenStore, read_recovery_re
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
-
-BACKFILL_DAG_ID = airflow_api.BACKFILL_DAG_ID
-dag_id_for = airflow_api.dag_id_for
-
-# The names the CLI and the Connect pages use from here, whichever module defines them.
-__all__ = [
-    "BACKFILL_DAG_ID",
-    "Authorisation",
-    "Disconnected",
-    "LifecycleError",
-    "authorise_backfill",
-    "backfill_conf",
-    "backfill_window",
-    "business_name",
-    "check_can_trigger",
-    "close_reset_run",
-    "connect",
-    "connect_company",
-    "dag_id_for",
-    "disconnect",
-    "exchange",
-    "migrate_warehouse",
-    "parse_quarter",
-    "prepare_backfill",
-    "reconnect",
-    "register",
-    "register_held",
-    "require_known",
-    "reset",
-    "restore_tokens",
-    "run_backfill_here",
-    "run_reset_sync",
-    "start_backfill",
-    "start_catch_up",
-    "sync_now",
-    "trigger_full_sync",
-]
-
 
 # -- connect ----------------------------------------------------------------------------------------
 
@@ -383,6 +346,12 @@ def prepare_backfill(company_id: str, quarter_text: str, *, dsn: str | None = No
     return company, validate_earlier_quarter(company, quarter_text)
 
 
+def backfill_dates(company: registry.Company, quarter: Quarter) -> tuple[date, date]:
+    """The document dates a move of ``company``'s Synced From to ``quarter`` imports, shown before
+    the user confirms (the window itself is the pipeline's rule, ``sync.backfill_window``)."""
+    return sync.backfill_window(company, quarter)
+
+
 def authorise_backfill(
     company_id: str,
     quarter_text: str,
@@ -508,15 +477,6 @@ def migrate_warehouse(*, dsn: str | None = None) -> list[str]:
             raise LifecycleError(str(exc)) from None
 
 
-def connect_company(company_id: str, name: str, quarter: Quarter, tokens: TokenSet) -> registry.Company:
-    """Register (or re-register) the company and store its first tokens (tests, the demo, benchmarks)."""
-    with warehouse() as conn:
-        company = registry.register_company(conn, company_id, name, quarter)
-        conn.commit()
-    PostgresTokenStore(dsn_or_refuse()).replace(company_id, tokens)
-    return company
-
-
 def start_backfill(company_id: str, quarter: Quarter, caller: airflow_api.Caller | None = None) -> str:
     """Trigger the ``sage_backfill`` DAG for the move; raises :class:`AirflowUnavailable`."""
     return airflow_api.trigger(BACKFILL_DAG_ID, backfill_conf(company_id, quarter), caller)
@@ -556,4 +516,3 @@ def sync_now(company_id: str) -> str:
 
 # Failures of the in-process runs above that the CLI reports in one line (the rest are bugs).
 RUN_FAILURES: tuple[type[Exception], ...] = (RunInProgress, RunFenced, CompanySkipped, SageError)
-__all__ += ["RUN_FAILURES", "AirflowUnavailable", "registered"]

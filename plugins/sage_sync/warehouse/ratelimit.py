@@ -34,6 +34,7 @@ from pathlib import Path
 import psycopg
 
 from sage_sync.core.errors import RateLimitTimeout
+from sage_sync.core.pools import SAGE_API
 from sage_sync.warehouse import db
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ class PostgresRateLimiter:
     def __init__(
         self,
         dsn: str,
-        name: str = "sage_api",
+        name: str = SAGE_API.name,
         *,
         rate: float = DEFAULT_RATE,
         burst: float = DEFAULT_BURST,
@@ -216,7 +217,7 @@ def shared_limiter(
     dsn: str,
     rate: float = DEFAULT_RATE,
     *,
-    name: str = "sage_api",
+    name: str = SAGE_API.name,
     burst: float = DEFAULT_BURST,
     sleep: Callable[[float], None] = time.sleep,
 ) -> PostgresRateLimiter:

@@ -6,6 +6,9 @@ UI login sets, or an ``Authorization: Bearer`` header) with the api-server's aut
 :func:`current_user` is a dependency of the whole app (``FastAPI(dependencies=...)``), so a new
 route is closed by default; routes that change things also take :data:`Editor` (permission to
 edit DAGs), and every form carries a CSRF token bound to a cookie.
+
+Airflow's auth manager and configuration, and Airflow's names, are imported inside the functions:
+they are the api-server's, and Airflow loads this module with the plugins in every process.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def jwt(request: Request) -> str | None:
     """The caller's Airflow JWT: the bearer header, else the cookie the UI's login sets."""
-    from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN  # noqa: PLC0415
+    from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
 
     header = request.headers.get("authorization", "")
     return header[7:].strip() if header.lower().startswith("bearer ") else request.cookies.get(COOKIE_NAME_JWT_TOKEN)
@@ -34,18 +37,18 @@ def jwt(request: Request) -> str | None:
 def caller(request: Request) -> Any:
     """Who asks Airflow for a pause or a run: the signed-in user (their JWT).
 
-    Not where: the api-server's address is configuration (``lifecycle.airflow_api.api_url``).
+    Not where: the api-server's address is configuration (``orchestration.airflow_api.api_url``).
     Anything taken from the request (``Host``, ``X-Forwarded-*``) is the caller's to forge, and
     the user's token would follow it to whatever host:port it names.
     """
-    from sage_sync.lifecycle.airflow_api import Caller  # noqa: PLC0415
+    from sage_sync.orchestration.airflow_api import Caller
 
     return Caller(token=jwt(request))
 
 
 async def current_user(request: Request) -> Any:
     """The Airflow user of this request (JWT from the bearer header or the UI's cookie)."""
-    from airflow.api_fastapi.app import get_auth_manager  # noqa: PLC0415
+    from airflow.api_fastapi.app import get_auth_manager
 
     token = jwt(request)
     if token:
@@ -65,7 +68,7 @@ async def edit_rights(user: CurrentUser) -> bool:
     Asked of the api-server's auth manager, the same check Airflow makes before a user may pause
     or trigger a DAG, so the pages follow whatever roles the deployment's auth manager defines.
     """
-    from airflow.api_fastapi.app import get_auth_manager  # noqa: PLC0415
+    from airflow.api_fastapi.app import get_auth_manager
 
     return bool(get_auth_manager().is_authorized_dag(method="PUT", user=user))
 
@@ -91,7 +94,7 @@ def is_https(request: Request) -> bool:
     """Whether the browser reaches the pages over HTTPS (their cookies are then ``Secure``): the
     request's scheme (behind a TLS proxy, the api-server sees ``https`` only with
     ``--proxy-headers``), or Airflow's public ``[api] base_url``."""
-    from airflow.configuration import conf  # noqa: PLC0415 - the pages run inside the api-server
+    from airflow.configuration import conf
 
     return request.url.scheme == "https" or conf.get("api", "base_url", fallback="").startswith("https://")
 

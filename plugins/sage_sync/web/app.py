@@ -19,6 +19,10 @@ cookie: a link (``GET /authorize?purpose=backfill``) starts nothing. The one GET
 ``/callback``, is Sage's redirect and acts only for the browser holding the sealed flow whose
 ``state`` it carries. Every answer forbids framing by other sites, MIME sniffing and caching
 (:class:`SecurityHeaders`); banners are the app's own sentences, named by key (``pages.banner``).
+
+The use cases, the read side and Airflow's names are imported inside the routes: Airflow loads
+this module with the plugins in every one of its processes (scheduler, DAG processor, each task),
+which never serve a page and need not load what the pages call.
 """
 
 from __future__ import annotations
@@ -95,7 +99,7 @@ app.add_middleware(SecurityHeaders)
 
 @app.exception_handler(LoginRequired)
 async def _to_login(_: Request, exc: LoginRequired) -> Response:
-    from airflow.api_fastapi.app import get_auth_manager  # noqa: PLC0415
+    from airflow.api_fastapi.app import get_auth_manager
 
     return RedirectResponse(get_auth_manager().get_url_login(next_url=exc.next_url), status_code=303)
 
@@ -112,22 +116,22 @@ async def _refused(request: Request, exc: HTTPException) -> Response:
 @app.get("/", response_class=HTMLResponse)
 def index(request: Request, can_edit: EditRights) -> HTMLResponse:
     """The dashboard: every company by status, what needs a person first."""
-    from sage_sync.lifecycle import dashboard  # noqa: PLC0415
+    from sage_sync.reporting import dashboard, status
 
     try:
         items = dashboard.overview(caller(request))
     except LifecycleError as exc:
         return error_page(request, exc.message, 503)
-    sections = [(state, [i for i in items if i["status"] == state]) for state in dashboard.DISPLAY_ORDER]
+    sections = [(state, [i for i in items if i["status"] == state]) for state in status.DISPLAY_ORDER]
     sections = [(state, found) for state, found in sections if found]
-    counts = {state: sum(1 for i in items if i["status"] == state) for state in dashboard.DISPLAY_ORDER}
+    counts = {state: sum(1 for i in items if i["status"] == state) for state in status.DISPLAY_ORDER}
     return render(
         request,
         "index.html",
         title="Sage connections",
         sections=sections,
         counts=counts,
-        order=dashboard.DISPLAY_ORDER,
+        order=status.DISPLAY_ORDER,
         can_edit=can_edit,
         next_run_known=all(i["next_run_known"] for i in items),
     )
@@ -136,7 +140,7 @@ def index(request: Request, can_edit: EditRights) -> HTMLResponse:
 @app.get("/icon.svg")
 def icon() -> Response:
     """The menu entry's icon in Airflow's navigation."""
-    from sage_sync.web.pages import TEMPLATES  # noqa: PLC0415
+    from sage_sync.web.pages import TEMPLATES
 
     return Response(
         (TEMPLATES / "icon.svg").read_bytes(), media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"}
@@ -146,7 +150,7 @@ def icon() -> Response:
 @app.get("/company/{company_id}", response_class=HTMLResponse)
 def company(request: Request, company_id: str, can_edit: EditRights) -> HTMLResponse:
     """One company: its state, streams, run history, sync health and exceptions."""
-    from sage_sync.lifecycle import dashboard  # noqa: PLC0415
+    from sage_sync.reporting import dashboard
 
     try:
         found = dashboard.company_page(company_id, caller(request))
@@ -169,8 +173,8 @@ def authorize(
     A POST with the CSRF token: a backfill starts from here once Sage consents, so a link (a GET
     from another site, an e-mail) must not skip the warning and confirmation page before it.
     """
-    from sage_sync.lifecycle import authorisation  # noqa: PLC0415
-    from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
+    from sage_sync.lifecycle import authorisation
+    from sage_sync.lifecycle import connections as lifecycle
 
     _check_csrf(request, csrf)
     if purpose not in ("connect", "reconnect", "backfill"):
@@ -198,8 +202,9 @@ def callback(
     error: str = "",
 ) -> Response:
     """Sage's redirect: check the state, exchange the code, then act on the flow's purpose."""
-    from sage_sync.lifecycle import authorisation  # noqa: PLC0415
-    from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
+    from sage_sync.lifecycle import authorisation
+    from sage_sync.lifecycle import connections as lifecycle
+    from sage_sync.orchestration import airflow_api
 
     try:
         flow = authorisation.open_flow(request.cookies.get(OAUTH_COOKIE, ""), state)
@@ -215,20 +220,20 @@ def callback(
             lifecycle.reconnect(company_id, code, flow["verifier"], caller=caller(request))
             # The catch-up now, not at midnight; if Airflow does not take it, the daily run will.
             started = _started(
-                lifecycle.dag_id_for(company_id), lambda: lifecycle.start_catch_up(company_id, caller(request))
+                airflow_api.dag_id_for(company_id), lambda: lifecycle.start_catch_up(company_id, caller(request))
             )
             note = "catch_up_started" if started == "started" else "catch_up_not_started"
             response: Response = back(request, "reconnected", company_id, notes=(note,))
         elif purpose == "backfill":
             quarter = lifecycle.authorise_backfill(company_id, flow["synced_from"], code, flow["verifier"])
             started = _started(
-                lifecycle.BACKFILL_DAG_ID, lambda: lifecycle.start_backfill(company_id, quarter, caller(request))
+                airflow_api.BACKFILL_DAG_ID, lambda: lifecycle.start_backfill(company_id, quarter, caller(request))
             )
             response = back(
                 request, "backfill", company_id, notes=(started,), quarter=str(quarter), to=_company_path(company_id)
             )
         else:
-            auth = lifecycle.exchange(code, flow["verifier"])
+            auth = authorisation.exchange(code, flow["verifier"])
             pending = authorisation.hold(auth)
             replaced = request.cookies.get(PENDING_COOKIE)
             if replaced and replaced != pending:
@@ -244,12 +249,13 @@ def callback(
 @app.get("/choose", response_class=HTMLResponse)
 def choose(request: Request, user: Editor, pending: str) -> HTMLResponse:  # noqa: ARG001 - the editor check
     """Pick the business to connect and its first Synced From quarter (from the quarters allowed)."""
-    from sage_sync.lifecycle import authorisation, dashboard  # noqa: PLC0415
+    from sage_sync.lifecycle import authorisation, inputs
+    from sage_sync.reporting import dashboard
 
     found = authorisation.held(pending)
     if found is None:
         return error_page(request, "This authorisation expired or was already used: connect again")
-    quarters = [str(q) for q in dashboard.connect_quarters()]
+    quarters = [str(q) for q in inputs.connect_quarters()]
     connected = dashboard.registered_businesses([b["id"] for b in found.businesses])
     businesses = [
         {"id": b["id"], "name": authorisation.business_name(b), "connected": connected.get(b["id"])}
@@ -279,11 +285,12 @@ def register_business(
     csrf: str = Form(""),
 ) -> Response:
     """Register the chosen business; its daily DAG appears at the next parse."""
-    from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
+    from sage_sync.lifecycle import connections as lifecycle
+    from sage_sync.lifecycle import inputs
 
     _check_csrf(request, csrf)
     try:
-        quarter = lifecycle.parse_quarter(synced_from)
+        quarter = inputs.parse_quarter(synced_from)
         existing = lifecycle.registered(business_id)
         # Takes the held grant atomically: a double click or a second tab cannot register it twice.
         registered = lifecycle.register_held(pending, business_id, quarter, caller=caller(request))
@@ -301,7 +308,7 @@ def _kept_synced_from(request: Request, existing: Any, chosen: Any) -> RedirectR
     """A business that was connected already is re-authorised and keeps its Synced From: a login
     never moves it. When the quarter chosen is earlier, the page says so and offers the move
     (a backfill, with its warning and confirmation); otherwise the dashboard says it was kept."""
-    from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
+    from sage_sync.lifecycle import connections as lifecycle
 
     company_id, quarter = existing.company_id, str(chosen)
     if chosen < existing.synced_from:
@@ -320,7 +327,7 @@ def _kept_synced_from(request: Request, existing: Any, chosen: Any) -> RedirectR
 @app.get("/disconnect", response_class=HTMLResponse)
 def disconnect_form(request: Request, user: Editor, company_id: str) -> HTMLResponse:  # noqa: ARG001 - the editor check
     """Say what a disconnect does (it revokes the grant at Sage) and ask for confirmation."""
-    from sage_sync.lifecycle import dashboard  # noqa: PLC0415
+    from sage_sync.reporting import dashboard
 
     try:
         known, name = dashboard.named_company(company_id)
@@ -338,7 +345,7 @@ def disconnect(
     csrf: str = Form(""),
 ) -> Response:
     """Disconnect: no more imports, grant revoked, DAG paused, data kept (after its confirmation page)."""
-    from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
+    from sage_sync.lifecycle import connections as lifecycle
 
     _check_csrf(request, csrf)
     if confirm != "yes":
@@ -367,8 +374,9 @@ def synced_from_form(
     synced_from: str = "",
 ) -> HTMLResponse:
     """Offer the earlier quarters allowed; once one is picked, warn and ask for confirmation."""
-    from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
-    from sage_sync.lifecycle import dashboard  # noqa: PLC0415
+    from sage_sync.lifecycle import connections as lifecycle
+    from sage_sync.lifecycle import inputs
+    from sage_sync.reporting import dashboard
 
     back_to = f"/company/{quote(company_id, safe='')}"
     try:
@@ -378,7 +386,7 @@ def synced_from_form(
     except LifecycleError as exc:
         return error_page(request, exc.message, back_to=back_to)
     if synced_from:
-        start, end = lifecycle.backfill_window(known, quarter)
+        start, end = lifecycle.backfill_dates(known, quarter)
         return render(
             request,
             "synced_from_confirm.html",
@@ -389,7 +397,7 @@ def synced_from_form(
             start=start,
             end=end,
         )
-    quarters = [str(q) for q in dashboard.backfill_quarters(known)]
+    quarters = [str(q) for q in inputs.backfill_quarters(known)]
     return render(
         request, "synced_from.html", title="Move Synced From earlier", company=known, name=name, quarters=quarters
     )
@@ -398,7 +406,7 @@ def synced_from_form(
 @app.get("/reset", response_class=HTMLResponse)
 def reset_form(request: Request, user: Editor, company_id: str) -> HTMLResponse:  # noqa: ARG001 - the editor check
     """Explain the reset and ask for explicit confirmation."""
-    from sage_sync.lifecycle import dashboard  # noqa: PLC0415
+    from sage_sync.reporting import dashboard
 
     try:
         known, name = dashboard.named_company(company_id)
@@ -416,7 +424,8 @@ def reset(
     csrf: str = Form(""),
 ) -> Response:
     """Wipe, then trigger the company's DAG for the full sync."""
-    from sage_sync.lifecycle import connections as lifecycle  # noqa: PLC0415
+    from sage_sync.lifecycle import connections as lifecycle
+    from sage_sync.orchestration import airflow_api
 
     _check_csrf(request, csrf)
     back_to = f"/company/{quote(company_id, safe='')}"
@@ -433,7 +442,7 @@ def reset(
         return error_page(request, exc.message, back_to=back_to)
     lifecycle.close_reset_run(run_id)
     started = _started(
-        lifecycle.dag_id_for(company_id), lambda: lifecycle.trigger_full_sync(company_id, caller(request))
+        airflow_api.dag_id_for(company_id), lambda: lifecycle.trigger_full_sync(company_id, caller(request))
     )
     return back(request, "reset", company_id, notes=(started,), to=back_to)
 
@@ -444,7 +453,7 @@ def reset(
 def _started(dag_id: str, start: Any) -> str:
     """The banner's note on ``start()`` (a lifecycle trigger): ``started``, or ``not_started`` with
     the reason in the server log only (the action itself is done either way)."""
-    from sage_sync.core.errors import AirflowUnavailable  # noqa: PLC0415
+    from sage_sync.core.errors import AirflowUnavailable
 
     try:
         log.info("started %s", start())

@@ -9,6 +9,9 @@ The banner after an action is one of :data:`MESSAGES` with :data:`NOTES`, named 
 redirect (``?msg=disconnected&company_id=...&note=revoked``) and filled from the warehouse (the
 company's name): never text from the URL, which anyone can put in a link and which the page
 would show as its own words. Cookies are ``Secure`` when the pages are served over HTTPS.
+
+The read side and Airflow's names are imported inside the functions that use them, as in
+``web.app``: Airflow loads the pages with the plugins in processes that never render one.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def _when(value: datetime | str | None) -> str:
 
 
 def _duration(seconds: int | None) -> str:
-    from sage_sync.lifecycle.status import format_duration  # noqa: PLC0415
+    from sage_sync.reporting.status import format_duration
 
     return format_duration(seconds)
 
@@ -72,7 +75,7 @@ def _number(value: int | None) -> str:
 
 
 def _status(status: str) -> str:
-    from sage_sync.lifecycle.status import status_label  # noqa: PLC0415
+    from sage_sync.reporting.status import status_label
 
     return status_label(status)
 
@@ -159,9 +162,9 @@ _RUNS = {"backfill": "the backfill run", "reset": "full sync"}
 
 def banner(request: Request) -> str | None:
     """The banner ``?msg=`` names, from :data:`MESSAGES` and :data:`NOTES` only; None for anything else."""
-    from sage_sync.core.errors import LifecycleError  # noqa: PLC0415
-    from sage_sync.lifecycle import dashboard  # noqa: PLC0415
-    from sage_sync.lifecycle.airflow_api import dag_id_for  # noqa: PLC0415
+    from sage_sync.core.errors import LifecycleError
+    from sage_sync.orchestration.airflow_api import dag_id_for
+    from sage_sync.reporting import dashboard
 
     key = request.query_params.get("msg", "")
     if key not in MESSAGES:

@@ -16,7 +16,9 @@ import gc
 
 from airflow.sdk.plugins_manager import integrate_macros_plugins
 
-import sage_sync.lifecycle.airflow_api
+import sage_sync.orchestration.airflow_api
+import sage_sync.orchestration.companies
+import sage_sync.orchestration.tasks
 import sage_sync.pipeline.sync
 import sage_sync.sage.streams
 import sage_sync.warehouse.snapshot  # noqa: F401 - imported for the forked task processes

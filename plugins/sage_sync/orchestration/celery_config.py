@@ -14,5 +14,5 @@ from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CON
 
 CELERY_CONFIG: dict[str, Any] = {
     **DEFAULT_CELERY_CONFIG,
-    "imports": (*DEFAULT_CELERY_CONFIG.get("imports", ()), "sage_sync.lifecycle.worker_preload"),
+    "imports": (*DEFAULT_CELERY_CONFIG.get("imports", ()), "sage_sync.orchestration.worker_preload"),
 }

@@ -12,10 +12,14 @@ text starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return would 
 when the CSV or the workbook opens in a spreadsheet. Every writer passes its text through
 :func:`inert`, which prefixes such text with ``'`` (OWASP's advice for CSV injection); numbers,
 negative ones included, are written as numbers.
+
+pandas and matplotlib are imported inside the writers, only when a report is written: the CLI
+and the pages import this module for its queries, and loading those two costs seconds.
 """
 
 from __future__ import annotations
 
+import csv
 import re
 from dataclasses import dataclass
 from decimal import Decimal
@@ -28,6 +32,7 @@ from psycopg import sql
 
 from sage_sync.core.errors import ReportError
 from sage_sync.core.quarters import Quarter
+from sage_sync.lifecycle.inputs import warehouse
 
 MARTS = "analytics"
 CATEGORY_COLUMNS = [
@@ -199,7 +204,7 @@ def latest_quarters(conn: psycopg.Connection, quarters: int = 4) -> dict[str, li
 
 
 def _frame(rows: list[dict[str, Any]], columns: list[str]) -> Any:
-    import pandas as pd  # noqa: PLC0415  (heavy: only when a report is written)
+    import pandas as pd
 
     frame = pd.DataFrame([{c: shown(c, row[c]) for c in columns} for row in rows], columns=columns)
     # the marts' numerics arrive as Decimal (exact in the CSVs); Excel and the chart take floats
@@ -261,7 +266,7 @@ def write_report(
     _write_csv(files.coverage_csv, coverage, COVERAGE_COLUMNS)
     category_frame = _frame(categories, CATEGORY_COLUMNS)
     coverage_frame = _frame(coverage, COVERAGE_COLUMNS)
-    import pandas as pd  # noqa: PLC0415
+    import pandas as pd
 
     with pd.ExcelWriter(files.workbook, engine="openpyxl") as writer:
         category_frame.to_excel(writer, sheet_name="by category and quarter", index=False)
@@ -283,8 +288,6 @@ def write_report(
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    import csv  # noqa: PLC0415
-
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
@@ -293,11 +296,11 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> No
 
 
 def _write_chart(path: Path, categories: Any, coverage: Any, company_name: str) -> None:
-    import matplotlib  # noqa: PLC0415
-    import pandas as pd  # noqa: PLC0415
+    import matplotlib
+    import pandas as pd
 
     matplotlib.use("Agg")  # no display on a server
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     pivot = categories.pivot_table(
         index="quarter", columns="category", values="kgco2e", aggfunc="sum", fill_value=0
@@ -360,8 +363,6 @@ def company_report(
 
     A company whose base currency is not GBP gets no files and the note that says why.
     """
-    from sage_sync.lifecycle.inputs import warehouse  # noqa: PLC0415
-
     with warehouse(dsn) as conn:
         company_id, company_name = resolve_company(conn, company)
         note = not_counted(conn, company_id)

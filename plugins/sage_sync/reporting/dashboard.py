@@ -21,20 +21,18 @@ from typing import Any
 
 from sage_sync.core.errors import AirflowUnavailable, LifecycleError
 from sage_sync.core.status import CompanyStatus
-from sage_sync.lifecycle import airflow_api
-from sage_sync.lifecycle.inputs import backfill_quarters, connect_quarters, require_company, warehouse
-from sage_sync.lifecycle.report import latest_quarters
-from sage_sync.lifecycle.status import (
-    DISPLAY_ORDER,
+from sage_sync.lifecycle.inputs import backfill_quarters, require_company, warehouse
+from sage_sync.orchestration import airflow_api
+from sage_sync.pipeline.env import airflow_run_of
+from sage_sync.reporting.report import latest_quarters
+from sage_sync.reporting.status import (
     company_statuses,
     currency_note,
     describe_state,
     format_duration,
     run_label,
-    status_label,
     stream_state,
 )
-from sage_sync.pipeline.env import airflow_run_of
 from sage_sync.sage.streams import STREAMS
 from sage_sync.warehouse import reports, stream_states
 
@@ -42,21 +40,6 @@ log = logging.getLogger(__name__)
 
 HISTORY_LENGTH = 10
 EXCEPTIONS_SHOWN = 50
-
-__all__ = [
-    "DISPLAY_ORDER",
-    "HISTORY_LENGTH",
-    "backfill_quarters",
-    "company_page",
-    "connect_quarters",
-    "display_name",
-    "format_duration",
-    "overview",
-    "problem",
-    "progress",
-    "registered_businesses",
-    "status_label",
-]
 
 
 def display_name(company_id: str, registered: str | None, sage_name: str | None) -> str:
@@ -76,7 +59,7 @@ def progress(
 ) -> dict[str, Any]:
     """Per-stream progress of a run from its ``stats`` and its streams' states, and totals that add up.
 
-    ``streams``: every registered stream with its state (:func:`~sage_sync.lifecycle.status.stream_state`:
+    ``streams``: every registered stream with its state (:func:`~sage_sync.reporting.status.stream_state`:
     waiting, reading, retrying, failed, done), pages, records read, Sage's ``$total`` (None when
     it reported none) and its share done. ``records_done``/``total`` sum only the streams with a
     ``$total`` (each stream's records capped at its own total: a repeated pass re-reads

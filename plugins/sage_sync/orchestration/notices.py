@@ -10,7 +10,7 @@ Each notice names the company (name and id), says what happened (with Sage's or 
 reason) and what to do (the page and the exact CLI command). It is built from our own words and
 from error texts passed through :func:`redact`, never from a token or a secret.
 
-**Once per incident.** The Airflow callbacks (``lifecycle.notifier``) call :func:`check_company`
+**Once per incident.** The Airflow callbacks (``orchestration.notifier``, the only caller) call :func:`check_company`
 after a task's final failure (not on a retry) and after each run; every failed task of a run, and
 the run's own callback, arrive at the same open incident row (``warehouse.notices``), so only the
 first sends. An incident is closed when its condition is gone (re-authorised, a successful run,
@@ -35,7 +35,7 @@ import smtplib
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 
 import psycopg
@@ -44,8 +44,7 @@ import requests
 from sage_sync.core.config import NotifySettings, notify_settings, sage_settings, warehouse_dsn
 from sage_sync.core.errors import ConfigError
 from sage_sync.core.status import CompanyStatus
-from sage_sync.lifecycle import airflow_api
-from sage_sync.lifecycle.status import INITIAL_SYNC_OVERDUE
+from sage_sync.orchestration import airflow_api
 from sage_sync.warehouse import db, registry
 from sage_sync.warehouse import notices as store
 from sage_sync.warehouse.token_store import PostgresTokenStore
@@ -55,6 +54,9 @@ log = logging.getLogger(__name__)
 SEND_TIMEOUT_S = 10  # per channel: a callback must not hang on a dead mail server or webhook
 REASON_LIMIT = 600  # characters of an error text a notice quotes
 PREFIX = "[Sage sync]"
+# A company's first sync is overdue (a notice here, a flag on the status report) when it has not
+# completed this long after it started.
+INITIAL_SYNC_OVERDUE = timedelta(hours=24)
 
 # Token-shaped text, whatever produced it. Sage's own ids (32 lowercase hex) and uuids do not match
 # the last pattern, which asks for upper and lower case letters and digits in one long run.

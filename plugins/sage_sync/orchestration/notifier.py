@@ -4,8 +4,9 @@ Airflow calls a task's ``on_failure_callback`` once, after the task's last try (
 retried calls ``on_retry_callback`` instead), in the task's process with the exception at hand; a
 DAG's ``on_failure_callback`` / ``on_success_callback`` once per finished run (in the DAG
 processor; in-process under ``airflow dags test``). Both arrive here and go on to
-:mod:`sage_sync.lifecycle.notices`, which decides whether anything is new. The DAG files import
-this module at parse time: it imports nothing of ours until a callback runs.
+:mod:`sage_sync.orchestration.notices`, which decides whether anything is new. The DAG files import
+this module at parse time, so it imports ``notices`` (mail, webhooks, the warehouse) only when a
+callback runs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from airflow.sdk import BaseNotifier
 
-from sage_sync.lifecycle.airflow_api import BACKFILL_DAG_ID, DAG_ID_PREFIX
+from sage_sync.orchestration.airflow_api import BACKFILL_DAG_ID, DAG_ID_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class SageNotifier(BaseNotifier):
             log.exception("notices: the %s check failed", self.event)
 
     def _notify(self, context: Any) -> None:
-        from sage_sync.lifecycle import notices  # noqa: PLC0415 - keep DAG parsing light
+        from sage_sync.orchestration import notices  # noqa: PLC0415 - see the module docstring
 
         if self.event == "check_all":
             notices.check_all()

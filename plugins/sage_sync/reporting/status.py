@@ -10,7 +10,7 @@ GBP, whose spend is not counted.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -18,12 +18,11 @@ from psycopg.rows import dict_row
 
 from sage_sync.core.status import CompanyStatus
 from sage_sync.lifecycle.inputs import warehouse
+from sage_sync.orchestration.notices import INITIAL_SYNC_OVERDUE
 from sage_sync.sage.streams import STREAMS
 from sage_sync.warehouse import stream_states
 from sage_sync.warehouse.reports import BASE_CURRENCY_SQL, RUN_FLAGS_SQL
 
-# The first sync of a company is flagged when it has not completed after this long.
-INITIAL_SYNC_OVERDUE = timedelta(hours=24)
 # The order the Connect page lists the statuses in: what needs a human first.
 DISPLAY_ORDER = [
     CompanyStatus.NEEDS_REAUTH,

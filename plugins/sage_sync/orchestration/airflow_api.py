@@ -1,7 +1,11 @@
-"""The one place this package talks to Airflow: DAG ids, the ``sage_raw`` Asset, the pool, pause, trigger.
+"""Airflow's names and its REST API: DAG and task ids, the ``sage_raw`` Asset's name, UI paths, pause, trigger.
 
-The DAG files, the use cases (``lifecycle.connections``), the CLI and the Connect pages all take
-their Airflow names from here, and nothing else pauses or triggers a DAG.
+The DAG files, the use cases (``lifecycle.connections``), the read side (``reporting``), the CLI
+and the Connect pages all take their Airflow names from here, and nothing else pauses or triggers
+a DAG. It imports no Airflow: the CLI and the pages use it on machines that only reach the
+api-server. What only a DAG needs (the Asset object, the default arguments) is
+``orchestration.defaults``'; the task wrappers are ``orchestration.tasks``'; the pool is declared
+in ``core.pools``.
 
 **How.** Through Airflow 3's public REST API (``/api/v2``: ``PATCH /dags/{id}`` for the pause flag,
 ``POST /dags/{id}/dagRuns`` for a run), the interface Airflow 3 supports for programs outside a
@@ -30,9 +34,6 @@ a disconnected company's runs skip whatever the pause flag says, and a lifecycle
 warehouse change is already committed must not fail because Airflow is elsewhere. A trigger is
 reported to the caller, who offers the in-process path instead (``set-synced-from --here``, or
 the daily run that picks a reset company up).
-
-Only constants live at module level, so a DAG file importing this parses fast; the Asset is
-built on first use.
 """
 
 from __future__ import annotations
@@ -40,27 +41,21 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache, wraps
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
 
-from sage_sync.core.errors import AirflowUnavailable, CompanySkipped, ReauthorizationRequired, RunFenced
-
-if TYPE_CHECKING:
-    from airflow.sdk import Asset
+from sage_sync.core.errors import AirflowUnavailable
+from sage_sync.sage.streams import DOCUMENT_STREAMS, STREAMS
 
 log = logging.getLogger(__name__)
 
 DAG_ID_PREFIX = "sage_sync__"
 BACKFILL_DAG_ID = "sage_backfill"
 TRANSFORM_DAG_ID = "sage_transform"
-# Every Sage-calling task of every company takes a slot of this pool (created by `make airflow-db`).
-POOL = "sage_api"
 SAGE_RAW_ASSET_NAME = "sage_raw"
 SAGE_RAW_ASSET_URI = "x-sage://warehouse/sage_raw"
 
@@ -77,72 +72,6 @@ class Caller:
 def dag_id_for(company_id: str) -> str:
     """The daily DAG of a company."""
     return f"{DAG_ID_PREFIX}{company_id}"
-
-
-@lru_cache(maxsize=1)
-def sage_raw_asset() -> Asset:
-    """The Asset every load emits and ``sage_transform`` is scheduled on."""
-    from airflow.sdk import Asset  # noqa: PLC0415 - only DAG files need it; keep the CLI's import light
-
-    return Asset(name=SAGE_RAW_ASSET_NAME, uri=SAGE_RAW_ASSET_URI)
-
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def skips_disconnected(func: _F) -> _F:
-    """A task body's outcomes that are not "retry later", translated for Airflow.
-
-    - :class:`CompanySkipped` (the company was disconnected) skips the task, with the reason.
-    - :class:`ReauthorizationRequired` (Sage refused the grant; the pipeline has already marked
-      the company ``needs_reauth`` and closed the run) fails the task at once, without retries
-      (only a person can fix it), as one line: ``from None`` drops the client's frames from the
-      task log's traceback.
-    - :class:`RunFenced` (the task's run is no longer the company's live run: closed, or the
-      company reset since) fails the task at once, without retries, as one line; a run a
-      disconnect skipped skips the task instead, with the reason.
-    - Anything else (5xx, timeouts, a run in progress) propagates, and the task's retries apply.
-
-    Put it under ``@task``: the signature is kept (``functools.wraps``), so TaskFlow still sees the
-    task's own arguments and ``**context``.
-    """
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException  # noqa: PLC0415
-
-        try:
-            return func(*args, **kwargs)
-        except CompanySkipped as skipped:
-            raise AirflowSkipException(str(skipped)) from skipped
-        except RunFenced as fenced:
-            if fenced.run_status == "skipped":
-                raise AirflowSkipException(str(fenced)) from None
-            log.error("%s", fenced)
-            raise AirflowFailException(str(fenced)) from None
-        except ReauthorizationRequired as refused:
-            log.error("%s", refused)
-            raise AirflowFailException(str(refused)) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def fails_fast_on_refused_grant(func: _F) -> _F:
-    """Only the fail-fast half of :func:`skips_disconnected`, a refused grant or a fenced run (the
-    backfill DAG's tasks, where a skip would leave the run open and a disconnected company fails
-    ``validate`` instead)."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from airflow.sdk.exceptions import AirflowFailException  # noqa: PLC0415 - only inside a task
-
-        try:
-            return func(*args, **kwargs)
-        except (ReauthorizationRequired, RunFenced) as refused:
-            log.error("%s", refused)
-            raise AirflowFailException(str(refused)) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def api_url() -> str:
@@ -276,125 +205,25 @@ def stream_task(kind: str, stream: str) -> tuple[str, int | None] | None:
     Daily, manual and reset runs under Airflow read every stream in the mapped ``extract_load``;
     a backfill reads only the document streams, each in its own task.
     """
-    from sage_sync.sage.streams import DOCUMENT_STREAMS, STREAMS  # noqa: PLC0415
-
     if kind == "backfill":
-        names = {s.name for s in DOCUMENT_STREAMS}
-        return (f"{BACKFILL_TASK_PREFIX}{stream}", None) if stream in names else None
-    if stream not in STREAMS:
-        return None
-    return LOG_TASK_DAILY, list(STREAMS).index(stream)
+        return (f"{BACKFILL_TASK_PREFIX}{stream}", None) if stream in backfill_streams() else None
+    daily = daily_streams()
+    return (LOG_TASK_DAILY, daily.index(stream)) if stream in daily else None
+
+
+def daily_streams() -> list[str]:
+    """The streams the daily DAG's ``extract_load`` maps over, in map-index order: every stream."""
+    return list(STREAMS)
+
+
+def backfill_streams() -> list[str]:
+    """The streams a backfill reads, one ``backfill_<stream>`` task each: the document streams."""
+    return [s.name for s in DOCUMENT_STREAMS]
 
 
 def log_task(kind: str) -> str:
     """The task of a run of ``kind`` whose log the history links to."""
     return LOG_TASK_BACKFILL if kind == "backfill" else LOG_TASK_DAILY
-
-
-# -- each stream's state, written by its own task ---------------------------------------------------
-
-
-def describe_failure(exc: BaseException) -> str:
-    """What went wrong in words a page may show: Sage's status, or our own one-line message.
-
-    Errors of ours carry only Sage's codes, paths and our sentences (never a token); anything
-    else (a bug, a driver error) is named by its type only, and its text stays in the task log.
-    """
-    from sage_sync.core.errors import LifecycleError, RunInProgress, SageError  # noqa: PLC0415
-
-    status = getattr(exc, "status", None)
-    if isinstance(exc, SageError) and isinstance(status, int):
-        return f"Sage answered {status}"
-    if isinstance(exc, (SageError, LifecycleError, RunInProgress)):
-        return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-    return f"{type(exc).__name__} (see the task log)"
-
-
-def next_try_at(ti: Any, failed_at: datetime) -> datetime | None:
-    """When Airflow starts the next try of the task instance ``ti`` failing at ``failed_at``;
-    None when it has no try left.
-
-    Airflow's own rule (``TaskInstance.next_retry_datetime``: the retry delay, the backoff and
-    its per-instance spread) applied to the running instance's settings, so the page says the
-    time the scheduler will use, to within its loop.
-    """
-    if ti.try_number > ti.max_tries:
-        return None
-    from types import SimpleNamespace  # noqa: PLC0415
-
-    from airflow.models.taskinstance import TaskInstance  # noqa: PLC0415 - the rule, not the table
-
-    probe = SimpleNamespace(
-        retry_delay_override=None,
-        end_date=failed_at,
-        task=ti.task,
-        try_number=ti.try_number,
-        dag_id=ti.dag_id,
-        task_id=ti.task_id,
-        logical_date=getattr(ti, "logical_date", None),
-        log=log,
-    )
-    return TaskInstance.next_retry_datetime(probe)  # type: ignore[arg-type]
-
-
-def _retry_time(ti: Any) -> datetime | None:
-    try:
-        return next_try_at(ti, datetime.now(UTC))
-    except Exception as exc:  # noqa: BLE001 - an unknown time is shown as such, the retry still happens
-        log.warning("next try time of %s unknown: %s", ti.task_id, type(exc).__name__)
-        return None
-
-
-def _write_state(run_id: str, stream: str, state: str, **details: Any) -> None:
-    """Best effort: the state is for people to read, and a warehouse hiccup here must not fail the read."""
-    from sage_sync.warehouse import db, stream_states  # noqa: PLC0415
-
-    try:
-        with db.connect(app="sage_stream_state", autocommit=True) as conn:
-            stream_states.set_state(conn, run_id, stream, state, **details)
-    except Exception as exc:  # noqa: BLE001 - display only; the task's own outcome stands
-        log.warning("could not record %s of %s in run %s: %s", state, stream, run_id, type(exc).__name__)
-
-
-def records_stream_state(func: _F) -> _F:
-    """A stream task that says where it stands: ``reading`` when it starts, ``done`` when it
-    returns, and on an error ``retrying`` (with the time of the next try) or ``failed``.
-
-    The task takes ``stream`` and ``sync_run_id`` arguments and ``**context`` (its ``ti``). A
-    skip (the company was disconnected) records nothing: the run is closed as skipped.
-    """
-    import inspect  # noqa: PLC0415
-
-    signature = inspect.signature(func)
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        bound = signature.bind_partial(*args, **kwargs).arguments
-        stream, run_id = bound.get("stream"), bound.get("sync_run_id")
-        ti = kwargs.get("ti")
-        if not (stream and run_id):
-            return func(*args, **kwargs)
-        try_number = getattr(ti, "try_number", None)
-        _write_state(run_id, stream, "reading", try_number=try_number)
-        try:
-            result = func(*args, **kwargs)
-        except CompanySkipped:
-            raise
-        except Exception as exc:
-            retrying = ti is not None and not isinstance(exc, ReauthorizationRequired) and ti.try_number <= ti.max_tries
-            _write_state(
-                run_id,
-                stream,
-                "retrying" if retrying else "failed",
-                error=describe_failure(exc),
-                try_number=try_number,
-                retry_at=_retry_time(ti) if retrying else None,
-            )
-            raise
-        _write_state(run_id, stream, "done", try_number=try_number)
-        return result
-
-    return wrapper  # type: ignore[return-value]
 
 
 def next_runs(caller: Caller | None = None, page_size: int = 100) -> dict[str, datetime | None]:

@@ -1,0 +1,42 @@
+"""What every DAG of ours starts from: the start date, the default task arguments, the ``sage_raw`` Asset.
+
+One ``DEFAULT_ARGS`` for every DAG; a DAG that differs says so next to its ``DAG(...)`` with
+``{**DEFAULT_ARGS, ...}`` and its reason. ``START_DATE`` is timezone-aware (UTC), as Airflow 3
+recommends: a naive one means whatever ``default_timezone`` the deployment configures.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import Asset
+
+from sage_sync.core.config import task_timeout
+from sage_sync.core.pools import POOL
+from sage_sync.orchestration.airflow_api import SAGE_RAW_ASSET_NAME, SAGE_RAW_ASSET_URI
+from sage_sync.orchestration.notifier import SageNotifier
+
+START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
+
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "data-engineering",
+    "retries": 2,
+    "retry_delay": timedelta(minutes=5),
+    "retry_exponential_backoff": True,
+    # A task's last failed try (not a retry) reports the run's failure, with its exception as the
+    # reason; every failed task of a run reaches the same incident, so one notice goes out.
+    "on_failure_callback": SageNotifier("task_failed"),
+}
+
+# The Asset every load emits and `sage_transform` is scheduled on.
+SAGE_RAW = Asset(name=SAGE_RAW_ASSET_NAME, uri=SAGE_RAW_ASSET_URI)
+
+
+def sage_task_args() -> dict[str, Any]:
+    """The arguments of every task that talks to Sage: a slot of the Sage pool, and a time limit.
+
+    The limit is ``SAGE_TASK_TIMEOUT_HOURS`` (default 12), read at each parse: a backstop to the
+    client's page cap, long enough for a big first sync sharing the request budget.
+    """
+    return {"pool": POOL, "execution_timeout": task_timeout()}
