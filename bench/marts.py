@@ -180,7 +180,7 @@ def _build(lines: int, companies: int, dsn: str, tmp: str, sage: Any) -> tuple[s
 
 def per_company(lines: int) -> list[Result]:
     """Every README query, the report's and the overview's, for one company of ``lines`` lines."""
-    from sage_sync.lifecycle import report  # noqa: PLC0415
+    from sage_sync.reporting import report  # noqa: PLC0415
     from sandbox.fake_sage.server import FakeSageServer  # noqa: PLC0415
 
     with (
@@ -222,7 +222,7 @@ def per_company(lines: int) -> list[Result]:
 def portfolio(lines: int, companies: int) -> list[Result]:
     """Every company's kg and £ by category for the busiest quarter, and the overview page's read of
     every company's coverage, ``lines`` over ``companies``."""
-    from sage_sync.lifecycle import report  # noqa: PLC0415
+    from sage_sync.reporting import report  # noqa: PLC0415
     from sandbox.fake_sage.server import FakeSageServer  # noqa: PLC0415
 
     with (
