@@ -18,8 +18,6 @@
 -- A view, like fct_spend_transactions: an edited override, rule or factor set, or a renamed
 -- account, shows on the next build without rewriting any line (the one per-line table,
 -- int_emission_line_keywords, is incremental).
-{{ config(materialized='view') }}
-
 {%- set factor_set = var('emission_factor_set') %}
 
 with
