@@ -124,21 +124,7 @@ categorised as (
 ),
 
 final as (
-    select
-        company_id,
-        ledger_account_id,
-        nominal_code,
-        nominal_code_name,
-        ledger_account_displayed_as,
-        ledger_account_type,
-        ledger_account_group,
-        category,
-        category_source,
-        is_included_in_chart,
-        is_known_account,
-        first_synced_at,
-        last_changed_at
-    from categorised
+    select * from categorised
 )
 
 select * from final
