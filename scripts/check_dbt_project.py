@@ -10,12 +10,21 @@ Settings (as the package's vars would say them): model types staging (``stg_``),
 primary-key tests are ``unique`` + ``not_null`` on one column or the project's
 ``unique_combination`` test (macros/test_unique_combination.sql).
 
-One rule is ours, not the package's: ``docs_stray_markdown_emphasis`` (a ``*`` outside a code span
-in a model or column description, which dbt docs render as italics).
+Four rules are ours, not the package's:
+
+- ``docs_stray_markdown_emphasis``: a ``*`` outside a code span in a model or column description,
+  which dbt docs render as italics;
+- ``marts_materialized_by_folder``: a mart's materialisation is its area folder's
+  (``+materialized`` under ``marts: <area>:`` in ``dbt_project.yml``), never its own file's;
+- ``var_read_by_one_model``: each var of :data:`ONE_READER_VARS` is read by its one model and by no
+  other node or macro (the factor set in use: everything else takes it from that model's rows);
+- ``fct_intermediate_dependent_on_marts`` is the package's, but may not be excepted: intermediates
+  sit below the marts.
 
 Exceptions are the package's seed, ``seeds/dbt_project_evaluator_exceptions.csv``
 (``fct_name, column_name, id_to_exclude, comment``; ``id_to_exclude`` is a SQL ``like``
-pattern matched against the finding's resource), each with the reason it is kept.
+pattern matched against the finding's resource), each with the reason it is kept; the rules of
+:data:`NOT_EXCEPTABLE` take none.
 
     python scripts/check_dbt_project.py [--manifest dbt/target/manifest.json] [--all]
 
@@ -34,9 +43,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 DBT = ROOT / "dbt"
 EXCEPTIONS = DBT / "seeds" / "dbt_project_evaluator_exceptions.csv"
+PROJECT = DBT / "dbt_project.yml"
+# var -> the one model that may read it
+ONE_READER_VARS = {"emission_factor_set": "int_emission_factors"}
+NOT_EXCEPTABLE = frozenset(
+    {"fct_intermediate_dependent_on_marts", "marts_materialized_by_folder", "var_read_by_one_model"}
+)
+CONFIG_MATERIALIZED = re.compile(r"\bmaterialized\s*=")
 
 PREFIXES = {"staging": ("stg_",), "base": ("base_",), "intermediate": ("int_",), "marts": ("fct_", "dim_", "rpt_")}
 PK_TESTS = {"unique_combination", "unique_combination_of_columns"}
@@ -54,6 +72,11 @@ def model_type(node: dict[str, Any]) -> str:
     return parts[0] if parts and parts[0] in PREFIXES else "other"
 
 
+def _code(node: dict[str, Any]) -> str:
+    """A node's or macro's SQL and Jinja without its comments."""
+    return re.sub(r"\{#.*?#\}|--[^\n]*", "", node.get("raw_code") or node.get("macro_sql") or "", flags=re.S)
+
+
 def _models(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {
         k: v
@@ -63,11 +86,15 @@ def _models(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def findings(manifest: dict[str, Any]) -> Iterator[Finding]:
-    """Every rule's findings."""
+def findings(manifest: dict[str, Any], project: dict[str, Any] | None = None) -> Iterator[Finding]:
+    """Every rule's findings (``project``: dbt_project.yml as parsed, read from disk when not given)."""
     models = _models(manifest)
+    project = project if project is not None else yaml.safe_load(PROJECT.read_text())
+    yield from _vars_read_by_one_model(manifest)
     for uid, node in models.items():
         yield from _modeling(uid, node, manifest)
+        if model_type(node) == "marts":
+            yield from _materialized_by_folder(node, project)
         yield from _structure(node)
         yield from _documentation_and_tests(uid, node, manifest)
         if node["config"].get("materialized") == "view" and _view_chain(uid, manifest, models) > CHAINED_VIEWS_MAX:
@@ -106,8 +133,44 @@ def _modeling(uid: str, node: dict[str, Any], manifest: dict[str, Any]) -> Itera
             yield "fct_model_directories", name
         if not name.startswith(f"stg_{folder}__"):
             yield "fct_model_naming_conventions", name
-    if HARD_CODED.search(re.sub(r"\{#.*?#\}|--[^\n]*", "", node["raw_code"], flags=re.S)):
+    if HARD_CODED.search(_code(node)):
         yield "fct_hard_coded_references", name
+
+
+def folder_materialization(fqn: list[str], project: dict[str, Any]) -> tuple[str | None, int]:
+    """The ``+materialized`` dbt_project.yml gives a model by its folders (``fqn`` minus its name),
+    and how many folders deep it is set (0: the project's own default or none)."""
+    config = (project.get("models") or {}).get(fqn[0]) or {}
+    found: tuple[str | None, int] = (config.get("+materialized"), 0)
+    for depth, folder in enumerate(fqn[1:-1], start=1):
+        config = config.get(folder) or {}
+        if "+materialized" in config:
+            found = (config["+materialized"], depth)
+    return found
+
+
+def _materialized_by_folder(node: dict[str, Any], project: dict[str, Any]) -> Iterator[Finding]:
+    """A mart takes its materialisation from its area folder (models/marts/<area>/...), never from
+    a config of its own (in its SQL or its YAML)."""
+    materialized, depth = folder_materialization(node["fqn"], project)
+    if depth < 2 or CONFIG_MATERIALIZED.search(_code(node)) or node["config"].get("materialized") != materialized:
+        yield "marts_materialized_by_folder", node["name"]
+
+
+_VAR_READ = r"\bvar\(\s*['\"]{}['\"]"
+
+
+def _vars_read_by_one_model(manifest: dict[str, Any]) -> Iterator[Finding]:
+    """Each var of ONE_READER_VARS is read by its model and nowhere else (models, tests, macros)."""
+    project = manifest["metadata"].get("project_name")
+    nodes = [*manifest["nodes"].values(), *manifest["macros"].values()]
+    for var, owner in ONE_READER_VARS.items():
+        read = re.compile(_VAR_READ.format(re.escape(var)))
+        readers = {n["name"] for n in nodes if n.get("package_name") == project and read.search(_code(n))}
+        for reader in sorted(readers - {owner}):
+            yield "var_read_by_one_model", f"{var}: {reader}"
+        if owner not in readers:
+            yield "var_read_by_one_model", f"{var}: not read by {owner}"
 
 
 def _structure(node: dict[str, Any]) -> Iterator[Finding]:
@@ -194,6 +257,8 @@ def load_exceptions(path: Path = EXCEPTIONS) -> list[dict[str, str]]:
     for row in rows:
         if not row.get("comment", "").strip():
             raise SystemExit(f"{path.relative_to(ROOT)}: exception {row} gives no reason (comment)")
+        if row["fct_name"] in NOT_EXCEPTABLE:
+            raise SystemExit(f"{path.name}: rule {row['fct_name']} takes no exceptions: fix the model")
     return rows
 
 

@@ -25,6 +25,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from sage_sync.reporting import report
 from sage_sync.warehouse.migrate import migrate
 from tests.conftest import ADMIN_URL
 from tests.dbt.test_dbt_models import (
@@ -517,3 +518,48 @@ def test_a_factor_set_missing_a_year_the_spend_needs_is_refused(
         gap.unlink()
     assert result.returncode != 0
     assert "Failure in test assert_factor_set_covers_spend" in result.stdout, result.stdout[-4000:]
+
+
+def test_the_report_prints_the_licence_of_the_set_in_use(
+    built: psycopg.Connection, dsn: str, project: Path, tmp_path: Path
+) -> None:
+    """Switching the factor set switches the licence and attribution the report prints: they ride
+    on int_emission_factors' rows (the one model that reads the var), not on text in Python."""
+    with (project / SEEDS / "emission_factor_sets.csv").open(newline="") as handle:
+        default = next(csv.DictReader(handle))
+    shown = report.factor_attribution(built)
+    assert default["attribution"] in shown and default["licence"] in shown, shown
+
+    source = project / SEEDS / "emission_factors__defra_leeds_2023.csv"
+    other = project / SEEDS / "emission_factors__test_other_licence.csv"
+    lines = source.read_text().splitlines()
+    _write(other, [lines[0]] + [line.replace("defra_leeds_2023", "test_other_licence", 1) for line in lines[1:]])
+    sets = project / SEEDS / "emission_factor_sets.csv"
+    before = sets.read_text()
+    row = before.splitlines()[1].replace("defra_leeds_2023", "test_other_licence", 1)
+    sets.write_text(before + row.replace("Open Government Licence v3.0", "Test Licence 9.9") + "\n")
+    # what the set in use decides (the emission marts are views over these)
+    select = ["--select", "emission_factor_sets", "int_emission_factors", "int_emission_price_periods"]
+    try:
+        switched = _dbt(
+            [
+                "build",
+                *select,
+                "emission_factors__test_other_licence",
+                "--vars",
+                "{emission_factor_set: test_other_licence}",
+            ],
+            dsn,
+            project,
+            tmp_path,
+        )
+        assert switched.returncode == 0, switched.stdout[-4000:]
+        shown = report.factor_attribution(built)
+    finally:
+        sets.write_text(before)
+        other.unlink()
+        restored = _dbt(["build", *select], dsn, project, tmp_path)
+    assert restored.returncode == 0, restored.stdout[-4000:]
+    assert shown.startswith("Emission factors: test_other_licence.") and "Test Licence 9.9" in shown, shown
+    assert "Open Government Licence" not in shown, shown
+    assert "Open Government Licence v3.0" in report.factor_attribution(built)

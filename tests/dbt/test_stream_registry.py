@@ -126,12 +126,15 @@ def test_every_typed_read_in_staging_is_declared_in_the_schema() -> None:
     """A field dbt casts but the loader does not validate could fail or poison a build again."""
     staging = DBT / "models" / "staging" / "sage"
     default_lines = _typed_reads((DBT / "macros" / "sage_document_lines.sql").read_text())
+    purchase_documents = _typed_reads((DBT / "macros" / "sage_purchase_documents.sql").read_text())
     checked = 0
     for stream in STREAMS.values():
         declared = {("payload", f, t) for f, t in SCHEMAS[stream.name].fields.items()}
         declared |= {("line", f, t) for f, t in SCHEMAS[stream.name].line_fields.items()}
         header = staging / f"stg_sage__{stream.name}.sql"
         reads = {r for r in _typed_reads(header.read_text()) if r[0] == "payload"}
+        if "sage_purchase_document(" in header.read_text():
+            reads |= purchase_documents
         if stream.line_field:
             lines = (staging / f"stg_sage__{stream.name.removesuffix('s')}_lines.sql").read_text()
             reads |= _typed_reads(lines) if "columns=" in lines else default_lines

@@ -6,7 +6,7 @@
     own: its strategy already changes the table in one transaction, which first creates the
     configured indexes the table lacks (a deploy that adds one to `indexes`: dbt's own incremental
     run never does, so it would wait for a full refresh, and a model that relies on it, like the
-    skip scan of dim_nominal_accounts, would scan the whole table meanwhile).
+    skip scan of int_nominal_accounts_categorised, would scan the whole table meanwhile).
 #}
 {% materialization incremental, adapter='postgres' %}
     {%- set existing_relation = load_cached_relation(this) -%}

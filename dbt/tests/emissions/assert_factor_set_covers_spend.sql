@@ -1,27 +1,34 @@
--- The factor set in use (var emission_factor_set) must exist and have a factor for every SIC
+-- The factor set in use (int_emission_factors) must exist and have a factor for every SIC
 -- group and year the spend needs: a mapped line without a factor would silently count as nothing.
 -- Also every group a rule or default can map to must be in the set. Returns what is missing.
 with
 
-factor_sets as (
-    select factor_set from {{ ref('emission_factor_sets') }}
-    where factor_set = '{{ var("emission_factor_set") }}'
+factors as (
+    select * from {{ ref('int_emission_factors') }}
+),
+
+-- One row, always: the set in use, and whether emission_factor_sets lists it.
+factor_set_in_use as (
+    select
+        min(factor_set) as factor_set,
+        coalesce(bool_and(is_known_set), false) as is_known_set
+    from factors
 ),
 
 known_groups as (
     select distinct sic_code
-    from {{ ref('int_emission_factors') }}
-    where factor_set = '{{ var("emission_factor_set") }}'
+    from factors
 ),
 
 missing_set as (
     select
-        '{{ var("emission_factor_set") }}' as factor_set,
+        factor_set,
         cast(null as text) as sic_code,
         cast(null as integer) as factor_year,
         cast(null as bigint) as line_count,
         'factor set is not in emission_factor_sets' as problem
-    where not exists (select 1 from factor_sets)
+    from factor_set_in_use
+    where not is_known_set
 ),
 
 missing_years as (
@@ -46,12 +53,13 @@ rule_groups as (
 
 missing_groups as (
     select
-        '{{ var("emission_factor_set") }}',
+        factor_set_in_use.factor_set,
         rule_groups.sic_code,
         cast(null as integer),
         cast(null as bigint),
         'a default or keyword rule maps to a group the set does not have'
     from rule_groups
+    cross join factor_set_in_use
     where not exists (
             select 1 from known_groups
             where known_groups.sic_code = rule_groups.sic_code

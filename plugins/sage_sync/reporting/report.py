@@ -1,9 +1,12 @@
 """Emissions reports: what `python -m sage_sync report`, the Sage connections page and the demo show.
 
-Reads the dbt marts (schema ``analytics``) only: ``rpt_emissions_by_category_quarter`` and
+Reads the dbt marts (schema ``analytics``): ``rpt_emissions_by_category_quarter`` and
 ``rpt_emissions_coverage``; every figure is computed in dbt, so a report, the page and an analyst's
 query always agree. Writes a CSV per table, one Excel workbook with both, and a PNG chart of
 kg CO2e by quarter stacked by category (pandas + openpyxl + matplotlib, headless).
+
+The factors' licence and attribution come from the rows of ``int_emission_factors``, the one dbt
+model that reads the factor set in use: a build with another set prints that set's licence.
 
 The SQL lives here, not in the plugin, so the page stays HTTP and HTML only.
 
@@ -35,6 +38,8 @@ from sage_sync.core.quarters import Quarter
 from sage_sync.lifecycle.inputs import warehouse
 
 MARTS = "analytics"
+# int_emission_factors: the factor set in use, with its licence and attribution
+INTERMEDIATE = "sage_intermediate"
 CATEGORY_COLUMNS = [
     "company_id",
     "company_name",
@@ -68,11 +73,6 @@ COVERAGE_COLUMNS = [
     "kgco2e",
     "upstream_only_kgco2e",
 ]
-ATTRIBUTION = (
-    "Emission factors: Defra / University of Leeds, spend-based emissions multipliers "
-    "(UK and England's carbon footprint to 2023). Contains public sector information "
-    "licensed under the Open Government Licence v3.0."
-)
 
 
 # Shares (0..1) are exact numerics in the marts, 20 decimals deep: 4 places (0.01 %) is what a
@@ -214,6 +214,32 @@ def _frame(rows: list[dict[str, Any]], columns: list[str]) -> Any:
     return frame
 
 
+def factor_attribution(conn: psycopg.Connection) -> str:
+    """What the report says about its emission factors: the set in use, its attribution and licence,
+    as the rows of ``int_emission_factors`` carry them (seed ``emission_factor_sets``)."""
+    table = f"{INTERMEDIATE}.int_emission_factors"
+    if _rows(conn, sql.SQL("select to_regclass(%(t)s) is not null as built"), {"t": table})[0]["built"]:
+        sets = _rows(
+            conn,
+            sql.SQL(
+                "select distinct factor_set, licence, attribution from {}.int_emission_factors order by factor_set"
+            ).format(sql.Identifier(INTERMEDIATE)),
+            {},
+        )
+    else:
+        sets = []
+    if not sets:
+        return "Emission factors: the set in use is not built yet (dbt model int_emission_factors)."
+    said = []
+    for row in sets:
+        text = f"Emission factors: {row['factor_set']}."
+        text += f" {row['attribution']}." if row["attribution"] else ""
+        if not row["attribution"] or (row["licence"] or "") not in row["attribution"]:
+            text += f" Licence: {row['licence'] or 'unknown'}."
+        said.append(text)
+    return " ".join(said)
+
+
 def report_files(out_dir: Path, company_id: str) -> ReportFiles:
     """The report's file names in ``out_dir``. The id is percent-quoted: ids are checked where they
     enter (``core.ids``), and a ``/`` or ``..`` that got in anyway must not write outside ``out_dir``."""
@@ -266,6 +292,7 @@ def write_report(
     _write_csv(files.coverage_csv, coverage, COVERAGE_COLUMNS)
     category_frame = _frame(categories, CATEGORY_COLUMNS)
     coverage_frame = _frame(coverage, COVERAGE_COLUMNS)
+    attribution = factor_attribution(conn)
     import pandas as pd
 
     with pd.ExcelWriter(files.workbook, engine="openpyxl") as writer:
@@ -275,7 +302,7 @@ def write_report(
             {
                 "about": [
                     inert(f"{company_name} ({company_id})"),
-                    ATTRIBUTION,
+                    inert(attribution),
                     "Unmapped and out-of-scope spend carry no kg (they are not zero "
                     "emissions): read coverage_share for how much of the spend the kg "
                     "estimate covers. upstream_only_kgco2e (fuel, gas, heating oil) "
@@ -283,7 +310,7 @@ def write_report(
                 ]
             }
         ).to_excel(writer, sheet_name="about", index=False)
-    _write_chart(files.chart, category_frame, coverage_frame, company_name)
+    _write_chart(files.chart, category_frame, coverage_frame, company_name, attribution)
     return files
 
 
@@ -295,7 +322,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> No
             writer.writerow({c: shown(c, row[c]) for c in columns})
 
 
-def _write_chart(path: Path, categories: Any, coverage: Any, company_name: str) -> None:
+def _write_chart(path: Path, categories: Any, coverage: Any, company_name: str, attribution: str) -> None:
     import matplotlib
     import pandas as pd
 
@@ -316,7 +343,7 @@ def _write_chart(path: Path, categories: Any, coverage: Any, company_name: str) 
     axis.set_ylabel("kg CO2e")
     axis.set_title(f"{company_name}: kg CO2e by quarter and spend category (spend-based estimate)")
     axis.legend(title="category", bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8)
-    figure.text(0.01, 0.01, ATTRIBUTION, fontsize=6, wrap=True)
+    figure.text(0.01, 0.01, attribution, fontsize=6, wrap=True)
     figure.tight_layout(rect=(0, 0.04, 1, 1))
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -1,4 +1,4 @@
--- One row per ledger account per company (dim_nominal_accounts): the SIC group its spend is
+-- One row per ledger account per company (int_nominal_accounts_categorised): the SIC group its spend is
 -- mapped to, or why it is out of scope, or 'unmapped'. Keyed on what the account is (its name and
 -- ledger_account_type), with the nominal code only as a fallback: the same code means different
 -- things in different Sage charts (7200 is "Electricity" in Sage 50, "Gas and electric" in Sage
@@ -16,7 +16,7 @@
 with
 
 accounts as (
-    select * from {{ ref('dim_nominal_accounts') }}
+    select * from {{ ref('int_nominal_accounts_categorised') }}
 ),
 
 overrides as (

@@ -3,10 +3,17 @@
 -- Adding a set is a seed file and a row of emission_factor_sets, no code; selecting it is
 -- `--vars '{emission_factor_set: <set>}'` (or the var in dbt_project.yml). Rows carry factor_set,
 -- so builds with two sets (two targets) compare side by side.
+--
+-- The one model that reads the var: everything else takes the set in use from these rows
+-- (fct_spend_emissions, the emissions tests), and so do its licence and attribution (the
+-- emissions report prints them). A set missing from emission_factor_sets keeps its factors here
+-- with is_known_set false, which the test assert_factor_set_covers_spend reports.
+{%- set factor_set = var('emission_factor_set') %}
+
 with
 
 factors as (
-    select * from {{ ref('emission_factors__' ~ var('emission_factor_set')) }}
+    select * from {{ ref('emission_factors__' ~ factor_set) }}
 ),
 
 factor_sets as (
@@ -26,10 +33,14 @@ final as (
         factor_sets.publication,
         factor_sets.licence,
         factor_sets.first_year,
-        factor_sets.last_year
+        factor_sets.last_year,
+        factor_sets.publisher,
+        factor_sets.attribution,
+        factor_sets.factor_set is not null as is_known_set
     from factors
-    inner join factor_sets
+    left join factor_sets
         on factors.factor_set = factor_sets.factor_set
+    where factors.factor_set = '{{ factor_set }}'
 )
 
 select * from final

@@ -1,5 +1,6 @@
 -- Emissions of every GBP spend line: one row per row of fct_spend_transactions (spend_line_id),
--- computed with the factor set var('emission_factor_set'), which every row names.
+-- computed with the factor set in use (var('emission_factor_set'), read by int_emission_factors
+-- alone), which every row names.
 --
 -- Mapping, first match wins (mapping_rule): a line override (seed emission_line_overrides), then
 -- the account's mapping (int_emission_account_mappings: account override, ledger account type,
@@ -18,10 +19,6 @@
 -- A view, like fct_spend_transactions: an edited override, rule or factor set, or a renamed
 -- account, shows on the next build without rewriting any line (the one per-line table,
 -- int_emission_line_keywords, is incremental).
-{{ config(materialized='view') }}
-
-{%- set factor_set = var('emission_factor_set') %}
-
 with
 
 spend as (
@@ -46,12 +43,17 @@ line_overrides as (
 
 factors as (
     select * from {{ ref('int_emission_factors') }}
-    where factor_set = '{{ factor_set }}'
+),
+
+-- One row, always: the set whose factors int_emission_factors holds.
+factor_set_in_use as (
+    select min(factor_set) as factor_set
+    from factors
 ),
 
 price_periods as (
     select * from {{ ref('int_emission_price_periods') }}
-    where factor_set = '{{ factor_set }}'
+    where factor_set in (select factor_set_in_use.factor_set from factor_set_in_use)
 ),
 
 sic_group_flags as (
@@ -171,7 +173,7 @@ final as (
         mapped.out_of_scope_reason,
         mapped.sic_code,
         factors.sic_category_name,
-        '{{ factor_set }}' as factor_set,
+        factor_set_in_use.factor_set,
         case when mapped.sic_code is not null then price_periods.factor_year end as factor_year,
         factors.kgco2e_per_gbp,
         case when mapped.sic_code is not null then price_periods.deflator end as deflator,
@@ -189,6 +191,7 @@ final as (
         end as net_gbp_at_factor_prices,
         round(round(mapped.amount * price_periods.deflator, 2) * factors.kgco2e_per_gbp, 3) as kgco2e
     from mapped
+    cross join factor_set_in_use
     left join price_periods
         on cast(date_trunc('month', mapped.transaction_date) as date) = price_periods.spend_month
     left join factors

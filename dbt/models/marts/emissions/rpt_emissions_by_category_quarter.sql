@@ -1,8 +1,6 @@
 -- kg CO2e per company, calendar quarter and spend category (the category of
 -- fct_spend_transactions, so it lines up with the spend marts), with the £ behind it split into
 -- mapped, unmapped and out of scope. A view over fct_spend_emissions: always current.
-{{ config(materialized='view') }}
-
 with
 
 emissions as (

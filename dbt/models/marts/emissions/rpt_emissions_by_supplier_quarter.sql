@@ -1,7 +1,5 @@
 -- kg CO2e per company, calendar quarter and supplier (supplier_key as in rpt_spend_by_supplier_quarter:
 -- the contact, else the name on the document, else 'unknown'). A view over fct_spend_emissions.
-{{ config(materialized='view') }}
-
 with
 
 emissions as (

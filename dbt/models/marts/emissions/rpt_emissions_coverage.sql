@@ -2,8 +2,6 @@
 -- out of scope (they add up to the quarter's net spend in fct_spend_transactions), and the share
 -- of in-scope spend that is mapped. Read kgco2e together with coverage_share: a quarter at 60%
 -- coverage is an estimate of 60% of what the company bought. A view over fct_spend_emissions.
-{{ config(materialized='view') }}
-
 with
 
 emissions as (

@@ -5,8 +5,6 @@
 -- company); this joins them to the small dimensions when queried. So a renamed supplier or account,
 -- a re-categorised nominal code or a company's base currency shows at once, and no daily build
 -- pays to rewrite millions of unchanged lines (bench/RESULTS.md, benchmark 3).
-{{ config(materialized='view') }}
-
 with
 
 spend_lines as (

@@ -1,8 +1,6 @@
 -- GBP spend per company, calendar quarter and supplier. A document with no contact link is grouped
 -- by the supplier name on the document; one with neither is 'unknown supplier'.
 -- A view over the fact, like rpt_spend_by_category_quarter.
-{{ config(materialized='view') }}
-
 with
 
 spend as (

@@ -1,6 +1,8 @@
 -- One row per ledger account (nominal code) per company, with the spend category its lines get.
 -- Accounts that spend lines point at but that were never synced are listed too (is_known_account
 -- false, category 'uncategorised'), so every fact line has a dimension row.
+-- Below the marts, so the dimension (dim_nominal_accounts) and the emission mappings
+-- (int_emission_account_mappings) read the same accounts and can never disagree.
 with recursive
 
 ledger_accounts as (
@@ -122,21 +124,7 @@ categorised as (
 ),
 
 final as (
-    select
-        company_id,
-        ledger_account_id,
-        nominal_code,
-        nominal_code_name,
-        ledger_account_displayed_as,
-        ledger_account_type,
-        ledger_account_group,
-        category,
-        category_source,
-        is_included_in_chart,
-        is_known_account,
-        first_synced_at,
-        last_changed_at
-    from categorised
+    select * from categorised
 )
 
 select * from final

@@ -4,8 +4,6 @@
 -- company's bad row never stops or poisons anyone's figures; this is where it shows. The loader
 -- quarantines such records (stg_sage__quarantined_records), so rows here landed before it did.
 -- A view: it costs a build nothing, and it reads what staging holds now.
-{{ config(materialized='view') }}
-
 {#- Every stream's staging model and the column holding its record id. -#}
 {%- set id_columns = {
     'businesses': 'business_id',

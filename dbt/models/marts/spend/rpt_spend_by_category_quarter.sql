@@ -1,8 +1,6 @@
 -- GBP spend per company, calendar quarter and category (from fct_spend_transactions).
 -- A view over the fact: always current, and nothing to rebuild daily; filter by company_id
 -- for speed (the filter reaches the line table's company index).
-{{ config(materialized='view') }}
-
 with
 
 spend as (
