@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 from fastapi import Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import BaseModel
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -324,36 +325,48 @@ def _kept_synced_from(request: Request, existing: Any, chosen: Any) -> RedirectR
     return back(request, "kept_synced_from", company_id, quarter=quarter)
 
 
-@app.get("/disconnect", response_class=HTMLResponse)
-def disconnect_form(request: Request, user: Editor, company_id: str) -> HTMLResponse:  # noqa: ARG001 - the editor check
-    """Say what a disconnect does (it revokes the grant at Sage) and ask for confirmation."""
-    from sage_sync.reporting import dashboard
+class ConfirmedAction(BaseModel):
+    """The form a destructive action's confirmation page posts (disconnect, reset)."""
 
-    try:
-        known, name = dashboard.named_company(company_id)
-    except LifecycleError as exc:
-        return error_page(request, exc.message)
-    return render(request, "disconnect.html", title="Disconnect a company", company=known, name=name)
+    company_id: str
+    confirm: str = ""
+    csrf: str = ""
+
+
+Confirmed = Annotated[ConfirmedAction, Form()]
+
+
+def _confirmation_route(template: str, title: str) -> Any:
+    """The GET route of a destructive action's confirmation page: what it does, and a form that
+    posts it confirmed (disconnect revokes the grant at Sage; reset wipes the company's data)."""
+
+    def confirmation_page(request: Request, user: Editor, company_id: str) -> HTMLResponse:  # noqa: ARG001 - the editor check
+        return _confirmation_page(request, company_id, template, title)
+
+    return confirmation_page
+
+
+for _path, _template, _title in (
+    ("/disconnect", "disconnect.html", "Disconnect a company"),
+    ("/reset", "reset.html", "Reset a company"),
+):
+    app.add_api_route(_path, _confirmation_route(_template, _title), methods=["GET"], response_class=HTMLResponse)
 
 
 @app.post("/disconnect")
-def disconnect(
-    request: Request,
-    user: Editor,  # noqa: ARG001 - the editor check
-    company_id: str = Form(...),
-    confirm: str = Form(""),
-    csrf: str = Form(""),
-) -> Response:
+def disconnect(request: Request, user: Editor, form: Confirmed) -> Response:  # noqa: ARG001 - the editor check
     """Disconnect: no more imports, grant revoked, DAG paused, data kept (after its confirmation page)."""
     from sage_sync.lifecycle import connections as lifecycle
 
-    _check_csrf(request, csrf)
-    if confirm != "yes":
-        return error_page(
-            request,
-            "Disconnect revokes the company's grant at Sage: confirm it on the Disconnect page",
-            back_to=f"/disconnect?company_id={quote(company_id, safe='')}",
-        )
+    company_id = form.company_id
+    refused = _unconfirmed(
+        request,
+        form,
+        "Disconnect revokes the company's grant at Sage: confirm it on the Disconnect page",
+        f"/disconnect?company_id={quote(company_id, safe='')}",
+    )
+    if refused:
+        return refused
     try:
         done = lifecycle.disconnect(company_id, caller=caller(request))
     except LifecycleError as exc:
@@ -403,39 +416,23 @@ def synced_from_form(
     )
 
 
-@app.get("/reset", response_class=HTMLResponse)
-def reset_form(request: Request, user: Editor, company_id: str) -> HTMLResponse:  # noqa: ARG001 - the editor check
-    """Explain the reset and ask for explicit confirmation."""
-    from sage_sync.reporting import dashboard
-
-    try:
-        known, name = dashboard.named_company(company_id)
-    except LifecycleError as exc:
-        return error_page(request, exc.message)
-    return render(request, "reset.html", title="Reset a company", company=known, name=name)
-
-
 @app.post("/reset")
-def reset(
-    request: Request,
-    user: Editor,  # noqa: ARG001 - the editor check
-    company_id: str = Form(...),
-    confirm: str = Form(""),
-    csrf: str = Form(""),
-) -> Response:
+def reset(request: Request, user: Editor, form: Confirmed) -> Response:  # noqa: ARG001 - the editor check
     """Wipe, then trigger the company's DAG for the full sync."""
     from sage_sync.lifecycle import connections as lifecycle
     from sage_sync.orchestration import airflow_api
 
-    _check_csrf(request, csrf)
+    company_id = form.company_id
     back_to = f"/company/{quote(company_id, safe='')}"
-    if confirm != "yes":
-        return error_page(
-            request,
-            "Reset wipes the company's imported data and imports it again from Synced "
-            "From: confirm it explicitly by ticking the box",
-            back_to=f"/reset?company_id={quote(company_id, safe='')}",
-        )
+    refused = _unconfirmed(
+        request,
+        form,
+        "Reset wipes the company's imported data and imports it again from Synced "
+        "From: confirm it explicitly by ticking the box",
+        f"/reset?company_id={quote(company_id, safe='')}",
+    )
+    if refused:
+        return refused
     try:
         run_id = lifecycle.reset(company_id, confirm=True)
     except LifecycleError as exc:
@@ -448,6 +445,25 @@ def reset(
 
 
 # -- helpers --------------------------------------------------------------------------------------
+
+
+def _confirmation_page(request: Request, company_id: str, template: str, title: str) -> HTMLResponse:
+    """The page that says what a destructive action does and asks to confirm it (disconnect, reset)."""
+    from sage_sync.reporting import dashboard
+
+    try:
+        known, name = dashboard.named_company(company_id)
+    except LifecycleError as exc:
+        return error_page(request, exc.message)
+    return render(request, template, title=title, company=known, name=name)
+
+
+def _unconfirmed(request: Request, form: ConfirmedAction, message: str, back_to: str) -> Response | None:
+    """The refusal of a destructive POST that is not confirmed (CSRF checked first), else None."""
+    _check_csrf(request, form.csrf)
+    if form.confirm != "yes":
+        return error_page(request, message, back_to=back_to)
+    return None
 
 
 def _started(dag_id: str, start: Any) -> str:
