@@ -193,7 +193,13 @@ TASK_TIMEOUT_ENV = "SAGE_TASK_TIMEOUT_HOURS"
 DEFAULT_TASK_TIMEOUT_HOURS = 12.0
 
 
-def _positive_number(name: str, default: float) -> float:
+def env_number(name: str, default: float, *, zero_allowed: bool = False) -> float:
+    """The finite number in environment variable ``name`` (``default`` when unset or blank).
+
+    A value that is not a number, not finite (``nan``, ``inf``) or below the bound (> 0, or >= 0
+    with ``zero_allowed``) is refused with a ``ConfigError`` naming the variable: a setting that
+    bounds a wait or a count must never silently become "for ever" or "never".
+    """
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
@@ -201,19 +207,20 @@ def _positive_number(name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number; got {raw!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name} must be a finite number > 0; got {raw!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
+        bound = ">= 0" if zero_allowed else "> 0"
+        raise ConfigError(f"{name} must be a finite number {bound}; got {raw!r}")
     return value
 
 
 def max_pages() -> int:
     """``SAGE_MAX_PAGES``: the most pages of one list without a ``$total`` (default 10,000)."""
-    return int(_positive_number(MAX_PAGES_ENV, DEFAULT_MAX_PAGES))
+    return int(env_number(MAX_PAGES_ENV, DEFAULT_MAX_PAGES))
 
 
 def task_timeout() -> timedelta:
     """``SAGE_TASK_TIMEOUT_HOURS``: ``execution_timeout`` of the Sage tasks (default 12 hours)."""
-    return timedelta(hours=_positive_number(TASK_TIMEOUT_ENV, DEFAULT_TASK_TIMEOUT_HOURS))
+    return timedelta(hours=env_number(TASK_TIMEOUT_ENV, DEFAULT_TASK_TIMEOUT_HOURS))
 
 
 def warehouse_dsn(conn_id: str = WAREHOUSE_CONN_ID) -> str:

@@ -18,7 +18,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
-from sage_sync.core.errors import ConfigError, GrantReplaced
+from sage_sync.core.config import env_number
+from sage_sync.core.errors import GrantReplaced
 
 GRACE_ENV = "SAGE_REFRESH_TOKEN_GRACE_SECONDS"
 SAVE_RETRY_ENV = "SAGE_TOKEN_SAVE_RETRY_SECONDS"
@@ -26,16 +27,8 @@ RECOVERY_DIR_ENV = "SAGE_TOKEN_RECOVERY_DIR"
 
 
 def _seconds(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds; got {raw!r}") from None
-    if value < 0:
-        raise ConfigError(f"{name} must be >= 0; got {raw!r}")
-    return value
+    """A number of seconds from the environment; 0 is allowed (no grace, no retry)."""
+    return env_number(name, default, zero_allowed=True)
 
 
 @dataclass(frozen=True)
