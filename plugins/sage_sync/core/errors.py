@@ -108,15 +108,16 @@ class SageAPIError(SageError):
         self.errors = list(errors or [])
         self.request_id = request_id
         self.path = path
-        text = f"Sage API HTTP {status}"
-        if path:
-            text += f" on {path}"
         detail = describe_errors(self.errors)
-        if detail:
-            text += f": {detail}"
-        if request_id:
-            text += f" [x_request_id={request_id}]"
-        super().__init__(text)
+        super().__init__(
+            _where(f"Sage API HTTP {status}", path=path, then=f": {detail}" if detail else "", request_id=request_id)
+        )
+
+
+def _where(text: str, *, path: str | None, then: str, request_id: str | None) -> str:
+    """``text`` with the Sage path it happened on, what follows it, and Sage's request id (the id
+    Sage support asks for), in the one order every Sage error message uses."""
+    return text + (f" on {path}" if path else "") + then + (f" [x_request_id={request_id}]" if request_id else "")
 
 
 class TransientError(SageError):
@@ -140,14 +141,8 @@ class TransientError(SageError):
         self.path = path
         self.request_id = request_id
         self.attempts = attempts
-        text = reason
-        if path:
-            text += f" on {path}"
-        if attempts:
-            text += f" after {attempts} attempts"
-        if request_id:
-            text += f" [x_request_id={request_id}]"
-        super().__init__(text)
+        then = f" after {attempts} attempts" if attempts else ""
+        super().__init__(_where(reason, path=path, then=then, request_id=request_id))
 
 
 class RateLimited(TransientError):
