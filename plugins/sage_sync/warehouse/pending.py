@@ -63,18 +63,21 @@ def save(
     )
 
 
+def _grant(row: tuple[Any, Any] | None) -> tuple[TokenSet, list[dict[str, Any]]] | None:
+    return None if row is None else (_unseal(row[0]), row[1])
+
+
 def load(
     conn: psycopg.Connection, pending_id: str, *, max_age_minutes: int
 ) -> tuple[TokenSet, list[dict[str, Any]]] | None:
     """The grant and businesses under ``pending_id``, or None when unknown or older than ``max_age_minutes``."""
-    row = conn.execute(
-        "select tokens_enc, businesses from sage_control.pending_authorisations "
-        "where pending_id = %s and created_at >= now() - make_interval(mins => %s)",
-        (pending_id, max_age_minutes),
-    ).fetchone()
-    if row is None:
-        return None
-    return _unseal(row[0]), row[1]
+    return _grant(
+        conn.execute(
+            "select tokens_enc, businesses from sage_control.pending_authorisations "
+            "where pending_id = %s and created_at >= now() - make_interval(mins => %s)",
+            (pending_id, max_age_minutes),
+        ).fetchone()
+    )
 
 
 def take(
@@ -85,14 +88,13 @@ def take(
     One ``delete ... returning``: of two callers at once (a double click), exactly one gets the
     row, so one pending grant can only ever give one company. In the caller's transaction.
     """
-    row = conn.execute(
-        "delete from sage_control.pending_authorisations where pending_id = %s "
-        "and created_at >= now() - make_interval(mins => %s) returning tokens_enc, businesses",
-        (pending_id, max_age_minutes),
-    ).fetchone()
-    if row is None:
-        return None
-    return _unseal(row[0]), row[1]
+    return _grant(
+        conn.execute(
+            "delete from sage_control.pending_authorisations where pending_id = %s "
+            "and created_at >= now() - make_interval(mins => %s) returning tokens_enc, businesses",
+            (pending_id, max_age_minutes),
+        ).fetchone()
+    )
 
 
 def delete(conn: psycopg.Connection, pending_id: str) -> None:
