@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -15,6 +14,8 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+
+from sage_sync.core.config import warehouse_conn_json
 
 ROOT = Path(__file__).resolve().parents[1]
 for extra in (ROOT / "plugins", ROOT):
@@ -65,18 +66,7 @@ def scratch_db(prefix: str = "sage_bench") -> Iterator[str]:
 
 
 def warehouse_env(dsn: str) -> dict[str, str]:
-    params = psycopg.conninfo.conninfo_to_dict(dsn)
-    return {
-        "AIRFLOW_CONN_SAGE_WAREHOUSE": json.dumps(
-            {
-                "conn_type": "postgres",
-                "host": params.get("host", "127.0.0.1"),
-                "port": int(params.get("port", 5432)),
-                "login": params.get("user", "postgres"),
-                "schema": params["dbname"],
-            }
-        )
-    }
+    return {"AIRFLOW_CONN_SAGE_WAREHOUSE": warehouse_conn_json(dsn)}
 
 
 def ensure_fernet() -> None:

@@ -41,9 +41,11 @@ from typing import Any
 import psutil
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from bench.common import ADMIN_URL, Result
 from sage_sync.core import config
+from sage_sync.core.config import warehouse_conn_json
 from sage_sync.core.pools import POOL
 from sage_sync.warehouse.ratelimit import DEFAULT_BURST
 from scripts import deployment as deploy  # as a package: a top-level `deployment` would shadow tests/deployment
@@ -184,15 +186,8 @@ def _one(companies: int, workers: int, timeout: float, days: int = 2) -> dict[st
         with FakeSageServer(seed=131, volumes=volumes, scale=0.0) as sage:
             values = {
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": meta_sa,
-                "AIRFLOW_CONN_SAGE_WAREHOUSE": json.dumps(
-                    {
-                        "conn_type": "postgres",
-                        "host": p.get("host", "127.0.0.1"),
-                        "port": int(p.get("port", 5432)),
-                        "login": p.get("user", "postgres"),
-                        "password": p.get("password") or "unused",
-                        "schema": wh_db,
-                    }
+                "AIRFLOW_CONN_SAGE_WAREHOUSE": warehouse_conn_json(
+                    make_conninfo(wh_dsn, dbname=wh_db, password=p.get("password") or "unused")
                 ),
                 "AIRFLOW_CONN_SAGE_DEFAULT": sage.airflow_conn_json(),
                 "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),

@@ -18,6 +18,8 @@ import psycopg
 from cryptography.fernet import Fernet
 from psycopg import sql
 
+from sage_sync.core.config import warehouse_conn_json
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from localpg import LOCAL, ROOT, find_server
 
@@ -78,19 +80,8 @@ def build_env() -> dict[str, str]:
             return f"postgresql+psycopg://{auth}@/{dbname}?host={host}&port={port}"
         return f"postgresql+psycopg://{auth}@{host}:{port}/{dbname}"
 
-    import json  # noqa: PLC0415
-
     # No password key at all under trust or peer auth: every part (CLI, sync, dbt) accepts that.
-    warehouse_conn = json.dumps(
-        {
-            "conn_type": "postgres",
-            "host": host,
-            "port": int(port),
-            "login": user,
-            "schema": WAREHOUSE_DB,
-            **({"password": password} if password else {}),
-        }
-    )
+    warehouse_conn = warehouse_conn_json(warehouse)
     env = {
         "SAGE_PG_URL": server,
         "SAGE_TEST_PG_URL": server,

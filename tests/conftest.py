@@ -12,7 +12,6 @@ its own copy of the migrated Airflow metadata DB (``pytest_configure`` below), s
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -26,6 +25,7 @@ import pytest
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
+from sage_sync.core.config import warehouse_conn_json
 from sage_sync.warehouse.migrate import migrate
 
 # dbt builds the production layout (schemas sage_staging, sage_intermediate, analytics: the names
@@ -145,16 +145,7 @@ def airflow_env(
     warehouse.autocommit = True  # dbt swaps the tables test reads touch: hold no lock across steps
     p = psycopg.conninfo.conninfo_to_dict(pg_dsn)
     values = {
-        "AIRFLOW_CONN_SAGE_WAREHOUSE": json.dumps(
-            {
-                "conn_type": "postgres",
-                "host": p.get("host", "127.0.0.1"),
-                "port": int(p.get("port", 5432)),
-                "login": p.get("user", "postgres"),
-                "schema": p["dbname"],
-                **({"password": p["password"]} if p.get("password") else {}),
-            }
-        ),
+        "AIRFLOW_CONN_SAGE_WAREHOUSE": warehouse_conn_json(pg_dsn),
         "AIRFLOW_CONN_SAGE_DEFAULT": sage.airflow_conn_json(),
         "SAGE_PG_DBNAME": p["dbname"],
         "SAGE_REGISTRY_SNAPSHOT": str(tmp_path / "companies.json"),

@@ -39,6 +39,7 @@ import pytest
 import requests
 from psycopg import sql
 
+from sage_sync.core.config import warehouse_conn_json
 from sage_sync.sage.streams import STREAMS
 from sandbox.fake_sage.server import FakeSageServer, free_port
 from scripts.deployment import descendants, kill_strays
@@ -120,7 +121,6 @@ def airflow(
     url = f"http://localhost:{port}"
     home = tmp_path / "airflow_home"
     home.mkdir()
-    w = psycopg.conninfo.conninfo_to_dict(pg_dsn)
     # The demo's fake Sage: its consent page and two users (scaled down: a first sync in seconds).
     with FakeSageServer(seed=42, consent="screen", scale=0.3) as sage:
         env = {
@@ -138,15 +138,7 @@ def airflow(
             "AIRFLOW__CORE__FERNET_KEY": _fernet_key(),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-            "AIRFLOW_CONN_SAGE_WAREHOUSE": json.dumps(
-                {
-                    "conn_type": "postgres",
-                    "host": w.get("host", "127.0.0.1"),
-                    "port": int(w.get("port", 5432)),
-                    "login": w.get("user", "postgres"),
-                    "schema": w["dbname"],
-                }
-            ),
+            "AIRFLOW_CONN_SAGE_WAREHOUSE": warehouse_conn_json(pg_dsn),
             "AIRFLOW_CONN_SAGE_DEFAULT": sage.airflow_conn_json(f"{url}/sage/callback"),
             "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT)]),
             # standalone starts its components as `airflow ...` by name

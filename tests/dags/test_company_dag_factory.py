@@ -16,6 +16,7 @@ from types import ModuleType
 import psycopg
 import pytest
 
+from sage_sync.core.config import warehouse_conn_json
 from sage_sync.orchestration.airflow_api import dag_id_for
 from sage_sync.warehouse.snapshot import companies_for_dags
 
@@ -38,25 +39,11 @@ ODD_IDS = [
 ]
 
 
-def _conn_json(dsn: str) -> str:
-    p = psycopg.conninfo.conninfo_to_dict(dsn)
-    return json.dumps(
-        {
-            "conn_type": "postgres",
-            "host": p.get("host", "127.0.0.1"),
-            "port": int(p.get("port", 5432)),
-            "login": p.get("user", "postgres"),
-            "password": p.get("password"),
-            "schema": p["dbname"],
-        }
-    )
-
-
 @pytest.fixture
 def registry_env(pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The DAG files read the test warehouse; their snapshot goes to a temporary file."""
     snapshot = tmp_path / "companies.json"
-    monkeypatch.setenv("AIRFLOW_CONN_SAGE_WAREHOUSE", _conn_json(pg_dsn))
+    monkeypatch.setenv("AIRFLOW_CONN_SAGE_WAREHOUSE", warehouse_conn_json(pg_dsn))
     monkeypatch.setenv("SAGE_REGISTRY_SNAPSHOT", str(snapshot))
     return snapshot
 
@@ -139,7 +126,7 @@ def test_an_odd_id_in_an_old_snapshot_is_skipped_too(
     registry_env.write_text(json.dumps(rows))
     monkeypatch.setenv(  # the warehouse is unreachable: the snapshot is what the parse has
         "AIRFLOW_CONN_SAGE_WAREHOUSE",
-        json.dumps({"conn_type": "postgres", "host": "127.0.0.1", "port": 1, "login": "postgres", "schema": "x"}),
+        warehouse_conn_json("host=127.0.0.1 port=1 user=postgres dbname=x"),
     )
     with caplog.at_level(logging.WARNING):
         assert [c.company_id for c in companies_for_dags()] == ["b1aa"]

@@ -13,21 +13,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from sage_sync.core.config import warehouse_conn_json
+
 DAGS = Path(__file__).resolve().parents[2] / "dags"
-
-
-def _conn_json(dsn: str) -> str:
-    p = psycopg.conninfo.conninfo_to_dict(dsn)
-    return json.dumps(
-        {
-            "conn_type": "postgres",
-            "host": p.get("host", "127.0.0.1"),
-            "port": int(p.get("port", 5432)),
-            "login": p.get("user", "postgres"),
-            "password": p.get("password"),
-            "schema": p["dbname"],
-        }
-    )
 
 
 @pytest.fixture
@@ -38,9 +26,12 @@ def two_companies(warehouse: psycopg.Connection, pg_dsn: str, tmp_path: Path, mo
     )
     warehouse.commit()
     snapshot = tmp_path / "companies.json"
-    monkeypatch.setenv("AIRFLOW_CONN_SAGE_WAREHOUSE", _conn_json(pg_dsn))
+    monkeypatch.setenv("AIRFLOW_CONN_SAGE_WAREHOUSE", warehouse_conn_json(pg_dsn))
     monkeypatch.setenv("SAGE_REGISTRY_SNAPSHOT", str(snapshot))
     return snapshot
+
+
+_BAGS: dict[str, object] = {}
 
 
 def _dagbag():
@@ -49,17 +40,54 @@ def _dagbag():
     return DagBag(dag_folder=str(DAGS), safe_mode=False)
 
 
-def test_dags_load_without_errors_and_follow_the_rules(two_companies: Path) -> None:
-    bag = _dagbag()
-    assert bag.import_errors == {}
-    assert set(bag.dags) == {"sage_sync__b1aa", "sage_sync__b2bb", "sage_transform", "sage_backfill"}
-    for dag_id, dag in bag.dags.items():
-        assert dag.doc_md and dag.tags, dag_id
-        assert dag.catchup is False, dag_id
-        assert dag.max_active_runs == 1, dag_id
-        for task in dag.tasks:
-            if task.task_id != "record_failure":
-                assert task.retries >= 1, f"{dag_id}.{task.task_id}"
+@pytest.fixture
+def bag(two_companies: Path):
+    """The dags folder parsed once for this module's per-DAG checks (a parse takes seconds)."""
+    if "bag" not in _BAGS:
+        _BAGS["bag"] = _dagbag()
+    return _BAGS["bag"]
+
+
+DAG_FILES = sorted(path.name for path in DAGS.glob("*.py"))
+EXPECTED_DAGS = ["sage_backfill", "sage_sync__b1aa", "sage_sync__b2bb", "sage_transform"]
+
+
+@pytest.mark.parametrize("dag_file", DAG_FILES)
+def test_dag_file_imports(bag, dag_file: str) -> None:
+    errors = {Path(path).name: error for path, error in bag.import_errors.items()}
+    assert dag_file not in errors, (
+        f"dags/{dag_file} does not import; see the traceback below, or run "
+        f"`. .local/env.sh && .venv/bin/airflow dags list-import-errors`:\n{errors.get(dag_file)}"
+    )
+
+
+def test_the_folder_holds_exactly_the_expected_dags(bag) -> None:
+    assert sorted(bag.dags) == EXPECTED_DAGS, (
+        "a DAG appeared or went missing: one per registered company (sage_sync__<id>), the transform "
+        "and the backfill; add a new DAG to EXPECTED_DAGS only with its own tests"
+    )
+
+
+@pytest.mark.parametrize("dag_id", EXPECTED_DAGS)
+def test_dag_follows_the_house_rules(bag, dag_id: str) -> None:
+    dag = bag.dags.get(dag_id)
+    assert dag is not None, f"{dag_id} was not loaded: look at test_dag_file_imports for its file"
+    assert dag.doc_md, f"{dag_id}: give it a doc_md (the module docstring) so the UI says what it does"
+    assert dag.tags, f"{dag_id}: give it tags so the UI can filter it"
+    assert dag.catchup is False, f"{dag_id}: set catchup=False (runs read from watermarks, not logical dates)"
+    assert dag.max_active_runs == 1, f"{dag_id}: set max_active_runs=1 (two runs would race for one state)"
+    assert dag.start_date is not None and dag.start_date.tzinfo is not None, (
+        f"{dag_id}: start from orchestration.defaults' tz-aware start date, not a naive datetime"
+    )
+    for task in dag.tasks:
+        if task.task_id != "record_failure":
+            assert task.retries >= 1, (
+                f"{dag_id}.{task.task_id} has no retries: build it with the room's DEFAULT_ARGS "
+                "(only record_failure, which closes a run, may not retry)"
+            )
+
+
+def test_the_company_dag_is_wired_as_designed(bag) -> None:
     dag = bag.dags["sage_sync__b1aa"]
     assert dag.dag_display_name == "Sage sync: Greenleaf Bakery Ltd"
     assert "company:b1aa" in dag.tags
@@ -122,7 +150,7 @@ def test_unreachable_warehouse_keeps_the_last_known_dags(two_companies: Path, mo
     assert json.loads(two_companies.read_text())[0]["company_id"] == "b1aa"
     monkeypatch.setenv(
         "AIRFLOW_CONN_SAGE_WAREHOUSE",
-        json.dumps({"conn_type": "postgres", "host": "127.0.0.1", "port": 1, "login": "postgres", "schema": "x"}),
+        warehouse_conn_json("host=127.0.0.1 port=1 user=postgres dbname=x"),
     )
     bag = _dagbag()
     assert bag.import_errors == {}

@@ -6,13 +6,13 @@ backstop for whatever else could hold a task (and the deployment's shared reques
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from sage_sync.core.config import warehouse_conn_json
 from sage_sync.core.pools import POOL
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
@@ -27,10 +27,7 @@ def dagbag(warehouse: psycopg.Connection, pg_dsn: str, tmp_path: Path, monkeypat
         "values ('b1aa', 'Greenleaf Bakery Ltd', '2024-Q1')"
     )
     warehouse.commit()
-    p = psycopg.conninfo.conninfo_to_dict(pg_dsn)
-    conn = {"conn_type": "postgres", "host": p.get("host", "127.0.0.1"), "port": int(p.get("port", 5432))}
-    conn |= {"login": p.get("user", "postgres"), "password": p.get("password"), "schema": p["dbname"]}
-    monkeypatch.setenv("AIRFLOW_CONN_SAGE_WAREHOUSE", json.dumps(conn))
+    monkeypatch.setenv("AIRFLOW_CONN_SAGE_WAREHOUSE", warehouse_conn_json(pg_dsn))
     monkeypatch.setenv("SAGE_REGISTRY_SNAPSHOT", str(tmp_path / "companies.json"))
     monkeypatch.setenv("SAGE_TASK_TIMEOUT_HOURS", "5.5")
     return DagBag(dag_folder=str(DAGS), safe_mode=False)

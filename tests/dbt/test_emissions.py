@@ -10,7 +10,6 @@ factor set missing a year the spend needs).
 from __future__ import annotations
 
 import csv
-import json
 import os
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from sage_sync.core.config import warehouse_conn_json
 from sage_sync.reporting import report
 from sage_sync.warehouse.migrate import migrate
 from tests.conftest import ADMIN_URL
@@ -304,16 +304,7 @@ def test_report_command_writes_csv_xlsx_and_png(built: psycopg.Connection, dsn: 
     env = {
         **os.environ,
         "PYTHONPATH": f"{REPO / 'plugins'}:{REPO}",
-        "AIRFLOW_CONN_SAGE_WAREHOUSE": json.dumps(
-            {
-                "conn_type": "postgres",
-                "host": p.get("host", "127.0.0.1"),
-                "port": int(p.get("port", 5432)),
-                "login": p.get("user", "postgres"),
-                "password": p.get("password") or "unused",
-                "schema": p["dbname"],
-            }
-        ),
+        "AIRFLOW_CONN_SAGE_WAREHOUSE": warehouse_conn_json(make_conninfo(dsn, password=p.get("password") or "unused")),
     }
     out = tmp_path / "report"
     result = subprocess.run(
@@ -391,16 +382,7 @@ def test_connections_page_shows_latest_quarters_emissions(
     p = conninfo_to_dict(dsn)
     monkeypatch.setenv(
         "AIRFLOW_CONN_SAGE_WAREHOUSE",
-        json.dumps(
-            {
-                "conn_type": "postgres",
-                "host": p.get("host", "127.0.0.1"),
-                "port": int(p.get("port", 5432)),
-                "login": p.get("user", "postgres"),
-                "password": p.get("password") or "unused",
-                "schema": p["dbname"],
-            }
-        ),
+        warehouse_conn_json(make_conninfo(dsn, password=p.get("password") or "unused")),
     )
     parent = FastAPI()
     parent.mount("/sage", plugin.app)

@@ -8,7 +8,6 @@ database (copied from the migrated test one), its own warehouse database, its ow
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 import sys
@@ -24,7 +23,9 @@ import psycopg
 import pytest
 from cryptography.fernet import Fernet
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
+from sage_sync.core.config import warehouse_conn_json
 from sage_sync.lifecycle import connections
 from sage_sync.orchestration import airflow_api
 from sage_sync.sage.auth import new_pkce_pair
@@ -178,15 +179,8 @@ def denv() -> Iterator[Env]:
     with FakeSageServer(seed=97, volumes=VOLUMES) as sage, pytest.MonkeyPatch.context() as mp:
         values = {
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_sa,
-            "AIRFLOW_CONN_SAGE_WAREHOUSE": json.dumps(
-                {
-                    "conn_type": "postgres",
-                    "host": p.get("host", "127.0.0.1"),
-                    "port": int(p.get("port", 5432)),
-                    "login": p.get("user", "postgres"),
-                    "password": p.get("password") or "unused",
-                    "schema": warehouse_db,
-                }
+            "AIRFLOW_CONN_SAGE_WAREHOUSE": warehouse_conn_json(
+                make_conninfo(warehouse_dsn, dbname=warehouse_db, password=p.get("password") or "unused")
             ),
             "AIRFLOW_CONN_SAGE_DEFAULT": sage.airflow_conn_json(),
             "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),

@@ -6,7 +6,6 @@ Everything runs in-process against a real PostgreSQL and the fake Sage over HTTP
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from datetime import date
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from sage_sync.core.config import sage_settings
+from sage_sync.core.config import sage_settings, warehouse_conn_json
 from sage_sync.core.quarters import Quarter
 from sage_sync.sage.auth import OAuthClient, new_pkce_pair
 from sage_sync.sage.client import SageClient
@@ -27,18 +26,9 @@ RAW_STREAMS = ("businesses", "financial_settings", "ledger_accounts", "contacts"
 
 def point_env_at(monkeypatch: pytest.MonkeyPatch, dsn: str, sage: FakeSageServer) -> None:
     """Make ``config.warehouse_dsn()`` and ``config.sage_settings()`` name this database and fake."""
-    params = psycopg.conninfo.conninfo_to_dict(dsn)
     monkeypatch.setenv(
         "AIRFLOW_CONN_SAGE_WAREHOUSE",
-        json.dumps(
-            {
-                "conn_type": "postgres",
-                "host": params.get("host", "127.0.0.1"),
-                "port": int(params.get("port", 5432)),
-                "login": params.get("user", "postgres"),
-                "schema": params["dbname"],
-            }
-        ),
+        warehouse_conn_json(dsn),
     )
     monkeypatch.setenv("AIRFLOW_CONN_SAGE_DEFAULT", sage.airflow_conn_json())
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from datetime import date
 
 import psycopg
 import pytest
 
+from sage_sync.core.config import warehouse_conn_json
 from sage_sync.orchestration import airflow_api
 from sage_sync.sage.auth import new_pkce_pair
 from sandbox.fake_sage.server import FakeSageServer
@@ -29,18 +29,9 @@ def lenv(
     """Settings pointed at the fake and the test warehouse; DAG pausing recorded, not done."""
     sage.admin.reset()
     warehouse.autocommit = True  # test reads must hold no lock across steps
-    p = psycopg.conninfo.conninfo_to_dict(pg_dsn)
     monkeypatch.setenv(
         "AIRFLOW_CONN_SAGE_WAREHOUSE",
-        json.dumps(
-            {
-                "conn_type": "postgres",
-                "host": p.get("host", "127.0.0.1"),
-                "port": int(p.get("port", 5432)),
-                "login": p.get("user", "postgres"),
-                "schema": p["dbname"],
-            }
-        ),
+        warehouse_conn_json(pg_dsn),
     )
     monkeypatch.setenv("AIRFLOW_CONN_SAGE_DEFAULT", sage.airflow_conn_json())
     pauses: list[tuple[str, bool]] = []

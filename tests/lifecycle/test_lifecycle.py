@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from sage_sync.cli.commands import main
+from sage_sync.core.config import warehouse_conn_json
 from sage_sync.core.errors import LifecycleError, ReauthorizationRequired
 from sage_sync.core.quarters import Quarter
 from sage_sync.lifecycle import connections as lifecycle
@@ -391,16 +392,7 @@ def test_connect_help_points_only_to_commands_that_exist() -> None:
 
 def test_the_cli_runs_from_a_fresh_shell(pg_dsn: str, warehouse: psycopg.Connection, tmp_path: Path) -> None:
     """`python -m sage_sync` with none of the settings in the environment: the checkout's env file."""
-    p = psycopg.conninfo.conninfo_to_dict(pg_dsn)
-    conn = json.dumps(
-        {
-            "conn_type": "postgres",
-            "host": p.get("host", "127.0.0.1"),
-            "port": int(p.get("port", 5432)),
-            "login": p.get("user", "postgres"),
-            "schema": p["dbname"],
-        }
-    )
+    conn = warehouse_conn_json(pg_dsn)
     env_file = tmp_path / "env.sh"
     env_file.write_text(f"export AIRFLOW_CONN_SAGE_WAREHOUSE={shlex.quote(conn)}\n")
     fresh = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SAGE_ENV_FILE": str(env_file)}

@@ -22,6 +22,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from sage_sync.core.config import warehouse_conn_json
 from sage_sync.core.errors import LifecycleError, MigrationLockTimeout
 from sage_sync.reporting import dashboard
 from sage_sync.reporting import status as status_report
@@ -30,20 +31,6 @@ from sage_sync.warehouse.migrate import migrate
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_URL = os.environ.get("SAGE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 MIGRATE_HINT = "python -m sage_sync migrate"
-
-
-def _conn_json(dsn: str) -> str:
-    p = psycopg.conninfo.conninfo_to_dict(dsn)
-    return json.dumps(
-        {
-            "conn_type": "postgres",
-            "host": p.get("host", "127.0.0.1"),
-            "port": int(p.get("port", 5432)),
-            "login": p.get("user", "postgres"),
-            "password": p.get("password"),
-            "schema": p["dbname"],
-        }
-    )
 
 
 @pytest.fixture
@@ -67,7 +54,7 @@ def _run(code: str, dsn: str) -> subprocess.CompletedProcess[str]:
     migration), every lock wait bounded by 3 s instead of hanging the test."""
     env = {
         **os.environ,
-        "AIRFLOW_CONN_SAGE_WAREHOUSE": _conn_json(dsn),
+        "AIRFLOW_CONN_SAGE_WAREHOUSE": warehouse_conn_json(dsn),
         "PGOPTIONS": "-c lock_timeout=3000",
         "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT)]),
     }

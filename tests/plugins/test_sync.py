@@ -7,7 +7,6 @@ add nothing, edits add one version, deletions are recorded, and a dead grant tur
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from datetime import date
@@ -16,7 +15,7 @@ import psycopg
 import pytest
 
 from sage_sync.core import config
-from sage_sync.core.config import sage_settings
+from sage_sync.core.config import sage_settings, warehouse_conn_json
 from sage_sync.core.errors import ReauthorizationRequired
 from sage_sync.core.quarters import Quarter
 from sage_sync.pipeline import sync
@@ -42,18 +41,9 @@ def company(
 ) -> str:
     """The first demo business, connected through the real code exchange."""
     sage.admin.reset()
-    params = psycopg.conninfo.conninfo_to_dict(pg_dsn)
     monkeypatch.setenv(
         "AIRFLOW_CONN_SAGE_WAREHOUSE",
-        json.dumps(
-            {
-                "conn_type": "postgres",
-                "host": params.get("host", "127.0.0.1"),
-                "port": int(params.get("port", 5432)),
-                "login": params.get("user", "postgres"),
-                "schema": params["dbname"],
-            }
-        ),
+        warehouse_conn_json(pg_dsn),
     )
     monkeypatch.setenv("AIRFLOW_CONN_SAGE_DEFAULT", sage.airflow_conn_json())
     business = sage.admin.businesses()[0]

@@ -1,6 +1,5 @@
 """PostgresTokenStore: durable, encrypted at rest, and one refresh per company at a time."""
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +12,7 @@ from click.testing import CliRunner
 from psycopg import sql
 
 from sage_sync.cli.commands import main as cli
+from sage_sync.core.config import warehouse_conn_json
 from sage_sync.core.errors import ReauthorizationRequired, TransientError
 from sage_sync.sage.auth import TokenManager
 from sage_sync.sage.tokens import TokenSet
@@ -268,18 +268,9 @@ def test_a_save_that_keeps_failing_leaves_an_encrypted_recovery_record_and_a_com
     _refuse_new_connections(admin, refuse=False)
     assert store.load(company) == _tokens()  # the warehouse still holds the spent pair
 
-    params = psycopg.conninfo.conninfo_to_dict(pg_dsn)
     monkeypatch.setenv(
         "AIRFLOW_CONN_SAGE_WAREHOUSE",
-        json.dumps(
-            {
-                "conn_type": "postgres",
-                "host": params.get("host", "127.0.0.1"),
-                "port": int(params.get("port", 5432)),
-                "login": params.get("user", "postgres"),
-                "schema": params["dbname"],
-            }
-        ),
+        warehouse_conn_json(pg_dsn),
     )
     result = CliRunner().invoke(cli, ["restore-tokens", str(record)])
     assert result.exit_code == 0, result.output

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from sage_sync.cli import localenv
 from sage_sync.cli.commands import main
+from sage_sync.core.config import warehouse_conn_json
 from sandbox.fake_sage.server import FakeSageServer, consent_redirect
 from scripts import standalone
 
@@ -37,18 +38,9 @@ def demo_sage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeS
 def test_the_cli_connects_a_new_business_in_the_demos_settings(
     demo_sage: FakeSageServer, pg_dsn: str, warehouse: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    p = psycopg.conninfo.conninfo_to_dict(pg_dsn)
     monkeypatch.setenv(
         "AIRFLOW_CONN_SAGE_WAREHOUSE",
-        json.dumps(
-            {
-                "conn_type": "postgres",
-                "host": p.get("host", "127.0.0.1"),
-                "port": int(p.get("port", 5432)),
-                "login": p.get("user", "postgres"),
-                "schema": p["dbname"],
-            }
-        ),
+        warehouse_conn_json(pg_dsn),
     )
     monkeypatch.delenv("AIRFLOW_CONN_SAGE_DEFAULT", raising=False)
     runner = CliRunner()

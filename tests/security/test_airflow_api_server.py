@@ -38,6 +38,7 @@ import pytest
 import requests
 from psycopg import sql
 
+from sage_sync.core.config import warehouse_conn_json
 from sandbox.fake_sage.server import FakeSageServer, free_port
 from scripts.deployment import descendants, kill_strays
 
@@ -121,7 +122,6 @@ def api_server(
     home.mkdir()
     passwords = home / "passwords.json"
     passwords.write_text(json.dumps(PASSWORDS))
-    w = psycopg.conninfo.conninfo_to_dict(pg_dsn)
     with FakeSageServer(seed=5) as sage:
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("SAGE_AIRFLOW_API", "SAGE_TOKEN_KEYS"))},
@@ -138,15 +138,7 @@ def api_server(
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer,sage_sync:user",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-            "AIRFLOW_CONN_SAGE_WAREHOUSE": json.dumps(
-                {
-                    "conn_type": "postgres",
-                    "host": w.get("host", "127.0.0.1"),
-                    "port": int(w.get("port", 5432)),
-                    "login": w.get("user", "postgres"),
-                    "schema": w["dbname"],
-                }
-            ),
+            "AIRFLOW_CONN_SAGE_WAREHOUSE": warehouse_conn_json(pg_dsn),
             "AIRFLOW_CONN_SAGE_DEFAULT": sage.airflow_conn_json(f"{url}/sage/callback"),
             "SAGE_REGISTRY_SNAPSHOT": str(tmp_path / "companies.json"),
             "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT)]),

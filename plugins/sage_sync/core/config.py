@@ -16,6 +16,8 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from psycopg.conninfo import conninfo_to_dict
+
 from sage_sync.core.errors import ConfigError
 
 SAGE_CONN_ID = "sage_default"
@@ -238,6 +240,26 @@ def warehouse_dsn(conn_id: str = WAREHOUSE_CONN_ID) -> str:
         if key in conn.extra:
             parts[key] = str(conn.extra[key])
     return " ".join(f"{k}='{_libpq_quote(v)}'" for k, v in parts.items())
+
+
+def warehouse_conn_json(dsn: str) -> str:
+    """The Airflow connection (JSON, as ``AIRFLOW_CONN_SAGE_WAREHOUSE`` takes it) of the libpq ``dsn``:
+    the inverse of :func:`warehouse_dsn`, so set-up scripts, tests and benches that start from a
+    database name write the connection one way. No password key under trust or peer auth."""
+    params = conninfo_to_dict(dsn)
+    conn: dict[str, Any] = {
+        "conn_type": "postgres",
+        "host": params.get("host") or "127.0.0.1",
+        "port": int(params.get("port") or 5432),
+        "login": params.get("user") or "postgres",
+        "schema": params.get("dbname") or "postgres",
+    }
+    if params.get("password"):
+        conn["password"] = params["password"]
+    extra = {key: params[key] for key in ("sslmode", "options", "application_name") if params.get(key)}
+    if extra:
+        conn["extra"] = extra
+    return json.dumps(conn)
 
 
 def _libpq_quote(value: str) -> str:
