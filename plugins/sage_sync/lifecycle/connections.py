@@ -18,9 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import psycopg
-from psycopg import sql
-
 from sage_sync.core.config import SageSettings
 from sage_sync.core.errors import (
     AirflowUnavailable,
@@ -50,8 +47,7 @@ from sage_sync.pipeline import sync
 from sage_sync.pipeline.sync import backfill_window
 from sage_sync.sage.auth import OAuthClient
 from sage_sync.sage.tokens import TokenSet
-from sage_sync.warehouse import registry, runs, watermarks
-from sage_sync.warehouse.loader import STREAMS as RAW_STREAMS
+from sage_sync.warehouse import raw, registry, runs, watermarks
 from sage_sync.warehouse.migrate import migrate
 from sage_sync.warehouse.token_store import PostgresTokenStore, read_recovery_record
 
@@ -241,7 +237,7 @@ def disconnect(
             "disconnected",
             {
                 "status": "disconnected",
-                "previous_status": _previous_status(conn, company_id),
+                "previous_status": registry.previous_status(conn, company_id),
                 "synced_from_quarter": company.synced_from_quarter,
                 "token_revoked": revoked,
                 "revoke_error": revoke_error,
@@ -250,15 +246,6 @@ def disconnect(
         )
         conn.commit()
     return Disconnected(company, revoked, revoke_error, paused)
-
-
-def _previous_status(conn: psycopg.Connection, company_id: str) -> str | None:
-    row = conn.execute(
-        "select details ->> 'status' from sage_control.connection_events where company_id = %s "
-        "and details ? 'status' and event_type <> 'disconnected' order by event_id desc limit 1",
-        (company_id,),
-    ).fetchone()
-    return row[0] if row else None
 
 
 def reconnect(
@@ -445,18 +432,9 @@ def reset(company_id: str, *, confirm: bool, dsn: str | None = None) -> str:
             run_id = runs.open_run(conn, company_id, "reset", new_generation=True)
         except RunInProgress as exc:
             raise LifecycleError(str(exc)) from None
-        wiped: dict[str, int] = {}
-        for table in sorted(RAW_STREAMS | {"deletions", "quarantine"}):
-            cur = conn.execute(
-                sql.SQL("delete from {} where company_id = %s").format(sql.Identifier("sage_raw", table)), (company_id,)
-            )
-            wiped[table] = cur.rowcount
+        wiped = raw.wipe_company(conn, company_id)
         cleared = watermarks.clear_watermarks(conn, company_id)
-        conn.execute(
-            "update sage_control.companies set reconcile_requested = false, last_reconciled_at = null "
-            "where company_id = %s",
-            (company_id,),
-        )
+        registry.forget_reconciliation(conn, company_id)
         registry.set_status(
             conn,
             company_id,

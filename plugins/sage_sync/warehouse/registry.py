@@ -224,6 +224,25 @@ def mark_reconciled(conn: psycopg.Connection, company_id: str) -> None:
     )
 
 
+def forget_reconciliation(conn: psycopg.Connection, company_id: str) -> None:
+    """Forget the last sweep and any request for one (a reset: the wiped rows need none)."""
+    conn.execute(
+        "update sage_control.companies set reconcile_requested = false, last_reconciled_at = null "
+        "where company_id = %s",
+        (company_id,),
+    )
+
+
+def previous_status(conn: psycopg.Connection, company_id: str) -> str | None:
+    """The status the company's latest event other than a disconnect recorded (None if none did)."""
+    row = conn.execute(
+        "select details ->> 'status' from sage_control.connection_events where company_id = %s "
+        "and details ? 'status' and event_type <> 'disconnected' order by event_id desc limit 1",
+        (company_id,),
+    ).fetchone()
+    return row[0] if row else None
+
+
 def log_event(
     conn: psycopg.Connection, company_id: str, event_type: str, details: dict[str, Any] | None = None
 ) -> None:
