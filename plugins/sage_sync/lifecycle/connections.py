@@ -40,6 +40,7 @@ from sage_sync.lifecycle.inputs import (
     parse_quarter,
     require_company,
     settings_or_refuse,
+    synced_from_input,
     validate_earlier_quarter,
     warehouse,
 )
@@ -111,7 +112,7 @@ def register(
     ``caller``: who unpauses its DAG in Airflow (the page's user).
     """
     check_company_id(business_id)
-    quarter = parse_quarter(quarter) if isinstance(quarter, str) else quarter
+    quarter = synced_from_input(quarter)
     business = auth.business(business_id)
     dsn = dsn or dsn_or_refuse()
     with warehouse(dsn) as conn:
@@ -141,7 +142,7 @@ def register_held(
     browser tab can never give one refresh token to two companies (the first refresh of one
     would kill the other).
     """
-    quarter = parse_quarter(quarter) if isinstance(quarter, str) else quarter
+    quarter = synced_from_input(quarter)
     found = authorisation.held(pending_id)
     if found is None:
         raise LifecycleError(_PENDING_GONE)
@@ -166,7 +167,7 @@ def connect(
 ) -> registry.Company:
     """Exchange ``code`` and register ``business_id`` from ``quarter`` (the CLI's ``connect``)."""
     check_company_id(business_id)  # before the one-time code is spent
-    quarter = parse_quarter(quarter) if isinstance(quarter, str) else quarter
+    quarter = synced_from_input(quarter)
     auth = exchange(code, code_verifier, settings=settings)
     auth.business(business_id)  # refuse before anything is stored
     return register(auth, business_id, quarter, dsn=dsn)

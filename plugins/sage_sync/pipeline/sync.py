@@ -258,7 +258,7 @@ def backfill_stream(
     a backfill does not cover. A failed backfill is simply run again.
     """
     env = env or SyncEnv.from_config()
-    quarter = Quarter.parse(quarter) if isinstance(quarter, str) else quarter
+    quarter = Quarter.of(quarter)
     stream = STREAMS[stream_name]
     if stream.kind != "document":
         raise ValueError(f"only document streams are backfilled, not {stream_name!r}")
@@ -285,7 +285,7 @@ def finish_backfill(
     A backfill run closed as failed (or fenced by a reset) raises :class:`RunFenced` and moves nothing.
     """
     env = env or SyncEnv.from_config()
-    quarter = Quarter.parse(quarter) if isinstance(quarter, str) else quarter
+    quarter = Quarter.of(quarter)
     with run_env.connect(env) as conn:
         runs.finish_run(conn, sync_run_id, "success")
         company = run_env.get_company(conn, company_id)
