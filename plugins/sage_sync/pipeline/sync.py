@@ -42,7 +42,6 @@ __all__ = [
     "CompanySkipped",
     "RunFenced",
     "RunInProgress",
-    "StreamTask",
     "SyncEnv",
     "UnknownCompany",
     "backfill_stream",
