@@ -109,6 +109,14 @@ def _query_result(
     )
 
 
+def _coverage_query(company_id: str | None) -> tuple[Any, dict[str, Any]]:
+    """The report's and the pages' coverage query, of one company or (the overview) of all."""
+    from sage_sync.reporting import report  # noqa: PLC0415
+    from sage_sync.warehouse import marts  # noqa: PLC0415
+
+    return marts.quarter_query(marts.EMISSIONS_COVERAGE_MART, report.COVERAGE_COLUMNS, company_id, None)
+
+
 def _multiply_invoices(conn: psycopg.Connection, lines: int) -> int:
     """Copy the company's purchase invoices (new ids) until they hold about ``lines`` lines."""
     base_lines, base_invoices = conn.execute(
@@ -181,6 +189,7 @@ def _build(lines: int, companies: int, dsn: str, tmp: str, sage: Any) -> tuple[s
 def per_company(lines: int) -> list[Result]:
     """Every README query, the report's and the overview's, for one company of ``lines`` lines."""
     from sage_sync.reporting import report  # noqa: PLC0415
+    from sage_sync.warehouse import marts  # noqa: PLC0415
     from sandbox.fake_sage.server import FakeSageServer  # noqa: PLC0415
 
     with (
@@ -194,25 +203,21 @@ def per_company(lines: int) -> list[Result]:
         with psycopg.connect(dsn) as conn:
             for name, query in readme_queries():
                 results.append(_query_result(conn, name, query, {"company_id": company}, PER_COMPANY_TARGET_S, label))
-            for name, composed in (
-                ("report coverage", report._select("rpt_emissions_coverage", report.COVERAGE_COLUMNS, company, None)),
+            for name, (composed, params) in (
+                ("report coverage", _coverage_query(company)),
                 (
                     "report kg by category",
-                    report._select(
-                        "rpt_emissions_by_category_quarter",
+                    marts.quarter_query(
+                        marts.EMISSIONS_BY_CATEGORY_QUARTER_MART,
                         report.CATEGORY_COLUMNS,
                         company,
                         None,
                         ", kgco2e desc, category",
                     ),
                 ),
-                (
-                    "overview latest quarters",
-                    report._select("rpt_emissions_coverage", report.COVERAGE_COLUMNS, None, None),
-                ),
+                ("overview latest quarters", _coverage_query(None)),
             ):
                 query = composed.as_string(conn)
-                params = {"company_id": company, "from_date": None}
                 results.append(_query_result(conn, name, query, params, PER_COMPANY_TARGET_S, label))
         for result in results:
             result.details.update(built)
@@ -222,7 +227,6 @@ def per_company(lines: int) -> list[Result]:
 def portfolio(lines: int, companies: int) -> list[Result]:
     """Every company's kg and £ by category for the busiest quarter, and the overview page's read of
     every company's coverage, ``lines`` over ``companies``."""
-    from sage_sync.reporting import report  # noqa: PLC0415
     from sandbox.fake_sage.server import FakeSageServer  # noqa: PLC0415
 
     with (
@@ -245,7 +249,7 @@ def portfolio(lines: int, companies: int) -> list[Result]:
                 _query_result(
                     conn,
                     "overview, every company",
-                    report._select("rpt_emissions_coverage", report.COVERAGE_COLUMNS, None, None).as_string(conn),
+                    _coverage_query(None)[0].as_string(conn),
                     {},
                     PORTFOLIO_TARGET_S,
                     label,

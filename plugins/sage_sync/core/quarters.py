@@ -43,6 +43,12 @@ class Quarter:
         return cls(int(year), int(number))
 
     @classmethod
+    def of(cls, value: Quarter | str) -> Quarter:
+        """``value`` as a quarter: as it is, or parsed (:meth:`parse`) from text. For the entry points
+        that take either (a DAG param and the CLI give text, the pages a parsed quarter)."""
+        return value if isinstance(value, Quarter) else cls.parse(value)
+
+    @classmethod
     def containing(cls, day: date) -> Quarter:
         """The quarter a date (or datetime, by its own calendar date) falls in."""
         return cls(day.year, (day.month - 1) // 3 + 1)

@@ -19,9 +19,6 @@ from datetime import date
 from pathlib import Path
 from typing import TypeVar
 
-import psycopg
-from psycopg import sql
-
 from sage_sync.core.config import SageSettings
 from sage_sync.core.errors import (
     CompanySkipped,
@@ -40,9 +37,9 @@ from sage_sync.lifecycle import authorisation
 from sage_sync.lifecycle.authorisation import Authorisation, business_name, exchange, revoke_grant
 from sage_sync.lifecycle.inputs import (
     dsn_or_refuse,
-    parse_quarter,
     require_company,
     settings_or_refuse,
+    synced_from_input,
     validate_earlier_quarter,
     warehouse,
 )
@@ -51,8 +48,7 @@ from sage_sync.orchestration.airflow_api import BACKFILL_DAG_ID, dag_id_for
 from sage_sync.pipeline import sync
 from sage_sync.sage.auth import OAuthClient
 from sage_sync.sage.tokens import TokenSet
-from sage_sync.warehouse import registry, runs, watermarks
-from sage_sync.warehouse.loader import STREAMS as RAW_STREAMS
+from sage_sync.warehouse import raw, registry, runs, watermarks
 from sage_sync.warehouse.migrate import migrate
 from sage_sync.warehouse.token_store import PostgresTokenStore, read_recovery_record
 
@@ -78,7 +74,7 @@ def register(
     ``caller``: who unpauses its DAG in Airflow (the page's user).
     """
     check_company_id(business_id)
-    quarter = parse_quarter(quarter) if isinstance(quarter, str) else quarter
+    quarter = synced_from_input(quarter)
     business = auth.business(business_id)
     dsn = dsn or dsn_or_refuse()
     with warehouse(dsn) as conn:
@@ -108,7 +104,7 @@ def register_held(
     browser tab can never give one refresh token to two companies (the first refresh of one
     would kill the other).
     """
-    quarter = parse_quarter(quarter) if isinstance(quarter, str) else quarter
+    quarter = synced_from_input(quarter)
     found = authorisation.held(pending_id)
     if found is None:
         raise LifecycleError(_PENDING_GONE)
@@ -133,7 +129,7 @@ def connect(
 ) -> registry.Company:
     """Exchange ``code`` and register ``business_id`` from ``quarter`` (the CLI's ``connect``)."""
     check_company_id(business_id)  # before the one-time code is spent
-    quarter = parse_quarter(quarter) if isinstance(quarter, str) else quarter
+    quarter = synced_from_input(quarter)
     auth = exchange(code, code_verifier, settings=settings)
     auth.business(business_id)  # refuse before anything is stored
     return register(auth, business_id, quarter, dsn=dsn)
@@ -204,7 +200,7 @@ def disconnect(
             "disconnected",
             {
                 "status": "disconnected",
-                "previous_status": _previous_status(conn, company_id),
+                "previous_status": registry.previous_status(conn, company_id),
                 "synced_from_quarter": company.synced_from_quarter,
                 "token_revoked": revoked,
                 "revoke_error": revoke_error,
@@ -213,15 +209,6 @@ def disconnect(
         )
         conn.commit()
     return Disconnected(company, revoked, revoke_error, paused)
-
-
-def _previous_status(conn: psycopg.Connection, company_id: str) -> str | None:
-    row = conn.execute(
-        "select details ->> 'status' from sage_control.connection_events where company_id = %s "
-        "and details ? 'status' and event_type <> 'disconnected' order by event_id desc limit 1",
-        (company_id,),
-    ).fetchone()
-    return row[0] if row else None
 
 
 def reconnect(
@@ -414,18 +401,9 @@ def reset(company_id: str, *, confirm: bool, dsn: str | None = None) -> str:
             run_id = runs.open_run(conn, company_id, "reset", new_generation=True)
         except RunInProgress as exc:
             raise LifecycleError(str(exc)) from None
-        wiped: dict[str, int] = {}
-        for table in sorted(RAW_STREAMS | {"deletions", "quarantine"}):
-            cur = conn.execute(
-                sql.SQL("delete from {} where company_id = %s").format(sql.Identifier("sage_raw", table)), (company_id,)
-            )
-            wiped[table] = cur.rowcount
+        wiped = raw.wipe_company(conn, company_id)
         cleared = watermarks.clear_watermarks(conn, company_id)
-        conn.execute(
-            "update sage_control.companies set reconcile_requested = false, last_reconciled_at = null "
-            "where company_id = %s",
-            (company_id,),
-        )
+        registry.forget_reconciliation(conn, company_id)
         registry.set_status(
             conn,
             company_id,

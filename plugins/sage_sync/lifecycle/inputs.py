@@ -68,6 +68,12 @@ def parse_quarter(text: str, *, today: datetime | None = None) -> Quarter:
     return quarter
 
 
+def synced_from_input(quarter: Quarter | str) -> Quarter:
+    """A new connection's Synced From as its caller gives it: text is checked here
+    (:func:`parse_quarter`); a :class:`Quarter` was checked where it was parsed (the page's form)."""
+    return quarter if isinstance(quarter, Quarter) else parse_quarter(quarter)
+
+
 def _today(today: datetime | None) -> date:
     return (today or datetime.now(UTC)).date()
 

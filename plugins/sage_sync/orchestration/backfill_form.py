@@ -31,7 +31,7 @@ def valid_quarters(companies: list[DagCompany], today: datetime | None = None) -
     `validate` refuses, in one line, a quarter that is not earlier than the chosen company's.
     """
     day = (today or datetime.now(UTC)).date()
-    found = {q for c in companies for q in SYNCED_FROM.earlier_quarters(Quarter.parse(c.synced_from_quarter), day)}
+    found = {q for c in companies for q in SYNCED_FROM.earlier_quarters(c.synced_from, day)}
     return [str(q) for q in sorted(found, reverse=True)]
 
 
@@ -51,7 +51,7 @@ def _quarter_param(companies: list[DagCompany]) -> Param:
             description=description,
         )
     # The default is the latest quarter the default company may move to, when it may move at all.
-    own = SYNCED_FROM.earlier_quarters(Quarter.parse(companies[0].synced_from_quarter), datetime.now(UTC).date())
+    own = SYNCED_FROM.earlier_quarters(companies[0].synced_from, datetime.now(UTC).date())
     default = str(own[0]) if own else quarters[0]
     return Param(
         default,

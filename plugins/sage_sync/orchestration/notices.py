@@ -45,7 +45,7 @@ from sage_sync.core.config import NotifySettings, notify_settings, sage_settings
 from sage_sync.core.errors import ConfigError
 from sage_sync.core.status import CompanyStatus
 from sage_sync.orchestration import airflow_api
-from sage_sync.warehouse import db, registry
+from sage_sync.warehouse import db, registry, runs
 from sage_sync.warehouse import notices as store
 from sage_sync.warehouse.token_store import PostgresTokenStore
 
@@ -279,8 +279,7 @@ def _incidents_now(
     elif failure is not None and company.status != CompanyStatus.DISCONNECTED:
         # A run failing on a refused grant is the needs_reauth incident, not a second one.
         sync_run_id = f"{company.company_id}:{failure.run_id}"
-        row = conn.execute("select error from sage_control.sync_runs where sync_run_id = %s", (sync_run_id,)).fetchone()
-        reason = failure.error or (row[0] if row and row[0] else None) or "no reason recorded; see the task log"
+        reason = failure.error or runs.run_error(conn, sync_run_id) or "no reason recorded; see the task log"
         incident = "backfill_failed" if failure.kind == "backfill" else "sync_failed"
         found.append((incident, failed_run_message(company, failure, _clip(redact(reason, secrets))), sync_run_id))
     if company.status == CompanyStatus.INITIAL_SYNC:

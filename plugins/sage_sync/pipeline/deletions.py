@@ -11,14 +11,13 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from sage_sync.core.errors import IncompleteListing, SageAPIError
 from sage_sync.core.status import CompanyStatus
 from sage_sync.pipeline.extract import MAX_PASSES, OVERLAP, parse_ts
 from sage_sync.sage.client import SageClient
 from sage_sync.sage.streams import DOCUMENT_STREAMS, MAX_PAGE_SIZE, STREAMS, Stream, deleted_params
-from sage_sync.warehouse import loader, registry, runs, watermarks
+from sage_sync.warehouse import loader, raw, registry, runs, watermarks
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +110,10 @@ def reconcile_deletions(
                 stream.name,
             )
             continue
-        held = _current_ids(conn, stream, company.company_id, floor)
+        held = raw.current_ids(conn, stream.name, company.company_id, floor)
         missing = sorted(held - listed)
         gone = [{"id": record_id} for record_id in missing if _is_gone(client, stream, record_id)]
-        lacking = _fetch(client, stream, sorted(listed - held - _deleted_ids(conn, stream, company.company_id)))
+        lacking = _fetch(client, stream, sorted(listed - held - raw.deleted_ids(conn, stream.name, company.company_id)))
         with conn.transaction():
             added = loader.record_deletions(
                 conn, stream.name, company.company_id, sync_run_id, gone, method="reconciliation"
@@ -158,28 +157,6 @@ def _listed_ids(client: SageClient, stream: Stream, floor: date) -> set[str] | N
         if total is None or len(this_pass) >= total:
             return seen
     return None
-
-
-def _current_ids(conn: psycopg.Connection, stream: Stream, company_id: str, floor: date) -> set[str]:
-    rows = conn.execute(
-        sql.SQL(
-            "select v.record_id from ("
-            "  select distinct on (record_id) record_id, payload ->> 'date' as doc_date from {} "
-            "  where company_id = %(company)s order by record_id, _extracted_at desc) v "
-            "where v.doc_date >= %(floor)s and not exists ("
-            "  select 1 from sage_raw.deletions d where d.company_id = %(company)s "
-            "  and d.stream = %(stream)s and d.record_id = v.record_id)"
-        ).format(sql.Identifier("sage_raw", stream.name)),
-        {"company": company_id, "floor": floor.isoformat(), "stream": stream.name},
-    ).fetchall()
-    return {r[0] for r in rows}
-
-
-def _deleted_ids(conn: psycopg.Connection, stream: Stream, company_id: str) -> set[str]:
-    rows = conn.execute(
-        "select record_id from sage_raw.deletions where company_id = %s and stream = %s", (company_id, stream.name)
-    ).fetchall()
-    return {r[0] for r in rows}
 
 
 def _fetch(client: SageClient, stream: Stream, record_ids: list[str]) -> list[dict[str, Any]]:

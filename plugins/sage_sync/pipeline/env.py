@@ -109,15 +109,20 @@ def get_company(conn: psycopg.Connection, company_id: str) -> registry.Company:
     return company
 
 
-def require_connected(env: SyncEnv, company_id: str) -> registry.Company:
+def connected_company(conn: psycopg.Connection, company_id: str) -> registry.Company:
     """The company, or :class:`CompanySkipped` when it was disconnected (perhaps mid-run)."""
-    with connect(env) as conn:
-        company = get_company(conn, company_id)
+    company = get_company(conn, company_id)
     if company.status == CompanyStatus.DISCONNECTED:
         raise CompanySkipped(
             f"{company.company_name} ({company_id}) was disconnected: no import until it is reconnected"
         )
     return company
+
+
+def require_connected(env: SyncEnv, company_id: str) -> registry.Company:
+    """:func:`connected_company` on a connection of its own."""
+    with connect(env) as conn:
+        return connected_company(conn, company_id)
 
 
 def _set_status_unless_disconnected(

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import psycopg
 
 from sage_sync.core.errors import (
     CompanySkipped,
@@ -29,7 +32,7 @@ from sage_sync.pipeline.deletions import read_deletions
 from sage_sync.pipeline.env import SyncEnv, make_client, run_key
 from sage_sync.pipeline.extract import StreamRead, empty_totals, read_backfill, read_since_watermark, read_singleton
 from sage_sync.sage.client import SageClient
-from sage_sync.sage.streams import DOCUMENT_STREAMS, STREAMS
+from sage_sync.sage.streams import DOCUMENT_STREAMS, STREAMS, Stream
 from sage_sync.warehouse import registry, runs
 
 log = logging.getLogger(__name__)
@@ -85,15 +88,14 @@ def begin_run(
     return sync_run_id
 
 
-def _require_live(env: SyncEnv, sync_run_id: str) -> None:
+def _require_live(conn: psycopg.Connection, sync_run_id: str) -> None:
     """Refuse at once a task whose run may no longer write (:class:`RunFenced`), before it reads Sage.
 
     Only a fail-fast: the guarantee is every page transaction's own fence (``runs.add_stream_stats``),
     since the run may be closed, or the company reset, while the task reads.
     """
-    with run_env.connect(env) as conn:
+    with conn.transaction():
         runs.fence(conn, sync_run_id)
-        conn.rollback()
 
 
 @contextmanager
@@ -129,6 +131,50 @@ def check_auth(company_id: str, sync_run_id: str, *, env: SyncEnv | None = None)
     log.info("grant of %s refreshed for run %s", company_id, sync_run_id)
 
 
+class StreamTask:
+    """One stream task's context: one warehouse connection, one read of the company, the run guard
+    and the Sage client, closed together on exit.
+
+    Entering opens the connection (autocommit: each page's ``conn.transaction()`` is a real
+    transaction, committed with its page) and reads the company from it, refusing one that was
+    disconnected (:class:`CompanySkipped`). :meth:`start` then refuses a run that may no longer
+    write (:func:`_require_live`) and sets up the client inside the guards every Sage call needs:
+    a refused grant marks the company and closes the run as failed (:func:`closes_run_on_refusal`,
+    ``env.auth_guard``). A backfill looks at the company between the two, to return early when
+    Synced From has moved already.
+    """
+
+    def __init__(
+        self, company_id: str, sync_run_id: str, *, env: SyncEnv | None = None, client: SageClient | None = None
+    ) -> None:
+        self.company_id, self.sync_run_id = company_id, sync_run_id
+        self.env = env or SyncEnv.from_config()
+        self._given = client
+        self._stack = ExitStack()
+
+    def __enter__(self) -> StreamTask:
+        with ExitStack() as stack:
+            self.conn: psycopg.Connection = stack.enter_context(run_env.connect(self.env, autocommit=True))
+            self.company = run_env.connected_company(self.conn, self.company_id)
+            self._stack = stack.pop_all()
+        return self
+
+    def start(self) -> SageClient:
+        """Check the run may still write, then the client, inside the grant's guards."""
+        _require_live(self.conn, self.sync_run_id)
+        self._stack.enter_context(closes_run_on_refusal(self.env, self.company_id, self.sync_run_id))
+        self.client = self._stack.enter_context(run_env.client_for(self.env, self.company_id, self._given))
+        self._stack.enter_context(run_env.auth_guard(self.env, self.company_id))
+        return self.client
+
+    def read(self, stream: Stream) -> StreamRead:
+        """The started task's read of ``stream`` (:class:`StreamRead`)."""
+        return StreamRead(self.conn, self.client, stream, self.company_id, self.sync_run_id)
+
+    def __exit__(self, *exc: Any) -> bool:
+        return self._stack.__exit__(*exc)
+
+
 def sync_stream(
     company_id: str,
     stream_name: str,
@@ -142,37 +188,20 @@ def sync_stream(
     Returns this call's counters with Sage's ``$total`` as ``total_reported`` (the task's XCom);
     each page logs one progress line (records so far, ``$total``, rate, ETA).
     """
-    env = env or SyncEnv.from_config()
     stream = STREAMS[stream_name]
-    run_env.require_connected(env, company_id)
-    _require_live(env, sync_run_id)
-    with (
-        closes_run_on_refusal(env, company_id, sync_run_id),
-        run_env.client_for(env, company_id, client) as sage,
-        run_env.auth_guard(env, company_id),
-        run_env.connect(env, autocommit=True) as conn,
-    ):
-        company = run_env.get_company(conn, company_id)
-        read = StreamRead(conn, sage, stream, company_id, sync_run_id)
+    with StreamTask(company_id, sync_run_id, env=env, client=client) as task:
+        task.start()
         if stream.kind == "singleton":
-            return read_singleton(read)
-        return read_since_watermark(read, company)
+            return read_singleton(task.read(stream))
+        return read_since_watermark(task.read(stream), task.company)
 
 
 def sync_deletions(
     company_id: str, sync_run_id: str, *, env: SyncEnv | None = None, client: SageClient | None = None
 ) -> dict[str, int]:
     """Record what Sage lists under ``deleted_since`` for every stream that has the feed."""
-    env = env or SyncEnv.from_config()
-    run_env.require_connected(env, company_id)
-    _require_live(env, sync_run_id)
-    with (
-        closes_run_on_refusal(env, company_id, sync_run_id),
-        run_env.client_for(env, company_id, client) as sage,
-        run_env.auth_guard(env, company_id),
-        run_env.connect(env, autocommit=True) as conn,
-    ):
-        return read_deletions(conn, sage, run_env.get_company(conn, company_id), sync_run_id)
+    with StreamTask(company_id, sync_run_id, env=env, client=client) as task:
+        return read_deletions(task.conn, task.start(), task.company, sync_run_id)
 
 
 def finish_run(
@@ -257,24 +286,17 @@ def backfill_stream(
     while the daily watermark stands for changes to every document up to a point in time, which
     a backfill does not cover. A failed backfill is simply run again.
     """
-    env = env or SyncEnv.from_config()
-    quarter = Quarter.parse(quarter) if isinstance(quarter, str) else quarter
+    quarter = Quarter.of(quarter)
     stream = STREAMS[stream_name]
     if stream.kind != "document":
         raise ValueError(f"only document streams are backfilled, not {stream_name!r}")
-    company = run_env.require_connected(env, company_id)
-    if quarter >= company.synced_from:
-        # Synced From already moved (a re-run after success): nothing older is left to read.
-        return empty_totals()
-    _require_live(env, sync_run_id)
-    start, end = backfill_window(company, quarter)
-    with (
-        closes_run_on_refusal(env, company_id, sync_run_id),
-        run_env.client_for(env, company_id, client) as sage,
-        run_env.auth_guard(env, company_id),
-        run_env.connect(env, autocommit=True) as conn,
-    ):
-        return read_backfill(StreamRead(conn, sage, stream, company_id, sync_run_id), start, end)
+    with StreamTask(company_id, sync_run_id, env=env, client=client) as task:
+        if quarter >= task.company.synced_from:
+            # Synced From already moved (a re-run after success): nothing older is left to read.
+            return empty_totals()
+        task.start()
+        start, end = backfill_window(task.company, quarter)
+        return read_backfill(task.read(stream), start, end)
 
 
 def finish_backfill(
@@ -285,7 +307,7 @@ def finish_backfill(
     A backfill run closed as failed (or fenced by a reset) raises :class:`RunFenced` and moves nothing.
     """
     env = env or SyncEnv.from_config()
-    quarter = Quarter.parse(quarter) if isinstance(quarter, str) else quarter
+    quarter = Quarter.of(quarter)
     with run_env.connect(env) as conn:
         runs.finish_run(conn, sync_run_id, "success")
         company = run_env.get_company(conn, company_id)

@@ -34,7 +34,7 @@ from sage_sync.reporting.status import (
     stream_state,
 )
 from sage_sync.sage.streams import STREAMS
-from sage_sync.warehouse import reports, stream_states
+from sage_sync.warehouse import marts, reports, stream_states
 
 log = logging.getLogger(__name__)
 
@@ -321,17 +321,17 @@ def company_page(
         company = require_company(conn, company_id)
         marks = reports.watermarks(conn, company_id)
         checked = reports.last_success_ended(conn, company_id)
-        health = reports.mart_rows(conn, reports.SYNC_HEALTH_MART, company_id, order_by="stream", limit=100)
-        currency = reports.mart_rows(
+        health = marts.mart_rows(conn, marts.SYNC_HEALTH_MART, company_id, order_by="stream", limit=100)
+        currency = marts.mart_rows(
             conn,
-            reports.CURRENCY_EXCEPTIONS_MART,
+            marts.CURRENCY_EXCEPTIONS_MART,
             company_id,
             order_by="-transaction_date,record_id",
             limit=EXCEPTIONS_SHOWN,
         )
-        spend = reports.mart_rows(
+        spend = marts.mart_rows(
             conn,
-            reports.SPEND_EXCEPTIONS_MART,
+            marts.SPEND_EXCEPTIONS_MART,
             company_id,
             order_by="-transaction_date,record_id",
             limit=EXCEPTIONS_SHOWN,

@@ -1,6 +1,6 @@
 """Emissions reports: what `python -m sage_sync report`, the Sage connections page and the demo show.
 
-Reads the dbt marts (schema ``analytics``): ``rpt_emissions_by_category_quarter`` and
+Reads the dbt marts only (through ``warehouse.marts``): ``rpt_emissions_by_category_quarter`` and
 ``rpt_emissions_coverage``; every figure is computed in dbt, so a report, the page and an analyst's
 query always agree. Writes a CSV per table, one Excel workbook with both, and a PNG chart of
 kg CO2e by quarter stacked by category (pandas + openpyxl + matplotlib, headless).
@@ -8,7 +8,7 @@ kg CO2e by quarter stacked by category (pandas + openpyxl + matplotlib, headless
 The factors' licence and attribution come from the rows of ``int_emission_factors``, the one dbt
 model that reads the factor set in use: a build with another set prints that set's licence.
 
-The SQL lives here, not in the plugin, so the page stays HTTP and HTML only.
+The queries are ``warehouse.marts``'s, not the plugin's, so the page stays HTTP and HTML only.
 
 **No cell is a formula.** Names come from Sage (a business, a supplier, a category someone typed):
 text starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return would run as a formula
@@ -31,15 +31,12 @@ from typing import Any
 from urllib.parse import quote
 
 import psycopg
-from psycopg import sql
 
 from sage_sync.core.errors import ReportError
 from sage_sync.core.quarters import Quarter
 from sage_sync.lifecycle.inputs import warehouse
+from sage_sync.warehouse import marts
 
-MARTS = "analytics"
-# int_emission_factors: the factor set in use, with its licence and attribution
-INTERMEDIATE = "sage_intermediate"
 CATEGORY_COLUMNS = [
     "company_id",
     "company_name",
@@ -116,29 +113,9 @@ class ReportFiles:
     chart: Path
 
 
-def _rows(conn: psycopg.Connection, query: sql.Composable, params: dict[str, Any]) -> list[dict[str, Any]]:
-    with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-        try:
-            cur.execute(query, params)
-        except psycopg.errors.UndefinedTable as exc:
-            conn.rollback()
-            raise ReportError(
-                "the emissions marts are not built yet: run the dbt transform (the sage_transform DAG or `dbt build`)"
-            ) from exc
-        return cur.fetchall()
-
-
 def resolve_company(conn: psycopg.Connection, company: str) -> tuple[str, str]:
     """``(company_id, company_name)`` for a company id or name (case-insensitive)."""
-    rows = _rows(
-        conn,
-        sql.SQL(
-            "select company_id, coalesce(company_name, company_id) as company_name "
-            "from {}.dim_companies where company_id = %(c)s or lower(company_name) = lower(%(c)s) "
-            "order by company_id = %(c)s desc"
-        ).format(sql.Identifier(MARTS)),
-        {"c": company},
-    )
+    rows = marts.companies_named(conn, company)
     if not rows:
         raise ReportError(f"unknown company {company!r}: give a company id or name from `status`")
     if len(rows) > 1 and rows[0]["company_id"] != company:
@@ -146,37 +123,17 @@ def resolve_company(conn: psycopg.Connection, company: str) -> tuple[str, str]:
     return rows[0]["company_id"], rows[0]["company_name"]
 
 
-def _select(
-    table: str, columns: list[str], company_id: str | None, from_quarter: Quarter | None, extra: str = ""
-) -> sql.Composed:
-    where = [sql.SQL("true")]
-    if company_id is not None:
-        where.append(sql.SQL("company_id = %(company_id)s"))
-    if from_quarter is not None:
-        where.append(sql.SQL("quarter_start_date >= %(from_date)s"))
-    return sql.SQL("select {} from {}.{} where {} order by company_id, quarter{}").format(
-        sql.SQL(", ").join(map(sql.Identifier, columns)),
-        sql.Identifier(MARTS),
-        sql.Identifier(table),
-        sql.SQL(" and ").join(where),
-        sql.SQL(extra),
-    )
-
-
-def _params(company_id: str | None, from_quarter: Quarter | None) -> dict[str, Any]:
-    return {"company_id": company_id, "from_date": from_quarter.start_date if from_quarter else None}
-
-
 def emissions_by_category_quarter(
     conn: psycopg.Connection, company_id: str | None = None, from_quarter: Quarter | None = None
 ) -> list[dict[str, Any]]:
     """Rows of ``rpt_emissions_by_category_quarter`` (largest kg first within a quarter)."""
-    return _rows(
+    return marts.quarter_rows(
         conn,
-        _select(
-            "rpt_emissions_by_category_quarter", CATEGORY_COLUMNS, company_id, from_quarter, ", kgco2e desc, category"
-        ),
-        _params(company_id, from_quarter),
+        marts.EMISSIONS_BY_CATEGORY_QUARTER_MART,
+        CATEGORY_COLUMNS,
+        company_id,
+        from_quarter.start_date if from_quarter else None,
+        ", kgco2e desc, category",
     )
 
 
@@ -184,10 +141,12 @@ def emissions_coverage(
     conn: psycopg.Connection, company_id: str | None = None, from_quarter: Quarter | None = None
 ) -> list[dict[str, Any]]:
     """Rows of ``rpt_emissions_coverage``: per company and quarter, kg and the share of £ mapped."""
-    return _rows(
+    return marts.quarter_rows(
         conn,
-        _select("rpt_emissions_coverage", COVERAGE_COLUMNS, company_id, from_quarter),
-        _params(company_id, from_quarter),
+        marts.EMISSIONS_COVERAGE_MART,
+        COVERAGE_COLUMNS,
+        company_id,
+        from_quarter.start_date if from_quarter else None,
     )
 
 
@@ -217,17 +176,7 @@ def _frame(rows: list[dict[str, Any]], columns: list[str]) -> Any:
 def factor_attribution(conn: psycopg.Connection) -> str:
     """What the report says about its emission factors: the set in use, its attribution and licence,
     as the rows of ``int_emission_factors`` carry them (seed ``emission_factor_sets``)."""
-    table = f"{INTERMEDIATE}.int_emission_factors"
-    if _rows(conn, sql.SQL("select to_regclass(%(t)s) is not null as built"), {"t": table})[0]["built"]:
-        sets = _rows(
-            conn,
-            sql.SQL(
-                "select distinct factor_set, licence, attribution from {}.int_emission_factors order by factor_set"
-            ).format(sql.Identifier(INTERMEDIATE)),
-            {},
-        )
-    else:
-        sets = []
+    sets = marts.factor_sets(conn)
     if not sets:
         return "Emission factors: the set in use is not built yet (dbt model int_emission_factors)."
     said = []
@@ -256,15 +205,7 @@ def not_counted(conn: psycopg.Connection, company_id: str) -> str | None:
     """``base currency EUR: not counted (GBP only)`` for a company whose books are not in pounds
     (its spend is kept out of every mart, so it has no emissions: it is not merely late); None
     for a GBP company."""
-    rows = _rows(
-        conn,
-        # to_jsonb: a dim_companies built before base_currency existed reads as "not known", not an error
-        sql.SQL(
-            "select to_jsonb(d) ->> 'base_currency' as base_currency from {}.dim_companies d where company_id = %(c)s"
-        ).format(sql.Identifier(MARTS)),
-        {"c": company_id},
-    )
-    currency = rows[0]["base_currency"] if rows else None
+    currency = marts.base_currency(conn, company_id)
     if currency is None or currency == COUNTED_CURRENCY:
         return None
     return f"base currency {currency}: not counted ({COUNTED_CURRENCY} only)"

@@ -14,14 +14,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
 from sage_sync.core.status import CompanyStatus
 from sage_sync.lifecycle.inputs import warehouse
 from sage_sync.orchestration.notices import INITIAL_SYNC_OVERDUE
 from sage_sync.sage.streams import STREAMS
-from sage_sync.warehouse import stream_states
-from sage_sync.warehouse.reports import BASE_CURRENCY_SQL, RUN_FLAGS_SQL
+from sage_sync.warehouse import reports, stream_states
 
 # The order the Connect page lists the statuses in: what needs a human first.
 DISPLAY_ORDER = [
@@ -107,27 +105,7 @@ def report(*, dsn: str | None = None) -> list[dict[str, Any]]:
 
 def company_statuses(conn: psycopg.Connection, now: datetime | None = None) -> list[dict[str, Any]]:
     """Every company with its status, its last run's progress and, in initial sync, how long it has taken."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            """
-            select c.company_id, c.company_name, c.status, c.synced_from_quarter, c.last_error,
-                   c.connected_at, c.disconnected_at, c.created_at, now() as db_now,
-                   r.sync_run_id, r.kind, r.status as run_status, r.started_at, r.ended_at, r.stats,
-                   r.is_full_read, r.after_reset, {base_currency} as base_currency,
-                   (select min(f.started_at) from sage_control.sync_runs f
-                    where f.company_id = c.company_id and f.started_at >= coalesce(
-                        (select max(e.occurred_at) from sage_control.connection_events e
-                         where e.company_id = c.company_id and e.event_type = 'reset'), c.created_at)
-                   ) as initial_sync_started_at
-            from sage_control.companies c
-            left join lateral (
-                select r.*, {run_flags} from sage_control.sync_runs r
-                where r.company_id = c.company_id order by r.started_at desc limit 1
-            ) r on true
-            order by c.company_name, c.company_id
-            """.format(run_flags=RUN_FLAGS_SQL.format(run="r"), base_currency=BASE_CURRENCY_SQL.format(company="c"))
-        )
-        rows = cur.fetchall()
+    rows = reports.company_status_rows(conn)
     states = stream_states.states_of(conn, [r["sync_run_id"] for r in rows if r["sync_run_id"]])
     report = []
     for row in rows:

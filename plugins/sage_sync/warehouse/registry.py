@@ -1,5 +1,8 @@
 """The registry of connected companies (``sage_control.companies``) and their event log.
 
+Its rows come back typed (:class:`Company`: a :class:`CompanyStatus`, a :class:`Quarter`), parsed
+here once, so no caller compares or parses the column text again.
+
 Every function works inside the caller's transaction and never commits: registering a company,
 storing its first tokens and logging the event belong together, and the caller decides when they
 become visible. The event log (``connection_events``) is append-only so the history of a connection
@@ -14,13 +17,13 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg.rows import class_row
+from psycopg.rows import kwargs_row
 from psycopg.types.json import Jsonb
 
 from sage_sync.core.errors import UnknownCompanyError
 from sage_sync.core.ids import check_company_id
 from sage_sync.core.quarters import Quarter
-from sage_sync.core.status import STATUSES, check_transition
+from sage_sync.core.status import STATUSES, CompanyStatus, check_transition, parse_status
 
 _COLUMNS = (
     "company_id, company_name, accounts_provider, status, synced_from_quarter, last_error, "
@@ -35,8 +38,8 @@ class Company:
     company_id: str
     company_name: str
     accounts_provider: str
-    status: str
-    synced_from_quarter: str
+    status: CompanyStatus
+    synced_from: Quarter
     last_error: str | None
     created_at: datetime
     updated_at: datetime
@@ -46,13 +49,21 @@ class Company:
     last_reconciled_at: datetime | None = None
 
     @property
-    def synced_from(self) -> Quarter:
-        """``synced_from_quarter`` as a :class:`Quarter`."""
-        return Quarter.parse(self.synced_from_quarter)
+    def synced_from_quarter(self) -> str:
+        """Synced From as the column holds it (``2024-Q1``): for messages and event details."""
+        return str(self.synced_from)
+
+
+def _company(*, status: str, synced_from_quarter: str, **columns: Any) -> Company:
+    """A row of :data:`_COLUMNS` as a :class:`Company`: the one place its status and quarter are parsed."""
+    return Company(status=parse_status(status), synced_from=Quarter.parse(synced_from_quarter), **columns)
+
+
+_COMPANY_ROW = kwargs_row(_company)
 
 
 def register_company(
-    conn: psycopg.Connection, company_id: str, company_name: str, synced_from_quarter: str | Quarter
+    conn: psycopg.Connection, company_id: str, company_name: str, synced_from_quarter: Quarter | str
 ) -> Company:
     """Insert the company, or re-register it after a disconnect or re-authorisation.
 
@@ -64,9 +75,9 @@ def register_company(
     :mod:`sage_sync.core.ids`: the registry is what every DAG is built from, so nothing else gets in.
     """
     check_company_id(company_id)
-    quarter = str(Quarter.parse(synced_from_quarter) if isinstance(synced_from_quarter, str) else synced_from_quarter)
+    quarter = str(Quarter.of(synced_from_quarter))
     existing = get_company(conn, company_id)
-    with conn.cursor(row_factory=class_row(Company)) as cur:
+    with conn.cursor(row_factory=_COMPANY_ROW) as cur:
         cur.execute(
             "insert into sage_control.companies as c "
             "(company_id, company_name, synced_from_quarter, status, connected_at) "
@@ -98,14 +109,14 @@ def register_company(
 
 def get_company(conn: psycopg.Connection, company_id: str) -> Company | None:
     """The company, or None if it was never registered."""
-    with conn.cursor(row_factory=class_row(Company)) as cur:
+    with conn.cursor(row_factory=_COMPANY_ROW) as cur:
         cur.execute(f"select {_COLUMNS} from sage_control.companies where company_id = %s", (company_id,))
         return cur.fetchone()
 
 
 def list_companies(conn: psycopg.Connection, statuses: Iterable[str] | None = None) -> list[Company]:
     """All companies, or those in one of ``statuses``, ordered by id (a stable DAG order)."""
-    with conn.cursor(row_factory=class_row(Company)) as cur:
+    with conn.cursor(row_factory=_COMPANY_ROW) as cur:
         if statuses is None:
             cur.execute(f"select {_COLUMNS} from sage_control.companies order by company_id")
         else:
@@ -137,7 +148,7 @@ def set_status(
     if current is None:
         raise UnknownCompanyError(f"company {company_id!r} is not registered")
     status = check_transition(current[0], status).value  # the one place the allowed moves are enforced
-    with conn.cursor(row_factory=class_row(Company)) as cur:
+    with conn.cursor(row_factory=_COMPANY_ROW) as cur:
         cur.execute(
             "update sage_control.companies set status = %(status)s, last_error = %(error)s, "
             "disconnected_at = case when %(status)s = 'disconnected' then now() else disconnected_at end, "
@@ -162,7 +173,7 @@ def reauthorise(conn: psycopg.Connection, company_id: str, *, details: dict[str,
     sweep: deletions made while the grant was dead may be older than Sage's deletion history.
     Logs ``reconnected`` with ``details``. Raises :class:`UnknownCompanyError`.
     """
-    with conn.cursor(row_factory=class_row(Company)) as cur:
+    with conn.cursor(row_factory=_COMPANY_ROW) as cur:
         cur.execute(
             "update sage_control.companies as c set "
             # Complete data = a successful sync since the last reset wiped the company's rows.
@@ -194,7 +205,7 @@ def set_synced_from(
     before = get_company(conn, company_id)
     if before is None:
         raise UnknownCompanyError(f"company {company_id!r} is not registered")
-    with conn.cursor(row_factory=class_row(Company)) as cur:
+    with conn.cursor(row_factory=_COMPANY_ROW) as cur:
         cur.execute(
             "update sage_control.companies set synced_from_quarter = %s, updated_at = now() "
             f"where company_id = %s returning {_COLUMNS}",
@@ -222,6 +233,25 @@ def mark_reconciled(conn: psycopg.Connection, company_id: str) -> None:
         "where company_id = %s",
         (company_id,),
     )
+
+
+def forget_reconciliation(conn: psycopg.Connection, company_id: str) -> None:
+    """Forget the last sweep and any request for one (a reset: the wiped rows need none)."""
+    conn.execute(
+        "update sage_control.companies set reconcile_requested = false, last_reconciled_at = null "
+        "where company_id = %s",
+        (company_id,),
+    )
+
+
+def previous_status(conn: psycopg.Connection, company_id: str) -> str | None:
+    """The status the company's latest event other than a disconnect recorded (None if none did)."""
+    row = conn.execute(
+        "select details ->> 'status' from sage_control.connection_events where company_id = %s "
+        "and details ? 'status' and event_type <> 'disconnected' order by event_id desc limit 1",
+        (company_id,),
+    ).fetchone()
+    return row[0] if row else None
 
 
 def log_event(

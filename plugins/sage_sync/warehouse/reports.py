@@ -1,8 +1,7 @@
-"""Read-only queries behind the Connect pages: run history, per-stream state, quarantine, the marts.
+"""Read-only queries behind the status report and the Connect pages: companies with their latest
+run, run history, watermarks, quarantine.
 
-Nothing here writes. Each mart the pages read is named once, below, so a rename of a dbt model
-is one line here. The marts are built by ``sage_transform``; until its first run they do not
-exist, and :func:`mart_rows` says so (None) rather than failing the page.
+Nothing here writes. The dbt marts the pages read are ``marts``'s.
 """
 
 from __future__ import annotations
@@ -12,12 +11,6 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
-
-# Where dbt builds the marts (dbt/macros/generate_schema_name.sql) and the ones the pages read.
-MARTS_SCHEMA = "analytics"
-SYNC_HEALTH_MART = "rpt_sync_health"
-CURRENCY_EXCEPTIONS_MART = "rpt_currency_exceptions"
-SPEND_EXCEPTIONS_MART = "rpt_spend_exceptions"
 
 # A run that is a full read, whichever its kind: none succeeded before it since the company was
 # created or last reset (then its watermarks are empty and every stream is read from Synced From).
@@ -49,6 +42,33 @@ def company_names(conn: psycopg.Connection) -> dict[str, str | None]:
     """Per company, the business name Sage holds for it (None before its first sync)."""
     rows = conn.execute(f"select c.company_id, {_SAGE_NAME} from sage_control.companies c").fetchall()
     return {company_id: name for company_id, name in rows}
+
+
+def company_status_rows(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """Every company with its latest run (``run_status``, the :data:`RUN_FLAGS_SQL` flags), its base
+    currency, the database's ``now()`` (``db_now``) and when its first sync since connecting or the
+    last reset started (``initial_sync_started_at``): the rows of the status report."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            """
+            select c.company_id, c.company_name, c.status, c.synced_from_quarter, c.last_error,
+                   c.connected_at, c.disconnected_at, c.created_at, now() as db_now,
+                   r.sync_run_id, r.kind, r.status as run_status, r.started_at, r.ended_at, r.stats,
+                   r.is_full_read, r.after_reset, {base_currency} as base_currency,
+                   (select min(f.started_at) from sage_control.sync_runs f
+                    where f.company_id = c.company_id and f.started_at >= coalesce(
+                        (select max(e.occurred_at) from sage_control.connection_events e
+                         where e.company_id = c.company_id and e.event_type = 'reset'), c.created_at)
+                   ) as initial_sync_started_at
+            from sage_control.companies c
+            left join lateral (
+                select r.*, {run_flags} from sage_control.sync_runs r
+                where r.company_id = c.company_id order by r.started_at desc limit 1
+            ) r on true
+            order by c.company_name, c.company_id
+            """.format(run_flags=RUN_FLAGS_SQL.format(run="r"), base_currency=BASE_CURRENCY_SQL.format(company="c"))
+        )
+        return cur.fetchall()
 
 
 def recent_runs(conn: psycopg.Connection, company_id: str, limit: int = 10) -> list[dict[str, Any]]:
@@ -124,39 +144,3 @@ def quarantined(conn: psycopg.Connection, company_id: str, limit: int = 50) -> t
             (company_id, limit),
         )
         return int(total[0]) if total else 0, cur.fetchall()
-
-
-def mart_exists(conn: psycopg.Connection, mart: str) -> bool:
-    """Whether ``sage_transform`` has built ``mart`` yet."""
-    row = conn.execute("select to_regclass(%s) is not null", (f"{MARTS_SCHEMA}.{mart}",)).fetchone()
-    return bool(row and row[0])
-
-
-def mart_rows(
-    conn: psycopg.Connection, mart: str, company_id: str, *, order_by: str, limit: int = 50
-) -> tuple[int, list[dict[str, Any]]] | None:
-    """The company's rows of ``mart`` (count, first ``limit`` by ``order_by``); None if not built yet.
-
-    ``order_by`` is a comma-separated list of column names, ``-name`` for descending.
-    """
-    if not mart_exists(conn, mart):
-        return None
-    table = sql.Identifier(MARTS_SCHEMA, mart)
-    total = conn.execute(
-        sql.SQL("select count(*) from {} where company_id = %s").format(table), (company_id,)
-    ).fetchone()
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            sql.SQL("select * from {} where company_id = %s order by {} limit %s").format(
-                table, sql.SQL(", ").join(_order_term(c) for c in order_by.split(","))
-            ),
-            (company_id, limit),
-        )
-        return int(total[0]) if total else 0, cur.fetchall()
-
-
-def _order_term(column: str) -> sql.Composable:
-    column = column.strip()
-    if column.startswith("-"):
-        return sql.SQL("{} desc nulls last").format(sql.Identifier(column[1:]))
-    return sql.Identifier(column)

@@ -329,6 +329,12 @@ def get_run(conn: psycopg.Connection, sync_run_id: str) -> dict[str, Any]:
     return row
 
 
+def run_error(conn: psycopg.Connection, sync_run_id: str) -> str | None:
+    """The error the run was closed with (None for a run without one, or no such run)."""
+    row = conn.execute("select error from sage_control.sync_runs where sync_run_id = %s", (sync_run_id,)).fetchone()
+    return row[0] if row else None
+
+
 def last_successful_run(
     conn: psycopg.Connection, company_id: str, kinds: Iterable[str] | None = None
 ) -> dict[str, Any] | None:

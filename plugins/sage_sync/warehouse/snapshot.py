@@ -23,6 +23,7 @@ import psycopg
 
 from sage_sync.core.errors import ConfigError
 from sage_sync.core.ids import company_id_problem
+from sage_sync.core.quarters import Quarter
 from sage_sync.warehouse import db
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,11 @@ class DagCompany:
     company_name: str
     status: str
     synced_from_quarter: str
+
+    @property
+    def synced_from(self) -> Quarter:
+        """``synced_from_quarter`` as a :class:`Quarter` (the column's check keeps it well formed)."""
+        return Quarter.parse(self.synced_from_quarter)
 
 
 def snapshot_path() -> Path:
