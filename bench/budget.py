@@ -25,7 +25,7 @@ BURST = 30.0  # the deployed limiter's burst (sage_sync.warehouse.ratelimit.shar
 def _sync_all(sage, companies: list[str], rate_limit: str) -> tuple[float, int, list]:
     """The companies' syncs at once, with ``SAGE_RATE_LIMIT_PER_S`` = ``rate_limit``: the limiter is
     wired the way a deployment gets it (``sync.make_client``), not patched in."""
-    from sage_sync.pipeline import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync
 
     os.environ["SAGE_RATE_LIMIT_PER_S"] = rate_limit
     outcomes: list = []
@@ -50,8 +50,8 @@ def _sync_all(sage, companies: list[str], rate_limit: str) -> tuple[float, int, 
 
 
 def run(requests_per_1000: float | None = None) -> Result:
-    from sage_sync.warehouse.ratelimit import SAGE_DAILY_LIMIT, initial_syncs_per_day  # noqa: PLC0415
-    from sandbox.fake_sage.server import FakeSageServer  # noqa: PLC0415
+    from sage_sync.warehouse.ratelimit import SAGE_DAILY_LIMIT, initial_syncs_per_day
+    from sandbox.fake_sage.server import FakeSageServer
 
     per_1000 = requests_per_1000 or 5.1
     per_day = {size: initial_syncs_per_day(per_1000 * size / 1000) for size in (10_000, 100_000, 1_000_000)}

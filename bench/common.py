@@ -47,7 +47,7 @@ class Result:
 def scratch_db(prefix: str = "sage_bench") -> Iterator[str]:
     """A new, migrated database on the configured server, dropped afterwards (kept, and named on
     stderr, with SAGE_BENCH_KEEP_DB=1: to look at the plans of what the bench built)."""
-    from sage_sync.warehouse.migrate import migrate  # noqa: PLC0415
+    from sage_sync.warehouse.migrate import migrate
 
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
@@ -71,7 +71,7 @@ def warehouse_env(dsn: str) -> dict[str, str]:
 
 def ensure_fernet() -> None:
     if not os.environ.get("AIRFLOW__CORE__FERNET_KEY"):
-        from cryptography.fernet import Fernet  # noqa: PLC0415
+        from cryptography.fernet import Fernet
 
         os.environ["AIRFLOW__CORE__FERNET_KEY"] = Fernet.generate_key().decode()
 
@@ -81,10 +81,10 @@ def connect_company(sage: Any, dsn: str, key: str) -> str:
     ensure_fernet()
     os.environ.update(warehouse_env(dsn))
     os.environ["AIRFLOW_CONN_SAGE_DEFAULT"] = sage.airflow_conn_json()
-    from sage_sync.core.config import sage_settings  # noqa: PLC0415
-    from sage_sync.core.quarters import Quarter  # noqa: PLC0415
-    from sage_sync.sage.auth import OAuthClient, new_pkce_pair  # noqa: PLC0415
-    from tests.helpers import connect_company as connect  # noqa: PLC0415
+    from sage_sync.core.config import sage_settings
+    from sage_sync.core.quarters import Quarter
+    from sage_sync.sage.auth import OAuthClient, new_pkce_pair
+    from tests.helpers import connect_company as connect
 
     found = next(b for b in sage.admin.businesses() if b["key"] == key)
     verifier, challenge = new_pkce_pair()

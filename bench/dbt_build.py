@@ -63,7 +63,7 @@ def _dbt(args: list[str], dbname: str, tmp: str) -> float:
 
 def _slowest(tmp: str, n: int = 5) -> dict[str, float]:
     """The n slowest models of the last dbt invocation (where a daily run spends its time)."""
-    import json  # noqa: PLC0415
+    import json
 
     results = json.loads(Path(tmp, "target", "run_results.json").read_text())["results"]
     ranked = sorted(results, key=lambda r: r["execution_time"], reverse=True)[:n]
@@ -72,7 +72,7 @@ def _slowest(tmp: str, n: int = 5) -> dict[str, float]:
 
 def _emissions_models(tmp: str) -> dict[str, float]:
     """Execution time of each emissions model in the last dbt invocation."""
-    import json  # noqa: PLC0415
+    import json
 
     results = json.loads(Path(tmp, "target", "run_results.json").read_text())["results"]
     return {
@@ -107,8 +107,8 @@ def run(scale: int = 500_000) -> list[Result]:
       yesterday's landing. Issue target: <= 0.05 of the full refresh at 5M;
     - a run with nothing new (the fixed cost: start-up, compile, the views, the small tables).
     """
-    from sage_sync.pipeline import sync  # noqa: PLC0415
-    from sandbox.fake_sage.server import FakeSageServer  # noqa: PLC0415
+    from sage_sync.pipeline import sync
+    from sandbox.fake_sage.server import FakeSageServer
 
     changed = max(1, scale // 500)
     with (

@@ -160,13 +160,13 @@ def _wait(probe, what: str, timeout: float) -> Any:
 
 def _one(companies: int, workers: int, timeout: float, days: int = 2) -> dict[str, Any]:  # noqa: PLR0915
     """One deployment with ``workers`` workers; both days' figures."""
-    from cryptography.fernet import Fernet  # noqa: PLC0415
+    from cryptography.fernet import Fernet
 
-    from sage_sync.lifecycle import connections  # noqa: PLC0415
-    from sage_sync.orchestration import airflow_api  # noqa: PLC0415
-    from sage_sync.sage.auth import new_pkce_pair  # noqa: PLC0415
-    from sage_sync.warehouse.migrate import migrate  # noqa: PLC0415
-    from sandbox.fake_sage.server import FakeSageServer  # noqa: PLC0415
+    from sage_sync.lifecycle import connections
+    from sage_sync.orchestration import airflow_api
+    from sage_sync.sage.auth import new_pkce_pair
+    from sage_sync.warehouse.migrate import migrate
+    from sandbox.fake_sage.server import FakeSageServer
 
     suffix = uuid.uuid4().hex[:8]
     wh_db, meta_db = f"sage_bench_dep_wh_{suffix}", f"sage_bench_dep_meta_{suffix}"

@@ -50,7 +50,7 @@ def _bare_fetch(sage, company: str, token: str) -> tuple[int, float]:
 
 
 def _one(invoices: int, latency_ms: int) -> dict:
-    from sandbox.fake_sage.server import FakeSageServer  # noqa: PLC0415
+    from sandbox.fake_sage.server import FakeSageServer
 
     with (
         FakeSageServer(seed=3, volumes={"greenleaf": {"purchase_invoices": invoices}}, startup_timeout=300) as sage,
@@ -68,7 +68,7 @@ def _one(invoices: int, latency_ms: int) -> dict:
             raise RuntimeError(f"sync failed: {out.stderr[-2000:]}")
         child = json.loads(out.stdout.strip().splitlines()[-1])
         log = [r for r in sage.admin.request_log() if r["path"].startswith("/v3.1")]
-        import psycopg  # noqa: PLC0415
+        import psycopg
 
         with psycopg.connect(dsn) as conn:
             # Every record Sage sent: the streams' versions and the deletion feeds' entries (the
@@ -90,7 +90,7 @@ def _one(invoices: int, latency_ms: int) -> dict:
             )
             invoices_landed = conn.execute("select count(*) from sage_raw.purchase_invoices").fetchone()[0]
         list_requests = [r for r in log if "deleted_since" not in r["query"]]
-        from sage_sync.warehouse.token_store import PostgresTokenStore  # noqa: PLC0415
+        from sage_sync.warehouse.token_store import PostgresTokenStore
 
         token = PostgresTokenStore(dsn).load(company).access_token
         bare_count, bare_s = _bare_fetch(sage, company, token)
@@ -192,7 +192,7 @@ def _first_sync_at_rate_limit(runs: dict[str, dict], biggest: dict, records: int
     page (measured at 0 ms latency). The floor leaves out the sync's work: requests x the larger of
     latency and spacing.
     """
-    from sage_sync.warehouse.ratelimit import DEFAULT_RATE  # noqa: PLC0415
+    from sage_sync.warehouse.ratelimit import DEFAULT_RATE
 
     requests_needed = biggest["requests_per_1000"] * records / 1000
     work_per_request = runs["0ms_small"]["sync_s"] / runs["0ms_small"]["requests"]

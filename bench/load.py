@@ -123,7 +123,7 @@ def _bare_copy(conn: psycopg.Connection, company: str, run_id: str, page: list[d
 
 
 def run(records: int = 1_000_000) -> Result:
-    from sage_sync.warehouse import loader  # noqa: PLC0415
+    from sage_sync.warehouse import loader
 
     rng = random.Random(5)
     project, baseline = Timer(), Timer()

@@ -111,8 +111,8 @@ def _query_result(
 
 def _coverage_query(company_id: str | None) -> tuple[Any, dict[str, Any]]:
     """The report's and the pages' coverage query, of one company or (the overview) of all."""
-    from sage_sync.reporting import report  # noqa: PLC0415
-    from sage_sync.warehouse import marts  # noqa: PLC0415
+    from sage_sync.reporting import report
+    from sage_sync.warehouse import marts
 
     return marts.quarter_query(marts.EMISSIONS_COVERAGE_MART, report.COVERAGE_COLUMNS, company_id, None)
 
@@ -167,7 +167,7 @@ def _copy_company(conn: psycopg.Connection, company_id: str, copies: int) -> Non
 
 def _build(lines: int, companies: int, dsn: str, tmp: str, sage: Any) -> tuple[str, dict[str, Any]]:
     """A synced, multiplied (and for companies > 1, copied) warehouse built by dbt; its figures."""
-    from sage_sync.pipeline import sync  # noqa: PLC0415 - the bench's stack is imported on demand
+    from sage_sync.pipeline import sync
 
     company = connect_company(sage, dsn, "greenleaf")
     sync.run_company(company)
@@ -188,9 +188,9 @@ def _build(lines: int, companies: int, dsn: str, tmp: str, sage: Any) -> tuple[s
 
 def per_company(lines: int) -> list[Result]:
     """Every README query, the report's and the overview's, for one company of ``lines`` lines."""
-    from sage_sync.reporting import report  # noqa: PLC0415
-    from sage_sync.warehouse import marts  # noqa: PLC0415
-    from sandbox.fake_sage.server import FakeSageServer  # noqa: PLC0415
+    from sage_sync.reporting import report
+    from sage_sync.warehouse import marts
+    from sandbox.fake_sage.server import FakeSageServer
 
     with (
         FakeSageServer(seed=4, scale=4.0) as sage,
@@ -227,7 +227,7 @@ def per_company(lines: int) -> list[Result]:
 def portfolio(lines: int, companies: int) -> list[Result]:
     """Every company's kg and £ by category for the busiest quarter, and the overview page's read of
     every company's coverage, ``lines`` over ``companies``."""
-    from sandbox.fake_sage.server import FakeSageServer  # noqa: PLC0415
+    from sandbox.fake_sage.server import FakeSageServer
 
     with (
         FakeSageServer(seed=4, scale=4.0) as sage,

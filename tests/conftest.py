@@ -119,7 +119,7 @@ def warehouse(pg_dsn: str) -> Iterator[psycopg.Connection]:
 @pytest.fixture
 def fernet_key(monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh Fernet key in AIRFLOW__CORE__FERNET_KEY for the test."""
-    from cryptography.fernet import Fernet  # noqa: PLC0415
+    from cryptography.fernet import Fernet
 
     key = Fernet.generate_key().decode()
     monkeypatch.setenv("AIRFLOW__CORE__FERNET_KEY", key)

@@ -77,7 +77,7 @@ def test_mounted_paths_and_build_files_exist() -> None:
 
 
 def _settings():
-    import importlib.util  # noqa: PLC0415
+    import importlib.util
 
     spec = importlib.util.spec_from_file_location("deploy_settings", ROOT / "scripts" / "deploy_settings.py")
     assert spec is not None and spec.loader is not None
@@ -120,7 +120,7 @@ def test_compose_runs_the_processes_of_the_scripted_deployment_and_the_same_pool
 
 
 def test_the_pools_module_sets_every_declared_pool() -> None:
-    from sage_sync.core.pools import POOLS  # noqa: PLC0415
+    from sage_sync.core.pools import POOLS
 
     run = [sys.executable, "-m", "sage_sync.orchestration.pools"]
     done = subprocess.run(run, capture_output=True, text=True, timeout=120, check=False)

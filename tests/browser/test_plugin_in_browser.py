@@ -180,7 +180,7 @@ def airflow(
 
 
 def _fernet_key() -> str:
-    from cryptography.fernet import Fernet  # noqa: PLC0415
+    from cryptography.fernet import Fernet
 
     return Fernet.generate_key().decode()
 

@@ -98,7 +98,7 @@ def test_ten_thousand_and_one_companies_all_get_a_dag(
 def test_an_odd_id_in_the_registry_is_skipped_with_the_reason_and_the_rest_parse(
     warehouse: psycopg.Connection, registry_env: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from airflow.dag_processing.dagbag import DagBag  # noqa: PLC0415
+    from airflow.dag_processing.dagbag import DagBag
 
     good = ["b1aa", "0d40342d0287cd6b13555c54afca6c90", "biz-1", "co_2", "x" * 64]
     _insert_companies(warehouse, good + ODD_IDS)

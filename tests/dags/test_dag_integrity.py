@@ -35,7 +35,7 @@ _BAGS: dict[str, object] = {}
 
 
 def _dagbag():
-    from airflow.dag_processing.dagbag import DagBag  # noqa: PLC0415
+    from airflow.dag_processing.dagbag import DagBag
 
     return DagBag(dag_folder=str(DAGS), safe_mode=False)
 
@@ -113,10 +113,10 @@ def test_the_company_dag_is_wired_as_designed(bag) -> None:
 def test_transform_starts_unpaused_and_runs_on_new_data_or_daily(two_companies: Path) -> None:
     """Asset events for a paused DAG queue no run, so the transform must never start paused; and
     a daily run catches up whatever an event did not trigger (a dropped event, a failed run)."""
-    import pendulum  # noqa: PLC0415
-    from airflow.serialization.serialized_objects import DagSerialization  # noqa: PLC0415
-    from airflow.timetables.assets import AssetOrTimeSchedule  # noqa: PLC0415
-    from airflow.timetables.base import TimeRestriction  # noqa: PLC0415
+    import pendulum
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.timetables.assets import AssetOrTimeSchedule
+    from airflow.timetables.base import TimeRestriction
 
     dag = _dagbag().dags["sage_transform"]
     assert dag.is_paused_upon_creation is False
@@ -134,8 +134,8 @@ def test_transform_starts_unpaused_and_runs_on_new_data_or_daily(two_companies: 
 def test_the_transform_builds_on_four_threads_from_a_partial_parse(two_companies: Path) -> None:
     # Cosmos writes the profile the build runs with: without threads in it, dbt ran every one of
     # the project's 327 nodes in a row (`Concurrency: 1 threads` in the deployment's task log).
-    import yaml  # noqa: PLC0415
-    from cosmos import settings as cosmos_settings  # noqa: PLC0415
+    import yaml
+    from cosmos import settings as cosmos_settings
 
     build = _dagbag().dags["sage_transform"].get_task("dbt_build")
     mapping = build.profile_config.profile_mapping
@@ -165,7 +165,7 @@ def test_the_backfill_starts_unpaused(two_companies: Path) -> None:
 
 
 def test_the_backfill_form_offers_only_valid_quarters_and_a_valid_default(two_companies: Path) -> None:
-    from sage_sync.core.quarters import SYNCED_FROM, Quarter  # noqa: PLC0415
+    from sage_sync.core.quarters import SYNCED_FROM, Quarter
 
     dag = _dagbag().dags["sage_backfill"]
     company, quarter = dag.params.get_param("company_id"), dag.params.get_param("synced_from")
@@ -182,7 +182,7 @@ def test_the_backfill_form_offers_only_valid_quarters_and_a_valid_default(two_co
 
 
 def test_the_backfill_refuses_a_later_quarter_in_one_line(two_companies: Path) -> None:
-    from airflow.sdk.exceptions import AirflowFailException  # noqa: PLC0415
+    from airflow.sdk.exceptions import AirflowFailException
 
     dag = _dagbag().dags["sage_backfill"]
     validate = dag.get_task("validate").python_callable
@@ -201,7 +201,7 @@ def test_the_backfill_waits_for_the_run_slot_without_holding_a_worker(
 ) -> None:
     """A backfill requested while another run holds the company is not lost after a few retries:
     `validate` is a reschedule-mode sensor that opens the run once the slot is free."""
-    from sage_sync.pipeline import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync
 
     task = _dagbag().dags["sage_backfill"].get_task("validate")
     assert task.mode == "reschedule" and task.timeout >= 12 * 3600
@@ -225,10 +225,10 @@ def test_the_backfill_waits_for_the_run_slot_without_holding_a_worker(
 def test_a_refused_grant_fails_every_sage_task_without_retries(
     two_companies: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from airflow.sdk.exceptions import AirflowFailException  # noqa: PLC0415
+    from airflow.sdk.exceptions import AirflowFailException
 
-    from sage_sync.core.errors import GrantRefused, TransientError  # noqa: PLC0415
-    from sage_sync.pipeline import sync  # noqa: PLC0415
+    from sage_sync.core.errors import GrantRefused, TransientError
+    from sage_sync.pipeline import sync
 
     def refused(*_args: object, **_kwargs: object) -> None:
         raise GrantRefused("b1aa", "Greenleaf Bakery Ltd", "invalid_grant")

@@ -79,7 +79,7 @@ def _watch(dsn: str, run_id: str, seen: list[tuple], stop: threading.Event) -> N
 def test_a_stream_records_retrying_after_sages_503_then_done(
     sage: FakeSageServer, airflow_env: dict[str, str], pg_dsn: str, tmp_path: Path
 ) -> None:
-    from sage_sync.pipeline import sync  # noqa: PLC0415
+    from sage_sync.pipeline import sync
 
     company = connect(sage)
     run_id = sync.begin_run(company, airflow_run_id="manual__states", kind="daily")

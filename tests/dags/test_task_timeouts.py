@@ -20,7 +20,7 @@ DAGS = Path(__file__).resolve().parents[2] / "dags"
 
 @pytest.fixture
 def dagbag(warehouse: psycopg.Connection, pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from airflow.dag_processing.dagbag import DagBag  # noqa: PLC0415
+    from airflow.dag_processing.dagbag import DagBag
 
     warehouse.execute(
         "insert into sage_control.companies (company_id, company_name, synced_from_quarter) "
@@ -47,8 +47,8 @@ def test_every_sage_task_of_the_sync_and_backfill_dags_has_the_timeout(dagbag) -
 
 
 def test_the_timeout_defaults_to_hours_and_refuses_nonsense(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sage_sync.core import config  # noqa: PLC0415
-    from sage_sync.core.errors import ConfigError  # noqa: PLC0415
+    from sage_sync.core import config
+    from sage_sync.core.errors import ConfigError
 
     monkeypatch.delenv("SAGE_TASK_TIMEOUT_HOURS", raising=False)
     assert config.task_timeout() == timedelta(hours=12)  # a first sync of 1M records fits, shared budget and all

@@ -337,7 +337,7 @@ def test_report_command_writes_csv_xlsx_and_png(built: psycopg.Connection, dsn: 
     assert sum(Decimal(r["kgco2e"]) for r in coverage_rows) == mart_kg
     assert sum(Decimal(r["net_gbp"]) for r in coverage_rows) == mart_gbp
     assert "2013-Q2" not in {r["quarter"] for r in coverage_rows}  # --from
-    import openpyxl  # noqa: PLC0415
+    import openpyxl
 
     workbook = openpyxl.load_workbook(out / f"emissions_{CO}.xlsx")
     assert workbook.sheetnames == ["by category and quarter", "coverage", "about"]
@@ -376,8 +376,8 @@ def test_connections_page_shows_latest_quarters_emissions(
     built: psycopg.Connection, dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     plugin = pytest.importorskip("sage_sync.web.app")
-    from fastapi import FastAPI  # noqa: PLC0415
-    from fastapi.testclient import TestClient  # noqa: PLC0415
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
 
     p = conninfo_to_dict(dsn)
     monkeypatch.setenv(

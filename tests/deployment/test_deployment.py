@@ -284,7 +284,7 @@ def test_transform_ran_on_the_asset_and_marts_equal_the_books(denv: Env, day_one
 
 
 def assert_warehouse_matches_dsn(env: Env, company: str) -> None:
-    import psycopg  # noqa: PLC0415
+    import psycopg
 
     with psycopg.connect(env.warehouse_dsn) as conn:
         assert_warehouse_matches(env.sage, conn, company)
@@ -311,7 +311,7 @@ def test_killed_worker_task_retried_on_the_other_and_company_equals_sage(denv: E
     last = tries[-1]
     assert last[0] > killed_try and last[1] == "success"
     assert last[2] != killed_host and last[2].startswith("worker")
-    import psycopg  # noqa: PLC0415
+    import psycopg
 
     with psycopg.connect(denv.warehouse_dsn) as conn:
         assert_warehouse_matches(denv.sage, conn, denv.companies[LARGE])

@@ -39,7 +39,7 @@ def business(sage: FakeSageServer, key: str) -> dict[str, Any]:
 
 def connect(sage: FakeSageServer, key: str = "greenleaf", quarter: Quarter = SYNCED_FROM) -> str:
     """Connect the fake business ``key`` (Synced From ``quarter``) through the real authorise + PKCE exchange."""
-    from tests.helpers import connect_company  # noqa: PLC0415 - needs the env set first
+    from tests.helpers import connect_company
 
     found = business(sage, key)
     verifier, challenge = new_pkce_pair()
@@ -107,7 +107,7 @@ def assert_no_doubles(conn: psycopg.Connection, company_id: str) -> None:
 
 def assert_watermark_not_ahead(sage: FakeSageServer, conn: psycopg.Connection, company_id: str, stream: str) -> None:
     """Every record Sage holds at or below the stream's watermark is already in the warehouse."""
-    from sage_sync.warehouse import watermarks  # noqa: PLC0415
+    from sage_sync.warehouse import watermarks
 
     mark = watermarks.get_watermarks(conn, company_id).get(stream)
     if mark is None or mark.updated_since is None:

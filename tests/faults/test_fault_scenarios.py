@@ -313,7 +313,7 @@ def test_invalid_grant_marks_only_that_company_needs_reauth_and_loses_nothing(
 
 def _airflow_like_run(company: str, airflow_run_id: str) -> None:
     """The company DAG's steps under one Airflow run id (a task retry re-opens the same run row)."""
-    from sage_sync.sage.streams import STREAMS  # noqa: PLC0415
+    from sage_sync.sage.streams import STREAMS
 
     run_id = sync.begin_run(company, airflow_run_id=airflow_run_id, kind="daily")
     sync.check_auth(company, run_id)

@@ -105,9 +105,9 @@ def test_a_reset_while_an_old_task_still_loads_loses_nothing(
 def test_a_disconnect_mid_page_keeps_no_write_of_the_run(
     sage: FakeSageServer, env: psycopg.Connection, held: None
 ) -> None:
-    from airflow.sdk.exceptions import AirflowSkipException  # noqa: PLC0415
+    from airflow.sdk.exceptions import AirflowSkipException
 
-    from sage_sync.orchestration.tasks import skips_disconnected  # noqa: PLC0415 - the DAG tasks' wrapper
+    from sage_sync.orchestration.tasks import skips_disconnected
 
     company = connect(sage)
     daily = sync.begin_run(company, airflow_run_id="scheduled__2026-01-06", kind="daily")
@@ -210,9 +210,9 @@ def test_every_writer_of_a_closed_run_writes_nothing(
 def test_an_old_airflow_run_retried_after_a_reset_does_not_reopen(
     sage: FakeSageServer, env: psycopg.Connection
 ) -> None:
-    from airflow.sdk.exceptions import AirflowFailException  # noqa: PLC0415
+    from airflow.sdk.exceptions import AirflowFailException
 
-    from sage_sync.orchestration.tasks import skips_disconnected  # noqa: PLC0415 - the DAG tasks' wrapper
+    from sage_sync.orchestration.tasks import skips_disconnected
 
     company = connect(sage)
     old = sync.begin_run(company, airflow_run_id="scheduled__2026-01-09", kind="daily")

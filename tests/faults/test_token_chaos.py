@@ -110,7 +110,7 @@ def _grant_worker(seed: int, companies: dict[str, str], sage: FakeSageServer, de
 
 
 def db_dsn() -> str:
-    from sage_sync.core.config import warehouse_dsn  # noqa: PLC0415
+    from sage_sync.core.config import warehouse_dsn
 
     return warehouse_dsn()
 

@@ -417,7 +417,7 @@ def test_a_stream_waiting_for_its_retry_is_visible_and_unstarted_streams_count(
 ) -> None:
     """Sage answering 503 on one stream once read "running ... 59 of 59 records (100 %)" for five
     minutes. Each stream now says where it stands, and the share counts the streams not started."""
-    from sage_sync.warehouse import stream_states  # noqa: PLC0415
+    from sage_sync.warehouse import stream_states
 
     company = _connected(sage)
     run_id = sync.begin_run(company, airflow_run_id="scheduled__2026-12-02T00:00:00+00:00", kind="daily")
@@ -583,7 +583,7 @@ def test_runs_say_what_they_did_and_sync_health_says_what_it_compared(
 
 def test_the_menu_entry_fits_airflows_navigation() -> None:
     """ "Sage con…": Airflow's navigation cuts labels longer than about ten characters."""
-    from sage_connect_plugin import SageConnectPlugin  # noqa: PLC0415
+    from sage_connect_plugin import SageConnectPlugin
 
     (view,) = SageConnectPlugin.external_views
     assert len(view["name"]) <= 10, view["name"]

@@ -177,7 +177,7 @@ def test_reconciliation_sweep_finds_deletions_the_feed_forgot(
     run_id = sync.begin_run(company)
     sage.admin.clear_request_log()
     with sync.make_client(sync.SyncEnv.from_config(), company) as client:
-        from sage_sync.warehouse import registry  # noqa: PLC0415
+        from sage_sync.warehouse import registry
 
         found = deletions.reconcile_deletions(warehouse, client, registry.get_company(warehouse, company), run_id)
     assert found["other_payments"] == 1
@@ -411,7 +411,7 @@ def test_the_cli_runs_from_a_fresh_shell(pg_dsn: str, warehouse: psycopg.Connect
 
 
 def test_the_env_file_fills_in_only_what_is_missing(tmp_path: Path) -> None:
-    from sage_sync.cli.localenv import load_missing  # noqa: PLC0415
+    from sage_sync.cli.localenv import load_missing
 
     env_file = tmp_path / "env.sh"
     env_file.write_text("export A=from-file\nexport B='two words'\n# export C=commented\nD=not-exported\n")
@@ -426,7 +426,7 @@ def test_set_synced_from_checks_for_airflow_before_it_spends_the_code(
 ) -> None:
     """Without an api-server the trigger failed after the one-time code was spent, and the advice
     ("run again with --here") then needed a new one. Airflow is checked first; the code still works."""
-    from sandbox.fake_sage.server import free_port  # noqa: PLC0415
+    from sandbox.fake_sage.server import free_port
 
     monkeypatch.setenv("SAGE_AIRFLOW_API_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens
     company = _connect(sage)

@@ -137,9 +137,9 @@ def test_the_known_differences_fall_back(payload: Any) -> None:
 
 
 def test_datetime_uuid_and_enum_still_refused_like_json() -> None:
-    import enum  # noqa: PLC0415
-    import uuid  # noqa: PLC0415
-    from datetime import UTC, datetime  # noqa: PLC0415
+    import enum
+    import uuid
+    from datetime import UTC, datetime
 
     class Colour(enum.Enum):
         RED = "red"

@@ -58,8 +58,8 @@ def test_odd_ids_are_refused_with_the_reason(company_id: str) -> None:
 
 
 def test_the_rule_fits_what_airflow_takes_as_a_dag_id_and_a_tag() -> None:
-    from airflow.sdk.definitions._internal.node import validate_key  # noqa: PLC0415
-    from airflow.sdk.definitions.dag import TAG_MAX_LEN  # noqa: PLC0415
+    from airflow.sdk.definitions._internal.node import validate_key
+    from airflow.sdk.definitions.dag import TAG_MAX_LEN
 
     longest = "f" * COMPANY_ID_MAX_LENGTH
     validate_key(airflow_api.dag_id_for(longest))  # raises on a bad dag_id

@@ -104,10 +104,10 @@ def test_the_policy_refuses_the_future_later_quarters_and_anything_before_the_fl
 
 def test_the_page_the_cli_and_the_dag_form_share_one_floor() -> None:
     """The page offered 6 years, the CLI took 1990-Q1 and the backfill form offered 7."""
-    from sage_sync.core.errors import LifecycleError  # noqa: PLC0415
-    from sage_sync.lifecycle import inputs  # noqa: PLC0415
-    from sage_sync.orchestration.backfill_form import valid_quarters  # noqa: PLC0415
-    from sage_sync.warehouse.snapshot import DagCompany  # noqa: PLC0415
+    from sage_sync.core.errors import LifecycleError
+    from sage_sync.lifecycle import inputs
+    from sage_sync.orchestration.backfill_form import valid_quarters
+    from sage_sync.warehouse.snapshot import DagCompany
 
     now = datetime.now(UTC)
     floor = SYNCED_FROM.floor(now.date())

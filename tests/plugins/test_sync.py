@@ -116,7 +116,7 @@ def test_each_page_logs_its_progress_and_the_task_returns_the_total(
 ) -> None:
     # Small pages, so a stream takes several requests and several progress lines, as a first
     # sync of thousands of pages does.
-    from sage_sync.pipeline import extract  # noqa: PLC0415
+    from sage_sync.pipeline import extract
 
     params = extract.list_params
     monkeypatch.setattr(extract, "list_params", lambda *a, **kw: params(*a, **kw, page_size=5))
@@ -151,7 +151,7 @@ def test_a_daily_read_counts_the_whole_window_at_sage(
 
 
 def test_progress_line_reads_as_a_person_would_want() -> None:
-    from sage_sync.pipeline.extract import empty_totals, progress_line  # noqa: PLC0415
+    from sage_sync.pipeline.extract import empty_totals, progress_line
 
     totals = {**empty_totals(), "pages": 10, "rows_seen": 2000, "total_reported": 200_000}
     assert progress_line("purchase_invoices", totals, elapsed=20.0) == (
@@ -235,9 +235,9 @@ def test_revoked_grant_marks_company_needs_reauth(
 def test_a_refused_grant_fails_the_task_at_once_with_one_line(
     sage: FakeSageServer, company: str, warehouse: psycopg.Connection
 ) -> None:
-    from airflow.sdk.exceptions import AirflowFailException  # noqa: PLC0415
+    from airflow.sdk.exceptions import AirflowFailException
 
-    from sage_sync.orchestration.tasks import skips_disconnected  # noqa: PLC0415 - the DAG tasks' wrapper
+    from sage_sync.orchestration.tasks import skips_disconnected
 
     name = warehouse.execute("select company_name from sage_control.companies").fetchone()[0]
     run_id = sync.begin_run(company, airflow_run_id="scheduled__2026-01-01")
@@ -275,8 +275,8 @@ def test_a_refused_grant_fails_the_task_at_once_with_one_line(
 def test_transient_errors_keep_their_retries(
     sage: FakeSageServer, company: str, warehouse: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sage_sync.core.errors import TransientError  # noqa: PLC0415
-    from sage_sync.orchestration.tasks import skips_disconnected  # noqa: PLC0415
+    from sage_sync.core.errors import TransientError
+    from sage_sync.orchestration.tasks import skips_disconnected
 
     monkeypatch.setattr("sage_sync.sage.client.time.sleep", lambda _s: None)
     run_id = sync.begin_run(company)

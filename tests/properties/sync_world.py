@@ -114,7 +114,7 @@ def install_hooks(monkeypatch: pytest.MonkeyPatch, hooks: Hooks) -> None:
     page's transaction, before its rows (raising there rolls the page back); ``watermark``: inside
     the transaction that moves a watermark; ``finish``: before a run is closed.
     """
-    from sage_sync.warehouse import loader, runs, watermarks  # noqa: PLC0415
+    from sage_sync.warehouse import loader, runs, watermarks
 
     def seam(kind: str, original: Callable[..., Any]) -> Callable[..., Any]:
         def hooked(*args: Any, **kwargs: Any) -> Any:
@@ -142,8 +142,8 @@ def install_hooks(monkeypatch: pytest.MonkeyPatch, hooks: Hooks) -> None:
 def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
     """Spend streams in pages of PAGE_SIZE (the reference streams keep Sage's 200), in daily
     reads and backfills (both build their requests in ``extract``)."""
-    from sage_sync.pipeline import extract  # noqa: PLC0415
-    from sage_sync.sage import streams  # noqa: PLC0415
+    from sage_sync.pipeline import extract
+    from sage_sync.sage import streams
 
     original = streams.list_params
 
@@ -207,7 +207,7 @@ class SyncWorld:
         return self.sage.authorize(login_hint=company.login, code_challenge=challenge), verifier
 
     def _connect(self, company: Company) -> None:
-        from sage_sync.lifecycle import connections  # noqa: PLC0415
+        from sage_sync.lifecycle import connections
 
         code, verifier = self._code(company)
         connections.connect(code, verifier, company.company_id, company.synced_from, dsn=self.dsn)
@@ -338,8 +338,8 @@ class SyncWorld:
     def _dag_run(self, company: Company, airflow_run_id: str) -> str:
         """The company DAG's tasks in order, each with the DAG's retries; a task failing for good
         runs record_failure, as the DAG's trigger_rule='one_failed' task does."""
-        from sage_sync.pipeline import sync  # noqa: PLC0415
-        from sage_sync.sage.streams import STREAMS  # noqa: PLC0415
+        from sage_sync.pipeline import sync
+        from sage_sync.sage.streams import STREAMS
 
         cid = company.company_id
         failed: list[str] = []
@@ -391,7 +391,7 @@ class SyncWorld:
         self, company: Company, airflow_run_id: str, stream: str, what: str, page: int, items: list[Any]
     ) -> None:
         """What happens between two pages of a run in flight (in Sage, or to the company)."""
-        from sage_sync.pipeline import sync  # noqa: PLC0415
+        from sage_sync.pipeline import sync
 
         key = company.key
         self.note(f"  while {stream} page {page} of {airflow_run_id}: {what}")
@@ -422,7 +422,7 @@ class SyncWorld:
 
     def reset(self, key: str, *, full: bool) -> str:
         """Reset (wipe and re-import); ``full`` runs the re-import now, else the next daily run does."""
-        from sage_sync.lifecycle import connections  # noqa: PLC0415
+        from sage_sync.lifecycle import connections
 
         company = self.companies[key]
         try:
@@ -443,7 +443,7 @@ class SyncWorld:
         return outcome
 
     def disconnect(self, key: str) -> str:
-        from sage_sync.lifecycle import connections  # noqa: PLC0415
+        from sage_sync.lifecycle import connections
 
         company = self.companies[key]
         try:
@@ -456,7 +456,7 @@ class SyncWorld:
         return "disconnected"
 
     def reconnect(self, key: str) -> str:
-        from sage_sync.lifecycle import connections  # noqa: PLC0415
+        from sage_sync.lifecycle import connections
 
         company = self.companies[key]
         code, verifier = self._code(company)
@@ -500,8 +500,8 @@ class SyncWorld:
         self.note(f"  sage {what} {company.key}/{stream} {target['id']} (older window)")
 
     def _backfill(self, company: Company, quarters: int) -> str:
-        from sage_sync.lifecycle import connections  # noqa: PLC0415
-        from sage_sync.pipeline import sync  # noqa: PLC0415
+        from sage_sync.lifecycle import connections
+        from sage_sync.pipeline import sync
 
         key = company.key
         target = company.synced_from
@@ -730,7 +730,7 @@ class DbtRunner:
                     os.environ[k] = v
 
     def build(self) -> None:
-        from dbt.cli.main import dbtRunner  # noqa: PLC0415
+        from dbt.cli.main import dbtRunner
 
         args = [
             "build",

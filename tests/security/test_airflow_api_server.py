@@ -169,7 +169,7 @@ def api_server(
 
 
 def _fernet_key() -> str:
-    from cryptography.fernet import Fernet  # noqa: PLC0415
+    from cryptography.fernet import Fernet
 
     return Fernet.generate_key().decode()
 
@@ -315,7 +315,7 @@ def _walk(
     assert server.dag(dag_id)["is_paused"] is True
 
     # The CLI's service login (SimpleAuthManager's /auth/token) unpauses and pauses too.
-    from sage_sync.orchestration import airflow_api  # noqa: PLC0415
+    from sage_sync.orchestration import airflow_api
 
     monkeypatch.setenv("SAGE_AIRFLOW_API_URL", server.url)
     monkeypatch.setenv("SAGE_AIRFLOW_API_USERNAME", "sage_sync")
