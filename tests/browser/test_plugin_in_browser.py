@@ -1,6 +1,6 @@
 """A new user's walk through the Sage connections pages: real headless Chromium, real ``airflow standalone``.
 
-What the in-process test (tests/lifecycle/test_connect_plugin.py) cannot show, walked as a new
+What the in-process test (tests/web/test_connect_plugin.py) cannot show, walked as a new
 user would on the demo (the fake Sage with its consent page and its second user, whose business
 is not connected yet):
 

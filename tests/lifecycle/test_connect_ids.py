@@ -1,6 +1,6 @@
 """Connecting refuses a business id that no DAG, Airflow REST path, Sage URL or file name could carry.
 
-The rule lives in ``sage_sync.core.ids``; the registry enforces it too (``tests/plugins/test_company_ids.py``).
+The rule lives in ``sage_sync.core.ids``; the registry enforces it too (``tests/core/test_company_ids.py``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from sage_sync.lifecycle import connections as lifecycle
 from sage_sync.lifecycle.authorisation import Authorisation
 from sage_sync.sage.tokens import TokenSet
 from sandbox.fake_sage.server import FakeSageServer
-
-from .conftest import business_id, fresh_code
+from tests.lifecycle_kit import business_id, fresh_code
 
 
 def _authorisation(business_id: str) -> Authorisation:

@@ -28,8 +28,7 @@ from sage_sync.lifecycle import connections as lifecycle
 from sage_sync.pipeline import deletions, sync
 from sage_sync.sage.streams import STREAMS
 from sandbox.fake_sage.server import FakeSageServer
-
-from .conftest import DOCUMENTS, business_id, current, deleted, expected, fresh_code, latest
+from tests.lifecycle_kit import DOCUMENTS, business_id, current, deleted, expected, fresh_code, latest
 
 FROM = Quarter.parse("2026-Q1")
 

@@ -23,8 +23,7 @@ from sage_sync.lifecycle import connections as lifecycle
 from sage_sync.orchestration import airflow_api
 from sage_sync.pipeline import sync
 from sandbox.fake_sage.server import FakeSageServer
-
-from .conftest import business_id, fresh_code
+from tests.lifecycle_kit import business_id, fresh_code
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

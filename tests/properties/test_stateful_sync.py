@@ -43,7 +43,7 @@ Examples this machine expresses that fail on the code this test was written agai
 below as plain tests (issue 22 items 1-3); the invariant was not loosened for them.
 
 Runs with the read-ahead thread off (``SAGE_READ_AHEAD_PAGES=0``: a change between two pages
-must land at the same point of the run on every replay; tests/plugins/test_prefetch.py holds the
+must land at the same point of the run on every replay; tests/sage/test_prefetch.py holds the
 read-ahead to the same results) and the shared rate limiter off (it would pace requests in real
 time); retry sleeps are recorded, not slept.
 """

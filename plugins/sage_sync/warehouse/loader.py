@@ -73,7 +73,7 @@ _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _NUL_ESCAPE_BYTES = re.compile(_NUL_ESCAPE.pattern.encode())
 _REASON_VALUE_CHARS = 80
 # orjson writes the same bytes as _CANONICAL for dicts, lists, strings, ints, bools and null (keys in
-# code point order = UTF-8 byte order; the same escapes: tests/plugins/test_canonical_json.py), about
+# code point order = UTF-8 byte order; the same escapes: tests/warehouse/test_canonical_json.py), about
 # 8x faster. Not for floats: it formats them its own way (1e-05 -> 0.00001) and writes NaN/Infinity as
 # null. Its output is used only after _orjson_safe() proved there was no float; otherwise _CANONICAL.
 # Subclasses of dict/list/str/int go to the standard encoder too: it calls their own methods (items(),

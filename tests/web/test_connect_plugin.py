@@ -29,8 +29,7 @@ from sage_sync.sage.streams import STREAMS
 from sage_sync.warehouse import registry
 from sage_sync.web import pages
 from sandbox.fake_sage.server import FakeSageServer
-
-from .conftest import business_id, fresh_code
+from tests.lifecycle_kit import business_id, fresh_code
 
 plugin = pytest.importorskip("sage_sync.web.app")
 
