@@ -38,6 +38,8 @@ from sage_sync.core.quarters import Quarter
 from sage_sync.lifecycle.inputs import warehouse
 
 MARTS = "analytics"
+# Every mart a report reads: company_report reads them in one snapshot (lifecycle.inputs.warehouse).
+REPORT_MARTS = ("dim_companies", "rpt_emissions_by_category_quarter", "rpt_emissions_coverage")
 # int_emission_factors: the factor set in use, with its licence and attribution
 INTERMEDIATE = "sage_intermediate"
 CATEGORY_COLUMNS = [
@@ -390,7 +392,8 @@ def company_report(
 
     A company whose base currency is not GBP gets no files and the note that says why.
     """
-    with warehouse(dsn) as conn:
+    # one snapshot: the files and the coverage returned show the same published build
+    with warehouse(dsn, marts=REPORT_MARTS) as conn:
         company_id, company_name = resolve_company(conn, company)
         note = not_counted(conn, company_id)
         if note:

@@ -13,11 +13,16 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-# Where dbt builds the marts (dbt/macros/generate_schema_name.sql) and the ones the pages read.
+# Where analysts and the pages read the marts: views of the last published build
+# (dbt/macros/publish/; dbt builds them in sage_marts), and the ones the pages read.
 MARTS_SCHEMA = "analytics"
 SYNC_HEALTH_MART = "rpt_sync_health"
 CURRENCY_EXCEPTIONS_MART = "rpt_currency_exceptions"
 SPEND_EXCEPTIONS_MART = "rpt_spend_exceptions"
+EMISSIONS_COVERAGE_MART = "rpt_emissions_coverage"
+EMISSIONS_BY_CATEGORY_MART = "rpt_emissions_by_category_quarter"
+# Every mart the Connect pages read: a page reads them in one snapshot (lifecycle.inputs.warehouse).
+PAGE_MARTS = (EMISSIONS_COVERAGE_MART, SYNC_HEALTH_MART, CURRENCY_EXCEPTIONS_MART, SPEND_EXCEPTIONS_MART)
 
 # A run that is a full read, whichever its kind: none succeeded before it since the company was
 # created or last reset (then its watermarks are empty and every stream is read from Synced From).
