@@ -350,3 +350,47 @@ def test_a_full_refresh_publishes_the_same_marts(
     assert readers.errors == [], readers.errors[:5]
     assert set(readers.reads) == {before}
     assert _figures(empty_marts) == before
+
+
+def test_a_build_killed_mid_way_publishes_nothing(
+    empty_marts: psycopg.Connection, pg_dsn: str, readers: Readers, tmp_path: Path
+) -> None:
+    """dbt dies (a worker lost, an OOM kill) after committing some marts: readers keep the
+    published build, and the next build publishes everything since."""
+    project = _project(tmp_path)
+    _load_scenario(pg_dsn)
+    _land_invoices(pg_dsn, "a", "2024-06-01T06:00:00Z")
+    _ok(_dbt(project, ["build"], pg_dsn, tmp_path))
+    published = _figures(empty_marts)
+
+    _land_invoices(pg_dsn, "b", "2024-06-02T06:00:00Z")
+    readers.start()
+    paths = ["--project-dir", str(project), "--profiles-dir", str(project), "--target-path", str(tmp_path / "target")]
+    dying = subprocess.Popen(
+        [DBT, "build", *paths, "--log-path", str(tmp_path / "logs")],
+        env=_dbt_env(pg_dsn),
+        cwd=project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and dying.poll() is None:  # until the line fact is committed
+            if empty_marts.execute(
+                "select count(*) from sage_marts.dbt_build_marts where mart = 'fct_spend_transactions' "
+                "and build_id = (select max(build_id) from sage_marts.dbt_builds)"
+            ).fetchone()[0]:
+                break
+            time.sleep(0.1)
+        assert dying.poll() is None, "the build ended before it could be killed"
+    finally:
+        dying.kill()
+        dying.wait()
+    readers.finish()
+    assert readers.errors == [], readers.errors[:5]
+    assert set(readers.reads) == {published}
+    assert _figures(empty_marts) == published
+
+    _ok(_dbt(project, ["build"], pg_dsn, tmp_path))
+    after = _figures(empty_marts)
+    assert _agrees(after) and after != published
