@@ -27,9 +27,11 @@ watermark from what its own table already holds (macros `incremental_watermark`,
 `incremental_latest_versions`), never from the time of the last run: after a paused, skipped or
 failed transform, the next run builds everything that landed since the last successful build.
 
-**Marts stay queryable during a build.** Tables and views are replaced in place, each in one
-transaction (macros in `dbt/macros/materializations/`), so no build drops a mart or shows it
-half-built.
+**Marts change together, when a build succeeded.** dbt builds the marts in the private schema
+`sage_marts`; analysts and the pages read `analytics.<mart>`, views of the last PUBLISHED build.
+The build publishes at its end, in one transaction, only if every model, seed and test it ran
+succeeded (`dbt/macros/publish/`): during the build, and after a failed one, every reader sees the
+previous build in every mart at once. A failed run's retry, or the next run, publishes.
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ def warehouse(pg_dsn: str) -> Iterator[psycopg.Connection]:
             conn.execute("truncate " + ", ".join(r[0] for r in rows) + " restart identity cascade")
         # dbt's incremental tables outlive a truncated raw layer (in production raw is never
         # truncated): drop what dbt built so every test models from its own data only.
-        conn.execute("drop schema if exists sage_staging, sage_intermediate, analytics cascade")
+        conn.execute("drop schema if exists sage_staging, sage_intermediate, sage_marts, analytics cascade")
         conn.commit()
         yield conn
 

@@ -17,8 +17,9 @@
     - Tables are re-created by every build, so select is granted on all current tables and, through
       default privileges, on tables the build user creates later.
     - sage_raw and sage_control (oauth_tokens!) are never granted; they are revoked explicitly so a
-      hand-made grant does not survive the next build. Staging and intermediate are not analyst
-      facing either.
+      hand-made grant does not survive the next build. Staging, intermediate and the private marts
+      schema the build writes (`sage_marts`: analysts read its published build through the views
+      in `analytics`, macros/publish/) are not analyst facing either.
     - Roles are cluster-wide, and two builds may race to create it: a duplicate is ignored.
 #}
 {% macro grant_analyst_access() -%}
@@ -44,7 +45,8 @@ grant select on all tables in schema {{ adapter.quote(marts_schema) }} to {{ ada
 alter default privileges in schema {{ adapter.quote(marts_schema) }}
     grant select on tables to {{ adapter.quote(role) }};
 {%- set private_schemas = ["sage_raw", "sage_control",
-    generate_schema_name("sage_staging", none), generate_schema_name("sage_intermediate", none)] %}
+    generate_schema_name("sage_staging", none), generate_schema_name("sage_intermediate", none),
+    private_marts_schema()] %}
 {%- for private_schema in private_schemas %}
 do $revoke$
 begin

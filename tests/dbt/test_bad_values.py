@@ -171,7 +171,7 @@ def built(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[psy
     """The two companies landed and one real `dbt build` run (it must pass)."""
     env, tmp = _dbt_env(pg_dsn), tmp_path_factory.mktemp("dbt_bad_values")
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute("drop schema if exists sage_staging, sage_intermediate, analytics cascade")
+        conn.execute("drop schema if exists sage_staging, sage_intermediate, sage_marts, analytics cascade")
     _load(pg_dsn)
     result = _dbt(["build"], env, tmp)
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]

@@ -593,7 +593,7 @@ def built(
     # Start from an empty modelled layer: an earlier module may have built into this session's
     # database, and incremental models keep what they hold when raw is truncated.
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute("drop schema if exists sage_staging, sage_intermediate, analytics cascade")
+        conn.execute("drop schema if exists sage_staging, sage_intermediate, sage_marts, analytics cascade")
     _load_scenario(pg_dsn)
     # Day 1: only the incremental layers (the jsonb-heavy part), as a first daily run builds them.
     result = _dbt(["run", "--select", "+int_spend_lines_signed"], env, tmp)

@@ -587,7 +587,7 @@ def empty_warehouse(dsn: str) -> None:
             "where schemaname in ('sage_control', 'sage_raw')"
         ).fetchall()
         conn.execute("truncate " + ", ".join(r[0] for r in rows) + " restart identity cascade")
-        conn.execute("drop schema if exists sage_staging, sage_intermediate, analytics cascade")
+        conn.execute("drop schema if exists sage_staging, sage_intermediate, sage_marts, analytics cascade")
 
 
 def spend_lines(sage_records: dict[str, list[dict[str, Any]]]) -> Counter[tuple[str, str, str, Decimal]]:

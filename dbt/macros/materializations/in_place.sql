@@ -43,9 +43,13 @@
 {%- endmacro %}
 
 {#- True when `relation` exists in the database with exactly the columns `sql` produces (for a view:
-    the same columns first, since `create or replace view` may only append). -#}
+    the same columns first, since `create or replace view` may only append). A mart's bookkeeping
+    column (published_columns) is not the model's and is left out of the comparison. -#}
 {% macro can_replace_in_place(relation, sql, allow_appended_columns=false) -%}
-    {%- set current = relation_columns(relation.include(database=false)) -%}
+    {%- set current = [] -%}
+    {%- for column in relation_columns(relation.include(database=false)) if column[0] != bookkeeping_column() -%}
+        {%- do current.append(column) -%}
+    {%- endfor -%}
     {%- if current | length == 0 -%}
         {{ return(false) }}
     {%- endif -%}
@@ -60,9 +64,10 @@
 {#- Replace every row of `relation` with the rows of `sql`, in the current transaction. DELETE, not
     TRUNCATE: TRUNCATE would block every reader until commit and is not MVCC-safe (a reader with
     an older snapshot would see the table empty); DELETE lets readers go on with the old rows.
-    ANALYZE, because the planner's statistics described the old rows. -#}
+    ANALYZE, because the planner's statistics described the old rows. A mart's bookkeeping column
+    takes its default (published_columns), and its trigger retires the deleted rows. -#}
 {% macro replace_rows_in_place_sql(relation, sql) -%}
-    {%- set columns = relation_columns(relation.include(database=false)) | map('first') | join(', ') -%}
+    {%- set columns = published_columns(relation_columns(relation.include(database=false)) | map('first') | list) | join(', ') -%}
     delete from {{ relation }};
 
     insert into {{ relation }} ({{ columns }})
@@ -123,4 +128,24 @@
     {{ adapter.commit() }}
     {{ run_hooks(post_hooks, inside_transaction=False) }}
     {{ return({'relations': [target_relation]}) }}
+{%- endmacro %}
+
+{#- Before dbt's own materialisation replaces a mart it cannot refill in place (its columns change,
+    or a view becomes a table or back), move the old relation aside as `<name>__old_<invocation>`,
+    its retired rows with it: dbt would drop it with `cascade`, taking the published view in
+    `analytics` along until the build publishes. Renamed, it keeps serving that view (PostgreSQL
+    binds a view to relations, not names) until publish points the view at the new one; publish's
+    clean-up drops it. Other relations render nothing and take dbt's own path as before. -#}
+{% macro move_aside_for_publish(existing_relation) -%}
+    {%- if existing_relation is none or not is_private_mart() -%}
+        {{ return(none) }}
+    {%- endif -%}
+    {%- set aside = existing_relation.incorporate(path={'identifier': existing_relation.identifier ~ '__old_' ~ invocation_id[:8]}) -%}
+    {%- do adapter.rename_relation(existing_relation, aside) -%}
+    {%- if existing_relation.is_table -%}
+        {%- do run_query('alter table if exists ' ~ adapter.quote(existing_relation.schema) ~ '.'
+            ~ adapter.quote(existing_relation.identifier ~ '__retired') ~ ' rename to '
+            ~ adapter.quote(aside.identifier ~ '__retired')) -%}
+    {%- endif -%}
+    {{ log("Moved " ~ existing_relation ~ " aside: it serves the published view until this build publishes", info=true) }}
 {%- endmacro %}

@@ -6,7 +6,8 @@
     own: its strategy already changes the table in one transaction, which first creates the
     configured indexes the table lacks (a deploy that adds one to `indexes`: dbt's own incremental
     run never does, so it would wait for a full refresh, and a model that relies on it, like the
-    skip scan of int_nominal_accounts_categorised, would scan the whole table meanwhile).
+    skip scan of int_nominal_accounts_categorised, would scan the whole table meanwhile). A mart
+    that dbt must rebuild is moved aside first (move_aside_for_publish).
 #}
 {% materialization incremental, adapter='postgres' %}
     {%- set existing_relation = load_cached_relation(this) -%}
@@ -17,6 +18,9 @@
     {%- endif -%}
     {%- if existing_relation is not none and existing_relation.is_table and not should_full_refresh() -%}
         {% do create_missing_indexes(target_relation) %}
+    {%- elif existing_relation is not none -%}
+        {#- dbt rebuilds it (a full refresh that changes columns, a view becoming a table) -#}
+        {%- do move_aside_for_publish(existing_relation) -%}
     {%- endif -%}
     {{ return(dbt.materialization_incremental_default()) }}
 {% endmaterialization %}

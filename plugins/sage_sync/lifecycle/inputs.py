@@ -6,7 +6,7 @@ CLI prints and the Connect page shows, raised before anything changes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 
@@ -17,21 +17,33 @@ from sage_sync.core.errors import ConfigError, LifecycleError
 from sage_sync.core.quarters import SYNCED_FROM, Quarter
 from sage_sync.core.status import NOT_CONNECTED, CompanyStatus
 from sage_sync.warehouse import db, migrate, registry
+from sage_sync.warehouse.marts import read_together
 
 
 @contextmanager
-def warehouse(dsn: str | None = None, *, setting_up: bool = False) -> Iterator[psycopg.Connection]:
+def warehouse(
+    dsn: str | None = None, *, setting_up: bool = False, marts: Sequence[str] = ()
+) -> Iterator[psycopg.Connection]:
     """A warehouse connection, or :class:`LifecycleError` saying it cannot be reached.
 
     Unless ``setting_up`` (the ``migrate`` use case itself), a warehouse that was never set up
     or is older than this code is refused in one line naming the command to run
     (:class:`~sage_sync.core.errors.SchemaNotReady`): no use case migrates on its own.
+
+    With ``marts`` (names in ``analytics``) the connection reads them together: one read-only
+    REPEATABLE READ transaction, so every query of a page or report sees the same published build
+    (a build publishes its marts in one transaction: dbt/macros/publish/). The marts are locked
+    (ACCESS SHARE, before the first query takes the snapshot), so a publish that re-creates a
+    view (a deploy that changes its columns) waits for this read instead of swapping the view
+    under a snapshot that predates it.
     """
     try:
         conn = db.connect(dsn or warehouse_dsn(), app="sage_lifecycle")
     except (ConfigError, psycopg.Error) as exc:
         raise LifecycleError(f"cannot reach the warehouse: {exc}".splitlines()[0]) from None
     with conn:
+        if marts:
+            read_together(conn, marts)
         if not setting_up:
             migrate.require_current(conn)
         yield conn

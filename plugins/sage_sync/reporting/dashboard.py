@@ -19,6 +19,8 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
+
 from sage_sync.core.errors import AirflowUnavailable, LifecycleError
 from sage_sync.core.status import CompanyStatus
 from sage_sync.lifecycle.inputs import backfill_quarters, require_company, warehouse
@@ -259,19 +261,35 @@ def overview(caller: airflow_api.Caller | None = None, *, dsn: str | None = None
     Raises :class:`LifecycleError` when the warehouse cannot be reached. The next scheduled run
     comes from Airflow; when no api-server answers it is None and ``next_run_known`` False.
     """
-    with warehouse(dsn) as conn:  # a read: it never migrates (set-up does)
-        items = company_statuses(conn)
-        names = reports.company_names(conn)
-        latest = reports.latest_runs(conn, [i["company_id"] for i in items])
-        runs = {i["company_id"]: reports.recent_runs(conn, i["company_id"], HISTORY_LENGTH) for i in items}
-        states = stream_states.states_of(conn, [r["sync_run_id"] for found in runs.values() for r in found])
-        history = {
+    with warehouse(dsn, marts=marts.PAGE_MARTS) as conn:  # a read: it never migrates (set-up does)
+        read = _overview_reads(conn)
+    return _overview_items(read, _next_runs(caller))
+
+
+def _overview_reads(conn: psycopg.Connection) -> dict[str, Any]:
+    """What overview() reads, on an open connection: company_page reads its own marts after it
+    in the same snapshot."""
+    items = company_statuses(conn)
+    runs = {i["company_id"]: reports.recent_runs(conn, i["company_id"], HISTORY_LENGTH) for i in items}
+    states = stream_states.states_of(conn, [r["sync_run_id"] for found in runs.values() for r in found])
+    return {
+        "items": items,
+        "names": reports.company_names(conn),
+        "latest": reports.latest_runs(conn, [i["company_id"] for i in items]),
+        "states": states,
+        "history": {
             company_id: [_run_row(company_id, r, states.get(r["sync_run_id"])) for r in found]
             for company_id, found in runs.items()
-        }
+        },
         # last: until the transform has built the emissions marts this rolls the connection back
-        emissions = latest_quarters(conn)
-    schedule = _next_runs(caller)
+        "emissions": latest_quarters(conn),
+    }
+
+
+def _overview_items(read: dict[str, Any], schedule: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """overview()'s entries from what it read and Airflow's schedule (None: no api-server answered)."""
+    items, names, latest, states = read["items"], read["names"], read["latest"], read["states"]
+    history, emissions = read["history"], read["emissions"]
     for item in items:
         company_id = item["company_id"]
         item["name"] = display_name(company_id, item["company_name"], names.get(company_id))
@@ -311,13 +329,12 @@ def company_page(
     Each mart is None until ``sage_transform`` has built it. Raises :class:`LifecycleError` for
     an unknown company.
     """
-    items = {i["company_id"]: i for i in overview(caller, dsn=dsn)}
-    if company_id not in items:
-        with warehouse(dsn) as conn:
+    # One snapshot for the whole page: its entry's emissions and the marts below show one build.
+    with warehouse(dsn, marts=marts.PAGE_MARTS) as conn:
+        read = _overview_reads(conn)
+        if company_id not in {i["company_id"] for i in read["items"]}:
             require_company(conn, company_id)  # raises the one-line refusal
-        raise LifecycleError(f"unknown company {company_id!r}")
-    item = items[company_id]
-    with warehouse(dsn) as conn:
+            raise LifecycleError(f"unknown company {company_id!r}")
         company = require_company(conn, company_id)
         marks = reports.watermarks(conn, company_id)
         checked = reports.last_success_ended(conn, company_id)
@@ -337,6 +354,7 @@ def company_page(
             limit=EXCEPTIONS_SHOWN,
         )
         quarantine_count, quarantine = reports.quarantined(conn, company_id, EXCEPTIONS_SHOWN)
+    item = {i["company_id"]: i for i in _overview_items(read, _next_runs(caller))}[company_id]
     streams = (item["progress"] or progress({}, run_status=None))["streams"]
     last = item["history"][0] if item["history"] else None
     for stream in streams:

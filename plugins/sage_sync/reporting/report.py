@@ -331,7 +331,8 @@ def company_report(
 
     A company whose base currency is not GBP gets no files and the note that says why.
     """
-    with warehouse(dsn) as conn:
+    # one snapshot: the files and the coverage returned show the same published build
+    with warehouse(dsn, marts=marts.REPORT_MARTS) as conn:
         company_id, company_name = resolve_company(conn, company)
         note = not_counted(conn, company_id)
         if note:

@@ -9,6 +9,7 @@ or schema is one line here. Until the first transform the marts do not exist: th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
@@ -28,6 +29,9 @@ CURRENCY_EXCEPTIONS_MART = "rpt_currency_exceptions"
 SPEND_EXCEPTIONS_MART = "rpt_spend_exceptions"
 EMISSIONS_BY_CATEGORY_QUARTER_MART = "rpt_emissions_by_category_quarter"
 EMISSIONS_COVERAGE_MART = "rpt_emissions_coverage"
+# What a page or a report reads together, in one snapshot (read_together): the Connect pages, the report.
+PAGE_MARTS = (EMISSIONS_COVERAGE_MART, SYNC_HEALTH_MART, CURRENCY_EXCEPTIONS_MART, SPEND_EXCEPTIONS_MART)
+REPORT_MARTS = (COMPANIES_MART, EMISSIONS_BY_CATEGORY_QUARTER_MART, EMISSIONS_COVERAGE_MART)
 
 
 def _mart(name: str) -> sql.Identifier:
@@ -155,3 +159,18 @@ def factor_sets(conn: psycopg.Connection) -> list[dict[str, Any]]:
         ),
         {},
     )
+
+
+def read_together(conn: psycopg.Connection, names: Sequence[str]) -> None:
+    """Make ``conn`` read the marts ``names`` together: one read-only REPEATABLE READ transaction,
+    so every query of a page or report sees the same published build (a build publishes all its
+    marts in one transaction: dbt/macros/publish/). The marts are locked (ACCESS SHARE) before the
+    first query takes the snapshot, so a publish that re-creates a view (a deploy that changes its
+    columns) waits for this read instead of swapping the view under a snapshot that predates it."""
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+    lock = sql.SQL("lock table {} in access share mode").format(sql.SQL(", ").join(_mart(name) for name in names))
+    try:
+        conn.execute(lock)
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):  # not built yet: nothing to wait for
+        conn.rollback()
