@@ -12,8 +12,8 @@
         unique_key=['company_id', 'quarter_start_date'],
         marker_column='emissions_by_category_quarter_id',
         indexes=[
-            {'columns': ['company_id', 'quarter_start_date']},
-            {'columns': ['quarter_start_date']},
+            {'columns': ['company_id', 'quarter']},
+            {'columns': ['quarter']},
         ],
     )
 }}

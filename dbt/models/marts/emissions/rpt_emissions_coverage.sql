@@ -13,8 +13,8 @@
         unique_key=['company_id', 'quarter_start_date'],
         marker_column='emissions_coverage_id',
         indexes=[
-            {'columns': ['company_id', 'quarter_start_date']},
-            {'columns': ['quarter_start_date']},
+            {'columns': ['company_id', 'quarter']},
+            {'columns': ['quarter']},
         ],
     )
 }}
