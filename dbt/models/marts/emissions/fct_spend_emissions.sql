@@ -31,6 +31,7 @@
         indexes=[
             {'columns': ['company_id', 'stream', 'record_id']},
             {'columns': ['company_id', 'quarter_start_date']},
+            {'columns': ['company_id', 'emission_status']},
             {'columns': ['dbt_loaded_at']},
         ],
     )
