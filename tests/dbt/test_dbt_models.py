@@ -15,11 +15,12 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -1215,6 +1216,22 @@ def _day3_rows() -> list[Row]:
     ]
 
 
+# Change logs: what an incremental build remembers about earlier states, so that the marts can
+# rebuild what a change touches. A full refresh starts them afresh: it holds a subset of their rows
+# (a document's old quarter, a dimension member that is gone are only in the incremental log).
+CHANGE_LOGS = {"sage_intermediate.int_spend_document_quarters", "sage_intermediate.int_dimension_versions"}
+
+
+def _differing(incremental: dict[str, list[str]], full: dict[str, list[str]]) -> list[str]:
+    """The models whose rows differ between an incremental build and a full refresh: every model
+    holds exactly the same rows, except that a change log may remember more."""
+    return [
+        name
+        for name in full
+        if (not set(full[name]) <= set(incremental[name]) if name in CHANGE_LOGS else incremental[name] != full[name])
+    ]
+
+
 def _snapshot(conn: psycopg.Connection) -> dict[str, list[str]]:
     """Every model's rows, tables and views (minus build-stamped columns), as sorted JSON text."""
     tables = conn.execute("""
@@ -1325,5 +1342,322 @@ def test_incremental_build_equals_a_full_refresh(built: psycopg.Connection, pg_d
         "sage_intermediate.int_emission_account_mappings",
     } <= set(full)
     assert any("Acme Group plc" in row for row in incremental["analytics.fct_spend_emissions"])
-    differing = [name for name in full if incremental[name] != full[name]]
+    differing = _differing(incremental, full)
     assert not differing, {name: (sorted(set(incremental[name]) ^ set(full[name])))[:6] for name in differing}
+
+
+# --------------------------------------------------------------------------- days 4+: each dimension change
+
+DIM_CO = "dim_co"
+DAY4 = "2024-06-05T06:00:00Z"
+DAY5 = "2024-06-06T06:00:00Z"
+DAY6 = "2024-06-07T06:00:00Z"
+EMISSION_SEEDS = Path("seeds/emission_factors")
+# dim_co's accounts: id -> (name, nominal code, ledger_account_type)
+DIM_ACCOUNTS = {
+    "la_rent": ("Rent and rates", 7100, "OVERHEADS"),  # renamed: category and emission mapping change
+    "la_phone": ("Telephone and internet", 7502, "OVERHEADS"),  # re-categorised by an override seed row
+    "la_legal": ("Legal and professional fees", 7600, "OVERHEADS"),  # an emission account override
+    "la_power": ("Electricity", 7200, "OVERHEADS"),  # its SIC group's factor changes
+    "la_goods": ("Cost of sales - goods", 5000, "DIRECT_EXPENSES"),  # everything else
+}
+# dim_co's documents: record id -> what the document uses (one dimension member each, so that no
+# change is rebuilt by way of another change on the same lines)
+DIM_DOCUMENTS = {
+    "d_supplier": {"contact": "c_renamed"},
+    "d_account": {"ledger": "la_rent"},
+    "d_category": {"ledger": "la_phone"},
+    "d_tax": {"tax_rate": "DIM_RATE"},
+    "d_emit": {"ledger": "la_legal"},
+    "d_factor": {"ledger": "la_power"},
+    "d_line": {},  # a line override
+    "d_move": {},  # moves to the next quarter
+    "d_delete": {},  # deleted
+    "d_void": {},  # voided
+    "d_keep": {},  # nothing happens to it
+}
+
+
+def _dim_account(id_: str, name: str, code: int, type_: str) -> Row:
+    payload = {
+        "id": id_,
+        "name": name,
+        "displayed_as": f"{name} ({code})",
+        "nominal_code": code,
+        "ledger_account_type": _link(type_, "ledger_account_types"),
+        "included_in_chart": True,
+    }
+    return Row("ledger_accounts", DIM_CO, id_, payload, DAY4)
+
+
+def _dim_contact(id_: str, name: str, extracted_at: str = DAY4) -> Row:
+    payload = {"id": id_, "name": name, "contact_types": [{"id": "VENDOR"}], "currency": _link("GBP", "currencies")}
+    return Row("contacts", DIM_CO, id_, payload, extracted_at)
+
+
+def _dim_invoice(record_id: str, extracted_at: str = DAY4, **changes: str) -> Row:
+    uses = {"contact": "c_kept", "ledger": "la_goods", "tax_rate": "GB_ZERO", **DIM_DOCUMENTS[record_id]}
+    line = _invoice_line(f"{record_id}_l1", "100.00", "0.00", uses["tax_rate"], uses["ledger"], "Widget")
+    document = _document(
+        record_id,
+        "invoice",
+        [line],
+        contact=uses["contact"],
+        contact_name="Dim Supplier",
+        date=changes.get("date", "2024-05-15"),
+        status=changes.get("status", "UNPAID"),
+        updated_at=changes.get("updated_at", "2024-05-15T10:00:00Z"),
+    )
+    return Row("purchase_invoices", DIM_CO, record_id, document, extracted_at)
+
+
+def _dim_co_rows() -> list[Row]:
+    rows = [
+        Row("businesses", DIM_CO, DIM_CO, {"id": DIM_CO, "name": "Dim Co Ltd", "country": _link("GB", "c")}, DAY4),
+        Row("financial_settings", DIM_CO, DIM_CO, {"base_currency": _link("GBP", "currencies")}, DAY4),
+        Row("tax_rates", DIM_CO, "GB_ZERO", {"id": "GB_ZERO", "name": "GB_ZERO", "percentage": "0.0"}, DAY4),
+        Row("tax_rates", DIM_CO, "DIM_RATE", {"id": "DIM_RATE", "name": "DIM_RATE", "percentage": "10.0"}, DAY4),
+        _dim_contact("c_renamed", "Northwind Partners"),
+        _dim_contact("c_kept", "Contoso Partners"),
+    ]
+    rows += [_dim_account(id_, *account) for id_, account in DIM_ACCOUNTS.items()]
+    return rows + [_dim_invoice(record_id) for record_id in DIM_DOCUMENTS]
+
+
+@pytest.fixture(scope="module")
+def day4_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the dbt project whose seeds the dimension-change steps edit."""
+    copy = tmp_path_factory.mktemp("dbt_day4") / "dbt"
+    shutil.copytree(DBT_PROJECT, copy, ignore=shutil.ignore_patterns("target", "logs", "dbt_packages"))
+    return copy
+
+
+def _project_dbt(
+    args: list[str], env: dict[str, str], project: Path, tmp: Path, factor_set: str | None
+) -> subprocess.CompletedProcess[str]:
+    vars_ = ["--vars", f"{{emission_factor_set: {factor_set}}}"] if factor_set else []
+    paths = ["--project-dir", str(project), "--profiles-dir", str(project)]
+    paths += ["--target-path", str(tmp / "target"), "--log-path", str(tmp / "logs")]
+    result = subprocess.run(
+        [DBT, *args, *vars_, *paths],
+        env=env,
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    return result
+
+
+def _incremental_then_full(
+    conn: psycopg.Connection,
+    env: dict[str, str],
+    project: Path,
+    tmp: Path,
+    factor_set: str | None = None,
+    after_incremental: Callable[[], None] | None = None,
+) -> dict[str, list[str]]:
+    """`dbt seed` and an incremental `dbt run` (then `after_incremental`), then `dbt run
+    --full-refresh`: every model must hold the same rows after both. Returns the incremental
+    snapshot."""
+    _project_dbt(["seed"], env, project, tmp, factor_set)
+    _project_dbt(["run"], env, project, tmp, factor_set)
+    incremental = _snapshot(conn)
+    if after_incremental is not None:
+        after_incremental()
+    _project_dbt(["run", "--full-refresh"], env, project, tmp, factor_set)
+    full = _snapshot(conn)
+    assert set(incremental) == set(full)
+    differing = _differing(incremental, full)
+    assert not differing, {name: (sorted(set(incremental[name]) ^ set(full[name])))[:6] for name in differing}
+    return incremental
+
+
+def _dim_lines(conn: psycopg.Connection, columns: str, mart: str = "fct_spend_transactions") -> dict[str, tuple]:
+    rows = conn.execute(
+        sql.SQL("select record_id, {} from analytics.{} where company_id = %s").format(
+            sql.SQL(columns), sql.Identifier(mart)
+        ),
+        (DIM_CO,),
+    ).fetchall()
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
+def test_each_dimension_change_shows_after_the_next_build(
+    built: psycopg.Connection, pg_dsn: str, day4_project: Path, tmp_path: Path
+) -> None:
+    """Day 4 and 5 (after the day-3 test): one change of every kind of dimension, each on lines
+    no other change touches (so none is rebuilt by way of another), then the incremental build
+    must equal a full refresh: a renamed supplier, a renamed account (its category and emission
+    mapping follow), a category override seed row, a tax rate, a company's name, an emission
+    account override, a line override, a factor's value, a document moved to the next quarter,
+    a deleted and a voided document."""
+    env = _dbt_env(pg_dsn)
+    built.rollback()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(
+            "insert into sage_control.companies (company_id, company_name, status, synced_from_quarter, "
+            "connected_at) values (%s, 'Dim Co', 'active', '2024-Q2', '2024-06-04T09:00:00Z')",
+            (DIM_CO,),
+        )
+        conn.execute(
+            "insert into sage_control.sync_runs (sync_run_id, company_id, kind, status, started_at, ended_at, "
+            "stats) values ('run_dim', %s, 'daily', 'success', %s, %s, '{}')",
+            (DIM_CO, DAY4, DAY4),
+        )
+        _insert_rows(conn, _dim_co_rows())
+        _project_dbt(["seed"], env, day4_project, tmp_path, None)
+        _project_dbt(["run"], env, day4_project, tmp_path, None)
+        before = _dim_lines(conn, "supplier_name, nominal_code_name, category, tax_rate_percentage")
+        assert set(before) == set(DIM_DOCUMENTS)
+        emissions_before = _dim_lines(conn, "mapping_rule, sic_code, kgco2e", "fct_spend_emissions")
+
+        # Day 5: the changes.
+        _insert_rows(
+            conn,
+            [
+                _dim_contact("c_renamed", "Northwind Partners Group", DAY5),
+                replace(_dim_account("la_rent", "Legal fees", 7100, "OVERHEADS"), extracted_at=DAY5),
+                Row(
+                    "tax_rates", DIM_CO, "DIM_RATE", {"id": "DIM_RATE", "name": "DIM_RATE", "percentage": "12.5"}, DAY5
+                ),
+                _dim_invoice("d_move", DAY5, date="2024-08-10", updated_at="2024-06-05T10:00:00Z"),
+                _dim_invoice("d_void", DAY5, status="VOID", updated_at="2024-06-05T10:00:00Z"),
+            ],
+        )
+        conn.execute(
+            "insert into sage_raw.deletions (company_id, stream, record_id, source_deleted_at, "
+            "detection_method, _extracted_at, _sync_run_id) values "
+            "(%s, 'purchase_invoices', 'd_delete', '2024-06-05T00:00:00Z', 'deleted_since', %s, 'run_dim')",
+            (DIM_CO, DAY5),
+        )
+        conn.execute(
+            "update sage_control.companies set company_name = 'EUR Co Renamed' where company_id = %s", (EUR_CO,)
+        )
+        seeds = day4_project / "seeds"
+        _append(seeds / "company_category_overrides.csv", f"{DIM_CO},7502,it_and_software,test: re-categorised")
+        _append(seeds / EMISSION_SEEDS.name / "emission_account_overrides.csv", f"{DIM_CO},la_legal,,62,,test")
+        _append(seeds / EMISSION_SEEDS.name / "emission_line_overrides.csv", f"{DIM_CO},d_line,d_line_l1,61,,test")
+        factors = seeds / EMISSION_SEEDS.name / "emission_factors__defra_leeds_2023.csv"
+        factors.write_text(
+            "".join(
+                re.sub(r",2023,[0-9.]+,", ",2023,9.87654,", line) if line.startswith("defra_leeds_2023,35.1,") else line
+                for line in factors.read_text().splitlines(keepends=True)
+            )
+        )
+        untouched_query = (
+            "select 'fct_spend_transactions', dbt_loaded_at from analytics.fct_spend_transactions "
+            "where company_id = %(c)s and record_id = 'd_keep' union all "
+            "select 'fct_spend_emissions', dbt_loaded_at from analytics.fct_spend_emissions "
+            "where company_id = %(c)s and record_id = 'd_keep'"
+        )
+        untouched = conn.execute(untouched_query, {"c": DIM_CO}).fetchall()
+        assert len(untouched) == 2
+
+        def d_keep_not_rewritten() -> None:
+            # the stored facts rewrote only what the changes touch
+            assert conn.execute(untouched_query, {"c": DIM_CO}).fetchall() == untouched
+
+        _incremental_then_full(conn, env, day4_project, tmp_path, after_incremental=d_keep_not_rewritten)
+
+        after = _dim_lines(conn, "supplier_name, nominal_code_name, category, tax_rate_percentage")
+        assert after["d_supplier"][0] == "Northwind Partners Group"
+        assert after["d_account"][1] == "Legal fees" and after["d_account"][2] != before["d_account"][2]
+        assert after["d_category"][2] == "it_and_software"
+        assert after["d_tax"][3] == Decimal("12.5")
+        assert "d_delete" not in after and "d_void" not in after
+        assert after["d_keep"] == before["d_keep"]
+        emissions = _dim_lines(conn, "mapping_rule, sic_code, kgco2e", "fct_spend_emissions")
+        assert emissions["d_emit"][:2] == ("account_override", "62")
+        assert emissions["d_line"][:2] == ("line_override", "61")
+        assert emissions["d_factor"][2] != emissions_before["d_factor"][2]
+        assert emissions["d_account"][:2] == ("chart_account_name", "69.1") != emissions_before["d_account"][:2]
+        quarters = conn.execute(
+            "select quarter, line_count from analytics.rpt_spend_by_category_quarter where company_id = %s "
+            "and category = %s order by quarter",
+            (DIM_CO, before["d_keep"][2]),
+        ).fetchall()
+        assert quarters == [("2024-Q2", 4), ("2024-Q3", 1)], quarters  # d_supplier, d_tax, d_line, d_keep; d_move
+        names = conn.execute(
+            "select distinct company_name from analytics.rpt_emissions_coverage where company_id = %s", (EUR_CO,)
+        ).fetchall()
+        assert names == [("EUR Co Renamed",)]
+
+
+def _append(path: Path, row: str) -> None:
+    path.write_text(path.read_text().rstrip("\n") + "\n" + row + "\n")
+
+
+def test_a_keyword_rule_change_shows_after_the_next_build(
+    built: psycopg.Connection, pg_dsn: str, day4_project: Path, tmp_path: Path
+) -> None:
+    """Day 6: a new keyword rule re-maps the lines it matches (every "Widget" of a mixed account)."""
+    env = _dbt_env(pg_dsn)
+    built.rollback()
+    _append(
+        day4_project / "seeds" / EMISSION_SEEDS.name / "emission_keyword_rules.csv", "widgets,5,widget,32,,low,false"
+    )
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        _incremental_then_full(conn, env, day4_project, tmp_path)
+        emissions = _dim_lines(conn, "mapping_rule, sic_code", "fct_spend_emissions")
+    assert emissions["d_keep"] == ("line_description_keyword", "32")
+
+
+def test_a_factor_set_change_shows_after_the_next_build(
+    built: psycopg.Connection, pg_dsn: str, day4_project: Path, tmp_path: Path
+) -> None:
+    """Day 7: another factor set (var emission_factor_set) re-computes every line with it; a build
+    with nothing new then changes nothing."""
+    env = _dbt_env(pg_dsn)
+    built.rollback()
+    seeds = day4_project / "seeds" / EMISSION_SEEDS.name
+    lines = (seeds / "emission_factors__defra_leeds_2023.csv").read_text().splitlines()
+    (seeds / "emission_factors__test_doubled.csv").write_text(
+        "\n".join(
+            [lines[0]]
+            + [re.sub(r"^defra_leeds_2023,(.*?),(\d{4}),([0-9.]+),", _doubled, line, count=1) for line in lines[1:]]
+        )
+        + "\n"
+    )
+    sets = (seeds / "emission_factor_sets.csv").read_text().splitlines()
+    _append(seeds / "emission_factor_sets.csv", sets[1].replace("defra_leeds_2023", "test_doubled", 1))
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        before = _dim_lines(conn, "kgco2e", "fct_spend_emissions")
+        _incremental_then_full(conn, env, day4_project, tmp_path, "test_doubled")
+        after = _dim_lines(conn, "factor_set, kgco2e", "fct_spend_emissions")
+        assert {row[0] for row in after.values()} == {"test_doubled"}
+        assert abs(after["d_keep"][1] - 2 * before["d_keep"][0]) <= Decimal("0.001")
+        # nothing new: the incremental build equals the full refresh it follows
+        _incremental_then_full(conn, env, day4_project, tmp_path, "test_doubled")
+
+
+def _doubled(match: re.Match[str]) -> str:
+    return f"test_doubled,{match.group(1)},{match.group(2)},{Decimal(match.group(3)) * 2},"
+
+
+def test_a_company_reset_shows_after_the_next_build(
+    built: psycopg.Connection, pg_dsn: str, day4_project: Path, tmp_path: Path
+) -> None:
+    """Day 8: a reset (sage_sync.lifecycle.connections.reset) wipes the company's raw rows and
+    records a `reset` event; the re-import lands part of what it had. The incremental models
+    forget the company's older rows (macro forget_reset_companies): the build equals a full one."""
+    env = _dbt_env(pg_dsn)
+    built.rollback()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        raw_tables = conn.execute("select tablename from pg_tables where schemaname = 'sage_raw'").fetchall()
+        for (table,) in raw_tables:
+            conn.execute(
+                sql.SQL("delete from sage_raw.{} where company_id = %s").format(sql.Identifier(table)), (DIM_CO,)
+            )
+        conn.execute(
+            "insert into sage_control.connection_events (company_id, event_type, occurred_at) "
+            "values (%s, 'reset', now())",
+            (DIM_CO,),
+        )
+        reimported = [row for row in _dim_co_rows() if row.record_id not in ("d_keep", "d_tax", "d_supplier")]
+        _insert_rows(conn, [replace(row, extracted_at=DAY6) for row in reimported])
+        _incremental_then_full(conn, env, day4_project, tmp_path, "test_doubled")
+        kept = _dim_lines(conn, "amount")
+    assert set(kept) == set(DIM_DOCUMENTS) - {"d_keep", "d_tax", "d_supplier"}

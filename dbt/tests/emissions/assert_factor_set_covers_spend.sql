@@ -31,16 +31,24 @@ missing_set as (
     where not is_known_set
 ),
 
+-- Read against the set in use, not the stored kgco2e: a mart table may still hold the rows of an
+-- earlier build (a build refused here publishes nothing, and the next one rewrites them).
 missing_years as (
     select
-        factor_set,
-        sic_code,
-        factor_year,
+        factor_set_in_use.factor_set,
+        emissions.sic_code,
+        emissions.factor_year,
         count(*) as line_count,
         'no factor for this group and year: the set does not cover the spend' as problem
-    from {{ ref('fct_spend_emissions') }}
-    where emission_status = 'mapped' and kgco2e is null
-    group by factor_set, sic_code, factor_year
+    from {{ ref('fct_spend_emissions') }} as emissions
+    cross join factor_set_in_use
+    where emissions.emission_status = 'mapped'
+        and not exists (
+            select 1 from factors
+            where factors.sic_code = emissions.sic_code
+                and factors.factor_year = emissions.factor_year
+        )
+    group by factor_set_in_use.factor_set, emissions.sic_code, emissions.factor_year
 ),
 
 rule_groups as (

@@ -16,13 +16,100 @@
 -- credit notes and refunds reduce emissions. scope_coverage 'upstream_only' (fuel, gas, heating
 -- oil): the buyer's own combustion is not in a spend factor; never sum those rows as complete.
 --
--- A view, like fct_spend_transactions: an edited override, rule or factor set, or a renamed
--- account, shows on the next build without rewriting any line (the one per-line table,
--- int_emission_line_keywords, is incremental).
+-- A table, kept incrementally by document like fct_spend_transactions (strategy
+-- replace_partitions). A build recomputes the lines of the documents whose spend lines were
+-- rewritten or removed since its last build, of the documents with a line on an account whose
+-- emission mapping changed or with a changed line override (int_dimension_versions), and the
+-- stored lines of a SIC group whose factor or flags changed or of a month whose price period
+-- changed; a changed keyword rule set or factor set recomputes every line. The keyword matching
+-- itself is done once per line when it lands (int_emission_line_keywords).
+{{
+    config(
+        incremental_strategy='replace_partitions',
+        unique_key=['company_id', 'stream', 'record_id'],
+        marker_column='line_id',
+        indexes=[
+            {'columns': ['company_id', 'stream', 'record_id']},
+            {'columns': ['company_id', 'quarter_start_date']},
+            {'columns': ['company_id', 'emission_status']},
+            {'columns': ['dbt_loaded_at']},
+        ],
+    )
+}}
+
+-- Read only by incremental runs: declared here, so dbt always knows them.
+-- depends_on: {{ ref('int_dimension_versions') }}
+-- depends_on: {{ ref('int_spend_lines_signed') }}
+-- depends_on: {{ ref('stg_sage__purchase_invoices') }}
+-- depends_on: {{ ref('stg_sage__purchase_credit_notes') }}
+-- depends_on: {{ ref('stg_sage__purchase_quick_entries') }}
+-- depends_on: {{ ref('stg_sage__other_payments') }}
+{%- set loaded_after = incremental_watermark('dbt_loaded_at') %}
+{%- set global_changes = changed_global_members(loaded_after) %}
+{%- set recompute_all = 'emission_keyword_rules' in global_changes or 'emission_factor_set' in global_changes %}
+{%- set changed_sic_codes = [] %}
+{%- for key in global_changes.get('emission_factor', []) %}{% do changed_sic_codes.append(key.split('/')[0]) %}{% endfor %}
+{%- do changed_sic_codes.extend(global_changes.get('emission_sic_group', [])) %}
+{%- set changed_months = [] %}
+{%- for key in global_changes.get('emission_price_period', []) %}{% do changed_months.append(key.split('/')[-1]) %}{% endfor %}
+
 with
 
+{% if is_incremental() %}
+changed_members as (
+    {{ changed_dimension_members(['company', 'emission_account_mapping', 'emission_line_override'], loaded_after) }}
+),
+
+touched_documents as (
+    select
+        company_id,
+        stream,
+        record_id
+    from {{ ref('fct_spend_transactions') }}
+    where dbt_loaded_at > {{ loaded_after }}
+    union
+    {{ changed_spend_documents(loaded_after) }}
+    union
+    {{ documents_of_changed_members('changed_members', {
+        'emission_account_mapping': 'ledger_account_id',
+        'emission_line_override': 'record_id',
+    }) }}
+    union
+    -- a company whose lines may have left the spend fact (a base currency no longer GBP)
+    select
+        stored.company_id,
+        stored.stream,
+        stored.record_id
+    from {{ this }} as stored
+    inner join changed_members
+        on changed_members.dimension = 'company'
+            and stored.company_id = changed_members.company_id
+    {% if recompute_all %}
+    union
+    select company_id, stream, record_id from {{ ref('fct_spend_transactions') }}
+    union
+    select company_id, stream, record_id from {{ this }}
+    {% endif %}
+    {% if changed_sic_codes %}
+    union
+    select company_id, stream, record_id from {{ this }}
+    where sic_code in ({% for code in changed_sic_codes | unique %}'{{ code }}'{% if not loop.last %}, {% endif %}{% endfor %})
+    {% endif %}
+    {% if changed_months %}
+    union
+    select company_id, stream, record_id from {{ this }}
+    where to_char(transaction_date, 'YYYY-MM') in ({% for month in changed_months | unique %}'{{ month }}'{% if not loop.last %}, {% endif %}{% endfor %})
+    {% endif %}
+),
+
+{% endif %}
 spend as (
     select * from {{ ref('fct_spend_transactions') }}
+    {% if is_incremental() %}
+    where (company_id, stream, record_id) in (
+            select company_id, stream, record_id from touched_documents
+        )
+    {% endif %}
 ),
 
 account_mappings as (
@@ -140,7 +227,7 @@ mapped as (
     from ruled
 ),
 
-final as (
+lines as (
     select
         mapped.spend_line_id,
         mapped.company_id,
@@ -189,7 +276,9 @@ final as (
         case
             when mapped.sic_code is not null then round(mapped.amount * price_periods.deflator, 2)
         end as net_gbp_at_factor_prices,
-        round(round(mapped.amount * price_periods.deflator, 2) * factors.kgco2e_per_gbp, 3) as kgco2e
+        round(round(mapped.amount * price_periods.deflator, 2) * factors.kgco2e_per_gbp, 3) as kgco2e,
+        -- when this row was last (re)written: the build that wrote it
+        now() as dbt_loaded_at
     from mapped
     cross join factor_set_in_use
     left join price_periods
@@ -199,6 +288,14 @@ final as (
             and price_periods.factor_year = factors.factor_year
     left join sic_group_flags
         on mapped.sic_code = sic_group_flags.sic_code
+),
+
+final as (
+    select * from lines
+    {% if is_incremental() %}
+    union all
+    {{ partition_markers('touched_documents', ['company_id', 'stream', 'record_id']) }}
+    {% endif %}
 )
 
 select * from final

@@ -1,10 +1,47 @@
 -- kg CO2e per company, calendar quarter and spend category (the category of
 -- fct_spend_transactions, so it lines up with the spend marts), with the £ behind it split into
--- mapped, unmapped and out of scope. A view over fct_spend_emissions: always current.
+-- mapped, unmapped and out of scope.
+--
+-- A table, kept incrementally by company-quarter (strategy replace_partitions): a build
+-- recomputes the quarters fct_spend_emissions rewrote rows in since its last build, the quarters a
+-- changed document left (int_spend_document_quarters) and every quarter of a company whose own
+-- attributes changed (macro touched_quarters); a quarter left with no line is emptied.
+{{
+    config(
+        incremental_strategy='replace_partitions',
+        unique_key=['company_id', 'quarter_start_date'],
+        marker_column='emissions_by_category_quarter_id',
+        indexes=[
+            {'columns': ['company_id', 'quarter']},
+            {'columns': ['quarter']},
+        ],
+    )
+}}
+
+-- Read only by incremental runs: declared here, so dbt always knows them.
+-- depends_on: {{ ref('int_dimension_versions') }}
+-- depends_on: {{ ref('int_spend_document_quarters') }}
+-- depends_on: {{ ref('stg_sage__purchase_invoices') }}
+-- depends_on: {{ ref('stg_sage__purchase_credit_notes') }}
+-- depends_on: {{ ref('stg_sage__purchase_quick_entries') }}
+-- depends_on: {{ ref('stg_sage__other_payments') }}
+{%- set loaded_after = incremental_watermark('dbt_loaded_at') %}
+
 with
 
+{% if is_incremental() %}
+touched_quarters as (
+    {{ touched_quarters(ref('fct_spend_emissions'), 'transaction_date', loaded_after) }}
+),
+
+{% endif %}
 emissions as (
-    select * from {{ ref('fct_spend_emissions') }}
+    select emissions.* from {{ ref('fct_spend_emissions') }} as emissions
+    {% if is_incremental() %}
+    inner join touched_quarters
+        on emissions.company_id = touched_quarters.company_id
+            and emissions.quarter_start_date = touched_quarters.quarter_start_date
+    {% endif %}
 ),
 
 aggregated as (
@@ -28,7 +65,7 @@ aggregated as (
     group by company_id, company_name, quarter, quarter_start_date, category, factor_set
 ),
 
-final as (
+rolled_up as (
     select
         {{ surrogate_key(['company_id', 'quarter', 'category', 'factor_set']) }}
             as emissions_by_category_quarter_id,
@@ -36,6 +73,20 @@ final as (
         -- share of the company's kg in the quarter; null when the quarter nets to zero
         kgco2e / nullif(sum(kgco2e) over (partition by company_id, quarter), 0) as share_of_quarter_kgco2e
     from aggregated
+),
+
+final as (
+    select
+        *,
+        -- when this row was last (re)written: the build that wrote it
+        now() as dbt_loaded_at
+    from rolled_up
+    {% if is_incremental() %}
+    union all
+    {{ partition_markers('touched_quarters', ['company_id', 'quarter_start_date']) }}
+    {% endif %}
 )
 
 select * from final
+
+

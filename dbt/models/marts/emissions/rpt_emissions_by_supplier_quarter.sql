@@ -1,9 +1,46 @@
 -- kg CO2e per company, calendar quarter and supplier (supplier_key as in rpt_spend_by_supplier_quarter:
--- the contact, else the name on the document, else 'unknown'). A view over fct_spend_emissions.
+-- the contact, else the name on the document, else 'unknown').
+--
+-- A table, kept incrementally by company-quarter (strategy replace_partitions): a build
+-- recomputes the quarters fct_spend_emissions rewrote rows in since its last build, the quarters a
+-- changed document left (int_spend_document_quarters) and every quarter of a company whose own
+-- attributes changed (macro touched_quarters); a quarter left with no line is emptied.
+{{
+    config(
+        incremental_strategy='replace_partitions',
+        unique_key=['company_id', 'quarter_start_date'],
+        marker_column='emissions_by_supplier_quarter_id',
+        indexes=[
+            {'columns': ['company_id', 'quarter']},
+            {'columns': ['quarter']},
+        ],
+    )
+}}
+
+-- Read only by incremental runs: declared here, so dbt always knows them.
+-- depends_on: {{ ref('int_dimension_versions') }}
+-- depends_on: {{ ref('int_spend_document_quarters') }}
+-- depends_on: {{ ref('stg_sage__purchase_invoices') }}
+-- depends_on: {{ ref('stg_sage__purchase_credit_notes') }}
+-- depends_on: {{ ref('stg_sage__purchase_quick_entries') }}
+-- depends_on: {{ ref('stg_sage__other_payments') }}
+{%- set loaded_after = incremental_watermark('dbt_loaded_at') %}
+
 with
 
+{% if is_incremental() %}
+touched_quarters as (
+    {{ touched_quarters(ref('fct_spend_emissions'), 'transaction_date', loaded_after) }}
+),
+
+{% endif %}
 emissions as (
-    select * from {{ ref('fct_spend_emissions') }}
+    select emissions.* from {{ ref('fct_spend_emissions') }} as emissions
+    {% if is_incremental() %}
+    inner join touched_quarters
+        on emissions.company_id = touched_quarters.company_id
+            and emissions.quarter_start_date = touched_quarters.quarter_start_date
+    {% endif %}
 ),
 
 keyed as (
@@ -35,12 +72,26 @@ aggregated as (
     group by company_id, company_name, quarter, quarter_start_date, supplier_key, factor_set
 ),
 
-final as (
+rolled_up as (
     select
         {{ surrogate_key(['company_id', 'quarter', 'supplier_key', 'factor_set']) }}
             as emissions_by_supplier_quarter_id,
         *
     from aggregated
+),
+
+final as (
+    select
+        *,
+        -- when this row was last (re)written: the build that wrote it
+        now() as dbt_loaded_at
+    from rolled_up
+    {% if is_incremental() %}
+    union all
+    {{ partition_markers('touched_quarters', ['company_id', 'quarter_start_date']) }}
+    {% endif %}
 )
 
 select * from final
+
+

@@ -1,11 +1,48 @@
 -- How much of each company's quarterly spend has an emission factor: the £ mapped, unmapped and
 -- out of scope (they add up to the quarter's net spend in fct_spend_transactions), and the share
 -- of in-scope spend that is mapped. Read kgco2e together with coverage_share: a quarter at 60%
--- coverage is an estimate of 60% of what the company bought. A view over fct_spend_emissions.
+-- coverage is an estimate of 60% of what the company bought.
+--
+-- A table, kept incrementally by company-quarter (strategy replace_partitions): a build
+-- recomputes the quarters fct_spend_emissions rewrote rows in since its last build, the quarters a
+-- changed document left (int_spend_document_quarters) and every quarter of a company whose own
+-- attributes changed (macro touched_quarters); a quarter left with no line is emptied.
+{{
+    config(
+        incremental_strategy='replace_partitions',
+        unique_key=['company_id', 'quarter_start_date'],
+        marker_column='emissions_coverage_id',
+        indexes=[
+            {'columns': ['company_id', 'quarter']},
+            {'columns': ['quarter']},
+        ],
+    )
+}}
+
+-- Read only by incremental runs: declared here, so dbt always knows them.
+-- depends_on: {{ ref('int_dimension_versions') }}
+-- depends_on: {{ ref('int_spend_document_quarters') }}
+-- depends_on: {{ ref('stg_sage__purchase_invoices') }}
+-- depends_on: {{ ref('stg_sage__purchase_credit_notes') }}
+-- depends_on: {{ ref('stg_sage__purchase_quick_entries') }}
+-- depends_on: {{ ref('stg_sage__other_payments') }}
+{%- set loaded_after = incremental_watermark('dbt_loaded_at') %}
+
 with
 
+{% if is_incremental() %}
+touched_quarters as (
+    {{ touched_quarters(ref('fct_spend_emissions'), 'transaction_date', loaded_after) }}
+),
+
+{% endif %}
 emissions as (
-    select * from {{ ref('fct_spend_emissions') }}
+    select emissions.* from {{ ref('fct_spend_emissions') }} as emissions
+    {% if is_incremental() %}
+    inner join touched_quarters
+        on emissions.company_id = touched_quarters.company_id
+            and emissions.quarter_start_date = touched_quarters.quarter_start_date
+    {% endif %}
 ),
 
 aggregated as (
@@ -35,7 +72,7 @@ aggregated as (
     group by company_id, company_name, quarter, quarter_start_date, factor_set
 ),
 
-final as (
+rolled_up as (
     select
         {{ surrogate_key(['company_id', 'quarter', 'factor_set']) }} as emissions_coverage_id,
         *,
@@ -43,6 +80,20 @@ final as (
         -- share of in-scope spend (mapped + unmapped) that has a factor; null when it nets to zero
         round(mapped_gbp / nullif(mapped_gbp + unmapped_gbp, 0), 4) as coverage_share
     from aggregated
+),
+
+final as (
+    select
+        *,
+        -- when this row was last (re)written: the build that wrote it
+        now() as dbt_loaded_at
+    from rolled_up
+    {% if is_incremental() %}
+    union all
+    {{ partition_markers('touched_quarters', ['company_id', 'quarter_start_date']) }}
+    {% endif %}
 )
 
 select * from final
+
+

@@ -1,12 +1,54 @@
 -- GBP spend, one row per spend line. Amounts are in GBP, net of VAT and signed (credits and refunds
 -- negative). What is kept out is listed in rpt_spend_exceptions (void, draft) and rpt_currency_exceptions.
 --
--- A view: the lines are parsed and kept incrementally in int_spend_lines_signed (indexed by
--- company); this joins them to the small dimensions when queried. So a renamed supplier or account,
--- a re-categorised nominal code or a company's base currency shows at once, and no daily build
--- pays to rewrite millions of unchanged lines (bench/RESULTS.md, benchmark 3).
+-- A table, kept incrementally by document (strategy replace_partitions): a build rewrites every
+-- line of the documents that changed since its last build (a new version, a deletion, a void:
+-- their staging headers) and of the documents with a line on a dimension member that changed
+-- (int_dimension_versions: a company's name, completeness or base currency, an account's code,
+-- name or category, a supplier's name, a tax rate). So a renamed supplier or account, a
+-- re-categorised nominal code or a base-currency change shows after the next build, and no build
+-- rewrites the lines nothing touched. A document with no line left is emptied by its marker row.
+{{
+    config(
+        incremental_strategy='replace_partitions',
+        unique_key=['company_id', 'stream', 'record_id'],
+        marker_column='line_id',
+        indexes=[
+            {'columns': ['company_id', 'stream', 'record_id']},
+            {'columns': ['company_id', 'transaction_date']},
+            {'columns': ['dbt_loaded_at']},
+        ],
+    )
+}}
+
+-- Read only by incremental runs: declared here, so dbt always knows them.
+-- depends_on: {{ ref('int_dimension_versions') }}
+-- depends_on: {{ ref('int_spend_lines_signed') }}
+-- depends_on: {{ ref('stg_sage__purchase_invoices') }}
+-- depends_on: {{ ref('stg_sage__purchase_credit_notes') }}
+-- depends_on: {{ ref('stg_sage__purchase_quick_entries') }}
+-- depends_on: {{ ref('stg_sage__other_payments') }}
+{%- set loaded_after = incremental_watermark('dbt_loaded_at') %}
+
 with
 
+{% if is_incremental() %}
+changed_members as (
+    {{ changed_dimension_members(['company', 'nominal_account', 'supplier', 'tax_rate'], loaded_after) }}
+),
+
+touched_documents as (
+    {{ changed_spend_documents(loaded_after) }}
+    union
+    {{ documents_of_changed_members('changed_members', {
+        'company': none,
+        'nominal_account': 'ledger_account_id',
+        'supplier': 'contact_id',
+        'tax_rate': 'tax_rate_id',
+    }) }}
+),
+
+{% endif %}
 spend_lines as (
     select * from {{ ref('int_spend_lines_unioned') }}
     -- The same rows as `where exclusion_reason is null` (that test is never null), planned right:
@@ -16,6 +58,11 @@ spend_lines as (
     -- expression it expects to keep half, and hash-joins. 21.6 s -> 8.9 s for a company's
     -- emissions coverage over 2M lines (bench/RESULTS.md, 2026-12-04).
     where coalesce(exclusion_reason is null, false)
+    {% if is_incremental() %}
+        and (company_id, stream, record_id) in (
+            select company_id, stream, record_id from touched_documents
+        )
+    {% endif %}
 ),
 
 companies as (
@@ -34,7 +81,7 @@ contacts as (
     select * from {{ ref('stg_sage__contacts') }}
 ),
 
-final as (
+lines as (
     select
         {{ surrogate_key([
             'spend_lines.company_id', 'spend_lines.transaction_type',
@@ -81,7 +128,9 @@ final as (
         spend_lines.document_status,
         spend_lines.is_fully_paid,
         spend_lines.first_synced_at,
-        spend_lines.last_changed_at
+        spend_lines.last_changed_at,
+        -- when this row was last (re)written: the build that wrote it
+        now() as dbt_loaded_at
     from spend_lines
     left join companies
         on spend_lines.company_id = companies.company_id
@@ -96,6 +145,14 @@ final as (
         on spend_lines.company_id = contacts.company_id
             and spend_lines.contact_id = contacts.contact_id
             and contacts.is_deleted is not true
+),
+
+final as (
+    select * from lines
+    {% if is_incremental() %}
+    union all
+    {{ partition_markers('touched_documents', ['company_id', 'stream', 'record_id']) }}
+    {% endif %}
 )
 
 select * from final
