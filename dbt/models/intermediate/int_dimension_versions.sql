@@ -89,7 +89,9 @@ current_versions as (
         'emission_account_mapping',
         company_id,
         ledger_account_id,
-        md5(cast(row(mapping_rule, sic_code, out_of_scope_reason, mapping_confidence, keyword_rule_id, is_refinable) as text))
+        md5(cast(row(
+            mapping_rule, sic_code, out_of_scope_reason, mapping_confidence, keyword_rule_id, is_refinable
+        ) as text))
     from account_mappings
     union all
     select
@@ -152,9 +154,19 @@ current_versions as (
     from keyword_rules
 ),
 
-{% if is_incremental() %}
 stored as (
-    select * from {{ this }}
+    {% if is_incremental() %}
+        select * from {{ this }}
+    {% else %}
+        -- a first build: nothing stored, every member is new
+        select
+            dimension,
+            company_id,
+            dimension_key,
+            attributes_hash
+        from current_versions
+        where false
+    {% endif %}
 ),
 
 changed as (
@@ -185,11 +197,6 @@ changed as (
                 and current_versions.dimension_key = stored.dimension_key
         )
 ),
-{% else %}
-changed as (
-    select * from current_versions
-),
-{% endif %}
 
 final as (
     select

@@ -48,10 +48,14 @@
 {%- set global_changes = changed_global_members(loaded_after) %}
 {%- set recompute_all = 'emission_keyword_rules' in global_changes or 'emission_factor_set' in global_changes %}
 {%- set changed_sic_codes = [] %}
-{%- for key in global_changes.get('emission_factor', []) %}{% do changed_sic_codes.append(key.split('/')[0]) %}{% endfor %}
+{%- for key in global_changes.get('emission_factor', []) %}
+    {%- do changed_sic_codes.append(key.split('/')[0]) %}
+{%- endfor %}
 {%- do changed_sic_codes.extend(global_changes.get('emission_sic_group', [])) %}
 {%- set changed_months = [] %}
-{%- for key in global_changes.get('emission_price_period', []) %}{% do changed_months.append(key.split('/')[-1]) %}{% endfor %}
+{%- for key in global_changes.get('emission_price_period', []) %}
+    {%- do changed_months.append(key.split('/')[-1]) %}
+{%- endfor %}
 
 with
 

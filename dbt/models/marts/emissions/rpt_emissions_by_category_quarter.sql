@@ -88,5 +88,3 @@ final as (
 )
 
 select * from final
-
-

@@ -93,5 +93,3 @@ final as (
 )
 
 select * from final
-
-

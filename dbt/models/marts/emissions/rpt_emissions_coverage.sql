@@ -95,5 +95,3 @@ final as (
 )
 
 select * from final
-
-

@@ -82,5 +82,3 @@ final as (
 )
 
 select * from final
-
-

@@ -90,5 +90,3 @@ final as (
 )
 
 select * from final
-
-
