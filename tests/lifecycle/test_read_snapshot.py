@@ -20,7 +20,7 @@ import pytest
 from sage_sync.core.errors import ReportError
 from sage_sync.lifecycle import inputs
 from sage_sync.reporting import dashboard, report
-from sage_sync.warehouse import reports
+from sage_sync.warehouse import marts
 
 
 def _lock_holders(conn: psycopg.Connection, relation: str) -> set[int]:
@@ -86,5 +86,5 @@ def test_the_pages_and_the_report_read_their_marts_together(
     dashboard.company_page("b1aa", dsn=pg_dsn)
     with pytest.raises(ReportError):  # no marts built: the report refuses, after reading
         report.company_report("b1aa", tmp_path, dsn=pg_dsn)
-    assert seen[:2] == [("repeatable read", reports.PAGE_MARTS)] * 2
-    assert seen[2:] == [] or seen[2] == ("repeatable read", report.REPORT_MARTS)
+    assert seen[:2] == [("repeatable read", marts.PAGE_MARTS)] * 2
+    assert seen[2:] == [] or seen[2] == ("repeatable read", marts.REPORT_MARTS)
