@@ -7,7 +7,7 @@
     The callers declare the refs read only by incremental runs (depends_on comments).
 #}
 {% macro excluded_spend_documents(reasons, id_column) -%}
-{%- set loaded_after = incremental_watermark('dbt_loaded_at') %}
+{%- set loaded_after = mart_watermark() %}
 
 with
 

@@ -119,3 +119,62 @@
     {%- endif -%}
     {{ return(found) }}
 {%- endmacro %}
+
+{#- The config of a quarterly rollup (a table kept by company-quarter, strategy
+    replace_partitions, indexed for the analysts' filters: a company's quarters, one quarter of
+    every company) and the refs its incremental runs read through touched_quarters, declared so
+    dbt always knows them. `marker_column`: the rollup's row id, null only on a marker row. -#}
+{% macro quarterly_rollup_config(marker_column) -%}
+    {{- config(
+        incremental_strategy='replace_partitions',
+        unique_key=['company_id', 'quarter_start_date'],
+        marker_column=marker_column,
+        indexes=[
+            {'columns': ['company_id', 'quarter']},
+            {'columns': ['quarter']},
+        ],
+    ) -}}
+    {%- set declared = [ref('int_dimension_versions'), ref('int_spend_document_quarters')] -%}
+    {%- for stream in sage_streams() if stream.is_spend -%}
+        {%- do declared.append(ref('stg_sage__' ~ stream.name)) -%}
+    {%- endfor -%}
+{%- endmacro %}
+
+{#- The CTEs `touched_quarters` (incremental runs only) and `name`: the rows of `fact` in the
+    company-quarters this build must recompute (every row on a full refresh). `quarter_column`:
+    the fact's quarter start date column, or none to bound `transaction_date` by the quarter. -#}
+{% macro rollup_input(name, fact, quarter_column=none) -%}
+    {%- if is_incremental() -%}
+    touched_quarters as (
+        {{ touched_quarters(fact, 'transaction_date', mart_watermark()) }}
+    ),
+
+    {% endif -%}
+    {{ name }} as (
+        select {{ name }}.* from {{ fact }} as {{ name }}
+        {%- if is_incremental() %}
+        inner join touched_quarters
+            on {{ name }}.company_id = touched_quarters.company_id
+            {%- if quarter_column %}
+                and {{ name }}.{{ quarter_column }} = touched_quarters.quarter_start_date
+            {%- else %}
+                and {{ name }}.transaction_date >= touched_quarters.quarter_start_date
+                and {{ name }}.transaction_date < touched_quarters.quarter_start_date + interval '3 months'
+            {%- endif %}
+        {%- endif %}
+    )
+{%- endmacro %}
+
+{#- The rollup's rows from `relation`, stamped with the build that wrote them, and on an
+    incremental run one marker per touched company-quarter (one left with no row is emptied). -#}
+{% macro rollup_final(relation) -%}
+    select
+        *,
+        -- when this row was last (re)written: the build that wrote it
+        now() as dbt_loaded_at
+    from {{ relation }}
+    {%- if is_incremental() %}
+    union all
+    {{ partition_markers('touched_quarters', ['company_id', 'quarter_start_date']) }}
+    {%- endif %}
+{%- endmacro %}

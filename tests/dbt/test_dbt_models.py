@@ -1311,6 +1311,15 @@ def test_incremental_build_equals_a_full_refresh(built: psycopg.Connection, pg_d
 
         result = _dbt(["run"], env, tmp_path)
         assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+        # Every stored mart read only what changed since it was last built, even a mart whose last
+        # build wrote no row (an empty exception list once re-checked every record, every day).
+        compiled = {
+            path.stem: path.read_text(encoding="utf-8")
+            for path in (tmp_path / "target" / "compiled" / "sage_carbon" / "models" / "marts").rglob("*.sql")
+        }
+        incremental_marts = {name for name, text in compiled.items() if "dbt_loaded_at >" in text}
+        assert {"rpt_invalid_values", "rpt_spend_exceptions", "rpt_emissions_coverage"} <= incremental_marts
+        assert not [name for name in incremental_marts if "'-infinity'" in compiled[name]]
         incremental = _snapshot(conn)
         fact = incremental["analytics.fct_spend_transactions"]
         assert any("Acme Group plc" in row for row in fact) and not any("Acme Ltd" in row for row in fact)

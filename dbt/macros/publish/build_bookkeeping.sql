@@ -64,6 +64,9 @@ create table if not exists {{ private }}.dbt_build_marts (
     written_at timestamptz not null default clock_timestamp(),
     primary key (build_id, mart)
 );
+-- read_at: the start of the transaction that wrote the mart (mart_watermark); added to tables
+-- made before it existed
+alter table {{ private }}.dbt_build_marts add column if not exists read_at timestamptz;
 create table if not exists {{ private }}.dbt_published (
     singleton boolean primary key default true check (singleton),
     build_id bigint not null,
@@ -183,8 +186,8 @@ begin
     end if;
 end
 $bookkeeping$;
-insert into {{ adapter.quote(private) }}.dbt_build_marts (build_id, mart)
-values (current_setting('sage.build_id')::bigint, {{ dbt.string_literal(this.identifier) }})
-on conflict (build_id, mart) do update set written_at = clock_timestamp()
+insert into {{ adapter.quote(private) }}.dbt_build_marts (build_id, mart, read_at)
+values (current_setting('sage.build_id')::bigint, {{ dbt.string_literal(this.identifier) }}, now())
+on conflict (build_id, mart) do update set written_at = clock_timestamp(), read_at = now()
     {%- endif -%}
 {%- endmacro %}

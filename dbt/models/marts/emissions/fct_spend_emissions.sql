@@ -44,7 +44,7 @@
 -- depends_on: {{ ref('stg_sage__purchase_credit_notes') }}
 -- depends_on: {{ ref('stg_sage__purchase_quick_entries') }}
 -- depends_on: {{ ref('stg_sage__other_payments') }}
-{%- set loaded_after = incremental_watermark('dbt_loaded_at') %}
+{%- set loaded_after = mart_watermark() %}
 {%- set global_changes = changed_global_members(loaded_after) %}
 {%- set recompute_all = 'emission_keyword_rules' in global_changes or 'emission_factor_set' in global_changes %}
 {%- set changed_sic_codes = [] %}

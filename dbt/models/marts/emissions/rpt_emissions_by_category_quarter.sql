@@ -6,43 +6,11 @@
 -- recomputes the quarters fct_spend_emissions rewrote rows in since its last build, the quarters a
 -- changed document left (int_spend_document_quarters) and every quarter of a company whose own
 -- attributes changed (macro touched_quarters); a quarter left with no line is emptied.
-{{
-    config(
-        incremental_strategy='replace_partitions',
-        unique_key=['company_id', 'quarter_start_date'],
-        marker_column='emissions_by_category_quarter_id',
-        indexes=[
-            {'columns': ['company_id', 'quarter']},
-            {'columns': ['quarter']},
-        ],
-    )
-}}
-
--- Read only by incremental runs: declared here, so dbt always knows them.
--- depends_on: {{ ref('int_dimension_versions') }}
--- depends_on: {{ ref('int_spend_document_quarters') }}
--- depends_on: {{ ref('stg_sage__purchase_invoices') }}
--- depends_on: {{ ref('stg_sage__purchase_credit_notes') }}
--- depends_on: {{ ref('stg_sage__purchase_quick_entries') }}
--- depends_on: {{ ref('stg_sage__other_payments') }}
-{%- set loaded_after = incremental_watermark('dbt_loaded_at') %}
+{{ quarterly_rollup_config('emissions_by_category_quarter_id') }}
 
 with
 
-{% if is_incremental() %}
-touched_quarters as (
-    {{ touched_quarters(ref('fct_spend_emissions'), 'transaction_date', loaded_after) }}
-),
-
-{% endif %}
-emissions as (
-    select emissions.* from {{ ref('fct_spend_emissions') }} as emissions
-    {% if is_incremental() %}
-    inner join touched_quarters
-        on emissions.company_id = touched_quarters.company_id
-            and emissions.quarter_start_date = touched_quarters.quarter_start_date
-    {% endif %}
-),
+{{ rollup_input('emissions', ref('fct_spend_emissions'), quarter_column='quarter_start_date') }},
 
 aggregated as (
     select
@@ -76,15 +44,7 @@ rolled_up as (
 ),
 
 final as (
-    select
-        *,
-        -- when this row was last (re)written: the build that wrote it
-        now() as dbt_loaded_at
-    from rolled_up
-    {% if is_incremental() %}
-    union all
-    {{ partition_markers('touched_quarters', ['company_id', 'quarter_start_date']) }}
-    {% endif %}
+    {{ rollup_final('rolled_up') }}
 )
 
 select * from final

@@ -28,7 +28,7 @@
 -- depends_on: {{ ref('stg_sage__purchase_credit_notes') }}
 -- depends_on: {{ ref('stg_sage__purchase_quick_entries') }}
 -- depends_on: {{ ref('stg_sage__other_payments') }}
-{%- set loaded_after = incremental_watermark('dbt_loaded_at') %}
+{%- set loaded_after = mart_watermark() %}
 
 with
 

@@ -4,44 +4,11 @@
 -- recomputes the quarters fct_spend_transactions rewrote rows in since its last build, the quarters a
 -- changed document left (int_spend_document_quarters) and every quarter of a company whose own
 -- attributes changed (macro touched_quarters); a quarter left with no line is emptied.
-{{
-    config(
-        incremental_strategy='replace_partitions',
-        unique_key=['company_id', 'quarter_start_date'],
-        marker_column='spend_by_category_quarter_id',
-        indexes=[
-            {'columns': ['company_id', 'quarter']},
-            {'columns': ['quarter']},
-        ],
-    )
-}}
-
--- Read only by incremental runs: declared here, so dbt always knows them.
--- depends_on: {{ ref('int_dimension_versions') }}
--- depends_on: {{ ref('int_spend_document_quarters') }}
--- depends_on: {{ ref('stg_sage__purchase_invoices') }}
--- depends_on: {{ ref('stg_sage__purchase_credit_notes') }}
--- depends_on: {{ ref('stg_sage__purchase_quick_entries') }}
--- depends_on: {{ ref('stg_sage__other_payments') }}
-{%- set loaded_after = incremental_watermark('dbt_loaded_at') %}
+{{ quarterly_rollup_config('spend_by_category_quarter_id') }}
 
 with
 
-{% if is_incremental() %}
-touched_quarters as (
-    {{ touched_quarters(ref('fct_spend_transactions'), 'transaction_date', loaded_after) }}
-),
-
-{% endif %}
-spend as (
-    select spend.* from {{ ref('fct_spend_transactions') }} as spend
-    {% if is_incremental() %}
-    inner join touched_quarters
-        on spend.company_id = touched_quarters.company_id
-            and spend.transaction_date >= touched_quarters.quarter_start_date
-            and spend.transaction_date < touched_quarters.quarter_start_date + interval '3 months'
-    {% endif %}
-),
+{{ rollup_input('spend', ref('fct_spend_transactions')) }},
 
 aggregated as (
     select
@@ -70,15 +37,7 @@ rolled_up as (
 ),
 
 final as (
-    select
-        *,
-        -- when this row was last (re)written: the build that wrote it
-        now() as dbt_loaded_at
-    from rolled_up
-    {% if is_incremental() %}
-    union all
-    {{ partition_markers('touched_quarters', ['company_id', 'quarter_start_date']) }}
-    {% endif %}
+    {{ rollup_final('rolled_up') }}
 )
 
 select * from final

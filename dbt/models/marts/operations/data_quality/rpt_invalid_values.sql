@@ -23,7 +23,7 @@
     'tax_rates': 'tax_rate_id',
 } %}
 
-{%- set loaded_after = incremental_watermark('dbt_loaded_at') %}
+{%- set loaded_after = mart_watermark() %}
 
 with
 
