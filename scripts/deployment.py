@@ -298,6 +298,7 @@ def build_env(state_dir: Path, overrides: dict[str, str] | None = None) -> tuple
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
             "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
             "SAGE_AIRFLOW_API_URL": f"http://127.0.0.1:{api_port}",
+            "SAGE_AIRFLOW_METADATA_DB_URL": metadata,
             "AIRFLOW__API_AUTH__JWT_SECRET": secret_file.read_text().strip(),
             # Celery's database result backend is SQLAlchemy too: same server and driver as the metadata DB.
             "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{metadata}",

@@ -49,7 +49,7 @@ def bag(two_companies: Path):
 
 
 DAG_FILES = sorted(path.name for path in DAGS.glob("*.py"))
-EXPECTED_DAGS = ["sage_backfill", "sage_sync__b1aa", "sage_sync__b2bb", "sage_transform"]
+EXPECTED_DAGS = ["sage_airflow_housekeeping", "sage_backfill", "sage_sync__b1aa", "sage_sync__b2bb", "sage_transform"]
 
 
 @pytest.mark.parametrize("dag_file", DAG_FILES)
@@ -141,6 +141,21 @@ def test_each_company_runs_daily_at_its_own_minute_as_a_cron_trigger(bag) -> Non
         assert first.run_after == pendulum.datetime(2024, 1, 1, tz="UTC").add(minutes=minute), dag_id
         assert first.data_interval.start == first.data_interval.end == first.logical_date == first.run_after
         assert second.run_after - first.run_after == pendulum.duration(days=1)
+
+
+def test_the_metadata_housekeeping_runs_daily_after_the_window_unpaused(bag) -> None:
+    """Two hours after the nightly window ends (08:00 UTC by default), one task that cleans."""
+    import pendulum
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    dag = bag.dags["sage_airflow_housekeeping"]
+    assert dag.is_paused_upon_creation is False  # paused, nobody would notice the DB growing
+    assert [t.task_id for t in dag.tasks] == ["clean_airflow_metadata"]
+    timetable = DagSerialization.from_dict(DagSerialization.to_dict(dag)).timetable
+    assert timetable.summary == "0 8 * * *"
+    first, second = _first_two_runs(timetable)
+    assert first.run_after == pendulum.datetime(2024, 1, 1, 8, tz="UTC")
+    assert second.run_after - first.run_after == pendulum.duration(days=1)
 
 
 def test_transform_starts_unpaused_and_runs_on_new_data_or_daily(two_companies: Path) -> None:

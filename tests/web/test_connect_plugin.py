@@ -214,7 +214,7 @@ def _connected(sage: FakeSageServer, key: str = "northwind", quarter: str = "202
 
 
 def test_dashboard_and_company_page_show_runs_with_airflow_links(
-    client: TestClient, sage: FakeSageServer, monkeypatch: pytest.MonkeyPatch
+    client: TestClient, sage: FakeSageServer, monkeypatch: pytest.MonkeyPatch, warehouse: psycopg.Connection
 ) -> None:
     company = _connected(sage)
     nightly = datetime(2026, 12, 3, 0, 0, tzinfo=UTC)
@@ -257,6 +257,17 @@ def test_dashboard_and_company_page_show_runs_with_airflow_links(
     connections.set_daily_start(company, "07:30")
     daily = client.get(f"/sage/company/{company}").text.split('id="company-daily-start">', 1)[1]
     assert daily.startswith("07:30 UTC") and "set for this company" in daily[:200]
+
+    # A run older than Airflow keeps (the housekeeping DAG deleted it there): no link to a 404.
+    monkeypatch.setenv("SAGE_AIRFLOW_RETENTION_DAYS", "7")
+    warehouse.execute(
+        "update sage_control.sync_runs set started_at = started_at - interval '8 days', "
+        "ended_at = ended_at - interval '8 days' where sync_run_id = %s",
+        (run_id,),
+    )
+    history = client.get("/sage/").text
+    history = history[history.index(f'id="history-{company}"') :]
+    assert f"/runs/{airflow_run}" not in history and "older than Airflow keeps" in history
 
 
 def test_progress_compares_each_stream_with_its_own_total() -> None:

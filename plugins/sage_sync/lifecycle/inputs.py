@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 
@@ -16,7 +16,7 @@ from sage_sync.core.config import SageSettings, sage_settings, warehouse_dsn
 from sage_sync.core.errors import ConfigError, LifecycleError
 from sage_sync.core.quarters import SYNCED_FROM, Quarter
 from sage_sync.core.status import NOT_CONNECTED, CompanyStatus
-from sage_sync.orchestration import schedule
+from sage_sync.orchestration import housekeeping, schedule
 from sage_sync.warehouse import db, migrate, registry
 from sage_sync.warehouse.marts import read_together
 
@@ -106,6 +106,15 @@ def daily_window() -> schedule.DailyWindow:
     """The nightly window from the settings, or :class:`LifecycleError` naming the bad setting."""
     try:
         return schedule.daily_window()
+    except ConfigError as exc:
+        raise LifecycleError(str(exc)) from None
+
+
+def airflow_retention() -> timedelta:
+    """How long Airflow keeps its run records (``SAGE_AIRFLOW_RETENTION_DAYS``), or
+    :class:`LifecycleError` naming the bad setting."""
+    try:
+        return housekeeping.retention()
     except ConfigError as exc:
         raise LifecycleError(str(exc)) from None
 

@@ -120,3 +120,13 @@ def describe_start(company_id: str, override: int | None, window: DailyWindow) -
         "source": "set" if override is not None else "spread",
         "window": window.describe(),
     }
+
+
+# The metadata housekeeping runs this long after the window ends: after the night's syncs and the
+# transform's catch-up, so its deletes never compete with them for the scheduler's tables.
+HOUSEKEEPING_AFTER_WINDOW_MINUTES = 120
+
+
+def housekeeping_minute(window: DailyWindow) -> int:
+    """When the daily metadata housekeeping starts: two hours after the window ends (08:00 UTC by default)."""
+    return (window.end_minute + HOUSEKEEPING_AFTER_WINDOW_MINUTES) % MINUTES_A_DAY
