@@ -54,7 +54,7 @@ CELERY_APP = "airflow.providers.celery.executors.celery_executor_utils.app"
 # What the passing of a day does to the scheduler's bookkeeping, for the deployment test and
 # benchmark (parameter: the DAG ids): each DAG's next run, its logical date, data interval and due
 # time, moves to now. Moving only the due time is not enough: the scheduler does not schedule a run
-# whose logical date (tomorrow's midnight) is still in the future.
+# whose logical date (the company's next start time, in the nightly window) is still in the future.
 NEXT_RUN_DUE_NOW_SQL = (
     "update dag set next_dagrun = now(), next_dagrun_data_interval_start = now(), "
     "next_dagrun_data_interval_end = now(), next_dagrun_create_after = now() "
