@@ -7,6 +7,12 @@ restart. Each daily run checks the connection, refreshes the OAuth grant, extrac
 since its watermark into the append-only `sage_raw` tables, records deletions, and then emits
 the `sage_raw` Asset that schedules `sage_transform` (dbt).
 
+**When.** Once a day at the company's own minute: spread over the nightly window
+(`SAGE_DAILY_WINDOW_START_HOUR`, `SAGE_DAILY_WINDOW_HOURS`; default 00:00-06:00 UTC) by a hash
+of its id, unless a start time was set for it (`python -m sage_sync set-daily-start`). So
+10,000 companies do not all become due at midnight. Missed days are not caught up; the next
+run reads everything since the watermarks.
+
 Nothing is ever written back to Sage. Re-running a run, or one of its tasks, adds no duplicate:
 unchanged records add no version and watermarks only move with the rows they cover.
 All Sage calls from every company share the `sage_api` pool.
@@ -25,8 +31,9 @@ from airflow.sdk import DAG, task
 
 from sage_sync.orchestration.airflow_api import dag_id_for, daily_streams
 from sage_sync.orchestration.companies import companies_to_build as _companies_to_build
-from sage_sync.orchestration.defaults import DEFAULT_ARGS, SAGE_RAW, START_DATE, sage_task_args
+from sage_sync.orchestration.defaults import DEFAULT_ARGS, SAGE_RAW, START_DATE, daily_at, sage_task_args
 from sage_sync.orchestration.notifier import SageNotifier
+from sage_sync.orchestration.schedule import daily_start_minute, daily_window
 from sage_sync.orchestration.tasks import records_stream_state, skips_disconnected
 
 # Only `orchestration` is imported to parse this file; each task imports the pipeline in its
@@ -118,14 +125,14 @@ def record_failure(company_id: str, **context) -> None:
     )
 
 
-def build_company_dag(company_id: str, company_name: str) -> DAG:
-    """The daily DAG of one company."""
+def build_company_dag(company_id: str, company_name: str, start_minute: int) -> DAG:
+    """The daily DAG of one company, due every day at ``start_minute`` (after 00:00 UTC)."""
     with DAG(
         dag_id=dag_id_for(company_id),
         dag_display_name=f"Sage sync: {company_name}",
         description=f"Daily one-way sync of {company_name}'s Sage spend into the warehouse",
         doc_md=__doc__,
-        schedule="@daily",
+        schedule=daily_at(start_minute),
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
@@ -153,9 +160,15 @@ def build_company_dag(company_id: str, company_name: str) -> DAG:
 
 def _build_all() -> None:
     """One DAG per company, each on its own: a row that cannot make a DAG costs only its own."""
+    # Read once per parse. A bad setting fails the file's import with its name, as a bad
+    # SAGE_TASK_TIMEOUT_HOURS does: a guessed window would move every company's run unnoticed.
+    window = daily_window()
     for company in _companies_to_build():
         try:
-            globals()[dag_id_for(company.company_id)] = build_company_dag(company.company_id, company.company_name)
+            start = daily_start_minute(company.company_id, company.daily_start_minute, window)
+            globals()[dag_id_for(company.company_id)] = build_company_dag(
+                company.company_id, company.company_name, start
+            )
         except Exception:  # an import error here would drop every company's DAG
             log.exception("company %r skipped: its DAG could not be built", company.company_id)
 

@@ -17,7 +17,9 @@ sensors held the worker slots the syncs need. One task costs one start-up and th
 A retry re-runs the build, which is safe: every model is incremental or replaced in place.
 
 **When it runs.** Whenever any company's sync lands new data (the `sage_raw` Asset), and in any
-case once a day at 06:00 UTC, after the night's syncs. It starts unpaused, like the company DAGs.
+case once a day when the nightly window the company runs are spread over ends (06:00 UTC by
+default; `SAGE_DAILY_WINDOW_START_HOUR` + `SAGE_DAILY_WINDOW_HOURS`). It starts unpaused, like the
+company DAGs.
 
 **No landed data waits for a human.** Airflow records an asset event for a paused DAG but queues
 no run for it (`AssetManager.register_asset_change` only queues DAGs with `is_paused` false), so
@@ -52,12 +54,18 @@ from cosmos.profiles import PostgresUserPasswordProfileMapping
 from sage_sync.orchestration.airflow_api import TRANSFORM_DAG_ID
 from sage_sync.orchestration.defaults import DEFAULT_ARGS, SAGE_RAW, START_DATE
 from sage_sync.orchestration.notifier import SageNotifier
+from sage_sync.orchestration.schedule import daily_cron, daily_window
 
 DBT_PROJECT = Path(os.environ.get("SAGE_DBT_PROJECT_DIR", Path(__file__).resolve().parent.parent / "dbt"))
 DBT_EXECUTABLE = os.environ.get("SAGE_DBT_EXECUTABLE", str(Path(sys.executable).parent / "dbt"))
 DBT_THREADS = int(os.environ.get("SAGE_DBT_THREADS", "4"))  # as dbt/profiles.yml
-# The time-based half of the schedule: after the daily company syncs (midnight UTC).
-DAILY_CATCH_UP_CRON = "0 6 * * *"
+# The time-based half of the schedule: when the window the company runs are spread over ends
+# (sage_sync.orchestration.schedule; 06:00 UTC by default). By then every company without a start
+# time of its own has been due, so the catch-up sees the night's syncs (each landing has already
+# triggered a build through the Asset; this run is the backstop for an event that did not, and
+# the daily check of every company). Not at the window's start: at midnight, with runs spread
+# until 06:00, it would build before almost every sync of the night.
+DAILY_CATCH_UP_CRON = daily_cron(daily_window().end_minute)
 
 DAG_ARGS = {
     "dag_id": TRANSFORM_DAG_ID,

@@ -56,6 +56,8 @@ PER_SITE: tuple[str, ...] = (
     "SAGE_RATE_LIMIT_PER_S",
     "SAGE_TOKEN_KEYS",
     "SAGE_AIRFLOW_API_URL",
+    # The metadata DB again, for the housekeeping DAG's task (Airflow 3 keeps tasks out of it).
+    "SAGE_AIRFLOW_METADATA_DB_URL",
 )
 
 # The processes of one deployment: (name, airflow sub-command). Compose has one service per entry

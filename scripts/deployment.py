@@ -54,7 +54,7 @@ CELERY_APP = "airflow.providers.celery.executors.celery_executor_utils.app"
 # What the passing of a day does to the scheduler's bookkeeping, for the deployment test and
 # benchmark (parameter: the DAG ids): each DAG's next run, its logical date, data interval and due
 # time, moves to now. Moving only the due time is not enough: the scheduler does not schedule a run
-# whose logical date (tomorrow's midnight) is still in the future.
+# whose logical date (the company's next start time, in the nightly window) is still in the future.
 NEXT_RUN_DUE_NOW_SQL = (
     "update dag set next_dagrun = now(), next_dagrun_data_interval_start = now(), "
     "next_dagrun_data_interval_end = now(), next_dagrun_create_after = now() "
@@ -298,6 +298,7 @@ def build_env(state_dir: Path, overrides: dict[str, str] | None = None) -> tuple
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
             "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
             "SAGE_AIRFLOW_API_URL": f"http://127.0.0.1:{api_port}",
+            "SAGE_AIRFLOW_METADATA_DB_URL": metadata,
             "AIRFLOW__API_AUTH__JWT_SECRET": secret_file.read_text().strip(),
             # Celery's database result backend is SQLAlchemy too: same server and driver as the metadata DB.
             "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{metadata}",

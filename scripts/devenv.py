@@ -99,6 +99,8 @@ def build_env() -> dict[str, str]:
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__CORE__FERNET_KEY": fernet_key(),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sqlalchemy_url(meta["dbname"]),
+        # The housekeeping DAG's way into the metadata DB, which Airflow 3 keeps from tasks.
+        "SAGE_AIRFLOW_METADATA_DB_URL": sqlalchemy_url(meta["dbname"]),
         "SAGE_TEST_AIRFLOW_DB_URL": sqlalchemy_url(psycopg.conninfo.conninfo_to_dict(test_metadata)["dbname"]),
         "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
         "AIRFLOW__COSMOS__CACHE_DIR": str(LOCAL / "cosmos"),

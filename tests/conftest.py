@@ -34,6 +34,7 @@ os.environ.setdefault("DBT_TARGET", "prod")
 
 ADMIN_URL = os.environ.get("SAGE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 METADATA_ENV = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"
+HOUSEKEEPING_METADATA_ENV = "SAGE_AIRFLOW_METADATA_DB_URL"  # sage_sync.orchestration.housekeeping
 _WORKER_METADATA_DB = pytest.StashKey[str]()
 
 
@@ -54,6 +55,9 @@ def pytest_configure(config: pytest.Config) -> None:
     Runs before any test module imports Airflow (Airflow reads the setting once, at import), and
     every subprocess the tests start inherits the changed environment."""
     worker, url = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get(METADATA_ENV, "")
+    # The housekeeping's own copy of the metadata URL follows the tests' one: .local/env.sh names
+    # the checkout's development database there, which no test may clean.
+    os.environ[HOUSEKEEPING_METADATA_ENV] = url
     if not worker or not url.startswith("postgresql"):
         return
     if "airflow.configuration" in sys.modules:
@@ -73,6 +77,7 @@ def pytest_configure(config: pytest.Config) -> None:
                 time.sleep(0.5)
     config.stash[_WORKER_METADATA_DB] = name
     os.environ[METADATA_ENV] = url.replace(f"/{template}", f"/{name}", 1)
+    os.environ[HOUSEKEEPING_METADATA_ENV] = os.environ[METADATA_ENV]
     if cache := os.environ.get("AIRFLOW__COSMOS__CACHE_DIR"):  # cosmos' dbt ls cache, per worker too
         os.environ["AIRFLOW__COSMOS__CACHE_DIR"] = str(Path(cache) / worker)
 

@@ -21,9 +21,9 @@ DAGS = Path(__file__).resolve().parents[2] / "dags"
 @pytest.fixture
 def two_companies(warehouse: psycopg.Connection, pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     warehouse.execute(
-        "insert into sage_control.companies (company_id, company_name, synced_from_quarter) values "
-        "('b1aa', 'Greenleaf Bakery Ltd', '2024-Q1'), ('b2bb', 'Northwind Joinery Ltd', '2024-Q3')"
-    )
+        "insert into sage_control.companies (company_id, company_name, synced_from_quarter, daily_start_minute) "
+        "values ('b1aa', 'Greenleaf Bakery Ltd', '2024-Q1', null), ('b2bb', 'Northwind Joinery Ltd', '2024-Q3', 450)"
+    )  # b2bb starts at 07:30 UTC, a time of its own; b1aa at its place in the nightly window
     warehouse.commit()
     snapshot = tmp_path / "companies.json"
     monkeypatch.setenv("AIRFLOW_CONN_SAGE_WAREHOUSE", warehouse_conn_json(pg_dsn))
@@ -49,7 +49,7 @@ def bag(two_companies: Path):
 
 
 DAG_FILES = sorted(path.name for path in DAGS.glob("*.py"))
-EXPECTED_DAGS = ["sage_backfill", "sage_sync__b1aa", "sage_sync__b2bb", "sage_transform"]
+EXPECTED_DAGS = ["sage_airflow_housekeeping", "sage_backfill", "sage_sync__b1aa", "sage_sync__b2bb", "sage_transform"]
 
 
 @pytest.mark.parametrize("dag_file", DAG_FILES)
@@ -110,13 +110,60 @@ def test_the_company_dag_is_wired_as_designed(bag) -> None:
     assert dag.get_task("check_connection").downstream_task_ids == {"refresh_auth", "record_failure"}
 
 
+def _first_two_runs(timetable):
+    """The first two runs the scheduler would create from 2024-01-01, one after the other."""
+    import pendulum
+    from airflow.timetables.base import TimeRestriction
+
+    restriction = TimeRestriction(earliest=pendulum.datetime(2024, 1, 1, tz="UTC"), latest=None, catchup=True)
+    first = timetable.next_dagrun_info(last_automated_data_interval=None, restriction=restriction)
+    second = timetable.next_dagrun_info(last_automated_data_interval=first.data_interval, restriction=restriction)
+    return first, second
+
+
+def test_each_company_runs_daily_at_its_own_minute_as_a_cron_trigger(bag) -> None:
+    """Not all at 00:00 UTC: b1aa at its minute in the nightly window, b2bb at the time set for
+    it. Still a cron trigger, as `@daily` was (Airflow 3's reading of it): the logical date is the
+    run's time and the data interval empty, and catchup stays off (the house rules above)."""
+    import pendulum
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.timetables.trigger import CronTriggerTimetable
+
+    from sage_sync.orchestration.schedule import DailyWindow, spread_minute
+
+    b1aa_minute = spread_minute("b1aa", DailyWindow(0, 360))
+    for dag_id, minute in [("sage_sync__b1aa", b1aa_minute), ("sage_sync__b2bb", 7 * 60 + 30)]:
+        # What the scheduler sees: the DAG as serialized to the metadata DB, a built-in timetable.
+        timetable = DagSerialization.from_dict(DagSerialization.to_dict(bag.dags[dag_id])).timetable
+        assert type(timetable) is CronTriggerTimetable, dag_id
+        assert timetable.summary == f"{minute % 60} {minute // 60} * * *", dag_id
+        first, second = _first_two_runs(timetable)
+        assert first.run_after == pendulum.datetime(2024, 1, 1, tz="UTC").add(minutes=minute), dag_id
+        assert first.data_interval.start == first.data_interval.end == first.logical_date == first.run_after
+        assert second.run_after - first.run_after == pendulum.duration(days=1)
+
+
+def test_the_metadata_housekeeping_runs_daily_after_the_window_unpaused(bag) -> None:
+    """Two hours after the nightly window ends (08:00 UTC by default), one task that cleans."""
+    import pendulum
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    dag = bag.dags["sage_airflow_housekeeping"]
+    assert dag.is_paused_upon_creation is False  # paused, nobody would notice the DB growing
+    assert [t.task_id for t in dag.tasks] == ["clean_airflow_metadata"]
+    timetable = DagSerialization.from_dict(DagSerialization.to_dict(dag)).timetable
+    assert timetable.summary == "0 8 * * *"
+    first, second = _first_two_runs(timetable)
+    assert first.run_after == pendulum.datetime(2024, 1, 1, 8, tz="UTC")
+    assert second.run_after - first.run_after == pendulum.duration(days=1)
+
+
 def test_transform_starts_unpaused_and_runs_on_new_data_or_daily(two_companies: Path) -> None:
     """Asset events for a paused DAG queue no run, so the transform must never start paused; and
     a daily run catches up whatever an event did not trigger (a dropped event, a failed run)."""
     import pendulum
     from airflow.serialization.serialized_objects import DagSerialization
     from airflow.timetables.assets import AssetOrTimeSchedule
-    from airflow.timetables.base import TimeRestriction
 
     dag = _dagbag().dags["sage_transform"]
     assert dag.is_paused_upon_creation is False
@@ -124,9 +171,8 @@ def test_transform_starts_unpaused_and_runs_on_new_data_or_daily(two_companies: 
     timetable = DagSerialization.from_dict(DagSerialization.to_dict(dag)).timetable
     assert isinstance(timetable, AssetOrTimeSchedule)
     assert [key.name for key, _ in timetable.asset_condition.iter_assets()] == ["sage_raw"]
-    restriction = TimeRestriction(earliest=pendulum.datetime(2024, 1, 1, tz="UTC"), latest=None, catchup=True)
-    first = timetable.next_dagrun_info(last_automated_data_interval=None, restriction=restriction)
-    second = timetable.next_dagrun_info(last_automated_data_interval=first.data_interval, restriction=restriction)
+    first, second = _first_two_runs(timetable)
+    # At the end of the nightly window the company runs are spread over (default 00:00-06:00).
     assert first.run_after == pendulum.datetime(2024, 1, 1, 6, tz="UTC")
     assert second.run_after - first.run_after == pendulum.duration(days=1)
 

@@ -1,13 +1,14 @@
 """The daily schedule on the deployment we ship: real scheduler, CeleryExecutor, two workers, Redis.
 
-How the runs become due: the company DAGs keep their real ``@daily`` schedule. A DAG that appears
-with ``catchup=False`` gets today's run at once (its latest due time is already past), so day one
-is due the moment the dag-processor parses the connected companies. Day two is made due by what
-the passing of a day does to the scheduler's own bookkeeping: each company DAG's next run
-(`dag.next_dagrun`, its data interval and `next_dagrun_create_after`) is set to now, and the
-scheduler then creates the runs itself (`run_type = scheduled`). (Moving only the due time is not
-enough: the run's logical date would be tomorrow's midnight, and the scheduler does not schedule a
-run whose logical date is in the future.) The dag-processor may recompute the fields on a parse
+How the runs become due: the company DAGs keep their real daily schedule (each at its minute of
+the nightly window). A DAG that appears with ``catchup=False`` gets a run at once (its latest due
+time is already past), so day one is due the moment the dag-processor parses the connected
+companies. Day two is made due by what the passing of a day does to the scheduler's own
+bookkeeping: each company DAG's next run (`dag.next_dagrun`, its data interval and
+`next_dagrun_create_after`) is set to now, and the scheduler then creates the runs itself
+(`run_type = scheduled`). (Moving only the due time is not enough: the run's logical date would
+be the company's next start time, and the scheduler does not schedule a run whose logical date
+is in the future.) The dag-processor may recompute the fields on a parse
 before the scheduler acts, so the move is repeated until the runs exist.
 
 What it proves, from the metadata DB and the warehouse: every company's runs were created by the

@@ -28,6 +28,7 @@ def test_migrate_twice_changes_nothing(warehouse: psycopg.Connection) -> None:
         "006_grants.sql",
         "007_notices.sql",
         "008_sync_stream_states.sql",
+        "009_daily_start.sql",
     ]
     assert _schema_snapshot(warehouse) == before
     assert warehouse.execute("select count(*) from sage_control.companies").fetchone() == (1,)

@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from sage_sync.core.quarters import Quarter, quarters_between
 from sage_sync.lifecycle import connections, inputs
 from sage_sync.orchestration import airflow_api
+from sage_sync.orchestration.schedule import DailyWindow, spread_minute
 from sage_sync.pipeline import sync
 from sage_sync.reporting import dashboard, status
 from sage_sync.sage.streams import STREAMS
@@ -213,7 +214,7 @@ def _connected(sage: FakeSageServer, key: str = "northwind", quarter: str = "202
 
 
 def test_dashboard_and_company_page_show_runs_with_airflow_links(
-    client: TestClient, sage: FakeSageServer, monkeypatch: pytest.MonkeyPatch
+    client: TestClient, sage: FakeSageServer, monkeypatch: pytest.MonkeyPatch, warehouse: psycopg.Connection
 ) -> None:
     company = _connected(sage)
     nightly = datetime(2026, 12, 3, 0, 0, tzinfo=UTC)
@@ -248,6 +249,25 @@ def test_dashboard_and_company_page_show_runs_with_airflow_links(
         assert section in text, section
     assert "Not built yet: it appears after the first sage_transform run" in text  # no dbt run here
     assert client.get("/sage/company/no-such-company").status_code == 404
+    # When its daily run starts: its minute in the nightly window, until a time is set for it.
+    spread = spread_minute(company, DailyWindow(0, 360))
+    daily = text[text.index('id="company-daily-start"') :]
+    assert daily.startswith(f'id="company-daily-start">{spread // 60:02d}:{spread % 60:02d} UTC'), daily[:200]
+    assert "its place in the nightly window, 00:00-06:00 UTC" in daily[:300]
+    connections.set_daily_start(company, "07:30")
+    daily = client.get(f"/sage/company/{company}").text.split('id="company-daily-start">', 1)[1]
+    assert daily.startswith("07:30 UTC") and "set for this company" in daily[:200]
+
+    # A run older than Airflow keeps (the housekeeping DAG deleted it there): no link to a 404.
+    monkeypatch.setenv("SAGE_AIRFLOW_RETENTION_DAYS", "7")
+    warehouse.execute(
+        "update sage_control.sync_runs set started_at = started_at - interval '8 days', "
+        "ended_at = ended_at - interval '8 days' where sync_run_id = %s",
+        (run_id,),
+    )
+    history = client.get("/sage/").text
+    history = history[history.index(f'id="history-{company}"') :]
+    assert f"/runs/{airflow_run}" not in history and "older than Airflow keeps" in history
 
 
 def test_progress_compares_each_stream_with_its_own_total() -> None:

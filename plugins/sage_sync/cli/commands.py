@@ -271,6 +271,24 @@ def set_synced_from(
     click.echo(f"triggered {airflow_api.BACKFILL_DAG_ID} with {json.dumps(conf)}; Synced From moves when it succeeds")
 
 
+@main.command("set-daily-start")
+@click.argument("company_id")
+@click.argument("start", metavar="HH:MM|auto")
+def set_daily_start(company_id: str, start: str) -> None:
+    """Start a company's daily run at HH:MM UTC, or `auto`: its place in the nightly window.
+
+    Every company starts at its own minute, spread over SAGE_DAILY_WINDOW_HOURS from
+    SAGE_DAILY_WINDOW_START_HOUR (default 00:00-06:00 UTC); a time set here wins. Its DAG runs
+    at the new time from the next parse of the DAG files.
+    """
+    with _refusals():
+        done = lifecycle.set_daily_start(company_id, start)
+    click.echo(
+        f"{done.company.company_name} ({company_id}) runs daily at "
+        f"{status_report.describe_daily_start(done.start)}, from the next parse of its DAG"
+    )
+
+
 @main.command()
 @click.argument("company_id")
 @click.option("--yes", "confirmed", is_flag=True, help="Confirm: the company's imported data is wiped.")

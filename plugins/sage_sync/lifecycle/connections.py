@@ -36,14 +36,16 @@ from sage_sync.core.status import NOT_CONNECTED, CompanyStatus
 from sage_sync.lifecycle import authorisation
 from sage_sync.lifecycle.authorisation import Authorisation, business_name, exchange, revoke_grant
 from sage_sync.lifecycle.inputs import (
+    daily_window,
     dsn_or_refuse,
+    parse_daily_start,
     require_company,
     settings_or_refuse,
     synced_from_input,
     validate_earlier_quarter,
     warehouse,
 )
-from sage_sync.orchestration import airflow_api
+from sage_sync.orchestration import airflow_api, schedule
 from sage_sync.orchestration.airflow_api import BACKFILL_DAG_ID, dag_id_for
 from sage_sync.pipeline import sync
 from sage_sync.sage.auth import OAuthClient
@@ -367,6 +369,30 @@ def authorise_backfill(
 def backfill_conf(company_id: str, quarter: Quarter) -> dict[str, str]:
     """The ``sage_backfill`` DAG's run conf."""
     return {"company_id": company_id, "synced_from": str(quarter)}
+
+
+# -- daily start ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DailyStart:
+    """A company's daily start after a change: its registry row and the time its DAG now runs."""
+
+    company: registry.Company
+    start: dict[str, object]  # orchestration.schedule.describe_start
+
+
+def set_daily_start(company_id: str, text: str, *, dsn: str | None = None) -> DailyStart:
+    """Give the company its own daily start time (``HH:MM`` UTC), or ``auto``: back to its minute
+    in the nightly window. Checked before anything changes (the time, the company, the window
+    settings the new time is shown against); the DAG runs at it from its next parse."""
+    minute = parse_daily_start(text)
+    window = daily_window()
+    with warehouse(dsn) as conn:
+        require_company(conn, company_id)
+        company = registry.set_daily_start(conn, company_id, minute)
+        conn.commit()
+    return DailyStart(company, schedule.describe_start(company_id, company.daily_start_minute, window))
 
 
 # -- reset ------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 
@@ -16,6 +16,7 @@ from sage_sync.core.config import SageSettings, sage_settings, warehouse_dsn
 from sage_sync.core.errors import ConfigError, LifecycleError
 from sage_sync.core.quarters import SYNCED_FROM, Quarter
 from sage_sync.core.status import NOT_CONNECTED, CompanyStatus
+from sage_sync.orchestration import housekeeping, schedule
 from sage_sync.warehouse import db, migrate, registry
 from sage_sync.warehouse.marts import read_together
 
@@ -84,6 +85,38 @@ def synced_from_input(quarter: Quarter | str) -> Quarter:
     """A new connection's Synced From as its caller gives it: text is checked here
     (:func:`parse_quarter`); a :class:`Quarter` was checked where it was parsed (the page's form)."""
     return quarter if isinstance(quarter, Quarter) else parse_quarter(quarter)
+
+
+# What a person types to give a company back the spread start of the window.
+SPREAD = "auto"
+
+
+def parse_daily_start(text: str) -> int | None:
+    """A company's daily start as typed: ``HH:MM`` (UTC) as minutes after 00:00, or ``auto`` (None:
+    back to its spread minute in the window); anything else is refused in one line."""
+    if text.strip().lower() == SPREAD:
+        return None
+    try:
+        return schedule.parse_start_time(text)
+    except ValueError as exc:
+        raise LifecycleError(f"{exc}, or {SPREAD!r} for the spread over the nightly window") from None
+
+
+def daily_window() -> schedule.DailyWindow:
+    """The nightly window from the settings, or :class:`LifecycleError` naming the bad setting."""
+    try:
+        return schedule.daily_window()
+    except ConfigError as exc:
+        raise LifecycleError(str(exc)) from None
+
+
+def airflow_retention() -> timedelta:
+    """How long Airflow keeps its run records (``SAGE_AIRFLOW_RETENTION_DAYS``), or
+    :class:`LifecycleError` naming the bad setting."""
+    try:
+        return housekeeping.retention()
+    except ConfigError as exc:
+        raise LifecycleError(str(exc)) from None
 
 
 def _today(today: datetime | None) -> date:

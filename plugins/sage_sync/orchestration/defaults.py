@@ -10,12 +10,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import Asset
+from airflow.sdk import Asset, CronTriggerTimetable
 
 from sage_sync.core.config import task_timeout
 from sage_sync.core.pools import POOL
 from sage_sync.orchestration.airflow_api import SAGE_RAW_ASSET_NAME, SAGE_RAW_ASSET_URI
 from sage_sync.orchestration.notifier import SageNotifier
+from sage_sync.orchestration.schedule import daily_cron
 
 START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -40,3 +41,16 @@ def sage_task_args() -> dict[str, Any]:
     client's page cap, long enough for a big first sync sharing the request budget.
     """
     return {"pool": POOL, "execution_timeout": task_timeout()}
+
+
+def daily_at(minute: int) -> CronTriggerTimetable:
+    """A run every day at ``minute`` (after 00:00 UTC), triggered like ``@daily`` was.
+
+    Airflow 3 reads ``schedule="@daily"`` as ``CronTriggerTimetable("@daily")``: a run at the
+    cron time, whose logical date is that time and whose data interval is empty. The same
+    timetable at another minute keeps everything but the time of day: no catch-up of missed days
+    (``catchup=False`` on the DAG, and ``run_immediately`` left off as ``@daily`` had it), and
+    nothing in the sync reads the logical date or the interval (it reads from watermarks).
+    A built-in timetable, so the scheduler needs no plugin to deserialise it.
+    """
+    return CronTriggerTimetable(daily_cron(minute), timezone="UTC")

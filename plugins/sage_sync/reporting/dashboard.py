@@ -16,14 +16,14 @@ web layer only renders. The rules a reader must be able to trust live here:
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 
 from sage_sync.core.errors import AirflowUnavailable, LifecycleError
 from sage_sync.core.status import CompanyStatus
-from sage_sync.lifecycle.inputs import backfill_quarters, require_company, warehouse
+from sage_sync.lifecycle.inputs import airflow_retention, backfill_quarters, require_company, warehouse
 from sage_sync.orchestration import airflow_api
 from sage_sync.pipeline.env import airflow_run_of
 from sage_sync.reporting.report import latest_quarters
@@ -218,11 +218,18 @@ def _log_path(company_id: str, run: dict[str, Any], airflow_run: str, states: di
     return airflow_api.ui_mapped_path(dag_id, airflow_run, task_id)
 
 
-def _run_row(company_id: str, run: dict[str, Any], states: dict[str, Any] | None = None) -> dict[str, Any]:
+def _run_row(
+    company_id: str, run: dict[str, Any], states: dict[str, Any] | None = None, *, retention: timedelta | None = None
+) -> dict[str, Any]:
     stats = run["stats"] or {}
     states = states or {}
     end = run["ended_at"] or run["db_now"]
     airflow_run = airflow_run_of(company_id, run["sync_run_id"])
+    # Airflow's records of a run older than the retention are deleted by the housekeeping DAG
+    # (orchestration.housekeeping): no link to a page Airflow no longer has.
+    expired = airflow_run is not None and retention is not None and run["started_at"] < run["db_now"] - retention
+    if expired:
+        airflow_run = None
     dag_id = airflow_api.run_dag_id(company_id, run["kind"])
     return {
         "sync_run_id": run["sync_run_id"],
@@ -241,6 +248,7 @@ def _run_row(company_id: str, run: dict[str, Any], states: dict[str, Any] | None
         "quarantined": sum(int(s.get("quarantined", 0)) for s in stats.values()),
         "error": run["error"],
         "airflow_run_id": airflow_run,
+        "airflow_expired": expired,
         "run_path": airflow_api.ui_run_path(dag_id, airflow_run) if airflow_run else None,
         "log_path": _log_path(company_id, run, airflow_run, states) if airflow_run else None,
         "stream_paths": _stream_links(company_id, run["kind"], airflow_run),
@@ -270,6 +278,7 @@ def _overview_reads(conn: psycopg.Connection) -> dict[str, Any]:
     """What overview() reads, on an open connection: company_page reads its own marts after it
     in the same snapshot."""
     items = company_statuses(conn)
+    retention = airflow_retention()
     runs = {i["company_id"]: reports.recent_runs(conn, i["company_id"], HISTORY_LENGTH) for i in items}
     states = stream_states.states_of(conn, [r["sync_run_id"] for found in runs.values() for r in found])
     return {
@@ -278,7 +287,7 @@ def _overview_reads(conn: psycopg.Connection) -> dict[str, Any]:
         "latest": reports.latest_runs(conn, [i["company_id"] for i in items]),
         "states": states,
         "history": {
-            company_id: [_run_row(company_id, r, states.get(r["sync_run_id"])) for r in found]
+            company_id: [_run_row(company_id, r, states.get(r["sync_run_id"]), retention=retention) for r in found]
             for company_id, found in runs.items()
         },
         # last: until the transform has built the emissions marts this rolls the connection back

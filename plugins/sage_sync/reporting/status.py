@@ -16,8 +16,9 @@ from typing import Any
 import psycopg
 
 from sage_sync.core.status import CompanyStatus
-from sage_sync.lifecycle.inputs import warehouse
+from sage_sync.lifecycle.inputs import daily_window, warehouse
 from sage_sync.orchestration.notices import INITIAL_SYNC_OVERDUE
+from sage_sync.orchestration.schedule import describe_start
 from sage_sync.sage.streams import STREAMS
 from sage_sync.warehouse import reports, stream_states
 
@@ -104,7 +105,9 @@ def report(*, dsn: str | None = None) -> list[dict[str, Any]]:
 
 
 def company_statuses(conn: psycopg.Connection, now: datetime | None = None) -> list[dict[str, Any]]:
-    """Every company with its status, its last run's progress and, in initial sync, how long it has taken."""
+    """Every company with its status, its daily start, its last run's progress and, in initial
+    sync, how long it has taken."""
+    window = daily_window()  # a bad setting is refused in one line before the read
     rows = reports.company_status_rows(conn)
     states = stream_states.states_of(conn, [r["sync_run_id"] for r in rows if r["sync_run_id"]])
     report = []
@@ -152,6 +155,8 @@ def company_statuses(conn: psycopg.Connection, now: datetime | None = None) -> l
                 "last_error": row["last_error"],
                 "connected_at": row["connected_at"].isoformat() if row["connected_at"] else None,
                 "disconnected_at": row["disconnected_at"].isoformat() if row["disconnected_at"] else None,
+                # When its daily run starts (UTC), and whether that is its own time or the spread.
+                "daily_start": describe_start(row["company_id"], row["daily_start_minute"], window),
                 "initial_sync": initial,
                 "last_run": last_run,
             }
@@ -185,6 +190,9 @@ def describe(item: dict[str, Any]) -> str:
     label = status_label(item["status"])
     line = f"{item['company_name']} ({item['company_id']}): {label[0].lower()}{label[1:]}"
     line += f", Synced From {item['synced_from']}"
+    start = item.get("daily_start")
+    if start:
+        line += f", daily at {describe_daily_start(start)}"
     note = currency_note(item.get("base_currency"))
     if note:
         line += f"; {note}"
@@ -210,6 +218,12 @@ def describe(item: dict[str, Any]) -> str:
     if item["last_error"]:
         line += f"; last error: {item['last_error']}"
     return line
+
+
+def describe_daily_start(start: dict[str, Any]) -> str:
+    """``02:17 UTC (spread over 00:00-06:00 UTC)`` or ``07:30 UTC (set for this company)``."""
+    why = "set for this company" if start["source"] == "set" else f"spread over {start['window']}"
+    return f"{start['time']} UTC ({why})"
 
 
 def describe_streams(streams: dict[str, dict[str, Any]]) -> str:

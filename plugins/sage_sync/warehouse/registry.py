@@ -27,7 +27,8 @@ from sage_sync.core.status import STATUSES, CompanyStatus, check_transition, par
 
 _COLUMNS = (
     "company_id, company_name, accounts_provider, status, synced_from_quarter, last_error, "
-    "created_at, updated_at, connected_at, disconnected_at, reconcile_requested, last_reconciled_at"
+    "created_at, updated_at, connected_at, disconnected_at, reconcile_requested, last_reconciled_at, "
+    "daily_start_minute"
 )
 
 
@@ -47,6 +48,9 @@ class Company:
     disconnected_at: datetime | None
     reconcile_requested: bool = False
     last_reconciled_at: datetime | None = None
+    # Its own daily start, minutes after 00:00 UTC; None: spread over the window
+    # (sage_sync.orchestration.schedule decides the time, this only holds the choice).
+    daily_start_minute: int | None = None
 
     @property
     def synced_from_quarter(self) -> str:
@@ -222,6 +226,30 @@ def set_synced_from(
             "synced_from_quarter": str(quarter),
             **(details or {}),
         },
+    )
+    return company
+
+
+def set_daily_start(conn: psycopg.Connection, company_id: str, minute: int | None) -> Company:
+    """Set the company's own daily start (minutes after 00:00 UTC), or clear it (None: the spread),
+    and log ``daily_start_changed`` (caller commits). The column's check refuses a minute outside
+    the day; callers validate first, with a message a person can act on."""
+    before = get_company(conn, company_id)
+    if before is None:
+        raise UnknownCompanyError(f"company {company_id!r} is not registered")
+    with conn.cursor(row_factory=_COMPANY_ROW) as cur:
+        cur.execute(
+            "update sage_control.companies set daily_start_minute = %s, updated_at = now() "
+            f"where company_id = %s returning {_COLUMNS}",
+            (minute, company_id),
+        )
+        company = cur.fetchone()
+    assert company is not None
+    log_event(
+        conn,
+        company_id,
+        "daily_start_changed",
+        {"previous_daily_start_minute": before.daily_start_minute, "daily_start_minute": minute},
     )
     return company
 

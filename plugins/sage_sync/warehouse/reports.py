@@ -52,7 +52,7 @@ def company_status_rows(conn: psycopg.Connection) -> list[dict[str, Any]]:
         cur.execute(
             """
             select c.company_id, c.company_name, c.status, c.synced_from_quarter, c.last_error,
-                   c.connected_at, c.disconnected_at, c.created_at, now() as db_now,
+                   c.connected_at, c.disconnected_at, c.created_at, c.daily_start_minute, now() as db_now,
                    r.sync_run_id, r.kind, r.status as run_status, r.started_at, r.ended_at, r.stats,
                    r.is_full_read, r.after_reset, {base_currency} as base_currency,
                    (select min(f.started_at) from sage_control.sync_runs f

@@ -29,7 +29,7 @@ from sage_sync.warehouse import db
 log = logging.getLogger(__name__)
 
 _QUERY = """
-    select company_id, company_name, status, synced_from_quarter
+    select company_id, company_name, status, synced_from_quarter, daily_start_minute
     from sage_control.companies
     order by company_id
 """
@@ -43,6 +43,9 @@ class DagCompany:
     company_name: str
     status: str
     synced_from_quarter: str
+    # The company's own daily start (minutes after 00:00 UTC), or None: spread over the window.
+    # Defaulted, so a snapshot written before the column existed still reads.
+    daily_start_minute: int | None = None
 
     @property
     def synced_from(self) -> Quarter:
