@@ -1012,6 +1012,21 @@ def test_spend_by_quarter_marts(built: psycopg.Connection) -> None:
         ("name:snapshot supplies", "Snapshot Supplies", 1, Decimal("70.00")),
         ("unknown", "unknown supplier", 1, Decimal("-5.00")),
     ]
+    by_supplier_and_category = _rows(
+        built,
+        """
+        select supplier_key, category, line_count, amount from analytics.rpt_spend_by_supplier_category_quarter
+        where company_id = 'gbp_co' order by 1, 2
+    """,
+    )
+    # Acme's 505.50 split by what it was booked as; the two rows of office costs are the 325.00 above
+    assert by_supplier_and_category == [
+        ("contact:c_acme", "capital_expenditure", 1, Decimal("60.00")),
+        ("contact:c_acme", "direct_expenses", 3, Decimal("115.50")),
+        ("contact:c_acme", "office_costs", 4, Decimal("330.00")),
+        ("name:snapshot supplies", "uncategorised", 1, Decimal("70.00")),
+        ("unknown", "office_costs", 1, Decimal("-5.00")),
+    ]
 
 
 def test_sync_health(built: psycopg.Connection) -> None:
