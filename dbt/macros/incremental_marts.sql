@@ -142,7 +142,12 @@
 
 {#- The CTEs `touched_quarters` (incremental runs only) and `name`: the rows of `fact` in the
     company-quarters this build must recompute (every row on a full refresh). `quarter_column`:
-    the fact's quarter start date column, or none to bound `transaction_date` by the quarter. -#}
+    the fact's quarter start date column, or none to bound `transaction_date` by the quarter.
+
+    A lateral join kept apart by `offset 0`: one index range scan of the fact per touched
+    company-quarter. PostgreSQL cannot know how few rows the touched_quarters CTE holds, and with
+    a plain join it planned a sort-merge over the whole fact (5.8 s at 200k lines for a build
+    with nothing new; at 5M lines, minutes). -#}
 {% macro rollup_input(name, fact, quarter_column=none) -%}
     {%- if is_incremental() -%}
     touched_quarters as (
@@ -151,16 +156,24 @@
 
     {% endif -%}
     {{ name }} as (
-        select {{ name }}.* from {{ fact }} as {{ name }}
         {%- if is_incremental() %}
-        inner join touched_quarters
-            on {{ name }}.company_id = touched_quarters.company_id
+        select {{ name }}.*
+        from touched_quarters
+        cross join lateral (
+            select fact_rows.*
+            from {{ fact }} as fact_rows
+            where fact_rows.company_id = touched_quarters.company_id
             {%- if quarter_column %}
-                and {{ name }}.{{ quarter_column }} = touched_quarters.quarter_start_date
+                and fact_rows.{{ quarter_column }} = touched_quarters.quarter_start_date
             {%- else %}
-                and {{ name }}.transaction_date >= touched_quarters.quarter_start_date
-                and {{ name }}.transaction_date < touched_quarters.quarter_start_date + interval '3 months'
+                and fact_rows.transaction_date >= touched_quarters.quarter_start_date
+                and fact_rows.transaction_date < touched_quarters.quarter_start_date + interval '3 months'
             {%- endif %}
+            -- keeps the planner from flattening this into the join it would plan as a merge
+            offset 0
+        ) as {{ name }}
+        {%- else %}
+        select {{ name }}.* from {{ fact }} as {{ name }}
         {%- endif %}
     )
 {%- endmacro %}
