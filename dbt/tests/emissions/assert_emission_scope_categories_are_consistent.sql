@@ -1,5 +1,6 @@
--- The scope mapping seed (emission_scope_categories) says what it means: each row fills exactly
--- the key columns of its match_on, there is one default row (every in-scope line gets a scope), a
+-- The scope mapping seed (emission_scope_categories) says what it means: each row has a known
+-- match_on, a scope 1, 2 or 3 and a reason, fills exactly the key columns of its match_on, there is
+-- one default row (every in-scope line gets a scope), a
 -- Scope 3 row names its category by the GHG Protocol's number and name, and a Scope 1 or 2 row
 -- names none, and no two rows share a key (account names compared as lines match them,
 -- case-insensitively). Returns each offending row with what is wrong.
@@ -33,15 +34,23 @@ checked as (
     select
         scope_categories.scope_mapping_id,
         case
+            when scope_categories.match_on is null
+                or scope_categories.match_on
+                not in ('ledger_account_type', 'keyword_rule', 'sic_group', 'account_name', 'default')
+                then 'match_on is one of ledger_account_type, keyword_rule, sic_group, account_name, default'
+            when scope_categories.ghg_scope is null or scope_categories.ghg_scope not in (1, 2, 3)
+                then 'ghg_scope is 1, 2 or 3'
+            when coalesce(trim(scope_categories.reason), '') = ''
+                then 'every row says why'
             when (scope_categories.account_name is not null) <> (scope_categories.match_on = 'account_name')
-                then 'account_name filled only for match_on account_name'
+                then 'account_name is filled exactly when match_on is account_name'
             when (scope_categories.ledger_account_type is not null)
                 <> (scope_categories.match_on in ('account_name', 'ledger_account_type'))
-                then 'ledger_account_type filled only for match_on account_name or ledger_account_type'
+                then 'ledger_account_type is filled exactly when match_on is account_name or ledger_account_type'
             when (scope_categories.keyword_rule_id is not null) <> (scope_categories.match_on = 'keyword_rule')
-                then 'keyword_rule_id filled only for match_on keyword_rule'
+                then 'keyword_rule_id is filled exactly when match_on is keyword_rule'
             when (scope_categories.sic_code is not null) <> (scope_categories.match_on = 'sic_group')
-                then 'sic_code filled only for match_on sic_group'
+                then 'sic_code is filled exactly when match_on is sic_group'
             when scope_categories.ghg_scope = 3 and ghg_categories.scope3_category is null
                 then 'a Scope 3 row needs a GHG Protocol category number and its name'
             when scope_categories.ghg_scope <> 3
