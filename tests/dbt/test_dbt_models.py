@@ -1362,6 +1362,7 @@ def test_incremental_build_equals_a_full_refresh(built: psycopg.Connection, pg_d
         "analytics.rpt_emissions_by_category_quarter",
         "analytics.rpt_emissions_by_supplier_quarter",
         "analytics.rpt_emissions_coverage",
+        "analytics.rpt_emissions_by_scope_quarter",
         "sage_intermediate.int_emission_line_keywords",
         "sage_intermediate.int_emission_account_mappings",
     } <= set(full)
@@ -1383,6 +1384,7 @@ DIM_ACCOUNTS = {
     "la_phone": ("Telephone and internet", 7502, "OVERHEADS"),  # re-categorised by an override seed row
     "la_legal": ("Legal and professional fees", 7600, "OVERHEADS"),  # an emission account override
     "la_power": ("Electricity", 7200, "OVERHEADS"),  # its SIC group's factor changes
+    "la_hire": ("Plant hire", 7710, "OVERHEADS"),  # a new scope mapping row names it
     "la_goods": ("Cost of sales - goods", 5000, "DIRECT_EXPENSES"),  # everything else
 }
 # dim_co's documents: record id -> what the document uses (one dimension member each, so that no
@@ -1394,6 +1396,7 @@ DIM_DOCUMENTS = {
     "d_tax": {"tax_rate": "DIM_RATE"},
     "d_emit": {"ledger": "la_legal"},
     "d_factor": {"ledger": "la_power"},
+    "d_scope": {"ledger": "la_hire"},
     "d_line": {},  # a line override
     "d_move": {},  # moves to the next quarter
     "d_delete": {},  # deleted
@@ -1516,8 +1519,9 @@ def test_each_dimension_change_shows_after_the_next_build(
     no other change touches (so none is rebuilt by way of another), then the incremental build
     must equal a full refresh: a renamed supplier, a renamed account (its category and emission
     mapping follow), a category override seed row, a tax rate, a company's name, an emission
-    account override, a line override, a factor's value, a document moved to the next quarter,
-    a deleted and a voided document."""
+    account override, a line override, a factor's value, a new scope mapping row (seed
+    emission_scope_categories), a document moved to the next quarter, a deleted and a voided
+    document."""
     env = _dbt_env(pg_dsn)
     built.rollback()
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
@@ -1537,6 +1541,12 @@ def test_each_dimension_change_shows_after_the_next_build(
         before = _dim_lines(conn, "supplier_name, nominal_code_name, category, tax_rate_percentage")
         assert set(before) == set(DIM_DOCUMENTS)
         emissions_before = _dim_lines(conn, "mapping_rule, sic_code, kgco2e", "fct_spend_emissions")
+        scope_columns = "scope_mapping_id, scope3_category, method"
+        assert _dim_lines(conn, scope_columns, "fct_spend_emissions")["d_scope"] == (
+            "default_purchased_goods_and_services",
+            1,
+            "spend_based",  # "Plant hire": keyword rule hire, 77
+        )
 
         # Day 5: the changes.
         _insert_rows(
@@ -1564,6 +1574,10 @@ def test_each_dimension_change_shows_after_the_next_build(
         _append(seeds / "company_category_overrides.csv", f"{DIM_CO},7502,it_and_software,test: re-categorised")
         _append(seeds / EMISSION_SEEDS.name / "emission_account_overrides.csv", f"{DIM_CO},la_legal,,62,,test")
         _append(seeds / EMISSION_SEEDS.name / "emission_line_overrides.csv", f"{DIM_CO},d_line,d_line_l1,61,,test")
+        _append(
+            seeds / EMISSION_SEEDS.name / "emission_scope_categories.csv",
+            "plant_hire_leased,account_name,Plant Hire,OVERHEADS,,,3,8,Upstream leased assets,test",
+        )
         factors = seeds / EMISSION_SEEDS.name / "emission_factors__defra_leeds_2023.csv"
         factors.write_text(
             "".join(
@@ -1598,6 +1612,15 @@ def test_each_dimension_change_shows_after_the_next_build(
         assert emissions["d_line"][:2] == ("line_override", "61")
         assert emissions["d_factor"][2] != emissions_before["d_factor"][2]
         assert emissions["d_account"][:2] == ("chart_account_name", "69.1") != emissions_before["d_account"][:2]
+        scopes = _dim_lines(conn, scope_columns, "fct_spend_emissions")
+        assert scopes["d_scope"] == ("plant_hire_leased", 8, "spend_based")
+        assert scopes["d_keep"] == ("default_purchased_goods_and_services", 1, None)  # unmapped: no method
+        categories = conn.execute(
+            "select scope3_category, line_count, kgco2e from analytics.rpt_emissions_by_scope_quarter "
+            "where company_id = %s and quarter = '2024-Q2' and scope3_category = 8",
+            (DIM_CO,),
+        ).fetchall()
+        assert categories == [(8, 1, emissions["d_scope"][2])]
         quarters = conn.execute(
             "select quarter, line_count from analytics.rpt_spend_by_category_quarter where company_id = %s "
             "and category = %s order by quarter",

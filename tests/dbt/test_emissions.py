@@ -75,6 +75,35 @@ EXPECTED = {
 }
 
 
+CAT1 = (3, 1, "Purchased goods and services")
+CAT3 = (3, 3, "Fuel- and energy-related activities")
+CAT6 = (3, 6, "Business travel")
+SCOPE2 = (2, None, None)
+DEFAULT = "default_purchased_goods_and_services"
+# line id -> (scope_mapping_id, ghg_scope, scope3_category, scope3_category_name, method, data_quality),
+# by hand from seed emission_scope_categories (first match: ledger account type, keyword rule, SIC
+# group, account name, default); data quality 4 for a high or medium confidence mapping, 5 for low:
+EXPECTED_SCOPES = {
+    # electricity (35.1): its factor includes generation, so Scope 2; medium confidence
+    "inyear_l1": ("electricity_scope_2", *SCOPE2, "spend_based", 4),
+    "deflated_l1": ("electricity_scope_2", *SCOPE2, "spend_based", 4),
+    "credit_l1": ("electricity_scope_2", *SCOPE2, "spend_based", 4),
+    # gas (35.2-3): the factor is its upstream only, category 3; low confidence
+    "gas_l1": ("gas_fuel_and_energy", *CAT3, "spend_based", 5),
+    # out of scope: no scope, no method, no score
+    "wages_l1": (None, None, None, None, None, None),
+    "bank_l1": (None, None, None, None, None, None),
+    # unmapped: the default category (its £ belongs somewhere), but no kg, so no method or score
+    "sundry_l1": (DEFAULT, *CAT1, None, None),
+    # rail (49.1-2, by the description's keyword rule, which has no row of its own): category 6
+    "rail_l1": ("rail_business_travel", *CAT6, "spend_based", 4),
+    # British Gas by the supplier's name, keyword rule gas: its SIC group's row, category 3
+    "bg_l1": ("gas_fuel_and_energy", *CAT3, "spend_based", 5),
+    # office costs (82, low): no row names it, the default
+    "old_l1": (DEFAULT, *CAT1, "spend_based", 5),
+}
+
+
 def _scenario() -> list[Row]:
     rows = [
         Row("businesses", CO, CO, {"id": CO, "name": "Carbon Co Ltd", "country": _link("GB", "c")}),
@@ -299,6 +328,75 @@ def test_coverage_adds_up(built: psycopg.Connection) -> None:
     assert by_category[0] == sum(v[4] for v in EXPECTED.values() if v[4] is not None)
 
 
+def _scopes(conn: psycopg.Connection) -> dict[str, tuple]:
+    rows = conn.execute(
+        "select line_id, scope_mapping_id, ghg_scope, scope3_category, scope3_category_name, method, data_quality "
+        "from analytics.fct_spend_emissions where company_id = %s",
+        (CO,),
+    ).fetchall()
+    return {r[0]: tuple(r[1:]) for r in rows}
+
+
+def test_every_line_has_its_scope_category_and_method(built: psycopg.Connection) -> None:
+    assert _scopes(built) == EXPECTED_SCOPES
+
+
+def test_emissions_by_scope_quarter(built: psycopg.Connection) -> None:
+    """2023-Q3 by hand: sundries 80.00 unmapped (category 1), British Gas 120.00 (category 3, kg
+    136.609, upstream only), rail 250.00 (category 6, kg 105.850); excluded 80 of 450 = 0.1778,
+    over the 5 % cap. 2024-Q2 holds only payroll and a bank transfer: all excluded."""
+    rows = built.execute(
+        "select ghg_scope, scope3_category, line_count, net_gbp, mapped_gbp, unmapped_gbp, out_of_scope_gbp, "
+        "spend_based_gbp, spend_based_share, activity_based_share, kgco2e, upstream_only_kgco2e, "
+        "share_of_quarter_kgco2e, excluded_gbp, quarter_net_gbp, quarter_excluded_gbp, quarter_excluded_share, "
+        "exclusion_cap_share, is_within_exclusion_cap "
+        "from analytics.rpt_emissions_by_scope_quarter where company_id = %s and quarter = %s "
+        "order by ghg_scope, scope3_category",
+        (CO, "2023-Q3"),
+    ).fetchall()
+    d = Decimal
+    quarter = (d("450.00"), d("80.00"), d("0.1778"), d("0.05"), False)
+    assert rows == [
+        (3, 1, 1, d("80.00"), 0, d("80.00"), 0, 0, d("0.0000"), d("0.0000"), 0, 0, d("0.0000"), d("80.00"), *quarter),
+        (3, 3, 1, d("120.00"), d("120.00"), 0, 0, d("120.00"), d("1.0000"), d("0.0000"), d("136.609"),
+         d("136.609"), d("0.5634"), 0, *quarter),
+        (3, 6, 1, d("250.00"), d("250.00"), 0, 0, d("250.00"), d("1.0000"), d("0.0000"), d("105.850"), 0,
+         d("0.4366"), 0, *quarter),
+    ]  # fmt: skip
+    out_of_scope = built.execute(
+        "select ghg_scope, scope3_category, net_gbp, out_of_scope_gbp, spend_based_share, quarter_excluded_share, "
+        "is_within_exclusion_cap from analytics.rpt_emissions_by_scope_quarter "
+        "where company_id = %s and quarter = '2024-Q2'",
+        (CO,),
+    ).fetchall()
+    assert out_of_scope == [(None, None, d("2575.00"), d("2575.00"), None, d("1.0000"), False)]
+    by_scope = dict(
+        built.execute(
+            "select coalesce(ghg_scope, 0), sum(kgco2e) from analytics.rpt_emissions_by_scope_quarter "
+            "where company_id = %s group by 1",
+            (CO,),
+        ).fetchall()
+    )
+    # Scope 2: 1433.890 + 552.795 - 235.352; Scope 3: 341.523 + 136.609 + 105.850 + 8.515
+    assert by_scope == {0: 0, 2: d("1751.333"), 3: d("592.497")}
+    assert sum(by_scope.values()) == sum(v[4] for v in EXPECTED.values() if v[4] is not None)
+    within = built.execute(
+        "select quarter, bool_and(is_within_exclusion_cap) from analytics.rpt_emissions_by_scope_quarter "
+        "where company_id = %s group by quarter order by quarter",
+        (CO,),
+    ).fetchall()
+    # nothing excluded but in 2023-Q3 (unmapped sundries) and 2024-Q2 (payroll, bank)
+    assert within == [
+        ("2013-Q2", True),
+        ("2022-Q1", True),
+        ("2023-Q2", True),
+        ("2023-Q3", False),
+        ("2023-Q4", True),
+        ("2024-Q2", False),
+        ("2025-Q2", True),
+    ]
+
+
 def test_report_command_writes_csv_xlsx_and_png(built: psycopg.Connection, dsn: str, tmp_path: Path) -> None:
     p = conninfo_to_dict(dsn)
     env = {
@@ -453,6 +551,12 @@ def test_edits_re_map_history_on_the_next_build(
     assert lines["bg_l1"] == ("mapped", "line_override", "61", 2023, Decimal("11.356"))
     # renamed "Hotels": no longer mixed, so "Rail" no longer refines it; 250.00 x 0.289716 (55, 2023)
     assert lines["rail_l1"] == ("mapped", "chart_account_name", "55", 2023, Decimal("72.429"))
+    # the scope follows the new mapping: the sundries' keyword (32, low) has no row of its own, the
+    # default; a line override is high confidence; "Hotels" (55) is business travel by its group
+    scopes = _scopes(built)
+    assert scopes["sundry_l1"] == (DEFAULT, *CAT1, "spend_based", 5)
+    assert scopes["bg_l1"] == (DEFAULT, *CAT1, "spend_based", 4)
+    assert scopes["rail_l1"] == ("hotels_business_travel", *CAT6, "spend_based", 4)
     fingerprints = built.execute(
         "select count(distinct keyword_rules_fingerprint) from sage_intermediate.int_emission_line_keywords"
     ).fetchone()

@@ -1,7 +1,7 @@
 -- The change log of every dimension the stored marts copy onto their rows: one row per dimension
 -- member (a company, an account's category, an account's emission mapping, a supplier's name, a
 -- tax rate, a line override, a factor, a price period, a SIC group's flags, the keyword rules,
--- the factor set in use), with a hash of exactly the attributes the marts take from it and
+-- the factor set in use, a scope mapping row), with a hash of exactly the attributes the marts take from it and
 -- dbt_loaded_at, when that hash last changed. A build rewrites only the members whose hash
 -- changed (or that are gone: their row then has a null hash), so the incremental marts find what
 -- a rename, a re-categorisation, an override or a factor touches by reading the rows stamped
@@ -66,6 +66,10 @@ sic_group_flags as (
 
 keyword_rules as (
     select * from {{ ref('emission_keyword_rules') }}
+),
+
+scope_categories as (
+    select * from {{ ref('emission_scope_categories') }}
 ),
 
 -- Global members (factors, price periods...) have company_id '' (a key column is never null).
@@ -152,6 +156,17 @@ current_versions as (
             keyword_rule_id, priority, pattern, sic_code, out_of_scope_reason, confidence, is_mixed
         ) as text), ',' order by keyword_rule_id), ''))
     from keyword_rules
+    union all
+    -- what a row matches and what it gives a line (its reason is in the seed, not on the lines)
+    select
+        'emission_scope_category',
+        '',
+        scope_mapping_id,
+        md5(cast(row(
+            match_on, lower(trim(account_name)), ledger_account_type, keyword_rule_id, sic_code,
+            ghg_scope, scope3_category, scope3_category_name
+        ) as text))
+    from scope_categories
 ),
 
 stored as (

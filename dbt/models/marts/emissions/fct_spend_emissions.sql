@@ -16,13 +16,23 @@
 -- credit notes and refunds reduce emissions. scope_coverage 'upstream_only' (fuel, gas, heating
 -- oil): the buyer's own combustion is not in a spend factor; never sum those rows as complete.
 --
+-- GHG Protocol scope and Scope 3 category (seed emission_scope_categories, one row per mapping
+-- with its reason), first match wins: the ledger account type (fixed assets: capital goods), the
+-- keyword rule that mapped the line, the line's SIC group, the account's name and type, else the
+-- default row (category 1); scope_mapping_id names the row. Out-of-scope lines have none.
+-- method: how the kg was estimated ('spend_based' today; 'activity_based' and
+-- 'supplier_specific' when quantities or suppliers' own figures come in); null without kg.
+-- data_quality: 1 (best) to 5, PCAF-style (docs/EMISSIONS.md): a spend-based line scores 4 when
+-- its SIC group is a high or medium confidence match, 5 when low; null without kg.
+--
 -- A table, kept incrementally by document like fct_spend_transactions (strategy
 -- replace_partitions). A build recomputes the lines of the documents whose spend lines were
 -- rewritten or removed since its last build, of the documents with a line on an account whose
 -- emission mapping changed or with a changed line override (int_dimension_versions), and the
 -- stored lines of a SIC group whose factor or flags changed or of a month whose price period
--- changed; a changed keyword rule set or factor set recomputes every line. The keyword matching
--- itself is done once per line when it lands (int_emission_line_keywords).
+-- changed, and the stored lines an edited, added or removed row of emission_scope_categories
+-- applied to or now matches; a changed keyword rule set or factor set recomputes every line. The
+-- keyword matching itself is done once per line when it lands (int_emission_line_keywords).
 {{
     config(
         incremental_strategy='replace_partitions',
@@ -52,6 +62,7 @@
     {%- do changed_sic_codes.append(key.split('/')[0]) %}
 {%- endfor %}
 {%- do changed_sic_codes.extend(global_changes.get('emission_sic_group', [])) %}
+{%- set changed_scope_mappings = global_changes.get('emission_scope_category', []) | unique | list %}
 {%- set changed_months = [] %}
 {%- for key in global_changes.get('emission_price_period', []) %}
     {%- do changed_months.append(key.split('/')[-1]) %}
@@ -98,6 +109,28 @@ touched_documents as (
     union
     select company_id, stream, record_id from {{ this }}
     where sic_code in ({% for code in changed_sic_codes | unique %}'{{ code }}'{% if not loop.last %}, {% endif %}{% endfor %})
+    {% endif %}
+    {% if changed_scope_mappings %}
+    union
+    -- the lines an edited, added or removed scope mapping row applied to...
+    select company_id, stream, record_id from {{ this }}
+    where scope_mapping_id in ({% for id in changed_scope_mappings %}'{{ id }}'{% if not loop.last %}, {% endif %}{% endfor %})
+    union
+    -- ...and those it matches now (a line records only the row that won)
+    select
+        stored.company_id,
+        stored.stream,
+        stored.record_id
+    from {{ this }} as stored
+    inner join {{ ref('emission_scope_categories') }} as changed_rows
+        on (changed_rows.match_on = 'ledger_account_type'
+            and stored.ledger_account_type = changed_rows.ledger_account_type)
+        or (changed_rows.match_on = 'keyword_rule' and stored.keyword_rule_id = changed_rows.keyword_rule_id)
+        or (changed_rows.match_on = 'sic_group' and stored.sic_code = changed_rows.sic_code)
+        or (changed_rows.match_on = 'account_name'
+            and lower(trim(stored.nominal_code_name)) = lower(trim(changed_rows.account_name))
+            and stored.ledger_account_type = changed_rows.ledger_account_type)
+    where changed_rows.scope_mapping_id in ({% for id in changed_scope_mappings %}'{{ id }}'{% if not loop.last %}, {% endif %}{% endfor %})
     {% endif %}
     {% if changed_months %}
     union
@@ -149,6 +182,10 @@ price_periods as (
 
 sic_group_flags as (
     select * from {{ ref('emission_sic_group_flags') }}
+),
+
+scope_categories as (
+    select * from {{ ref('emission_scope_categories') }}
 ),
 
 candidates as (
@@ -280,9 +317,7 @@ lines as (
         case
             when mapped.sic_code is not null then round(mapped.amount * price_periods.deflator, 2)
         end as net_gbp_at_factor_prices,
-        round(round(mapped.amount * price_periods.deflator, 2) * factors.kgco2e_per_gbp, 3) as kgco2e,
-        -- when this row was last (re)written: the build that wrote it
-        now() as dbt_loaded_at
+        round(round(mapped.amount * price_periods.deflator, 2) * factors.kgco2e_per_gbp, 3) as kgco2e
     from mapped
     cross join factor_set_in_use
     left join price_periods
@@ -294,8 +329,61 @@ lines as (
         on mapped.sic_code = sic_group_flags.sic_code
 ),
 
+-- The scope mapping row of each line: first match wins; an out-of-scope line matches none.
+scope_matches as (
+    select
+        lines.*,
+        coalesce(
+            by_type.scope_mapping_id,
+            by_keyword.scope_mapping_id,
+            by_sic_group.scope_mapping_id,
+            by_account.scope_mapping_id,
+            by_default.scope_mapping_id
+        ) as scope_mapping_id
+    from lines
+    left join scope_categories as by_type
+        on lines.emission_status <> 'out_of_scope'
+            and by_type.match_on = 'ledger_account_type'
+            and lines.ledger_account_type = by_type.ledger_account_type
+    left join scope_categories as by_keyword
+        on lines.emission_status <> 'out_of_scope'
+            and by_keyword.match_on = 'keyword_rule'
+            and lines.keyword_rule_id = by_keyword.keyword_rule_id
+    left join scope_categories as by_sic_group
+        on lines.emission_status <> 'out_of_scope'
+            and by_sic_group.match_on = 'sic_group'
+            and lines.sic_code = by_sic_group.sic_code
+    left join scope_categories as by_account
+        on lines.emission_status <> 'out_of_scope'
+            and by_account.match_on = 'account_name'
+            and lower(trim(lines.nominal_code_name)) = lower(trim(by_account.account_name))
+            and lines.ledger_account_type = by_account.ledger_account_type
+    left join scope_categories as by_default
+        on lines.emission_status <> 'out_of_scope'
+            and by_default.match_on = 'default'
+),
+
+scoped as (
+    select
+        scope_matches.*,
+        scope_categories.ghg_scope,
+        scope_categories.scope3_category,
+        scope_categories.scope3_category_name,
+        case when scope_matches.emission_status = 'mapped' then 'spend_based' end as method,
+        case
+            when scope_matches.emission_status <> 'mapped' then null
+            when scope_matches.mapping_confidence in ('high', 'medium') then 4
+            else 5
+        end as data_quality,
+        -- when this row was last (re)written: the build that wrote it
+        now() as dbt_loaded_at
+    from scope_matches
+    left join scope_categories
+        on scope_matches.scope_mapping_id = scope_categories.scope_mapping_id
+),
+
 final as (
-    select * from lines
+    select * from scoped
     {% if is_incremental() %}
     union all
     {{ partition_markers('touched_documents', ['company_id', 'stream', 'record_id']) }}
