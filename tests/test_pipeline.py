@@ -23,6 +23,7 @@ from sage_sync.core.config import sage_settings
 from sage_sync.sage.auth import OAuthClient, new_pkce_pair
 from sage_sync.warehouse.token_store import PostgresTokenStore
 from sandbox.fake_sage.server import FakeSageServer
+from tests.dbt_kit import run_dbt
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -80,22 +81,10 @@ def _dag_test(env: dict[str, str], dag_id: str) -> str:
 
 
 def _dbt_build(env: dict[str, str], tmp_path: Path) -> None:
-    _run(
-        [
-            str(BIN / "dbt"),
-            "build",
-            "--project-dir",
-            str(ROOT / "dbt"),
-            "--profiles-dir",
-            str(ROOT / "dbt"),
-            "--target-path",
-            str(tmp_path / "target"),
-            "--log-path",
-            str(tmp_path / "logs"),
-        ],
-        env,
-        timeout=600,
-    )
+    paths = ["--project-dir", str(ROOT / "dbt"), "--profiles-dir", str(ROOT / "dbt")]
+    paths += ["--target-path", str(tmp_path / "target"), "--log-path", str(tmp_path / "logs")]
+    done = run_dbt(["build", *paths], env)
+    assert done.returncode == 0, f"dbt build failed:\n{done.stdout[-3000:]}"
 
 
 def _expected_spend(sage: FakeSageServer, company: str) -> Decimal:

@@ -304,3 +304,12 @@ def test_a_refused_grant_fails_every_sage_task_without_retries(
         monkeypatch.setattr(sync, step, lambda *_a, **_k: (_ for _ in ()).throw(TransientError("HTTP 503")))
         with pytest.raises(TransientError):  # not translated: the task's retries apply
             dag.get_task(task_id).python_callable(**kwargs)
+
+
+def test_the_daily_build_leaves_out_dbt_unit_tests(two_companies: Path) -> None:
+    # They check the SQL against fixed inputs (tests/dbt runs them); the day's data needs the rest.
+    build = _dagbag().dags["sage_transform"].get_task("dbt_build")
+    assert build.exclude == "test_type:unit"
+    command, _ = build.build_cmd(context={}, cmd_flags=build.add_cmd_flags())
+    assert command[command.index("--exclude") + 1] == "test_type:unit"
+    assert "--select" not in command  # everything else: every seed, model and data test

@@ -32,6 +32,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
 from tests.conftest import ADMIN_URL, analyst_role
+from tests.dbt_kit import run_dbt
 
 pytestmark = pytest.mark.dbt
 
@@ -546,15 +547,7 @@ def _dbt_paths(tmp: Path) -> list[str]:
 
 
 def _dbt(args: list[str], env: dict[str, str], tmp: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [DBT, *args, *_dbt_paths(tmp)],
-        env=env,
-        cwd=DBT_PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    return run_dbt([*args, *_dbt_paths(tmp)], env, DBT_PROJECT)
 
 
 @dataclass
@@ -603,6 +596,11 @@ def built(
     _load_later(pg_dsn)
     result = _dbt(["build"], env, tmp)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    # The daily build in Airflow leaves dbt's unit tests out (they check the SQL, not the data);
+    # this build is where they run, every one of them.
+    ran = json.loads((tmp / "target" / "run_results.json").read_text())["results"]
+    unit_tests = json.loads((tmp / "target" / "manifest.json").read_text())["unit_tests"]
+    assert {r["unique_id"] for r in ran if r["unique_id"].startswith("unit_test.")} == set(unit_tests)
     with psycopg.connect(pg_dsn) as conn:
         yield conn
 
@@ -1465,15 +1463,7 @@ def _project_dbt(
     vars_ = ["--vars", f"{{emission_factor_set: {factor_set}}}"] if factor_set else []
     paths = ["--project-dir", str(project), "--profiles-dir", str(project)]
     paths += ["--target-path", str(tmp / "target"), "--log-path", str(tmp / "logs")]
-    result = subprocess.run(
-        [DBT, *args, *vars_, *paths],
-        env=env,
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    result = run_dbt([*args, *vars_, *paths], env, project)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     return result
 

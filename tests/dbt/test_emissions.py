@@ -29,7 +29,6 @@ from sage_sync.reporting import report
 from sage_sync.warehouse.migrate import migrate
 from tests.conftest import ADMIN_URL
 from tests.dbt.test_dbt_models import (
-    DBT,
     DBT_PROJECT,
     REPO,
     Row,
@@ -39,6 +38,7 @@ from tests.dbt.test_dbt_models import (
     _link,
     _other_payment,
 )
+from tests.dbt_kit import run_dbt
 
 pytestmark = pytest.mark.dbt
 
@@ -214,26 +214,9 @@ def _dbt_env(dsn: str) -> dict[str, str]:
 
 
 def _dbt(args: list[str], dsn: str, project: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            DBT,
-            *args,
-            "--project-dir",
-            str(project),
-            "--profiles-dir",
-            str(project),
-            "--target-path",
-            str(tmp / "target"),
-            "--log-path",
-            str(tmp / "logs"),
-        ],
-        env=_dbt_env(dsn),
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    paths = ["--project-dir", str(project), "--profiles-dir", str(project)]
+    paths += ["--target-path", str(tmp / "target"), "--log-path", str(tmp / "logs")]
+    return run_dbt([*args, *paths], _dbt_env(dsn))
 
 
 @pytest.fixture(scope="module")

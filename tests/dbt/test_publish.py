@@ -6,12 +6,10 @@ page once showed 0 kg for every quarter of a new company). The marts are built i
 schema and `analytics.<mart>` are views that show only the PUBLISHED build; a build publishes, in
 one transaction at its end, only when everything it ran succeeded (dbt/macros/publish/).
 
-Publishing is about tables: a mart that is still a dbt view is live (it shows its inputs as they
-are at that moment, mid-build included). Issue 26 makes every mart a table; until that lands, these
-tests build a copy of the project whose view marts are tables, so the guarantee under test is the
-one analysts get once every mart is a table. Each check reads, in ONE statement, the same
-company's £ in the line fact, the category rollup and the emissions coverage, and kg in the
-emission fact and its rollup, while a real `dbt build` applies new raw versions.
+Publishing is about tables (a dbt view would be live, mid-build included); every mart is a table.
+Each check reads, in ONE statement, the same company's £ in the line fact, the category rollup
+and the emissions coverage, and kg in the emission fact and its rollup, while a real `dbt build`
+applies new raw versions.
 """
 
 from __future__ import annotations
@@ -45,6 +43,7 @@ from tests.dbt.test_dbt_models import (
     _load_scenario,
 )
 from tests.dbt.test_marts_stay_queryable import _land_invoices
+from tests.dbt_kit import run_dbt
 
 pytestmark = pytest.mark.dbt
 
@@ -89,24 +88,14 @@ def _figures(conn: psycopg.Connection) -> Figures:
 
 
 def _project(tmp: Path, *, failing_test: bool = False, added_column: bool = False) -> Path:
-    """A copy of the dbt project whose marts are all tables (folders materialised as views become
-    tables; anything else is left as the project has it), optionally with a data test that fails
-    on a poisoned document or with a column added to a mart (a deploy)."""
+    """The dbt project, or a copy of it with a data test that fails on a poisoned document or with
+    a column added to a mart (a deploy)."""
+    if not (failing_test or added_column):
+        return DBT_PROJECT
     project = tmp / "project"
     if project.exists():
         shutil.rmtree(project)
     shutil.copytree(DBT_PROJECT, project, ignore=shutil.ignore_patterns("target", "logs", "dbt_packages"))
-    settings = yaml.safe_load((project / "dbt_project.yml").read_text())
-
-    def tables(folder: dict) -> None:
-        for key, value in folder.items():
-            if key == "+materialized" and value == "view":
-                folder[key] = "table"
-            elif isinstance(value, dict):
-                tables(value)
-
-    tables(settings["models"]["sage_carbon"]["marts"])
-    (project / "dbt_project.yml").write_text(yaml.safe_dump(settings, sort_keys=False))
     if failing_test:
         (project / "tests" / "assert_no_poisoned_document.sql").write_text(
             "select record_id from {{ ref('fct_spend_transactions') }} where record_id like 'pi_poison%'\n"
@@ -117,12 +106,15 @@ def _project(tmp: Path, *, failing_test: bool = False, added_column: bool = Fals
     return project
 
 
+# A build here is the daily build: dbt's unit tests are left out, as in Airflow (test_dbt_models runs them).
+DAILY = ["--exclude", "test_type:unit"]
+
+
 def _dbt(project: Path, args: list[str], dsn: str, tmp: Path) -> subprocess.CompletedProcess[str]:
+    args = [*args, *DAILY] if args[0] == "build" else args
     paths = ["--project-dir", str(project), "--profiles-dir", str(project)]
     paths += ["--target-path", str(tmp / "target"), "--log-path", str(tmp / "logs")]
-    return subprocess.run(
-        [DBT, *args, *paths], env=_dbt_env(dsn), cwd=project, capture_output=True, text=True, timeout=900, check=False
-    )
+    return run_dbt([*args, *paths], _dbt_env(dsn), project)
 
 
 def _ok(result: subprocess.CompletedProcess[str]) -> None:
@@ -219,6 +211,22 @@ def _poison_row() -> Row:
 
 
 # --------------------------------------------------------------------------- the tests
+
+
+def test_no_mart_is_a_view() -> None:
+    """These tests build the project as it is: a mart that were a view would be live mid-build."""
+    settings = yaml.safe_load((DBT_PROJECT / "dbt_project.yml").read_text())
+
+    def views(folder: dict, path: str) -> list[str]:
+        found = [path] if folder.get("+materialized") == "view" else []
+        for key, value in folder.items():
+            if isinstance(value, dict):
+                found += views(value, f"{path}/{key}")
+        return found
+
+    assert views(settings["models"]["sage_carbon"]["marts"], "marts") == []
+    marts = DBT_PROJECT / "models" / "marts"
+    assert not [p.name for p in marts.rglob("*.sql") if "materialized='view'" in p.read_text().replace(" ", "")]
 
 
 def test_every_read_during_a_build_sees_one_build_across_marts(
@@ -369,7 +377,7 @@ def test_a_build_killed_mid_way_publishes_nothing(
     readers.start()
     paths = ["--project-dir", str(project), "--profiles-dir", str(project), "--target-path", str(tmp_path / "target")]
     dying = subprocess.Popen(
-        [DBT, "build", *paths, "--log-path", str(tmp_path / "logs")],
+        [DBT, "build", *DAILY, *paths, "--log-path", str(tmp_path / "logs")],
         env=_dbt_env(pg_dsn),
         cwd=project,
         stdout=subprocess.DEVNULL,

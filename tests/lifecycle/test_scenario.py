@@ -23,6 +23,7 @@ from sage_sync.lifecycle import connections as lifecycle
 from sage_sync.orchestration import airflow_api
 from sage_sync.pipeline import sync
 from sandbox.fake_sage.server import FakeSageServer
+from tests.dbt_kit import run_dbt
 from tests.lifecycle_kit import business_id, fresh_code
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,23 +56,10 @@ def _cli(env: dict[str, str], *args: str) -> str:
 
 def _dbt_build(env: dict[str, str], tmp_path: Path) -> None:
     # dbt's unit tests are tests/dbt's business (and one needs a prior build): models and data tests here.
-    _run(
-        [
-            str(BIN / "dbt"),
-            "build",
-            "--exclude",
-            "test_type:unit",
-            "--project-dir",
-            str(ROOT / "dbt"),
-            "--profiles-dir",
-            str(ROOT / "dbt"),
-            "--target-path",
-            str(tmp_path / "target"),
-            "--log-path",
-            str(tmp_path / "logs"),
-        ],
-        env,
-    )
+    paths = ["--project-dir", str(ROOT / "dbt"), "--profiles-dir", str(ROOT / "dbt")]
+    paths += ["--target-path", str(tmp_path / "target"), "--log-path", str(tmp_path / "logs")]
+    done = run_dbt(["build", "--exclude", "test_type:unit", *paths], env)
+    assert done.returncode == 0, f"dbt build failed:\n{done.stdout[-3000:]}"
 
 
 def _expected_spend(sage: FakeSageServer, company: str, start: date) -> Decimal:
