@@ -73,7 +73,7 @@ test: env dbt-parse
 	if [ "$(DEPLOYMENT)" = 1 ]; then \
 	  ( $(TEST_ENV) $(BIN)/python -m pytest -m deployment -p no:cacheprovider $(PYTEST_ARGS) >$(DEPLOY_LOG) 2>&1 ) & deploy=$$!; \
 	fi; \
-	suite=0; $(TEST_ENV) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) || suite=$$?; \
+	suite=0; $(TEST_ENV) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS) || suite=$$?; \
 	dep=0; if [ "$(DEPLOYMENT)" = 1 ]; then \
 	  echo "== waiting for the deployment test ($(DEPLOY_LOG))"; wait $$deploy || dep=$$?; \
 	  tail -n 40 $(DEPLOY_LOG); [ $$dep = 5 ] && dep=0; \

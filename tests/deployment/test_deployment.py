@@ -28,7 +28,9 @@ preload: 497-538 s, with syncs at 166 s and 120-123 s. The bound is CPU: about 3
 api-server, the scheduler, the dag-processor and PostgreSQL on 2 cores (bench/RESULTS.md, 6).
 On 2026-12-04, with the backfill waiting as a sensor (a look every 15 s here): 424 s alone.
 `make test` runs it alongside the rest of the suite, in a pytest process of its own: 445 s there,
-and CI on a clean clone took 12 min 26 s in all.
+and CI on a clean clone took 12 min 26 s in all. By 2026-12-08 the suite had grown and CI took
+35 min with this test 16.5 min of it; it now connects 7 companies instead of 13 (the figures above
+are for 13).
 """
 
 from __future__ import annotations
@@ -266,7 +268,7 @@ def test_day_one_scheduled_runs_on_both_workers_within_the_pool(denv: Env, day_o
     workers = {deploy.worker_hostname(1), deploy.worker_hostname(2)}
     assert workers <= {t[6] for t in tries}, f"tasks ran on {sorted({t[6] for t in tries})}"
     pooled = [(t[8], t[9]) for t in _tries(denv, "pool = 'sage_api' and start_date is not null") if t[9] is not None]
-    assert len(pooled) >= 13 * 11
+    assert len(pooled) >= len(denv.companies) * 11
     peak = _max_overlap(pooled)
     assert peak <= POOL_SLOTS, f"{peak} Sage-calling tasks at once, pool has {POOL_SLOTS}"
     assert peak == POOL_SLOTS  # the pool, not the task slots (6), was what held them back
@@ -281,7 +283,7 @@ def test_transform_ran_on_the_asset_and_marts_equal_the_books(denv: Env, day_one
         assert_warehouse_matches_dsn(denv, company)
     assert denv.wh(
         "select count(distinct company_id) from sage_control.sync_runs where kind = 'daily' and status = 'success'"
-    ) == [(13,)]
+    ) == [(len(denv.companies),)]
 
 
 def assert_warehouse_matches_dsn(env: Env, company: str) -> None:
