@@ -10,12 +10,14 @@ factor set missing a year the spend needs).
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
@@ -587,6 +589,68 @@ def test_a_factor_set_missing_a_year_the_spend_needs_is_refused(
         gap.unlink()
     assert result.returncode != 0
     assert "Failure in test assert_factor_set_covers_spend" in result.stdout, result.stdout[-4000:]
+
+
+def test_every_factor_set_names_the_hash_of_its_factors_and_its_approval() -> None:
+    """A factor edited without a new hash in emission_factor_sets fails here: the set's row is
+    what an assurer reads, so it must describe exactly the factors the build uses."""
+    with (DBT_PROJECT / SEEDS / "emission_factor_sets.csv").open(newline="") as handle:
+        sets = list(csv.DictReader(handle))
+    assert sets
+    for row in sets:
+        factors = DBT_PROJECT / SEEDS / f"emission_factors__{row['factor_set']}.csv"
+        assert row["factors_sha256"] == hashlib.sha256(factors.read_bytes()).hexdigest(), row["factor_set"]
+        assert row["approved"] in ("true", "false"), row["factor_set"]
+        if row["approved"] == "true":
+            assert row["approved_by"] and date.fromisoformat(row["approved_on"]), row["factor_set"]
+        assert date.fromisoformat(row["release_date"]) and row["gwp_basis"], row["factor_set"]
+
+
+def test_a_factor_set_not_approved_is_refused_and_the_published_figures_stay(
+    built: psycopg.Connection, dsn: str, project: Path, tmp_path: Path
+) -> None:
+    def published() -> tuple:
+        return built.execute(
+            "select sum(kgco2e), array_agg(distinct factor_set) from analytics.fct_spend_emissions"
+        ).fetchone()
+
+    built.rollback()
+    before = published()
+    assert before[0] > 0 and before[1] == ["defra_leeds_2023"]
+    source = project / SEEDS / "emission_factors__defra_leeds_2023.csv"
+    candidate = project / SEEDS / "emission_factors__test_candidate.csv"
+    # the same groups and years at twice the factor: a candidate release whose figures would differ
+    with source.open(newline="") as handle:
+        factors = list(csv.DictReader(handle))
+    with candidate.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(factors[0]), lineterminator="\n")
+        writer.writeheader()
+        for factor in factors:
+            doubled = Decimal(factor["kgco2e_per_gbp"]) * 2
+            writer.writerow({**factor, "factor_set": "test_candidate", "kgco2e_per_gbp": str(doubled)})
+    sets = project / SEEDS / "emission_factor_sets.csv"
+    before_sets = sets.read_text()
+    with sets.open(newline="") as handle:
+        row = next(csv.DictReader(handle))
+    row = {**row, "factor_set": "test_candidate", "approved": "false", "approved_by": "", "approved_on": ""}
+    row["factors_sha256"] = hashlib.sha256(candidate.read_bytes()).hexdigest()
+    with sets.open("a", newline="") as handle:
+        csv.DictWriter(handle, fieldnames=list(row), lineterminator="\n").writerow(row)
+    try:
+        refused = _dbt(["build", "--vars", "{emission_factor_set: test_candidate}"], dsn, project, tmp_path)
+    finally:
+        sets.write_text(before_sets)
+        candidate.unlink()
+    assert refused.returncode != 0
+    assert "Failure in test assert_factor_set_is_approved" in refused.stdout, refused.stdout[-4000:]
+    built.rollback()
+    assert published() == before  # the refused build published nothing
+
+    # approved again (the set in use is the default): the next build publishes the default's figures
+    again = _dbt(["build"], dsn, project, tmp_path)
+    assert again.returncode == 0, again.stdout[-4000:]
+    built.rollback()
+    assert published() == before
 
 
 def test_the_report_prints_the_licence_of_the_set_in_use(

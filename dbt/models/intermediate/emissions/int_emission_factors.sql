@@ -7,7 +7,9 @@
 -- The one model that reads the var: everything else takes the set in use from these rows
 -- (fct_spend_emissions, the emissions tests), and so do its licence and attribution (the
 -- emissions report prints them). A set missing from emission_factor_sets keeps its factors here
--- with is_known_set false, which the test assert_factor_set_covers_spend reports.
+-- with is_known_set false, which the test assert_factor_set_covers_spend reports; a set not
+-- approved (is_approved false) fails assert_factor_set_is_approved, so it never makes the
+-- published figures.
 {%- set factor_set = var('emission_factor_set') %}
 
 with
@@ -36,6 +38,10 @@ final as (
         factor_sets.last_year,
         factor_sets.publisher,
         factor_sets.attribution,
+        factor_sets.release_date,
+        factor_sets.gwp_basis,
+        factor_sets.factors_sha256,
+        coalesce(factor_sets.approved, false) as is_approved,
         factor_sets.factor_set is not null as is_known_set
     from factors
     left join factor_sets
