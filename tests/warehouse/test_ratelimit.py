@@ -18,6 +18,7 @@ import pytest
 from psycopg import sql
 
 from sage_sync.core import config
+from sage_sync.core.lanes import Lane
 from sage_sync.warehouse import ratelimit
 from sage_sync.warehouse.ratelimit import PostgresRateLimiter, RateLimitTimeout
 
@@ -315,3 +316,135 @@ def test_the_sage_connection_extra_sets_the_rate(monkeypatch: pytest.MonkeyPatch
     assert config.sage_settings().rate_limit_per_s == 3.0
     monkeypatch.setenv(config.RATE_LIMIT_ENV, "off")
     assert config.sage_settings().rate_limit_per_s is None
+
+
+# -- two lanes, one budget: the history lane's bucket beside the daily one (core.lanes) ------------------
+
+
+def test_the_lanes_split_the_rate_and_the_burst_and_never_exceed_them_together() -> None:
+    daily = ratelimit.lane_budget(Lane.DAILY, 12.0, 1 / 3)
+    history = ratelimit.lane_budget(Lane.HISTORY, 12.0, 1 / 3)
+    assert (daily.bucket, history.bucket) == ("sage_api", "sage_history")  # named after the lanes' pools
+    assert daily.rate == pytest.approx(8.0) and history.rate == pytest.approx(4.0)
+    assert daily.rate + history.rate == pytest.approx(12.0)
+    assert daily.burst + history.burst == pytest.approx(ratelimit.DEFAULT_BURST)
+    assert (daily.spare, history.spare) == ("sage_history", None)  # only the daily lane borrows
+    assert "history lane: 4 of the 12 Sage requests a second" in history.describe(12.0)
+    assert ratelimit.lane_budget(Lane.HISTORY, 12.0, 0.01).burst == 1.0  # a bucket always holds a token
+
+
+def _lane_limiters(
+    made: list[PostgresRateLimiter], dsn: str, total: float, share: float
+) -> tuple[PostgresRateLimiter, list[float], PostgresRateLimiter, list[float]]:
+    """A daily and a history limiter as two worker processes would have them (their own objects and
+    connections), with recording sleep hooks."""
+    limiters = []
+    for lane in (Lane.DAILY, Lane.HISTORY):
+        waits: list[float] = []
+        b = ratelimit.lane_budget(lane, total, share)
+        limiter = _limiter(made, dsn, waits, name=b.bucket, rate=b.rate, burst=b.burst, spare=b.spare)
+        limiters += [limiter, waits]
+    return tuple(limiters)  # type: ignore[return-value]
+
+
+def test_a_queue_in_the_history_lane_does_not_slow_the_daily_lane(
+    pg_dsn: str, warehouse: psycopg.Connection, limiters: list[PostgresRateLimiter]
+) -> None:
+    """History busy (a first sync queued 20 tokens deep), then the daily runs come: they wait only for
+    their own share, and each lane's queue drains at its own rate, together the total. (A total of
+    1.2 a second, 0.4 + 0.8, so that no refill lands while the test takes its tokens.)"""
+    daily, d_waits, history, h_waits = _lane_limiters(limiters, pg_dsn, 1.2, 1 / 3)
+    h_spent = _real_time_spent(history, h_waits)
+    d_spent = _real_time_spent(daily, d_waits)
+    for _ in range(30):  # a burst of 10, then 20 queued at 0.4 a second
+        history.acquire()
+    for _ in range(30):  # a burst of 20, then 10 queued at 0.8 a second
+        daily.acquire()
+    assert history.granted == daily.granted == 30 and daily.borrowed == 0  # history owes: nothing to borrow
+    assert len(h_waits) == 20 and len(d_waits) == 10
+    for k, wait in enumerate(h_waits, start=1):
+        assert k / 0.4 - h_spent[k - 1] - 0.01 < wait <= k / 0.4 + 1e-6
+    for k, wait in enumerate(d_waits, start=1):  # due k / 0.8 s on, not behind the history queue's 50 s
+        assert k / 0.8 - d_spent[k - 1] - 0.01 < wait <= k / 0.8 + 1e-6
+    # Together: the 30 stored tokens, then never more than the total rate: past them, the n-th token
+    # of either lane is due n / 1.2 s on at the earliest (a wait is its due time less the real time
+    # already spent, hence the slack).
+    slack = max([*h_spent, *d_spent])
+    for n, wait in enumerate(sorted([*h_waits, *d_waits]), start=1):
+        assert n <= 1.2 * (wait + slack) + 1e-6
+
+
+def test_the_daily_lane_borrows_the_idle_history_share_and_history_never_borrows(
+    pg_dsn: str, warehouse: psycopg.Connection, limiters: list[PostgresRateLimiter]
+) -> None:
+    daily, d_waits, history, h_waits = _lane_limiters(limiters, pg_dsn, 12.0, 1 / 3)
+    history.acquire()  # the history bucket exists, 9 tokens idle (a first sync that has just ended)
+    started = time.monotonic()
+    for _ in range(20 + 9):
+        daily.acquire()
+    elapsed = time.monotonic() - started
+    # 29 at once: its own 20 and the history lane's idle ones (its own refill, 8 a second, covers
+    # only what the real time spent allows; measured, since the machine may be busy).
+    assert d_waits == [] and daily.granted == 29
+    assert daily.borrowed >= 9 - 8 * elapsed - 1e-6 and daily.borrowed >= 1
+    # Borrowing takes only tokens the history bucket holds, never one it owes: the history lane's
+    # next token is at most one refill (1/4 s) away.
+    history.acquire()
+    assert all(w <= 1 / 4 + 1e-6 for w in h_waits)
+
+    # The other way round: a full daily bucket lends nothing to the history lane.
+    warehouse.execute("truncate sage_control.api_rate_buckets")
+    warehouse.commit()
+    daily.acquire()  # a daily bucket with 19 tokens idle
+    for _ in range(11):
+        history.acquire()
+    assert history.borrowed == 0
+    tokens, _capacity, _rate = _bucket(warehouse, "sage_api")  # type: ignore[misc]
+    assert tokens >= 19 - 1e-6  # untouched by the history lane's 11 (its burst is 10)
+
+
+def test_a_429_in_either_lane_pauses_both(
+    pg_dsn: str, warehouse: psycopg.Connection, limiters: list[PostgresRateLimiter]
+) -> None:
+    daily, d_waits, history, h_waits = _lane_limiters(limiters, pg_dsn, 12.0, 1 / 3)
+    daily.acquire()
+    history.acquire()
+    history.throttled(30)  # a first sync's request met Sage's limit: the app's limit, every lane's
+    daily.acquire()  # nothing borrowed from the paused history bucket either
+    history.acquire()
+    assert d_waits and 29 < d_waits[0] <= 30 + 1 / 8 + 1e-6
+    assert h_waits and 29 < h_waits[0] <= 30 + 1 / 4 + 1e-6
+    assert daily.borrowed == 0
+
+
+def test_a_lane_bucket_made_during_a_pause_starts_paused(
+    pg_dsn: str, warehouse: psycopg.Connection, limiters: list[PostgresRateLimiter]
+) -> None:
+    daily, _d_waits, history, h_waits = _lane_limiters(limiters, pg_dsn, 12.0, 1 / 3)
+    daily.acquire()
+    daily.throttled(30)  # no history bucket yet: the first sync's first request comes during the pause
+    history.acquire()
+    assert h_waits and 29 < h_waits[0] <= 30 + 1 / 4 + 1e-6
+    tokens, capacity, _rate = _bucket(warehouse, "sage_history")  # type: ignore[misc]
+    assert capacity == 10.0 and tokens <= 0
+
+
+@pytest.mark.parametrize(("raw", "expected"), [(None, 1 / 3), ("0.25", 0.25), (" 0.5 ", 0.5), ("", 1 / 3)])
+def test_the_history_share_setting(monkeypatch: pytest.MonkeyPatch, raw: str | None, expected: float) -> None:
+    if raw is None:
+        monkeypatch.delenv(config.HISTORY_RATE_SHARE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(config.HISTORY_RATE_SHARE_ENV, raw)
+    assert config.history_rate_share() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("bad", ["nan", "-0.1", "0", "1", "1.5", "inf", "a third"])
+def test_a_history_share_outside_0_to_1_is_refused_before_any_run(monkeypatch: pytest.MonkeyPatch, bad: str) -> None:
+    """Refused by name where the DAG files read it at parse (orchestration.defaults), so no run starts."""
+    from sage_sync.orchestration.defaults import sage_task_args
+
+    monkeypatch.setenv(config.HISTORY_RATE_SHARE_ENV, bad)
+    with pytest.raises(config.ConfigError, match=config.HISTORY_RATE_SHARE_ENV):
+        config.history_rate_share()
+    with pytest.raises(config.ConfigError, match=config.HISTORY_RATE_SHARE_ENV):
+        sage_task_args()

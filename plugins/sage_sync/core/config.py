@@ -215,6 +215,30 @@ def env_number(name: str, default: float, *, zero_allowed: bool = False) -> floa
     return value
 
 
+# The history lane's share of the Sage rate (core.lanes): first syncs and backfills take tokens from a
+# bucket of their own at this share of SAGE_RATE_LIMIT_PER_S, the daily runs from one at the rest, so
+# the two together never exceed it. A third: a 1M-record first sync (about 5,000 requests) still ends
+# in well under an hour at 4 a second, while the nightly runs keep 8 of 12.
+HISTORY_RATE_SHARE_ENV = "SAGE_HISTORY_RATE_SHARE"
+DEFAULT_HISTORY_RATE_SHARE = 1 / 3
+
+
+def history_rate_share() -> float:
+    """``SAGE_HISTORY_RATE_SHARE``: the history lane's share of the Sage rate, strictly between 0 and 1.
+
+    Refused with a ``ConfigError`` naming the setting when it is not a number, not finite, or not
+    inside (0, 1): at 0 a first sync would never get a token, at 1 no daily run would. Read when
+    a DAG file is parsed, so a bad value fails the parse before any run starts.
+    """
+    share = env_number(HISTORY_RATE_SHARE_ENV, DEFAULT_HISTORY_RATE_SHARE)
+    if share >= 1:
+        raise ConfigError(
+            f"{HISTORY_RATE_SHARE_ENV} must be a share of the Sage rate, above 0 and below 1 "
+            f"(e.g. 0.33); got {os.environ.get(HISTORY_RATE_SHARE_ENV)!r}"
+        )
+    return share
+
+
 def max_pages() -> int:
     """``SAGE_MAX_PAGES``: the most pages of one list without a ``$total`` (default 10,000)."""
     return int(env_number(MAX_PAGES_ENV, DEFAULT_MAX_PAGES))
