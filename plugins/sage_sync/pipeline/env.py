@@ -14,7 +14,14 @@ from typing import Any
 
 import psycopg
 
-from sage_sync.core.config import SageSettings, max_pages, sage_settings, warehouse_dsn
+from sage_sync.core.config import (
+    RATE_LIMIT_ENV,
+    SageSettings,
+    history_rate_share,
+    max_pages,
+    sage_settings,
+    warehouse_dsn,
+)
 from sage_sync.core.errors import (
     BusinessMissing,
     CompanySkipped,
@@ -24,6 +31,7 @@ from sage_sync.core.errors import (
     SubscriptionInactive,
     UnknownCompany,
 )
+from sage_sync.core.lanes import Lane
 from sage_sync.core.status import NOT_CONNECTED, CompanyStatus
 from sage_sync.sage import client as client_module
 from sage_sync.sage.auth import OAuthClient, TokenManager, fingerprint
@@ -77,27 +85,47 @@ def _limiter_sleep(seconds: float) -> None:
     client_module._sleep(seconds)
 
 
-def make_client(env: SyncEnv, company_id: str, **kwargs: Any) -> SageClient:
+def limiter_for(env: SyncEnv, lane: Lane) -> ratelimit.PostgresRateLimiter | None:
+    """This process's limiter for ``lane``'s part of the shared budget (``ratelimit.lane_limiter``):
+    ``SAGE_HISTORY_RATE_SHARE`` of ``SAGE_RATE_LIMIT_PER_S`` for history, the rest for daily. None
+    when the shared limit is off. A bad share raises ``ConfigError`` naming it."""
+    total = env.settings.rate_limit_per_s
+    if not total:
+        return None
+    return ratelimit.lane_limiter(env.dsn, lane, total, history_rate_share(), sleep=_limiter_sleep)
+
+
+def describe_budget(env: SyncEnv, lane: Lane) -> str:
+    """The lane's part of the budget in words, for the task log (``history lane: 4 of the 12 ...``)."""
+    total = env.settings.rate_limit_per_s
+    if not total:
+        return f"{lane} lane: no shared Sage request limit ({RATE_LIMIT_ENV} is off)"
+    return ratelimit.lane_budget(lane, total, history_rate_share()).describe(total)
+
+
+def make_client(env: SyncEnv, company_id: str, *, lane: Lane = Lane.DAILY, **kwargs: Any) -> SageClient:
     """A client for one company's business (company id = Sage business id).
 
-    Every request it sends first takes a token from the deployment's shared budget in the warehouse
-    (``sage_control.api_rate_buckets``, one limiter per process and warehouse) at
-    ``SAGE_RATE_LIMIT_PER_S``; pass ``limiter=`` to use another one, or ``limiter=None`` for none.
+    Every request it sends first takes a token from ``lane``'s part of the deployment's shared budget
+    in the warehouse (``sage_control.api_rate_buckets``, one limiter per process, warehouse and lane,
+    :func:`limiter_for`); pass ``limiter=`` to use another one, or ``limiter=None`` for none.
     """
     settings = env.settings
-    if "limiter" not in kwargs and settings.rate_limit_per_s:
-        kwargs["limiter"] = ratelimit.shared_limiter(env.dsn, settings.rate_limit_per_s, sleep=_limiter_sleep)
+    if "limiter" not in kwargs:
+        kwargs["limiter"] = limiter_for(env, lane)
     kwargs.setdefault("max_pages", max_pages())
     return SageClient(settings.api_url, company_id, token_manager(env, company_id), **kwargs)
 
 
 @contextmanager
-def client_for(env: SyncEnv, company_id: str, client: SageClient | None) -> Iterator[SageClient]:
-    """``client`` as it is, or a new one for the company that is closed on exit."""
+def client_for(
+    env: SyncEnv, company_id: str, client: SageClient | None, *, lane: Lane = Lane.DAILY
+) -> Iterator[SageClient]:
+    """``client`` as it is, or a new one for the company (in ``lane``) that is closed on exit."""
     if client is not None:
         yield client
         return
-    with make_client(env, company_id) as own:
+    with make_client(env, company_id, lane=lane) as own:
         yield own
 
 
@@ -193,7 +221,7 @@ def auth_guard(env: SyncEnv, company_id: str) -> Iterator[None]:
         raise
 
 
-def check_business(env: SyncEnv, company_id: str, tokens: TokenManager) -> None:
+def check_business(env: SyncEnv, company_id: str, tokens: TokenManager, *, lane: Lane = Lane.DAILY) -> None:
     """Fail closed unless the company's business is still among ``/businesses`` for its grant.
 
     ``X-Business`` names the business on every call, but what Sage does with one the user can no
@@ -202,11 +230,7 @@ def check_business(env: SyncEnv, company_id: str, tokens: TokenManager) -> None:
     rather than one business's books under another's company id. Raises :class:`BusinessMissing`.
     """
     settings = env.settings
-    limiter = (
-        ratelimit.shared_limiter(env.dsn, settings.rate_limit_per_s, sleep=_limiter_sleep)
-        if settings.rate_limit_per_s
-        else None
-    )
+    limiter = limiter_for(env, lane)
     with SageClient(settings.api_url, "", tokens, check_business=False, limiter=limiter) as client:
         reachable = {str(b.get("id")) for b in client.iter_items("/businesses") if isinstance(b, dict)}
     if company_id not in reachable:

@@ -25,6 +25,7 @@ from sage_sync.core.errors import (
     UnknownCompany,
     UnknownRunError,
 )
+from sage_sync.core.lanes import POOL_OF, Lane
 from sage_sync.core.quarters import Quarter
 from sage_sync.core.status import CompanyStatus
 from sage_sync.pipeline import env as run_env
@@ -54,6 +55,7 @@ __all__ = [
     "run_backfill",
     "run_company",
     "run_key",
+    "run_lane",
     "run_steps",
     "sync_deletions",
     "sync_stream",
@@ -112,10 +114,25 @@ def closes_run_on_refusal(env: SyncEnv, company_id: str, sync_run_id: str) -> It
         raise
 
 
-def check_auth(company_id: str, sync_run_id: str, *, env: SyncEnv | None = None) -> None:
-    """Refresh the grant now: proves it is alive, and a daily refresh keeps it from expiring."""
+def run_lane(env: SyncEnv, sync_run_id: str, conn: psycopg.Connection | None = None) -> Lane:
+    """The run's lane (``runs.lane_of``: history for a backfill, a first sync or a full re-import),
+    said once in the task log with its part of the Sage budget, so whoever reads a run's log sees
+    which lane it queued in."""
+    with ExitStack() as stack:
+        if conn is None:
+            conn = stack.enter_context(run_env.connect(env, autocommit=True))
+        lane = runs.lane_of(conn, sync_run_id)
+    log.info("run %s: %s; pool %s", sync_run_id, run_env.describe_budget(env, lane), POOL_OF[lane].name)
+    return lane
+
+
+def check_auth(company_id: str, sync_run_id: str, *, env: SyncEnv | None = None) -> Lane:
+    """Refresh the grant now: proves it is alive, and a daily refresh keeps it from expiring.
+
+    Returns the run's lane (:func:`run_lane`), whose part of the budget its requests took."""
     env = env or SyncEnv.from_config()
     run_env.require_connected(env, company_id)
+    lane = run_lane(env, sync_run_id)
     with closes_run_on_refusal(env, company_id, sync_run_id), run_env.auth_guard(env, company_id):
         tokens = run_env.token_manager(env, company_id)
         stored = tokens.store.load(company_id)
@@ -127,8 +144,9 @@ def check_auth(company_id: str, sync_run_id: str, *, env: SyncEnv | None = None)
                 f"the refresh token expired on {expires:%Y-%m-%d} (unused for 31 days): authorise again"
             )
         tokens.refresh()
-        run_env.check_business(env, company_id, tokens)
+        run_env.check_business(env, company_id, tokens, lane=lane)
     log.info("grant of %s refreshed for run %s", company_id, sync_run_id)
+    return lane
 
 
 class StreamTask:
@@ -160,10 +178,11 @@ class StreamTask:
         return self
 
     def start(self) -> SageClient:
-        """Check the run may still write, then the client, inside the grant's guards."""
+        """Check the run may still write, then the client (in the run's lane), inside the grant's guards."""
         _require_live(self.conn, self.sync_run_id)
+        lane = run_lane(self.env, self.sync_run_id, self.conn)
         self._stack.enter_context(closes_run_on_refusal(self.env, self.company_id, self.sync_run_id))
-        self.client = self._stack.enter_context(run_env.client_for(self.env, self.company_id, self._given))
+        self.client = self._stack.enter_context(run_env.client_for(self.env, self.company_id, self._given, lane=lane))
         self._stack.enter_context(run_env.auth_guard(self.env, self.company_id))
         return self.client
 
@@ -250,8 +269,8 @@ def run_steps(company_id: str, sync_run_id: str, *, env: SyncEnv | None = None) 
     """Every step of a sync under an already opened run, closing it as success or failed."""
     env = env or SyncEnv.from_config()
     try:
-        check_auth(company_id, sync_run_id, env=env)
-        with run_env.make_client(env, company_id) as client:
+        lane = check_auth(company_id, sync_run_id, env=env)
+        with run_env.make_client(env, company_id, lane=lane) as client:
             for name in STREAMS:
                 sync_stream(company_id, name, sync_run_id, env=env, client=client)
             sync_deletions(company_id, sync_run_id, env=env, client=client)
@@ -325,8 +344,8 @@ def run_backfill(
     if sync_run_id is None:
         sync_run_id = begin_run(company_id, kind="backfill", env=env)
     try:
-        check_auth(company_id, sync_run_id, env=env)
-        with run_env.make_client(env, company_id) as client:
+        lane = check_auth(company_id, sync_run_id, env=env)  # a backfill: history
+        with run_env.make_client(env, company_id, lane=lane) as client:
             for stream in DOCUMENT_STREAMS:
                 backfill_stream(company_id, stream.name, sync_run_id, quarter, env=env, client=client)
     except Exception as exc:

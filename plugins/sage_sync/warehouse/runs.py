@@ -39,6 +39,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from sage_sync.core.errors import RunFenced, RunInProgress, UnknownCompanyError, UnknownRunError
+from sage_sync.core.lanes import Lane, lane_of_run
+from sage_sync.warehouse.reports import RUN_FLAGS_SQL
 
 KINDS = frozenset({"daily", "backfill", "reset", "manual"})
 FINAL_STATUSES = frozenset({"success", "failed", "skipped"})
@@ -327,6 +329,23 @@ def get_run(conn: psycopg.Connection, sync_run_id: str) -> dict[str, Any]:
     if row is None:
         raise UnknownRunError(f"sync run {sync_run_id!r} does not exist")
     return row
+
+
+def lane_of(conn: psycopg.Connection, sync_run_id: str) -> Lane:
+    """The lane the run's Sage requests go in (``core.lanes``): history for a backfill or a run that
+    reads everything (no success before it since the company was created or last reset, the rule the
+    pages label ``first sync`` by), daily otherwise, and for a run that does not exist.
+
+    Fixed by the run's kind and start time, so every task and retry of the run agrees.
+    """
+    row = conn.execute(
+        f"select r.kind, {RUN_FLAGS_SQL.format(run='r')} from sage_control.sync_runs r where r.sync_run_id = %s",
+        (sync_run_id,),
+    ).fetchone()
+    if row is None:
+        return Lane.DAILY
+    kind, full_read, _after_reset = row
+    return lane_of_run(kind, full_read=full_read)
 
 
 def run_error(conn: psycopg.Connection, sync_run_id: str) -> str | None:

@@ -28,10 +28,18 @@ from sage_sync.warehouse import db
 
 log = logging.getLogger(__name__)
 
+# synced_since_reset: has a run of the company succeeded since it was created or last reset? Until
+# one has, its next run reads everything (core.lanes: the history lane). The reset's own run starts in
+# the reset's transaction (the same now()), so a reset that re-imported at once counts.
 _QUERY = """
-    select company_id, company_name, status, synced_from_quarter, daily_start_minute
-    from sage_control.companies
-    order by company_id
+    select c.company_id, c.company_name, c.status, c.synced_from_quarter, c.daily_start_minute,
+           exists (select 1 from sage_control.sync_runs r
+                   where r.company_id = c.company_id and r.status = 'success'
+                     and r.started_at >= coalesce((select max(e.occurred_at) from sage_control.connection_events e
+                                                   where e.company_id = c.company_id and e.event_type = 'reset'),
+                                                  '-infinity')) as synced_since_reset
+    from sage_control.companies c
+    order by c.company_id
 """
 
 
@@ -46,6 +54,10 @@ class DagCompany:
     # The company's own daily start (minutes after 00:00 UTC), or None: spread over the window.
     # Defaulted, so a snapshot written before the column existed still reads.
     daily_start_minute: int | None = None
+    # False until a run has succeeded since the company was created or last reset: its next run is
+    # then a first sync (or a full re-import), in the history lane. Defaulted, so a snapshot written
+    # before the field existed still reads (as daily).
+    synced_since_reset: bool = True
 
     @property
     def synced_from(self) -> Quarter:
