@@ -35,7 +35,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from sage_sync.orchestration import backfill_form
 from sage_sync.orchestration.airflow_api import BACKFILL_DAG_ID, BACKFILL_TASK_PREFIX, backfill_streams
-from sage_sync.orchestration.defaults import DEFAULT_ARGS, SAGE_RAW, START_DATE, sage_task_args
+from sage_sync.orchestration.defaults import DEFAULT_ARGS, HISTORY, SAGE_RAW, START_DATE, sage_task_args
 from sage_sync.orchestration.notifier import SageNotifier
 from sage_sync.orchestration.tasks import fails_fast_on_refused_grant, records_stream_state
 
@@ -84,8 +84,9 @@ def validate(**context) -> PokeReturnValue:
     return PokeReturnValue(is_done=True, xcom_value=run)
 
 
-# Every task that talks to Sage takes a slot of the Sage pool and stops after SAGE_TASK_TIMEOUT_HOURS.
-SAGE_TASK = sage_task_args()
+# Every task that talks to Sage takes a slot of the history lane's pool (a backfill reads years of
+# documents: it must not hold the daily runs' slots) and stops after SAGE_TASK_TIMEOUT_HOURS.
+SAGE_TASK = sage_task_args(HISTORY)
 
 
 @task(**SAGE_TASK)

@@ -15,7 +15,8 @@ run reads everything since the watermarks.
 
 Nothing is ever written back to Sage. Re-running a run, or one of its tasks, adds no duplicate:
 unchanged records add no version and watermarks only move with the rows they cover.
-All Sage calls from every company share the `sage_api` pool.
+A company's Sage calls take the `sage_api` pool, or `sage_history` (and the history lane's share
+of the Sage rate) until its first sync has succeeded: see `sage_sync.orchestration.companies.lane_for`.
 
 A task run builds only its own company's DAG (`get_parsing_context()`), and the registry is read
 once per parse of this file (a snapshot stands in when the warehouse is unreachable). Every
@@ -31,6 +32,7 @@ from airflow.sdk import DAG, task
 
 from sage_sync.orchestration.airflow_api import dag_id_for, daily_streams
 from sage_sync.orchestration.companies import companies_to_build as _companies_to_build
+from sage_sync.orchestration.companies import lane_for
 from sage_sync.orchestration.defaults import DEFAULT_ARGS, SAGE_RAW, START_DATE, daily_at, sage_task_args
 from sage_sync.orchestration.notifier import SageNotifier
 from sage_sync.orchestration.schedule import daily_start_minute, daily_window
@@ -125,8 +127,10 @@ def record_failure(company_id: str, **context) -> None:
     )
 
 
-def build_company_dag(company_id: str, company_name: str, start_minute: int) -> DAG:
-    """The daily DAG of one company, due every day at ``start_minute`` (after 00:00 UTC)."""
+def build_company_dag(company_id: str, company_name: str, start_minute: int, *, sage_task: dict | None = None) -> DAG:
+    """The daily DAG of one company, due every day at ``start_minute`` (after 00:00 UTC); its Sage
+    tasks take ``sage_task`` (their lane's pool and time limit)."""
+    sage_task = sage_task or SAGE_TASK
     with DAG(
         dag_id=dag_id_for(company_id),
         dag_display_name=f"Sage sync: {company_name}",
@@ -148,9 +152,13 @@ def build_company_dag(company_id: str, company_name: str, start_minute: int) -> 
     ) as dag:
         checked = check_connection(company_id)
         # The run id flows as XCom: check_connection -> refresh_auth -> the loads, deletions, finish.
-        auth = refresh_auth(company_id, checked)
-        loads = extract_load.partial(company_id=company_id, sync_run_id=auth).expand(stream=daily_streams())
-        deletions = record_deletions(company_id, auth)
+        auth = refresh_auth.override(**sage_task)(company_id, checked)
+        loads = (
+            extract_load.override(**sage_task)
+            .partial(company_id=company_id, sync_run_id=auth)
+            .expand(stream=daily_streams())
+        )
+        deletions = record_deletions.override(**sage_task)(company_id, auth)
         done = finish(company_id, auth)
         failed = record_failure(company_id)
         loads >> deletions >> done  # type: ignore[operator]
@@ -167,7 +175,7 @@ def _build_all() -> None:
         try:
             start = daily_start_minute(company.company_id, company.daily_start_minute, window)
             globals()[dag_id_for(company.company_id)] = build_company_dag(
-                company.company_id, company.company_name, start
+                company.company_id, company.company_name, start, sage_task=sage_task_args(lane_for(company))
             )
         except Exception:  # an import error here would drop every company's DAG
             log.exception("company %r skipped: its DAG could not be built", company.company_id)

@@ -104,7 +104,8 @@ def test_the_company_dag_is_wired_as_designed(bag) -> None:
         "businesses",
         "financial_settings",
     }
-    assert load.pool == "sage_api" and dag.get_task("refresh_auth").pool == "sage_api"
+    # No run of b1aa has succeeded: its first sync, in the history lane's pool (tests/dags/test_task_timeouts.py).
+    assert load.pool == "sage_history" and dag.get_task("refresh_auth").pool == "sage_history"
     finish = dag.get_task("finish")
     assert [o.name for o in finish.outlets] == ["sage_raw"]
     assert dag.get_task("check_connection").downstream_task_ids == {"refresh_auth", "record_failure"}

@@ -1,4 +1,6 @@
-"""Every task that talks to Sage has a time limit (issue 22, item 8: paging without an end).
+"""Every task that talks to Sage has a time limit (issue 22, item 8: paging without an end), and the
+pool of its lane (``core.lanes``): history for a company whose first sync has not succeeded and for
+the backfill, daily otherwise.
 
 A server that never ends a list is stopped by the client's page cap; ``execution_timeout`` is the
 backstop for whatever else could hold a task (and the deployment's shared request budget) for ever.
@@ -13,7 +15,7 @@ import psycopg
 import pytest
 
 from sage_sync.core.config import warehouse_conn_json
-from sage_sync.core.pools import POOL
+from sage_sync.core.pools import POOLS, SAGE_API, SAGE_HISTORY
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 
@@ -24,7 +26,12 @@ def dagbag(warehouse: psycopg.Connection, pg_dsn: str, tmp_path: Path, monkeypat
 
     warehouse.execute(
         "insert into sage_control.companies (company_id, company_name, synced_from_quarter) "
-        "values ('b1aa', 'Greenleaf Bakery Ltd', '2024-Q1')"
+        "values ('b1aa', 'Greenleaf Bakery Ltd', '2024-Q1'), ('b2cc', 'Harbour Cafe Ltd', '2024-Q1')"
+    )
+    # b2cc's first sync has succeeded; b1aa's has not begun.
+    warehouse.execute(
+        "insert into sage_control.sync_runs (sync_run_id, company_id, kind, status) "
+        "values ('b2cc:first', 'b2cc', 'daily', 'success')"
     )
     warehouse.commit()
     monkeypatch.setenv("AIRFLOW_CONN_SAGE_WAREHOUSE", warehouse_conn_json(pg_dsn))
@@ -33,17 +40,33 @@ def dagbag(warehouse: psycopg.Connection, pg_dsn: str, tmp_path: Path, monkeypat
     return DagBag(dag_folder=str(DAGS), safe_mode=False)
 
 
+SAGE_TASKS = {"refresh_auth", "extract_load", "record_deletions"}  # the company DAG's tasks that call Sage
+
+
 def test_every_sage_task_of_the_sync_and_backfill_dags_has_the_timeout(dagbag) -> None:
     assert dagbag.import_errors == {}
     sage_tasks = [
         (dag_id, task)
-        for dag_id in ("sage_sync__b1aa", "sage_backfill")
+        for dag_id in ("sage_sync__b1aa", "sage_sync__b2cc", "sage_backfill")
         for task in dagbag.dags[dag_id].tasks
-        if task.pool == POOL
+        if task.pool in {p.name for p in POOLS}
     ]
-    assert len(sage_tasks) >= 2 + 2 + 4  # refresh_auth, extract_load, record_deletions; the backfill's
+    assert len(sage_tasks) >= 3 + 3 + 4  # refresh_auth, extract_load, record_deletions (x2); the backfill's
     for dag_id, task in sage_tasks:
         assert task.execution_timeout == timedelta(hours=5.5), f"{dag_id}.{task.task_id}"
+
+
+def test_each_sage_task_takes_the_pool_of_its_lane(dagbag) -> None:
+    """First sync not done: the history pool; done: the daily pool; the backfill: always history.
+    The tasks that do not call Sage take no Sage pool."""
+    first_sync, daily, backfill = (dagbag.dags[d] for d in ("sage_sync__b1aa", "sage_sync__b2cc", "sage_backfill"))
+    for dag, pool in ((first_sync, SAGE_HISTORY.name), (daily, SAGE_API.name)):
+        assert {t.task_id: t.pool for t in dag.tasks if t.task_id in SAGE_TASKS} == dict.fromkeys(SAGE_TASKS, pool)
+        assert {t.pool for t in dag.tasks if t.task_id not in SAGE_TASKS} == {"default_pool"}
+    reads = {
+        t.task_id: t.pool for t in backfill.tasks if t.task_id == "refresh_auth" or t.task_id.startswith("backfill_")
+    }
+    assert len(reads) == 5 and set(reads.values()) == {SAGE_HISTORY.name}
 
 
 def test_the_timeout_defaults_to_hours_and_refuses_nonsense(monkeypatch: pytest.MonkeyPatch) -> None:

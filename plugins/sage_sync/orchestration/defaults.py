@@ -12,13 +12,14 @@ from typing import Any
 
 from airflow.sdk import Asset, CronTriggerTimetable
 
-from sage_sync.core.config import task_timeout
-from sage_sync.core.pools import POOL
+from sage_sync.core.config import history_rate_share, task_timeout
+from sage_sync.core.lanes import POOL_OF, Lane
 from sage_sync.orchestration.airflow_api import SAGE_RAW_ASSET_NAME, SAGE_RAW_ASSET_URI
 from sage_sync.orchestration.notifier import SageNotifier
 from sage_sync.orchestration.schedule import daily_cron
 
 START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
+HISTORY = Lane.HISTORY  # the backfill's lane, for the DAG files (which import orchestration only)
 
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "data-engineering",
@@ -34,13 +35,16 @@ DEFAULT_ARGS: dict[str, Any] = {
 SAGE_RAW = Asset(name=SAGE_RAW_ASSET_NAME, uri=SAGE_RAW_ASSET_URI)
 
 
-def sage_task_args() -> dict[str, Any]:
-    """The arguments of every task that talks to Sage: a slot of the Sage pool, and a time limit.
+def sage_task_args(lane: Lane = Lane.DAILY) -> dict[str, Any]:
+    """The arguments of every task that talks to Sage: a slot of its lane's pool, and a time limit.
 
     The limit is ``SAGE_TASK_TIMEOUT_HOURS`` (default 12), read at each parse: a backstop to the
-    client's page cap, long enough for a big first sync sharing the request budget.
+    client's page cap, long enough for a big first sync sharing the request budget. The lane's
+    share of the Sage rate (``SAGE_HISTORY_RATE_SHARE``) is checked here too, so a bad value fails
+    the DAG file's parse with its name before any run starts, as a bad timeout does.
     """
-    return {"pool": POOL, "execution_timeout": task_timeout()}
+    history_rate_share()
+    return {"pool": POOL_OF[lane].name, "execution_timeout": task_timeout()}
 
 
 def daily_at(minute: int) -> CronTriggerTimetable:
