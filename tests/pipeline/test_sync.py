@@ -17,6 +17,7 @@ import pytest
 from sage_sync.core import config
 from sage_sync.core.config import sage_settings, warehouse_conn_json
 from sage_sync.core.errors import ReauthorizationRequired
+from sage_sync.core.lanes import Lane
 from sage_sync.core.quarters import Quarter
 from sage_sync.pipeline import sync
 from sage_sync.sage.auth import OAuthClient, new_pkce_pair
@@ -308,28 +309,35 @@ def _api_requests(sage: FakeSageServer) -> int:
     return sum(1 for r in sage.admin.request_log() if r["path"].startswith("/v3.1/"))
 
 
-def _bucket(conn: psycopg.Connection) -> tuple[float, float, float] | None:
+def _bucket(conn: psycopg.Connection, name: str = "sage_api") -> tuple[float, float, float] | None:
     conn.commit()
     return conn.execute(
-        "select tokens, capacity, rate from sage_control.api_rate_buckets where name = 'sage_api'"
+        "select tokens, capacity, rate from sage_control.api_rate_buckets where name = %s", (name,)
     ).fetchone()
 
 
-def test_every_request_of_a_sync_draws_from_the_shared_bucket(
+def test_every_request_of_a_sync_draws_from_its_lanes_bucket(
     sage: FakeSageServer, company: str, warehouse: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rate = 4.0
-    monkeypatch.setenv("SAGE_RATE_LIMIT_PER_S", str(rate))
+    """The first sync (a full read) takes every token from the history lane's bucket, at its share of
+    the rate; the next run, a daily one, from the daily lane's (core.lanes)."""
+    total, share = 4.0, 0.5
+    rate = total * share
+    monkeypatch.setenv("SAGE_RATE_LIMIT_PER_S", str(total))
+    monkeypatch.setenv("SAGE_HISTORY_RATE_SHARE", str(share))
     waits: list[float] = []  # the client's sleep hook: with no faults, only waits for the budget
     monkeypatch.setattr("sage_sync.sage.client._sleep", waits.append)
     env = sync.SyncEnv.from_config()
-    limiter = sync.make_client(env, company).limiter
-    assert isinstance(limiter, ratelimit.PostgresRateLimiter) and limiter.rate == rate
-    assert sync.make_client(env, company).limiter is limiter  # one per process and warehouse
-    granted = limiter.granted
-    # Other workers have just spent the whole budget: every request of this run must wait its turn.
+    limiter = sync.make_client(env, company, lane=Lane.HISTORY).limiter
+    assert isinstance(limiter, ratelimit.PostgresRateLimiter) and (limiter.name, limiter.rate) == ("sage_history", rate)
+    assert sync.make_client(env, company, lane=Lane.HISTORY).limiter is limiter  # one per process, warehouse, lane
+    daily = sync.make_client(env, company).limiter
+    assert isinstance(daily, ratelimit.PostgresRateLimiter) and (daily.name, daily.rate) == ("sage_api", total - rate)
+    granted, daily_granted = limiter.granted, daily.granted
+    # Other workers' first syncs have just spent the whole history share: every request of this
+    # first sync must wait its turn (and may not borrow from the daily lane).
     warehouse.execute(
-        "insert into sage_control.api_rate_buckets (name, tokens, capacity, rate) values ('sage_api', 0, 30, %s)",
+        "insert into sage_control.api_rate_buckets (name, tokens, capacity, rate) values ('sage_history', 0, 15, %s)",
         (rate,),
     )
     warehouse.commit()
@@ -339,13 +347,19 @@ def test_every_request_of_a_sync_draws_from_the_shared_bucket(
     made = _api_requests(sage)
     assert made >= 10
     assert limiter.granted - granted == made  # one token per request, retries included
+    assert daily.granted == daily_granted  # none from the daily lane
     # n requests at `rate` a second from an empty bucket take n / rate seconds: what the run did not
     # spend really working, it was told to wait (the last request's wait is the whole schedule).
     assert max(waits, default=0) >= made / rate - elapsed - 0.05
     assert max(waits, default=0) <= made / rate + 0.05
-    tokens, _capacity, bucket_rate = _bucket(warehouse)  # type: ignore[misc]
+    tokens, _capacity, bucket_rate = _bucket(warehouse, "sage_history")  # type: ignore[misc]
     assert bucket_rate == rate
     assert tokens <= -made + rate * elapsed + 0.05  # the shared balance owes what the run took
+
+    sage.admin.clear_request_log()
+    sync.run_company(company)  # the first sync succeeded: this one is daily
+    assert daily.granted - daily_granted == _api_requests(sage) > 0
+    assert limiter.granted - granted == made
 
 
 def test_the_budget_is_on_by_default(
@@ -353,10 +367,10 @@ def test_the_budget_is_on_by_default(
 ) -> None:
     monkeypatch.delenv("SAGE_RATE_LIMIT_PER_S", raising=False)
     started = time.monotonic()
-    sync.run_company(company)
+    sync.run_company(company)  # a first sync: the history lane, a third of the default 12 a second
     elapsed = time.monotonic() - started
-    tokens, capacity, rate = _bucket(warehouse)  # type: ignore[misc]
-    assert rate == config.DEFAULT_RATE_LIMIT_PER_S == 12.0
+    tokens, capacity, rate = _bucket(warehouse, "sage_history")  # type: ignore[misc]
+    assert config.DEFAULT_RATE_LIMIT_PER_S == 12.0 and rate == pytest.approx(12.0 / 3)
     assert tokens <= capacity - _api_requests(sage) + rate * elapsed  # drawn from, refilling meanwhile
 
 
@@ -368,4 +382,4 @@ def test_the_budget_can_be_turned_off(
     assert sync.make_client(sync.SyncEnv.from_config(), company).limiter is None
     sync.run_company(company)
     assert _api_requests(sage) > 0
-    assert _bucket(warehouse) is None  # nobody took a token (the fixture emptied the table)
+    assert _bucket(warehouse) is None and _bucket(warehouse, "sage_history") is None  # nobody took a token

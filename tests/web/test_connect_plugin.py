@@ -584,9 +584,15 @@ def test_runs_say_what_they_did_and_sync_health_says_what_it_compared(
     run_id = connections.reset(company, confirm=True)
     connections.close_reset_run(run_id)
     sync.run_company(company, kind="daily")
-    labels = [r["label"] for r in dashboard.company_page(company)["history"]]
+    history = dashboard.company_page(company)["history"]
+    labels = [r["label"] for r in history]
     assert labels == ["full re-import", "reset", "daily", "first sync"], labels
-    assert "last run (full re-import) success" in status.describe(status.company_statuses(warehouse)[0])
+    # Each run says the lane its Sage work queued in: what read everything went in the history lane.
+    assert [r["lane"] for r in history] == ["history", "history", "daily", "history"]
+    line = status.describe(status.company_statuses(warehouse)[0])
+    assert "last run (full re-import) success" in line and "in the history lane" in line
+    page = client.get(f"/sage/company/{company}").text
+    assert page.count('<td class="run-lane">history</td>') == 3 and page.count('<td class="run-lane">daily</td>') == 1
 
     window = dashboard._health_row(
         {"reconciliation_scope": "window_count", "total_reported": 1, "window_total": 228, "current_record_count": 228}

@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 
 from sage_sync.core.errors import AirflowUnavailable, LifecycleError
+from sage_sync.core.lanes import lane_of_run
 from sage_sync.core.status import CompanyStatus
 from sage_sync.lifecycle.inputs import airflow_retention, backfill_quarters, require_company, warehouse
 from sage_sync.orchestration import airflow_api
@@ -237,6 +238,8 @@ def _run_row(
         "label": run_label(
             run["kind"], is_full_read=run.get("is_full_read", False), after_reset=run.get("after_reset", False)
         ),
+        # The lane its Sage work queued in (core.lanes): its own pool and share of the rate.
+        "lane": str(lane_of_run(run["kind"], full_read=run.get("is_full_read", False))),
         "status": run["status"],
         "started_at": run["started_at"],
         "ended_at": run["ended_at"],

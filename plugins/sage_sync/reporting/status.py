@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 
+from sage_sync.core.lanes import Lane, lane_of_run
 from sage_sync.core.status import CompanyStatus
 from sage_sync.lifecycle.inputs import daily_window, warehouse
 from sage_sync.orchestration.notices import INITIAL_SYNC_OVERDUE
@@ -124,6 +125,8 @@ def company_statuses(conn: psycopg.Connection, now: datetime | None = None) -> l
                 "sync_run_id": row["sync_run_id"],
                 "kind": row["kind"],
                 "label": run_label(row["kind"], is_full_read=row["is_full_read"], after_reset=row["after_reset"]),
+                # The lane its Sage work queued in (core.lanes): its pool and its share of the rate.
+                "lane": str(lane_of_run(row["kind"], full_read=row["is_full_read"])),
                 "status": row["run_status"],
                 "started_at": row["started_at"].isoformat(),
                 "ended_at": row["ended_at"].isoformat() if row["ended_at"] else None,
@@ -213,6 +216,8 @@ def describe(item: dict[str, Any]) -> str:
             f"({format_duration(run['elapsed_seconds'])}): {plural(run['pages'], 'page')}, "
             f"{plural(run['records'], 'record')}{total}, {plural(run['versions_added'], 'new version')}"
         )
+        if run.get("lane") == Lane.HISTORY:
+            line += ", in the history lane"
         if run["status"] == "running" and run.get("streams"):
             line += f"; streams: {describe_streams(run['streams'])}"
     if item["last_error"]:
