@@ -54,6 +54,7 @@ PER_SITE: tuple[str, ...] = (
     "AIRFLOW_CONN_SAGE_WAREHOUSE",
     "AIRFLOW_CONN_SAGE_DEFAULT",
     "SAGE_RATE_LIMIT_PER_S",
+    "SAGE_HISTORY_RATE_SHARE",
     "SAGE_TOKEN_KEYS",
     "SAGE_AIRFLOW_API_URL",
     # The metadata DB again, for the housekeeping DAG's task (Airflow 3 keeps tasks out of it).

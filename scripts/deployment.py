@@ -44,7 +44,7 @@ import checkout_lock
 import deploy_settings as settings
 from localpg import LOCAL, ROOT
 
-from sage_sync.core.pools import SAGE_API
+from sage_sync.core.pools import SAGE_API, SAGE_HISTORY
 
 BIN = Path(sys.executable).parent
 DEFAULT_STATE_DIR = LOCAL / "deploy"
@@ -352,12 +352,13 @@ def _start_redis(dep: Deployment) -> None:
     raise RuntimeError(f"redis-server did not answer on {port}; see {dep.processes['redis']['log']}")
 
 
-def _prepare(dep: Deployment, migrate: bool, pool_slots: int) -> None:
-    """What compose's airflow-init does: metadata schema, the pool, the warehouse schemas."""
+def _prepare(dep: Deployment, migrate: bool, pool_slots: int, history_pool_slots: int) -> None:
+    """What compose's airflow-init does: metadata schema, the pools, the warehouse schemas."""
     if migrate:
         dep.airflow("db", "migrate", timeout=600)
+    sizes = ["--slots", f"{SAGE_API.name}={pool_slots}", "--slots", f"{SAGE_HISTORY.name}={history_pool_slots}"]
     for module in (
-        ["sage_sync.orchestration.pools", "--slots", f"{SAGE_API.name}={pool_slots}"],
+        ["sage_sync.orchestration.pools", *sizes],
         ["sage_sync", "migrate"],
     ):
         subprocess.run(
@@ -447,6 +448,7 @@ def up(
     migrate: bool = True,
     timeout: float = 240.0,
     pool_slots: int = SAGE_API.slots,
+    history_pool_slots: int = SAGE_HISTORY.slots,
 ) -> Deployment:
     """Start the whole deployment and wait until it is healthy; returns it."""
     existing = load(state_dir)
@@ -458,7 +460,7 @@ def up(
         if not env.get("AIRFLOW_CONN_SAGE_DEFAULT"):
             _start_fake_sage(dep)
         _start_redis(dep)
-        _prepare(dep, migrate, pool_slots)
+        _prepare(dep, migrate, pool_slots, history_pool_slots)
         dep.start("api-server", [str(BIN / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(api_port)])
         for name, command in settings.PROCESSES[1:]:
             dep.start(name, [str(BIN / "airflow"), *command])
@@ -558,7 +560,13 @@ def main(argv: list[str] | None = None) -> int:
         "--pool-slots",
         type=int,
         default=SAGE_API.slots,
-        help=f"slots of the {SAGE_API.name} pool (concurrent Sage-calling tasks)",
+        help=f"slots of the {SAGE_API.name} pool (concurrent Sage-calling tasks of the daily runs)",
+    )
+    parser.add_argument(
+        "--history-pool-slots",
+        type=int,
+        default=SAGE_HISTORY.slots,
+        help=f"slots of the {SAGE_HISTORY.name} pool (concurrent Sage-calling tasks of first syncs and backfills)",
     )
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     args = parser.parse_args(argv)
@@ -569,7 +577,12 @@ def main(argv: list[str] | None = None) -> int:
             with checkout_lock.exclusive("make deploy-up", state=args.state_dir / "state.json"):
                 pass
         began = time.monotonic()
-        dep = up(args.state_dir, workers=args.workers, pool_slots=args.pool_slots)
+        dep = up(
+            args.state_dir,
+            workers=args.workers,
+            pool_slots=args.pool_slots,
+            history_pool_slots=args.history_pool_slots,
+        )
         print(
             f"deployment healthy in {time.monotonic() - began:.0f}s: {dep.api_url} "
             f"(user admin; password in {dep.env['AIRFLOW_HOME']}/simple_auth_manager_passwords.json.generated); "

@@ -40,6 +40,7 @@ import requests
 from psycopg import sql
 
 from sage_sync.core.config import warehouse_conn_json
+from sage_sync.core.pools import POOLS
 from sage_sync.sage.streams import STREAMS
 from sandbox.fake_sage.server import FakeSageServer, free_port
 from scripts.deployment import descendants, kill_strays
@@ -174,9 +175,11 @@ def airflow(
             instance = Airflow(url, home, log, env)
             try:
                 _wait_until_up(instance, process, started)
-                # Every Sage-calling task takes a slot of this pool (`make airflow-db` creates it).
-                pool = instance.api("POST", "/pools", json={"name": "sage_api", "slots": 8})
-                assert pool.status_code == 201, pool.text
+                # Every Sage-calling task takes a slot of its lane's pool (`make airflow-db` creates
+                # them): a first sync's tasks sage_history's, the daily runs' sage_api's.
+                for declared in POOLS:
+                    pool = instance.api("POST", "/pools", json={"name": declared.name, "slots": declared.slots})
+                    assert pool.status_code == 201, pool.text
                 print(f"airflow standalone up in {time.monotonic() - started:.1f}s at {url}")
                 yield instance, sage
             finally:

@@ -50,7 +50,9 @@ deploy = _load_script("deployment")
 
 ADMIN_URL = os.environ.get("SAGE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SYNCED_FROM = "2024-Q1"  # faults.kit compares the raw layer over this window
-POOL_SLOTS = 5  # below the task slots (2 workers x 3), so the pool is what bounds the Sage calls
+# Each lane's pool (daily, history: core.lanes) below the task slots (2 workers x 3), so the pool is
+# what bounds the Sage calls: day one's first syncs by the history pool, day two's runs by the daily.
+POOL_SLOTS = 5
 LARGE = "greenleaf"  # about 50 pages of invoices in its first sync
 EUR = "atlantic"
 
@@ -196,7 +198,12 @@ def denv() -> Iterator[Env]:
         # Connecting from this process must not reach into an Airflow: the deployment parses the DAGs.
         mp.setattr(airflow_api, "set_dag_paused", lambda dag_id, *, paused, caller=None: False)
         dep = deploy.up(
-            state_dir, workers=2, overrides={**values, **OVERRIDES}, migrate=not copied, pool_slots=POOL_SLOTS
+            state_dir,
+            workers=2,
+            overrides={**values, **OVERRIDES},
+            migrate=not copied,
+            pool_slots=POOL_SLOTS,
+            history_pool_slots=POOL_SLOTS,
         )
         try:
             env = Env(dep, sage, warehouse_dsn, libpq_url(metadata_sa), {}, began)

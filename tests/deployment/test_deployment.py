@@ -12,8 +12,9 @@ is in the future.) The dag-processor may recompute the fields on a parse
 before the scheduler acts, so the move is repeated until the runs exist.
 
 What it proves, from the metadata DB and the warehouse: every company's runs were created by the
-scheduler; their tasks ran on both workers; never more Sage-calling tasks at once than the
-`sage_api` pool has slots; `sage_transform` ran after the syncs because of the `sage_raw` Asset and
+scheduler; their tasks ran on both workers; never more Sage-calling tasks at once than their lane's
+pool has slots (day one's first syncs and the backfill in `sage_history`, day two's runs in
+`sage_api`); `sage_transform` ran after the syncs because of the `sage_raw` Asset and
 the marts equal the fake Sage's books; day two adds only what changed. And, under the real
 executor: a worker SIGKILLed during the large first sync (its task is retried on the other worker,
 the company ends equal to Sage with no doubled version); a company disconnected while its run is
@@ -261,13 +262,19 @@ def day_one(denv: Env) -> dict:
     return {"runs": runs, "transform": transform, "killed": killer.killed, "restarted": killer.restarted}
 
 
+SAGE_TASKS = {"refresh_auth", "extract_load", "record_deletions"}  # a company DAG's tasks that call Sage
+
+
 def test_day_one_scheduled_runs_on_both_workers_within_the_pool(denv: Env, day_one: dict) -> None:
     runs = day_one["runs"]
     assert all(len(r) == 1 and r[0][1] == "scheduled" for r in runs.values()), runs
     tries = _tries(denv, "dag_id = any(%s)", (denv.dag_ids(),))
     workers = {deploy.worker_hostname(1), deploy.worker_hostname(2)}
     assert workers <= {t[6] for t in tries}, f"tasks ran on {sorted({t[6] for t in tries})}"
-    pooled = [(t[8], t[9]) for t in _tries(denv, "pool = 'sage_api' and start_date is not null") if t[9] is not None]
+    # Day one is every company's first sync: the history lane's pool, none of the daily lane's.
+    assert {t[7] for t in tries if t[2] in SAGE_TASKS} == {"sage_history"}
+    history = _tries(denv, "pool = 'sage_history' and start_date is not null")
+    pooled = [(t[8], t[9]) for t in history if t[9] is not None]
     assert len(pooled) >= len(denv.companies) * 11
     peak = _max_overlap(pooled)
     assert peak <= POOL_SLOTS, f"{peak} Sage-calling tasks at once, pool has {POOL_SLOTS}"
@@ -441,6 +448,13 @@ def test_day_two_is_scheduled_and_adds_only_what_changed(denv: Env, day_two: dic
         denv, [k for k in denv.companies if k != day_two["disconnected"]], {day_two["backfilled"]: date(2023, 10, 1)}
     )
     assert day_two["transform"][1] == "asset_triggered"
+    # Their first syncs done, day two's runs are daily ones: the daily lane's pool. The backfill
+    # requested meanwhile read in the history lane's.
+    second = {(dag_id, r[-1][0]) for dag_id, r in runs.items()}
+    tries = _tries(denv, "dag_id = any(%s)", (denv.dag_ids(),))
+    assert {t[7] for t in tries if (t[0], t[1]) in second and t[2] in SAGE_TASKS} == {"sage_api"}
+    backfill = _tries(denv, "dag_id = 'sage_backfill' and task_id <> 'validate' and task_id <> 'finish'")
+    assert {t[7] for t in backfill if t[2] != "record_failure"} == {"sage_history"}
 
 
 def test_company_disconnected_while_queued_skips_with_its_reason(denv: Env, day_two: dict) -> None:
