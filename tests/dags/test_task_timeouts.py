@@ -25,10 +25,11 @@ def dagbag(warehouse: psycopg.Connection, pg_dsn: str, tmp_path: Path, monkeypat
     from airflow.dag_processing.dagbag import DagBag
 
     warehouse.execute(
-        "insert into sage_control.companies (company_id, company_name, synced_from_quarter) "
-        "values ('b1aa', 'Greenleaf Bakery Ltd', '2024-Q1'), ('b2cc', 'Harbour Cafe Ltd', '2024-Q1')"
+        "insert into sage_control.companies (company_id, company_name, synced_from_quarter, status) "
+        "values ('b1aa', 'Greenleaf Bakery Ltd', '2024-Q1', 'initial_sync'), "
+        "('b2cc', 'Harbour Cafe Ltd', '2024-Q1', 'active')"
     )
-    # b2cc's first sync has succeeded; b1aa's has not begun.
+    # b2cc's first sync has succeeded (so it is active); b1aa's has not begun.
     warehouse.execute(
         "insert into sage_control.sync_runs (sync_run_id, company_id, kind, status) "
         "values ('b2cc:first', 'b2cc', 'daily', 'success')"

@@ -12,6 +12,7 @@ import pytest
 from sage_sync.core.lanes import Lane
 from sage_sync.core.status import CompanyStatus
 from sage_sync.orchestration.companies import lane_for
+from sage_sync.pipeline import sync
 from sage_sync.warehouse import registry, runs
 from sage_sync.warehouse.snapshot import DagCompany, companies_for_dags
 
@@ -35,9 +36,14 @@ def _run(conn: psycopg.Connection, company: str, kind: str, run_id: str, status:
     runs.open_run(conn, company, kind, sync_run_id=run_id)
     conn.commit()
     if status is not None:
-        runs.finish_run(conn, run_id, status)
-        conn.commit()
+        _finish(conn, company, run_id, status)
     return run_id
+
+
+def _finish(conn: psycopg.Connection, company: str, run_id: str, status: str) -> None:
+    """Close the run as the DAG's finish task does (a first success makes the company active)."""
+    dsn = conn.info.dsn
+    sync.finish_run(company, run_id, status=status, env=sync.SyncEnv(dsn=dsn))
 
 
 def test_history_until_a_run_succeeds_then_daily_and_a_run_keeps_its_lane(
@@ -53,15 +59,13 @@ def test_history_until_a_run_succeeds_then_daily_and_a_run_keeps_its_lane(
     runs.open_run(warehouse, company, "daily", sync_run_id=second)  # Airflow retries the run: re-opened
     warehouse.commit()
     assert runs.lane_of(warehouse, second) == Lane.HISTORY
-    runs.finish_run(warehouse, second, "success")  # the first sync ends, mid-day
-    warehouse.commit()
+    _finish(warehouse, company, second, "success")  # the first sync ends, mid-day
     assert runs.lane_of(warehouse, second) == Lane.HISTORY  # fixed by its start: still the first sync
     assert _parsed_lane(pg_dsn) == Lane.DAILY  # the next parse moves the DAG's tasks to the daily pool
 
     third = _run(warehouse, company, "daily", "biz-1:day3")
     assert runs.lane_of(warehouse, third) == Lane.DAILY
-    runs.finish_run(warehouse, third, "success")
-    warehouse.commit()
+    _finish(warehouse, company, third, "success")
     backfill = _run(warehouse, company, "backfill", "biz-1:backfill", "success")
     assert runs.lane_of(warehouse, backfill) == Lane.HISTORY  # a backfill always
     assert _parsed_lane(pg_dsn) == Lane.DAILY
@@ -83,7 +87,22 @@ def test_a_reset_puts_the_company_back_in_the_history_lane_until_its_re_import_s
     warehouse.commit()
     next_run = _run(warehouse, company, "daily", "biz-1:day2")
     assert runs.lane_of(warehouse, next_run) == Lane.HISTORY
-    runs.finish_run(warehouse, next_run, "success")
+    _finish(warehouse, company, next_run, "success")
+    assert _parsed_lane(pg_dsn) == Lane.DAILY
+
+
+@pytest.mark.parametrize("status", [CompanyStatus.ERROR, CompanyStatus.BUSINESS_MISSING])
+def test_a_company_in_another_status_is_asked_of_its_runs(
+    pg_dsn: str, warehouse: psycopg.Connection, company: str, status: CompanyStatus
+) -> None:
+    """Neither active nor in its first sync by status (Sage refused it mid-way): whether a run has
+    succeeded since the last reset decides, so a first sync that stalled stays in the history lane."""
+    registry.set_status(warehouse, company, status)
+    warehouse.commit()
+    assert _parsed_lane(pg_dsn) == Lane.HISTORY
+    run = _run(warehouse, company, "daily", "biz-1:day1")
+    runs.finish_run(warehouse, run, "success")  # counted, whatever the status says
+    registry.set_status(warehouse, company, status)
     warehouse.commit()
     assert _parsed_lane(pg_dsn) == Lane.DAILY
 
