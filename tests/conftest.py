@@ -173,6 +173,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     def weight(item: pytest.Item) -> int:
         airflow, dbt = bool(item.get_closest_marker("airflow")), bool(item.get_closest_marker("dbt"))
+        if item.get_closest_marker("cpu_bound"):
+            return 1  # test_canonical_json's 4,500 examples, last in CI on 2026-12-08: 400 s of tail
         return 0 if airflow and dbt else 1 if airflow else 2 if dbt else 3
 
     rank: dict[str, int] = {}

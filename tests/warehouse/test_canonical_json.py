@@ -88,6 +88,7 @@ ANY_JSON = st.recursive(
 )
 
 
+@pytest.mark.cpu_bound
 @settings(max_examples=1500, deadline=None)
 @given(st.dictionaries(KEYS, NO_FLOAT_JSON, max_size=8))
 def test_orjson_itself_matches_without_floats(payload: dict[str, Any]) -> None:
@@ -102,6 +103,7 @@ def test_orjson_itself_matches_without_floats(payload: dict[str, Any]) -> None:
     assert fast(payload) == expected
 
 
+@pytest.mark.cpu_bound
 @settings(max_examples=3000, deadline=None)
 @given(st.one_of(st.dictionaries(KEYS, ANY_JSON, max_size=8), st.lists(ANY_JSON, max_size=6)))
 def test_loader_canonical_bytes_match_everything(payload: Any) -> None:
