@@ -3,9 +3,11 @@
 
 Generated from the company registry (`sage_control.companies`): a company connected through
 the CLI or the Connect page gets its DAG `sage_sync__<company_id>` at the next parse, with no
-restart. Each daily run checks the connection, refreshes the OAuth grant, extracts every stream
-since its watermark into the append-only `sage_raw` tables, records deletions, and then emits
-the `sage_raw` Asset that schedules `sage_transform` (dbt).
+restart. Each daily run is one task, `sync`: it checks the connection, refreshes the OAuth grant,
+extracts every stream since its watermark into the append-only `sage_raw` tables, records
+deletions, and then emits the `sage_raw` Asset that schedules `sage_transform` (dbt). Its log
+has a progress line per page of each stream; the company page shows each stream's state. A
+retry resumes where the failed try stopped. `record_failure` runs only when `sync` failed for good.
 
 **When.** Once a day at the company's own minute: spread over the nightly window
 (`SAGE_DAILY_WINDOW_START_HOUR`, `SAGE_DAILY_WINDOW_HOURS`; default 00:00-06:00 UTC) by a hash
@@ -30,13 +32,13 @@ import logging
 
 from airflow.sdk import DAG, task
 
-from sage_sync.orchestration.airflow_api import dag_id_for, daily_streams
+from sage_sync.orchestration.airflow_api import dag_id_for
 from sage_sync.orchestration.companies import companies_to_build as _companies_to_build
 from sage_sync.orchestration.companies import lane_for
 from sage_sync.orchestration.defaults import DEFAULT_ARGS, SAGE_RAW, START_DATE, daily_at, sage_task_args
 from sage_sync.orchestration.notifier import SageNotifier
 from sage_sync.orchestration.schedule import daily_start_minute, daily_window
-from sage_sync.orchestration.tasks import records_stream_state, skips_disconnected
+from sage_sync.orchestration.tasks import retry_times, skips_disconnected, stream_state
 
 # Only `orchestration` is imported to parse this file; each task imports the pipeline in its
 # body, so a parse never loads the sync stack.
@@ -57,71 +59,42 @@ default_args = {
 SAGE_TASK = sage_task_args()
 
 
-@task
+# One task reads everything, rather than a task per step and per stream: a task run costs the
+# deployment about 0.6 core-seconds whatever it does (its process, the scheduler's and the
+# api-server's bookkeeping), and a small company's day is a request or two per stream
+# (bench/RESULTS.md, issue 28). Each stream still says where it stands, on the pages and in this
+# task's log, and a retry resumes where the failed try stopped.
+@task(**SAGE_TASK, outlets=[SAGE_RAW])
 @skips_disconnected
-def check_connection(company_id: str, **context) -> str:
-    """Open this run's audit row; skip (with the reason) when the company is disconnected."""
-    from sage_sync.pipeline import sync
+def sync(company_id: str, **context) -> None:
+    """Open the run (skipped, with the reason, for a disconnected company), refresh the grant, read
+    every stream since its watermark and Sage's deletions, then close the run as a success; the
+    outlet tells sage_transform there is new data.
 
-    # A backfill or reset of the same company still running raises RunInProgress: the task fails
-    # and Airflow retries it later, so the two never import at once.
-    return sync.begin_run(company_id, airflow_run_id=context["run_id"], kind="daily")
+    A backfill or reset of the same company still running raises RunInProgress: the task fails and
+    Airflow retries it later, so the two never import at once. A run closed meanwhile (a disconnect
+    skipped it, a newer run took it over) is not turned into a success: RunFenced, without retries."""
+    from sage_sync.pipeline import sync as pipeline
 
-
-@task(**SAGE_TASK)
-@skips_disconnected
-def refresh_auth(company_id: str, sync_run_id: str) -> str:
-    """Make sure the grant is alive (and rotated tokens stored) before any extraction; passes the run id on."""
-    from sage_sync.pipeline import sync
-
-    sync.check_auth(company_id, sync_run_id)
-    return sync_run_id
-
-
-# One task mapped over the streams rather than one task per stream: the UI still shows one
-# instance per stream (named by map_index_template), and a 1,000-company deployment parses in
-# a fraction of the time, since building operators is what DAG parsing spends its time on.
-@task(**SAGE_TASK, map_index_template="{{ stream }}")
-@skips_disconnected
-@records_stream_state  # reading / retrying at HH:MM after "Sage answered 503" / failed / done, for the pages
-def extract_load(company_id: str, stream: str, sync_run_id: str, **context) -> dict:
-    """Extract one stream since its watermark and append new versions to sage_raw."""
-    from sage_sync.pipeline import sync
-
-    context["stream"] = stream  # names this mapped instance in the UI
-    return sync.sync_stream(company_id, stream, sync_run_id)
-
-
-@task(**SAGE_TASK)
-@skips_disconnected
-def record_deletions(company_id: str, sync_run_id: str) -> dict:
-    """Read Sage's deleted_since feed, plus an id reconciliation sweep after a reconnect or weekly."""
-    from sage_sync.pipeline import sync
-
-    return sync.sync_deletions(company_id, sync_run_id)
-
-
-@task(outlets=[SAGE_RAW])
-@skips_disconnected
-def finish(company_id: str, sync_run_id: str) -> None:
-    """Close the audit row as a success; the outlet tells sage_transform there is new data.
-
-    A run closed meanwhile (a disconnect skipped it, a newer run took it over) is not turned
-    into a success: RunFenced, without retries."""
-    from sage_sync.pipeline import sync
-
-    sync.finish_run(company_id, sync_run_id, status="success")
+    ti = context["ti"]
+    done = pipeline.resume_point(company_id, context["run_id"])
+    sync_run_id = pipeline.begin_run(company_id, airflow_run_id=context["run_id"], kind="daily")
+    with retry_times(sync_run_id, ti):
+        pipeline.read_everything(
+            company_id, sync_run_id, skip=done, watch=lambda stream: stream_state(sync_run_id, stream, ti)
+        )
+    pipeline.finish_run(company_id, sync_run_id, status="success")
 
 
 @task(trigger_rule="one_failed", retries=0)
 def record_failure(company_id: str, **context) -> None:
     """Close the audit row as failed so `status` and the health model show it."""
-    from sage_sync.pipeline import sync
+    from sage_sync.pipeline import sync as pipeline
 
-    # No XCom to read here: check_connection itself may be the task that failed.
-    sync.finish_run(
+    # The run's id is derived, not read from XCom: `sync` may have failed before it opened the run.
+    pipeline.finish_run(
         company_id,
-        sync.run_key(company_id, context["run_id"]),
+        pipeline.run_key(company_id, context["run_id"]),
         status="failed",
         error="a task of this run failed; see its log in Airflow",
     )
@@ -150,19 +123,7 @@ def build_company_dag(company_id: str, company_name: str, start_minute: int, *, 
         on_failure_callback=SageNotifier("run_failed"),
         tags=["sage", "sync", f"company:{company_id}"],
     ) as dag:
-        checked = check_connection(company_id)
-        # The run id flows as XCom: check_connection -> refresh_auth -> the loads, deletions, finish.
-        auth = refresh_auth.override(**sage_task)(company_id, checked)
-        loads = (
-            extract_load.override(**sage_task)
-            .partial(company_id=company_id, sync_run_id=auth)
-            .expand(stream=daily_streams())
-        )
-        deletions = record_deletions.override(**sage_task)(company_id, auth)
-        done = finish(company_id, auth)
-        failed = record_failure(company_id)
-        loads >> deletions >> done  # type: ignore[operator]
-        [checked, auth, loads, deletions] >> failed  # type: ignore[operator]
+        sync.override(**sage_task)(company_id) >> record_failure(company_id)  # type: ignore[operator]
     return dag
 
 

@@ -348,7 +348,8 @@ def _walk(af: Airflow, sage: FakeSageServer, page: Page, company_id: str, shots:
     shots.take("connected")
 
     # 3. The first sync, by Airflow's scheduler once it has parsed the new company's DAG. Sage
-    #    answers 503 on one stream until the client gives up: that stream's task waits for its retry.
+    #    answers 503 on one stream until the client gives up: the sync task reads the others, then
+    #    waits for its retry.
     af.airflow("dags", "reserialize")
     row = f"#stream-{FAILING_STREAM}"
     page.goto(f"{af.url}/sage/company/{company_id}")
@@ -370,7 +371,6 @@ def _walk(af: Airflow, sage: FakeSageServer, page: Page, company_id: str, shots:
 
     # A person clears the waiting task in Airflow instead of waiting for its retry; the sync completes.
     run_id = af.api("GET", f"/dags/{dag_id}/dagRuns").json()["dag_runs"][0]["dag_run_id"]
-    index = list(STREAMS).index(FAILING_STREAM)
     cleared = af.api(
         "POST",
         f"/dags/{dag_id}/clearTaskInstances",
@@ -379,7 +379,7 @@ def _walk(af: Airflow, sage: FakeSageServer, page: Page, company_id: str, shots:
             "only_failed": False,
             "reset_dag_runs": False,
             "dag_run_id": run_id,
-            "task_ids": [["extract_load", index]],
+            "task_ids": ["sync"],
         },
     )
     assert cleared.ok, cleared.text
@@ -390,31 +390,25 @@ def _walk(af: Airflow, sage: FakeSageServer, page: Page, company_id: str, shots:
         ),
     )
 
-    # Every "task log" link opens a task instance the real api-server has (not map index -1).
+    # Every "task log" link opens a task instance the real api-server has: the run's one sync task.
     page.goto(f"{af.url}/sage/company/{company_id}")
     page.wait_for("!!document.querySelector('a.stream-log')", "the streams' task-log links")
     links = page.eval("[...document.querySelectorAll('a.stream-log')].map(a => a.pathname)")
     assert len(links) == len(STREAMS), links
-    for link, stream in zip(links, STREAMS, strict=True):
-        dag, run, task, mapped = _ui_task(link)
-        assert mapped is not None, link
-        found = af.api("GET", f"/dags/{dag}/dagRuns/{run}/taskInstances/{task}/{mapped}")
-        assert found.status_code == 200, (link, found.text)
-        assert found.json()["rendered_map_index"] == stream and found.json()["state"] == "success", found.json()
     history = page.eval(f"[...document.querySelectorAll('#history-{company_id} a.log-link')].map(a => a.pathname)")
-    for link in history:
+    assert history, "the history has no task-log link"
+    for link in [*links, *history]:
         dag, run, task, mapped = _ui_task(link)
-        listed = af.api("GET", f"/dags/{dag}/dagRuns/{run}/taskInstances/{task}/listMapped")
-        assert listed.status_code == 200 and listed.json()["total_entries"] == len(STREAMS), (link, listed.text)
-    # The old link, without the map index, is the 404 a new user met.
-    assert af.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/extract_load").status_code == 404
+        assert (task, mapped) == ("sync", None), link
+        found = af.api("GET", f"/dags/{dag}/dagRuns/{run}/taskInstances/{task}")
+        assert found.status_code == 200 and found.json()["state"] == "success", (link, found.text)
     assert page.eval(f"document.querySelector('#history-{company_id} .run-kind').innerText") == "first sync"
     shots.take("company-after-first-sync", full_page=True)
     page.click(f"{row} a.stream-log")
     page.wait_for(
-        f"location.pathname.endsWith('/tasks/extract_load/mapped/{index}')"
+        "location.pathname.endsWith('/tasks/sync')"
         f" && document.body.innerText.includes({json.dumps(FAILING_STREAM)})",
-        "Airflow's page of the stream's own task instance",
+        "Airflow's page of the task that read the stream, its log",
         timeout=60,
     )
     time.sleep(2)  # its log panel

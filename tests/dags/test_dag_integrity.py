@@ -7,13 +7,16 @@ come from the last snapshot instead of disappearing.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import psycopg
 import pytest
 
 from sage_sync.core.config import warehouse_conn_json
+from sage_sync.core.lanes import Lane
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 
@@ -92,23 +95,15 @@ def test_the_company_dag_is_wired_as_designed(bag) -> None:
     assert dag.dag_display_name == "Sage sync: Greenleaf Bakery Ltd"
     assert "company:b1aa" in dag.tags
     assert dag.is_paused_upon_creation is False  # a connected company syncs without a manual unpause
-    load = dag.get_task("extract_load")  # mapped: one instance per stream
-    assert set(load.op_kwargs_expand_input.value["stream"]) == {
-        "purchase_invoices",
-        "purchase_credit_notes",
-        "purchase_quick_entries",
-        "other_payments",
-        "ledger_accounts",
-        "contacts",
-        "tax_rates",
-        "businesses",
-        "financial_settings",
-    }
+    # One task reads everything (issue 28: a task run costs ~0.6 core-s whatever it does); the
+    # streams it reads are the registry's, in order (tests/dags/test_stream_states.py shows each).
+    assert sorted(t.task_id for t in dag.tasks) == ["record_failure", "sync"]
+    sync = dag.get_task("sync")
     # No run of b1aa has succeeded: its first sync, in the history lane's pool (tests/dags/test_task_timeouts.py).
-    assert load.pool == "sage_history" and dag.get_task("refresh_auth").pool == "sage_history"
-    finish = dag.get_task("finish")
-    assert [o.name for o in finish.outlets] == ["sage_raw"]
-    assert dag.get_task("check_connection").downstream_task_ids == {"refresh_auth", "record_failure"}
+    assert sync.pool == "sage_history"
+    assert [o.name for o in sync.outlets] == ["sage_raw"]
+    assert sync.downstream_task_ids == {"record_failure"}
+    assert dag.get_task("record_failure").trigger_rule == "one_failed"
 
 
 def _first_two_runs(timetable):
@@ -282,10 +277,25 @@ def test_a_refused_grant_fails_every_sage_task_without_retries(
 
     bag = _dagbag()
     company_dag, backfill_dag = bag.dags["sage_sync__b1aa"], bag.dags["sage_backfill"]
+
+    def steps_that_work() -> None:
+        """Every step of the daily sync task succeeds, without Sage: then one is made to fail."""
+        monkeypatch.setattr(sync, "resume_point", lambda *_a, **_k: frozenset())
+        monkeypatch.setattr(sync, "begin_run", lambda *_a, **_k: "r")
+        monkeypatch.setattr(sync, "check_auth", lambda *_a, **_k: Lane.DAILY)
+        monkeypatch.setattr(sync.run_env, "make_client", lambda *_a, **_k: nullcontext(None))
+        monkeypatch.setattr(sync, "sync_stream", lambda *_a, **_k: {})
+        monkeypatch.setattr(sync, "sync_deletions", lambda *_a, **_k: {})
+        monkeypatch.setattr(sync, "finish_run", lambda *_a, **_k: None)
+
+    ti = SimpleNamespace(try_number=1, max_tries=2, task=None, dag_id="sage_sync__b1aa", task_id="sync")
+    daily = {"company_id": "b1aa", "run_id": "manual__1", "ti": ti}
+    steps_that_work()
+    company_dag.get_task("sync").python_callable(**daily)  # the baseline: no error
     calls = [
-        (company_dag, "refresh_auth", "check_auth", {"company_id": "b1aa", "sync_run_id": "r"}),
-        (company_dag, "extract_load", "sync_stream", {"company_id": "b1aa", "stream": "contacts", "sync_run_id": "r"}),
-        (company_dag, "record_deletions", "sync_deletions", {"company_id": "b1aa", "sync_run_id": "r"}),
+        (company_dag, "sync", "check_auth", daily),
+        (company_dag, "sync", "sync_stream", daily),
+        (company_dag, "sync", "sync_deletions", daily),
         (backfill_dag, "refresh_auth", "check_auth", {"sync_run_id": "r", "params": {"company_id": "b1aa"}}),
         (
             backfill_dag,
@@ -299,9 +309,11 @@ def test_a_refused_grant_fails_every_sage_task_without_retries(
         ),
     ]
     for dag, task_id, step, kwargs in calls:
+        steps_that_work()
         monkeypatch.setattr(sync, step, refused)
         with pytest.raises(AirflowFailException, match=r"^Sage refused the grant for Greenleaf Bakery Ltd: "):
             dag.get_task(task_id).python_callable(**kwargs)
+        steps_that_work()
         monkeypatch.setattr(sync, step, lambda *_a, **_k: (_ for _ in ()).throw(TransientError("HTTP 503")))
         with pytest.raises(TransientError):  # not translated: the task's retries apply
             dag.get_task(task_id).python_callable(**kwargs)

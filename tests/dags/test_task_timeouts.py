@@ -41,7 +41,7 @@ def dagbag(warehouse: psycopg.Connection, pg_dsn: str, tmp_path: Path, monkeypat
     return DagBag(dag_folder=str(DAGS), safe_mode=False)
 
 
-SAGE_TASKS = {"refresh_auth", "extract_load", "record_deletions"}  # the company DAG's tasks that call Sage
+SAGE_TASKS = {"sync"}  # the company DAG's task that calls Sage (record_failure does not)
 
 
 def test_every_sage_task_of_the_sync_and_backfill_dags_has_the_timeout(dagbag) -> None:
@@ -52,7 +52,7 @@ def test_every_sage_task_of_the_sync_and_backfill_dags_has_the_timeout(dagbag) -
         for task in dagbag.dags[dag_id].tasks
         if task.pool in {p.name for p in POOLS}
     ]
-    assert len(sage_tasks) >= 3 + 3 + 4  # refresh_auth, extract_load, record_deletions (x2); the backfill's
+    assert len(sage_tasks) == 1 + 1 + 5  # each company's sync; the backfill's refresh_auth and four streams
     for dag_id, task in sage_tasks:
         assert task.execution_timeout == timedelta(hours=5.5), f"{dag_id}.{task.task_id}"
 

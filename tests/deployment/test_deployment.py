@@ -138,7 +138,7 @@ def _wait_transform_after(env: Env, after, timeout: float = DAY_TIMEOUT) -> tupl
 
 def _last_finish(env: Env) -> object:
     return env.meta(
-        "select max(end_date) from task_instance where dag_id = any(%s) and task_id = 'finish'", (env.dag_ids(),)
+        "select max(end_date) from task_instance where dag_id = any(%s) and task_id = 'sync'", (env.dag_ids(),)
     )[0][0]
 
 
@@ -207,14 +207,20 @@ def _task_log(env: Env, dag_id: str, run_id: str, task_id: str) -> str:
 
 # -- day one ---------------------------------------------------------------------------------------
 
-# extract_load is mapped over REFERENCE_STREAMS + DOCUMENT_STREAMS (dags/sage_company_sync.py):
-# purchase_invoices is map index 5. Its rendered name only exists once the try has ended, so a
-# running try is found by index (and the test checks the name afterwards).
-INVOICES_MAP_INDEX = 5
+
+def _reading(env: Env, company: str, stream: str) -> bool:
+    """Whether the company's live run is reading ``stream`` now (its state for the pages)."""
+    return bool(
+        env.wh(
+            "select 1 from sage_control.sync_stream_states s join sage_control.sync_runs r using (sync_run_id) "
+            "where r.company_id = %s and r.status = 'running' and s.stream = %s and s.state = 'reading'",
+            (company, stream),
+        )
+    )
 
 
 class WorkerKiller:
-    """Kills the worker running the large company's first invoice sync once it has landed a page."""
+    """Kills the worker running the large company's first sync once it has landed a page of invoices."""
 
     def __init__(self, env: Env) -> None:
         self.env = env
@@ -226,9 +232,8 @@ class WorkerKiller:
         if self.killed is None:
             rows = self.env.meta(
                 "select hostname, try_number from task_instance where dag_id = %s and "
-                "task_id = 'extract_load' and map_index = %s and state = 'running' "
-                "and hostname like 'worker%%'",
-                (self.dag_id, INVOICES_MAP_INDEX),
+                "task_id = 'sync' and state = 'running' and hostname like 'worker%%'",
+                (self.dag_id,),
             )
             landed = self.env.wh(
                 "select count(*) from sage_raw.purchase_invoices where company_id = %s", (self.env.companies[LARGE],)
@@ -242,10 +247,9 @@ class WorkerKiller:
             # Bring the dead worker back only once its task is running again elsewhere, so the retry
             # can only have gone to the other worker.
             again = self.env.meta(
-                "select hostname from task_instance where dag_id = %s and task_id = "
-                "'extract_load' and map_index = %s and try_number > %s "
-                "and state in ('running', 'success')",
-                (self.dag_id, INVOICES_MAP_INDEX, self.killed[1]),
+                "select hostname from task_instance where dag_id = %s and task_id = 'sync' "
+                "and try_number > %s and state in ('running', 'success')",
+                (self.dag_id, self.killed[1]),
             )
             if again:
                 deploy.start_worker(self.env.dep, int(self.killed[0].split("@")[0].removeprefix("worker")))
@@ -262,7 +266,7 @@ def day_one(denv: Env) -> dict:
     return {"runs": runs, "transform": transform, "killed": killer.killed, "restarted": killer.restarted}
 
 
-SAGE_TASKS = {"refresh_auth", "extract_load", "record_deletions"}  # a company DAG's tasks that call Sage
+SAGE_TASKS = {"sync"}  # a company DAG's task that calls Sage (record_failure does not)
 
 
 def test_day_one_scheduled_runs_on_both_workers_within_the_pool(denv: Env, day_one: dict) -> None:
@@ -275,7 +279,7 @@ def test_day_one_scheduled_runs_on_both_workers_within_the_pool(denv: Env, day_o
     assert {t[7] for t in tries if t[2] in SAGE_TASKS} == {"sage_history"}
     history = _tries(denv, "pool = 'sage_history' and start_date is not null")
     pooled = [(t[8], t[9]) for t in history if t[9] is not None]
-    assert len(pooled) >= len(denv.companies) * 11
+    assert len(pooled) >= len(denv.companies)  # one sync task a company, and the killed one's retry
     peak = _max_overlap(pooled)
     assert peak <= POOL_SLOTS, f"{peak} Sage-calling tasks at once, pool has {POOL_SLOTS}"
     assert peak == POOL_SLOTS  # the pool, not the task slots (6), was what held them back
@@ -305,17 +309,7 @@ def test_killed_worker_task_retried_on_the_other_and_company_equals_sage(denv: E
     killed_host, killed_try = day_one["killed"]
     assert day_one["restarted"]
     dag_id = airflow_api.dag_id_for(denv.companies[LARGE])
-    tries = sorted(
-        t[4:7]
-        for t in _tries(
-            denv, "dag_id = %s and task_id = 'extract_load' and map_index = %s", (dag_id, INVOICES_MAP_INDEX)
-        )
-    )
-    assert denv.meta(
-        "select rendered_map_index from task_instance where dag_id = %s and task_id = 'extract_load' "
-        "and map_index = %s",
-        (dag_id, INVOICES_MAP_INDEX),
-    ) == [("purchase_invoices",)]
+    tries = sorted(t[4:7] for t in _tries(denv, "dag_id = %s and task_id = 'sync'", (dag_id,)))
     first = next(t for t in tries if t[0] == killed_try)
     assert first[1] == "failed" and first[2] == killed_host  # failed by the heartbeat timeout
     last = tries[-1]
@@ -376,14 +370,7 @@ def day_two(denv: Env, day_one: dict) -> dict:
     connections.disconnect(c[disconnected], pause_dag=False)  # as from a machine that reaches no Airflow
     # The backfill: requested while northwind's daily run holds the company's run slot, once that
     # run is in its held invoice read; the read goes on once the backfill's first try was refused.
-    _wait_for(
-        lambda: denv.meta(
-            "select 1 from task_instance where dag_id = %s and task_id = 'extract_load' "
-            "and map_index = %s and state = 'running'",
-            (airflow_api.dag_id_for(c[backfilled]), INVOICES_MAP_INDEX),
-        ),
-        "northwind's daily invoice read to start",
-    )
+    _wait_for(lambda: _reading(denv, c[backfilled], "purchase_invoices"), "northwind's daily invoice read to start")
     denv.dep.airflow(
         "dags",
         "trigger",
@@ -467,9 +454,8 @@ def test_company_disconnected_while_queued_skips_with_its_reason(denv: Env, day_
             (dag_id, run_id),
         )
     )
-    skipped_at = next(t for t in ("check_connection", "refresh_auth") if states.get(t) == "skipped")
-    assert "disconnected" in _task_log(denv, dag_id, run_id, skipped_at)
-    assert states["finish"] == "skipped"
+    assert states == {"sync": "skipped", "record_failure": "skipped"}, states
+    assert "disconnected" in _task_log(denv, dag_id, run_id, "sync")
     assert denv.wh(
         "select count(*) from sage_control.sync_runs where company_id = %s and kind = 'daily' and status = 'success'",
         (company,),

@@ -25,7 +25,7 @@ from airflow.sdk import DAG
 from faults.kit import connect
 
 from sage_sync.core.config import notify_settings
-from sage_sync.core.errors import SageAPIError
+from sage_sync.core.errors import SageAPIError, note_stream
 from sage_sync.lifecycle import connections
 from sage_sync.orchestration import notices
 from sage_sync.orchestration.notifier import SageNotifier
@@ -240,11 +240,10 @@ def test_a_failed_run_is_noticed_once_across_its_retries_and_failed_tasks(
     name = warehouse.execute("select company_name from sage_control.companies").fetchone()[0]
     dag_id = f"sage_sync__{company}"
 
-    # Sage answers 503 to every stream's calls for this business: a stream task fails after the
-    # client's 6 attempts, three times (Airflow's 2 retries), and the run fails. Once one stream has
-    # failed for good the run is closed and its siblings are fenced (they fail without retries), so
-    # at least one task's three tries are certain, not all nine's. The grant's check of /businesses
-    # is left alone, so the run gets as far as the streams.
+    # Sage answers 503 to every stream's calls for this business: each stream fails after the
+    # client's 6 attempts, the sync task fails once all were tried, three times (Airflow's 2
+    # retries), and the run fails. The grant's check of /businesses is left alone, so the run gets
+    # as far as the streams.
     for stream in STREAMS.values():
         sage.admin.add_fault("503", path=stream.path_for(company), count=10_000, retry_after=0, business=company)
     _dags_test(env, dag_id)
@@ -254,7 +253,8 @@ def test_a_failed_run_is_noticed_once_across_its_retries_and_failed_tasks(
     assert len(hook.texts) == 1 and len(sink.messages) == 1, hook.texts
     text = hook.texts[0]
     assert text.startswith(f"[Sage sync] {name} ({company}): the sync failed")
-    assert "in task extract_load [" in text and "TransientError" in text and "503" in text
+    first_stream = next(iter(STREAMS))  # the first stream read, whose failure the task raises
+    assert f"in task sync [{first_stream}]" in text and "TransientError" in text and "503" in text
     assert f"python -m sage_sync sync {company}" in text
     assert f"http://airflow.example.com:8080/dags/{dag_id}/runs/" in text
     assert _incidents(warehouse, company) == [("sync_failed", True, False)]
@@ -311,9 +311,9 @@ def test_a_first_sync_past_24_hours_is_noticed_by_the_transform_dags_check(
 
 
 class _Ti:
-    task_id = "extract_load"
-    map_index = 3
-    rendered_map_index = "contacts"
+    task_id = "sync"
+    map_index = -1
+    rendered_map_index = None
 
 
 def test_a_failure_whose_error_carries_a_token_never_sends_it(
@@ -334,11 +334,13 @@ def test_a_failure_whose_error_carries_a_token_never_sends_it(
         [{"$dataCode": "InvalidToken", "$message": f"token {stored.access_token} bad; refresh {stored.refresh_token}"}],
         path=f"/v3.1/contacts?access_token={opaque}",
     )
+    failure = RuntimeError(f"{error}; Authorization: Bearer {jwt}; client key {opaque}")
+    note_stream(failure, "contacts")  # as the sync task's read of the contacts raises it
     context = {
         "dag": DAG(dag_id=f"sage_sync__{company}", schedule=None),
         "run_id": "scheduled__2026-03-05T00:00:00+00:00",
         "ti": _Ti(),
-        "exception": RuntimeError(f"{error}; Authorization: Bearer {jwt}; client key {opaque}"),
+        "exception": failure,
     }
     SageNotifier("task_failed")(context)
     SageNotifier("task_failed")(context)  # the run's next failed task: the same incident
@@ -353,7 +355,7 @@ def test_a_failure_whose_error_carries_a_token_never_sends_it(
         for secret in secrets:
             for part in (secret, secret[:20], secret[-20:], f"Bearer {secret}"):
                 assert part not in text, f"a secret is in a notice: {text[:300]}"
-    assert "in task extract_load [contacts]" in hook.texts[0] and "InvalidToken" in hook.texts[0]
+    assert "in task sync [contacts]" in hook.texts[0] and "InvalidToken" in hook.texts[0]
 
 
 def test_nothing_configured_sends_nothing_and_reads_nothing(monkeypatch: pytest.MonkeyPatch) -> None:

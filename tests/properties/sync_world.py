@@ -336,56 +336,37 @@ class SyncWorld:
         return outcome
 
     def _dag_run(self, company: Company, airflow_run_id: str) -> str:
-        """The company DAG's tasks in order, each with the DAG's retries; a task failing for good
-        runs record_failure, as the DAG's trigger_rule='one_failed' task does."""
+        """The company DAG's one ``sync`` task with the DAG's retries, as its body runs it: each try
+        resumes past the streams an earlier try of the run read to the end. Failing for good runs
+        record_failure, as the DAG's trigger_rule='one_failed' task does."""
         from sage_sync.pipeline import sync
-        from sage_sync.sage.streams import STREAMS
 
         cid = company.company_id
-        failed: list[str] = []
         self.sibling_failed = False
-
-        def task(name: str, call: Callable[[], Any]) -> Any:
-            for attempt in range(3):  # default_args retries=2
-                try:
-                    return call()
-                except CompanySkipped:
-                    return None  # skips_disconnected: the task is skipped
-                except RunFenced as exc:  # skips_disconnected: no retries; skipped after a disconnect
-                    if exc.run_status != "skipped":
-                        failed.append(f"{name}: RunFenced")
-                    return None
-                except ReauthorizationRequired as exc:  # no retries
-                    failed.append(f"{name}: {type(exc).__name__}")
-                    return None
-                except RUN_OUTCOMES as exc:
-                    if attempt == 2:
-                        failed.append(f"{name}: {type(exc).__name__}: {str(exc)[:120]}")
-                        return None
-            return None
-
-        try:
-            run_id = sync.begin_run(cid, airflow_run_id=airflow_run_id, kind="daily")
-        except CompanySkipped:
-            return "skipped (disconnected)"
-        except RUN_OUTCOMES as exc:
-            return f"not started: {type(exc).__name__}"
-        task("refresh_auth", lambda: sync.check_auth(cid, run_id))
-        if not failed:
-            for name in STREAMS:
-                task(f"extract_load[{name}]", lambda name=name: sync.sync_stream(cid, name, run_id))
-            if not failed:
-                task("record_deletions", lambda: sync.sync_deletions(cid, run_id))
+        failure = "no try"
+        for _attempt in range(3):  # default_args retries=2
+            try:
+                done = sync.resume_point(cid, airflow_run_id)
+                run_id = sync.begin_run(cid, airflow_run_id=airflow_run_id, kind="daily")
+                sync.read_everything(cid, run_id, skip=done)
+                sync.finish_run(cid, run_id, status="success")
+                return "success"
+            except CompanySkipped:
+                return "skipped (disconnected)"  # skips_disconnected: the task is skipped
+            except RunFenced as exc:  # skips_disconnected: no retries; skipped after a disconnect
+                if exc.run_status == "skipped":
+                    return "skipped: fenced (skipped)"
+                failure = "RunFenced"
+                break
+            except ReauthorizationRequired as exc:  # no retries
+                failure = type(exc).__name__
+                break
+            except RUN_OUTCOMES as exc:
+                failure = f"{type(exc).__name__}: {str(exc)[:120]}"
         if self.sibling_failed:
-            failed.append("a sibling task failed for good (interrupt)")
-        if failed:
-            sync.finish_run(cid, run_id, status="failed", error="a task of this run failed")
-            return "failed: " + "; ".join(failed)
-        try:  # the DAG's `finish` task, under skips_disconnected like the others
-            sync.finish_run(cid, run_id, status="success")
-        except RunFenced as exc:
-            return f"{'skipped' if exc.run_status == 'skipped' else 'failed'}: finish fenced ({exc.run_status})"
-        return "success"
+            failure += "; the run was closed as failed under it (interrupt)"
+        sync.finish_run(cid, sync.run_key(cid, airflow_run_id), status="failed", error="a task of this run failed")
+        return "failed: sync: " + failure
 
     def interrupt(
         self, company: Company, airflow_run_id: str, stream: str, what: str, page: int, items: list[Any]
@@ -400,7 +381,8 @@ class SyncWorld:
         if what in ("create", "edit", "amount", "redate", "delete", "void"):
             self.sage_change(key, stream, what, page * 7, among=items)
         elif what == "sibling_fails":
-            # Another stream task of the same run failed for good: record_failure closes the run.
+            # The run is closed as failed under its reading task (a takeover, or someone marking the
+            # task failed in Airflow while its process still reads): every later page is fenced.
             sync.finish_run(company.company_id, sync.run_key(company.company_id, airflow_run_id), status="failed")
         elif what == "sibling_fails_then_reset":
             # The Connect page's reset: wipe now, the company's next daily run re-imports.

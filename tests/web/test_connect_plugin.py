@@ -26,7 +26,6 @@ from sage_sync.orchestration import airflow_api
 from sage_sync.orchestration.schedule import DailyWindow, spread_minute
 from sage_sync.pipeline import sync
 from sage_sync.reporting import dashboard, status
-from sage_sync.sage.streams import STREAMS
 from sage_sync.warehouse import registry
 from sage_sync.web import pages
 from sandbox.fake_sage.server import FakeSageServer
@@ -230,9 +229,9 @@ def test_dashboard_and_company_page_show_runs_with_airflow_links(
     assert history.count('class="run"') == 2 and "run outside Airflow" in history
     airflow_run = "scheduled__2026-12-02T00%3A00%3A00%2B00%3A00"
     assert f'href="/dags/sage_sync__{company}/runs/{airflow_run}"' in history
-    # extract_load is mapped over the streams: the run's stream tasks, never the unmapped instance (a 404)
-    assert f'href="/dags/sage_sync__{company}/runs/{airflow_run}/tasks/extract_load/mapped"' in history
-    assert '/tasks/extract_load"' not in history
+    # The daily run reads every stream in its one task: the task log is that task's
+    assert f'href="/dags/sage_sync__{company}/runs/{airflow_run}/tasks/sync"' in history
+    assert "/mapped" not in history
 
     detail = client.get(f"/sage/company/{company}")
     assert detail.status_code == 200
@@ -468,16 +467,12 @@ def test_a_stream_waiting_for_its_retry_is_visible_and_unstarted_streams_count(
     for stream, state in (("contacts", "reading"), ("ledger_accounts", "done"), ("tax_rates", "waiting")):
         row = detail[detail.index(f'id="stream-{stream}"') :]
         assert f">{state}</span>" in row[: row.index("</tr>")], (stream, row[: row.index("</tr>")])
-    # Each stream links its own mapped instance: map index = its place in the list the DAG expands over.
+    # Each stream links the log of the task that read it: the daily run's one sync task.
     airflow_run = "scheduled__2026-12-02T00%3A00%3A00%2B00%3A00"
-    index = list(STREAMS).index("purchase_invoices")
-    assert f"runs/{airflow_run}/tasks/extract_load/mapped/{index}" in detail
-    # The history's task log opens the stream in trouble.
+    assert f"runs/{airflow_run}/tasks/sync\"" in detail and "/mapped" not in detail
+    # The history's task log opens the task of the stream in trouble.
     history = detail[detail.index('id="history-') :]
-    assert (
-        f'class="log-link" href="/dags/sage_sync__{company}/runs/{airflow_run}/tasks/extract_load/mapped/{index}"'
-        in history
-    )
+    assert f'class="log-link" href="/dags/sage_sync__{company}/runs/{airflow_run}/tasks/sync"' in history
 
     line = status.describe(status.company_statuses(warehouse)[0])
     assert 'purchase_invoices retrying at 13:15 UTC after "Sage answered 503"' in line and "5 waiting" in line, line

@@ -328,3 +328,19 @@ class LoginRequired(Exception):
 
     def __init__(self, next_url: str) -> None:
         self.next_url = next_url
+
+
+# A stream's failure, raised after the run's other streams were read, carries the stream's name
+# as a note: the failure notice and the task log then say which stream it was.
+STREAM_NOTE = "stream: "
+
+
+def note_stream(exc: BaseException, stream: str) -> None:
+    """Mark ``exc`` as the failure of ``stream``."""
+    exc.add_note(f"{STREAM_NOTE}{stream}")
+
+
+def noted_streams(exc: object) -> list[str]:
+    """The streams ``exc`` was marked the failure of (:func:`note_stream`), first first."""
+    notes = getattr(exc, "__notes__", None) or []
+    return [n.removeprefix(STREAM_NOTE) for n in notes if isinstance(n, str) and n.startswith(STREAM_NOTE)]

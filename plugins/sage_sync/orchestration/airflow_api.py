@@ -166,10 +166,9 @@ def trigger(dag_id: str, conf: dict[str, Any] | None, caller: Caller | None = No
     return f"{dag_id} run {run_id}"
 
 
-# The tasks that read Sage, one per stream: in a daily run one task mapped over the streams
-# (``extract_load``, map index = the stream's position in ``STREAMS``, the list the DAG expands
-# over); in a backfill one task per document stream (``backfill_<stream>``, not mapped).
-LOG_TASK_DAILY = "extract_load"
+# The tasks that read Sage: in a daily run the one task ``sync`` reads every stream (its log has
+# each stream's progress lines); in a backfill one task per document stream (``backfill_<stream>``).
+LOG_TASK_DAILY = "sync"
 BACKFILL_TASK_PREFIX = "backfill_"
 LOG_TASK_BACKFILL = f"{BACKFILL_TASK_PREFIX}purchase_invoices"
 
@@ -188,31 +187,26 @@ def ui_task_path(dag_id: str, run_id: str, task_id: str, map_index: int | None =
     """Airflow 3's UI page of a task instance in a run (its log), relative to Airflow's base URL.
 
     A mapped task's instance is ``.../tasks/<task>/mapped/<index>``; without the index Airflow
-    looks for map index -1, which a mapped task has not, and its page is a 404.
+    looks for map index -1, which a mapped task has not, and its page is a 404. (No task of ours
+    is mapped today; the index stays so that a link to one is right if one comes back.)
     """
     path = f"{ui_run_path(dag_id, run_id)}/tasks/{_segment(task_id)}"
     return path if map_index is None else f"{path}/mapped/{int(map_index)}"
 
 
-def ui_mapped_path(dag_id: str, run_id: str, task_id: str) -> str:
-    """Airflow 3's UI list of a mapped task's instances in a run (one per stream)."""
-    return f"{ui_task_path(dag_id, run_id, task_id)}/mapped"
-
-
 def stream_task(kind: str, stream: str) -> tuple[str, int | None] | None:
     """The task (and map index) that read ``stream`` in a run of ``kind``; None if no task did.
 
-    Daily, manual and reset runs under Airflow read every stream in the mapped ``extract_load``;
+    Daily, manual and reset runs under Airflow read every stream in the one task ``sync``;
     a backfill reads only the document streams, each in its own task.
     """
     if kind == "backfill":
         return (f"{BACKFILL_TASK_PREFIX}{stream}", None) if stream in backfill_streams() else None
-    daily = daily_streams()
-    return (LOG_TASK_DAILY, daily.index(stream)) if stream in daily else None
+    return (LOG_TASK_DAILY, None) if stream in daily_streams() else None
 
 
 def daily_streams() -> list[str]:
-    """The streams the daily DAG's ``extract_load`` maps over, in map-index order: every stream."""
+    """The streams the daily DAG's ``sync`` reads, in order: every stream."""
     return list(STREAMS)
 
 

@@ -95,7 +95,7 @@ class Failure:
     kind: str  # the sync run kind: 'daily' or 'backfill' (manual and reset runs count as 'daily')
     dag_id: str
     run_id: str
-    task: str | None = None  # the task that failed ("extract_load [contacts]"), None for the whole run
+    task: str | None = None  # the task that failed ("sync [contacts]": the stream), None for the whole run
     error: str | None = None  # the exception's text, not yet redacted
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from airflow.sdk import BaseNotifier
 
+from sage_sync.core.errors import noted_streams
 from sage_sync.orchestration.airflow_api import BACKFILL_DAG_ID, DAG_ID_PREFIX
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class SageNotifier(BaseNotifier):
                 kind="backfill" if dag_id == BACKFILL_DAG_ID else "daily",
                 dag_id=dag_id,
                 run_id=run_id,
-                task=_task_label(context.get("ti")),
+                task=_task_label(context.get("ti"), context.get("exception")),
                 error=_error_text(context.get("exception")) if self.event == "task_failed" else None,
             )
         notices.check_company(company_id, failure)
@@ -94,17 +95,21 @@ def _company_id(dag_id: str, context: Any) -> str | None:
     return None
 
 
-def _task_label(ti: Any) -> str | None:
-    """``extract_load [contacts]``: the task, and which mapped instance."""
+def _task_label(ti: Any, exc: Any = None) -> str | None:
+    """``sync [contacts]``: the task, and the stream whose failure failed it (the note
+    ``pipeline.sync.read_everything`` adds), or which mapped instance."""
     if ti is None:
         return None
     label = str(ti.task_id)
     shown = getattr(ti, "rendered_map_index", None)
     index = getattr(ti, "map_index", -1)
+    streams = noted_streams(exc)
     if shown:
         label += f" [{shown}]"
     elif isinstance(index, int) and index >= 0:
         label += f" [{index}]"
+    elif streams:
+        label += f" [{streams[0]}]"
     return label
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import wraps
 from types import SimpleNamespace
@@ -146,12 +147,45 @@ def _write_state(run_id: str, stream: str, state: str, **details: Any) -> None:
         log.warning("could not record %s of %s in run %s: %s", state, stream, run_id, type(exc).__name__)
 
 
-def records_stream_state(func: _F) -> _F:
-    """A stream task that says where it stands: ``reading`` when it starts, ``done`` when it
-    returns, and on an error ``retrying`` (with the time of the next try) or ``failed``.
+def _will_retry(ti: Any, exc: BaseException) -> bool:
+    """Whether Airflow tries ``ti`` again after ``exc``: a try is left, and the error is not one only a
+    person can fix (a refused grant) or one that ends the run (a fenced run)."""
+    if ti is None or isinstance(exc, (ReauthorizationRequired, RunFenced)):
+        return False
+    return bool(ti.try_number <= ti.max_tries)
 
-    The task takes ``stream`` and ``sync_run_id`` arguments and ``**context`` (its ``ti``). A
-    skip (the company was disconnected) records nothing: the run is closed as skipped.
+
+@contextmanager
+def stream_state(run_id: str, stream: str, ti: Any) -> Iterator[None]:
+    """Say where a stream stands while it is read: ``reading`` on entry, ``done`` on a clean exit,
+    and on an error ``retrying`` (with the time of the next try of ``ti``) or ``failed``.
+
+    A skip (the company was disconnected) records nothing: the run is closed as skipped.
+    """
+    try_number = getattr(ti, "try_number", None)
+    _write_state(run_id, stream, "reading", try_number=try_number)
+    try:
+        yield
+    except CompanySkipped:
+        raise
+    except Exception as exc:
+        retrying = _will_retry(ti, exc)
+        _write_state(
+            run_id,
+            stream,
+            "retrying" if retrying else "failed",
+            error=describe_failure(exc),
+            try_number=try_number,
+            retry_at=_retry_time(ti) if retrying else None,
+        )
+        raise
+    _write_state(run_id, stream, "done", try_number=try_number)
+
+
+def records_stream_state(func: _F) -> _F:
+    """A one-stream task (the backfill's) that says where it stands (:func:`stream_state`).
+
+    The task takes ``stream`` and ``sync_run_id`` arguments and ``**context`` (its ``ti``).
     """
     signature = inspect.signature(func)
 
@@ -159,27 +193,31 @@ def records_stream_state(func: _F) -> _F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         bound = signature.bind_partial(*args, **kwargs).arguments
         stream, run_id = bound.get("stream"), bound.get("sync_run_id")
-        ti = kwargs.get("ti")
         if not (stream and run_id):
             return func(*args, **kwargs)
-        try_number = getattr(ti, "try_number", None)
-        _write_state(run_id, stream, "reading", try_number=try_number)
-        try:
-            result = func(*args, **kwargs)
-        except CompanySkipped:
-            raise
-        except Exception as exc:
-            retrying = ti is not None and not isinstance(exc, ReauthorizationRequired) and ti.try_number <= ti.max_tries
-            _write_state(
-                run_id,
-                stream,
-                "retrying" if retrying else "failed",
-                error=describe_failure(exc),
-                try_number=try_number,
-                retry_at=_retry_time(ti) if retrying else None,
-            )
-            raise
-        _write_state(run_id, stream, "done", try_number=try_number)
-        return result
+        with stream_state(run_id, stream, kwargs.get("ti")):
+            return func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def retry_times(run_id: str, ti: Any) -> Iterator[None]:
+    """On a failed try, stamp every stream of the run waiting to be retried with the next try's time.
+
+    A task that reads several streams fails only after the last of them: the time a stream's own
+    failure saw (:func:`stream_state`) may be long before it (a first sync reads for hours), and the
+    pages would show a retry time that has passed.
+    """
+    try:
+        yield
+    except Exception as exc:
+        retrying = _will_retry(ti, exc)
+        try:
+            with db.connect(app="sage_stream_state", autocommit=True) as conn:
+                stream_states.restamp_retries(
+                    conn, run_id, retrying=retrying, retry_at=_retry_time(ti) if retrying else None
+                )
+        except Exception as exc:  # noqa: BLE001 - display only; the task's own outcome stands
+            log.warning("could not restamp the retries of run %s: %s", run_id, type(exc).__name__)
+        raise

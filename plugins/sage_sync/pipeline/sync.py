@@ -9,8 +9,8 @@ companies that must not sync, and strings the steps together.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Collection, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -19,11 +19,15 @@ import psycopg
 from sage_sync.core.errors import (
     CompanySkipped,
     GrantRefused,
+    PageLimitExceeded,
     ReauthorizationRequired,
     RunFenced,
     RunInProgress,
+    SageAPIError,
+    TransientError,
     UnknownCompany,
     UnknownRunError,
+    note_stream,
 )
 from sage_sync.core.lanes import POOL_OF, Lane
 from sage_sync.core.quarters import Quarter
@@ -34,7 +38,7 @@ from sage_sync.pipeline.env import SyncEnv, make_client, run_key
 from sage_sync.pipeline.extract import StreamRead, empty_totals, read_backfill, read_since_watermark, read_singleton
 from sage_sync.sage.client import SageClient
 from sage_sync.sage.streams import DOCUMENT_STREAMS, STREAMS, Stream
-from sage_sync.warehouse import registry, runs
+from sage_sync.warehouse import registry, runs, stream_states
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,8 @@ __all__ = [
     "finish_backfill",
     "finish_run",
     "make_client",
+    "read_everything",
+    "resume_point",
     "run_backfill",
     "run_company",
     "run_key",
@@ -265,15 +271,71 @@ def run_company(company_id: str, *, kind: str = "manual", env: SyncEnv | None = 
     return sync_run_id
 
 
+# A stream's own trouble: the run's other streams are still read before the task fails and retries.
+STREAM_ERRORS = (TransientError, SageAPIError, PageLimitExceeded)
+
+
+def read_everything(
+    company_id: str,
+    sync_run_id: str,
+    *,
+    env: SyncEnv | None = None,
+    skip: Collection[str] = (),
+    watch: Callable[[str], AbstractContextManager[object]] | None = None,
+) -> dict[str, Any]:
+    """A run's whole read in one call: the grant, every stream since its watermark, then the deletions.
+
+    The daily DAG runs this as one task, not one task per stream: a task run costs the deployment
+    about 0.6 core-seconds whatever it does (its process, the scheduler's and the api-server's
+    bookkeeping), and a small company's streams are a request or two each (bench/RESULTS.md).
+
+    - ``skip``: streams an earlier try of the same run read to the end (:func:`resume_point`):
+      a retry resumes where the failed try stopped. A stream that failed part-way resumes from
+      its own watermark, which moves with every page it landed.
+    - ``watch(stream)``: a context around each stream's read (the DAG task records the stream's
+      state for the pages there: reading, done, retrying at HH:MM, failed).
+    - A stream's own trouble (Sage answered 5xx or 4xx, a malformed page, the page cap) does not
+      stop the others: each is read, then the first failure is raised, so the task retries with
+      every other stream's rows landed. The deletions are read only once every stream was, as the
+      per-stream tasks had them. Anything else (a refused grant, a disconnect, a fenced run, a
+      missing business) stops the read at once.
+    """
+    env = env or SyncEnv.from_config()
+    lane = check_auth(company_id, sync_run_id, env=env)
+    results: dict[str, Any] = {}
+    failed: list[tuple[str, BaseException]] = []
+    with run_env.make_client(env, company_id, lane=lane) as client:
+        for name in STREAMS:
+            if name in skip:
+                log.info("%s: read to the end by an earlier try of run %s; not read again", name, sync_run_id)
+                continue
+            try:
+                with watch(name) if watch is not None else nullcontext():
+                    results[name] = sync_stream(company_id, name, sync_run_id, env=env, client=client)
+            except STREAM_ERRORS as exc:
+                log.error("%s failed (%s: %s); the run's other streams are read first", name, type(exc).__name__, exc)
+                note_stream(exc, name)
+                failed.append((name, exc))
+        if failed:
+            log.error("run %s: %d stream(s) failed: %s", sync_run_id, len(failed), ", ".join(n for n, _ in failed))
+            raise failed[0][1]
+        results["deletions"] = sync_deletions(company_id, sync_run_id, env=env, client=client)
+    return results
+
+
+def resume_point(company_id: str, airflow_run_id: str, *, env: SyncEnv | None = None) -> frozenset[str]:
+    """The streams an earlier, unfinished try of this Airflow run read to the end (none for a new run,
+    or for a run that succeeded and is asked for again)."""
+    env = env or SyncEnv.from_config()
+    with run_env.connect(env, autocommit=True) as conn:
+        return stream_states.done_in_unfinished_run(conn, run_key(company_id, airflow_run_id))
+
+
 def run_steps(company_id: str, sync_run_id: str, *, env: SyncEnv | None = None) -> None:
     """Every step of a sync under an already opened run, closing it as success or failed."""
     env = env or SyncEnv.from_config()
     try:
-        lane = check_auth(company_id, sync_run_id, env=env)
-        with run_env.make_client(env, company_id, lane=lane) as client:
-            for name in STREAMS:
-                sync_stream(company_id, name, sync_run_id, env=env, client=client)
-            sync_deletions(company_id, sync_run_id, env=env, client=client)
+        read_everything(company_id, sync_run_id, env=env)
     except Exception as exc:
         finish_run(company_id, sync_run_id, status="failed", error=str(exc)[:2000], env=env)
         raise

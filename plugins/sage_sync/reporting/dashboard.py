@@ -206,17 +206,14 @@ def _stream_links(company_id: str, kind: str, airflow_run: str | None) -> dict[s
 
 
 def _log_path(company_id: str, run: dict[str, Any], airflow_run: str, states: dict[str, Any]) -> str:
-    """The history's "task log" link: the first stream in trouble (its own instance), else
-    Airflow's list of the run's stream tasks (a daily run maps one task over the streams)."""
+    """The history's "task log" link: the task of the first stream in trouble, else the run's
+    log task (a daily run reads every stream in its one ``sync`` task)."""
     dag_id = airflow_api.run_dag_id(company_id, run["kind"])
     for name in STREAMS:
         task = airflow_api.stream_task(run["kind"], name)
         if task is not None and states.get(name, {}).get("state") in ("retrying", "failed"):
             return airflow_api.ui_task_path(dag_id, airflow_run, *task)
-    task_id = airflow_api.log_task(run["kind"])
-    if run["kind"] == "backfill":
-        return airflow_api.ui_task_path(dag_id, airflow_run, task_id)
-    return airflow_api.ui_mapped_path(dag_id, airflow_run, task_id)
+    return airflow_api.ui_task_path(dag_id, airflow_run, airflow_api.log_task(run["kind"]))
 
 
 def _run_row(

@@ -56,3 +56,30 @@ def states_of(conn: psycopg.Connection, sync_run_ids: list[str]) -> dict[str, di
         for row in cur.fetchall():
             found.setdefault(row.pop("sync_run_id"), {})[row.pop("stream")] = row
     return found
+
+
+def done_in_unfinished_run(conn: psycopg.Connection, sync_run_id: str) -> frozenset[str]:
+    """The streams an earlier try of ``sync_run_id`` read to the end, while the run is unfinished.
+
+    A retry of a daily run skips them: it resumes where the failed try stopped. A run that ended
+    in success (and is run again, by a clear in Airflow) or does not exist yet resumes nothing:
+    a run asked for again reads every stream.
+    """
+    rows = conn.execute(
+        "select s.stream from sage_control.sync_stream_states s "
+        "join sage_control.sync_runs r using (sync_run_id) "
+        "where s.sync_run_id = %s and s.state = 'done' and r.status <> 'success'",
+        (sync_run_id,),
+    ).fetchall()
+    return frozenset(row[0] for row in rows)
+
+
+def restamp_retries(conn: psycopg.Connection, sync_run_id: str, *, retrying: bool, retry_at: datetime | None) -> None:
+    """Every stream of the run in ``retrying``: the time of the run's next try, or ``failed`` when
+    no try is left (``retrying`` false)."""
+    conn.execute(
+        "update sage_control.sync_stream_states set retry_at = %s, "
+        "state = case when %s then state else 'failed' end, updated_at = now() "
+        "where sync_run_id = %s and state = 'retrying'",
+        (retry_at, retrying, sync_run_id),
+    )
