@@ -27,7 +27,11 @@ def _run_one(name: str, args: argparse.Namespace, extract_details: dict) -> list
         "dbt": lambda: module.run(args.scale),
         "dagparse": lambda: [module.run([int(n) for n in args.companies.split(",")])],
         "budget": lambda: [module.run(extract_details.get("requests_per_1000"))],
-        "deployment": lambda: module.run(args.deploy_companies, days=args.deploy_days),
+        "deployment": lambda: module.run(
+            args.deploy_companies,
+            worker_counts=tuple(int(n) for n in args.deploy_workers.split(",") if n),
+            days=args.deploy_days,
+        ),
         "marts": lambda: module.run(
             [int(n) for n in args.marts_lines.split(",") if n], args.portfolio_lines, args.portfolio_companies
         ),
@@ -67,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         default=2,
         choices=[1, 2],
         help="deployment: 1 = first syncs only, 2 = then a daily run",
+    )
+    parser.add_argument(
+        "--deploy-workers",
+        default="1,2",
+        help="deployment: the worker counts to run, in order (the last is the headline, the first its baseline)",
     )
     parser.add_argument(
         "--marts-lines", default="1000000,5000000", help="marts: spend lines of the one company, per size"
