@@ -36,7 +36,7 @@ from sage_sync.orchestration.airflow_api import dag_id_for
 from sage_sync.orchestration.companies import companies_to_build as _companies_to_build
 from sage_sync.orchestration.companies import lane_for
 from sage_sync.orchestration.defaults import DEFAULT_ARGS, SAGE_RAW, START_DATE, daily_at, sage_task_args
-from sage_sync.orchestration.notifier import SageNotifier
+from sage_sync.orchestration.notifier import SageNotifier, report_run_succeeded
 from sage_sync.orchestration.schedule import daily_start_minute, daily_window
 from sage_sync.orchestration.tasks import retry_times, skips_disconnected, stream_state
 
@@ -84,6 +84,7 @@ def sync(company_id: str, **context) -> None:
             company_id, sync_run_id, skip=done, watch=lambda stream: stream_state(sync_run_id, stream, ti)
         )
     pipeline.finish_run(company_id, sync_run_id, status="success")
+    report_run_succeeded(company_id)  # closes the company's failed-run incident, if one is open
 
 
 @task(trigger_rule="one_failed", retries=0)
@@ -117,9 +118,10 @@ def build_company_dag(company_id: str, company_name: str, start_minute: int, *, 
         # would leave it paused until someone finds it). A disconnect pauses it; that sticks.
         is_paused_upon_creation=False,
         default_args=default_args,
-        # A success closes the company's failed-run incident; the run's failure is a backstop for
-        # one no task reported (and sends a notice a dead webhook kept back).
-        on_success_callback=SageNotifier("run_succeeded"),
+        # The run's failure is a backstop for one no task reported (and sends a notice a dead
+        # webhook kept back). A success is reported by `sync` itself, not by a success callback:
+        # Airflow runs a DAG's callbacks in the dag-processor, which parses this whole file (every
+        # company's DAG) for each one, once per company a day (bench/RESULTS.md, issue 28).
         on_failure_callback=SageNotifier("run_failed"),
         tags=["sage", "sync", f"company:{company_id}"],
     ) as dag:

@@ -30,7 +30,8 @@ class SageNotifier(BaseNotifier):
     - ``task_failed``: a task's final failure (``default_args["on_failure_callback"]``): its
       exception is the run's reason;
     - ``run_failed`` / ``run_succeeded``: the DAG's run callbacks; a success closes the company's
-      failed-run incident, a failure that no task reported (the run's own) still opens one;
+      failed-run incident (the company DAG's ``sync`` task reports its own success instead:
+      :func:`report_run_succeeded`), a failure that no task reported (the run's own) still opens one;
     - ``check_all``: every company (``sage_transform``'s callbacks, at least daily): refused grants
       and first syncs past 24 hours.
     """
@@ -74,6 +75,22 @@ class SageNotifier(BaseNotifier):
                 error=_error_text(context.get("exception")) if self.event == "task_failed" else None,
             )
         notices.check_company(company_id, failure)
+
+
+def report_run_succeeded(company_id: str) -> None:
+    """A company run's success, reported by the task that ended it: closes the company's failed-run
+    incident and sends what a dead webhook kept back, as the ``run_succeeded`` callback does.
+
+    The company DAG calls this from its ``sync`` task instead of hanging a success callback on the
+    DAG: Airflow runs a DAG's callbacks in the dag-processor, which parses the callback's whole DAG
+    file (every company's DAG) for each, once per company a day. Never raises, as :meth:`SageNotifier.notify`.
+    """
+    try:
+        from sage_sync.orchestration import notices  # noqa: PLC0415 - see the module docstring
+
+        notices.check_company(company_id, None)
+    except Exception:
+        log.exception("notices: the run_succeeded check of %s failed", company_id)
 
 
 def _dag_id(context: Any) -> str:
