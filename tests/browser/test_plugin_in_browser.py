@@ -406,8 +406,7 @@ def _walk(af: Airflow, sage: FakeSageServer, page: Page, company_id: str, shots:
     shots.take("company-after-first-sync", full_page=True)
     page.click(f"{row} a.stream-log")
     page.wait_for(
-        "location.pathname.endsWith('/tasks/sync')"
-        f" && document.body.innerText.includes({json.dumps(FAILING_STREAM)})",
+        f"location.pathname.endsWith('/tasks/sync') && document.body.innerText.includes({json.dumps(FAILING_STREAM)})",
         "Airflow's page of the task that read the stream, its log",
         timeout=60,
     )

@@ -469,7 +469,7 @@ def test_a_stream_waiting_for_its_retry_is_visible_and_unstarted_streams_count(
         assert f">{state}</span>" in row[: row.index("</tr>")], (stream, row[: row.index("</tr>")])
     # Each stream links the log of the task that read it: the daily run's one sync task.
     airflow_run = "scheduled__2026-12-02T00%3A00%3A00%2B00%3A00"
-    assert f"runs/{airflow_run}/tasks/sync\"" in detail and "/mapped" not in detail
+    assert f'runs/{airflow_run}/tasks/sync"' in detail and "/mapped" not in detail
     # The history's task log opens the task of the stream in trouble.
     history = detail[detail.index('id="history-') :]
     assert f'class="log-link" href="/dags/sage_sync__{company}/runs/{airflow_run}/tasks/sync"' in history
